@@ -1,0 +1,121 @@
+"""Tokenise once, cache on disk, pad per batch.
+
+Encoded splits are stored as ``.npz`` (token ids concatenated + offsets) under ``data.cache_dir``,
+keyed by a hash of the tokenizer, the task, the split, the max length and the source files, so a
+sweep over methods and seeds tokenises each split only once.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+
+def fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def tokenizer_id(tokenizer) -> str:
+    vocab = tokenizer.get_vocab()
+    return fingerprint(type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(vocab),
+                       sorted(vocab.items())[:: max(1, len(vocab) // 500)])
+
+
+def source_id(data_dir, *names) -> list:
+    """Sizes and mtimes of local source files (so an edited file is re-tokenised)."""
+    if data_dir is None:
+        return ["hub", *names]
+    out = []
+    for p in sorted(Path(data_dir).rglob("*")):
+        if p.is_file() and p.suffix in (".tsv", ".parquet", ".json", ".jsonl", ".csv"):
+            st = p.stat()
+            out.append((str(p), st.st_size, int(st.st_mtime)))
+    return out
+
+
+class Encoded(torch.utils.data.Dataset):
+    """Variable-length token-id lists plus per-example fields (labels, ids...)."""
+
+    def __init__(self, columns: dict[str, list]):
+        self.columns = columns
+        self.n = len(next(iter(columns.values())))
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.columns.items()}
+
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.columns["input_ids"]]
+
+    # -- disk format --------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        arrays = {}
+        for k, v in self.columns.items():
+            if v and isinstance(v[0], (list, np.ndarray)):
+                arrays[f"{k}.flat"] = np.concatenate([np.asarray(x, dtype=np.int64) for x in v]) if v else np.zeros(0)
+                arrays[f"{k}.offsets"] = np.cumsum([0] + [len(x) for x in v])
+            else:
+                arrays[k] = np.asarray(v)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Encoded":
+        z = np.load(path, allow_pickle=False)
+        cols = {}
+        for k in z.files:
+            if k.endswith(".flat"):
+                name = k[:-5]
+                flat, off = z[k], z[f"{name}.offsets"]
+                cols[name] = [flat[off[i]:off[i + 1]].tolist() for i in range(len(off) - 1)]
+            elif not k.endswith(".offsets"):
+                cols[k] = z[k].tolist()
+        return cls(cols)
+
+
+def cached(cache_dir, key: str, build) -> Encoded:
+    """Load ``<cache_dir>/<key>.npz`` or build it with ``build()`` and store it."""
+    if cache_dir is None:
+        return build()
+    path = Path(os.path.expanduser(str(cache_dir))) / f"{key}.npz"
+    if path.exists():
+        try:
+            return Encoded.load(path)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is rebuilt
+    enc = build()
+    try:
+        enc.save(path)
+    except OSError:
+        pass  # a read-only cache directory only costs time
+    return enc
+
+
+def pad_batch(batch: list[dict], pad_id: int, keys=("input_ids",)) -> dict[str, torch.Tensor]:
+    """Dynamic padding: pad to the longest sequence of this batch, not to the max length."""
+    out = {}
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        ids[i, :n] = torch.as_tensor(b["input_ids"])
+        mask[i, :n] = 1
+    out["input_ids"], out["attention_mask"] = ids, mask
+    return out

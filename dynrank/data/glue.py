@@ -1,0 +1,148 @@
+"""GLUE rows from the Hub (``nyu-mll/glue``) or a local directory.
+
+Local layouts (``data.dir=...``):
+  * the classic download: ``<dir>/<TASK>/{train,dev}.tsv`` (MNLI: ``dev_matched.tsv``,
+    ``dev_mismatched.tsv``), e.g. ``glue_data/CoLA/train.tsv``;
+  * the Hub's parquet files saved locally: ``<dir>/<task>/<split>-*.parquet`` (splits ``train``,
+    ``validation``, MNLI ``validation_matched``/``validation_mismatched``).
+``<dir>`` may be the GLUE root or the task directory itself.
+
+Rows come out as ``{"text_a", "text_b" (or None), "label"}`` with the Hub's label ids
+(e.g. MNLI entailment=0, neutral=1, contradiction=2; RTE/QNLI entailment=0, not_entailment=1).
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class GlueSpec:
+    dirname: str  # classic directory name
+    text_a: str  # Hub column names
+    text_b: str | None
+    eval_splits: tuple[str, ...]  # Hub split names
+    # classic TSV: header? and the columns (index or header name) of text_a, text_b, label
+    tsv_header: bool
+    tsv_cols: tuple
+    labels: tuple[str, ...] | None = None  # string labels in TSV -> id by position; None: int/float as is
+
+
+GLUE = {
+    "cola": GlueSpec("CoLA", "sentence", None, ("validation",), False, (3, None, 1)),
+    "sst2": GlueSpec("SST-2", "sentence", None, ("validation",), True, ("sentence", None, "label")),
+    "mrpc": GlueSpec("MRPC", "sentence1", "sentence2", ("validation",), True, (3, 4, 0)),
+    "qqp": GlueSpec("QQP", "question1", "question2", ("validation",), True,
+                    ("question1", "question2", "is_duplicate")),
+    "stsb": GlueSpec("STS-B", "sentence1", "sentence2", ("validation",), True,
+                     ("sentence1", "sentence2", "score")),
+    "mnli": GlueSpec("MNLI", "premise", "hypothesis", ("validation_matched", "validation_mismatched"), True,
+                     ("sentence1", "sentence2", -1), ("entailment", "neutral", "contradiction")),
+    "qnli": GlueSpec("QNLI", "question", "sentence", ("validation",), True,
+                     ("question", "sentence", "label"), ("entailment", "not_entailment")),
+    "rte": GlueSpec("RTE", "sentence1", "sentence2", ("validation",), True,
+                    ("sentence1", "sentence2", "label"), ("entailment", "not_entailment")),
+}
+
+_TSV_NAMES = {"train": "train", "validation": "dev", "validation_matched": "dev_matched",
+              "validation_mismatched": "dev_mismatched"}
+
+
+def load_split(task: str, split: str, data_dir: str | None) -> list[dict]:
+    spec = GLUE[task]
+    if data_dir is None:
+        return _from_hub(task, split, spec)
+    return _from_local(task, split, spec, Path(data_dir))
+
+
+def _from_hub(task, split, spec) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset("nyu-mll/glue", task, split=split)
+    except Exception as e:  # offline, no cache, Hub error: say how to run from local files
+        raise DataError(f"could not load GLUE {task}/{split} from the Hub ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); pass data.dir=/path/to/glue_data") from None
+    return [{"text_a": r[spec.text_a], "text_b": r[spec.text_b] if spec.text_b else None, "label": r["label"]}
+            for r in ds]
+
+
+def _task_dir(task, spec, root: Path) -> Path:
+    for cand in (root / spec.dirname, root / task, root / spec.dirname.lower(), root):
+        if cand.is_dir() and (any(cand.glob("*.tsv")) or any(cand.glob("*.parquet"))):
+            if cand == root and root.name.lower().replace("-", "") not in (task, spec.dirname.lower().replace("-", "")):
+                continue
+            return cand
+    raise DataError(f"no GLUE {task} data under {root}: expected {root / spec.dirname}/train.tsv "
+                    f"(classic layout) or {root / task}/train-*.parquet; fix data.dir")
+
+
+def _from_local(task, split, spec, root: Path) -> list[dict]:
+    d = _task_dir(task, spec, root)
+    parquet = sorted(d.glob(f"{split}-*.parquet")) or sorted(d.glob(f"{split}.parquet"))
+    if parquet:
+        return _from_parquet(parquet, spec)
+    tsv = d / f"{_TSV_NAMES[split]}.tsv"
+    if not tsv.is_file():
+        raise DataError(f"missing file {tsv} for GLUE {task} split '{split}'; fix data.dir")
+    return _from_tsv(tsv, spec)
+
+
+def _from_parquet(files, spec) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    rows = []
+    for f in files:
+        t = pq.read_table(f).to_pylist()
+        for r in t:
+            rows.append({"text_a": r[spec.text_a], "text_b": r[spec.text_b] if spec.text_b else None,
+                         "label": r["label"]})
+    return rows
+
+
+def _from_tsv(path: Path, spec) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader) if spec.tsv_header else None
+        cols = []
+        for c in spec.tsv_cols:
+            if isinstance(c, str):
+                if c not in header:
+                    raise DataError(f"{path}: header has no column '{c}' (found: {', '.join(header)}); "
+                                    "is this the right file?")
+                cols.append(header.index(c))
+            else:
+                cols.append(c)
+        width = len(header) if header else None
+        for lineno, fields in enumerate(reader, start=2 if header else 1):
+            if not fields or fields == [""]:
+                continue
+            if width is None:
+                width = len(fields)
+            if len(fields) < width or any(c is not None and c >= len(fields) for c in cols):
+                raise DataError(f"malformed row at {path}:{lineno}: expected {width} tab-separated fields, "
+                                f"got {len(fields)}; fix or remove that line")
+            a, b, lab = cols
+            label_text = fields[lab].strip()
+            rows.append({"text_a": fields[a], "text_b": fields[b] if b is not None else None,
+                         "label": _parse_label(label_text, spec, path, lineno)})
+    if not rows:
+        raise DataError(f"{path} has no rows; fix data.dir")
+    return rows
+
+
+def _parse_label(text: str, spec, path, lineno):
+    try:
+        if spec.labels is not None:
+            return spec.labels.index(text)
+        if spec.dirname == "STS-B":
+            return float(text)
+        return int(text)
+    except ValueError:
+        expected = ", ".join(spec.labels) if spec.labels else ("a number" if spec.dirname == "STS-B" else "an integer")
+        raise DataError(f"malformed row at {path}:{lineno}: label '{text}' is not {expected}; "
+                        "fix or remove that line") from None

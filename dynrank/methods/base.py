@@ -1,0 +1,96 @@
+"""The small protocol every fine-tuning method follows.
+
+A method
+  1. ``wrap(model)``: injects its modules (if any) and says which parameters train
+     (``requires_grad``); the task head always trains;
+  2. ``extra_loss(step)``: an optional regulariser added to the task loss (DEM, orthogonality);
+  3. ``after_step(step)``: an optional hook after each optimizer step (budget allocation);
+  4. ``state_dict()/load_state_dict()``: state beyond the parameters, for resume (EMAs, masks);
+  5. ``summary()``: what goes into the results JSON (rank map, per-rank metrics...);
+  6. ``export(out_dir)``: the trained adapter in a portable format, where one exists.
+
+Methods are plain classes; ``dynrank.methods.build(cfg)`` picks one by ``method.name``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..models import Target, find_targets, is_head
+
+
+class Method:
+    name = "base"
+
+    def __init__(self, cfg, budget, family: str):
+        self.cfg = cfg  # the method's config group
+        self.budget = budget  # the budget config group: budget.r is the final rank
+        self.family = family
+        self.model: nn.Module | None = None
+        self.total_steps = 0
+
+    # --- 1. wrap -----------------------------------------------------------------------
+    def wrap(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def setup(self, total_steps: int) -> None:
+        """Called once the loop knows the number of optimizer steps (schedules need it)."""
+        self.total_steps = total_steps
+
+    # --- 2-3. loss and hook ----------------------------------------------------------------
+    def extra_loss(self, step: int) -> torch.Tensor | None:
+        """Added to the task loss of optimizer step ``step`` (0-based: steps done so far)."""
+        return None
+
+    def after_step(self, step: int) -> None:
+        """Runs right after optimizer step ``step`` (1-based: steps done, including this one)."""
+        pass
+
+    def final_evaluation(self, evaluate: Callable[[], dict]) -> dict:
+        """Extra dev evaluations after training (e.g. DyLoRA at several ranks); merged into results."""
+        return {}
+
+    # --- 4-6. state, summary, export -------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def summary(self) -> dict:
+        return {}
+
+    def export(self, out_dir) -> None:
+        raise NotImplementedError(f"method '{self.name}' has no export format")
+
+    # --- accounting ------------------------------------------------------------------------
+    def param_counts(self) -> dict[str, int]:
+        """Trainable parameters, the adapter (method's own) and the task head separately."""
+        adapter = head = 0
+        for n, p in self.model.named_parameters():
+            if p.requires_grad:
+                if is_head(n):
+                    head += p.numel()
+                else:
+                    adapter += p.numel()
+        return {"adapter": adapter, "head": head, "trainable": adapter + head,
+                "total": sum(p.numel() for p in self.model.parameters())}
+
+
+def freeze_all_but_head(model: nn.Module) -> None:
+    for n, p in model.named_parameters():
+        p.requires_grad = is_head(n)
+
+
+def replace_targets(model: nn.Module, family: str, factory: Callable[[Target], nn.Module]) -> list[tuple[Target, nn.Module]]:
+    """Swap each target nn.Linear for ``factory(target)``; returns (target, new module) pairs."""
+    out = []
+    for t in find_targets(model, family):
+        parent_name, _, child = t.name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        new = factory(t)
+        setattr(parent, child, new)
+        out.append((t, new))
+    return out

@@ -1,0 +1,56 @@
+"""LoRA (Hu et al., 2022), the paper's Eq. 5: W = W0 + (alpha / r) B A.
+
+A (r x d_in) Kaiming-uniform, B (d_out x r) zero, dropout on the adapter's input; applied to the
+query, key, value, attention-output, FFN-up and FFN-down matrices of every layer with r = budget.r.
+On RoBERTa-base: r=8 -> 1,327,104 adapter parameters, r=2 -> 331,776 (paper: 1.33M / 0.33M).
+Forward and parameterisation equal HF PEFT's ``LoraLayer`` (tests check it).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..export import merged_delta, save_peft_lora
+from .base import Method, freeze_all_but_head, replace_targets
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.r = r
+        self.scaling = alpha / r
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear / PEFT
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x):
+        h = self.base(x)
+        return h + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        self.base.weight += merged_delta(self.lora_A, self.lora_B, self.scaling).to(self.base.weight.dtype)
+        return self.base
+
+
+class LoRA(Method):
+    name = "lora"
+
+    def wrap(self, model):
+        freeze_all_but_head(model)
+        r, alpha, p = int(self.budget.r), float(self.cfg.alpha), float(self.cfg.dropout)
+        self.layers = replace_targets(model, self.family, lambda t: LoRALinear(t.module, r, alpha, p))
+        self.model = model
+        return model
+
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
+        adapters = {t.name: {"A": m.lora_A, "B": m.lora_B, "alpha": m.scaling * m.r} for t, m in self.layers}
+        return save_peft_lora(out_dir, self.model, base_name, task_type, adapters)
+
+
+METHOD = LoRA

@@ -1,0 +1,80 @@
+"""One results JSON per run, written atomically, under the run dir and in the results store."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+SCHEMA = 1
+PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "omegaconf", "scikit-learn",
+            "scipy", "rouge-score", "safetensors", "numpy")
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def versions() -> dict[str, str | None]:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def store_path(store, run_id: str) -> Path:
+    """``<store>/<model>/<task>/<method>-<budget>[-<variant>]/seed<k>.json``."""
+    return Path(store) / (run_id + ".json")
+
+
+def load_runs(store) -> list[dict]:
+    """Every results JSON under the store (for reports)."""
+    runs = []
+    for p in sorted(Path(store).rglob("seed*.json")):
+        with open(p) as f:
+            runs.append(json.load(f))
+    return runs

@@ -1,0 +1,87 @@
+"""GLUE with RoBERTa: sequence classification (STS-B: regression), dev metrics per Table 2."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from ..data import glue as glue_data
+from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
+from ..metrics.glue import glue_metrics
+from ..models import load_model
+from .base import Task, autocast, limit
+
+# MNLI reports both dev sets; keys get a suffix for every split after the first.
+SPLIT_SUFFIX = {"validation": "", "validation_matched": "", "validation_mismatched": "_mm"}
+
+
+class GlueTask(Task):
+    task_type = "seq_cls"
+
+    def __init__(self, cfg, tokenizer):
+        super().__init__(cfg, tokenizer)
+        if self.name not in glue_data.GLUE:
+            from ..errors import ConfigError
+            raise ConfigError(f"unknown GLUE task '{self.name}'; known: {', '.join(glue_data.GLUE)}")
+        self.spec = glue_data.GLUE[self.name]
+        self.regression = self.name == "stsb"
+
+    def build_model(self):
+        kw = {"num_labels": int(self.cfg.task.num_labels)}
+        if self.regression:
+            kw["problem_type"] = "regression"
+        return load_model(self.cfg.model, AutoModelForSequenceClassification, self.tokenizer, **kw)
+
+    def _encode(self, split: str, max_rows) -> Encoded:
+        d = self.cfg.data
+        key = fingerprint("glue", self.name, split, int(self.cfg.task.max_length), tokenizer_id(self.tokenizer),
+                          source_id(d.dir, self.name, split))
+
+        def build():
+            rows = glue_data.load_split(self.name, split, d.dir)
+            a = [r["text_a"] for r in rows]
+            b = [r["text_b"] for r in rows] if self.spec.text_b else None
+            enc = self.tokenizer(a, b, truncation=True, max_length=int(self.cfg.task.max_length))
+            return Encoded({"input_ids": enc["input_ids"], "labels": [r["label"] for r in rows]})
+
+        enc = cached(d.cache_dir, key, build)
+        if max_rows is not None:
+            enc = Encoded({k: v[: int(max_rows)] for k, v in enc.columns.items()})
+        return enc
+
+    def train_set(self):
+        return self._encode("train", self.cfg.data.max_train_samples)
+
+    def eval_sets(self):
+        return {s: self._encode(s, self.cfg.data.max_eval_samples) for s in self.spec.eval_splits}
+
+    def collate(self, batch):
+        out = pad_batch(batch, self.tokenizer.pad_token_id)
+        dtype = torch.float32 if self.regression else torch.long
+        out["labels"] = torch.tensor([b["labels"] for b in batch], dtype=dtype)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model, eval_sets, device, amp) -> dict[str, float]:
+        model.eval()
+        metrics = {}
+        bs = int(self.cfg.train.eval_batch_size)
+        for split, ds in eval_sets.items():
+            order = np.argsort(ds.lengths(), kind="stable")  # batch similar lengths: less padding
+            preds = np.empty(len(ds), dtype=np.float64 if self.regression else np.int64)
+            for i in range(0, len(ds), bs):
+                idx = order[i:i + bs]
+                batch = self.collate([ds[j] for j in idx])
+                batch.pop("labels")
+                with autocast(device, amp):
+                    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+                p = logits[:, 0] if self.regression else logits.argmax(-1)
+                preds[idx] = p.cpu().numpy()
+            labels = np.asarray(ds.columns["labels"])
+            for k, v in glue_metrics(self.name, preds, labels).items():
+                metrics[k + SPLIT_SUFFIX.get(split, "_" + split)] = v
+        model.train()
+        return metrics
+
+
+TASK = GlueTask

@@ -1,0 +1,48 @@
+"""Entry point: ``python -m dynrank.train task=cola method=dora [budget=r2] [seed=3]``.
+
+Only wires: Hydra composes ``conf/``, ``loop.run`` trains. A user error (unknown task or method,
+missing data, malformed rows, NaN loss...) ends with one line ``error: ...`` and exit status 2.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from . import config  # noqa: F401  (registers the ${run_id:} resolver used by conf/config.yaml)
+from .errors import DynrankError
+
+log = logging.getLogger("dynrank")
+
+
+def _fail(e: DynrankError):
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from .loop import run
+
+    try:
+        results = run(cfg, HydraConfig.get().runtime.output_dir)
+    except DynrankError as e:
+        _fail(e)
+    if results:
+        return results["best"]["dev"].get(results["metric"])
+    return None
+
+
+def cli() -> None:
+    try:
+        config.check_overrides(sys.argv[1:])
+    except DynrankError as e:
+        _fail(e)
+    main()
+
+
+if __name__ == "__main__":
+    cli()
