@@ -154,6 +154,7 @@ def run(cfg, run_dir) -> dict:
 
     results = _results(cfg, resolved, task, method, history, device, started)
     results["method_summary"] = method.summary()
+    method.artifacts(run_dir)
     extra_evals = method.final_evaluation(lambda: task.evaluate(model, eval_sets, device, amp))
     if extra_evals:
         results["extra_evals"] = extra_evals

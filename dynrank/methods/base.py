@@ -60,9 +60,14 @@ class Method:
         pass
 
     def summary(self) -> dict:
+        """JSON-able facts for the results file (e.g. DoRA's rank map)."""
         return {}
 
-    def export(self, out_dir) -> None:
+    def artifacts(self, run_dir) -> None:
+        """Files written next to the results after training (e.g. the rank heatmap PNG)."""
+
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
+        """Write the trained adapter in a portable format (PEFT's, where one exists)."""
         raise NotImplementedError(f"method '{self.name}' has no export format")
 
     # --- accounting ------------------------------------------------------------------------
