@@ -93,7 +93,7 @@ def run(cfg, run_dir) -> dict:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fp = fingerprint({k: v for k, v in resolved.items() if k not in ("train", "results", "data")},
-                     {k: v for k, v in resolved["train"].items() if k not in ("resume", "skip_done", "progress", "log_every", "eval_batch_size", "num_workers")},
+                     {k: v for k, v in resolved["train"].items() if k not in ("resume", "skip_done", "progress", "log_every", "eval_batch_size", "num_workers", "export")},
                      {k: v for k, v in resolved["data"].items() if k != "cache_dir"})
     history, start_epoch, step = [], 0, 0
     if cfg.train.resume and checkpoint.exists(run_dir):
