@@ -1,0 +1,95 @@
+"""Shared test helpers: compose configs without the CLI, build small GLUE fixtures in the classic layout."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+SHARED_GLUE = (ROOT.parent / "shared" / "data" / "glue").resolve()
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    import dynrank.config  # noqa: F401  (registers the run_id resolver)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
+    return ["model=tiny", f"data.dir={SHARED_GLUE}", f"data.cache_dir={tmp_path / 'cache'}",
+            f"results.store={tmp_path / 'store'}", "train.progress=false", "train.epochs=1",
+            "data.max_train_samples=64", "data.max_eval_samples=64", *extra]
+
+
+def cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update(env or {})
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "dynrank.train", *args], cwd=cwd, env=e, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# --- a small GLUE in the classic download layout -------------------------------------------------------
+
+def _w(path: Path, lines: list[str]):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def make_glue(root: Path, n: int = 6) -> dict[str, dict[str, list]]:
+    """Writes every GLUE task (classic TSV layout, real headers) with ``n`` rows per split.
+
+    Returns the expected labels per task and split, as the Hub's label ids.
+    """
+    expect: dict[str, dict[str, list]] = {}
+    s = [f"sentence number {i} is here ." for i in range(n)]
+    t = [f"another sentence {i} there ." for i in range(n)]
+    bin_labels = [i % 2 for i in range(n)]
+    # CoLA: no header; source, label, original label, sentence
+    for split in ("train", "dev"):
+        _w(root / "CoLA" / f"{split}.tsv", [f"gj04\t{lab}\t{'*' if not lab else ''}\t{x}" for x, lab in zip(s, bin_labels)])
+        _w(root / "SST-2" / f"{split}.tsv", ["sentence\tlabel"] + [f"{x}\t{lab}" for x, lab in zip(s, bin_labels)])
+        _w(root / "MRPC" / f"{split}.tsv", ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+           + [f"{lab}\t{i}\t{i + 100}\t{a}\t{b}" for i, (a, b, lab) in enumerate(zip(s, t, bin_labels))])
+        _w(root / "QQP" / f"{split}.tsv", ["id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"]
+           + [f"{i}\t{i}\t{i + 1}\t{a}\t{b}\t{lab}" for i, (a, b, lab) in enumerate(zip(s, t, bin_labels))])
+        _w(root / "STS-B" / f"{split}.tsv",
+           ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
+           + [f"{i}\tmain-news\tf\t2012\t{i}\tnone\tnone\t{a}\t{b}\t{i * 0.5:.3f}" for i, (a, b) in enumerate(zip(s, t))])
+        _w(root / "QNLI" / f"{split}.tsv", ["index\tquestion\tsentence\tlabel"]
+           + [f"{i}\t{a}\t{b}\t{'entailment' if lab == 0 else 'not_entailment'}" for i, (a, b, lab) in enumerate(zip(s, t, bin_labels))])
+        _w(root / "RTE" / f"{split}.tsv", ["index\tsentence1\tsentence2\tlabel"]
+           + [f"{i}\t{a}\t{b}\t{'entailment' if lab == 0 else 'not_entailment'}" for i, (a, b, lab) in enumerate(zip(s, t, bin_labels))])
+    mnli_names = ("entailment", "neutral", "contradiction")
+    train_head = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label"
+    dev_head = train_head.replace("label1\tgold_label", "label1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label")
+    _w(root / "MNLI" / "train.tsv", [train_head] + [
+        f"{i}\t1\t1e\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\t{a}\t{b}\t{mnli_names[i % 3]}\t{mnli_names[i % 3]}"
+        for i, (a, b) in enumerate(zip(s, t))])
+    for split in ("dev_matched", "dev_mismatched"):
+        _w(root / "MNLI" / f"{split}.tsv", [dev_head] + [
+            f"{i}\t1\t1e\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\t{a}\t{b}\t" + "\t".join([mnli_names[i % 3]] * 6)
+            for i, (a, b) in enumerate(zip(s, t))])
+    for task in ("cola", "sst2", "mrpc", "qqp", "qnli", "rte"):
+        expect[task] = {"train": bin_labels, "validation": bin_labels}
+    expect["stsb"] = {"train": [i * 0.5 for i in range(n)], "validation": [i * 0.5 for i in range(n)]}
+    expect["mnli"] = {sp: [i % 3 for i in range(n)] for sp in ("train", "validation_matched", "validation_mismatched")}
+    return expect
+
+
+@pytest.fixture
+def glue_dir(tmp_path):
+    root = tmp_path / "glue_data"
+    expect = make_glue(root)
+    return root, expect
