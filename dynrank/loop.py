@@ -60,6 +60,47 @@ def batches(dataset, batch_size: int, seed: int, epoch: int, group_by_length: bo
     return out
 
 
+def train_step(model, method, optimizer, scheduler, batch, step: int, clip: float, amp: bool, device):
+    """One optimizer step; the benchmark (scripts/bench.py) times exactly this function.
+
+    No host-device synchronisation happens here: the loss comes back as a device tensor.
+    """
+    with autocast(device, amp):
+        loss = model(**batch).loss
+        extra = method.extra_loss(step)
+        total = loss if extra is None else loss + extra
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(method.trainable, clip, foreach=True)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    method.after_step(step + 1)
+    return loss.detach(), total.detach()
+
+
+def make_optimizer(cfg_train, method, total_steps: int, device):
+    """AdamW (fused on GPU), weight decay on every trainable parameter, linear schedule with warm-up."""
+    kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.AdamW(method.trainable, lr=float(cfg_train.lr), weight_decay=float(cfg_train.weight_decay), **kind)
+    warmup = int(float(cfg_train.warmup_ratio) * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def prepare_model(model, method, device, bf16: bool, compile_model: bool):
+    """Move to the device; with bf16, store the FROZEN weights in bf16 (trainable ones and the optimizer
+    state stay fp32) so autocast does not re-cast the backbone every step; optionally torch.compile."""
+    model = model.to(device)
+    if bf16 and device.type == "cuda":
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(torch.bfloat16)
+    method.trainable = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    if compile_model and device.type == "cuda":
+        return torch.compile(model)
+    return model
+
+
 def run(cfg, run_dir) -> dict:
     """Train ``cfg.method`` on ``cfg.task``; returns the results dict (also written to disk)."""
     validate(cfg)
@@ -79,17 +120,15 @@ def run(cfg, run_dir) -> dict:
     seed_everything(seed)  # model and adapter init depend on the seed only
     model = task.build_model()
     method = methods.build(cfg, cfg.model.family)
-    model = method.wrap(model).to(device)
-    model.train()
+    model = method.wrap(model)
+    step_model = prepare_model(model, method, device, amp, bool(cfg.train.get("compile", False)))
 
     bs, epochs = int(cfg.train.batch_size), int(cfg.train.epochs)
     steps_per_epoch = math.ceil(len(train_set) / bs)
     total_steps = steps_per_epoch * epochs
     method.setup(total_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    optimizer = torch.optim.AdamW(params, lr=float(cfg.train.lr), weight_decay=float(cfg.train.weight_decay), **fused)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(float(cfg.train.warmup_ratio) * total_steps), total_steps)
+    optimizer, scheduler = make_optimizer(cfg.train, method, total_steps, device)
+    clip = float(cfg.train.max_grad_norm)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     fp = fingerprint({k: v for k, v in resolved.items() if k not in ("train", "results", "data")},
@@ -116,19 +155,10 @@ def run(cfg, run_dir) -> dict:
         bar = _progress(cfg, plan, epoch, epochs)
         for i, idx in enumerate(bar):
             batch = {k: v.to(device, non_blocking=True) for k, v in task.collate([train_set[j] for j in idx]).items()}
-            with autocast(device, amp):
-                loss = model(**batch).loss
-                extra = method.extra_loss(step)
-                total = loss if extra is None else loss + extra
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, float(cfg.train.max_grad_norm))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, total = train_step(step_model, method, optimizer, scheduler, batch, step, clip, amp, device)
             step += 1
-            method.after_step(step)
-            loss_sum += loss.detach().float()
-            finite &= torch.isfinite(total.detach())
+            loss_sum += loss.float()
+            finite &= torch.isfinite(total)
             if step % int(cfg.train.log_every) == 0 or i == len(plan) - 1:
                 _check_finite(finite, step, epoch)
                 if writer:

@@ -107,10 +107,12 @@ def cached(cache_dir, key: str, build) -> Encoded:
     return enc
 
 
-def pad_batch(batch: list[dict], pad_id: int, keys=("input_ids",)) -> dict[str, torch.Tensor]:
-    """Dynamic padding: pad to the longest sequence of this batch, not to the max length."""
+def pad_batch(batch: list[dict], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Dynamic padding: pad to the longest sequence of this batch (rounded up to ``multiple``, which bounds
+    the number of distinct shapes a compiled model sees), not to the max length."""
     out = {}
     width = max(len(b["input_ids"]) for b in batch)
+    width = -(-width // multiple) * multiple
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for i, b in enumerate(batch):

@@ -56,7 +56,7 @@ class GlueTask(Task):
         return {s: self._encode(s, self.cfg.data.max_eval_samples) for s in self.spec.eval_splits}
 
     def collate(self, batch):
-        out = pad_batch(batch, self.tokenizer.pad_token_id)
+        out = pad_batch(batch, self.tokenizer.pad_token_id, int(self.cfg.train.get("pad_to_multiple", 1)))
         dtype = torch.float32 if self.regression else torch.long
         out["labels"] = torch.tensor([b["labels"] for b in batch], dtype=dtype)
         return out
