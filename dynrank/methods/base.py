@@ -21,6 +21,9 @@ from torch import nn
 from ..models import Target, find_targets, is_head
 
 
+EAGER = "eager"  # graph_key value: run this step without a CUDA graph
+
+
 class Method:
     name = "base"
 
@@ -44,9 +47,27 @@ class Method:
         """Added to the task loss of optimizer step ``step`` (0-based: steps done so far)."""
         return None
 
+    def before_zero_grad(self, step: int) -> None:
+        """Runs after optimizer.step() and scheduler.step() but before zero_grad, so ``p.grad`` still holds
+        this step's (clipped) gradients; ``step`` is 0-based like ``extra_loss``'s (the index of the step just
+        taken). AdaLoRA's sensitivity |w * grad| needs it (PEFT: update_and_allocate between step and zero_grad)."""
+        pass
+
     def after_step(self, step: int) -> None:
         """Runs right after optimizer step ``step`` (1-based: steps done, including this one)."""
         pass
+
+    # --- CUDA graphs (train.cuda_graphs=true) ----------------------------------------------------
+    # The loop may capture a whole step (forward, extra_loss, backward, clip, AdamW, before_zero_grad,
+    # after_step) in a CUDA graph and replay it. A captured step must not branch in Python on anything
+    # but what ``graph_key`` returns, must update its state tensors IN PLACE (never rebind them), and
+    # must take step-dependent numbers from device tensors that ``prepare_step`` fills before each step.
+    def graph_key(self, step: int):
+        """Steps with equal keys run the same captured graph (``step`` 0-based). ``EAGER``: don't capture."""
+        return None
+
+    def prepare_step(self, step: int) -> None:
+        """Host-side, before every step (graphed or not): fill device scalars the step reads (no sync)."""
 
     def final_evaluation(self, evaluate: Callable[[], dict]) -> dict:
         """Extra dev evaluations after training (e.g. DyLoRA at several ranks); merged into results."""

@@ -1,0 +1,225 @@
+"""Training throughput and peak memory of dynrank's methods beside HF PEFT's, on one GPU, in one process.
+
+    python scripts/bench.py                       # everything (make bench)
+    python scripts/bench.py --methods lora,dora --modes eager-bf16,compile-bf16 --settings fixed
+
+Settings: ``fixed`` = L=128, batch 32 (every sequence full length); ``cola`` = the real length
+distribution of GLUE CoLA's training set (benchmarks/cola_train_lengths.json) with CoLA's batch size 16
+and dynamic padding. The model is the RoBERTa-base architecture with random weights (speed does not
+depend on the weights). dynrank runs time ``dynrank.loop.train_step``, the loop's own step; PEFT runs
+time the plain loop a PEFT user writes (autocast, backward, clip, AdamW, and AdaLoRA's
+``update_and_allocate``). Samples/s is measured after warm-up (which includes compilation).
+Writes ``benchmarks/bench-<device>-<date>.json`` and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import random
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dynrank.loop import GraphedStep, make_optimizer, prepare_model, train_step  # noqa: E402
+from dynrank.results import versions, write_json  # noqa: E402
+
+DYNRANK = ["full", "bitfit", "lora", "adalora", "dora", "dora_wd", "houlsby", "pfeiffer"]
+PEFT = ["peft_lora", "peft_adalora", "peft_dora"]
+TARGET_REGEX = r".*layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+
+
+def compose_method_cfg(method: str, task: str = "cola", budget: str = "r8"):
+    from hydra import compose, initialize_config_dir
+
+    import dynrank.config  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"method={method}", f"task={task}", f"budget={budget}"])
+
+
+def make_batches(setting: str, n: int, device, vocab: int, lengths: list[int], pad_multiple: int):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        if setting == "fixed":
+            bs, L = 32, 128
+            lens = [L] * bs
+        else:
+            bs = 16
+            lens = [lengths[int(torch.randint(len(lengths), (1,), generator=g))] for _ in range(bs)]
+            L = -(-max(lens) // pad_multiple) * pad_multiple
+        ids = torch.randint(3, vocab, (bs, L), generator=g)
+        mask = torch.zeros(bs, L, dtype=torch.long)
+        for i, n_tok in enumerate(lens):
+            mask[i, :n_tok] = 1
+            ids[i, n_tok:] = 1
+        labels = torch.randint(0, 2, (bs,), generator=g)
+        out.append({"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)})
+    return out
+
+
+def build_model(device):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    return RobertaForSequenceClassification(RobertaConfig(num_labels=2)).to(device)
+
+
+class _NoSched:
+    def step(self):
+        pass
+
+
+def dynrank_runner(method_name: str, mode: str, device, total_steps: int):
+    from dynrank import methods
+
+    cfg = compose_method_cfg(method_name)
+    model = build_model(device)
+    method = methods.build(cfg, "roberta")
+    model = method.wrap(model)
+    bf16 = "bf16" in mode
+    step_model = prepare_model(model, method, device, bf16, mode.startswith("compile"))
+    method.setup(total_steps)
+    graphs = mode.startswith("graph")
+    optimizer, scheduler = make_optimizer(cfg.train, method, total_steps, device, graphs)
+    state = {"step": 0}
+    graphed = GraphedStep(step_model, method, optimizer, scheduler, 1.0, bf16, device) if graphs else None
+
+    def step(batch):
+        if graphed is not None:
+            loss, _ = graphed(batch, state["step"])
+        else:
+            method.prepare_step(state["step"])
+            loss, _ = train_step(step_model, method, optimizer, scheduler, batch, state["step"], 1.0, bf16, device)
+        state["step"] += 1
+        return loss
+
+    return step, method.param_counts()["adapter"]
+
+
+def peft_runner(method_name: str, mode: str, device, total_steps: int):
+    from peft import AdaLoraConfig, LoraConfig, get_peft_model
+
+    model = build_model(device)
+    if method_name == "peft_adalora":
+        config = AdaLoraConfig(init_r=12, target_r=8, lora_alpha=8, lora_dropout=0.1, target_modules=TARGET_REGEX,
+                               total_step=total_steps, tinit=int(0.15 * total_steps), tfinal=int(0.5 * total_steps),
+                               deltaT=10, task_type="SEQ_CLS")
+    else:
+        config = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.1, target_modules=TARGET_REGEX, task_type="SEQ_CLS",
+                            use_dora=method_name == "peft_dora")
+    model = get_peft_model(model, config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    bf16 = "bf16" in mode
+    state = {"step": 0}
+
+    def step(batch):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if method_name == "peft_adalora":
+            model.base_model.update_and_allocate(state["step"])
+        opt.zero_grad(set_to_none=True)
+        state["step"] += 1
+        return loss.detach()
+
+    return step, sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n)
+
+
+def measure(name, mode, setting, device, args, lengths):
+    impl = peft_runner if name.startswith("peft_") else dynrank_runner
+    total_steps = args.warmup + args.steps
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    t_build = time.time()
+    step, adapter_params = impl(name, mode, device, total_steps)
+    batches = make_batches(setting, 16, device, 50265, lengths, args.pad_multiple)
+    for i in range(args.warmup):
+        step(batches[i % len(batches)])
+    torch.cuda.synchronize()
+    warm_s = time.time() - t_build
+    t0 = time.perf_counter()
+    samples = 0
+    for i in range(args.steps):
+        b = batches[i % len(batches)]
+        last = step(b)
+        samples += b["input_ids"].shape[0]
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"impl": "peft" if name.startswith("peft_") else "dynrank", "method": name, "mode": mode,
+            "setting": setting, "samples_per_s": samples / dt, "step_ms": 1000 * dt / args.steps,
+            "peak_mem_mib": torch.cuda.max_memory_allocated(device) / 2**20, "adapter_params": adapter_params,
+            "warmup_s": warm_s, "final_loss": float(last), "finite": bool(math.isfinite(float(last)))}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default=",".join(DYNRANK + PEFT))
+    ap.add_argument("--modes", default="eager-fp32,eager-bf16,graph-fp32,graph-bf16",
+                    help="dynrank modes: eager-fp32, eager-bf16, graph-fp32, graph-bf16 (CUDA graphs), compile-bf16 "
+                         "(torch.compile); PEFT runs the eager ones")
+    ap.add_argument("--settings", default="fixed,cola")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=15)
+    ap.add_argument("--pad-multiple", type=int, default=8)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks"))
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("error: the benchmark needs a CUDA GPU")
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32
+    lengths = json.loads((ROOT / "benchmarks/cola_train_lengths.json").read_text())["lengths"]
+    rows = []
+    for setting in args.settings.split(","):
+        for name in args.methods.split(","):
+            for mode in args.modes.split(","):
+                if name.startswith("peft_") and not mode.startswith("eager"):
+                    continue
+                try:
+                    r = measure(name, mode, setting, device, args, lengths)
+                except Exception as e:  # a missing method or a failed compile is reported, not fatal
+                    r = {"impl": "peft" if name.startswith("peft_") else "dynrank", "method": name, "mode": mode,
+                         "setting": setting, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+                gc.collect()
+                torch._dynamo.reset()
+                torch.cuda.empty_cache()
+    device_name = torch.cuda.get_device_name(device)
+    report = {"device": device_name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "versions": versions(), "python": platform.python_version(), "rows": rows}
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
+    out = Path(args.out) / f"bench-{device_name.replace(' ', '_')}-{stamp}.json"
+    write_json(out, report)
+    print_table(rows)
+    print(f"wrote {out}")
+    return report
+
+
+def print_table(rows):
+    print(f"{'setting':7} {'method':14} {'mode':13} {'samples/s':>10} {'step ms':>8} {'peak MiB':>9}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['setting']:7} {r['method']:14} {r['mode']:13} {'error: ' + r['error'][:60]}")
+        else:
+            print(f"{r['setting']:7} {r['method']:14} {r['mode']:13} {r['samples_per_s']:10.0f} {r['step_ms']:8.2f} "
+                  f"{r['peak_mem_mib']:9.0f}")
+
+
+if __name__ == "__main__":
+    random.seed(0)
+    main()
