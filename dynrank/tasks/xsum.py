@@ -1,0 +1,130 @@
+"""XSum (abstractive summarisation) with BART: Table 4's ROUGE-1/2/L.
+
+Sources truncated to ``task.max_length`` (768) tokens, summaries (labels) to ``task.max_target_length``
+(64), labels padded with -100 (BART builds its decoder inputs by shifting them right). Evaluation
+generates with beam search (``eval.num_beams`` 3, ``eval.max_new_tokens`` 64; every other generation
+setting is the checkpoint's own ``model.generation_config``) and scores
+ROUGE-1/2/L F-measure with stemming against the raw gold summaries (``dynrank.metrics.rouge``).
+Generation is slow, so ``eval.max_samples`` evaluates the first n documents; the dev metrics record
+how many in ``n_eval``. ``task.metric`` (rougeL) picks the best epoch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForSeq2SeqLM
+
+from ..data import xsum as xsum_data
+from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
+from ..errors import ConfigError
+from ..metrics.rouge import rouge
+from ..models import load_model
+from .base import Task, autocast, limit
+from .squad import eval_limit
+
+
+def prepare_features(tokenizer, rows: list[dict], max_length: int, max_target_length: int) -> dict[str, list]:
+    src = tokenizer([r["document"] for r in rows], max_length=max_length, truncation=True)
+    tgt = tokenizer(text_target=[r["summary"] for r in rows], max_length=max_target_length, truncation=True)
+    return {"input_ids": src["input_ids"], "labels": tgt["input_ids"]}
+
+
+@dataclass
+class XsumEval:
+    rows: list[dict]  # documents and gold summaries (raw text, the ROUGE references)
+    features: Encoded  # tokenised sources
+
+
+class XsumTask(Task):
+    task_type = "seq2seq"
+
+    def __init__(self, cfg, tokenizer):
+        super().__init__(cfg, tokenizer)
+        t = cfg.task
+        self.max_length, self.max_target_length = int(t.max_length), int(t.max_target_length)
+        self.eval_split = str(t.get("eval_split") or "validation")
+        self.num_beams = int(OmegaConf.select(cfg, "eval.num_beams", default=3))
+        self.max_new_tokens = int(OmegaConf.select(cfg, "eval.max_new_tokens", default=64))
+        if self.eval_split not in ("validation", "test"):
+            raise ConfigError(f"task.eval_split must be validation or test (got {self.eval_split})")
+        if min(self.max_length, self.max_target_length, self.num_beams, self.max_new_tokens) < 1:
+            raise ConfigError("task.max_length, task.max_target_length, eval.num_beams and eval.max_new_tokens "
+                              "must be >= 1")
+        if cfg.model.family != "bart":
+            raise ConfigError(f"XSum needs an encoder-decoder model (model=bart_base or tiny_bart); "
+                              f"model={cfg.model.id} is family '{cfg.model.family}'")
+
+    def build_model(self):
+        return load_model(self.cfg.model, AutoModelForSeq2SeqLM, self.tokenizer)
+
+    def _encode(self, split: str, rows_fn) -> Encoded:
+        d = self.cfg.data
+        key = fingerprint("xsum", split, self.max_length, self.max_target_length, tokenizer_id(self.tokenizer),
+                          source_id(d.dir, self.name, split))
+        return cached(d.cache_dir, key, lambda: Encoded(prepare_features(
+            self.tokenizer, rows_fn(), self.max_length, self.max_target_length)))
+
+    def train_set(self):
+        enc = self._encode("train", lambda: xsum_data.load_split("train", self.cfg.data.dir))
+        n = self.cfg.data.max_train_samples
+        return enc if n is None else Encoded({k: v[: int(n)] for k, v in enc.columns.items()})
+
+    def eval_sets(self):
+        rows = xsum_data.load_split(self.eval_split, self.cfg.data.dir)
+        enc = self._encode(self.eval_split, lambda: rows)
+        n = eval_limit(self.cfg)
+        rows = limit(rows, n)
+        enc = Encoded({k: v[: len(rows)] for k, v in enc.columns.items()})
+        return {self.eval_split: XsumEval(rows, enc)}
+
+    def collate(self, batch):
+        multiple = int(self.cfg.train.get("pad_to_multiple", 1))  # bounds the shapes a compiled model sees
+        out = pad_batch(batch, self.tokenizer.pad_token_id, multiple=multiple)
+        if "labels" in batch[0]:
+            width = -(-max(len(b["labels"]) for b in batch) // multiple) * multiple
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for i, b in enumerate(batch):
+                labels[i, :len(b["labels"])] = torch.as_tensor(b["labels"])
+            out["labels"] = labels
+        return out
+
+    @torch.no_grad()
+    def generate(self, model, features: Encoded, device, amp) -> list[str]:
+        """Beam-search summaries of every source, in length-sorted batches of ``train.eval_batch_size``."""
+        bs = int(self.cfg.train.eval_batch_size)
+        order = np.argsort(features.lengths(), kind="stable")[::-1]  # longest first: an OOM shows at once
+        out: list[str | None] = [None] * len(features)
+        self.gen_tokens = 0
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            batch = pad_batch([{"input_ids": features.columns["input_ids"][j]} for j in idx],
+                              self.tokenizer.pad_token_id)
+            with autocast(device, amp):
+                seqs = model.generate(**{k: v.to(device) for k, v in batch.items()}, num_beams=self.num_beams,
+                                      max_new_tokens=self.max_new_tokens)
+            seqs = seqs.cpu()
+            self.gen_tokens += int((seqs != self.tokenizer.pad_token_id).sum())
+            for j, text in zip(idx, self.tokenizer.batch_decode(seqs, skip_special_tokens=True)):
+                out[j] = text.strip()
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model, eval_sets, device, amp) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        metrics = {}
+        for split, ev in eval_sets.items():
+            preds = self.generate(model, ev.features, device, amp)
+            m = rouge(preds, [r["summary"] for r in ev.rows])
+            m["n_eval"] = float(len(ev.rows))
+            m["gen_len"] = self.gen_tokens / max(1, len(ev.rows))  # mean generated tokens (with specials)
+            metrics.update(m)  # one eval split (task.eval_split): no suffix, so task.metric names the key
+        if was_training:
+            model.train()
+        return metrics
+
+
+TASK = XsumTask

@@ -1,0 +1,125 @@
+"""XSum: ROUGE (by hand and against rouge-score), data layouts and errors, batching, end to end with a tiny BART."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rouge_score import rouge_scorer
+
+from conftest import compose
+from dynrank.data import xsum as xsum_data
+from dynrank.errors import ConfigError, DataError
+from dynrank.metrics.rouge import rouge
+
+FIX = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_rouge_known_pair_by_hand_and_library():
+    pred, ref = "The cat sat on the mat.", "the cat was sitting on the mat"
+    # stemmed tokens: pred the cat sat on the mat (6), ref the cat was sit on the mat (7)
+    # ROUGE-1: 5 common -> F = 2*5/(6+7); ROUGE-2: the cat, on the, the mat -> 2*3/(5+6); ROUGE-L: LCS 5
+    one = rouge([pred], [ref])
+    assert one["rouge1"] == pytest.approx(100 * 10 / 13) and one["rougeL"] == pytest.approx(100 * 10 / 13)
+    assert one["rouge2"] == pytest.approx(100 * 6 / 11)
+    lib = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True).score(ref, pred)
+    assert one == pytest.approx({k: 100 * lib[k].fmeasure for k in lib})
+    # averaging over pairs: a disjoint pair scores 0, so the mean halves
+    two = rouge([pred, "completely different words"], [ref, "a dog barked"])
+    assert two == pytest.approx({k: v / 2 for k, v in one.items()})
+    # the reference is the target: precision/recall are not swapped (asymmetric pair)
+    r = rouge(["the cat"], ["the cat sat"])
+    assert r["rouge1"] == pytest.approx(100 * 2 * (1 * 2 / 3) / (1 + 2 / 3))
+    assert rouge([], []) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+
+
+def test_jsonl_and_csv_layouts_agree():
+    a = xsum_data.load_split("validation", str(FIX / "xsum"))
+    b = xsum_data.load_split("validation", str(FIX / "xsum_csv"))
+    assert a == b and len(a) == 6 and set(a[0]) == {"document", "summary"}
+    assert len(xsum_data.load_split("train", str(FIX))) == 12  # <dir>/xsum/train.jsonl
+
+
+def test_data_errors(tmp_path, monkeypatch):
+    (tmp_path / "train.jsonl").write_text('{"document": "a", "summary": "b"}\n{"document": "a", "summ\n')
+    with pytest.raises(DataError, match=r"train.jsonl:2"):
+        xsum_data.load_split("train", str(tmp_path))
+    (tmp_path / "train.jsonl").write_text('{"document": "a", "title": "b"}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:1.*'summary'"):
+        xsum_data.load_split("train", str(tmp_path))
+    (tmp_path / "validation.csv").write_text("text,summary\nx,y\n")
+    with pytest.raises(DataError, match="validation.csv.*document"):
+        xsum_data.load_split("validation", str(tmp_path))
+    with pytest.raises(DataError, match="test.jsonl or test.csv"):
+        xsum_data.load_split("test", str(tmp_path))
+    import datasets
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach the Hub")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="EdinburghNLP/xsum.*data.dir"):
+        xsum_data.load_split("validation", None)
+
+
+def _cfg(tmp_path, *extra):
+    return compose(["task=xsum", "model=tiny_bart", f"data.dir={FIX / 'xsum'}", f"data.cache_dir={tmp_path / 'cache'}",
+                    f"results.store={tmp_path / 'store'}", "train.progress=false", "train.epochs=1",
+                    "eval.max_samples=3", "eval.max_new_tokens=8", *extra])
+
+
+def test_collate_pads_labels_with_minus_100(tmp_path):
+    from dynrank import tasks
+    from dynrank.models import find_targets, load_tokenizer
+
+    cfg = _cfg(tmp_path)
+    tok = load_tokenizer(cfg.model)
+    task = tasks.build(cfg, tok)
+    train = task.train_set()
+    assert len(train) == 12
+    batch = task.collate([train[0], train[1]])
+    n0, n1 = len(train[0]["labels"]), len(train[1]["labels"])
+    assert batch["labels"].shape[1] == max(n0, n1)
+    short = 0 if n0 < n1 else 1
+    assert (batch["labels"][short, min(n0, n1):] == -100).all() and (batch["labels"] != -100).sum() == n0 + n1
+    assert batch["labels"][0, 0] == tok.bos_token_id and tok.eos_token_id in batch["labels"][0].tolist()
+    w0 = len(train[0]["input_ids"])
+    assert (batch["attention_mask"].sum(1) == torch.tensor([w0, len(train[1]["input_ids"])])).all()
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tok.pad_token_id).all()
+    # every method adapts q, k, v, out_proj, fc1, fc2 in the encoder and the decoder (self- and cross-attention)
+    model = task.build_model()
+    targets = find_targets(model, "bart")
+    assert len(targets) == 2 * 6 + 2 * 10
+    assert {t.layer for t in targets} == {"enc.0", "enc.1", "dec.0", "dec.1"}
+    assert sum(t.matrix_type.startswith("cross_") for t in targets) == 2 * 4
+    with pytest.raises(ConfigError, match="encoder-decoder"):
+        tasks.build(compose(["task=xsum", "model=tiny"]), tok)
+
+
+def _check(res, n):
+    dev = res["best"]["dev"]
+    assert res["metric"] == "rougeL" and dev["n_eval"] == n
+    for k in ("rouge1", "rouge2", "rougeL"):
+        assert 0 <= dev[k] <= 100
+    assert dev["rouge2"] <= dev["rouge1"] and dev["rougeL"] <= dev["rouge1"]
+    assert 1 <= dev["gen_len"] <= 8 + 1  # decoder start token + at most max_new_tokens
+
+
+def test_xsum_lora_end_to_end(tmp_path):
+    from dynrank.loop import run
+
+    res = run(_cfg(tmp_path, "method=lora", "train.export=true"), tmp_path / "run")
+    _check(res, 3)
+    assert res["config"]["task"]["lr"] == 0.0034 and res["config"]["eval"]["num_beams"] == 3  # Table 8, App. E
+    # r * (d_in + d_out) per matrix; 2 layers each: encoder 4 attention + fc1/fc2, decoder 8 attention + fc1/fc2
+    enc, dec = 2 * (4 * (32 + 32) + 2 * (32 + 64)), 2 * (8 * (32 + 32) + 2 * (32 + 64))
+    assert res["params"]["adapter"] == 8 * (enc + dec) == 18432 and res["params"]["head"] == 0
+    stored = json.loads((tmp_path / "store/tiny_bart/xsum/lora-r8/seed1.json").read_text())
+    assert stored["final"]["dev"] == res["final"]["dev"]
+    assert json.loads((tmp_path / "run/adapter/adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"
+
+
+def test_xsum_full_end_to_end_csv(tmp_path):
+    from dynrank.loop import run
+
+    res = run(_cfg(tmp_path, "method=full", f"data.dir={FIX / 'xsum_csv'}", "eval.max_samples=2"), tmp_path / "run")
+    _check(res, 2)
+    assert res["params"]["trainable"] == res["params"]["total"]
