@@ -1,0 +1,348 @@
+"""AdaLoRA (Zhang et al., 2023), following HF PEFT 0.21's ``AdaLoraModel`` / ``RankAllocator`` exactly.
+
+Parameterisation (AdaLoRA Sec. 3.1, SVD-based adaptation; PEFT ``SVDLinear``): every target matrix gets an
+SVD-shaped update
+
+    h = W0 x + (alpha / (r0 + 1e-5)) * P diag(lambda) Q dropout(x),
+
+Q = ``lora_A`` (r0 x d_in), lambda = ``lora_E`` (r0 x 1), P = ``lora_B`` (d_out x r0); PEFT's ``scaling`` is
+lora_alpha and ``ranknum`` = r0 (it stays r0 after pruning). Init: lambda = 0, P and Q ~ N(0, 0.02).
+r0 = ``method.initial_budget`` or ceil(1.5 * budget.r) (the paper's Appendix E initial budget, as dora);
+the target average rank is budget.r (PEFT ``target_r``).
+
+Orthogonal regulariser (AdaLoRA Sec. 3.1; PEFT adds it to the loss in ``AdaLoraModel.forward``):
+R = orth_reg_weight * mean over the 2n matrices of ||P^T P - I||_F and ||Q Q^T - I||_F (the paper squares
+the norms, the authors' code and PEFT do not: we follow the code); here ``extra_loss``, computed per shape
+group with one ``bmm`` (fp32, outside autocast).
+
+Importance (AdaLoRA Sec. 3.2; PEFT ``RankAllocator.update_ipt`` / ``mask_to_budget``): per entry, sensitivity
+I = |w * grad| after the optimizer step, its EMA Ibar = beta1 Ibar + (1 - beta1) I and the uncertainty
+U = beta2 U + (1 - beta2) |I - Ibar|; score s = Ibar * U. Triplet i of a module scores
+S_i = s(lambda_i) + mean_j s(Q_ij) + mean_j s(P_ji).
+
+Budget schedule (AdaLoRA Sec. 3.3, global budget scheduler; PEFT ``budget_schedule``) with T = total steps,
+tinit = int(0.15 T), tfinal = int(0.5 T) (the schedule fractions dora uses), deltaT = task.pruning_interval, for the 0-based
+index t of the optimizer step just taken (PEFT/official AdaLoRA ``global_step``):
+  t <= tinit: budget b = n r0, no masking;
+  tinit < t < T - tfinal: b = int((n r0 - n r) (1 - (t - tinit) / (T - tfinal - tinit))^3 + n r), and when
+      t % deltaT == 0, lambda_i := 0 for every triplet with S_i <= the (n r0 - b)-th smallest S (one global
+      ``kthvalue`` over all modules); masked lambdas may regrow until the next masking;
+  t == T - tfinal: the final mask at b = n r (forced), the EMAs are reset;
+  t > T - tfinal: the final mask is re-applied after every step (``mask_using_rank_pattern``).
+Importance is updated at every step t < T - tfinal. All of this runs in ``before_zero_grad`` (after
+optimizer.step() and scheduler.step(), before zero_grad), the place PEFT's docs and the official AdaLoRA
+trainer call ``update_and_allocate``, so the gradients are this step's clipped ones and w the updated weights.
+
+Speed: the EMAs live in one bank per shape group (views per module for ``torch._foreach_*`` updates), the
+scores need no stacking, the threshold stays on the device (no ``.item()``), masks are multiplied in with one
+foreach call; the only per-step Python work is gathering the ``.grad`` list (as the optimizer does).
+
+Deviation: PEFT crashes (``kthvalue`` with k = 0) when r0 == budget.r; here nothing is masked then.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+from ..models import MATRIX_TYPES
+from .base import Method, freeze_all_but_head, replace_targets
+
+
+class SVDLinear(nn.Module):
+    """W0 x + P diag(lambda) Q dropout(x) * alpha / (r0 + 1e-5), as PEFT's ``adalora.SVDLinear``."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.r = r
+        dev = base.weight.device
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=dev))  # Q: right singular vectors
+        self.lora_E = nn.Parameter(torch.zeros(r, 1, device=dev))  # lambda: singular values
+        self.lora_B = nn.Parameter(torch.empty(base.out_features, r, device=dev))  # P: left singular vectors
+        if dev.type != "meta":
+            nn.init.normal_(self.lora_A, mean=0.0, std=0.02)
+            nn.init.normal_(self.lora_B, mean=0.0, std=0.02)
+        self.scaling = float(alpha) if alpha > 0 else float(r)  # PEFT: lora_alpha (r when alpha <= 0)
+        # PEFT divides by the fp32 tensor ranknum + 1e-5; the same number as a Python float.
+        self.ranknum = float(torch.tensor(float(r)) + 1e-5)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x):
+        h = self.base(x)
+        return h + F.linear(F.linear(self.dropout(x), self.lora_A * self.lora_E), self.lora_B) * self.scaling / self.ranknum
+
+
+def rank_map(targets, counts) -> dict:
+    """Surviving ranks per (matrix type, layer): Figure 2's layout, rows in MATRIX_TYPES order (then BART's
+    cross-attention types), columns the layer labels in model order; ``None`` where a matrix is not adapted."""
+    types = list(MATRIX_TYPES) + ["cross_" + m for m in MATRIX_TYPES]
+    present = {t.matrix_type for t in targets}
+    rows = [m for m in types if m in present] + sorted(present - set(types))
+    cols = list(OrderedDict.fromkeys(t.layer for t in targets))
+    grid = [[None] * len(cols) for _ in rows]
+    for t, c in zip(targets, counts):
+        grid[rows.index(t.matrix_type)][cols.index(t.layer)] = int(c)
+    return {"rows": rows, "cols": cols, "counts": grid}
+
+
+class AdaLoRA(Method):
+    name = "adalora"
+
+    # --- wrap ---------------------------------------------------------------------------------------
+    def wrap(self, model):
+        cfg = self.cfg
+        self.target_r = int(self.budget.r)
+        r0 = cfg.get("initial_budget")
+        self.init_r = int(r0) if r0 is not None else math.ceil(1.5 * self.target_r)
+        if self.init_r < self.target_r:
+            raise ConfigError(f"method.initial_budget={self.init_r} is below budget.r={self.target_r}; "
+                              "the initial rank must be >= the final one")
+        self.orth_reg_weight = float(cfg.get("orth_reg_weight", 0.1))
+        self.beta1, self.beta2 = float(cfg.get("beta1", 0.85)), float(cfg.get("beta2", 0.85))
+        if self.orth_reg_weight < 0:
+            raise ConfigError(f"method.orth_reg_weight must be >= 0 (got {self.orth_reg_weight})")
+        if not (0 < self.beta1 < 1 and 0 < self.beta2 < 1):
+            raise ConfigError(f"method.beta1 and method.beta2 must lie in (0, 1) (got {self.beta1}, {self.beta2})")
+        self.deltaT = int(cfg.get("deltaT", 10))
+        if self.deltaT < 1:
+            raise ConfigError(f"method.deltaT (the masking interval) must be >= 1 (got {self.deltaT})")
+        alpha, p = float(cfg.get("alpha", 8)), float(cfg.get("dropout", 0.1))
+        freeze_all_but_head(model)
+        self.layers = replace_targets(model, self.family, lambda t: SVDLinear(t.module, self.init_r, alpha, p))
+        self.targets = [t for t, _ in self.layers]
+        self.modules = [m for _, m in self.layers]
+        self.n = len(self.modules)
+        self.init_bgt = self.init_r * self.n  # PEFT RankAllocator.init_bgt
+        self.target_bgt = self.target_r * self.n  # PEFT RankAllocator.target_bgt
+        # shape groups: Q (lora_A) by d_in, P (lora_B) by d_out
+        self.groups_A = self._group(lambda m: m.lora_A.shape[1])
+        self.groups_B = self._group(lambda m: m.lora_B.shape[0])
+        self.model = model
+        self._ready = False
+        return model
+
+    def _group(self, key) -> list[tuple[int, list[int]]]:
+        g: dict[int, list[int]] = {}
+        for i, m in enumerate(self.modules):
+            g.setdefault(int(key(m)), []).append(i)
+        return sorted(g.items())
+
+    def setup(self, total_steps: int) -> None:
+        """Schedule (PEFT total_step, tinit, tfinal) and the device state: EMA banks and the mask."""
+        super().setup(total_steps)
+        T = int(total_steps)
+        self.tinit = int(float(self.cfg.get("tinit_fraction", 0.15)) * T)
+        self.tfinal = int(float(self.cfg.get("tfinal_fraction", 0.5)) * T)
+        if T < 1 or self.tinit >= T - self.tfinal:
+            raise ConfigError(f"AdaLoRA schedule leaves no budgeting phase: tinit={self.tinit}, tfinal={self.tfinal}, "
+                              f"T={T} steps; lower method.tinit_fraction / method.tfinal_fraction or train longer")
+        dev = self.modules[0].lora_A.device
+        self.params_E = [m.lora_E for m in self.modules]
+        self.params_A = [self.modules[i].lora_A for _, idx in self.groups_A for i in idx]
+        self.params_B = [self.modules[i].lora_B for _, idx in self.groups_B for i in idx]
+        self.params = self.params_A + self.params_E + self.params_B
+        # EMA banks (sensitivity Ibar and uncertainty U): E (n, r0, 1); Q per d_in group; P per d_out group
+        self.bank = {}
+        for kind in ("ipt", "unc"):
+            self.bank[f"{kind}_E"] = torch.zeros(self.n, self.init_r, 1, device=dev)
+            for d, idx in self.groups_A:
+                self.bank[f"{kind}_A{d}"] = torch.zeros(len(idx), self.init_r, d, device=dev)
+            for d, idx in self.groups_B:
+                self.bank[f"{kind}_B{d}"] = torch.zeros(len(idx), d, self.init_r, device=dev)
+        self.ema = {kind: [v for d, _ in self.groups_A for v in self.bank[f"{kind}_A{d}"].unbind(0)]
+                    + list(self.bank[f"{kind}_E"].unbind(0))
+                    + [v for d, _ in self.groups_B for v in self.bank[f"{kind}_B{d}"].unbind(0)]
+                    for kind in ("ipt", "unc")}
+        self.idx_A = [torch.tensor(idx, device=dev) for _, idx in self.groups_A]
+        self.idx_B = [torch.tensor(idx, device=dev) for _, idx in self.groups_B]
+        # keep[i, j] = 1: triplet j of module i survives the latest masking (fp32, multiplied into lambda)
+        self.keep = torch.ones(self.n, self.init_r, 1, device=dev)
+        self.keep_views = list(self.keep.unbind(0))
+        self.fixed = torch.zeros((), device=dev)  # 1 once the final rank pattern is set (t == T - tfinal)
+        self.eye = torch.eye(self.init_r, device=dev)
+        self._ready = True
+
+    # --- the orthogonal regulariser -----------------------------------------------------------------
+    def extra_loss(self, step: int):
+        """orth_reg_weight * mean_i (||Q_i Q_i^T - I||_F + ||P_i^T P_i - I||_F) / 2 (PEFT AdaLoraModel.forward)."""
+        if self.orth_reg_weight == 0:
+            return None
+        dev = self.modules[0].lora_A.device
+        with torch.autocast(device_type=dev.type, enabled=False):
+            total = 0.0
+            for _, idx in self.groups_A:
+                Q = torch.stack([self.modules[i].lora_A for i in idx])  # (G, r0, d_in)
+                total = total + torch.linalg.vector_norm(torch.bmm(Q, Q.transpose(1, 2)) - self.eye, dim=(1, 2)).sum()
+            for _, idx in self.groups_B:
+                P = torch.stack([self.modules[i].lora_B for i in idx])  # (G, d_out, r0)
+                total = total + torch.linalg.vector_norm(torch.bmm(P.transpose(1, 2), P) - self.eye, dim=(1, 2)).sum()
+            return self.orth_reg_weight * (total / (2 * self.n))
+
+    # --- the budget ---------------------------------------------------------------------------------
+    def budget_schedule(self, step: int) -> tuple[int, bool]:
+        """PEFT ``RankAllocator.budget_schedule``: (total rank budget, whether to mask) at step index ``step``."""
+        T, tinit, tfinal = self.total_steps, self.tinit, self.tfinal
+        if step <= tinit:
+            return self.init_bgt, False
+        if step > T - tfinal:
+            return self.target_bgt, True
+        mul_coeff = 1 - (step - tinit) / (T - tfinal - tinit)
+        return int((self.init_bgt - self.target_bgt) * (mul_coeff ** 3) + self.target_bgt), step % self.deltaT == 0
+
+    def graph_key(self, step: int):
+        """CUDA graphs (train.cuda_graphs): steps that only update the importance share one graph, the fixed
+        phase another; masking steps (a new k every time) and the finalising step run eagerly ("eager" is
+        base.EAGER)."""
+        boundary = self.total_steps - self.tfinal
+        if step < boundary:
+            return "eager" if self.budget_schedule(step)[1] else "importance"
+        return "eager" if step == boundary else "fixed"
+
+    @torch.no_grad()
+    def before_zero_grad(self, step: int) -> None:
+        """PEFT ``AdaLoraModel.update_and_allocate(step)``; ``step`` = index of the optimizer step just taken."""
+        boundary = self.total_steps - self.tfinal
+        if step < boundary:
+            self._update_importance()
+            budget, mask_ind = self.budget_schedule(step)
+            if mask_ind:
+                self._mask_to_budget(budget)
+        elif step == boundary:  # finalise the rank pattern
+            self._mask_to_budget(self.target_bgt)
+            self.fixed.fill_(1.0)
+            for v in self.bank.values():  # PEFT reset_ipt
+                v.zero_()
+        else:  # mask_using_rank_pattern
+            torch._foreach_mul_(self.params_E, self.keep_views)
+
+    def _update_importance(self) -> None:
+        """I = |w * grad|; Ibar = b1 Ibar + (1 - b1) I; U = b2 U + (1 - b2) |I - Ibar| (PEFT update_ipt)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        ipt = torch._foreach_mul(self.params, grads)
+        torch._foreach_abs_(ipt)
+        avg, unc = self.ema["ipt"], self.ema["unc"]
+        torch._foreach_mul_(avg, self.beta1)
+        torch._foreach_add_(avg, torch._foreach_mul(ipt, 1 - self.beta1))
+        dev = torch._foreach_sub(ipt, avg)
+        torch._foreach_abs_(dev)
+        torch._foreach_mul_(dev, 1 - self.beta2)
+        torch._foreach_mul_(unc, self.beta2)
+        torch._foreach_add_(unc, dev)
+
+    def scores(self) -> torch.Tensor:
+        """(n, r0): S_i = s(lambda_i) + (mean_j s(Q_ij) + mean_j s(P_ji)), s = Ibar * U (PEFT mask_to_budget)."""
+        b = self.bank
+        s_E = (b["ipt_E"] * b["unc_E"]).view(self.n, self.init_r)
+        s_A = torch.empty_like(s_E)
+        s_B = torch.empty_like(s_E)
+        for (d, _), idx in zip(self.groups_A, self.idx_A):
+            s_A[idx] = (b[f"ipt_A{d}"] * b[f"unc_A{d}"]).mean(dim=2)
+        for (d, _), idx in zip(self.groups_B, self.idx_B):
+            s_B[idx] = (b[f"ipt_B{d}"] * b[f"unc_B{d}"]).mean(dim=1)
+        return s_E + (s_A + s_B)
+
+    def _mask_to_budget(self, budget: int) -> None:
+        k = self.init_bgt - budget
+        if k <= 0:  # r0 == target rank: nothing to prune (PEFT's kthvalue would fail here)
+            return
+        s = self.scores()
+        threshold = torch.kthvalue(s.flatten(), k).values  # stays on the device
+        self.keep.copy_((s > threshold).unsqueeze(-1))
+        torch._foreach_mul_(self.params_E, self.keep_views)
+
+    # --- state, summary, counts ---------------------------------------------------------------------
+    def state_dict(self):
+        if not self._ready:
+            return {}
+        return {**{f"ema.{k}": v for k, v in self.bank.items()}, "keep": self.keep, "fixed": self.fixed}
+
+    def load_state_dict(self, state):
+        if not state:
+            return
+        for k, v in self.bank.items():
+            v.copy_(state[f"ema.{k}"])
+        self.keep.copy_(state["keep"])
+        self.fixed.copy_(state["fixed"])
+
+    def ranks(self) -> list[int]:
+        """Surviving triplets per module (the latest mask; the final one once ``fixed``)."""
+        if not self._ready:
+            return [self.init_r] * self.n
+        return [int(c) for c in self.keep.sum(dim=(1, 2)).round().tolist()]
+
+    def summary(self) -> dict:
+        ranks = self.ranks()
+        fixed = bool(self._ready and self.fixed.item() > 0)
+        return {
+            "rank_map": rank_map(self.targets, ranks),
+            "rank_pattern": {t.name: r for t, r in zip(self.targets, ranks)},
+            "final_pattern_fixed": fixed,
+            "initial_rank": self.init_r, "target_rank": self.target_r,
+            "budget": {"initial": self.init_bgt, "target": self.target_bgt, "surviving": sum(ranks)},
+            "schedule": {"total_step": self.total_steps, "tinit": getattr(self, "tinit", None),
+                         "tfinal": getattr(self, "tfinal", None), "deltaT": self.deltaT},
+            "orth_reg_weight": self.orth_reg_weight,
+            "params": self.param_counts(),
+        }
+
+    def param_counts(self) -> dict[str, int]:
+        """Paper convention (AdaLoRA's Table 1, copied by DoRA's Table 2): a surviving triplet costs
+        d_in + d_out + 1. ``adapter`` = the final budget: the final rank pattern once fixed, else the uniform
+        allocation budget.r per module; ``adapter_initial`` = what trains (r0 triplets per module)."""
+        base = super().param_counts()
+        sizes = [m.lora_A.shape[1] + m.lora_B.shape[0] + 1 for m in self.modules]
+        initial = self.init_r * sum(sizes)
+        uniform = self.target_r * sum(sizes)
+        fixed = self._ready and self.fixed.item() > 0
+        final = sum(r * s for r, s in zip(self.ranks(), sizes)) if fixed else uniform
+        head = base["head"]
+        return {"adapter": final, "adapter_initial": initial, "adapter_uniform": uniform, "head": head,
+                "trainable": final + head, "trainable_initial": base["adapter"] + head, "total": base["total"]}
+
+    # --- export ----------------------------------------------------------------------------------------
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
+        """A PEFT AdaLoRA adapter (``PeftModel.from_pretrained`` loads it): the surviving triplets of the final
+        rank pattern (``rank_pattern`` in the config; all r0 triplets while no final pattern exists) and the head."""
+        from pathlib import Path
+
+        from peft import AdaLoraConfig
+        from safetensors.torch import save_file
+
+        from ..export import TASK_TYPES
+        from ..models import HEAD_PREFIXES, is_head
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        fixed = self._ready and self.fixed.item() > 0
+        keep = self.keep.view(self.n, self.init_r).bool().cpu() if fixed else torch.ones(self.n, self.init_r, dtype=torch.bool)
+        tensors, pattern = {}, {}
+        for (t, m), k in zip(self.layers, keep):
+            pre = f"base_model.model.{t.name}"
+            tensors[f"{pre}.lora_A"] = m.lora_A.detach()[k.to(m.lora_A.device)].float().cpu().contiguous()
+            tensors[f"{pre}.lora_E"] = m.lora_E.detach()[k.to(m.lora_A.device)].float().cpu().contiguous()
+            tensors[f"{pre}.lora_B"] = m.lora_B.detach()[:, k.to(m.lora_A.device)].float().cpu().contiguous()
+            pattern[f"{t.name}.lora_E"] = k.tolist()
+        for n, p in self.model.named_parameters():
+            if is_head(n):
+                tensors[f"base_model.model.{n}"] = p.detach().float().cpu().contiguous().clone()
+        T = max(int(self.total_steps), 1)
+        config = AdaLoraConfig(
+            task_type=TASK_TYPES[task_type], base_model_name_or_path=base_name or None,
+            target_modules=[t.name for t in self.targets], init_r=self.init_r, target_r=self.target_r,
+            lora_alpha=self.modules[0].scaling, lora_dropout=0.0,
+            tinit=getattr(self, "tinit", 0), tfinal=getattr(self, "tfinal", 0), deltaT=self.deltaT,
+            beta1=self.beta1, beta2=self.beta2, orth_reg_weight=self.orth_reg_weight, total_step=T,
+            rank_pattern=pattern if fixed else None, inference_mode=True,
+            modules_to_save=[p for p in HEAD_PREFIXES if any(n.startswith(p + ".") for n, _ in self.model.named_parameters())],
+        )
+        config.save_pretrained(str(out))
+        save_file(tensors, str(out / "adapter_model.safetensors"))
+        return out
+
+
+METHOD = AdaLoRA
