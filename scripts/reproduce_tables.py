@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Run the paper's table presets that have not run yet, then write the tables (``make reproduce-tables``).
+
+    python scripts/reproduce_tables.py [--tables all|table2,table5,...|smoke] [--dry-run] [--no-report]
+                                       [--out results/tables] [hydra overrides...]
+
+Each table is one or two Hydra multirun presets (conf/experiment/); every preset runs as
+``python -m dynrank.train -m experiment=<preset> train.skip_done=true <overrides>``, so a run whose
+results file exists returns at once and an interrupted sweep picks up where it stopped (a run killed
+mid-way resumes from its last epoch checkpoint). The overrides go to every preset: they narrow the
+grid (``task=cola seed=1,2``: command-line values replace the preset's sweep values), change the
+setup (``model=tiny data.dir=... train.epochs=1``) or pick a launcher (``hydra/launcher=submitit_slurm``).
+A preset that fails does not stop the others; the report runs on whatever finished, and the exit
+status is 1 if any preset failed.
+
+Then ``python -m dynrank.report`` writes results/tables/ (``--model`` from a ``model=...`` override,
+``--store`` from a ``results.store=...`` override).
+
+``--tables smoke``: the CPU smoke preset (tiny model, CoLA, 1 epoch on 64 examples, full/bitfit/lora,
+seeds 1-3, its own store results/smoke/runs), a few minutes on a laptop:
+    python scripts/reproduce_tables.py --tables smoke data.dir=../shared/data/glue
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PRESETS = {
+    "table2": ["table2_r8", "table2_r2"],
+    "table3": ["table3_r8", "table3_r2"],
+    "table4": ["table4_r8", "table4_r2"],
+    "table5": ["table5_dem", "table5_nodem"],
+    "table6": ["table6"],
+    "table9": ["table9"],
+    "smoke": ["smoke"],
+}
+ALL = ["table2", "table5", "table6", "table3", "table4", "table9"]  # GLUE first; Table 9 (timings) last
+SMOKE_STORE = "results/smoke/runs"  # conf/experiment/smoke.yaml's results.store
+
+
+def _override(overrides, key):
+    """The value of ``key=value`` among the overrides (last one wins), or None."""
+    val = None
+    for o in overrides:
+        k, sep, v = o.partition("=")
+        if sep and k.lstrip("+~") == key:
+            val = v
+    return val
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(prog="python scripts/reproduce_tables.py",
+                                 description=__doc__.split("\n\n")[0],
+                                 epilog="Anything else (key=value) is a Hydra override passed to every preset.")
+    ap.add_argument("--tables", default="all",
+                    help=f"comma-separated: all (= {','.join(ALL)}), any of {','.join(PRESETS)} (default: all)")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--no-report", action="store_true", help="only run the presets")
+    ap.add_argument("--out", default="results/tables", help="report directory (default: results/tables)")
+    args, overrides = ap.parse_known_args(argv)
+    bad = [o for o in overrides if o.startswith("-") or "=" not in o]
+    if bad:
+        ap.error(f"not a Hydra override (key=value): {' '.join(bad)}")
+    tables = []
+    for t in (x.strip() for x in args.tables.split(",")):
+        if not t:
+            continue
+        if t == "all":
+            tables += ALL
+        elif t in PRESETS:
+            tables.append(t)
+        else:
+            ap.error(f"unknown table '{t}'; choose from all, {', '.join(PRESETS)}")
+    return args, list(dict.fromkeys(tables)), overrides
+
+
+def main(argv=None) -> int:
+    args, tables, overrides = parse(sys.argv[1:] if argv is None else argv)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    failed = []
+    for table in tables:
+        for preset in PRESETS[table]:
+            cmd = [sys.executable, "-m", "dynrank.train", "-m", f"experiment={preset}", "train.skip_done=true",
+                   *overrides]
+            print(f"[reproduce-tables] {table}: {shlex.join(cmd[1:])}", flush=True)
+            if args.dry_run:
+                continue
+            rc = subprocess.run(cmd, env=env).returncode
+            if rc != 0:
+                print(f"[reproduce-tables] preset {preset} failed (exit {rc}); going on with the others",
+                      file=sys.stderr, flush=True)
+                failed.append(preset)
+
+    if not args.no_report:
+        store = _override(overrides, "results.store") or (SMOKE_STORE if tables == ["smoke"] else "results/runs")
+        model = _override(overrides, "model") or ("tiny" if tables == ["smoke"] else None)
+        report = [sys.executable, "-m", "dynrank.report", "--store", store, "--out", args.out]
+        if model and "," not in model:
+            report += ["--model", model]
+        print(f"[reproduce-tables] report: {shlex.join(report[1:])}", flush=True)
+        if not args.dry_run:
+            rc = subprocess.run(report, env=env).returncode
+            if rc != 0:
+                failed.append("report")
+    if failed:
+        print(f"[reproduce-tables] failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
