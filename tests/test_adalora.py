@@ -264,3 +264,4 @@ def test_cli_end_to_end(tmp_path):
     expected = sum(c * sizes.get(row, 32 + 32 + 1) for row, cs in zip(rm["rows"], rm["counts"]) for c in cs)
     assert res["params"]["adapter"] == expected and res["params"]["adapter_initial"] == 12 * (8 * 65 + 4 * 97)
     assert res["config"]["method"]["deltaT"] == 10 and -1 <= res["best"]["dev"]["matthews"] <= 1
+    assert json.loads((tmp_path / "run/rank_map.json").read_text())["rank_map"] == rm

@@ -290,6 +290,27 @@ class AdaLoRA(Method):
             "params": self.param_counts(),
         }
 
+    def artifacts(self, run_dir):
+        """``rank_map.json`` (the final rank pattern) and, where ``dynrank.rankmap`` exists, ``rank_map.png``
+        drawn like the paper's Figure 2 (the same drawing as dora's, for side-by-side comparison)."""
+        from pathlib import Path
+
+        from ..results import write_json
+
+        run_dir = Path(run_dir)
+        s = self.summary()
+        write_json(run_dir / "rank_map.json", {k: s[k] for k in ("rank_map", "rank_pattern", "final_pattern_fixed",
+                                                                  "initial_rank", "target_rank", "budget")})
+        out = [run_dir / "rank_map.json"]
+        try:
+            from ..rankmap import draw_rank_map
+        except ImportError:  # the drawing helper is optional here
+            return out
+        title = (f"AdaLoRA surviving triplets: r0={self.init_r} -> r={self.target_r}, "
+                 f"mean {s['budget']['surviving'] / self.n:.2f} per matrix")
+        out.append(draw_rank_map(s["rank_map"], run_dir / "rank_map.png", title=title))
+        return out
+
     def param_counts(self) -> dict[str, int]:
         """Paper convention (AdaLoRA's Table 1, copied by DoRA's Table 2): a surviving triplet costs
         d_in + d_out + 1. ``adapter`` = the final budget: the final rank pattern once fixed, else the uniform
