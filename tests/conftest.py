@@ -15,6 +15,14 @@ SHARED_GLUE = (ROOT.parent / "shared" / "data" / "glue").resolve()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models gain nothing from intra-op threads, and with the suite split over the cores (pytest -n)
+# extra threads only oversubscribe them: one thread per test process, and in the CLI runs it starts.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 def compose(overrides: list[str]):
