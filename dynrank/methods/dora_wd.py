@@ -1,0 +1,111 @@
+"""Weight-Decomposed Low-Rank Adaptation (Liu et al., 2024; "DoRA" in that paper, ``dora_wd`` here
+so it is not confused with the dynamic-rank DoRA this project reproduces).
+
+The adapted weight is decomposed into magnitude and direction (Liu et al., Eq. 5):
+
+    W' = m * (W0 + s B A) / ||W0 + s B A||_c,    s = alpha / r,
+
+with ||.||_c the norm of each output row of the (d_out x d_in) weight (PEFT's convention; the
+paper writes the transposed layout and calls it the column norm), m in R^{d_out} trainable and
+initialised to ||W0||_c (so W' = W0 at the start, since B = 0), A (r x d_in) Kaiming-uniform,
+B (d_out x r) zero. As in the paper's Sec. 4.3 the norm ||W0 + s B A||_c is treated as a
+constant: it is computed without a graph, so no gradient flows through it.
+
+Forward (equal to PEFT 0.21 ``LoraConfig(use_dora=True)``, ``DoraLinearLayer`` +
+``DoraLinearVariant.forward``; tests compare logits and gradients against it):
+
+    g = m / ||W0 + s B A||_c
+    eval, or no dropout:  y = W0 x + b + (g - 1) * (W0 x) + g * s * B A x
+    train with dropout:   y = W0 x + b + (g - 1) * (W0 x') + g * s * B A x',   x' = dropout(x)
+
+(so with dropout the frozen path sees the clean input and the magnitude correction the dropped
+one, exactly as PEFT does). The norm costs one d_out x d_in temporary per module per forward
+(``addmm`` in W0's dtype, accumulated in fp32), and no host-device sync.
+
+Targets and hyperparameters as LoRA: q, k, v, attention output, FFN up, FFN down of every layer,
+r = budget.r, alpha 8, dropout 0.1. Trainable: the LoRA parameters plus one magnitude per output
+row: on RoBERTa-base r8 -> 1,327,104 + 82,944 = 1,410,048; r2 -> 331,776 + 82,944 = 414,720.
+``export`` writes a PEFT adapter (``use_dora=True``, magnitudes as ``lora_magnitude_vector``).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..export import save_peft_lora
+from .base import Method, freeze_all_but_head, replace_targets
+
+
+def _no_autocast(device_type: str):
+    if device_type in ("cuda", "cpu"):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
+
+
+class DoRAWDLinear(nn.Module):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.r = r
+        self.scaling = alpha / r
+        dev = base.weight.device
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=dev))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=dev))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear / PEFT
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        with torch.no_grad():
+            self.magnitude = nn.Parameter(self.weight_norm())  # = ||W0||_c since B = 0
+
+    @torch.no_grad()
+    def weight_norm(self) -> torch.Tensor:
+        """||W0 + s B A||_c per output row, outside the graph (the paper's Sec. 4.3).
+
+        One d_out x d_in temporary in W0's dtype (fp32; bf16 when the loop stores the frozen backbone
+        in bf16), the norm accumulated in fp32; autocast off so W0 is not re-cast.
+        """
+        W0 = self.base.weight
+        with _no_autocast(W0.device.type):
+            W = torch.addmm(W0, self.lora_B.to(W0.dtype), self.lora_A.to(W0.dtype), alpha=self.scaling)
+            return torch.linalg.vector_norm(W, dim=1, dtype=torch.float32)
+
+    def forward(self, x):
+        result = self.base(x)
+        g = self.magnitude / self.weight_norm()  # (d_out,), gradient only through the magnitude
+        if isinstance(self.dropout, nn.Identity) or not self.training:
+            base_result = result if self.base.bias is None else result - self.base.bias
+        else:
+            x = self.dropout(x)
+            base_result = F.linear(x, self.base.weight)
+        lora = F.linear(F.linear(x, self.lora_A), self.lora_B)
+        return (result + (g - 1) * base_result + g * lora * self.scaling).to(result.dtype)  # as PEFT
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """Fold into the frozen weight: W' = m * (W0 + s B A) / ||W0 + s B A||_c."""
+        W = torch.addmm(self.base.weight.float(), self.lora_B.float(), self.lora_A.float(), alpha=self.scaling)
+        W *= (self.magnitude.float() / torch.linalg.vector_norm(W, dim=1)).unsqueeze(1)
+        self.base.weight.copy_(W.to(self.base.weight.dtype))
+        return self.base
+
+
+class DoRAWD(Method):
+    name = "dora_wd"
+
+    def wrap(self, model):
+        freeze_all_but_head(model)
+        r, alpha, p = int(self.budget.r), float(self.cfg.alpha), float(self.cfg.dropout)
+        self.layers = replace_targets(model, self.family, lambda t: DoRAWDLinear(t.module, r, alpha, p))
+        self.model = model
+        return model
+
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
+        adapters = {t.name: {"A": m.lora_A, "B": m.lora_B, "alpha": m.scaling * m.r, "magnitude": m.magnitude}
+                    for t, m in self.layers}
+        return save_peft_lora(out_dir, self.model, base_name, task_type, adapters, use_dora=True)
+
+
+METHOD = DoRAWD

@@ -1,0 +1,185 @@
+"""DyLoRA (Valipour et al., EACL 2023): one LoRA adapter trained for every rank b <= r_max at once.
+
+Each optimizer step samples one rank b uniformly from [r_min, r_max] (one b for all modules, as
+the authors' ``run_glue.py`` callback does), and every adapted matrix uses the truncated product
+
+    h = W0 x + (alpha / b) * B[:, :b] A[:b, :] dropout(x)            (DyLoRA Eq. 3-4)
+
+The scaling alpha / b follows the authors' code (huawei-noah/Efficient-NLP, DyLoRA/loralib): there
+``scaling = alpha / r_max`` and both truncated factors are multiplied by sqrt(r_max / b), which is
+alpha / b overall. In "frozen" mode (the code's ``set_rank(b, frozen=True)`` used for training,
+the paper's Eq. 5) only the b-th row of A and the b-th column of B get a gradient; rows / columns
+< b take part in the forward pass detached. ``method.mode: full`` lets all of 1..b train (nested
+dropout style). Note the frozen rows still move with a standard AdamW (momentum, weight decay), as
+in the reference implementation. Evaluation during training uses r_max; after training the
+model is evaluated at every rank in ``method.eval_ranks`` (<= r_max, r_max always included) and
+the loop stores the metrics in ``results["extra_evals"]`` as ``{"rank_1": {...}, ...}``.
+
+Determinism: the rank of every step comes from a schedule drawn once in ``setup`` from a
+``torch.Generator`` seeded with ``method.seed`` (= the run's seed), so b is a function of the step;
+the step is saved in ``state_dict`` for resume. Per step the only work is pointing the one
+``RankState`` shared by all modules at row b of two small precomputed device tables (no per-module
+loop, no host-device sync). The modules compute B diag(gate) A x with gate_i = alpha / b for i < b
+and 0 otherwise, which equals the truncated product above but keeps every step's shapes the same
+(r_max columns: the same cost as LoRA at r_max; no recompiles under torch.compile); frozen mode
+keeps the values and masks the gradient to component b - 1.
+
+A (r_max x d_in) Kaiming-uniform, B (d_out x r_max) zero, alpha 8, dropout 0.1, on the same six
+matrix types as LoRA: trainable parameters equal LoRA's at r = r_max (RoBERTa-base: 1,327,104 for
+r8, 331,776 for r2). ``export`` writes a PEFT LoRA adapter truncated to ``method.export_rank``
+(default r_max) with lora_alpha = alpha, so PEFT's scaling alpha / r is the same alpha / b.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+from ..export import save_peft_lora
+from .base import Method, freeze_all_but_head, replace_targets
+
+
+class RankState:
+    """The rank every DyLoRA module uses, shared by all of them.
+
+    Stored as per-component vectors so every step has the same shapes (no recompiles, no slicing):
+    ``gate[i] = alpha / b`` for i < b, else 0, and (frozen mode) ``grad_mask`` one-hot at i = b - 1.
+    ``B diag(gate) A`` is exactly (alpha / b) B[:, :b] A[:b, :]. Tables per b are built once; a step
+    only points ``gate`` / ``grad_mask`` at row b of them.
+    """
+
+    def __init__(self, r_max: int, alpha: float, frozen: bool = True):
+        self.r_max, self.alpha, self.frozen = r_max, alpha, frozen
+        self.build(torch.device("cpu"))
+
+    def build(self, device) -> None:
+        r = self.r_max
+        b = torch.arange(r + 1, dtype=torch.float32).clamp(min=1).unsqueeze(1)  # row b (row 0 unused)
+        i = torch.arange(r, dtype=torch.float32).unsqueeze(0)
+        self.gates = ((i < b) * (self.alpha / b)).to(device)  # (r + 1, r)
+        self.masks = (i == b - 1).float().to(device)
+        self.set_train(r)
+        self.set_eval(r)
+
+    def set_train(self, b: int) -> None:
+        self.b = b
+        self.gate, self.grad_mask = self.gates[b], self.masks[b]
+
+    def set_eval(self, b: int) -> None:
+        self.eval_b = b
+        self.eval_gate = self.gates[b]
+
+
+class DyLoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, state: RankState, dropout: float):
+        super().__init__()
+        self.base = base
+        self.state = state
+        r = state.r_max
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as the authors' code / nn.Linear
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x):
+        st = self.state
+        A, B = self.lora_A, self.lora_B
+        if self.training:
+            gate = st.gate
+            if st.frozen:  # same values; the gradient reaches only component b - 1
+                m = st.grad_mask
+                A = A.detach() + (A - A.detach()) * m.unsqueeze(1)
+                B = B.detach() + (B - B.detach()) * m
+        else:
+            gate = st.eval_gate
+        return self.base(x) + F.linear(F.linear(self.dropout(x), A) * gate, B)
+
+    def truncated(self, b: int):
+        """(A[:b], B[:, :b]): the adapter at rank b, to be scaled by alpha / b."""
+        return self.lora_A[:b], self.lora_B[:, :b]
+
+
+def rank_schedule(seed: int, total_steps: int, r_min: int, r_max: int) -> list[int]:
+    """The rank of every optimizer step, uniform in [r_min, r_max], a function of (seed, step)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randint(r_min, r_max + 1, (int(total_steps),), generator=g).tolist()
+
+
+class DyLoRA(Method):
+    name = "dylora"
+
+    def __init__(self, cfg, budget, family):
+        super().__init__(cfg, budget, family)
+        self.r_min, self.r_max = int(cfg.r_min), int(cfg.r_max)
+        if not 1 <= self.r_min <= self.r_max:
+            raise ConfigError(f"DyLoRA needs 1 <= method.r_min <= method.r_max (got r_min={self.r_min}, "
+                              f"r_max={self.r_max}); r_max defaults to budget.r")
+        mode = str(cfg.get("mode", "frozen"))
+        if mode not in ("frozen", "full"):
+            raise ConfigError(f"unknown method.mode '{mode}' for dylora; choose frozen or full")
+        self.alpha = float(cfg.alpha)
+        self.state = RankState(self.r_max, self.alpha, frozen=mode == "frozen")
+        self.schedule: list[int] = []
+        self.step = 0
+
+    def wrap(self, model):
+        freeze_all_but_head(model)
+        p = float(self.cfg.dropout)
+        self.layers = replace_targets(model, self.family, lambda t: DyLoRALinear(t.module, self.state, p))
+        self.model = model
+        self.state.build(self.layers[0][1].lora_A.device)
+        return model
+
+    def setup(self, total_steps: int) -> None:
+        super().setup(total_steps)
+        self.state.build(self.layers[0][1].lora_A.device)  # the loop has moved the model by now
+        self.schedule = rank_schedule(int(self.cfg.get("seed", 0)), total_steps, self.r_min, self.r_max)
+        self._set_step(0)
+
+    def _set_step(self, step: int) -> None:
+        self.step = step
+        self.state.set_train(self.schedule[step] if step < len(self.schedule) else self.r_max)
+
+    def after_step(self, step: int) -> None:
+        self._set_step(step)  # the rank of the next step
+
+    def state_dict(self):
+        return {"step": torch.tensor(self.step, dtype=torch.long)}
+
+    def load_state_dict(self, state):
+        if "step" in state:
+            self._set_step(int(state["step"]))
+
+    def eval_ranks(self) -> list[int]:
+        ranks = sorted({int(r) for r in self.cfg.get("eval_ranks", []) if 1 <= int(r) <= self.r_max} | {self.r_max})
+        return ranks
+
+    def final_evaluation(self, evaluate):
+        out = {}
+        try:
+            for b in self.eval_ranks():
+                self.state.set_eval(b)
+                out[f"rank_{b}"] = evaluate()
+        finally:
+            self.state.set_eval(self.r_max)
+        return out
+
+    def summary(self) -> dict:
+        hist = Counter(self.schedule[: self.step])
+        return {"r_min": self.r_min, "r_max": self.r_max, "mode": "frozen" if self.state.frozen else "full",
+                "scaling": "alpha / b", "alpha": self.alpha, "eval_ranks": self.eval_ranks(),
+                "sampled_ranks": {str(b): hist.get(b, 0) for b in range(self.r_min, self.r_max + 1)}}
+
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
+        b = int(self.cfg.get("export_rank") or self.r_max)
+        if not 1 <= b <= self.r_max:
+            raise ConfigError(f"method.export_rank must be in [1, {self.r_max}] (got {b})")
+        adapters = {t.name: dict(zip("AB", m.truncated(b)), alpha=self.alpha) for t, m in self.layers}
+        return save_peft_lora(out_dir, self.model, base_name, task_type, adapters)
+
+
+METHOD = DyLoRA

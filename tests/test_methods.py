@@ -1,0 +1,149 @@
+"""Trainable-parameter counts of every method on the RoBERTa-base architecture vs the paper's Table 2,
+and a short end-to-end run of the methods added here (houlsby, pfeiffer, dora_wd, dylora).
+
+The RoBERTa-base architecture is built from ``RobertaConfig()`` (with roberta-base's 514 positions
+and one token type) on the meta device: no weights, no download, milliseconds. Run with ``-s`` to
+see the printed table.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import CONF, compose, tiny_overrides
+
+METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+
+# Table 2 (../shared/paper/table2_glue.csv, trainable_params), in parameters.
+PAPER = {
+    ("full", "r8"): 124.65e6, ("bitfit", "r8"): 0.10e6,
+    ("houlsby", "r8"): 1.20e6, ("houlsby", "r2"): 0.31e6,
+    ("pfeiffer", "r8"): 1.19e6, ("pfeiffer", "r2"): 0.30e6,
+    ("lora", "r8"): 1.33e6, ("lora", "r2"): 0.33e6,
+    ("adalora", "r8"): 1.27e6, ("adalora", "r2"): 0.32e6,
+    ("dora", "r8"): 1.31e6, ("dora", "r2"): 0.34e6,
+}
+
+D, FF, L = 768, 3072, 12
+HEAD = D * D + D + D * 2 + 2  # RobertaClassificationHead: dense + out_proj, 592,130
+LORA_PER_R = L * (4 * (D + D) + (D + FF) + (FF + D))  # 165,888 per unit of rank
+D_OUT = L * (4 * D + FF + D)  # 82,944 output rows of the six adapted matrices
+
+
+def adapter(m: int) -> int:
+    return 2 * D * m + m + D
+
+
+# Exact counts (no paper number needed): adapter parameters, head excluded.
+EXACT = {
+    ("full", "r8"): 124_055_040, ("full", "r2"): 124_055_040,  # backbone without the (unused) pooler
+    ("bitfit", "r8"): 102_144, ("bitfit", "r2"): 102_144,
+    ("houlsby", "r8"): 2 * L * adapter(32), ("houlsby", "r2"): 2 * L * adapter(8),
+    ("pfeiffer", "r8"): L * adapter(64), ("pfeiffer", "r2"): L * adapter(16),
+    ("lora", "r8"): 8 * LORA_PER_R, ("lora", "r2"): 2 * LORA_PER_R,
+    ("dora_wd", "r8"): 8 * LORA_PER_R + D_OUT, ("dora_wd", "r2"): 2 * LORA_PER_R + D_OUT,
+    ("dylora", "r8"): 8 * LORA_PER_R, ("dylora", "r2"): 2 * LORA_PER_R,
+}
+# Dynamic-rank methods: param_counts()["adapter"] is the final budget (r per module on average, each
+# component costing d_in + d_out + 1); the initial budget is "adapter_initial".
+DYNAMIC = ("dora", "adalora")
+# Known gaps to the paper, beyond 3%: reported, checked to still be there (so a fix is noticed).
+KNOWN_GAPS = {
+    ("adalora", "r8"): "AdaLoRA r8: 8 triplets x 72 matrices = 1,327,680 vs the paper's 1.27M (+4.5%)",
+    ("adalora", "r2"): "AdaLoRA r2: 331,920 vs the paper's 0.32M (+3.7%)",
+}
+
+
+def roberta_base(meta: bool = True):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    cfg = RobertaConfig(num_labels=2, max_position_embeddings=514, type_vocab_size=1)
+    if meta:
+        with torch.device("meta"):
+            return RobertaForSequenceClassification(cfg)
+    return RobertaForSequenceClassification(cfg)
+
+
+def wrapped_counts(name: str, budget: str) -> dict:
+    from dynrank import methods
+
+    cfg = compose([f"method={name}", f"budget={budget}", "model=roberta_base", "task=cola"])
+    try:
+        method = methods.build(cfg, "roberta")
+        method.wrap(roberta_base(meta=True))
+        counts = method.param_counts()
+    except (NotImplementedError, RuntimeError):  # a method that computes on its weights at wrap time
+        method = methods.build(cfg, "roberta")
+        method.wrap(roberta_base(meta=False))
+        counts = method.param_counts()
+    return counts
+
+
+def test_roberta_base_architecture():
+    """The meta-device build is RoBERTa-base: 124,647,170 parameters with the classification head."""
+    model = roberta_base()
+    total = sum(p.numel() for p in model.parameters())
+    assert total == 124_055_040 + HEAD == 124_647_170
+    assert math.isclose(total, PAPER[("full", "r8")], rel_tol=0.001)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_param_counts_vs_table2(name):
+    gaps = []
+    for budget in ("r8", "r2"):
+        c = wrapped_counts(name, budget)
+        adapter_n = c["adapter"]  # dora / adalora: the final budget (their param_counts' convention)
+        paper = PAPER.get((name, budget))
+        print(f"{name:9s} {budget}: adapter {adapter_n:>11,d}  head {c['head']:>7,d}  "
+              f"paper {'-' if paper is None else f'{paper / 1e6:.2f}M'}"
+              + ("" if paper is None else f"  ({100 * (adapter_n / paper - 1):+.1f}%)"))
+        assert c["head"] == HEAD, "the classification head always trains, fully"
+        if (name, budget) in EXACT:
+            assert adapter_n == EXACT[(name, budget)]
+        if paper is not None:
+            off = abs(adapter_n / paper - 1) > 0.03
+            if (name, budget) in KNOWN_GAPS:
+                assert off, f"{name} {budget} now within 3% of the paper: remove it from KNOWN_GAPS"
+                gaps.append(KNOWN_GAPS[(name, budget)])
+            else:
+                assert not off, f"{name} {budget}: {adapter_n} vs paper {paper:.0f}"
+    if gaps:
+        pytest.xfail("; ".join(gaps))
+    assert (name, "r8") in EXACT or name in DYNAMIC or (name, "r8") in PAPER, f"no expected count for {name}"
+
+
+# ------------------------------------------------------------------------------------------ end to end
+E2E = ["houlsby", "pfeiffer", "dora_wd", "dylora"]
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", E2E)
+def test_end_to_end_tiny_cola(name, tmp_path, shared_cache):
+    """model=tiny on a CoLA subset: trains, evaluates, writes the results JSON (in-process loop.run)."""
+    from dynrank.loop import run
+
+    cfg = compose(tiny_overrides(tmp_path, "task=cola", f"method={name}", f"data.cache_dir={shared_cache}",
+                                 "data.max_train_samples=128", "data.max_eval_samples=64"))
+    res = run(cfg, tmp_path / "run")
+    stored = json.loads(next((tmp_path / "store").rglob("seed1.json")).read_text())
+    assert stored["method"] == name and stored["run_id"] == res["run_id"]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["params"] == stored["params"]
+    assert stored["params"]["adapter"] > 0 and math.isfinite(stored["epochs"][0]["train_loss"])
+    assert 0.0 <= stored["final"]["dev"]["accuracy"] <= 1.0
+    if name == "dylora":
+        ev = stored["extra_evals"]
+        assert sorted(ev) == ["rank_1", "rank_2", "rank_4", "rank_8"]
+        assert all("matthews" in m and "accuracy" in m for m in ev.values())
+        assert ev["rank_8"] == stored["final"]["dev"]  # per-epoch eval runs at r_max
+        steps = math.ceil(128 / int(cfg.train.batch_size))
+        assert sum(stored["method_summary"]["sampled_ranks"].values()) == steps
+    else:
+        assert "extra_evals" not in stored
