@@ -1,0 +1,364 @@
+"""Dynamic-rank DoRA (Mao et al., ACL 2024): LoRA split into rank-one components, pruned by importance.
+
+Follows ``../shared/paper/METHOD_SPEC.md`` and, where the paper is silent or differs, the authors' code
+(github.com/MIkumikumi0116/DoRA, ``Finetune_Utils.py``: ``Adaptive_Lora_Linear`` and
+``Adaptive_Lora_Model_Wrapper``), which produced the paper's numbers.
+
+Parameterisation (Eq. 5-6). Every target matrix (query, key, value, attention output, FFN up, FFN down;
+BART: encoder, decoder and cross-attention) gets A (r0 x d_in), B (d_out x r0) and c (r0):
+
+    W = W0 + sum_{i=1..r0} c_i B_i A_i          (B_i column i of B, A_i row i of A: one *component*)
+    h = W0 x + scaling * B (c * (A dropout(x))),  scaling = alpha / r0                      (Eq. 6)
+
+r0 is the *initial budget*, ceil(1.5 * budget.r) unless ``method.initial_budget`` is set (Table 6);
+budget.r is the *final budget* (mean surviving components per matrix). c starts at 0 (Delta W = 0);
+A and B are Kaiming-uniform. The authors' code re-initialises both with ``kaiming_uniform_(w)``, i.e.
+a = 0 (bound sqrt(6 / fan_in)); that is the default here (``method.kaiming_a=0``); nn.Linear's own init
+is ``method.kaiming_a=2.2360679775`` (a = sqrt(5)).
+
+Importance (Eq. 7-8), after every optimizer step until pruning ends (as the code; S starts at 0):
+
+    s_i = ||c_i B_i A_i||_F / (||Delta W||_F + eps),     Delta W = sum_j c_j B_j A_j,  eps = 1e-8
+    S_i <- beta * S_i + (1 - beta) * s_i,                 beta = 0.9
+
+``scaling`` multiplies both norms and cancels in the ratio, so Delta W here leaves it out (as the code).
+No d_out x d_in matrix is formed: ||c_i B_i A_i||_F = |c_i| ||B_i|| ||A_i|| and
+||Delta W||_F^2 = sum_ij c_i c_j (B^T B)_ij (A A^T)_ij with r0 x r0 Gram matrices, batched with bmm
+over all matrices of one shape (3 shape groups on RoBERTa).
+
+Budget schedule and pruning (Eq. 9), exactly as the authors' ``get_prune_step``/``prune_lora_scaler``
+(T = total optimizer steps, t = 1-based step just taken, f_w = warmup_frac = 0.15, f_f = final_frac = 0.5):
+
+    p = int(t - T * f_w)                  (truncated toward zero, as the code)
+    P = int(T * (1 - f_w - f_f))
+    for 0 <= p <= P, when p % pruning_interval == 0 or p == P:
+        fraction = ((r0 - r) / r0) * (p / P)^3           (P = 0: fraction = (r0 - r) / r0)
+        k = int(N * fraction),  N = all components of all matrices
+        threshold = the max(k, 1)-th smallest S          (one global threshold = torch.kthvalue; the code
+                                                          clamps k >= 1, so the least important component
+                                                          is zeroed even where the formula gives k = 0)
+        c_i := 0 for every component with S_i <= threshold
+    p > P: the mask made at p = P is fixed and re-applied after every step (c_i := 0 when masked).
+
+Pruning is gentle: A_i and B_i stay, and a pruned c_i can grow back through its gradient before the next
+pruning step (and survive it if its importance rose). After pruning about N * r / r0 components survive,
+spread unevenly over the matrices (Figure 2: ``summary()["rank_map"]``, ``rank_map.png``).
+
+DEM (Eq. 10), added to the loss while p <= P (also during warm-up; 0 once pruning has ended):
+
+    DEM = (sum_modules [sum_i Var(A_i) + sum_i Var(B_i)]) / (n_modules * 2 * r0)
+
+Var unbiased (torch.var) over row i of A (d_in values) and column i of B (d_out values);
+loss = task loss + reg_coef * DEM, reg_coef = Table 8's coefficient (``task.reg_coef``).
+``method.dem=false`` (or reg_coef 0) is Table 5's "without DEM" ablation. For the DEM the step is the
+authors' 1-based counter of the step being computed (our ``extra_loss(step)`` gets steps done so far).
+
+Export: pruned components are dropped and c folded into B (B' = B[:, keep] * c[keep], A' = A[keep]),
+written as a standard PEFT LoRA adapter with per-module ``rank_pattern`` and ``alpha_pattern``
+(alpha_m = alpha * r_m / r0, so PEFT's alpha_m / r_m = alpha / r0); ``python -m dynrank.merge`` folds
+it into the base weights. Parameter counts follow the paper: components at the final budget, each
+d_in + d_out + 1 (a row of A, a column of B, and c_i).
+
+Per step the work is a fixed number of batched ops per shape group (stack + bmm / var) and one
+``torch._foreach_mul_`` over the c's; no ``.item()``, no Python branching on tensor values. CUDA graphs
+(``train.cuda_graphs``): ``graph_key`` = (DEM on, phase), phase = ema | prune | fixed; a pruning step's k
+reaches the graph as a device index that ``prepare_step`` fills, and all state is updated in place.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError, TrainingError
+from ..export import save_peft_lora
+from ..models import is_head
+from ..rankmap import build_rank_map, draw_rank_map
+from ..results import write_json
+from .base import Method, freeze_all_but_head, replace_targets
+
+
+class DoRALinear(nn.Module):
+    """W0 x + scaling * B (c * (A dropout(x))) (Eq. 6): r0 rank-one components with scalars c."""
+
+    def __init__(self, base: nn.Linear, r0: int, alpha: float, dropout: float, kaiming_a: float = 0.0):
+        super().__init__()
+        self.base = base
+        self.r0 = r0
+        self.scaling = alpha / r0
+        dev = base.weight.device
+        self.lora_A = nn.Parameter(torch.empty(r0, base.in_features, device=dev))
+        self.lora_B = nn.Parameter(torch.empty(base.out_features, r0, device=dev))
+        self.lora_c = nn.Parameter(torch.zeros(r0, device=dev))
+        nn.init.kaiming_uniform_(self.lora_A, a=kaiming_a)
+        nn.init.kaiming_uniform_(self.lora_B, a=kaiming_a)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x):
+        h = self.base(x)
+        return h + F.linear(F.linear(self.dropout(x), self.lora_A) * self.lora_c, self.lora_B) * self.scaling
+
+    @torch.no_grad()
+    def delta_weight(self) -> torch.Tensor:
+        """scaling * B diag(c) A (materialised: for merging and tests only)."""
+        return self.scaling * ((self.lora_B.float() * self.lora_c.float()) @ self.lora_A.float())
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+        return self.base
+
+
+class DoRA(Method):
+    name = "dora"
+
+    def __init__(self, cfg, budget, family: str):
+        super().__init__(cfg, budget, family)
+        self.r = int(budget.r)
+        r0 = cfg.get("initial_budget")
+        self.r0 = int(r0) if r0 is not None else math.ceil(1.5 * self.r)
+        if self.r0 < self.r:
+            raise ConfigError(f"method.initial_budget={self.r0} is below the final budget budget.r={self.r}; "
+                              "the initial budget must be >= the final one")
+        self.alpha = float(cfg.get("alpha", 8))
+        self.dropout = float(cfg.get("dropout", 0.1))
+        self.beta = float(cfg.get("beta", 0.9))
+        self.eps = float(cfg.get("eps", 1e-8))
+        self.warmup_frac = float(cfg.get("warmup_frac", 0.15))
+        self.final_frac = float(cfg.get("final_frac", 0.5))
+        self.kaiming_a = float(cfg.get("kaiming_a", 0.0))
+        self.interval = int(cfg.get("pruning_interval", 1))
+        if self.interval < 1:
+            raise ConfigError(f"method.pruning_interval must be >= 1 (got {self.interval}); "
+                              "set task.pruning_interval")
+        if not (0 <= self.warmup_frac and 0 <= self.final_frac and self.warmup_frac + self.final_frac < 1):
+            raise ConfigError(f"method.warmup_frac + method.final_frac must be in [0, 1) "
+                              f"(got {self.warmup_frac} + {self.final_frac})")
+        self.reg_coef = float(cfg.get("reg_coef", 0.0)) if bool(cfg.get("dem", True)) else 0.0
+        self.done = False  # the final mask (made at p = P) exists
+
+    # --- wrap ---------------------------------------------------------------------------------
+    def wrap(self, model: nn.Module) -> nn.Module:
+        freeze_all_but_head(model)
+        pairs = replace_targets(model, self.family, lambda t: DoRALinear(
+            t.module, self.r0, self.alpha, self.dropout, self.kaiming_a))
+        shapes: dict[tuple[int, int], list] = {}
+        for t, m in pairs:  # group matrices of one shape: each group is batched with stack + bmm
+            shapes.setdefault((m.base.in_features, m.base.out_features), []).append((t, m))
+        self.layers = [tm for group in shapes.values() for tm in group]
+        self._groups, start = [], 0
+        for group in shapes.values():
+            self._groups.append((start, start + len(group)))
+            start += len(group)
+        self._A = [m.lora_A for _, m in self.layers]
+        self._B = [m.lora_B for _, m in self.layers]
+        self._c = [m.lora_c for _, m in self.layers]
+        self.n_modules = len(self.layers)
+        self.n_components = self.n_modules * self.r0
+        self.model = model
+        self._alloc(self._A[0].device)
+        return model
+
+    def _alloc(self, device, importance: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> None:
+        """Method state: S (EMA importance, Eq. 8), the latest pruning mask, and c's keep-multipliers."""
+        self.importance_ema = torch.zeros(self.n_components, device=device)
+        self.mask = torch.zeros(self.n_components, dtype=torch.bool, device=device)
+        if importance is not None:
+            self.importance_ema.copy_(importance)
+            self.mask.copy_(mask)
+        self._keep = (~self.mask).float()
+        self._keep_views = list(self._keep.view(self.n_modules, self.r0).unbind(0))
+        self._kidx = torch.zeros(1, dtype=torch.long, device=device)  # max(k, 1) - 1, filled by prepare_step
+        self._prepared = None
+
+    def setup(self, total_steps: int) -> None:
+        super().setup(total_steps)
+        self._A = [m.lora_A for _, m in self.layers]  # (the parameters may have moved with the model)
+        self._B = [m.lora_B for _, m in self.layers]
+        self._c = [m.lora_c for _, m in self.layers]
+        device = self._A[0].device
+        if self.importance_ema.device != device:
+            self._alloc(device, self.importance_ema, self.mask)
+
+    # --- Eq. 9: the budget schedule ------------------------------------------------------------
+    def schedule(self, step: int) -> tuple[int, int]:
+        """(p, P) for the 1-based ``step``: p = int(step - T*warmup_frac), P = int(T*(1-warmup_frac-final_frac))."""
+        T = self.total_steps
+        return int(step - T * self.warmup_frac), int(T * (1 - self.warmup_frac - self.final_frac))
+
+    def phase(self, step: int) -> str:
+        """What ``after_step(step)`` (1-based) does: "ema" (update S), "prune" (update S, prune), "fixed" (mask)."""
+        p, P = self.schedule(step)
+        if p > P:
+            return "fixed"
+        return "prune" if p >= 0 and (p % self.interval == 0 or p == P) else "ema"
+
+    def is_pruning_step(self, step: int) -> bool:
+        return self.phase(step) == "prune"
+
+    def pruned_fraction(self, step: int) -> float:
+        """((r0 - r) / r0) * (p / P)^3 at a pruning step (Eq. 9)."""
+        p, P = self.schedule(step)
+        ratio = 1.0 if P <= 0 else min(max(p, 0) / P, 1.0)
+        return ((self.r0 - self.r) / self.r0) * ratio ** 3
+
+    def n_pruned(self, step: int) -> int:
+        """k = int(N * fraction); the threshold uses max(k, 1) as the authors' code."""
+        return int(self.n_components * self.pruned_fraction(step))
+
+    # --- Eq. 7-8: importance ---------------------------------------------------------------------
+    @torch.no_grad()
+    def importance(self) -> torch.Tensor:
+        """s_i = |c_i| ||B_i|| ||A_i|| / (||Delta W||_F + eps) for all N components (Eq. 7), batched per shape."""
+        out = []
+        for a, b in self._groups:
+            A = torch.stack(self._A[a:b]).float()  # (G, r0, d_in)
+            B = torch.stack(self._B[a:b]).float()  # (G, d_out, r0)
+            c = torch.stack(self._c[a:b]).float()  # (G, r0)
+            own = c.abs() * A.norm(dim=2) * B.norm(dim=1)
+            gram = torch.bmm(A, A.transpose(1, 2)) * torch.bmm(B.transpose(1, 2), B)  # (G, r0, r0)
+            total = torch.einsum("gi,gij,gj->g", c, gram, c).clamp_min(0).sqrt()  # ||Delta W||_F
+            out.append((own / (total + self.eps).unsqueeze(1)).reshape(-1))
+        return torch.cat(out)
+
+    # --- Eq. 10: DEM --------------------------------------------------------------------------
+    def dem(self) -> torch.Tensor:
+        """(sum over modules [sum_i Var(A_i) + sum_i Var(B_i)]) / (n_modules * 2 * r0), batched per shape."""
+        total = None
+        for a, b in self._groups:
+            v = torch.stack(self._A[a:b]).var(dim=2).sum() + torch.stack(self._B[a:b]).var(dim=1).sum()
+            total = v if total is None else total + v
+        return total / (self.n_modules * 2 * self.r0)
+
+    def extra_loss(self, step: int) -> torch.Tensor | None:
+        if not self._dem_on(step):
+            return None
+        return self.reg_coef * self.dem()
+
+    def _dem_on(self, step: int) -> bool:
+        """DEM for 0-based ``step``: p is the code's, from its 1-based counter of the step being computed."""
+        p, P = self.schedule(step + 1)
+        return self.reg_coef != 0.0 and p <= P
+
+    # --- after each optimizer step: EMA, pruning, fixed mask --------------------------------------
+    def graph_key(self, step: int):
+        """CUDA graphs: steps with the same DEM on/off and the same phase replay one graph."""
+        return (self._dem_on(step), self.phase(step + 1))
+
+    def prepare_step(self, step: int) -> None:
+        """Host side, before 0-based ``step``: the pruning step's k goes to a device scalar (no sync)."""
+        self._prepared = step
+        t = step + 1
+        if self.phase(t) == "prune":
+            self._kidx.fill_(max(self.n_pruned(t), 1) - 1)
+        p, P = self.schedule(t)
+        if p >= P:
+            self.done = True  # the final mask is made by this step (p = P) or already exists
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        if self._prepared != step - 1:  # called outside the loop (tests): prepare here
+            self.prepare_step(step - 1)
+        phase = self.phase(step)
+        if phase == "fixed":
+            torch._foreach_mul_(self._c, self._keep_views)  # c_i := 0 for masked components
+            return
+        self.importance_ema.mul_(self.beta).add_(self.importance(), alpha=1 - self.beta)
+        if phase == "prune":
+            self._prune()
+
+    @torch.no_grad()
+    def _prune(self) -> None:
+        """c_i := 0 where S_i <= the max(k, 1)-th smallest S (one global threshold; k from ``prepare_step``).
+
+        The k-th smallest is read from the sorted S at a device index (= torch.kthvalue), so a captured
+        CUDA graph serves every pruning step."""
+        threshold = torch.sort(self.importance_ema).values.index_select(0, self._kidx)
+        torch.le(self.importance_ema, threshold, out=self.mask)
+        torch.logical_not(self.mask, out=self._keep)  # writes 0./1. into the float buffer
+        torch._foreach_mul_(self._c, self._keep_views)
+
+    # --- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"importance": self.importance_ema, "mask": self.mask,
+                "pruning_done": torch.tensor(int(self.done), dtype=torch.uint8)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if "importance" in state:
+            self.importance_ema.copy_(state["importance"])
+        if "mask" in state:
+            self.mask.copy_(state["mask"].bool())
+            self._keep.copy_((~self.mask).float())
+        if "pruning_done" in state:
+            self.done = bool(state["pruning_done"])
+
+    # --- results --------------------------------------------------------------------------------
+    def surviving(self) -> list[int]:
+        """Components per matrix not masked by the latest pruning step (all r0 before any pruning)."""
+        return (~self.mask).view(self.n_modules, self.r0).sum(1).tolist()
+
+    def _costs(self) -> list[int]:
+        return [m.base.in_features + m.base.out_features + 1 for _, m in self.layers]
+
+    def param_counts(self) -> dict[str, int]:
+        """Paper convention: adapter = components at the final budget, each d_in + d_out + 1.
+
+        Before pruning has ended, the final budget is counted as r components in every matrix.
+        ``adapter_initial`` counts all r0 components (what trains until pruning ends).
+        """
+        costs = self._costs()
+        initial = self.r0 * sum(costs)
+        if self.done:
+            final = sum(n * c for n, c in zip(self.surviving(), costs))
+        else:
+            final = self.r * sum(costs)
+        head = sum(p.numel() for n, p in self.model.named_parameters() if p.requires_grad and is_head(n))
+        return {"adapter": final, "adapter_initial": initial, "head": head, "trainable": final + head,
+                "trainable_initial": initial + head, "total": sum(p.numel() for p in self.model.parameters())}
+
+    def rank_map(self) -> dict:
+        return build_rank_map((t.matrix_type, t.layer, n) for (t, _), n in zip(self.layers, self.surviving()))
+
+    def summary(self) -> dict:
+        surv = self.surviving()
+        counts = self.param_counts()
+        return {
+            "rank_map": self.rank_map(),
+            "initial_budget": self.r0, "final_budget": self.r,
+            "surviving": int(sum(surv)), "components": self.n_components, "pruning_done": self.done,
+            "params_initial": counts["adapter_initial"], "params_final": counts["adapter"],
+            "ranks": {t.name: int(n) for (t, _), n in zip(self.layers, surv)},
+        }
+
+    def artifacts(self, run_dir) -> list[Path]:
+        run_dir = Path(run_dir)
+        s = self.summary()
+        write_json(run_dir / "rank_map.json", {k: s[k] for k in
+                                                ("rank_map", "initial_budget", "final_budget", "surviving",
+                                                 "components", "pruning_done", "ranks")})
+        title = (f"DoRA surviving components: r0={self.r0} -> r={self.r}, "
+                 f"mean {s['surviving'] / self.n_modules:.2f} per matrix")
+        png = draw_rank_map(s["rank_map"], run_dir / "rank_map.png", title=title)
+        return [run_dir / "rank_map.json", png]
+
+    # --- export ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
+        """A PEFT LoRA adapter: pruned components dropped, c folded into B (B' = B[:, keep] * c[keep])."""
+        adapters = {}
+        for t, m in self.layers:
+            keep = (m.lora_c != 0).nonzero().flatten()  # exactly the components that act on the output
+            n = int(keep.numel())
+            if n == 0:
+                continue  # PEFT rejects rank 0: a matrix with no survivors is simply not targeted
+            adapters[t.name] = {"A": m.lora_A[keep], "B": m.lora_B[:, keep] * m.lora_c[keep],
+                                "alpha": self.alpha * n / self.r0}  # PEFT scaling alpha_m / n = alpha / r0
+        if not adapters:
+            raise TrainingError("every DoRA component is zero (c = 0 everywhere); there is no adapter to export")
+        return save_peft_lora(out_dir, self.model, base_name, task_type, adapters)
+
+
+METHOD = DoRA
