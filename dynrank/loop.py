@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -173,110 +174,211 @@ def prepare_model(model, method, device, bf16: bool, compile_model: bool):
     return model
 
 
-def run(cfg, run_dir) -> dict:
-    """Train ``cfg.method`` on ``cfg.task``; returns the results dict (also written to disk)."""
-    validate(cfg)
-    run_dir = Path(run_dir)
-    out_path = store_path(cfg.results.store, run_id(cfg))
-    if cfg.train.skip_done and out_path.exists():
-        log.info("results exist, skipping: %s", out_path)
-        return {}
-    seed = int(cfg.seed)
-    seed_everything(seed)
-    device = pick_device(str(cfg.train.device))
-    amp = bool(cfg.train.bf16) and device.type == "cuda"
+class Trainer:
+    """One run (a config and its run directory): model, method, optimizer, data order, history.
 
-    tokenizer = load_tokenizer(cfg.model)
-    task = tasks.build(cfg, tokenizer)
-    train_set, eval_sets = task.train_set(), task.eval_sets()
-    seed_everything(seed)  # model and adapter init depend on the seed only
-    model = task.build_model()
-    method = methods.build(cfg, cfg.model.family)
-    model = method.wrap(model)
-    step_model = prepare_model(model, method, device, amp, bool(cfg.train.get("compile", False)))
+    ``run`` drives one trainer; ``run_seeds`` drives several side by side on one GPU.
+    """
 
-    bs, epochs = int(cfg.train.batch_size), int(cfg.train.epochs)
-    steps_per_epoch = math.ceil(len(train_set) / bs)
-    total_steps = steps_per_epoch * epochs
-    method.setup(total_steps)
-    graphs = bool(cfg.train.get("cuda_graphs", False)) and device.type == "cuda"
-    optimizer, scheduler = make_optimizer(cfg.train, method, total_steps, device, graphs)
-    clip = float(cfg.train.max_grad_norm)
+    def __init__(self, cfg, run_dir, shared: dict | None = None):
+        validate(cfg)
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.out_path = store_path(cfg.results.store, run_id(cfg))
+        self.skip = bool(cfg.train.skip_done) and self.out_path.exists()
+        if self.skip:
+            log.info("results exist, skipping: %s", self.out_path)
+            return
+        self.seed = seed = int(cfg.seed)
+        seed_everything(seed)
+        self.device = device = pick_device(str(cfg.train.device))
+        self.amp = amp = bool(cfg.train.bf16) and device.type == "cuda"
+        if shared is None:  # tokenizer, task and encoded data: the same for every seed
+            tokenizer = load_tokenizer(cfg.model)
+            task = tasks.build(cfg, tokenizer)
+            shared = {"task": task, "train_set": task.train_set(), "eval_sets": task.eval_sets()}
+        self.shared = shared
+        self.task, self.train_set, self.eval_sets = shared["task"], shared["train_set"], shared["eval_sets"]
+        seed_everything(seed)  # model and adapter init depend on the seed only
+        model = self.task.build_model()
+        self.method = method = methods.build(cfg, cfg.model.family)
+        self.model = model = method.wrap(model)
+        step_model = prepare_model(model, method, device, amp, bool(cfg.train.get("compile", False)))
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    fp = fingerprint({k: v for k, v in resolved.items() if k not in ("train", "results", "data")},
-                     {k: v for k, v in resolved["train"].items() if k not in ("resume", "skip_done", "progress", "log_every", "eval_batch_size", "num_workers", "export")},
-                     {k: v for k, v in resolved["data"].items() if k != "cache_dir"})
-    history, start_epoch, step = [], 0, 0
-    if cfg.train.resume and checkpoint.exists(run_dir):
-        state = checkpoint.load(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, method=method,
-                                fingerprint=fp, device=device)
-        history, start_epoch, step = state["history"], state["epoch"], state["step"]
-        log.info("resumed from %s at epoch %d (step %d)", run_dir / checkpoint.NAME, start_epoch, step)
-        if graphs:  # the checkpoint stores lr as a number; graphs need the device tensor back
-            for g in optimizer.param_groups:
-                g["lr"] = torch.as_tensor(g["lr"], dtype=torch.float32, device=device)
-    if graphs:
-        stepper = GraphedStep(step_model, method, optimizer, scheduler, clip, amp, device)
-    else:
-        def stepper(batch, step):
-            method.prepare_step(step)
-            return train_step(step_model, method, optimizer, scheduler, batch, step, clip, amp, device)
+        self.bs, self.epochs = int(cfg.train.batch_size), int(cfg.train.epochs)
+        self.total_steps = math.ceil(len(self.train_set) / self.bs) * self.epochs
+        method.setup(self.total_steps)
+        graphs = bool(cfg.train.get("cuda_graphs", False)) and device.type == "cuda"
+        self.optimizer, self.scheduler = make_optimizer(cfg.train, method, self.total_steps, device, graphs)
+        clip = float(cfg.train.max_grad_norm)
 
-    writer = _tensorboard(run_dir)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    log.info("%s | %s | %s-%s | seed %d | %d steps | trainable %s", cfg.task.name, cfg.model.id, cfg.method.name,
-             cfg.budget.name, seed, total_steps, method.param_counts())
-    started = time.time()
-    for epoch in range(start_epoch, epochs):
-        t0 = time.time()
-        loss_sum = torch.zeros((), device=device)
-        finite = torch.ones((), dtype=torch.bool, device=device)
-        plan = batches(train_set, bs, seed, epoch, bool(cfg.train.group_by_length))
-        bar = _progress(cfg, plan, epoch, epochs)
-        for i, idx in enumerate(bar):
-            batch = {k: v.to(device, non_blocking=True) for k, v in task.collate([train_set[j] for j in idx]).items()}
-            loss, total = stepper(batch, step)
-            step += 1
-            loss_sum += loss.float()
-            finite &= torch.isfinite(total)
-            if step % int(cfg.train.log_every) == 0 or i == len(plan) - 1:
-                _check_finite(finite, step, epoch)
-                if writer:
-                    writer.add_scalar("train/loss", loss.item(), step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-        train_time = time.time() - t0
+        self.resolved = OmegaConf.to_container(cfg, resolve=True)
+        r = self.resolved
+        self.fp = fingerprint({k: v for k, v in r.items() if k not in ("train", "results", "data", "seeds")},
+                              {k: v for k, v in r["train"].items() if k not in _NOT_FINGERPRINTED},
+                              {k: v for k, v in r["data"].items() if k != "cache_dir"})
+        self.history, self.start_epoch, self.step = [], 0, 0
+        if cfg.train.resume and checkpoint.exists(self.run_dir):
+            state = checkpoint.load(self.run_dir, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                    method=method, fingerprint=self.fp, device=device)
+            self.history, self.start_epoch, self.step = state["history"], state["epoch"], state["step"]
+            log.info("resumed from %s at epoch %d (step %d)", self.run_dir / checkpoint.NAME, self.start_epoch,
+                     self.step)
+            if graphs:  # the checkpoint stores lr as a number; graphs need the device tensor back
+                for g in self.optimizer.param_groups:
+                    g["lr"] = torch.as_tensor(g["lr"], dtype=torch.float32, device=device)
+        if graphs:
+            self.stepper = GraphedStep(step_model, method, self.optimizer, self.scheduler, clip, amp, device)
+        else:
+            def stepper(batch, step):
+                method.prepare_step(step)
+                return train_step(step_model, method, self.optimizer, self.scheduler, batch, step, clip, amp, device)
+            self.stepper = stepper
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        self.writer = _tensorboard(self.run_dir)
+        log.info("%s | %s | %s-%s | seed %d | %d steps | trainable %s", cfg.task.name, cfg.model.id,
+                 cfg.method.name, cfg.budget.name, seed, self.total_steps, method.param_counts())
+        self.started = time.time()
+
+    # --- one epoch: begin, steps, end --------------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> list[list[int]]:
+        self.epoch, self.t0 = epoch, time.time()
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.finite = torch.ones((), dtype=torch.bool, device=self.device)
+        self.plan = batches(self.train_set, self.bs, self.seed, epoch, bool(self.cfg.train.group_by_length))
+        return self.plan
+
+    def train_step(self, i: int, idx: list[int]) -> None:
+        batch = self.task.collate([self.train_set[j] for j in idx])
+        if self.device.type == "cuda":  # pinned + non-blocking: the host never waits for the GPU here
+            batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        loss, total = self.stepper(batch, self.step)
+        self.step += 1
+        self.loss_sum += loss.float()
+        self.finite &= torch.isfinite(total)
+        if self.step % int(self.cfg.train.log_every) == 0 or i == len(self.plan) - 1:
+            _check_finite(self.finite, self.step, self.epoch)
+            if self.writer:
+                self.writer.add_scalar("train/loss", loss.item(), self.step)
+                self.writer.add_scalar("train/lr", float(self.scheduler.get_last_lr()[0]), self.step)
+
+    def end_epoch(self) -> None:
+        epoch = self.epoch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        train_time = time.time() - self.t0
         t1 = time.time()
-        dev = task.evaluate(model, eval_sets, device, amp)
+        dev = self.task.evaluate(self.model, self.eval_sets, self.device, self.amp)
         eval_time = time.time() - t1
-        history.append({"epoch": epoch + 1, "step": step, "train_loss": (loss_sum / max(1, len(plan))).item(),
-                        "dev": dev, "train_time_s": train_time, "eval_time_s": eval_time})
-        log.info("epoch %d/%d  loss %.4f  dev %s  (%.1fs)", epoch + 1, epochs, history[-1]["train_loss"],
-                 {k: round(v, 4) for k, v in dev.items()}, train_time)
-        if writer:
+        self.history.append({"epoch": epoch + 1, "step": self.step,
+                             "train_loss": (self.loss_sum / max(1, len(self.plan))).item(),
+                             "dev": dev, "train_time_s": train_time, "eval_time_s": eval_time})
+        log.info("seed %d epoch %d/%d  loss %.4f  dev %s  (%.1fs)", self.seed, epoch + 1, self.epochs,
+                 self.history[-1]["train_loss"], {k: round(v, 4) for k, v in dev.items()}, train_time)
+        if self.writer:
             for k, v in dev.items():
-                writer.add_scalar(f"dev/{k}", v, step)
-        checkpoint.save(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, method=method,
-                        epoch=epoch + 1, step=step, history=history, fingerprint=fp)
+                self.writer.add_scalar(f"dev/{k}", v, self.step)
+        checkpoint.save(self.run_dir, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                        method=self.method, epoch=epoch + 1, step=self.step, history=self.history,
+                        fingerprint=self.fp)
         if os.environ.get("DYNRANK_DEBUG_KILL_AFTER_EPOCH") == str(epoch + 1):
             os._exit(137)  # tests: die like `kill -9` right after a checkpoint
-    if writer:
-        writer.close()
 
-    results = _results(cfg, resolved, task, method, history, device, started)
-    results["method_summary"] = method.summary()
-    method.artifacts(run_dir)
-    extra_evals = method.final_evaluation(lambda: task.evaluate(model, eval_sets, device, amp))
-    if extra_evals:
-        results["extra_evals"] = extra_evals
-    if cfg.train.get("export"):
-        method.export(run_dir / "adapter", base_name=str(cfg.model.path or cfg.model.name), task_type=task.task_type)
-        results["export_dir"] = str(run_dir / "adapter")
-    write_json(run_dir / "results.json", results)
-    write_json(out_path, results)
-    log.info("results: %s", out_path)
-    return results
+    def finish(self) -> dict:
+        cfg, run_dir, method = self.cfg, self.run_dir, self.method
+        if self.writer:
+            self.writer.close()
+        results = _results(cfg, self.resolved, self.task, method, self.history, self.device, self.started)
+        results["method_summary"] = method.summary()
+        method.artifacts(run_dir)
+        extra_evals = method.final_evaluation(
+            lambda: self.task.evaluate(self.model, self.eval_sets, self.device, self.amp))
+        if extra_evals:
+            results["extra_evals"] = extra_evals
+        if cfg.train.get("export"):
+            method.export(run_dir / "adapter", base_name=str(cfg.model.path or cfg.model.name),
+                          task_type=self.task.task_type)
+            results["export_dir"] = str(run_dir / "adapter")
+        write_json(run_dir / "results.json", results)
+        write_json(self.out_path, results)
+        log.info("results: %s", self.out_path)
+        return results
+
+
+_NOT_FINGERPRINTED = ("resume", "skip_done", "progress", "log_every", "eval_batch_size", "num_workers", "export")
+
+
+def run(cfg, run_dir) -> dict:
+    """Train ``cfg.method`` on ``cfg.task``; returns the results dict (also written to disk)."""
+    t = Trainer(cfg, run_dir)
+    if t.skip:
+        return {}
+    if t.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(t.device)
+    for epoch in range(t.start_epoch, t.epochs):
+        plan = t.begin_epoch(epoch)
+        for i, idx in enumerate(_progress(t.cfg, plan, epoch, t.epochs)):
+            t.train_step(i, idx)
+        t.end_epoch()
+    return t.finish()
+
+
+def run_seeds(cfg, seeds: list[int], run_dir_of) -> list[dict]:
+    """Train one config for several seeds side by side in one process (``seeds=[1,2,3,4,5]``).
+
+    Each seed is a full, independent run (own model, adapters, optimizer, data order, checkpoint and
+    results file, exactly as ``run`` with that seed); the seeds share the tokenised data, and on a GPU
+    each seed's steps go to its own CUDA stream, so the many small kernels of several runs overlap
+    instead of queueing. ``run_dir_of(seed)`` names each seed's run directory.
+    """
+    trainers, shared = [], None
+    for s in seeds:
+        c = cfg.copy()
+        c.seed = int(s)
+        t = Trainer(c, run_dir_of(int(s)), shared)
+        if not t.skip:
+            shared = t.shared
+            trainers.append(t)
+    if not trainers:
+        return []
+    dev = trainers[0].device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    for epoch in range(min(t.start_epoch for t in trainers), max(t.epochs for t in trainers)):
+        active = [t for t in trainers if t.start_epoch <= epoch < t.epochs]
+        plans = [t.begin_epoch(epoch) for t in active]
+        for i in range(max(len(p) for p in plans)):
+            for t, plan in zip(active, plans):
+                if i < len(plan):
+                    with _on(t.stream), _own_rng(t):
+                        t.train_step(i, plan[i])
+        for t in active:
+            with _on(t.stream), _own_rng(t):
+                t.end_epoch()
+    return [t.finish() for t in trainers]
+
+
+def _on(stream):
+    return torch.cuda.stream(stream) if stream is not None else nullcontext()
+
+
+@contextmanager
+def _own_rng(t):
+    """Each seed draws dropout masks from its own generator state, as if it ran alone."""
+    cuda = t.device.type == "cuda"
+    if not hasattr(t, "rng"):
+        t.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(t.device) if cuda else None)
+    outer = (torch.get_rng_state(), torch.cuda.get_rng_state(t.device) if cuda else None)
+    torch.set_rng_state(t.rng[0])
+    if cuda:
+        torch.cuda.set_rng_state(t.rng[1], t.device)
+    try:
+        yield
+    finally:
+        t.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(t.device) if cuda else None)
+        torch.set_rng_state(outer[0])
+        if cuda:
+            torch.cuda.set_rng_state(outer[1], t.device)
 
 
 def _check_finite(finite: torch.Tensor, step: int, epoch: int) -> None:

@@ -28,12 +28,35 @@ def main(cfg: DictConfig) -> float | None:
     from .loop import run
 
     try:
-        results = run(cfg, HydraConfig.get().runtime.output_dir)
+        if cfg.get("seeds"):
+            results = _run_seeds(cfg)
+        else:
+            results = run(cfg, HydraConfig.get().runtime.output_dir)
     except DynrankError as e:
         _fail(e)
     if results:
         return results["best"]["dev"].get(results["metric"])
     return None
+
+
+def _run_seeds(cfg) -> dict:
+    """``seeds=[1,2,3]``: one process trains the seeds side by side; each gets the run directory a
+    single run with that seed would get (``outputs/<model>/<task>/<method>-<budget>/seed<k>``)."""
+    from pathlib import Path
+
+    from .config import run_id
+    from .loop import run_seeds
+
+    root = Path(HydraConfig.get().runtime.output_dir)
+    base = root.parents[len(Path(run_id(cfg)).parts) - 1]  # strip this run's own <model>/.../seed<k>
+
+    def run_dir_of(seed: int) -> Path:
+        c = cfg.copy()
+        c.seed = seed
+        return base / run_id(c)
+
+    all_results = run_seeds(cfg, [int(s) for s in cfg.seeds], run_dir_of)
+    return all_results[0] if all_results else {}
 
 
 def cli() -> None:

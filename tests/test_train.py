@@ -136,3 +136,17 @@ def test_dynamic_padding_pads_to_batch_max():
     assert out["input_ids"].tolist() == [[0, 5, 2], [0, 2, 1]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert torch.is_tensor(out["input_ids"])
+
+
+def test_seeds_side_by_side_equal_separate_runs(tmp_path):
+    from dynrank.loop import run_seeds
+
+    over = tiny_overrides(tmp_path, "train.epochs=2", "data.max_train_samples=48")
+    together = run_seeds(compose(over), [1, 2], lambda s: tmp_path / f"together{s}")
+    alone = [run(compose([*over, f"seed={s}", f"results.store={tmp_path / 'alone'}"]), tmp_path / f"alone{s}")
+             for s in (1, 2)]
+    for a, b in zip(together, alone):
+        assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
+        assert a["final"] == b["final"] and a["seed"] == b["seed"]
+    assert together[0]["epochs"][0]["train_loss"] != together[1]["epochs"][0]["train_loss"]
+    assert (tmp_path / "together2/checkpoint/state.json").exists()
