@@ -147,6 +147,13 @@ class DyLoRA(Method):
     def after_step(self, step: int) -> None:
         self._set_step(step)  # the rank of the next step
 
+    def graph_key(self, step: int):
+        """CUDA graphs: one captured graph per sampled rank b (the gate is row b of a fixed table)."""
+        return self.schedule[step] if step < len(self.schedule) else self.r_max
+
+    def prepare_step(self, step: int) -> None:
+        self._set_step(step)
+
     def state_dict(self):
         return {"step": torch.tensor(self.step, dtype=torch.long)}
 
