@@ -12,7 +12,7 @@ install: ## install dynrank (editable) with test dependencies
 	$(PYTHON) -m pip install -e '.[dev]'
 
 test: ## run the CPU test suite
-	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2
+	$(PYTHON) -m pytest -p no:cacheprovider -n 2
 
 train: ## one run, e.g. make train ARGS="task=cola method=dora"
 	$(PYTHON) -m dynrank.train $(ARGS)
