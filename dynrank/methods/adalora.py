@@ -51,6 +51,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from ..models import MATRIX_TYPES
 from .base import Method, freeze_all_but_head, replace_targets
+from .lora import add_low_rank
 
 
 class SVDLinear(nn.Module):
@@ -73,8 +74,8 @@ class SVDLinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x):
-        h = self.base(x)
-        return h + F.linear(F.linear(self.dropout(x), self.lora_A * self.lora_E), self.lora_B) * self.scaling / self.ranknum
+        t = F.linear(self.dropout(x), self.lora_A * self.lora_E)
+        return add_low_rank(self.base(x), t, self.lora_B, self.scaling / self.ranknum)
 
 
 def rank_map(targets, counts) -> dict:

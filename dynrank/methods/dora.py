@@ -79,6 +79,7 @@ from ..models import is_head
 from ..rankmap import build_rank_map, draw_rank_map
 from ..results import write_json
 from .base import Method, freeze_all_but_head, replace_targets
+from .lora import add_low_rank
 
 
 class DoRALinear(nn.Module):
@@ -98,8 +99,10 @@ class DoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x):
-        h = self.base(x)
-        return h + F.linear(F.linear(self.dropout(x), self.lora_A) * self.lora_c, self.lora_B) * self.scaling
+        # = h + scaling * B (c * (A x')): c is folded into B's columns (d_out x r0) rather than applied to
+        # the (tokens x r0) activations, and the add is one fused GEMM (lora.add_low_rank)
+        return add_low_rank(self.base(x), F.linear(self.dropout(x), self.lora_A), self.lora_B * self.lora_c,
+                            self.scaling)
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:

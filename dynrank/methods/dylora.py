@@ -41,6 +41,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from ..export import save_peft_lora
 from .base import Method, freeze_all_but_head, replace_targets
+from .lora import add_low_rank
 
 
 class RankState:
@@ -96,7 +97,7 @@ class DyLoRALinear(nn.Module):
                 B = B.detach() + (B - B.detach()) * m
         else:
             gate = st.eval_gate
-        return self.base(x) + F.linear(F.linear(self.dropout(x), A) * gate, B)
+        return add_low_rank(self.base(x), F.linear(self.dropout(x), A), B * gate)  # gate = alpha / b or 0
 
     def truncated(self, b: int):
         """(A[:b], B[:, :b]): the adapter at rank b, to be scaled by alpha / b."""
