@@ -87,9 +87,9 @@ def dynrank_runner(method_name: str, mode: str, device, total_steps: int):
     method = methods.build(cfg, "roberta")
     model = method.wrap(model)
     bf16 = "bf16" in mode
-    step_model = prepare_model(model, method, device, bf16, mode.startswith(("compile", "cgraph")))
+    step_model = prepare_model(model, method, device, bf16, mode.startswith("compile"))
     method.setup(total_steps)
-    graphs = mode.startswith(("graph", "cgraph"))
+    graphs = mode.startswith("graph")
     optimizer, scheduler = make_optimizer(cfg.train, method, total_steps, device, graphs)
     state = {"step": 0}
     graphed = GraphedStep(step_model, method, optimizer, scheduler, 1.0, bf16, device) if graphs else None
@@ -168,9 +168,9 @@ def measure(name, mode, setting, device, args, lengths):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default=",".join(DYNRANK + PEFT))
-    ap.add_argument("--modes", default="eager-fp32,eager-bf16,graph-fp32,graph-bf16",
-                    help="dynrank modes: eager-fp32, eager-bf16, graph-fp32, graph-bf16 (CUDA graphs), compile-bf16 "
-                         "(torch.compile), cgraph-bf16 (both); PEFT runs the eager ones")
+    ap.add_argument("--modes", default="eager-fp32,eager-bf16,graph-bf16",
+                    help="dynrank modes: eager-fp32, eager-bf16, graph-fp32, graph-bf16 (CUDA graphs: the loop's "
+                         "train.cuda_graphs=true), compile-bf16 (torch.compile); PEFT runs the eager ones")
     ap.add_argument("--settings", default="fixed,cola")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=15)
