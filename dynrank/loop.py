@@ -236,6 +236,8 @@ class Trainer:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
         self.writer = _tensorboard(self.run_dir)
+        if device.type == "cuda":  # setup ran on the default stream; steps may run on self.stream
+            torch.cuda.synchronize(device)
         log.info("%s | %s | %s-%s | seed %d | %d steps | trainable %s", cfg.task.name, cfg.model.id,
                  cfg.method.name, cfg.budget.name, seed, self.total_steps, method.param_counts())
         self.started = time.time()
@@ -257,7 +259,7 @@ class Trainer:
         self.loss_sum += loss.float()
         self.finite &= torch.isfinite(total)
         if self.step % int(self.cfg.train.log_every) == 0 or i == len(self.plan) - 1:
-            _check_finite(self.finite, self.step, self.epoch)
+            _check_finite(self.finite, self.step, self.epoch, self.seed)
             if self.writer:
                 self.writer.add_scalar("train/loss", loss.item(), self.step)
                 self.writer.add_scalar("train/lr", float(self.scheduler.get_last_lr()[0]), self.step)
@@ -346,7 +348,10 @@ def run_seeds(cfg, seeds: list[int], run_dir_of) -> list[dict]:
         torch.cuda.reset_peak_memory_stats(dev)
     for epoch in range(min(t.start_epoch for t in trainers), max(t.epochs for t in trainers)):
         active = [t for t in trainers if t.start_epoch <= epoch < t.epochs]
-        plans = [t.begin_epoch(epoch) for t in active]
+        plans = []
+        for t in active:  # per-epoch tensors are made on the seed's own stream (no cross-stream race)
+            with _on(t.stream):
+                plans.append(t.begin_epoch(epoch))
         for i in range(max(len(p) for p in plans)):
             for t, plan in zip(active, plans):
                 if i < len(plan):
@@ -364,8 +369,12 @@ def _on(stream):
 
 @contextmanager
 def _own_rng(t):
-    """Each seed draws dropout masks from its own generator state, as if it ran alone."""
-    cuda = t.device.type == "cuda"
+    """Each seed draws dropout masks from its own generator state, as if it ran alone.
+
+    Not for the CUDA generator when steps are CUDA graphs: captured graphs hold on to the generator's
+    state, so swapping it would break them; the seeds then share one CUDA dropout stream (each run is
+    still a correct run of its seed, but its dropout masks differ from the same seed run alone)."""
+    cuda = t.device.type == "cuda" and not isinstance(t.stepper, GraphedStep)
     if not hasattr(t, "rng"):
         t.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(t.device) if cuda else None)
     outer = (torch.get_rng_state(), torch.cuda.get_rng_state(t.device) if cuda else None)
@@ -381,9 +390,9 @@ def _own_rng(t):
             torch.cuda.set_rng_state(outer[1], t.device)
 
 
-def _check_finite(finite: torch.Tensor, step: int, epoch: int) -> None:
+def _check_finite(finite: torch.Tensor, step: int, epoch: int, seed: int) -> None:
     if not bool(finite):
-        raise TrainingError(f"loss became NaN/inf by step {step} (epoch {epoch + 1}); lower train.lr, "
+        raise TrainingError(f"loss became NaN/inf by step {step} (epoch {epoch + 1}, seed {seed}); lower train.lr, "
                             "check the data, or turn off train.bf16; the last epoch's checkpoint is kept")
 
 
