@@ -101,7 +101,11 @@ class GraphedStep:
         self.graphs: dict = {}
         self.warm: set = set()
         self.pool = torch.cuda.graph_pool_handle()
-        self.stream = torch.cuda.Stream()
+        self.stream = torch.cuda.Stream()  # warm-up steps
+        # Capture on a stream of our own, not torch's shared default capture stream: cuBLAS keys its
+        # workspace by stream, so graphs of several runs captured on one stream would share a workspace
+        # and race when replayed side by side (run_seeds).
+        self.capture_stream = torch.cuda.Stream()
 
     def _body(self, batch, step):
         torch._foreach_zero_(self.grads)
@@ -133,7 +137,7 @@ class GraphedStep:
             if key not in self.graphs:
                 static = {k: v.clone() for k, v in batch.items()}
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool):
+                with torch.cuda.graph(graph, pool=self.pool, stream=self.capture_stream):
                     outs = self._body(static, step)
                 self.graphs[key] = (graph, static, outs)
             graph, static, outs = self.graphs[key]
