@@ -150,3 +150,13 @@ def test_seeds_side_by_side_equal_separate_runs(tmp_path):
         assert a["final"] == b["final"] and a["seed"] == b["seed"]
     assert together[0]["epochs"][0]["train_loss"] != together[1]["epochs"][0]["train_loss"]
     assert (tmp_path / "together2/checkpoint/state.json").exists()
+
+
+def test_gpu_speed_options_leave_the_cpu_path_unchanged(tmp_path):
+    """bf16, CUDA graphs and torch.compile are GPU-only: on CPU a run with them is the plain fp32 run."""
+    base = tiny_overrides(tmp_path, "method=dora", "data.max_train_samples=48", "train.epochs=2")
+    plain = run(compose(base), tmp_path / "plain")
+    fast = run(compose([*base, "train.bf16=true", "train.cuda_graphs=true", "train.compile=true",
+                        f"results.store={tmp_path / 'fast'}"]), tmp_path / "fast")
+    assert [e["train_loss"] for e in plain["epochs"]] == [e["train_loss"] for e in fast["epochs"]]
+    assert plain["final"] == fast["final"]
