@@ -135,10 +135,19 @@ class GraphedStep:
             torch.cuda.current_stream().wait_stream(self.stream)
         else:
             if key not in self.graphs:
+                # torch.cuda.graph() would also synchronize the device, run gc and empty the cache on
+                # every capture; ordering the capture stream after ours is all a capture needs
                 static = {k: v.clone() for k, v in batch.items()}
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool, stream=self.capture_stream):
-                    outs = self._body(static, step)
+                current = torch.cuda.current_stream()
+                self.capture_stream.wait_stream(current)
+                with torch.cuda.stream(self.capture_stream):
+                    graph.capture_begin(pool=self.pool)
+                    try:
+                        outs = self._body(static, step)
+                    finally:
+                        graph.capture_end()
+                current.wait_stream(self.capture_stream)
                 self.graphs[key] = (graph, static, outs)
             graph, static, outs = self.graphs[key]
             for k, v in batch.items():
