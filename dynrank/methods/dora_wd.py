@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..export import save_peft_lora
-from .base import Method, freeze_all_but_head, replace_targets
+from .lora import LoRA
 
 
 def _no_autocast(device_type: str):
@@ -92,19 +92,16 @@ class DoRAWDLinear(nn.Module):
         return self.base
 
 
-class DoRAWD(Method):
-    name = "dora_wd"
+class DoRAWD(LoRA):
+    """LoRA's wrapping with the weight-decomposed layer; exported as PEFT ``use_dora`` adapters."""
 
-    def wrap(self, model):
-        freeze_all_but_head(model)
-        r, alpha, p = int(self.budget.r), float(self.cfg.alpha), float(self.cfg.dropout)
-        self.layers = replace_targets(model, self.family, lambda t: DoRAWDLinear(t.module, r, alpha, p))
-        self.model = model
-        return model
+    name = "dora_wd"
+    layer = DoRAWDLinear
 
     def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
-        adapters = {t.name: {"A": m.lora_A, "B": m.lora_B, "alpha": m.scaling * m.r, "magnitude": m.magnitude}
-                    for t, m in self.layers}
+        adapters = self.adapters()
+        for t, m in self.layers:
+            adapters[t.name]["magnitude"] = m.magnitude
         return save_peft_lora(out_dir, self.model, base_name, task_type, adapters, use_dora=True)
 
 

@@ -51,17 +51,21 @@ class LoRALinear(nn.Module):
 
 class LoRA(Method):
     name = "lora"
+    layer = LoRALinear  # dora_wd swaps in its own layer with the same (base, r, alpha, dropout) signature
 
     def wrap(self, model):
         freeze_all_but_head(model)
         r, alpha, p = int(self.budget.r), float(self.cfg.alpha), float(self.cfg.dropout)
-        self.layers = replace_targets(model, self.family, lambda t: LoRALinear(t.module, r, alpha, p))
+        self.layers = replace_targets(model, self.family, lambda t: self.layer(t.module, r, alpha, p))
         self.model = model
         return model
 
+    def adapters(self) -> dict[str, dict]:
+        """Per adapted module, what export.save_peft_lora writes (PEFT's scaling alpha / r = ours)."""
+        return {t.name: {"A": m.lora_A, "B": m.lora_B, "alpha": m.scaling * m.r} for t, m in self.layers}
+
     def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
-        adapters = {t.name: {"A": m.lora_A, "B": m.lora_B, "alpha": m.scaling * m.r} for t, m in self.layers}
-        return save_peft_lora(out_dir, self.model, base_name, task_type, adapters)
+        return save_peft_lora(out_dir, self.model, base_name, task_type, self.adapters())
 
 
 METHOD = LoRA

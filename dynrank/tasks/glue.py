@@ -9,7 +9,7 @@ from ..data import glue as glue_data
 from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
 from ..metrics.glue import glue_metrics
 from ..models import load_model
-from .base import Task, autocast, limit
+from .base import Task, autocast
 
 # MNLI reports both dev sets; keys get a suffix for every split after the first.
 SPLIT_SUFFIX = {"validation": "", "validation_matched": "", "validation_mismatched": "_mm"}
