@@ -1,6 +1,7 @@
 """Config helpers: the run identity (where results and checkpoints go) and validation."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -48,6 +49,16 @@ def check_overrides(argv: list[str]) -> None:
                     raise ConfigError(f"unknown {key} '{v}'; choose one of: {', '.join(known)}")
 
 
+def initial_budget(method_cfg, r: int) -> int:
+    """r0 of the adaptive methods (dora, adalora): ``method.initial_budget``, else ceil(1.5 r) (Appendix E)."""
+    r0 = method_cfg.get("initial_budget")
+    r0 = int(r0) if r0 is not None else math.ceil(1.5 * r)
+    if r0 < r:
+        raise ConfigError(f"method.initial_budget={r0} is below the final budget budget.r={r}; "
+                          "the initial budget must be >= the final one")
+    return r0
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that need the composed config."""
     if cfg.train.epochs is None or int(cfg.train.epochs) < 1:
@@ -56,11 +67,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.batch_size must be >= 1 (got {cfg.train.batch_size})")
     if cfg.budget.r < 1:
         raise ConfigError(f"budget.r must be >= 1 (got {cfg.budget.r})")
-    r0 = cfg.method.get("initial_budget")
-    if r0 is not None and r0 < cfg.budget.r:
-        raise ConfigError(
-            f"method.initial_budget={r0} is below the final budget budget.r={cfg.budget.r}; "
-            "the initial budget must be >= the final one")
+    if cfg.method.get("initial_budget") is not None:
+        initial_budget(cfg.method, int(cfg.budget.r))
     if cfg.data.dir is not None and not Path(str(cfg.data.dir)).is_dir():
         raise ConfigError(f"data directory not found: {cfg.data.dir} (set data.dir to an existing directory, "
                           "or leave it unset to download from the Hub)")

@@ -41,13 +41,13 @@ Deviation: PEFT crashes (``kthvalue`` with k = 0) when r0 == budget.r; here noth
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import initial_budget
 from ..errors import ConfigError
 from ..models import MATRIX_TYPES
 from .base import Method, freeze_all_but_head, replace_targets
@@ -98,11 +98,7 @@ class AdaLoRA(Method):
     def wrap(self, model):
         cfg = self.cfg
         self.target_r = int(self.budget.r)
-        r0 = cfg.get("initial_budget")
-        self.init_r = int(r0) if r0 is not None else math.ceil(1.5 * self.target_r)
-        if self.init_r < self.target_r:
-            raise ConfigError(f"method.initial_budget={self.init_r} is below budget.r={self.target_r}; "
-                              "the initial rank must be >= the final one")
+        self.init_r = initial_budget(cfg, self.target_r)
         self.orth_reg_weight = float(cfg.get("orth_reg_weight", 0.1))
         self.beta1, self.beta2 = float(cfg.get("beta1", 0.85)), float(cfg.get("beta2", 0.85))
         if self.orth_reg_weight < 0:

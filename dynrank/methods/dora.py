@@ -66,13 +66,13 @@ reaches the graph as a device index that ``prepare_step`` fills, and all state i
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import initial_budget
 from ..errors import ConfigError, TrainingError
 from ..export import save_peft_lora
 from ..models import is_head
@@ -121,11 +121,7 @@ class DoRA(Method):
     def __init__(self, cfg, budget, family: str):
         super().__init__(cfg, budget, family)
         self.r = int(budget.r)
-        r0 = cfg.get("initial_budget")
-        self.r0 = int(r0) if r0 is not None else math.ceil(1.5 * self.r)
-        if self.r0 < self.r:
-            raise ConfigError(f"method.initial_budget={self.r0} is below the final budget budget.r={self.r}; "
-                              "the initial budget must be >= the final one")
+        self.r0 = initial_budget(cfg, self.r)
         self.alpha = float(cfg.get("alpha", 8))
         self.dropout = float(cfg.get("dropout", 0.1))
         self.beta = float(cfg.get("beta", 0.9))
