@@ -1,7 +1,7 @@
 """What the training loop needs from a task."""
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -31,6 +31,17 @@ class Task:
     def evaluate(self, model, eval_sets, device, amp) -> dict[str, float]:
         """Dev metrics of ``model`` on ``eval_sets`` (as returned by ``eval_sets()``)."""
         raise NotImplementedError
+
+
+@contextmanager
+def evaluating(model):
+    """Eval mode (no dropout) for the block; the model's previous mode comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -9,7 +9,7 @@ from ..data import glue as glue_data
 from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
 from ..metrics.glue import glue_metrics
 from ..models import load_model
-from .base import Task, autocast
+from .base import Task, autocast, evaluating
 
 # MNLI reports both dev sets; keys get a suffix for every split after the first.
 SPLIT_SUFFIX = {"validation": "", "validation_matched": "", "validation_mismatched": "_mm"}
@@ -63,24 +63,23 @@ class GlueTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, eval_sets, device, amp) -> dict[str, float]:
-        model.eval()
         metrics = {}
-        bs = int(self.cfg.train.eval_batch_size)
-        for split, ds in eval_sets.items():
-            order = np.argsort(ds.lengths(), kind="stable")  # batch similar lengths: less padding
-            preds = np.empty(len(ds), dtype=np.float64 if self.regression else np.int64)
-            for i in range(0, len(ds), bs):
-                idx = order[i:i + bs]
-                batch = self.collate([ds[j] for j in idx])
-                batch.pop("labels")
-                with autocast(device, amp):
-                    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-                p = logits[:, 0] if self.regression else logits.argmax(-1)
-                preds[idx] = p.cpu().numpy()
-            labels = np.asarray(ds.columns["labels"])
-            for k, v in glue_metrics(self.name, preds, labels).items():
-                metrics[k + SPLIT_SUFFIX.get(split, "_" + split)] = v
-        model.train()
+        with evaluating(model):
+            bs = int(self.cfg.train.eval_batch_size)
+            for split, ds in eval_sets.items():
+                order = np.argsort(ds.lengths(), kind="stable")  # batch similar lengths: less padding
+                preds = np.empty(len(ds), dtype=np.float64 if self.regression else np.int64)
+                for i in range(0, len(ds), bs):
+                    idx = order[i:i + bs]
+                    batch = self.collate([ds[j] for j in idx])
+                    batch.pop("labels")
+                    with autocast(device, amp):
+                        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+                    p = logits[:, 0] if self.regression else logits.argmax(-1)
+                    preds[idx] = p.cpu().numpy()
+                labels = np.asarray(ds.columns["labels"])
+                for k, v in glue_metrics(self.name, preds, labels).items():
+                    metrics[k + SPLIT_SUFFIX.get(split, "_" + split)] = v
         return metrics
 
 

@@ -26,7 +26,7 @@ from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tok
 from ..errors import ConfigError
 from ..metrics.squad import squad_v1_metrics, squad_v2_metrics
 from ..models import load_model
-from .base import Task, autocast
+from .base import Task, autocast, evaluating
 
 
 def prepare_features(tokenizer, rows: list[dict], max_length: int, stride: int, *, train: bool,
@@ -213,28 +213,25 @@ class SquadTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, eval_sets, device, amp) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         metrics = {}
-        for split, ev in eval_sets.items():
-            starts, ends = self.logits(model, ev.features, device, amp)
-            preds, diffs = postprocess(ev.rows, ev.features.columns, starts, ends, n_best=self.n_best,
-                                       max_answer_length=self.max_answer_length,
-                                       with_negative=self.version == 2, null_threshold=self.null_threshold)
-            golds = {r["id"]: r["answers"] for r in ev.rows}
-            if self.version == 1:
-                m = squad_v1_metrics(golds, preds)
-                m = {"exact": m["exact_match"], "f1": m["f1"]}
-            else:
-                # exact/f1 score the predictions as made (null decided by task.null_threshold), so the
-                # script's na_prob_thresh must not override them; the null-score differences drive
-                # only the best-threshold search.
-                m = squad_v2_metrics(golds, preds, na_probs=diffs, na_prob_thresh=float("inf"))
-            m["n_eval"] = len(ev.rows)
-            suffix = "" if split == "validation" else "_" + split
-            metrics.update({k + suffix: float(v) for k, v in m.items()})
-        if was_training:
-            model.train()
+        with evaluating(model):
+            for split, ev in eval_sets.items():
+                starts, ends = self.logits(model, ev.features, device, amp)
+                preds, diffs = postprocess(ev.rows, ev.features.columns, starts, ends, n_best=self.n_best,
+                                           max_answer_length=self.max_answer_length,
+                                           with_negative=self.version == 2, null_threshold=self.null_threshold)
+                golds = {r["id"]: r["answers"] for r in ev.rows}
+                if self.version == 1:
+                    m = squad_v1_metrics(golds, preds)
+                    m = {"exact": m["exact_match"], "f1": m["f1"]}
+                else:
+                    # exact/f1 score the predictions as made (null decided by task.null_threshold), so the
+                    # script's na_prob_thresh must not override them; the null-score differences drive
+                    # only the best-threshold search.
+                    m = squad_v2_metrics(golds, preds, na_probs=diffs, na_prob_thresh=float("inf"))
+                m["n_eval"] = len(ev.rows)
+                suffix = "" if split == "validation" else "_" + split
+                metrics.update({k + suffix: float(v) for k, v in m.items()})
         return metrics
 
 

@@ -22,7 +22,7 @@ from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tok
 from ..errors import ConfigError
 from ..metrics.rouge import rouge
 from ..models import load_model
-from .base import Task, autocast, limit
+from .base import Task, autocast, evaluating, limit
 from .squad import eval_limit
 
 
@@ -113,17 +113,14 @@ class XsumTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, eval_sets, device, amp) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         metrics = {}
-        for split, ev in eval_sets.items():
-            preds = self.generate(model, ev.features, device, amp)
-            m = rouge(preds, [r["summary"] for r in ev.rows])
-            m["n_eval"] = float(len(ev.rows))
-            m["gen_len"] = self.gen_tokens / max(1, len(ev.rows))  # mean generated tokens (with specials)
-            metrics.update(m)  # one eval split (task.eval_split): no suffix, so task.metric names the key
-        if was_training:
-            model.train()
+        with evaluating(model):
+            for split, ev in eval_sets.items():
+                preds = self.generate(model, ev.features, device, amp)
+                m = rouge(preds, [r["summary"] for r in ev.rows])
+                m["n_eval"] = float(len(ev.rows))
+                m["gen_len"] = self.gen_tokens / max(1, len(ev.rows))  # mean generated tokens (with specials)
+                metrics.update(m)  # one eval split (task.eval_split): no suffix, so task.metric names the key
         return metrics
 
 
