@@ -61,23 +61,29 @@ def batches(dataset, batch_size: int, seed: int, epoch: int, group_by_length: bo
     return out
 
 
-def train_step(model, method, optimizer, scheduler, batch, step: int, clip: float, amp: bool, device):
-    """One optimizer step; the benchmark (scripts/bench.py) times exactly this function.
-
-    No host-device synchronisation happens here: the loss comes back as a device tensor.
-    """
-    with autocast(device, amp):
+def _update(model, method, optimizer, batch, step: int, clip: float, precision):
+    """Forward, the method's extra loss, backward, clip, AdamW: what every training step does."""
+    with precision:
         loss = model(**batch).loss
         extra = method.extra_loss(step)
         total = loss if extra is None else loss + extra
     total.backward()
     torch.nn.utils.clip_grad_norm_(method.trainable, clip, foreach=True)
     optimizer.step()
+    return loss.detach(), total.detach()
+
+
+def train_step(model, method, optimizer, scheduler, batch, step: int, clip: float, amp: bool, device):
+    """One optimizer step; the benchmark (scripts/bench.py) times exactly this function.
+
+    No host-device synchronisation happens here: the loss comes back as a device tensor.
+    """
+    out = _update(model, method, optimizer, batch, step, clip, autocast(device, amp))
     scheduler.step()
     method.before_zero_grad(step)  # gradients still there (AdaLoRA's sensitivity |w * grad|)
     optimizer.zero_grad(set_to_none=True)
     method.after_step(step + 1)
-    return loss.detach(), total.detach()
+    return out
 
 
 class GraphedStep:
@@ -109,16 +115,12 @@ class GraphedStep:
 
     def _body(self, batch, step):
         torch._foreach_zero_(self.grads)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-            loss = self.model(**batch).loss
-            extra = self.method.extra_loss(step)
-            total = loss if extra is None else loss + extra
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(self.method.trainable, self.clip, foreach=True)
-        self.optimizer.step()
+        # autocast's weight cache must be off while capturing
+        precision = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False)
+        out = _update(self.model, self.method, self.optimizer, batch, step, self.clip, precision)
         self.method.before_zero_grad(step)
         self.method.after_step(step + 1)
-        return loss.detach(), total.detach()
+        return out
 
     def __call__(self, batch, step: int):
         from .methods.base import EAGER
