@@ -110,7 +110,7 @@ class GraphedStep:
         self.stream = torch.cuda.Stream()  # warm-up steps
         # Capture on a stream of our own, not torch's shared default capture stream: cuBLAS keys its
         # workspace by stream, so graphs of several runs captured on one stream would share a workspace
-        # and race when replayed side by side (run_seeds).
+        # and race when replayed side by side (run_side_by_side).
         self.capture_stream = torch.cuda.Stream()
 
     def _body(self, batch, step):
@@ -192,7 +192,7 @@ def prepare_model(model, method, device, bf16: bool, compile_model: bool):
 class Trainer:
     """One run (a config and its run directory): model, method, optimizer, data order, history.
 
-    ``run`` drives one trainer; ``run_seeds`` drives several side by side on one GPU.
+    ``run`` drives one trainer; ``run_side_by_side`` drives several side by side on one GPU.
     """
 
     def __init__(self, cfg, run_dir, shared: dict | None = None):
@@ -340,19 +340,17 @@ def run(cfg, run_dir) -> dict:
     return t.finish()
 
 
-def run_seeds(cfg, seeds: list[int], run_dir_of) -> list[dict]:
-    """Train one config for several seeds side by side in one process (``seeds=[1,2,3,4,5]``).
+def run_side_by_side(cfgs: list, run_dirs: list) -> list[dict]:
+    """Train several runs of one task side by side in one process (``seeds=[1,2,3,4,5]``, ``lr_search=true``).
 
-    Each seed is a full, independent run (own model, adapters, optimizer, data order, checkpoint and
-    results file, exactly as ``run`` with that seed); the seeds share the tokenised data, and on a GPU
-    each seed's steps go to its own CUDA stream, so the many small kernels of several runs overlap
-    instead of queueing. ``run_dir_of(seed)`` names each seed's run directory.
+    Each run is a full, independent run (own model, adapters, optimizer, data order, checkpoint and
+    results file, exactly as ``run`` with its config); the runs share the tokenised data, and on a GPU
+    each run's steps go to its own CUDA stream, so the many small kernels of several runs overlap
+    instead of queueing. ``run_dirs[i]`` is run i's directory.
     """
     trainers, shared = [], None
-    for s in seeds:
-        c = cfg.copy()
-        c.seed = int(s)
-        t = Trainer(c, run_dir_of(int(s)), shared)
+    for c, run_dir in zip(cfgs, run_dirs):
+        t = Trainer(c, run_dir, shared)
         if not t.skip:
             shared = t.shared
             trainers.append(t)

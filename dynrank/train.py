@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -28,8 +29,8 @@ def main(cfg: DictConfig) -> float | None:
     from .loop import run
 
     try:
-        if cfg.get("seeds"):
-            results = _run_seeds(cfg)
+        if cfg.get("seeds") or cfg.get("lr_search"):
+            results = _run_side_by_side(cfg)
         else:
             results = run(cfg, HydraConfig.get().runtime.output_dir)
     except DynrankError as e:
@@ -39,23 +40,34 @@ def main(cfg: DictConfig) -> float | None:
     return None
 
 
-def _run_seeds(cfg) -> dict:
-    """``seeds=[1,2,3]``: one process trains the seeds side by side; each gets the run directory a
-    single run with that seed would get (``outputs/<model>/<task>/<method>-<budget>/seed<k>``)."""
-    from pathlib import Path
+def runs_of(cfg) -> list[DictConfig]:
+    """The runs one process trains side by side: ``seeds=[...]`` x (``lr_search=true``: the method's lr grid)."""
+    from .config import lr_grid
 
+    seeds = [int(s) for s in cfg.seeds] if cfg.get("seeds") else [int(cfg.seed)]
+    lrs = lr_grid(cfg) if cfg.get("lr_search") else [None]
+    out = []
+    for lr in lrs:
+        for seed in seeds:
+            c = cfg.copy()
+            c.seed = seed
+            if lr is not None:
+                c.train.lr = lr
+            out.append(c)
+    return out
+
+
+def _run_side_by_side(cfg) -> dict:
+    """One process, several runs (own streams on a GPU); each run gets the directory a single run with its
+    seed and lr would get (``outputs/<run id>``), or ``<hydra.run.dir>/<run id>`` when that was set by hand."""
     from .config import run_id
-    from .loop import run_seeds
+    from .loop import run_side_by_side
 
     root = Path(HydraConfig.get().runtime.output_dir)
-    base = root.parents[len(Path(run_id(cfg)).parts) - 1]  # strip this run's own <model>/.../seed<k>
-
-    def run_dir_of(seed: int) -> Path:
-        c = cfg.copy()
-        c.seed = seed
-        return base / run_id(c)
-
-    all_results = run_seeds(cfg, [int(s) for s in cfg.seeds], run_dir_of)
+    own = Path(run_id(cfg)).parts
+    base = root.parents[len(own) - 1] if root.parts[-len(own):] == own else root
+    cfgs = runs_of(cfg)
+    all_results = run_side_by_side(cfgs, [base / run_id(c) for c in cfgs])
     return all_results[0] if all_results else {}
 
 

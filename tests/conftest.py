@@ -48,6 +48,14 @@ def cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300)
                           text=True, timeout=timeout)
 
 
+def result_file(cell_dir: Path, seed: int = 1) -> Path:
+    """The one results file of ``seed`` under a cell ``<store>/<model>/<task>/<method>-<budget>[-<variant>]``
+    (run ids continue with ``lr<lr>-<config hash>/seed<k>``)."""
+    found = sorted(Path(cell_dir).glob(f"lr*/seed{seed}.json"))
+    assert len(found) == 1, f"expected one results file of seed {seed} under {cell_dir}, found {found}"
+    return found[0]
+
+
 # --- a small GLUE in the classic download layout -------------------------------------------------------
 
 def _w(path: Path, lines: list[str]):

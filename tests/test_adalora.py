@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from torch.nn import functional as F
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
-from conftest import SHARED_GLUE, cli
+from conftest import SHARED_GLUE, cli, result_file
 from dynrank.methods import build
 from dynrank.models import MATRIX_TYPES
 
@@ -251,7 +251,7 @@ def test_cli_end_to_end(tmp_path):
              f"data.cache_dir={tmp_path / 'cache'}", f"results.store={tmp_path / 'store'}",
              f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr
-    res = json.loads((tmp_path / "store/tiny/cola/adalora-r8/seed1.json").read_text())
+    res = json.loads(result_file(tmp_path / "store/tiny/cola/adalora-r8").read_text())
     assert res == json.loads((tmp_path / "run/results.json").read_text())
     s = res["method_summary"]
     assert s["schedule"] == {"total_step": 32, "tinit": 4, "tfinal": 16, "deltaT": 10}  # 256 / 16 x 2 epochs

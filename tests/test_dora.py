@@ -2,6 +2,7 @@
 import copy
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from conftest import SHARED_GLUE, cli, compose, tiny_overrides
+from conftest import SHARED_GLUE, cli, compose, result_file, tiny_overrides
 from dynrank.methods.dora import DoRA
 from dynrank.models import build_tiny_config, load_model, load_tokenizer
 
@@ -353,7 +354,7 @@ def test_cli_end_to_end_with_export(tmp_path):
             f"hydra.run.dir={tmp_path / 'run'}"]
     p = cli(args, cwd=tmp_path, env=ONE_THREAD)
     assert p.returncode == 0, p.stderr
-    res = json.loads((tmp_path / "store/tiny/cola/dora-r8/seed1.json").read_text())
+    res = json.loads(result_file(tmp_path / "store/tiny/cola/dora-r8").read_text())
     s = res["method_summary"]
     assert s["initial_budget"] == 12 and s["final_budget"] == 8 and s["pruning_done"]
     assert s["components"] == 12 * 12 and s["surviving"] <= 12 * 8
@@ -377,7 +378,7 @@ def test_low_budget_without_dem_runs(tmp_path):
     s = res["method_summary"]
     assert s["initial_budget"] == 3 and s["final_budget"] == 2 and s["pruning_done"]
     assert s["surviving"] == 36 - int(36 * (3 - 2) / 3)
-    assert res["run_id"] == "tiny/cola/dora-r2-nodem/seed1"
+    assert re.fullmatch(r"tiny/cola/dora-r2-nodem/lr2e-3-[0-9a-f]{8}/seed1", res["run_id"])
 
 
 def test_initial_budget_below_final_fails_with_one_line(tmp_path):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import cli, make_glue
+from conftest import cli, make_glue, result_file
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
 
@@ -20,9 +20,9 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path):
              f"results.store={tmp_path / 'store'}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     for seed in (1, 2):
-        res = json.loads((tmp_path / f"store/tiny/cola/lora-r8/seed{seed}.json").read_text())
-        assert res["seed"] == seed and res["run_id"] == f"tiny/cola/lora-r8/seed{seed}"
-        assert (sweep / f"tiny/cola/lora-r8/seed{seed}/results.json").is_file()  # hydra.sweep.subdir = run id
+        res = json.loads(result_file(tmp_path / "store/tiny/cola/lora-r8", seed).read_text())
+        assert res["seed"] == seed and res["run_id"].startswith("tiny/cola/lora-r8/lr")
+        assert (sweep / res["run_id"] / "results.json").is_file()  # hydra.sweep.subdir = run id
     # each job ran as its own submitit process, with its own log and pickled result
     results = sorted(sweep.glob(".submitit/*/*_result.pkl"))
     assert len(results) == 2 and len({r.parent.name for r in results}) == 2

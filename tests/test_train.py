@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_GLUE, cli, compose, tiny_overrides
+from conftest import SHARED_GLUE, cli, compose, result_file, tiny_overrides
 from dynrank.errors import ConfigError, DataError, TrainingError
 from dynrank.loop import run
 
@@ -20,13 +20,13 @@ def _cli_args(tmp_path, *extra):
 def test_cli_writes_results_json(tmp_path):
     p = cli(_cli_args(tmp_path, f"hydra.run.dir={tmp_path / 'run'}"), cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    res = json.loads((tmp_path / "store/tiny/cola/lora-r8/seed1.json").read_text())
+    res = json.loads(result_file(tmp_path / "store/tiny/cola/lora-r8").read_text())
     assert json.loads((tmp_path / "run/results.json").read_text()) == res
     assert res["metric"] == "matthews" and len(res["epochs"]) == 1
     dev = res["best"]["dev"]
     assert -1 <= dev["matthews"] <= 1 and 0 <= dev["accuracy"] <= 1
     assert res["params"]["adapter"] > 0 and res["params"]["head"] > 0
-    assert res["config"]["task"]["lr"] == 0.002 and res["config"]["train"]["batch_size"] == 16  # Table 8
+    assert res["config"]["train"]["lr"] == 4e-4 and res["config"]["train"]["batch_size"] == 16  # LoRA's own rate
     assert res["versions"]["torch"] and len(res["time_per_epoch_s"]) == 1
     assert (tmp_path / "run/checkpoint/tensors.safetensors").exists()
 
@@ -35,7 +35,7 @@ def test_seed_multirun_writes_five_results(tmp_path):
     p = cli(["-m", *_cli_args(tmp_path, "data.max_train_samples=32", "data.max_eval_samples=32",
                               f"hydra.sweep.dir={tmp_path / 'multi'}"), "seed=1,2,3,4,5"], cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    files = sorted((tmp_path / "store/tiny/cola/lora-r8").glob("seed*.json"))
+    files = sorted((tmp_path / "store/tiny/cola/lora-r8").glob("lr*/seed*.json"))
     assert [f.name for f in files] == [f"seed{k}.json" for k in range(1, 6)]
     seeds = [json.loads(f.read_text())["seed"] for f in files]
     assert seeds == [1, 2, 3, 4, 5]
@@ -50,14 +50,14 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
     killed = cli([*args, f"hydra.run.dir={tmp_path / 'b'}", f"results.store={tmp_path / 'sb'}"], cwd=tmp_path,
                  env={"DYNRANK_DEBUG_KILL_AFTER_EPOCH": "2"})
     assert killed.returncode == 137
-    assert not (tmp_path / "sb/tiny/cola/lora-r8/seed1.json").exists()
+    assert not list((tmp_path / "sb").rglob("seed1.json"))
     state = json.loads((tmp_path / "b/checkpoint/state.json").read_text())
     assert state["epoch"] == 2
     resumed = cli([*args, f"hydra.run.dir={tmp_path / 'b'}", f"results.store={tmp_path / 'sb'}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr + resumed.stdout
-    a = json.loads((tmp_path / "sa/tiny/cola/lora-r8/seed1.json").read_text())
-    b = json.loads((tmp_path / "sb/tiny/cola/lora-r8/seed1.json").read_text())
+    a = json.loads(result_file(tmp_path / "sa/tiny/cola/lora-r8").read_text())
+    b = json.loads(result_file(tmp_path / "sb/tiny/cola/lora-r8").read_text())
     assert [e["dev"] for e in a["epochs"]] == [e["dev"] for e in b["epochs"]]
     assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
     assert a["final"] == b["final"]
@@ -75,7 +75,7 @@ def test_unknown_names_fail_with_one_line(tmp_path, arg, message):
 
 
 def test_missing_data_dir_via_cli_is_one_line_and_keeps_results(tmp_path):
-    store = tmp_path / "store/tiny/cola/lora-r8"
+    store = tmp_path / "store/tiny/cola/lora-r8/lr4e-4-00000000"
     store.mkdir(parents=True)
     (store / "seed1.json").write_text('{"kept": true}')
     p = cli([*_cli_args(tmp_path), f"data.dir={tmp_path / 'nope'}"], cwd=tmp_path)
@@ -139,10 +139,11 @@ def test_dynamic_padding_pads_to_batch_max():
 
 
 def test_seeds_side_by_side_equal_separate_runs(tmp_path):
-    from dynrank.loop import run_seeds
+    from dynrank.loop import run_side_by_side
+    from dynrank.train import runs_of
 
     over = tiny_overrides(tmp_path, "train.epochs=2", "data.max_train_samples=48")
-    together = run_seeds(compose(over), [1, 2], lambda s: tmp_path / f"together{s}")
+    together = run_side_by_side(runs_of(compose([*over, "seeds=[1,2]"])), [tmp_path / f"together{s}" for s in (1, 2)])
     alone = [run(compose([*over, f"seed={s}", f"results.store={tmp_path / 'alone'}"]), tmp_path / f"alone{s}")
              for s in (1, 2)]
     for a, b in zip(together, alone):

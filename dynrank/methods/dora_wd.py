@@ -47,7 +47,7 @@ def _no_autocast(device_type: str):
 
 
 class DoRAWDLinear(nn.Module):
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, kaiming_a: float = math.sqrt(5)):
         super().__init__()
         self.base = base
         self.r = r
@@ -55,7 +55,7 @@ class DoRAWDLinear(nn.Module):
         dev = base.weight.device
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=dev))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=dev))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear / PEFT
+        nn.init.kaiming_uniform_(self.lora_A, a=kaiming_a)  # sqrt(5): as nn.Linear / PEFT
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         with torch.no_grad():
             self.magnitude = nn.Parameter(self.weight_norm())  # = ||W0||_c since B = 0

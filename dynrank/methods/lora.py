@@ -1,6 +1,7 @@
 """LoRA (Hu et al., 2022), the paper's Eq. 5: W = W0 + (alpha / r) B A.
 
-A (r x d_in) Kaiming-uniform, B (d_out x r) zero, dropout on the adapter's input; applied to the
+A (r x d_in) Kaiming-uniform (``method.kaiming_a``: sqrt(5) as nn.Linear and PEFT under the standard protocol,
+0 as the authors' ``Fixed_Lora_Linear`` under ``protocol=paper_code``), B (d_out x r) zero, dropout on the adapter's input; applied to the
 query, key, value, attention-output, FFN-up and FFN-down matrices of every layer with r = budget.r.
 On RoBERTa-base: r=8 -> 1,327,104 adapter parameters, r=2 -> 331,776 (paper: 1.33M / 0.33M).
 Forward and parameterisation equal HF PEFT's ``LoraLayer`` (tests check it).
@@ -30,14 +31,14 @@ def add_low_rank(h: torch.Tensor, t: torch.Tensor, B: torch.Tensor, scale: float
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, kaiming_a: float = math.sqrt(5)):
         super().__init__()
         self.base = base
         self.r = r
         self.scaling = alpha / r
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear / PEFT
+        nn.init.kaiming_uniform_(self.lora_A, a=kaiming_a)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x):
@@ -56,7 +57,8 @@ class LoRA(Method):
     def wrap(self, model):
         freeze_all_but_head(model)
         r, alpha, p = int(self.budget.r), float(self.cfg.alpha), float(self.cfg.dropout)
-        self.layers = replace_targets(model, self.family, lambda t: self.layer(t.module, r, alpha, p))
+        a = float(self.cfg.get("kaiming_a", math.sqrt(5)))
+        self.layers = replace_targets(model, self.family, lambda t: self.layer(t.module, r, alpha, p, a))
         self.model = model
         return model
 
