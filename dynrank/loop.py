@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from transformers import get_linear_schedule_with_warmup
 
 from . import checkpoint, methods, tasks
-from .config import run_id, validate
+from .config import config_hash, run_id, validate
 from .data.cache import fingerprint
 from .errors import TrainingError
 from .models import load_tokenizer
@@ -416,8 +416,10 @@ def _results(cfg, resolved, task, method, history, device, started) -> dict:
     return {
         "schema": SCHEMA, "run_id": run_id(cfg), "model": cfg.model.id, "task": cfg.task.name,
         "method": cfg.method.name, "budget": cfg.budget.name, "variant": cfg.get("variant"), "seed": int(cfg.seed),
+        "lr": float(cfg.train.lr), "config_hash": config_hash(cfg), "protocol": cfg.protocol.name,
         "metric": metric,
         "best": {"epoch": best["epoch"], "dev": best["dev"]},
+        "pruning_end_step": method.pruning_end_step(),
         "final": {"epoch": history[-1]["epoch"], "dev": history[-1]["dev"]},
         "epochs": history,
         "params": method.param_counts(),

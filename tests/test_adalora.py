@@ -125,6 +125,8 @@ def test_equals_peft_step_by_step():
     assert masked_counts[:TINIT + 1] == [0] * (TINIT + 1)
     assert 0 < masked_counts[9] < m.n * (R0 - R)
     assert masked_counts[T - TFINAL:] == [m.n * (R0 - R)] * TFINAL
+    # masked_counts[i] is after the step of index i: the pattern is final once T - tfinal + 1 steps are done
+    assert m.pruning_end_step() == T - TFINAL + 1
     assert masked_counts[10] < masked_counts[9]  # between two maskings, pruned lambdas grow back (t=9 masks)
     ranks = m.ranks()
     assert sum(ranks) == m.n * R and len(set(ranks)) > 1  # the budget is met, unevenly

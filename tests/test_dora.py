@@ -61,6 +61,8 @@ def test_schedule_prunes_the_formula_fraction():
     assert m.n_components == N
     # p = int(t - 0.15 T), P = int(T (1 - 0.15 - 0.5)): warm-up 30 steps, pruning over 70, then fixed
     assert [m.schedule(t) for t in (1, 30, 31, 100, 101)] == [(-29, 70), (0, 70), (1, 70), (70, 70), (71, 70)]
+    # the authors' code logs 'prune finished' after the step with p = P (t = 100); paper_code picks epochs after it
+    assert m.pruning_end_step() == 100 and m.phase(100) == "prune" and m.phase(101) == "fixed"
     gen = torch.Generator().manual_seed(0)
     checked = 0
     for t in range(1, 101):

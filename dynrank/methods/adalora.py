@@ -191,6 +191,10 @@ class AdaLoRA(Method):
         mul_coeff = 1 - (step - tinit) / (T - tfinal - tinit)
         return int((self.init_bgt - self.target_bgt) * (mul_coeff ** 3) + self.target_bgt), step % self.deltaT == 0
 
+    def pruning_end_step(self) -> int:
+        """The rank pattern is final after the step of index T - tfinal (0-based), i.e. T - tfinal + 1 steps done."""
+        return self.total_steps - self.tfinal + 1
+
     def graph_key(self, step: int):
         """CUDA graphs (train.cuda_graphs): steps that only update the importance share one graph, the fixed
         phase another; masking steps (a new k every time) and the finalising step run eagerly ("eager" is

@@ -69,6 +69,11 @@ class Method:
     def prepare_step(self, step: int) -> None:
         """Host-side, before every step (graphed or not): fill device scalars the step reads (no sync)."""
 
+    def pruning_end_step(self) -> int | None:
+        """Adaptive methods: the optimizer steps done (1-based) when the budget allocation became final, the
+        point after which the authors' code picks the best epoch (protocol=paper_code); None: no pruning."""
+        return None
+
     def final_evaluation(self, evaluate: Callable[[], dict]) -> dict:
         """Extra dev evaluations after training (e.g. DyLoRA at several ranks); merged into results."""
         return {}

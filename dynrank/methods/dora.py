@@ -195,6 +195,10 @@ class DoRA(Method):
             return "fixed"
         return "prune" if p >= 0 and (p % self.interval == 0 or p == P) else "ema"
 
+    def pruning_end_step(self) -> int:
+        """The step where p = P: the last pruning step, after which the code logs 'prune finished'."""
+        return next(s for s in range(1, self.total_steps + 1) if self.schedule(s)[0] >= self.schedule(s)[1])
+
     def is_pruning_step(self, step: int) -> bool:
         return self.phase(step) == "prune"
 
