@@ -93,3 +93,31 @@ def test_lora_init_follows_the_protocol(protocol, a):
     layer = LoRALinear(torch.nn.Linear(400, 400), 8, 8.0, 0.0, float(cfg.method.kaiming_a))
     bound = math.sqrt(6 / ((1 + a * a) * 400))  # kaiming_uniform_'s bound
     assert layer.lora_A.abs().max() <= bound and layer.lora_A.abs().max() > 0.95 * bound
+
+
+# The cited rate of each method for two tasks (source beside it; docs/hyperparameters.md has every one).
+CITED = {
+    ("full", "rte"): 2e-5,      # fairseq examples/roberta finetuning/rte.yaml (RoBERTa, Liu et al. 2019)
+    ("full", "mrpc"): 1e-5,     # fairseq finetuning/mrpc.yaml
+    ("bitfit", "cola"): 1e-3,   # BitFit's official code default (benzakenelad/BitFit)
+    ("bitfit", "rte"): 1e-3,
+    ("houlsby", "cola"): 3e-4,  # Houlsby et al. 2019 grid {3e-5, 3e-4, 3e-3}; LoRA paper Table 9 adapter rows
+    ("houlsby", "mrpc"): 3e-4,
+    ("pfeiffer", "cola"): 1e-4,  # AdapterHub GLUE example
+    ("pfeiffer", "stsb"): 1e-4,
+    ("lora", "cola"): 4e-4,     # Hu et al. 2022, Table 9, RoBERTa-base
+    ("lora", "rte"): 5e-4,
+    ("adalora", "cola"): 5e-4,  # Zhang et al. 2023, DeBERTaV3-base table
+    ("adalora", "stsb"): 2.2e-3,
+    ("dora", "cola"): 2e-3,     # the DoRA paper's Table 8
+    ("dora", "mrpc"): 2.5e-3,
+    ("dora_wd", "cola"): 4e-4,  # Liu et al. 2024 (NVlabs/DoRA): LoRA's configuration
+    ("dora_wd", "sst2"): 5e-4,
+    ("dylora", "cola"): 4e-4,   # Valipour et al. 2023 official scripts (= LoRA's rates)
+    ("dylora", "qqp"): 5e-4,
+}
+
+
+@pytest.mark.parametrize("method, task", sorted(CITED))
+def test_resolved_rate_is_the_cited_one(method, task):
+    assert compose([f"method={method}", f"task={task}"]).train.lr == pytest.approx(CITED[(method, task)])
