@@ -343,6 +343,7 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     args, unknown = get_args_parser().parse_known_args(argv)
     if unknown or args.help or args.hydra_help or args.cfg or args.info or args.shell_completion \
@@ -368,9 +369,7 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
                 except DynrankError as e:
                     swept = [o for o in job if not all(o in other for other in jobs)]
                     raise type(e)(f"{e} (in the job {' '.join(swept)})" if swept else str(e)) from None
-    except DynrankError:
-        raise
-    except Exception:  # noqa: BLE001  (Hydra's to report)
+    except (HydraException, OmegaConfBaseException):  # Hydra reports these as it always does
         return
 
 
@@ -389,13 +388,14 @@ class _Jobs:
 
     def check(self, job: list[str]) -> None:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra.errors import HydraException
 
         base = self.base(job)
         cfg = copy.deepcopy(base)
         try:
             ConfigLoaderImpl._apply_overrides_to_config(self.parser.parse_overrides(
                 [o for o in job if not _is_group(o)]), cfg)
-        except Exception:  # e.g. a key that is not in the config: say which, and the closest one that is
+        except (HydraException, OmegaConfBaseException):  # e.g. a key not in the config: say which, and the closest
             _check_keys(base, job)
             raise
         if any(o.startswith("+") for o in job):  # '+key=' adds a key: one that nothing reads is a typo

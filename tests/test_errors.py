@@ -172,6 +172,9 @@ def test_truncated_checkpoint_is_one_line_and_kept(killed, tmp_path, name, error
     assert line.startswith(f"error: the checkpoint in {run / 'checkpoint'} is damaged ({error}: ")
     assert "add train.resume=false to the command to start over" in line
     assert _snapshot(run) == before  # the damaged files are kept
+    p = cli([*args, "train.resume=false"], cwd=tmp_path)  # the fix it names
+    assert p.returncode == 0, p.stderr
+    assert json.loads((run / "checkpoint/state.json").read_text())["epoch"] == 2
 
 
 def test_other_config_names_the_keys_that_differ(killed, tmp_path):
