@@ -2,24 +2,81 @@
 
 ``<run_dir>/checkpoint/`` holds ``tensors.safetensors`` (trainable parameters, optimizer state,
 method state such as EMAs and masks, torch RNG states) and ``state.json`` (epoch, history,
-scheduler, Python/NumPy RNG, a fingerprint of the config). A kill at any moment leaves either the
+scheduler, Python/NumPy RNG, a fingerprint of the config; the loop adds the config itself, the data's
+fingerprint and the wall time of each attempt under ``extra``). A kill at any moment leaves either the
 previous checkpoint or the new one, never a mix.
+
+One process at a time trains a run: ``RunLock`` holds an exclusive ``flock`` on ``<run_dir>/.lock``.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
-from .errors import TrainingError
-from .results import atomic_write_text, _jsonable
+from .errors import RunInUseError, TrainingError
+from .results import _jsonable, atomic_write_text, save_tensors
 
 NAME = "checkpoint"
+LOCK = ".lock"
+START_OVER = "add train.resume=false to the command to start over"
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``<run_dir>/.lock`` while this process trains the run.
+
+    A second process on the same run stops at once with ``RunInUseError`` (naming the holder's pid where
+    the system tells it) instead of writing the same checkpoint and results files. The kernel drops the lock
+    when the process ends, however it ends (exit, exception, kill -9): no stale lock to clean up. The file
+    stays empty. Also a context manager that releases the lock on exit."""
+
+    def __init__(self, run_dir):
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / LOCK
+        self.file = open(self.path, "a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            pid = _lock_holder(self.path)
+            by = f"another process (pid {pid})" if pid else "another process"
+            raise RunInUseError(f"run {run_dir} is in use by {by}; wait for it to end, or stop it, "
+                                "before running it again") from None
+
+    def release(self) -> None:
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _lock_holder(path: Path) -> int | None:
+    """The pid holding the flock on ``path``, from Linux's /proc/locks (``1: FLOCK ADVISORY WRITE <pid>
+    <maj>:<min>:<inode> 0 EOF``); None where that cannot be read."""
+    try:
+        inode = str(os.stat(path).st_ino)
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == inode:
+                    return int(parts[4])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _flatten_optimizer(opt_state: dict) -> tuple[dict, dict]:
@@ -57,7 +114,7 @@ def save(run_dir, *, model, optimizer, scheduler, method, epoch: int, step: int,
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
+    save_tensors({k: v.cpu() for k, v in tensors.items()}, tmp / "tensors.safetensors")
     np_state = np.random.get_state()
     state = {
         "epoch": epoch, "step": step, "history": history, "fingerprint": fingerprint,
@@ -79,35 +136,101 @@ def exists(run_dir) -> bool:
     return (run_dir / NAME / "state.json").exists() or (run_dir / (NAME + ".old") / "state.json").exists()
 
 
-def load(run_dir, *, model, optimizer, scheduler, method, fingerprint: str, device) -> dict:
-    """Restore everything ``save`` wrote; returns the JSON state (epoch, step, history, extra)."""
+def read_state(run_dir, fingerprint: str, config: dict | None = None) -> tuple[Path, dict]:
+    """The checkpoint to resume from and its JSON state, checked: a damaged file, or a checkpoint made with
+    another config (``config``: the flat ``{key: value}`` it was made with, to name the keys that differ),
+    is a ``TrainingError`` that leaves every file as it is."""
     run_dir = Path(run_dir)
     path = run_dir / NAME
     if not (path / "state.json").exists():  # killed between the two renames: the old one is whole
         path = run_dir / (NAME + ".old")
-    with open(path / "state.json") as f:
-        state = json.load(f)
-    if state["fingerprint"] != fingerprint:
-        raise TrainingError(f"the checkpoint in {path} was made with a different config; "
-                            "delete it or pass train.resume=false to start over")
-    tensors = load_file(str(path / "tensors.safetensors"))
+    try:
+        with open(path / "state.json", encoding="utf-8") as f:
+            state = json.load(f)
+        made_with = state["fingerprint"]
+    except (ValueError, KeyError, TypeError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise damaged(path, e) from None
+    if made_with != fingerprint:
+        old = (state.get("extra") or {}).get("config")
+        diff = _diff(old, config) if isinstance(old, dict) and config is not None else ""
+        changed = f" ({diff})" if diff else ""
+        raise TrainingError(f"the checkpoint in {path} was made with a different config{changed}; rerun with "
+                            f"the values it was made with to resume it, or {START_OVER}")
+    return path, state
+
+
+def damaged(path, e: Exception) -> TrainingError:
+    detail = str(e).splitlines()[0] if str(e) else ""
+    return TrainingError(f"the checkpoint in {path} is damaged ({type(e).__name__}: {detail}); {START_OVER} "
+                         f"(or move {path} away first to keep it)")
+
+
+def _diff(old: dict, new: dict, shown: int = 6) -> str:
+    """``train.epochs: 3 -> 4, method.dem: true -> false``: the keys whose values differ, old -> new."""
+    unset = object()
+
+    def show(v) -> str:
+        return "unset" if v is unset else v if isinstance(v, str) else json.dumps(v)
+
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, unset) != new.get(k, unset))
+    text = ", ".join(f"{k}: {show(old.get(k, unset))} -> {show(new.get(k, unset))}" for k in keys[:shown])
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def check_data(path, state: dict, data: dict) -> None:
+    """Resuming on other data would silently train a different run: refuse it, naming what changed.
+
+    ``data``: per split ``{"examples": n, "sha256": digest of the encoded examples}`` (``loop.data_identity``)."""
+    old = (state.get("extra") or {}).get("data")
+    if old is None or old == data:
+        return
+    changed = []
+    for split in sorted(old.keys() | data.keys()):
+        a, b = old.get(split), data.get(split)
+        if a == b:
+            continue
+        if a is None or b is None:
+            changed.append(f"{split}: {'added' if a is None else 'removed'}")
+        elif a.get("examples") != b.get("examples"):
+            changed.append(f"{split}: {a.get('examples')} -> {b.get('examples')} examples")
+        else:
+            changed.append(f"{split}: same size, other content")
+    raise TrainingError(f"the data changed since the checkpoint in {path} was made ({', '.join(changed)}); "
+                        f"restore the data it was made with to resume it, or {START_OVER}")
+
+
+def load(run_dir, *, model, optimizer, scheduler, method, fingerprint: str, device, config: dict | None = None,
+         data: dict | None = None) -> dict:
+    """Restore everything ``save`` wrote; returns the JSON state (epoch, step, history, extra) with ``path``,
+    the directory it was loaded from (``checkpoint``, or ``checkpoint.old`` after a kill between the renames).
+
+    Checks first (``read_state``, ``check_data``), then restores: a refused or damaged checkpoint changes nothing."""
+    path, state = read_state(run_dir, fingerprint, config)
+    if data is not None:
+        check_data(path, state, data)
+    try:
+        tensors = load_file(str(path / "tensors.safetensors"))
+        rng_torch = tensors["rng.torch"]
+        scheduler_state, optimizer_meta = state["scheduler"], state["optimizer"]
+        py, npst = state["rng_python"], state["rng_numpy"]
+    except (SafetensorError, OSError, KeyError) as e:
+        raise damaged(path, e) from None
     params = dict(model.named_parameters())
     with torch.no_grad():
         for k, v in tensors.items():
             if k.startswith("model."):
                 params[k[6:]].copy_(v)
     opt = _unflatten_optimizer({k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
-                               state["optimizer"])
+                               optimizer_meta)
     optimizer.load_state_dict(opt)
-    scheduler.load_state_dict(state["scheduler"])
+    scheduler.load_state_dict(scheduler_state)
     method.load_state_dict({k[7:]: v.to(device) for k, v in tensors.items() if k.startswith("method.")})
-    torch.set_rng_state(tensors["rng.torch"])
+    torch.set_rng_state(rng_torch)
     if torch.cuda.is_available():
         cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
-    py = state["rng_python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    npst = state["rng_numpy"]
     np.random.set_state((npst[0], np.array(npst[1], dtype=np.uint32), *npst[2:]))
+    state["path"] = str(path)
     return state

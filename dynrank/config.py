@@ -1,14 +1,23 @@
-"""Config helpers: the run identity (where results and checkpoints go), each method's learning rate, validation."""
+"""Config helpers: the run identity (where results and checkpoints go), each method's learning rate, validation.
+
+Validation happens before anything is written: ``check_command_line`` composes the config of every job a command
+would run and checks it (``validate``: each value against ``SCHEMA``, then the checks that need several keys or
+the disk) before Hydra creates or touches a run directory.
+"""
 from __future__ import annotations
 
+import copy
+import difflib
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from .errors import ConfigError, DynrankError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -65,6 +74,25 @@ def run_id(cfg) -> str:
     if cfg.get("variant"):
         cell += f"-{cfg.variant}"
     return f"{cfg.model.id}/{cfg.task.name}/{cell}/lr{lr_tag(cfg.train.lr)}-{config_hash(cfg)}/seed{cfg.seed}"
+
+
+def resume_key(cfg) -> dict:
+    """What a checkpoint must have been made with to be resumed: the run's identity with its seed and
+    learning rate, as flat ``{"train.epochs": 3, ...}`` so that a refusal can name the keys that differ."""
+    ident = identity(cfg)
+    ident["seed"] = int(cfg.seed)
+    ident.setdefault("train", {})["lr"] = float(cfg.train.lr)
+    return _flat(ident)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _run_id_resolver(*, _root_):
@@ -134,14 +162,160 @@ def initial_budget(method_cfg, r: int) -> int:
     return r0
 
 
+# --- what each key may hold ------------------------------------------------------------------------------------
+# Read "<key> must be <rule>": int or number (with a bound or a range), bool, str, tag (a name for the results
+# path: letters, digits, '.', '_', '-', no '..'), device (auto, cpu, cuda, cuda:<n>), "list of <rule>", each
+# possibly "or null". Keys of other tasks and methods than the run's are simply absent.
+SCHEMA = {
+    "seed": "int >= 0",
+    "seeds": "list of int >= 0 or null",
+    "lr_search": "bool",
+    "variant": "tag or null",
+    "data.dir": "str or null",
+    "data.cache_dir": "str or null",
+    "data.max_train_samples": "int >= 1 or null",
+    "data.max_eval_samples": "int >= 1 or null",
+    "train.lr": "number > 0",
+    "train.epochs": "int >= 1",
+    "train.batch_size": "int >= 1",
+    "train.eval_batch_size": "int >= 1",
+    "train.weight_decay": "number >= 0",
+    "train.warmup_ratio": "number in [0, 1)",
+    "train.max_grad_norm": "number > 0",
+    "train.bf16": "bool",
+    "train.compile": "bool",
+    "train.cuda_graphs": "bool",
+    "train.pad_to_multiple": "int >= 1",
+    "train.device": "device",
+    "train.group_by_length": "bool",
+    "train.num_workers": "int >= 0",
+    "train.log_every": "int >= 1",
+    "train.resume": "bool",
+    "train.skip_done": "bool",
+    "train.progress": "bool",
+    "train.export": "bool",
+    "eval.max_samples": "int >= 1 or null",
+    "eval.num_beams": "int >= 1",
+    "eval.max_new_tokens": "int >= 1",
+    "results.store": "str",
+    "budget.r": "int >= 1",
+    "model.path": "str or null",
+    "model.tiny.hidden_size": "int >= 1",
+    "model.tiny.num_hidden_layers": "int >= 1",
+    "model.tiny.num_attention_heads": "int >= 1",
+    "model.tiny.intermediate_size": "int >= 1",
+    "task.num_labels": "int >= 1",
+    "task.max_length": "int >= 1",
+    "task.batch_size": "int >= 1",
+    "task.epochs": "int >= 1",
+    "task.reg_coef": "number >= 0",
+    "task.pruning_interval": "int >= 1",
+    "task.doc_stride": "int >= 1",
+    "task.max_answer_length": "int >= 1",
+    "task.n_best": "int >= 1",
+    "task.null_threshold": "number",
+    "task.max_target_length": "int >= 1",
+    "task.version_2_with_negative": "bool",
+    "method.alpha": "number > 0",
+    "method.dropout": "number in [0, 1)",
+    "method.initial_budget": "int >= 1 or null",
+    "method.warmup_frac": "number in [0, 1]",
+    "method.final_frac": "number in [0, 1]",
+    "method.tinit_fraction": "number in [0, 1]",
+    "method.tfinal_fraction": "number in [0, 1]",
+    "method.beta": "number in [0, 1)",
+    "method.beta1": "number in [0, 1)",
+    "method.beta2": "number in [0, 1)",
+    "method.eps": "number > 0",
+    "method.kaiming_a": "number",
+    "method.dem": "bool",
+    "method.reg_coef": "number >= 0",
+    "method.orth_reg_weight": "number >= 0",
+    "method.pruning_interval": "int >= 1",
+    "method.deltaT": "int >= 1",
+    "method.bottleneck": "int >= 1 or null",
+    "method.bottleneck_per_rank": "int >= 1",
+    "method.r_min": "int >= 1",
+    "method.r_max": "int >= 1",
+    "method.eval_ranks": "list of int >= 1",
+    "method.export_rank": "int >= 1 or null",
+    "method.seed": "int >= 0",
+    "protocol.lora_kaiming_a": "number",
+    "protocol.std_ddof": "int in [0, 1]",
+}
+
+
+def conforms(rule: str, value) -> bool:
+    """Whether ``value`` (as composed and resolved: YAML/Hydra types) satisfies ``rule`` (a ``SCHEMA`` entry)."""
+    if rule.endswith(" or null"):
+        return value is None or conforms(rule[: -len(" or null")], value)
+    if rule.startswith("list of "):
+        return isinstance(value, list) and all(conforms(rule[len("list of "):], v) for v in value)
+    kind, _, bound = rule.partition(" ")
+    if kind in ("bool", "str"):
+        return isinstance(value, {"bool": bool, "str": str}[kind])
+    if kind == "tag":
+        return isinstance(value, str) and bool(re.fullmatch(r"[A-Za-z0-9._-]+", value)) and ".." not in value
+    if kind == "device":
+        return isinstance(value, str) and bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", value))
+    if isinstance(value, bool) or not isinstance(value, int if kind == "int" else (int, float)):
+        return False
+    return math.isfinite(value) and _within(value, bound)
+
+
+def _within(x, bound: str) -> bool:
+    """``>= 1``, ``> 0``, ``in [0, 1)``; empty: any."""
+    if not bound:
+        return True
+    op, _, rest = bound.partition(" ")
+    if op == "in":
+        lo, hi = (float(v) for v in rest[1:-1].split(","))
+        return (lo <= x if rest[0] == "[" else lo < x) and (x <= hi if rest[-1] == "]" else x < hi)
+    b = float(rest)
+    return {">=": x >= b, ">": x > b, "<=": x <= b, "<": x < b}[op]
+
+
+def describe(rule: str) -> str:
+    """A rule in words: ``int >= 1 or null`` -> ``an integer >= 1, or null``."""
+    if rule.endswith(" or null"):
+        return describe(rule[: -len(" or null")]) + ", or null"
+    if rule.startswith("list of "):
+        return "a list of " + describe(rule[len("list of "):]).split(" ", 1)[1].replace("integer", "integers")
+    kind, _, bound = rule.partition(" ")
+    words = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
+             "tag": "a name of letters, digits, '.', '_', '-' (no path separator, no '..')",
+             "device": "auto, cpu, cuda or cuda:<n>"}[kind]
+    return f"{words} {bound}" if bound else words
+
+
+def _resolved(cfg) -> dict:
+    """The config as plain values; an interpolation that fails is a ``ConfigError`` naming the key."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        if isinstance(e.__cause__, DynrankError):  # raised by one of our resolvers (${hparams:...})
+            raise e.__cause__ from None
+        key = getattr(e, "full_key", None) or "the config"
+        raise ConfigError(f"cannot resolve {key}: {str(e).splitlines()[0]}") from None
+
+
+def _get(values: dict, key: str):
+    """``(True, value)`` at a dotted key of plain nested dicts, ``(False, None)`` where there is none."""
+    node = values
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
 def validate(cfg: DictConfig) -> None:
-    """Checks that need the composed config."""
-    if cfg.train.epochs is None or int(cfg.train.epochs) < 1:
-        raise ConfigError(f"train.epochs must be >= 1 (got {cfg.train.epochs})")
-    if int(cfg.train.batch_size) < 1:
-        raise ConfigError(f"train.batch_size must be >= 1 (got {cfg.train.batch_size})")
-    if cfg.budget.r < 1:
-        raise ConfigError(f"budget.r must be >= 1 (got {cfg.budget.r})")
+    """Every value against ``SCHEMA`` (type and range), then the checks that need several keys or the disk."""
+    values = _resolved(cfg)
+    for key, rule in SCHEMA.items():
+        found, value = _get(values, key)
+        if found and not conforms(rule, value):
+            raise ConfigError(f"{key} must be {describe(rule)} (got {_shown(value)})")
     if cfg.method.get("initial_budget") is not None:
         initial_budget(cfg.method, int(cfg.budget.r))
     if cfg.data.dir is not None and not Path(str(cfg.data.dir)).is_dir():
@@ -150,3 +324,116 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.path is not None and not Path(str(cfg.model.path)).exists():
         raise ConfigError(f"model directory not found: {cfg.model.path} (set model.path to a local model "
                           "directory, or leave it unset to download from the Hub)")
+
+
+def _shown(value) -> str:
+    return repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+
+
+# --- the command line, checked before Hydra starts ------------------------------------------------------------
+
+def check_command_line(argv: list[str], config_name: str = "config") -> None:
+    """Compose the config of every job ``argv`` would run and ``validate`` it, before Hydra starts: a bad value
+    or a mistyped key ends the command here, before any run directory is created or touched.
+
+    Hydra's own parser reads the arguments (flags, overrides, sweeps); a multirun's jobs are its basic sweeper's
+    (the config's ``hydra.sweeper.params``, then the command line's). What this cannot compose is left to Hydra,
+    which reports it as it always does."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args, unknown = get_args_parser().parse_known_args(argv)
+    if unknown or args.help or args.hydra_help or args.cfg or args.info or args.shell_completion \
+            or args.config_path or args.config_dir or args.experimental_rerun:
+        return
+    config_name = args.config_name or config_name
+    parser = OverridesParser.create()
+    try:
+        overrides = [o for o in parser.parse_overrides(args.overrides)
+                     if not o.key_or_group.startswith(("hydra.", "hydra/"))]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            if args.multirun:  # the preset's sweep (an experiment's hydra.sweeper.params), then the command line's
+                groups = [o.input_line for o in overrides if not o.is_sweep_override() and _is_group(o.input_line)]
+                primary = compose(config_name, overrides=groups, return_hydra_config=True)
+                params = [f"{k}={v}" for k, v in (primary.hydra.sweeper.get("params") or {}).items()]
+                jobs = BasicSweeper.split_arguments(parser.parse_overrides(params) + overrides, None)[0]
+            else:
+                jobs = [[o.input_line for o in overrides]]
+            composer = _Jobs(compose, parser, config_name)
+            for job in jobs:
+                try:
+                    composer.check(job)
+                except DynrankError as e:
+                    swept = [o for o in job if not all(o in other for other in jobs)]
+                    raise type(e)(f"{e} (in the job {' '.join(swept)})" if swept else str(e)) from None
+    except (HydraException, OmegaConfBaseException):  # Hydra reports these as it always does
+        return
+
+
+class _Jobs:
+    """Composes jobs as Hydra does (the config groups' defaults, then the key overrides), each group choice once:
+    a sweep of hundreds of jobs over a few tasks and methods is checked in seconds."""
+
+    def __init__(self, compose, parser, config_name: str):
+        self.compose, self.parser, self.config_name, self.bases = compose, parser, config_name, {}
+
+    def base(self, job: list[str]):
+        groups = tuple(o for o in job if _is_group(o))
+        if groups not in self.bases:
+            self.bases[groups] = self.compose(self.config_name, overrides=list(groups))
+        return self.bases[groups]
+
+    def check(self, job: list[str]) -> None:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra.errors import HydraException
+
+        base = self.base(job)
+        cfg = copy.deepcopy(base)
+        try:
+            ConfigLoaderImpl._apply_overrides_to_config(self.parser.parse_overrides(
+                [o for o in job if not _is_group(o)]), cfg)
+        except (HydraException, OmegaConfBaseException):  # e.g. a key not in the config: say which, and the closest
+            _check_keys(base, job)
+            raise
+        if any(o.startswith("+") for o in job):  # '+key=' adds a key: one that nothing reads is a typo
+            _check_keys(base, job)
+        validate(cfg)
+
+
+def _is_group(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return "/" in key or ("." not in key and (CONF_DIR / key).is_dir())
+
+
+def _check_keys(base, job: list[str]) -> None:
+    """Every key a job sets must be a key of its config (``base``: as its config groups compose it)."""
+    known = sorted(_keys(base))
+    for o in job:
+        if _is_group(o):
+            continue
+        written = o.split("=", 1)[0]
+        key = written.lstrip("+~")
+        if key in known:
+            if written.startswith("+") and not written.startswith("++"):
+                raise ConfigError(f"{key} exists already: write {o[1:]} (without the '+')")
+            continue
+        parent, _, leaf = key.rpartition(".")
+        siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
+        close = ([f"{parent}.{c}" for c in difflib.get_close_matches(leaf, siblings, n=1)] if parent in known
+                 else difflib.get_close_matches(key, known, n=1))
+        hint = (f"did you mean {close[0]}?" if close else
+                f"the keys {f'under {parent} ' if parent else ''}are: {', '.join(siblings)}" if siblings else
+                "see conf/config.yaml and conf/<group>/<name>.yaml for the keys")
+        raise ConfigError(f"unknown key {key}; {hint}")
+
+
+def _keys(cfg, prefix: str = ""):
+    """Every dotted key of a config, inner nodes included, without resolving anything."""
+    for k in cfg.keys():
+        yield prefix + str(k)
+        node = cfg._get_node(k)
+        if OmegaConf.is_dict(node):
+            yield from _keys(node, f"{prefix}{k}.")

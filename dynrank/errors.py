@@ -19,3 +19,7 @@ class DataError(DynrankError):
 
 class TrainingError(DynrankError):
     pass
+
+
+class RunInUseError(DynrankError):
+    """Another process is training the same run (its directory is locked)."""

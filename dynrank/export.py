@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from .models import HEAD_PREFIXES, is_head
-from .results import atomic_write_text
+from .results import atomic_write_text, save_tensors
 
 TASK_TYPES = {"seq_cls": "SEQ_CLS", "qa": "QUESTION_ANS", "seq2seq": "SEQ_2_SEQ_LM"}
 
@@ -49,7 +48,7 @@ def save_peft_lora(out_dir, model, base_name: str, task_type: str, adapters: dic
         "use_dora": use_dora, "use_rslora": False, "init_lora_weights": True, "inference_mode": True,
     }
     # PEFT rejects rank 0: a module whose components were all pruned is simply not targeted.
-    save_file(tensors, str(out / "adapter_model.safetensors"))
+    save_tensors(tensors, out / "adapter_model.safetensors")
     atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2))
     return out
 

@@ -7,12 +7,13 @@ the optimizer step (where DoRA prunes, as in the authors' code).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import random
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 from transformers import get_linear_schedule_with_warmup
 
 from . import checkpoint, methods, tasks
-from .config import config_hash, run_id, validate
+from .config import config_hash, resume_key, run_id, validate
 from .data.cache import fingerprint
 from .errors import TrainingError
 from .models import load_tokenizer
@@ -199,10 +200,26 @@ class Trainer:
         validate(cfg)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.out_path = store_path(cfg.results.store, run_id(cfg))
+        self.results = {}  # a run skipped as finished: its results
         self.skip = bool(cfg.train.skip_done) and self.out_path.exists()
         if self.skip:
             log.info("results exist, skipping: %s", self.out_path)
             return
+        self.key = resume_key(cfg)  # what a checkpoint of this run must have been made with
+        self.fp = fingerprint(self.key)
+        self.lock = checkpoint.RunLock(self.run_dir)  # a second process on this run stops here
+        try:
+            self.skip = self._finished()
+            if not self.skip:
+                self._setup(shared)
+        except BaseException:
+            self.lock.release()
+            raise
+        if self.skip:
+            self.lock.release()
+
+    def _setup(self, shared):
+        cfg = self.cfg
         self.seed = seed = int(cfg.seed)
         seed_everything(seed)
         self.device = device = pick_device(str(cfg.train.device))
@@ -211,6 +228,7 @@ class Trainer:
             tokenizer = load_tokenizer(cfg.model)
             task = tasks.build(cfg, tokenizer)
             shared = {"task": task, "train_set": task.train_set(), "eval_sets": task.eval_sets()}
+            shared["data"] = data_identity(shared["train_set"], shared["eval_sets"])
         self.shared = shared
         self.task, self.train_set, self.eval_sets = shared["task"], shared["train_set"], shared["eval_sets"]
         seed_everything(seed)  # model and adapter init depend on the seed only
@@ -227,17 +245,15 @@ class Trainer:
         clip = float(cfg.train.max_grad_norm)
 
         self.resolved = OmegaConf.to_container(cfg, resolve=True)
-        r = self.resolved
-        self.fp = fingerprint({k: v for k, v in r.items() if k not in ("train", "results", "data", "seeds")},
-                              {k: v for k, v in r["train"].items() if k not in _NOT_FINGERPRINTED},
-                              {k: v for k, v in r["data"].items() if k != "cache_dir"})
         self.history, self.start_epoch, self.step = [], 0, 0
+        self.past_attempts_s = []  # wall time of the earlier attempts at this run (killed, then resumed)
         if cfg.train.resume and checkpoint.exists(self.run_dir):
             state = checkpoint.load(self.run_dir, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                    method=method, fingerprint=self.fp, device=device)
+                                    method=method, fingerprint=self.fp, config=self.key, data=shared["data"],
+                                    device=device)
             self.history, self.start_epoch, self.step = state["history"], state["epoch"], state["step"]
-            log.info("resumed from %s at epoch %d (step %d)", self.run_dir / checkpoint.NAME, self.start_epoch,
-                     self.step)
+            self.past_attempts_s = list(state["extra"].get("wall_time_s", []))
+            log.info("resumed from %s at epoch %d (step %d)", state["path"], self.start_epoch, self.step)
             if graphs:  # the checkpoint stores lr as a number; graphs need the device tensor back
                 for g in self.optimizer.param_groups:
                     g["lr"] = torch.as_tensor(g["lr"], dtype=torch.float32, device=device)
@@ -256,6 +272,29 @@ class Trainer:
         log.info("%s | %s | %s-%s | seed %d | %d steps | trainable %s", cfg.task.name, cfg.model.id,
                  cfg.method.name, cfg.budget.name, seed, self.total_steps, method.param_counts())
         self.started = time.time()
+
+    def _finished(self) -> bool:
+        """A finished run (its results file, and a checkpoint at its last epoch made with this config) is left as
+        it is: running its command again does not train it again nor rewrite its results (train.resume=false does)."""
+        results = self.run_dir / "results.json"
+        if not (self.cfg.train.resume and results.exists() and checkpoint.exists(self.run_dir)):
+            return False
+        _, state = checkpoint.read_state(self.run_dir, self.fp, self.key)
+        if state["epoch"] < int(self.cfg.train.epochs):
+            return False
+        try:
+            self.results = json.loads(results.read_text())
+        except ValueError:  # a damaged results file: finishing again from the last checkpoint rewrites it
+            return False
+        if not self.out_path.exists():  # another results store (results.store=...): it gets its copy
+            write_json(self.out_path, self.results)
+        log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
+        return True
+
+    def _checkpoint_extra(self) -> dict:
+        """What resume checks and continues besides the tensors: the config, the data, the time spent so far."""
+        return {"config": self.key, "data": self.shared["data"],
+                "wall_time_s": [*self.past_attempts_s, time.time() - self.started]}
 
     # --- one epoch: begin, steps, end --------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> list[list[int]]:
@@ -297,7 +336,7 @@ class Trainer:
                 self.writer.add_scalar(f"dev/{k}", v, self.step)
         checkpoint.save(self.run_dir, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                         method=self.method, epoch=epoch + 1, step=self.step, history=self.history,
-                        fingerprint=self.fp)
+                        fingerprint=self.fp, extra=self._checkpoint_extra())
         if os.environ.get("DYNRANK_DEBUG_KILL_AFTER_EPOCH") == str(epoch + 1):
             os._exit(137)  # tests: die like `kill -9` right after a checkpoint
 
@@ -306,6 +345,7 @@ class Trainer:
         if self.writer:
             self.writer.close()
         results = _results(cfg, self.resolved, self.task, method, self.history, self.device, self.started)
+        _total_times(results, self.past_attempts_s, self.started)
         results["method_summary"] = method.summary()
         method.artifacts(run_dir)
         extra_evals = method.final_evaluation(
@@ -322,14 +362,39 @@ class Trainer:
         return results
 
 
-_NOT_FINGERPRINTED = ("resume", "skip_done", "progress", "log_every", "eval_batch_size", "num_workers", "export")
+def data_identity(train_set, eval_sets: dict) -> dict:
+    """The data a run trains and is evaluated on, as its checkpoints record it: per split the number of
+    examples and a digest of the encoded examples and, for SQuAD and XSum, of the references (so resuming on
+    edited or cut data is refused)."""
+    out = {"train": {"examples": len(train_set), "sha256": train_set.digest()}}
+    for name, ds in eval_sets.items():
+        features = getattr(ds, "features", ds)
+        out[name] = {"examples": len(features), "sha256": features.digest(getattr(ds, "rows", None))}
+    return out
 
 
-def run(cfg, run_dir) -> dict:
-    """Train ``cfg.method`` on ``cfg.task``; returns the results dict (also written to disk)."""
+def _total_times(results: dict, past_attempts_s: list, started: float) -> None:
+    """A resumed run's wall time is the sum over its attempts (each up to its last checkpoint), not its last."""
+    attempts = [*past_attempts_s, time.time() - started]
+    results["wall_time_s"] = sum(attempts)
+    results["wall_time_per_attempt_s"] = attempts
+    results["train_time_s"] = sum(results["time_per_epoch_s"])
+
+
+def run(cfg, run_dir, on_start=None) -> dict:
+    """Train ``cfg.method`` on ``cfg.task``; returns the results dict (also written to disk).
+
+    ``on_start()`` is called once the run is set up and about to train (the CLI writes Hydra's files then)."""
     t = Trainer(cfg, run_dir)
     if t.skip:
-        return {}
+        return t.results
+    with t.lock:  # released however training ends
+        if on_start:
+            on_start()
+        return _train(t)
+
+
+def _train(t) -> dict:
     if t.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(t.device)
     for epoch in range(t.start_epoch, t.epochs):
@@ -340,22 +405,30 @@ def run(cfg, run_dir) -> dict:
     return t.finish()
 
 
-def run_side_by_side(cfgs: list, run_dirs: list) -> list[dict]:
+def run_side_by_side(cfgs: list, run_dirs: list, on_start=None) -> list[dict]:
     """Train several runs of one task side by side in one process (``seeds=[1,2,3,4,5]``, ``lr_search=true``).
 
     Each run is a full, independent run (own model, adapters, optimizer, data order, checkpoint and
     results file, exactly as ``run`` with its config); the runs share the tokenised data, and on a GPU
     each run's steps go to its own CUDA stream, so the many small kernels of several runs overlap
-    instead of queueing. ``run_dirs[i]`` is run i's directory.
+    instead of queueing. ``run_dirs[i]`` is run i's directory. ``on_start`` as in ``run``.
     """
-    trainers, shared = [], None
-    for c, run_dir in zip(cfgs, run_dirs):
-        t = Trainer(c, run_dir, shared)
-        if not t.skip:
-            shared = t.shared
-            trainers.append(t)
-    if not trainers:
-        return []
+    with ExitStack() as locks:  # each run's lock, released however training ends
+        trainers, shared = [], None
+        for c, run_dir in zip(cfgs, run_dirs):
+            t = Trainer(c, run_dir, shared)
+            if not t.skip:
+                locks.enter_context(t.lock)
+                shared = t.shared
+                trainers.append(t)
+        if not trainers:
+            return []
+        if on_start:
+            on_start()
+        return _train_side_by_side(trainers)
+
+
+def _train_side_by_side(trainers: list) -> list[dict]:
     dev = trainers[0].device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

@@ -15,11 +15,14 @@ PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "omegacon
 
 
 def atomic_write_text(path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file.
+
+    The file gets the mode any new file gets (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -29,6 +32,23 @@ def atomic_write_text(path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading it means setting it: done once, at import, before any writer thread runs
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def save_tensors(tensors: dict, path) -> None:
+    """``safetensors.torch.save_file``, the file then given the mode any new file gets (safetensors writes 0600)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 def write_json(path, obj) -> None:

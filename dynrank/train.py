@@ -2,6 +2,9 @@
 
 Only wires: Hydra composes ``conf/``, ``loop.run`` trains. A user error (unknown task or method,
 missing data, malformed rows, NaN loss...) ends with one line ``error: ...`` and exit status 2.
+The config of every job is checked before Hydra starts (``config.check_command_line``), and Hydra's
+``.hydra/`` files are written only once a run has started (``_save_hydra_files``): a command that fails
+leaves every run directory as it was.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.get("seeds") or cfg.get("lr_search"):
             results = _run_side_by_side(cfg)
         else:
-            results = run(cfg, HydraConfig.get().runtime.output_dir)
+            results = run(cfg, HydraConfig.get().runtime.output_dir, on_start=lambda: _save_hydra_files(cfg))
     except DynrankError as e:
         _fail(e)
     if results:
@@ -67,13 +70,31 @@ def _run_side_by_side(cfg) -> dict:
     own = Path(run_id(cfg)).parts
     base = root.parents[len(own) - 1] if root.parts[-len(own):] == own else root
     cfgs = runs_of(cfg)
-    all_results = run_side_by_side(cfgs, [base / run_id(c) for c in cfgs])
+    all_results = run_side_by_side(cfgs, [base / run_id(c) for c in cfgs], on_start=lambda: _save_hydra_files(cfg))
     return all_results[0] if all_results else {}
+
+
+def _save_hydra_files(cfg) -> None:
+    """Hydra's ``<output dir>/.hydra/{config,hydra,overrides}.yaml``, written once the run has started rather than
+    at job start (``hydra.output_subdir: null`` in conf/config.yaml): a command that stops with an error (a run in
+    use, changed data, a damaged checkpoint) leaves a finished run's ``.hydra/`` as it was."""
+    from omegaconf import OmegaConf
+
+    from .results import atomic_write_text
+
+    hydra_cfg = HydraConfig.instance().cfg
+    if hydra_cfg.hydra.output_subdir is not None:  # set on the command line: Hydra wrote them at job start
+        return
+    out = Path(hydra_cfg.hydra.runtime.output_dir) / ".hydra"
+    files = {"config.yaml": cfg, "hydra.yaml": hydra_cfg, "overrides.yaml": hydra_cfg.hydra.overrides.task}
+    for name, node in files.items():
+        atomic_write_text(out / name, OmegaConf.to_yaml(node))
 
 
 def cli() -> None:
     try:
         config.check_overrides(sys.argv[1:])
+        config.check_command_line(sys.argv[1:])  # every job's config, before Hydra creates or touches a directory
     except DynrankError as e:
         _fail(e)
     main()

@@ -94,7 +94,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path, glue_dir):
     bad.write_text(bad.read_text() + "no label here\n")
     with pytest.raises(DataError, match=r"malformed row at .*SST-2/train.tsv:8"):
         run(compose(tiny_overrides(tmp_path, "task=sst2", f"data.dir={root}")), tmp_path / "r2")
-    with pytest.raises(ConfigError, match="train.epochs must be >= 1"):
+    with pytest.raises(ConfigError, match=r"train.epochs must be an integer >= 1 \(got 0\)"):
         run(compose(tiny_overrides(tmp_path, "train.epochs=0")), tmp_path / "r3")
     with pytest.raises(ConfigError, match="model directory not found"):
         run(compose(tiny_overrides(tmp_path, "model=minilm", f"model.path={tmp_path / 'no-model'}")), tmp_path / "r4")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
 
 
 def fingerprint(*parts) -> str:
@@ -32,14 +34,22 @@ def tokenizer_id(tokenizer) -> str:
 
 
 def source_id(data_dir, *names) -> list:
-    """Sizes and mtimes of local source files (so an edited file is re-tokenised)."""
+    """Sizes and mtimes of the local source files (so an edited file is re-tokenised).
+
+    Only as deep as the readers look (``<dir>/<file>``, ``<dir>/<task>/<file>``): ``data.dir=/`` costs a
+    glance, not a walk of the whole disk; a directory that cannot be read is a ``DataError``."""
     if data_dir is None:
         return ["hub", *names]
     out = []
-    for p in sorted(Path(data_dir).rglob("*")):
-        if p.is_file() and p.suffix in (".tsv", ".parquet", ".json", ".jsonl", ".csv"):
-            st = p.stat()
-            out.append((str(p), st.st_size, int(st.st_mtime)))
+    root = Path(data_dir)
+    try:
+        for p in sorted([*root.glob("*"), *root.glob("*/*")]):
+            if p.suffix in (".tsv", ".parquet", ".json", ".jsonl", ".csv") and p.is_file():
+                st = p.stat()
+                out.append((str(p), st.st_size, st.st_mtime_ns))
+    except OSError as e:
+        raise DataError(f"cannot read {e.filename or root} under data.dir={data_dir} ({e.strerror}); "
+                        "point data.dir at the data directory") from None
     return out
 
 
@@ -58,6 +68,21 @@ class Encoded(torch.utils.data.Dataset):
 
     def lengths(self) -> list[int]:
         return [len(x) for x in self.columns["input_ids"]]
+
+    def digest(self, *extra) -> str:
+        """SHA-256 over every column (and ``extra``, JSON-able): equal exactly when the examples are equal."""
+        h = hashlib.sha256()
+        for name in sorted(self.columns):
+            v = self.columns[name]
+            h.update(name.encode() + b"\0")
+            if v and isinstance(v[0], (list, np.ndarray)) and _integers(v[0]):
+                h.update(np.fromiter(map(len, v), dtype=np.int64, count=len(v)).tobytes())
+                h.update(np.fromiter(itertools.chain.from_iterable(v), dtype=np.int64).tobytes())
+            else:
+                h.update(json.dumps(v, default=_plain).encode())
+        for e in extra:
+            h.update(json.dumps(e, sort_keys=True, default=_plain).encode())
+        return h.hexdigest()
 
     # -- disk format --------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -87,6 +112,14 @@ class Encoded(torch.utils.data.Dataset):
             elif not k.endswith(".offsets"):
                 cols[k] = z[k].tolist()
         return cls(cols)
+
+
+def _integers(x) -> bool:
+    return all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in x)
+
+
+def _plain(o):
+    return o.tolist() if hasattr(o, "tolist") else str(o)
 
 
 def cached(cache_dir, key: str, build) -> Encoded:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from .files import not_utf8
 
 
 @dataclass(frozen=True)
@@ -97,17 +98,34 @@ def _from_parquet(files, spec) -> list[dict]:
     rows = []
     for f in files:
         t = pq.read_table(f).to_pylist()
-        for r in t:
+        for i, r in enumerate(t):
+            expected = _label_error(r["label"], spec)
+            if expected:
+                raise DataError(f"malformed row {i} of {f}: label {r['label']!r} is not {expected}; fix the file")
             rows.append({"text_a": r[spec.text_a], "text_b": r[spec.text_b] if spec.text_b else None,
                          "label": r["label"]})
     return rows
 
 
+def _lines(reader, path: Path):
+    """``(line number, fields)`` of a csv reader; a line it cannot read is a ``DataError`` naming it."""
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as e:
+            raise not_utf8(path, e) from None
+        except csv.Error as e:  # e.g. a field over csv's limit of 131,072 characters
+            raise DataError(f"malformed row at {path}:{reader.line_num} ({e}); fix or remove that line") from None
+        yield reader.line_num, fields
+
+
 def _from_tsv(path: Path, spec) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader) if spec.tsv_header else None
+        lines = _lines(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), path)
+        header = next(lines, (0, []))[1] if spec.tsv_header else None
         cols = []
         for c in spec.tsv_cols:
             if isinstance(c, str):
@@ -118,7 +136,7 @@ def _from_tsv(path: Path, spec) -> list[dict]:
             else:
                 cols.append(c)
         width = len(header) if header else None
-        for lineno, fields in enumerate(reader, start=2 if header else 1):
+        for lineno, fields in lines:
             if not fields or fields == [""]:
                 continue
             if width is None:
@@ -139,10 +157,21 @@ def _parse_label(text: str, spec, path, lineno):
     try:
         if spec.labels is not None:
             return spec.labels.index(text)
-        if spec.dirname == "STS-B":
-            return float(text)
-        return int(text)
+        label = float(text) if spec.dirname == "STS-B" else int(text)
     except ValueError:
-        expected = ", ".join(spec.labels) if spec.labels else ("a number" if spec.dirname == "STS-B" else "an integer")
+        label = None
+    expected = _label_error(label, spec)
+    if expected:  # out of range would end in the loss (IndexError) or train on nonsense (a score of 7)
         raise DataError(f"malformed row at {path}:{lineno}: label '{text}' is not {expected}; "
-                        "fix or remove that line") from None
+                        "fix or remove that line")
+    return label
+
+
+def _label_error(label, spec) -> str | None:
+    """What a label must be, where ``label`` (a class id, or STS-B's score) is not it; None where it is."""
+    if spec.dirname == "STS-B":
+        ok = isinstance(label, (int, float)) and not isinstance(label, bool) and 0 <= label <= 5
+        return None if ok else "a score in [0, 5]"
+    names = spec.labels or ("0", "1")  # the integer-labelled tasks (CoLA, SST-2, MRPC, QQP) are binary
+    ok = isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(names)
+    return None if ok else ", ".join(names) if spec.labels else "0 or 1"

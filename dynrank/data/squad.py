@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from ..errors import DataError
+from .files import not_utf8
 
 HUB = {1: "rajpurkar/squad", 2: "rajpurkar/squad_v2"}
 FILES = {(1, "train"): "train-v1.1.json", (1, "validation"): "dev-v1.1.json",
@@ -56,7 +57,9 @@ def from_json(path: Path) -> list[dict]:
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+    except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON in {path}: {e}; is this an official SQuAD file?") from None
     rows = []
     try:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DataError
+from .files import not_utf8
 
 HUB = "EdinburghNLP/xsum"
 SPLITS = ("train", "validation", "test")
@@ -51,7 +52,10 @@ def find_file(split: str, root: Path) -> Path:
 
 
 def from_file(path: Path) -> list[dict]:
-    rows = _jsonl(path) if path.suffix == ".jsonl" else _csv(path)
+    try:
+        rows = _jsonl(path) if path.suffix == ".jsonl" else _csv(path)
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
     if not rows:
         raise DataError(f"{path} has no rows; fix data.dir")
     return rows

@@ -333,10 +333,10 @@ class AdaLoRA(Method):
         from pathlib import Path
 
         from peft import AdaLoraConfig
-        from safetensors.torch import save_file
 
         from ..export import TASK_TYPES
         from ..models import HEAD_PREFIXES, is_head
+        from ..results import save_tensors
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -363,7 +363,7 @@ class AdaLoRA(Method):
             modules_to_save=[p for p in HEAD_PREFIXES if any(n.startswith(p + ".") for n, _ in self.model.named_parameters())],
         )
         config.save_pretrained(str(out))
-        save_file(tensors, str(out / "adapter_model.safetensors"))
+        save_tensors(tensors, out / "adapter_model.safetensors")
         return out
 
 

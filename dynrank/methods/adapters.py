@@ -100,14 +100,12 @@ class BottleneckAdapters(Method):
         import json
         from pathlib import Path
 
-        from safetensors.torch import save_file
-
-        from ..results import atomic_write_text
+        from ..results import atomic_write_text, save_tensors
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().float().contiguous().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
-        save_file(tensors, str(out / "adapter_model.safetensors"))
+        save_tensors(tensors, out / "adapter_model.safetensors")
         config = {"format": "dynrank-bottleneck-adapter", "method": self.name, "base_model_name_or_path": base_name,
                   "task_type": task_type, **self.summary(), "modules": [t.name for t, _ in self.layers]}
         atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2))
