@@ -1,21 +1,27 @@
-"""The paper's tables from our runs: ``python -m dynrank.report [--store results/runs] [--out results/tables]``.
+"""The paper's tables from our runs: ``python -m dynrank.report [--store results/runs] [--out results/tables]
+[--protocol auto|standard|paper_code] [--strict]``; ``--select-lr`` prints the learning-rate grids instead.
 
-Reads every results JSON of the store (``results.load_runs``), groups the runs by
-(model, task, method, budget, variant) and aggregates each paper number over seeds:
+Reads every results JSON of the store (``results.load_runs``; unreadable files are skipped with a warning,
+``--strict`` refuses them: exit 2), groups the runs by (model, task, method, budget, variant) and aggregates
+each paper number over seeds. The selection rules (``dynrank.selection``) are applied here, at report time,
+to the per-epoch history of each run:
 
-  * the number per run is the paper's: the best dev epoch's metric, ``results["best"]["dev"][key]``
-    (the paper reports the best dev score of each run), with ``key = results["metric"]`` for GLUE
-    (CoLA Matthews, STS-B Pearson, MNLI matched accuracy, others accuracy) x100, SQuAD ``exact`` / ``f1``
-    and XSum ``rouge1`` / ``rouge2`` / ``rougeL`` as stored (already percentages);
-    Table 9: mean of ``time_per_epoch_s`` / 60 and ``peak_gpu_memory_mib``;
-  * per cell: mean and **sample** standard deviation (``statistics.stdev``, ddof=1; none with one seed)
-    over the seeds, and the number of seeds n. A cell with fewer seeds than the paper's (5; Table 9: 1)
-    carries a dagger; a cell without runs is missing ("—" in Markdown/LaTeX, empty in CSV), never 0.
+  * which runs make a cell: the config-hash group with the most runs; within it the one learning rate
+    ("fixed") or the best of several ("tuned", marked ‡: the best mean selection metric over seeds);
+  * the number per run, under the cell's rule (``--protocol``; auto: the protocol its runs were trained
+    under): ``standard`` reads every metric off the best dev epoch, ``paper_code`` takes each metric's own
+    maximum after pruning ended. GLUE ``results["metric"]`` (CoLA Matthews, STS-B Pearson, MNLI matched
+    accuracy, others accuracy) x100, SQuAD ``exact`` / ``f1`` and XSum ``rouge1`` / ``rouge2`` / ``rougeL`` as
+    stored (already percentages); Table 9: mean of ``time_per_epoch_s`` / 60 and ``peak_gpu_memory_mib``;
+  * per cell: mean and standard deviation over the seeds (standard: sample, ddof=1; paper_code: population,
+    ddof=0; none with one seed), and the number of seeds n. A cell with fewer seeds than the paper's (5;
+    Table 9: 1) carries a dagger; a cell without runs is missing ("—" in Markdown/LaTeX, empty in CSV), never 0.
   * the paper's number beside ours (``dynrank.paper``), and the difference ours - paper.
   * Avg (Table 2): the mean of the row's task means, only when every task has runs (else missing);
     its n is the smallest n of the row.
 
-Writes ``<out>/tableN.md``, ``tableN.csv`` (one line per cell, full precision), ``tableN.tex`` for
+Writes ``<out>/tableN.md``, ``tableN.csv`` (one line per cell, full precision, with the cell's ``lr``,
+``lr_source`` and ``selection``), ``tableN.tex`` for
 N in 2, 3, 4, 5, 6, 9, an ``index.md`` with all of them, and Figure 2 aggregated over seeds:
 ``figure2_<model>_<task>_<budget>.png`` (+ ``.csv`` with the mean counts) for every task/budget with
 DoRA runs (variant none) whose ``method_summary`` has a ``rank_map``.
@@ -36,6 +42,7 @@ from typing import Callable, Sequence
 
 from . import paper
 from .results import atomic_write_text, load_runs
+from .selection import AUTO, PROTOCOLS, RULES, Choice, Rule, choose, lr_text
 
 log = logging.getLogger("dynrank.report")
 
@@ -46,13 +53,14 @@ TABLES = ("table2", "table3", "table4", "table5", "table6", "table9")
 DEFAULT_MODEL = {"table4": "bart_base"}  # every other table: roberta_base
 PAPER_SEEDS = 5
 DAGGER = "†"
+TUNED = "‡"  # the cell's learning rate was tuned (the best of several); unmarked: one fixed rate
 MISSING = "—"
 # Metric keys we read; the first one present in a run's dev metrics is used.
 SQUAD_KEYS = {"em": ("exact", "exact_match", "em"), "f1": ("f1",)}
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
 Run = dict
-Value = Callable[[Run], "float | None"]
+Value = Callable[[Run, Rule], "float | None"]  # one run's number under a selection rule
 
 
 # --- what a table is ------------------------------------------------------------------------------
@@ -89,6 +97,7 @@ class Table:
     paper_avg_key: str | None = None
     expected_seeds: int = PAPER_SEEDS
     notes: list[str] = field(default_factory=list)
+    protocol: str = AUTO     # the report's --protocol (auto: each cell by its runs' training protocol)
 
 
 @dataclass
@@ -100,6 +109,10 @@ class Cell:
     paper: float | None = None
     variant: str | None = None
     devices: tuple = ()
+    lr: str = ""             # the runs' learning rate(s), as in the run ids
+    lr_source: str = ""      # "fixed" | "tuned" (any of the cell's tasks tuned) | "" (no runs)
+    n_lrs: int = 0           # the rates the choice was made among (the largest over the cell's tasks)
+    selection: str = ""      # the selection rule(s) of the cell's runs
 
     @property
     def diff(self) -> float | None:
@@ -112,29 +125,26 @@ def _finite(v):
 
 
 def dev_metric(keys: Sequence[str] | None = None, scale: float = 1.0) -> Value:
-    """The best epoch's dev value of the first key present (``None``: the run's own ``metric``)."""
+    """The dev value of the first key present, as the rule selects it (``None``: the run's own ``metric``)."""
 
-    def value(run):
-        dev = (run.get("best") or {}).get("dev") or {}
-        for k in (keys or (run.get("metric"),)):
-            if k in dev and _finite(dev[k]):
-                return float(dev[k]) * scale
-        return None
+    def value(run, rule):
+        v = rule.value(run, keys)
+        return None if v is None else v * scale
 
     return value
 
 
-def minutes_per_epoch(run):
+def minutes_per_epoch(run, rule=None):
     t = [x for x in run.get("time_per_epoch_s") or [] if _finite(x)]
     return statistics.fmean(t) / 60 if t else None
 
 
-def peak_memory(run):
+def peak_memory(run, rule=None):
     v = run.get("peak_gpu_memory_mib")
     return float(v) if _finite(v) else None
 
 
-def adapter_params_m(run):
+def adapter_params_m(run, rule=None):
     v = (run.get("params") or {}).get("adapter")
     return v / 1e6 if _finite(v) else None
 
@@ -169,7 +179,7 @@ def _params_column(tasks) -> Column:
 
 def table2(index, model) -> Table:
     cols = [_params_column(GLUE_TASKS)] + [Column(t, GLUE_LABELS[t], t, dev_metric(None, 100.0), t) for t in GLUE_TASKS]
-    return Table("table2", "Table 2: GLUE dev (best epoch), x100", model, ("budget", "method"),
+    return Table("table2", "Table 2: GLUE dev, x100", model, ("budget", "method"),
                  _budget_rows(index, "table2", model, GLUE_TASKS), cols, avg=True, paper_avg_key="avg",
                  notes=["metric per task: CoLA Matthews corr., STS-B Pearson, MNLI matched accuracy, "
                         "the others accuracy (the run's `metric`)",
@@ -181,18 +191,19 @@ def table3(index, model) -> Table:
     for t, name in (("squad_v1", "SQuAD v1.1"), ("squad_v2", "SQuAD v2.0")):
         cols.append(Column(f"{t}_em", f"{name} EM", t, dev_metric(SQUAD_KEYS["em"]), f"{t}_em"))
         cols.append(Column(f"{t}_f1", f"{name} F1", t, dev_metric(SQUAD_KEYS["f1"]), f"{t}_f1"))
-    return Table("table3", "Table 3: SQuAD dev EM / F1 (best epoch by F1)", model, ("budget", "method"),
+    return Table("table3", "Table 3: SQuAD dev EM / F1", model, ("budget", "method"),
                  _budget_rows(index, "table3", model, ("squad_v1", "squad_v2")), cols,
-                 notes=["metric keys read: EM = `exact` (else `exact_match`, `em`), F1 = `f1`; values as stored "
-                        "(percentages)", PARAMS_NOTE])
+                 notes=["metric keys read: EM = `exact` (else `exact_match`, `em`), F1 = `f1` (paper_code: "
+                        "`<key>@paper_code` where stored); values as stored (percentages)", PARAMS_NOTE])
 
 
 def table4(index, model) -> Table:
     cols = [_params_column(("xsum",))] + [Column(k, {"rouge1": "R-1", "rouge2": "R-2", "rougeL": "R-L"}[k], "xsum",
                                               dev_metric((k,)), k) for k in ROUGE_KEYS]
-    return Table("table4", "Table 4: XSum ROUGE-1/2/L (best epoch by ROUGE-L)", model, ("budget", "method"),
+    return Table("table4", "Table 4: XSum ROUGE-1/2/L", model, ("budget", "method"),
                  _budget_rows(index, "table4", model, ("xsum",)), cols,
-                 notes=["metric keys read: `rouge1`, `rouge2`, `rougeL`; values as stored (percentages)", PARAMS_NOTE])
+                 notes=["metric keys read: `rouge1`, `rouge2`, `rougeL` (paper_code: `<key>@paper_code` where "
+                        "stored); values as stored (percentages)", PARAMS_NOTE])
 
 
 def table5(index, model) -> Table:
@@ -237,29 +248,59 @@ BUILDERS = {"table2": table2, "table3": table3, "table4": table4, "table5": tabl
 
 # --- aggregation -----------------------------------------------------------------------------------
 def index_runs(runs: list[Run]) -> dict[tuple, list[Run]]:
-    """(model, task, method, budget, variant) -> runs, one per seed (the last one read wins)."""
-    by_seed: dict[tuple, dict] = defaultdict(dict)
+    """(model, task, method, budget, variant) -> every run of that cell (all seeds, rates, config hashes)."""
+    index: dict[tuple, list] = defaultdict(list)
     for r in runs:
         try:
-            key = (r["model"], r["task"], r["method"], r["budget"], r.get("variant") or None)
-            by_seed[key][int(r["seed"])] = r
+            int(r["seed"])
+            index[r["model"], r["task"], r["method"], r["budget"], r.get("variant") or None].append(r)
         except (KeyError, TypeError, ValueError):
             log.warning("skipping a results file without model/task/method/budget/seed: %s", r.get("run_id"))
-    return {k: [v[s] for s in sorted(v)] for k, v in by_seed.items()}
+    return dict(index)
 
 
-def aggregate_cell(runs: list[Run], value: Value) -> Cell:
-    vals = [(int(r["seed"]), value(r)) for r in runs]
+def cell_name(key: tuple) -> str:
+    model, task, method, budget, variant = key
+    return f"{model}/{task}/{method}-{budget}" + (f"-{variant}" if variant else "")
+
+
+def choose_all(index, protocol: str = AUTO) -> dict[tuple, Choice]:
+    """The runs of every cell (``selection.choose``), warning once per cell about what was left out."""
+    choices = {}
+    for key, runs in index.items():
+        c = choose(runs, protocol)
+        if c is None:
+            continue
+        if c.other_hashes:
+            others = ", ".join(f"{h or 'no hash (older files)'} ({n} runs)" for h, n in sorted(
+                c.other_hashes.items(), key=lambda hn: str(hn[0])))
+            log.warning("%s: runs under several config hashes; using %s (%d runs), leaving out %s",
+                        cell_name(key), c.config_hash or "no hash (older files)",
+                        sum(len(p.runs) for p in c.grid), others)
+        if protocol == AUTO and len(c.protocols) > 1:
+            log.warning("%s: runs trained under several protocols (%s); selecting by %s, the most common",
+                        cell_name(key), ", ".join(f"{p} {n}" for p, n in sorted(c.protocols.items())), c.rule.name)
+        choices[key] = c
+    return choices
+
+
+def aggregate_cell(choices: list[Choice], value: Value) -> Cell:
+    """Mean and spread over seeds of the chosen runs (of one task, or of several for a plain column)."""
+    vals = [(int(r["seed"]), value(r, c.rule)) for c in choices for r in c.runs]
     vals = [(s, v) for s, v in vals if v is not None]
     if not vals:
         return Cell()
     xs = [v for _, v in vals]
-    return Cell(n=len(xs), seeds=tuple(s for s, _ in vals), mean=statistics.fmean(xs),
-                std=statistics.stdev(xs) if len(xs) > 1 else None,
-                devices=tuple(sorted({str(r.get("device")) for r in runs if r.get("device")})))
+    runs = [r for c in choices for r in c.runs]
+    return Cell(n=len(xs), seeds=tuple(s for s, _ in vals), mean=statistics.fmean(xs), std=choices[0].rule.std(xs),
+                devices=tuple(sorted({str(r.get("device")) for r in runs if r.get("device")})),
+                lr=" ".join(dict.fromkeys(lr_text(c.lr) for c in choices)),
+                lr_source="tuned" if any(c.tuned for c in choices) else "fixed",
+                n_lrs=max(len(c.grid) for c in choices),
+                selection=" ".join(dict.fromkeys(c.rule.name for c in choices)))
 
 
-def compute(table: Table, index) -> dict[tuple[int, str], Cell]:
+def compute(table: Table, choices: dict[tuple, Choice]) -> dict[tuple[int, str], Cell]:
     """(row number, column key) -> Cell, including the ``avg`` column when the table has one."""
     cells = {}
     for i, row in enumerate(table.rows):
@@ -267,8 +308,8 @@ def compute(table: Table, index) -> dict[tuple[int, str], Cell]:
             cell = Cell()
             tasks = col.task if isinstance(col.task, tuple) else (col.task,)
             for variant in row.variants:
-                runs = [r for t in tasks for r in index.get((table.model, t, row.method, row.budget, variant), [])]
-                cell = aggregate_cell(runs, col.value)
+                chosen = [c for t in tasks if (c := choices.get((table.model, t, row.method, row.budget, variant)))]
+                cell = aggregate_cell(chosen, col.value) if chosen else Cell()
                 if cell.n:
                     cell.variant = variant
                     break
@@ -309,6 +350,8 @@ def fmt_ours(cell: Cell, digits: int, expected: int, latex: bool = False, plain:
     s += f" (n={cell.n})"
     if cell.n < expected:
         s += "$^\\dagger$" if latex else DAGGER
+    if cell.lr_source == "tuned":
+        s += "$^\\ddagger$" if latex else TUNED
     return s
 
 
@@ -332,10 +375,40 @@ def _lines(table, cells, latex=False):
 def _legend(table, cells) -> list[str]:
     devices = sorted({d for c in cells.values() for d in c.devices})
     marker = f"{DAGGER} fewer than {table.expected_seeds} seeds; " if table.expected_seeds > 1 else ""
-    out = [f"ours: mean ± sample std (ddof=1) over seeds, (n=...) the number of seeds; {marker}{MISSING} no runs "
-           f"(or the paper has no number); Δ (CSV: diff) = ours - paper.",
+    out = [f"ours: mean ± std over seeds (the rule below), (n=...) the number of seeds; {marker}{TUNED} learning "
+           f"rate tuned; {MISSING} no runs (or the paper has no number); Δ (CSV: diff) = ours - paper.",
            f"model: {table.model}; runs on: {', '.join(devices) if devices else MISSING}."]
-    return out + table.notes
+    return out + _selection_notes(cells, table.protocol) + _lr_notes(table, cells) + table.notes
+
+
+def _selection_notes(cells, protocol: str) -> list[str]:
+    """Which selection rule the table's cells used (auto: each cell's runs' own protocol)."""
+    used = sorted({name for c in cells.values() if c.n for name in c.selection.split()})
+    if protocol != AUTO:
+        used = [protocol]
+    how = ("--protocol auto: each cell by the protocol its runs were trained under" if protocol == AUTO
+           else f"--protocol {protocol}")
+    if len(used) > 1:
+        how += "; cells under several rules here: see the CSV's `selection` column"
+    return [f"selection ({how}){':' if used else ': no runs.'}"] + [f"{RULES[name].note}." for name in used]
+
+
+def _lr_notes(table, cells) -> list[str]:
+    """Which cells had their learning rate tuned, at which rate, and which ran at one fixed rate."""
+    counted = {c.key for c in table.columns if not c.plain}  # the metric cells (not Params, not Avg)
+    tuned = [(table.rows[i], key, c) for (i, key), c in cells.items()
+             if key in counted and c.n and c.lr_source == "tuned"]
+    fixed = sum(1 for (i, key), c in cells.items() if key in counted and c.n and c.lr_source == "fixed")
+    out = [f"learning rate: {TUNED} tuned = the best of several rates by mean dev metric over seeds under the "
+           f"cell's rule (ties: the smaller; grids: python -m dynrank.report --select-lr); unmarked = the one "
+           f"rate the runs used (the method's `lr`, conf/hparams/<method>.yaml); CSV columns lr, lr_source. "
+           f"Here: {len(tuned)} tuned, {fixed} fixed (metric cells with runs)."]
+    if tuned:
+        rows: dict = {}
+        for row, key, c in tuned:
+            rows.setdefault(" ".join(row.labels), []).append(f"{key} {c.lr} (of {c.n_lrs})")
+        out.append("tuned: " + "; ".join(f"{r}: {', '.join(v)}" for r, v in rows.items()) + ".")
+    return out
 
 
 def to_markdown(table, cells) -> str:
@@ -351,7 +424,8 @@ def to_markdown(table, cells) -> str:
 
 def _tex(s: str) -> str:
     return s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%") \
-        .replace("#", "\\#").replace("±", "$\\pm$").replace(DAGGER, "$^\\dagger$").replace(MISSING, "--")
+        .replace("#", "\\#").replace("±", "$\\pm$").replace(DAGGER, "$^\\dagger$").replace(TUNED, "$^\\ddagger$") \
+        .replace(MISSING, "--")
 
 
 def to_latex(table, cells) -> str:
@@ -376,7 +450,7 @@ def to_latex(table, cells) -> str:
 
 
 CSV_FIELDS = ("table", "model", "row", "method", "budget", "variant", "column", "task", "n", "seeds", "mean", "std",
-              "paper", "diff", "expected_seeds")
+              "paper", "diff", "expected_seeds", "lr", "lr_source", "n_lrs", "selection")
 
 
 def to_csv(table, cells) -> str:
@@ -391,20 +465,22 @@ def to_csv(table, cells) -> str:
             variant = c.variant if c.n else row.variants[0]
             w.writerow([table.name, table.model, " ".join(row.labels), row.method, row.budget, variant or "", key,
                         tasks.get(key, ""), c.n, " ".join(map(str, c.seeds)), num(c.mean), num(c.std),
-                        num(c.paper), num(c.diff), table.expected_seeds])
+                        num(c.paper), num(c.diff), table.expected_seeds, c.lr, c.lr_source, c.n_lrs or "",
+                        c.selection])
     return buf.getvalue()
 
 
 # --- Figure 2 ----------------------------------------------------------------------------------------
-def figure2(index, out: Path, models: set[str] | None = None) -> list[Path]:
-    """Mean surviving rank per (matrix type, layer) over seeds, for every (model, task, budget) with DoRA runs."""
+def figure2(choices: dict[tuple, Choice], out: Path, models: set[str] | None = None) -> list[Path]:
+    """Mean surviving rank per (matrix type, layer) over seeds, for every (model, task, budget) with DoRA runs
+    (the runs the tables use: one config hash, one learning rate)."""
     from .rankmap import aggregate, draw_heatmap
 
     written = []
-    for (model, task, method, budget, variant), runs in sorted(index.items(), key=lambda kv: str(kv[0])):
+    for (model, task, method, budget, variant), choice in sorted(choices.items(), key=lambda kv: str(kv[0])):
         if method != "dora" or variant is not None or (models and model not in models):
             continue
-        maps = [r["method_summary"]["rank_map"] for r in runs
+        maps = [r["method_summary"]["rank_map"] for r in choice.runs
                 if isinstance(r.get("method_summary"), dict) and r["method_summary"].get("rank_map")]
         if not maps:
             continue
@@ -428,21 +504,92 @@ def figure2(index, out: Path, models: set[str] | None = None) -> list[Path]:
     return written
 
 
+# --- the learning-rate search ---------------------------------------------------------------------
+LR_FIELDS = ("model", "task", "method", "budget", "variant", "config_hash", "selection", "metric", "scale", "lr",
+             "n", "seeds", "mean", "std", "chosen")
+
+
+def _scale(task: str) -> float:
+    return 100.0 if task in GLUE_TASKS else 1.0  # as the tables: GLUE x100, SQuAD / XSum stored as percentages
+
+
+def lr_grids(choices: dict[tuple, Choice], model: str | None = None) -> list[tuple[tuple, Choice]]:
+    """The cells whose chosen config-hash group holds several learning rates, in a stable order."""
+    return [(k, c) for k, c in sorted(choices.items(), key=lambda kv: str(kv[0]))
+            if len(c.grid) > 1 and (model is None or k[0] == model)]
+
+
+def lr_search_markdown(grids, protocol: str = AUTO) -> str:
+    out = ["# Learning-rate search: the grid of every cell with several rates", "",
+           f"Per rate: mean ± std over seeds of the task's selection metric (GLUE x100), under the cell's rule "
+           f"({'--protocol auto: the protocol its runs were trained under' if protocol == AUTO else '--protocol ' + protocol}"
+           f"; std: standard ddof=1, paper_code ddof=0); n = seeds. `*` = the chosen rate: the best mean; "
+           f"ties: the smaller rate. The tables use the chosen rate's runs (marked {TUNED}).", ""]
+    if not grids:
+        out.append("No cell has results at several learning rates.")
+    for key, c in grids:
+        metric = next((r.get("metric") for p in c.grid for r in p.runs if r.get("metric")), "?")
+        sc = _scale(key[1])
+        out += [f"## {cell_name(key)}", "",
+                f"metric `{metric}`{' x100' if sc != 1 else ''}; selection `{c.rule.name}`; config hash "
+                f"{c.config_hash or '—'}; chosen lr {lr_text(c.lr)} of {len(c.grid)}", "",
+                "| lr | mean ± std | n | chosen |", "|---:|---:|---:|:---:|"]
+        for p in c.grid:
+            ms = MISSING if p.mean is None else f"{p.mean * sc:.2f}" + (
+                "" if p.std is None else f" ± {p.std * sc:.2f}")
+            out.append(f"| {lr_text(p.lr)} | {ms} | {p.n} | {'*' if p.lr == c.lr else ''} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def lr_search_csv(grids) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(LR_FIELDS)
+    num = lambda v: "" if v is None else repr(float(v))  # noqa: E731
+    for (model, task, method, budget, variant), c in grids:
+        for p in c.grid:
+            metric = next((r.get("metric") for r in p.runs if r.get("metric")), "")
+            w.writerow([model, task, method, budget, variant or "", c.config_hash or "", c.rule.name, metric,
+                        _scale(task), num(p.lr), p.n,
+                        " ".join(str(int(r["seed"])) for r in p.runs if c.rule.value(r) is not None),
+                        num(p.mean), num(p.std), int(p.lr == c.lr)])
+    return buf.getvalue()
+
+
+def select_lr(store="results/runs", out="results/tables", model: str | None = None, protocol: str = AUTO,
+              runs: list[Run] | None = None) -> list[Path]:
+    """Print every cell's learning-rate grid, mark the chosen rate; write ``<out>/lr_search.md`` and ``.csv``."""
+    store, out = Path(store), Path(out)
+    if runs is None:
+        runs = load_runs(store) if store.is_dir() else []
+    grids = lr_grids(choose_all(index_runs(runs), protocol), model)
+    md = lr_search_markdown(grids, protocol)
+    print(md, end="")
+    atomic_write_text(out / "lr_search.md", md)
+    atomic_write_text(out / "lr_search.csv", lr_search_csv(grids))
+    print(f"{len(grids)} cells with several learning rates -> {out / 'lr_search.md'}")
+    return [out / "lr_search.md", out / "lr_search.csv"]
+
+
 # --- entry point ---------------------------------------------------------------------------------------
-def build_tables(runs: list[Run], model: str | None = None, names: Sequence[str] = TABLES):
+def build_tables(runs: list[Run], model: str | None = None, names: Sequence[str] = TABLES, protocol: str = AUTO):
     index = index_runs(runs)
+    choices = choose_all(index, protocol)
     out = []
     for name in names:
         table = BUILDERS[name](index, model or DEFAULT_MODEL.get(name, "roberta_base"))
-        out.append((table, compute(table, index)))
-    return out, index
+        table.protocol = protocol
+        out.append((table, compute(table, choices)))
+    return out, choices
 
 
 def report(store="results/runs", out="results/tables", model: str | None = None, names: Sequence[str] = TABLES,
-           figures: bool = True) -> list[Path]:
+           figures: bool = True, protocol: str = AUTO, runs: list[Run] | None = None) -> list[Path]:
     store, out = Path(store), Path(out)
-    runs = load_runs(store) if store.is_dir() else []
-    tables, index = build_tables(runs, model, names)
+    if runs is None:
+        runs = load_runs(store) if store.is_dir() else []
+    tables, choices = build_tables(runs, model, names, protocol)
     written, index_md = [], [f"# Tables: ours beside the paper's ({len(runs)} runs from {store})", ""]
     for table, cells in tables:
         md = to_markdown(table, cells)
@@ -454,7 +601,7 @@ def report(store="results/runs", out="results/tables", model: str | None = None,
         total = sum(1 for (i, k) in cells if k != "avg")
         print(f"{table.name} ({table.model}): {filled}/{total} cells with runs -> {out / table.name}.md")
     if figures:
-        figs = figure2(index, out, {model} if model else None)
+        figs = figure2(choices, out, {model} if model else None)
         for p in figs:
             if p.suffix == ".png":
                 print(f"figure 2: {p}")
@@ -464,23 +611,55 @@ def report(store="results/runs", out="results/tables", model: str | None = None,
     return written
 
 
+def _warnings_to_stderr() -> None:
+    """The report's and the loader's warnings as one ``warning: ...`` line each (unless logging is set up)."""
+    root = logging.getLogger("dynrank")
+    if not root.handlers and not logging.getLogger().handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("warning: %(message)s"))
+        root.addHandler(h)
+        root.setLevel(logging.WARNING)
+        root.propagate = False
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dynrank.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", default="results/runs", help="results store to read (default: results/runs)")
     ap.add_argument("--out", default="results/tables", help="where to write the tables (default: results/tables)")
     ap.add_argument("--model", default=None,
-                    help="model id of the runs to tabulate (default: roberta_base; Table 4: bart_base)")
+                    help="model id of the runs to tabulate (default: roberta_base; Table 4: bart_base; "
+                         "--select-lr: every model)")
     ap.add_argument("--tables", default=",".join(TABLES), help=f"comma-separated subset of {','.join(TABLES)}")
     ap.add_argument("--no-figures", action="store_true", help="skip Figure 2")
+    ap.add_argument("--protocol", default=AUTO, choices=PROTOCOLS,
+                    help="selection rule (dynrank/selection.py): standard, paper_code (the authors' code), or "
+                         "auto = the protocol each cell's runs were trained under (default)")
+    ap.add_argument("--select-lr", action="store_true",
+                    help="print the learning-rate grid of every cell with several rates and mark the chosen one "
+                         "(also <out>/lr_search.md, .csv); no tables")
+    ap.add_argument("--strict", action="store_true",
+                    help="refuse unreadable results files (exit 2) instead of skipping them with a warning")
     a = ap.parse_args(argv)
+    _warnings_to_stderr()
     names = [t.strip() for t in a.tables.split(",") if t.strip()]
     unknown = [t for t in names if t not in BUILDERS]
     if unknown:
         print(f"error: unknown table {', '.join(unknown)}; choose from {', '.join(TABLES)}", file=sys.stderr)
         return 2
-    if not Path(a.store).is_dir():
+    runs, bad = [], []
+    if Path(a.store).is_dir():
+        runs = load_runs(a.store, bad)
+    else:
         print(f"note: results store {a.store} does not exist yet: every cell is missing", file=sys.stderr)
-    report(a.store, a.out, a.model, names, figures=not a.no_figures)
+    if bad and a.strict:
+        print(f"error: {len(bad)} unreadable results file{'s' if len(bad) > 1 else ''} in {a.store} (--strict): "
+              f"{', '.join(str(p) for p, _ in bad)}; fix or remove them, or drop --strict to skip them",
+              file=sys.stderr)
+        return 2
+    if a.select_lr:
+        select_lr(a.store, a.out, a.model, a.protocol, runs=runs)
+    else:
+        report(a.store, a.out, a.model, names, figures=not a.no_figures, protocol=a.protocol, runs=runs)
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -10,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 SCHEMA = 1
+log = logging.getLogger("dynrank.results")
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "omegaconf", "scikit-learn",
             "scipy", "rouge-score", "safetensors", "numpy")
 
@@ -91,10 +93,32 @@ def store_path(store, run_id: str) -> Path:
     return Path(store) / (run_id + ".json")
 
 
-def load_runs(store) -> list[dict]:
-    """Every results JSON under the store (for reports)."""
+REQUIRED = ("schema", "model", "task", "method", "budget", "seed")  # what a report needs to place a run
+
+
+def load_runs(store, skipped: list | None = None) -> list[dict]:
+    """Every results JSON under the store (for reports), in path order.
+
+    A file that is not a results file (truncated, not JSON, not an object, ``{}``, without ``schema`` or the
+    run's identity) is skipped with a one-line warning naming it, and appended to ``skipped`` as
+    ``(path, reason)`` so that a caller can refuse to go on (``python -m dynrank.report --strict``)."""
     runs = []
     for p in sorted(Path(store).rglob("seed*.json")):
-        with open(p) as f:
-            runs.append(json.load(f))
+        reason = None
+        try:
+            with open(p, encoding="utf-8") as f:
+                run = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            reason = f"not readable as JSON ({type(e).__name__}: {e})"
+        else:
+            if not isinstance(run, dict):
+                reason = f"not a JSON object ({type(run).__name__})"
+            elif missing := [k for k in REQUIRED if k not in run]:
+                reason = "empty ({})" if not run else f"not a results file: no {', '.join(missing)}"
+        if reason is None:
+            runs.append(run)
+            continue
+        log.warning("skipping %s: %s", p, reason)
+        if skipped is not None:
+            skipped.append((p, reason))
     return runs

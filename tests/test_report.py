@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+import statistics
 import os
 import subprocess
 import sys
@@ -104,14 +105,40 @@ def test_preset_variants_keep_ablation_runs_apart():
 
 
 # --- report on synthetic results (exact numbers) ------------------------------------------------------
-def _write_run(store, model, task, method, budget, seed, dev, metric, variant=None, **extra):
+def _write_run(store, model, task, method, budget, seed, dev, metric, variant=None, lr=4e-4, config_hash="0123abcd",
+               protocol="standard", epochs=None, pruning_end_step=None, **extra):
+    """A results file as dynrank.loop writes it now (per-epoch history, lr, config hash, protocol), under its
+    run id ``<model>/<task>/<cell>/lr<lr>-<hash>/seed<k>``; ``epochs`` defaults to one epoch with ``dev``."""
+    from dynrank.config import lr_tag
+
     cell = f"{method}-{budget}" + (f"-{variant}" if variant else "")
-    res = {"model": model, "task": task, "method": method, "budget": budget, "variant": variant, "seed": seed,
-           "metric": metric, "best": {"epoch": 1, "dev": dev}, "params": {"adapter": 1_330_000},
-           "time_per_epoch_s": [60.0], "peak_gpu_memory_mib": None, "device": "cpu", **extra}
-    p = Path(store) / model / task / cell / f"seed{seed}.json"
+    epochs = epochs or [{"epoch": 1, "step": 10, "dev": dev}]
+    best = max(epochs, key=lambda h: h["dev"].get(metric, float("-inf")))
+    rid = f"{model}/{task}/{cell}/lr{lr_tag(lr)}-{config_hash}/seed{seed}"
+    res = {"schema": 1, "run_id": rid, "model": model, "task": task, "method": method, "budget": budget,
+           "variant": variant, "seed": seed, "lr": lr, "config_hash": config_hash, "protocol": protocol,
+           "metric": metric, "best": {"epoch": best["epoch"], "dev": best["dev"]},
+           "pruning_end_step": pruning_end_step, "final": {"epoch": epochs[-1]["epoch"], "dev": epochs[-1]["dev"]},
+           "epochs": epochs, "params": {"adapter": 1_330_000}, "time_per_epoch_s": [60.0] * len(epochs),
+           "peak_gpu_memory_mib": None, "device": "cpu", "config": {"train": {"lr": lr}}, **extra}
+    p = Path(store) / (rid + ".json")
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(res))
+    return p
+
+
+def _write_old_run(store, model, task, method, budget, seed, dev, metric, config=None):
+    """A results file from before learning rates and protocols were recorded: no lr, config_hash, protocol,
+    pruning_end_step; the old layout ``<model>/<task>/<cell>/seed<k>.json``."""
+    res = {"schema": 1, "run_id": f"{model}/{task}/{method}-{budget}/seed{seed}", "model": model, "task": task,
+           "method": method, "budget": budget, "variant": None, "seed": seed, "metric": metric,
+           "best": {"epoch": 1, "dev": dev}, "final": {"epoch": 1, "dev": dev},
+           "epochs": [{"epoch": 1, "step": 10, "dev": dev}], "params": {"adapter": 1_330_000},
+           "time_per_epoch_s": [60.0], "peak_gpu_memory_mib": None, "device": "cpu", "config": config or {}}
+    p = Path(store) / model / task / f"{method}-{budget}" / f"seed{seed}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(res))
+    return p
 
 
 def test_report_aggregates_synthetic_runs(tmp_path):
@@ -248,3 +275,248 @@ def test_script_dry_run_lists_presets(capsys):
     assert "--model tiny" in out and "table6" not in out
     with pytest.raises(SystemExit):
         reproduce_tables.main(["--tables", "table7"])
+
+
+# --- selection rules on hand-made per-epoch histories -----------------------------------------------------
+def _epochs(*devs, steps=None):
+    return [{"epoch": i + 1, "step": (steps[i] if steps else 10 * (i + 1)), "dev": d} for i, d in enumerate(devs)]
+
+
+def test_selection_rules_best_epoch_after_pruning():
+    """A dora run whose best epoch over all (epoch 1, Matthews .70) comes before pruning ends (step 20):
+    standard takes it; paper_code takes the best epoch at or after step 20 (epoch 2's .65: its end step equals
+    pruning_end_step, so the allocation is final there); a method without pruning: all epochs."""
+    from dynrank.selection import PAPER_CODE, STANDARD
+
+    hist = _epochs({"matthews": 0.70}, {"matthews": 0.65}, {"matthews": 0.60})
+    dora = {"metric": "matthews", "epochs": hist, "pruning_end_step": 20}
+    assert STANDARD.value(dora) == 0.70
+    assert PAPER_CODE.value(dora) == 0.65
+    assert PAPER_CODE.value(dict(dora, pruning_end_step=21)) == 0.60
+    assert PAPER_CODE.value(dict(dora, pruning_end_step=None)) == 0.70  # lora & co: all epochs
+
+
+def test_selection_rules_per_metric_maxima_and_paper_code_keys():
+    from dynrank.selection import PAPER_CODE, STANDARD
+
+    # XSum: ROUGE-1, -2, -L peak in three different epochs; standard reads all three off the best ROUGE-L epoch
+    xsum = {"metric": "rougeL", "pruning_end_step": None, "epochs": _epochs(
+        {"rouge1": 40.0, "rouge2": 18.0, "rougeL": 33.0},
+        {"rouge1": 41.0, "rouge2": 17.0, "rougeL": 32.0},
+        {"rouge1": 39.0, "rouge2": 17.5, "rougeL": 34.0})}
+    assert [STANDARD.value(xsum, (k,)) for k in ("rouge1", "rouge2", "rougeL")] == [39.0, 17.5, 34.0]
+    assert [PAPER_CODE.value(xsum, (k,)) for k in ("rouge1", "rouge2", "rougeL")] == [41.0, 18.0, 34.0]
+    # SQuAD: EM and F1 apart; under paper_code the authors' variants `<key>@paper_code` are read where stored
+    squad = {"metric": "f1", "pruning_end_step": 15, "epochs": _epochs(
+        {"exact": 85.0, "f1": 90.0, "exact@paper_code": 86.0, "f1@paper_code": 91.0},   # before pruning ended
+        {"exact": 80.0, "f1": 88.0, "exact@paper_code": 81.5, "f1@paper_code": 87.0},
+        {"exact": 79.0, "f1": 89.0, "exact@paper_code": 80.5, "f1@paper_code": 89.5})}
+    em, f1 = ("exact", "exact_match", "em"), ("f1",)
+    assert (STANDARD.value(squad, em), STANDARD.value(squad, f1)) == (85.0, 90.0)  # epoch 1, plain keys
+    assert (PAPER_CODE.value(squad, em), PAPER_CODE.value(squad, f1)) == (81.5, 89.5)  # epochs 2 and 3
+    # an epoch without the variant falls back to the plain key
+    del squad["epochs"][1]["dev"]["exact@paper_code"]
+    squad["epochs"][1]["dev"]["exact"] = 83.0
+    assert PAPER_CODE.value(squad, em) == 83.0
+
+
+def test_selection_rules_std_ddof():
+    from dynrank.selection import PAPER_CODE, STANDARD
+
+    xs = [1.0, 2.0, 3.0, 4.0]
+    assert math.isclose(STANDARD.std(xs), math.sqrt(5 / 3))    # sum of squares 5, / (n - 1)
+    assert math.isclose(PAPER_CODE.std(xs), math.sqrt(5 / 4))  # / n, as numpy.std
+    assert STANDARD.std([1.0]) is None and PAPER_CODE.std([1.0]) is None
+
+
+def test_report_protocols_from_the_same_files(tmp_path):
+    """One store, three reports: --protocol standard and paper_code read the same per-epoch histories
+    differently (epoch choice and ddof); auto follows the protocol the runs were trained under."""
+    store = tmp_path / "store"
+    vals = {1: (0.70, 0.60), 2: (0.66, 0.62), 3: (0.74, 0.58)}  # per seed: (before, after pruning ended)
+    for s, (before, after) in vals.items():
+        _write_run(store, "roberta_base", "cola", "dora", "r8", s, None, "matthews", protocol="paper_code",
+                   epochs=_epochs({"matthews": before}, {"matthews": after}), pruning_end_step=20)
+    cells = {}
+    for protocol in ("standard", "paper_code", "auto"):
+        out = tmp_path / protocol
+        assert report.main(["--store", str(store), "--out", str(out), "--tables", "table2", "--no-figures",
+                            "--protocol", protocol]) == 0
+        cells[protocol] = {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}["r8 dora", "cola"]
+        text = (out / "table2.md").read_text()
+        rule = "paper_code" if protocol != "standard" else "standard"
+        assert f"selection `{rule}`" in text and f"selection (--protocol {protocol}" in text
+        assert f"selection `{'standard' if rule == 'paper_code' else 'paper_code'}`" not in text
+    std = [100 * b for b, _ in vals.values()]
+    paper = [100 * a for _, a in vals.values()]
+    assert math.isclose(float(cells["standard"]["mean"]), sum(std) / 3)
+    assert math.isclose(float(cells["standard"]["std"]), statistics.stdev(std))
+    assert math.isclose(float(cells["paper_code"]["mean"]), sum(paper) / 3)
+    assert math.isclose(float(cells["paper_code"]["std"]), statistics.pstdev(paper))
+    assert cells["auto"] == cells["paper_code"] and cells["auto"]["selection"] == "paper_code"
+
+
+# --- learning rates ------------------------------------------------------------------------------------------
+LRS = (2e-4, 4e-4, 8e-4)
+
+
+def _plant_grid(store, task="cola", method="lora", values=None):
+    """3 rates x 3 seeds; the middle rate has the best mean, the largest rate the single best run."""
+    values = values or {2e-4: (0.50, 0.52, 0.54), 4e-4: (0.60, 0.61, 0.62), 8e-4: (0.70, 0.40, 0.45)}
+    for lr, vs in values.items():
+        for s, v in enumerate(vs, 1):
+            _write_run(store, "tiny", task, method, "r8", s, {"matthews": v}, "matthews", lr=lr)
+    return values
+
+
+def test_select_lr_picks_the_planted_best_rate(tmp_path, capsys):
+    store, out = tmp_path / "store", tmp_path / "tables"
+    values = _plant_grid(store)
+    _write_run(store, "tiny", "cola", "full", "r8", 1, {"matthews": 0.3}, "matthews", lr=2e-5)  # one rate
+    assert report.main(["--store", str(store), "--out", str(out), "--select-lr", "--model", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    assert "## tiny/cola/lora-r8" in printed and "tiny/cola/full-r8" not in printed  # only cells with a grid
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in printed.splitlines()
+            if re.match(r"\| [0-9]e-4 \|", ln)}
+    for lr, tag in zip(LRS, ("2e-4", "4e-4", "8e-4")):
+        m, sd = mean_std([100 * v for v in values[lr]])
+        assert rows[tag] == [f"{m:.2f} ± {sd:.2f}", "3", "*" if tag == "4e-4" else ""]
+    assert "ties: the smaller rate" in printed
+    assert (out / "lr_search.md").read_text() in printed
+    grid = csv_rows(out / "lr_search.csv")
+    assert [(float(r["lr"]), r["chosen"], r["n"]) for r in grid] == [(2e-4, "0", "3"), (4e-4, "1", "3"),
+                                                                     (8e-4, "0", "3")]
+    # the tables use the chosen rate's runs and say so: marker, notes, CSV columns
+    assert report.main(["--store", str(store), "--out", str(out), "--model", "tiny", "--tables", "table2",
+                        "--no-figures"]) == 0
+    header, md = md_table(out / "table2.md")
+    col = header.index("CoLA")
+    m, sd = mean_std([100 * v for v in values[4e-4]])
+    assert md["r8", "lora", "ours"][col] == f"{m:.2f} ± {sd:.2f} (n=3)†‡"
+    assert md["r8", "full", "ours"][col] == "30.00 (n=1)†"  # fixed rate: no ‡
+    text = (out / "table2.md").read_text()
+    assert "Here: 1 tuned, 1 fixed (metric cells with runs)." in text and "tuned: r8 lora: cola 4e-4 (of 3)." in text
+    by = {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}
+    assert (by["r8 lora", "cola"]["lr"], by["r8 lora", "cola"]["lr_source"], by["r8 lora", "cola"]["n_lrs"]) == \
+        ("4e-4", "tuned", "3")
+    assert (by["r8 full", "cola"]["lr"], by["r8 full", "cola"]["lr_source"]) == ("2e-5", "fixed")
+    assert by["r8 lora", "rte"]["lr_source"] == ""  # no runs
+    assert "$^\\ddagger$" in (out / "table2.tex").read_text()
+
+
+def test_select_lr_tie_goes_to_the_smaller_rate(tmp_path):
+    from dynrank.report import choose_all, index_runs
+    from dynrank.results import load_runs
+
+    store = tmp_path / "store"
+    _plant_grid(store, values={2e-4: (0.50, 0.50, 0.50), 4e-4: (0.60, 0.55, 0.65), 8e-4: (0.65, 0.60, 0.55)})
+    (c,) = choose_all(index_runs(load_runs(store))).values()
+    assert c.tuned and c.lr == 4e-4 and [p.mean for p in c.grid][1] == c.grid[2].mean
+
+
+def test_cell_uses_the_largest_config_hash_group_and_warns(tmp_path, caplog):
+    store, out = tmp_path / "store", tmp_path / "tables"
+    for s in (1, 2, 3):
+        _write_run(store, "tiny", "cola", "lora", "r8", s, {"matthews": 0.5}, "matthews", config_hash="aaaa0000")
+    _write_run(store, "tiny", "cola", "lora", "r8", 1, {"matthews": 0.9}, "matthews", config_hash="bbbb1111",
+               lr=8e-4)
+    with caplog.at_level("WARNING", logger="dynrank"):
+        assert report.main(["--store", str(store), "--out", str(out), "--model", "tiny", "--tables", "table2",
+                            "--no-figures"]) == 0
+    assert "tiny/cola/lora-r8: runs under several config hashes; using aaaa0000 (3 runs), leaving out " \
+           "bbbb1111 (1 runs)" in caplog.text
+    r = {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}["r8 lora", "cola"]
+    assert (r["n"], float(r["mean"]), r["lr_source"]) == ("3", 50.0, "fixed")
+
+
+def test_old_results_files_still_load(tmp_path):
+    """Files without lr, config_hash, protocol and pruning_end_step, in the old layout: standard, fixed lr
+    (read from the resolved config when there, else unknown)."""
+    store, out = tmp_path / "store", tmp_path / "tables"
+    _write_old_run(store, "tiny", "cola", "lora", "r8", 1, {"matthews": 0.40}, "matthews",
+                   config={"train": {"lr": 0.002}})
+    _write_old_run(store, "tiny", "cola", "lora", "r8", 2, {"matthews": 0.50}, "matthews",
+                   config={"train": {"lr": 0.002}})
+    _write_old_run(store, "tiny", "rte", "lora", "r8", 1, {"accuracy": 0.6}, "accuracy")
+    assert report.main(["--store", str(store), "--out", str(out), "--model", "tiny", "--tables", "table2",
+                        "--no-figures"]) == 0
+    by = {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}
+    c = by["r8 lora", "cola"]
+    assert (c["n"], c["lr"], c["lr_source"], c["selection"]) == ("2", "2e-3", "fixed", "standard")
+    assert math.isclose(float(c["mean"]), 45.0) and math.isclose(float(c["std"]), statistics.stdev([40.0, 50.0]))
+    assert (by["r8 lora", "rte"]["mean"], by["r8 lora", "rte"]["lr"]) == ("60.0", "?")
+
+
+# --- bad results files ---------------------------------------------------------------------------------------
+def _bad_store(store) -> list[Path]:
+    _write_run(store, "tiny", "cola", "lora", "r8", 1, {"matthews": 0.5}, "matthews")
+    good = _write_run(store, "tiny", "cola", "lora", "r8", 2, {"matthews": 0.6}, "matthews")
+    cell = good.parent
+    bad = {"seed3.json": good.read_text()[:40], "seed4.json": "not json at all", "seed5.json": "{}",
+           "seed6.json": json.dumps({"model": "tiny", "task": "cola", "seed": 6}), "seed7.json": "[1, 2]"}
+    for name, text in bad.items():
+        (cell / name).write_text(text)
+    return [cell / n for n in bad]
+
+
+def test_bad_results_files_are_skipped_with_a_warning_naming_them(tmp_path, caplog):
+    store, out = tmp_path / "store", tmp_path / "tables"
+    bad = _bad_store(store)
+    from dynrank.results import load_runs
+
+    skipped = []
+    with caplog.at_level("WARNING", logger="dynrank"):
+        runs = load_runs(store, skipped)
+    assert sorted(r["seed"] for r in runs) == [1, 2]
+    assert [p for p, _ in skipped] == bad
+    lines = [r.getMessage() for r in caplog.records]
+    for p in bad:
+        (line,) = [ln for ln in lines if str(p) in ln]
+        assert "\n" not in line
+    assert any(str(bad[2]) in ln and "empty" in ln for ln in lines)
+    assert any(str(bad[3]) in ln and "no schema, method, budget" in ln for ln in lines)
+    assert report.main(["--store", str(store), "--out", str(out), "--model", "tiny", "--tables", "table2",
+                        "--no-figures"]) == 0
+    assert {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}["r8 lora", "cola"]["n"] == "2"
+
+
+def test_strict_report_exits_2_naming_the_bad_files(tmp_path):
+    store, out = tmp_path / "store", tmp_path / "tables"
+    bad = _bad_store(store)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "dynrank.report", "--store", str(store), "--out",  # noqa
+                                     str(out), "--model", "tiny", "--no-figures", *a], cwd=tmp_path, env=env,
+                                    capture_output=True, text=True, timeout=120)
+    p = run("--strict")
+    assert p.returncode == 2, p.stderr
+    err = p.stderr.strip().splitlines()
+    assert len(err) == len(bad) + 1 and err[-1].startswith("error: 5 unreadable results files")
+    assert all(str(b) in err[-1] for b in bad) and not out.exists()  # nothing written
+    for b, line in zip(bad, err):
+        assert line.startswith(f"warning: skipping {b}: ")
+    p = run()
+    assert p.returncode == 0 and (out / "table2.md").is_file() and p.stderr.count("warning: skipping") == 5
+
+
+# --- end to end on the tiny model: lr_search=true, then --select-lr ---------------------------------------------
+def test_lr_search_end_to_end_tiny(tmp_path, capsys):
+    from conftest import cli, tiny_overrides
+
+    from dynrank.config import lr_grid, lr_tag
+
+    over = tiny_overrides(tmp_path, "task=cola", "method=lora")
+    grid = lr_grid(compose(over))
+    assert len(grid) >= 2
+    p = cli(["-m", *over, "lr_search=true", "seeds=[1,2]", f"hydra.sweep.dir={tmp_path / 'multirun'}"], tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    files = sorted((tmp_path / "store").rglob("seed*.json"))
+    got = sorted((json.loads(f.read_text())["lr"], json.loads(f.read_text())["seed"]) for f in files)
+    assert got == sorted((lr, s) for lr in grid for s in (1, 2))  # one results file per rate x seed
+    assert len({json.loads(f.read_text())["config_hash"] for f in files}) == 1  # the hash leaves the lr out
+    out = tmp_path / "tables"
+    assert report.main(["--select-lr", "--model", "tiny", "--store", str(tmp_path / "store"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = [ln for ln in printed.splitlines() if re.match(r"\| [0-9.]+e-[0-9]+ \|", ln)]
+    assert [ln.split("|")[1].strip() for ln in rows] == [lr_tag(lr) for lr in sorted(grid)]
+    assert all(ln.split("|")[3].strip() == "2" for ln in rows)  # 2 seeds per rate
+    assert sum(ln.split("|")[4].strip() == "*" for ln in rows) == 1

@@ -1,0 +1,216 @@
+"""The report's selection rules apart from its formatting: which number a run contributes, how seeds spread,
+and which learning rate a table cell's runs come from.
+
+Every results file holds the dev metrics of every epoch (``results["epochs"]``: ``{"epoch", "step", "dev"}``),
+so a rule is a report-time choice: switching rules needs no retraining.
+
+* ``standard``: the best epoch over all epochs by the task's selection metric (``results["metric"]``: GLUE the
+  table's metric, SQuAD F1, XSum ROUGE-L; the first of equal epochs, as the training loop); every metric is
+  read off that one epoch; the spread over seeds is the sample standard deviation (ddof=1).
+* ``paper_code``: the authors' ``Summarize_Results.py`` (MIkumikumi0116/DoRA). Candidate epochs: for the
+  adaptive methods (runs with a ``pruning_end_step``: dora, adalora) the epochs that end at or after it (the
+  code's ``metric_list[prune_finished_index + 1:]``), for the others all epochs; **each metric's own maximum**
+  over them (SQuAD EM and F1, ROUGE-1/2/L apart, possibly from different epochs), read from the authors'
+  variant ``<key>@paper_code`` where the file has it (SQuAD windows, ROUGE without stemming), else ``<key>``;
+  the spread is ``numpy.std`` (population, ddof=0).
+
+With one seed neither rule gives a spread (``None``): a single run has none to report.
+
+Learning rate (``choose``): a cell's runs (one model, task, method, budget, variant) may come at several
+learning rates, and rarely under several config hashes (the hash covers every result-changing key but the lr
+and the seed). The group of the hash with the most runs is used; within it one rate is "fixed", several are
+"tuned": the rate with the best mean over seeds of the task's selection metric under the rule in force, the
+smaller rate on a tie.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .config import lr_tag
+
+PAPER_SUFFIX = "@paper_code"
+AUTO = "auto"
+
+Run = dict
+
+
+# --- one run's number -------------------------------------------------------------------------------
+def _num(dev: dict, key) -> float | None:
+    v = dev.get(key) if isinstance(dev, dict) else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def epochs_of(run: Run) -> list[dict]:
+    """The run's per-epoch history; a file without one: its best epoch alone (all that is known of it)."""
+    hist = [h for h in run.get("epochs") or [] if isinstance(h, dict) and isinstance(h.get("dev"), dict)]
+    if hist:
+        return hist
+    best = run.get("best") or {}
+    return [best] if isinstance(best, dict) and isinstance(best.get("dev"), dict) else []
+
+
+def best_epoch(run: Run) -> dict | None:
+    """standard: the epoch with the highest selection metric over all epochs (the first of equals)."""
+    scored = [(v, h) for h in epochs_of(run) if (v := _num(h["dev"], run.get("metric"))) is not None]
+    return max(scored, key=lambda vh: vh[0])[1] if scored else None
+
+
+def standard_value(run: Run, keys: Sequence[str]) -> float | None:
+    """Every metric off the one best epoch: the first of ``keys`` it holds."""
+    epoch = best_epoch(run)
+    if epoch is None:
+        return None
+    for k in keys:
+        if (v := _num(epoch["dev"], k)) is not None:
+            return v
+    return None
+
+
+def candidate_epochs(run: Run) -> list[dict]:
+    """paper_code: the epochs ending at or after ``pruning_end_step`` (the budget allocation is final), when the
+    run has one (dora, adalora); else all epochs."""
+    hist = epochs_of(run)
+    end = run.get("pruning_end_step")
+    if end is None:
+        return hist
+    return [h for h in hist if isinstance(h.get("step"), (int, float)) and h["step"] >= end]
+
+
+def paper_code_value(run: Run, keys: Sequence[str]) -> float | None:
+    """The maximum of the metric itself over the candidate epochs: ``<key>@paper_code`` per epoch where stored."""
+    epochs = candidate_epochs(run)
+    for k in keys:
+        vals = [v for h in epochs
+                if (v := _num(h["dev"], k + PAPER_SUFFIX) if k + PAPER_SUFFIX in h["dev"] else _num(h["dev"], k))
+                is not None]
+        if vals:
+            return max(vals)
+    return None
+
+
+# --- the rules --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    ddof: int                                                   # of the spread over seeds
+    pick: Callable[[Run, Sequence[str]], "float | None"]        # one run's number for the first key it has
+    note: str                                                   # one line for the tables' notes
+
+    def value(self, run: Run, keys: Sequence[str] | None = None) -> float | None:
+        """The run's number for the first of ``keys`` it has (``None``: the run's own selection metric)."""
+        return self.pick(run, tuple(keys) if keys else (run.get("metric"),))
+
+    def std(self, xs: Sequence[float]) -> float | None:
+        if len(xs) < 2:
+            return None
+        return statistics.stdev(xs) if self.ddof == 1 else statistics.pstdev(xs)
+
+
+STANDARD = Rule("standard", 1, standard_value,
+                "selection `standard`: the best dev epoch over all epochs by the task's metric (GLUE: the "
+                "column's metric; SQuAD: F1; XSum: ROUGE-L), every number read off that epoch; "
+                "± = sample std over seeds (ddof=1)")
+PAPER_CODE = Rule("paper_code", 0, paper_code_value,
+                  "selection `paper_code` (the authors' Summarize_Results.py): each metric's own maximum over the "
+                  "epochs after pruning ended (dora/adalora; other methods: all epochs), the authors' metric "
+                  "variant (`<key>@paper_code`) where stored; ± = population std over seeds (ddof=0, numpy.std)")
+RULES = {r.name: r for r in (STANDARD, PAPER_CODE)}
+PROTOCOLS = (AUTO, *RULES)
+
+
+def trained_under(run: Run) -> str:
+    """The protocol a run was trained under (files from before protocols existed: standard)."""
+    p = run.get("protocol")
+    return p if p in RULES else STANDARD.name
+
+
+# --- the learning rate of a cell ----------------------------------------------------------------------
+def run_lr(run: Run) -> float | None:
+    """``results["lr"]``; older files: the resolved ``config.train.lr``."""
+    lr = run.get("lr")
+    if lr is None:
+        lr = ((run.get("config") or {}).get("train") or {}).get("lr")
+    try:
+        return float(lr)
+    except (TypeError, ValueError):
+        return None
+
+
+def lr_text(lr: float | None) -> str:
+    """``4e-4``, ``2.5e-3``: as in the run ids; ``?`` for a file without a rate."""
+    return "?" if lr is None else lr_tag(lr)
+
+
+@dataclass
+class LrPoint:
+    """One learning rate of a cell: its runs (one per seed) and their selection metric."""
+    lr: float | None
+    runs: list[Run]
+    values: list[float]          # the selection metric of the runs that have one
+    mean: float | None = None
+    std: float | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class Choice:
+    """The runs a cell is made of, and why."""
+    runs: list[Run]              # the chosen lr's runs, one per seed, by seed
+    lr: float | None
+    source: str                  # "fixed" (one rate in the group) | "tuned" (the best of several)
+    rule: Rule
+    grid: list[LrPoint]          # every rate of the chosen group, ascending
+    config_hash: str | None
+    other_hashes: dict = field(default_factory=dict)   # hash -> runs, the groups left out
+    protocols: dict = field(default_factory=dict)      # trained-under protocol -> runs of the chosen group
+
+    @property
+    def tuned(self) -> bool:
+        return self.source == "tuned"
+
+
+def _one_per_seed(runs: list[Run]) -> list[Run]:
+    by_seed = {}
+    for r in runs:  # the last one read wins (load_runs reads in path order)
+        by_seed[int(r["seed"])] = r
+    return [by_seed[s] for s in sorted(by_seed)]
+
+
+def choose(runs: list[Run], protocol: str = AUTO) -> Choice | None:
+    """The config-hash group with the most runs (ties: the first hash in sorted order), then its rule
+    (``auto``: the protocol most of the group was trained under) and its learning rate: the only one
+    ("fixed"), or the one with the best mean selection metric over seeds ("tuned"; ties: the smaller)."""
+    if not runs:
+        return None
+    groups: dict = defaultdict(list)
+    for r in runs:
+        groups[r.get("config_hash")].append(r)
+    main = min(groups, key=lambda h: (-len(groups[h]), h is None, str(h)))
+    group = groups[main]
+    protocols = Counter(trained_under(r) for r in group)
+    rule = RULES[protocols.most_common(1)[0][0] if protocol == AUTO else protocol]
+
+    by_lr: dict = defaultdict(list)
+    for r in group:
+        by_lr[run_lr(r)].append(r)
+    grid = []
+    for lr in sorted(by_lr, key=lambda x: (x is None, x or 0.0)):
+        rs = _one_per_seed(by_lr[lr])
+        vals = [v for r in rs if (v := rule.value(r)) is not None]
+        grid.append(LrPoint(lr, rs, vals, statistics.fmean(vals) if vals else None, rule.std(vals)))
+    best = grid[0]
+    for p in grid[1:]:  # ascending: a later rate wins only if strictly better, so ties go to the smaller rate
+        if p.mean is not None and (best.mean is None or (p.mean > best.mean and
+                                                         not math.isclose(p.mean, best.mean, rel_tol=1e-12,
+                                                                          abs_tol=1e-12))):
+            best = p
+    return Choice(runs=best.runs, lr=best.lr, source="tuned" if len(grid) > 1 else "fixed", rule=rule, grid=grid,
+                  config_hash=main, other_hashes={h: len(g) for h, g in groups.items() if h != main},
+                  protocols=dict(protocols))
