@@ -5,14 +5,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import compose, result_file
+from conftest import ROOT, compose, result_file
 from dynrank.data import squad as squad_data
 from dynrank.errors import ConfigError, DataError
-from dynrank.metrics.squad import normalize_answer, squad_v1_metrics, squad_v2_metrics
+from dynrank.metrics.squad import (normalize_answer, squad_v1_metrics, squad_v1_window_metrics, squad_v2_metrics,
+                                   squad_v2_window_metrics)
 from dynrank.models import load_tokenizer
-from dynrank.tasks.squad import postprocess, prepare_features
+from dynrank.tasks.squad import (answer_windows, paper_code_windows, postprocess, prepare_features,
+                                 window_predictions)
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "squad"
+SHARED = ROOT.parent / "shared"
 
 
 # --- metrics --------------------------------------------------------------------------------------
@@ -66,6 +69,45 @@ def test_squad_v2_na_prob_thresh_overrides_like_the_script():
     m = squad_v2_metrics(GOLDS_V2, PREDS_V2, na_probs=NA_V2, na_prob_thresh=0.0)
     assert m["exact"] == pytest.approx(100 * 4 / 6) and m["f1"] == pytest.approx(100 * (4 + 2 / 3) / 6)
     assert m["NoAns_exact"] == pytest.approx(100.0) and m["HasAns_exact"] == pytest.approx(50.0)
+
+
+# --- the authors' window-level scoring (protocol paper_code), hand-made repeated ids ----------------
+
+def test_v1_window_metric_counts_every_window_against_the_last_prediction():
+    # q has two windows with different predictions, r one window: evaluate's squad keeps pred_dict[q] = the
+    # LAST window's "Paris" and scores all 3 reference entries: q right twice, r wrong -> EM 2/3
+    windows = [("q", ["Paris", "the city of Paris"], "Lyon"), ("q", ["Paris", "the city of Paris"], "Paris"),
+               ("r", ["blue"], "blue whale")]
+    m = squad_v1_window_metrics(windows)
+    assert m["total"] == 3 and m["exact_match"] == pytest.approx(100 * 2 / 3)
+    assert m["f1"] == pytest.approx(100 * (1 + 1 + 2 / 3) / 3)  # r: P 1/2, R 1 -> 2/3
+    # the other window order: "Lyon" wins and both of q's entries score 0 (question-level: one question, 0)
+    m = squad_v1_window_metrics([windows[1], windows[0], windows[2]])
+    assert m["exact_match"] == 0.0 and m["f1"] == pytest.approx(100 * (2 / 3) / 3)
+    assert squad_v1_window_metrics([]) == {"exact_match": 0.0, "f1": 0.0, "total": 0}
+
+
+def test_v2_window_metric_counts_a_question_once_with_its_last_window():
+    # q: window 1 holds the answer and predicts it; window 2 has no answer (gold "") but predicts "Lyon".
+    # evaluate's squad_v2 keys by id: q is scored once, last gold "" vs last prediction "Lyon" -> 0; r: "" vs "" -> 1
+    windows = [("q", ["Paris"], "Paris"), ("q", [], "Lyon"), ("r", [], "")]
+    m = squad_v2_window_metrics(windows)
+    assert m == {"exact": pytest.approx(50.0), "f1": pytest.approx(50.0), "total": 2}
+    # last window holds the answer: q counts as answered right, whatever its first window said
+    m = squad_v2_window_metrics([("q", [], ""), ("q", ["Paris"], "Paris"), ("r", [], "x")])
+    assert m == {"exact": pytest.approx(50.0), "f1": pytest.approx(50.0), "total": 2}
+    # the last window's gold and the last prediction are paired even if they came from different "best" windows
+    m = squad_v2_window_metrics([("q", ["Paris"], "Paris"), ("q", ["Paris"], "the Paris")])
+    assert m["exact"] == 100.0 and m["total"] == 1
+
+
+def test_paper_code_windows_golds_and_answer_only():
+    rows = [{"id": "a", "context": "", "answers": ["x", "y"]}, {"id": "b", "context": "", "answers": []}]
+    feats = {"example_idx": [0, 0, 1], "answer_in_window": [0, 1, 0]}
+    texts = ["t0", "t1", "t2"]
+    assert paper_code_windows(rows, feats, texts, answer_only=False) == [("a", [], "t0"), ("a", ["x", "y"], "t1"),
+                                                                        ("b", [], "t2")]
+    assert paper_code_windows(rows, feats, texts, answer_only=True) == [("a", ["x", "y"], "t1")]
 
 
 # --- windows and post-processing -------------------------------------------------------------------
@@ -141,6 +183,13 @@ def test_postprocess_recovers_gold_spans_across_windows(tok):
         ends.append(e)
     assert whole_in["first"] == 1 and whole_in["late"] == 1 and whole_in["straddle"] == 1
     assert whole_in["overlap"] == 2  # in both windows: the best span over windows is the same text
+    assert feats["answer_in_window"] == train["answer_in_window"]
+    assert sum(feats["answer_in_window"]) == sum(whole_in.values())
+    # each window on its own (paper_code): the gold where the window holds it, "" (v2) where CLS peaks
+    texts = window_predictions(rows, feats, starts, ends, with_negative=True)
+    for i, (ei, inside) in enumerate(zip(feats["example_idx"], feats["answer_in_window"])):
+        if inside or not rows[ei]["answers"]:  # elsewhere CLS (1.0) may lose to a noise span
+            assert texts[i] == (rows[ei]["answers"][0] if inside else "")
     preds, diffs = postprocess(rows, feats, starts, ends, n_best=20, max_answer_length=30, with_negative=True,
                                null_threshold=0.0)
     assert preds == {"first": "bravo 1", "late": late_text, "straddle": cut, "overlap": ov_text, "none": ""}
@@ -153,6 +202,101 @@ def test_postprocess_recovers_gold_spans_across_windows(tok):
     # max_answer_length: the 3-word straddling phrase is > 2 tokens, so it can no longer be predicted
     p3, _ = postprocess(rows, feats, starts, ends, max_answer_length=2, with_negative=False)
     assert p3["straddle"] != cut
+
+
+# --- the real SQuAD v1.1 dev file: every gold answer comes back, under both protocols ------------------
+# dev-v1.1.json (48 articles, 10,570 questions), every 4th article (12 articles, 2,921 questions: the whole
+# file takes ~25 s here, mostly tokenising), windowed by the real BERT-uncased WordPiece tokenizer of
+# all-MiniLM-L6-v2 (offsets into the original text) at the paper's 384/128. (The whole file, checked once by
+# hand the same way: 10,784 windows, 10,612 holding their question's first answer; EM 100 over the 10,529
+# questions a token span can state exactly, standard and paper_code.)
+DEV_ARTICLES = slice(None, None, 4)
+
+
+@pytest.fixture(scope="module")
+def real_dev(tmp_path_factory):
+    dev, minilm = SHARED / "data" / "squad" / "dev-v1.1.json", SHARED / "models" / "all-MiniLM-L6-v2"
+    if not (dev.is_file() and minilm.is_dir()):
+        pytest.skip("shared SQuAD v1.1 dev file or MiniLM tokenizer not there")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(minilm))
+    doc = json.loads(dev.read_text(encoding="utf-8"))
+    assert sum(len(p["qas"]) for a in doc["data"] for p in a["paragraphs"]) == 10570
+    doc["data"] = doc["data"][DEV_ARTICLES]
+    part = tmp_path_factory.mktemp("squad") / "dev-v1.1.json"
+    part.write_text(json.dumps(doc), encoding="utf-8")
+    rows = squad_data.from_json(part)  # the official parser, on the subset
+    ev = prepare_features(tok, rows, 384, 128, train=False)
+    tr = prepare_features(tok, rows, 384, 128, train=True)
+    # logits that point exactly at the training labels: the gold span where the window holds it, CLS elsewhere
+    starts, ends = [], []
+    for ids, s, e in zip(ev["input_ids"], tr["start_positions"], tr["end_positions"]):
+        st, en = np.zeros(len(ids)), np.zeros(len(ids))
+        st[s], en[e] = 10.0, 10.0
+        starts.append(st)
+        ends.append(en)
+    # the text of the training label's tokens, per question (its first answer-holding window), where the span is
+    # at most max_answer_length 30 tokens; "exact": the questions where that text is the first gold answer itself
+    # (the others start or end inside a token: "8" of "18", "Japan" of "Japanese")
+    label_text = {}
+    for i, ei in enumerate(ev["example_idx"]):
+        r, s, e = rows[ei], tr["start_positions"][i], tr["end_positions"][i]
+        if ev["answer_in_window"][i] and e - s + 1 <= 30:
+            label_text.setdefault(r["id"], r["context"][ev["offset_start"][i][s]:ev["offset_end"][i][e]])
+    exact = {r["id"] for r in rows if label_text.get(r["id"]) == r["answers"][0]}
+    return rows, ev, tr, starts, ends, label_text, exact
+
+
+def test_real_dev_windows_and_answer_only_training_set(real_dev):
+    rows, ev, tr, _, _, label_text, exact = real_dev
+    assert len(rows) == 2921
+    assert tr["example_idx"] == ev["example_idx"]  # training and dev windows are the same windows
+    # does the first gold answer lie inside the window's context? worked out here from the offsets alone
+    inside = []
+    for ei, os_, oe in zip(ev["example_idx"], ev["offset_start"], ev["offset_end"]):
+        r = rows[ei]
+        lo, hi = min(o for o in os_ if o >= 0), max(oe)
+        inside.append(int(lo <= r["answer_starts"][0] and r["answer_starts"][0] + len(r["answers"][0]) <= hi))
+    assert ev["answer_in_window"] == inside == tr["answer_in_window"]
+    assert len(set(ev["example_idx"])) == len(rows) < sum(inside) < len(inside)  # repeats and answerless windows
+    assert {ei for ei, k in zip(ev["example_idx"], inside) if k} == set(range(len(rows)))  # every answer is in one
+    kept = answer_windows(tr)  # task.train_windows=answer_only
+    assert len(kept["input_ids"]) == sum(inside)
+    assert all(s > 0 and e >= s for s, e in zip(kept["start_positions"], kept["end_positions"]))
+    dropped = [(s, e) for s, e, k in zip(tr["start_positions"], tr["end_positions"], inside) if not k]
+    assert dropped and set(dropped) == {(0, 0)}  # what answer_only drops is exactly the CLS-labelled windows
+    # the labels cover the gold answer; few answers are longer than 30 tokens, few cut through a token
+    assert all(r["answers"][0] in label_text[r["id"]] for r in rows if r["id"] in label_text)
+    assert len(label_text) >= 0.995 * len(rows) and len(exact) >= 0.99 * len(rows)
+
+
+def test_real_dev_gold_recovery_standard(real_dev):
+    rows, ev, _, starts, ends, label_text, exact = real_dev
+    preds, _ = postprocess(rows, ev, starts, ends, n_best=20, max_answer_length=30)
+    assert {q: preds[q] for q in label_text} == label_text  # every question's label span comes back
+    golds = {r["id"]: r["answers"] for r in rows if r["id"] in exact}
+    assert squad_v1_metrics(golds, preds) == {"exact_match": 100.0, "f1": 100.0}
+    # v2.0's rules on the same windows: the null score is the minimum over windows, so a question whose
+    # answer-free windows peak at CLS still gets its answer
+    preds2, diffs = postprocess(rows, ev, starts, ends, with_negative=True)
+    assert squad_v1_metrics(golds, preds2) == {"exact_match": 100.0, "f1": 100.0}
+    assert all(diffs[q] < 0 for q in exact)
+
+
+def test_real_dev_gold_recovery_paper_code(real_dev):
+    rows, ev, _, starts, ends, _, exact = real_dev
+    for v2 in (False, True):
+        texts = window_predictions(rows, ev, starts, ends, n_best=20, max_answer_length=30, with_negative=v2)
+        windows = paper_code_windows(rows, ev, texts, answer_only=not v2)
+        assert len(windows) == (sum(ev["answer_in_window"]) if not v2 else len(texts))
+        scored = [w for w in windows if w[0] in exact]
+        if not v2:  # v1.1: answer-holding windows only, each scored
+            assert squad_v1_window_metrics(scored) == {"exact_match": 100.0, "f1": 100.0, "total": len(scored)}
+            assert len(scored) > len(exact)  # some questions count twice
+        else:  # every window; one without the answer says "" and its gold is no answer
+            assert squad_v2_window_metrics(scored) == {"exact": 100.0, "f1": 100.0, "total": len(exact)}
+            assert sum(t == "" for t in texts) == len(texts) - sum(ev["answer_in_window"])
 
 
 def test_stride_too_large_is_a_config_error(tok):
@@ -215,6 +359,8 @@ def _check_v2(res):
     # the threshold search passes through the configured threshold (0), so it can only do better
     assert dev["best_f1"] >= dev["f1"] - 1e-9 and dev["best_exact"] >= dev["exact"] - 1e-9
     assert dev["exact"] == pytest.approx((8 * dev["HasAns_exact"] + 3 * dev["NoAns_exact"]) / 11)
+    # the authors' window-level scores from the same pass: one per question (its last window)
+    assert dev["n_eval@paper_code"] == 11 and 0 <= dev["exact@paper_code"] <= dev["f1@paper_code"] <= 100
 
 
 def test_squad_v2_lora_end_to_end_with_export(tmp_path):
@@ -232,9 +378,33 @@ def test_squad_v2_lora_end_to_end_with_export(tmp_path):
 def test_squad_v1_full_end_to_end(tmp_path):
     res = _run(tmp_path, "task=squad_v1", "method=full", "eval.max_samples=5")
     dev = res["final"]["dev"]
-    assert set(dev) == {"exact", "f1", "n_eval"} and dev["n_eval"] == 5
-    assert 0 <= dev["exact"] <= dev["f1"] <= 100
+    assert set(dev) == {"exact", "f1", "n_eval", "exact@paper_code", "f1@paper_code", "n_eval@paper_code"}
+    assert dev["n_eval"] == 5
+    assert 0 <= dev["exact"] <= dev["f1"] <= 100 and 0 <= dev["exact@paper_code"] <= dev["f1@paper_code"] <= 100
+    # paper_code scores the answer-holding windows of those 5 questions (v1.1 drops the others)
+    rows = squad_data.load_split(1, "validation", str(FIX))[:5]
+    tok = load_tokenizer(compose(["model=tiny"]).model)
+    feats = prepare_features(tok, rows, 96, 32, train=False)
+    assert dev["n_eval@paper_code"] == sum(feats["answer_in_window"]) >= 5
     assert res["params"]["trainable"] == res["params"]["total"]
+
+
+def test_train_windows_answer_only_drops_answerless_training_windows(tmp_path):
+    from dynrank import tasks
+
+    def train_set(*extra):
+        cfg = compose(["model=tiny", "task=squad_v1", f"data.dir={FIX}", f"data.cache_dir={tmp_path / 'cache'}",
+                       "task.max_length=64", "task.doc_stride=24", *extra])
+        return tasks.build(cfg, load_tokenizer(cfg.model)).train_set()
+
+    paper = train_set("protocol=paper_code")  # first, so a cache entry shared with "all" would show below
+    std = train_set()
+    assert len(paper) == sum(std.columns["answer_in_window"]) < len(std)
+    assert all(s > 0 for s in paper.columns["start_positions"])  # no window trains towards CLS
+    assert len(train_set("task.train_windows=answer_only")) == len(paper)
+    assert compose(["task=squad_v2", "protocol=paper_code"]).task.train_windows == "all"  # v1.1 only
+    with pytest.raises(ConfigError, match="train_windows"):
+        train_set("task.train_windows=some")
 
 
 def test_squad_v2_dora_end_to_end(tmp_path):

@@ -32,6 +32,18 @@ def test_rouge_known_pair_by_hand_and_library():
     assert rouge([], []) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
 
 
+def test_rouge_without_stemming_is_the_authors_and_rouge_score_s():
+    pred, ref = "he runs fast", "he running fast"
+    # stemmed: runs, running -> run: every unigram and bigram matches; unstemmed only "he", "fast" do
+    assert rouge([pred], [ref]) == pytest.approx({"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})
+    plain = rouge([pred], [ref], use_stemmer=False)
+    assert plain == pytest.approx({"rouge1": 100 * 2 / 3, "rouge2": 0.0, "rougeL": 100 * 2 / 3})
+    pairs = [("The cat sat on the mat.", "the cat was sitting on the mat"), (pred, ref), ("dogs barked", "a dog barks")]
+    lib = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    want = {k: 100 * sum(lib.score(r, p)[k].fmeasure for p, r in pairs) / len(pairs) for k in plain}
+    assert rouge([p for p, _ in pairs], [r for _, r in pairs], use_stemmer=False) == pytest.approx(want)
+
+
 def test_jsonl_and_csv_layouts_agree():
     a = xsum_data.load_split("validation", str(FIX / "xsum"))
     b = xsum_data.load_split("validation", str(FIX / "xsum_csv"))
@@ -94,12 +106,43 @@ def test_collate_pads_labels_with_minus_100(tmp_path):
         tasks.build(compose(["task=xsum", "model=tiny"]), tok)
 
 
+def test_evaluate_scores_one_generation_both_ways(tmp_path, monkeypatch):
+    from dynrank import tasks
+    from dynrank.models import load_tokenizer
+
+    cfg = _cfg(tmp_path, "task.max_target_length=6")  # references cut at 6 tokens under paper_code, as theirs
+    tok = load_tokenizer(cfg.model)
+    task = tasks.build(cfg, tok)
+    ev = task.eval_sets()["validation"]
+    gold = [r["summary"] for r in ev.rows]
+    cut = task.label_texts(ev.features)
+    assert all(g.startswith(c) and len(c) < len(g) for c, g in zip(cut, gold))  # the fixture's summaries are long
+    full = tasks.build(_cfg(tmp_path), tok)
+    assert full.label_texts(full.eval_sets()["validation"].features) == gold  # no cut: the summaries themselves
+    calls = []
+    preds = ["thousands of homes running without power", "a teenager swims the lake", "pub closed"]
+
+    def generate(model, features, device, amp):
+        calls.append(1)
+        task.gen_tokens = 0
+        return preds
+    monkeypatch.setattr(task, "generate", generate)
+    m = task.evaluate(torch.nn.Linear(1, 1), {"validation": ev}, torch.device("cpu"), False)
+    assert len(calls) == 1  # one generation pass
+    assert {k: m[k] for k in ("rouge1", "rouge2", "rougeL")} == pytest.approx(rouge(preds, gold))
+    assert {k: m[f"{k}@paper_code"] for k in ("rouge1", "rouge2", "rougeL")} == \
+        pytest.approx(rouge(preds, cut, use_stemmer=False))
+    assert m["rouge1@paper_code"] != pytest.approx(m["rouge1"])
+
+
 def _check(res, n):
     dev = res["best"]["dev"]
     assert res["metric"] == "rougeL" and dev["n_eval"] == n
     for k in ("rouge1", "rouge2", "rougeL"):
         assert 0 <= dev[k] <= 100
     assert dev["rouge2"] <= dev["rouge1"] and dev["rougeL"] <= dev["rouge1"]
+    for k in ("rouge1", "rouge2", "rougeL"):
+        assert 0 <= dev[f"{k}@paper_code"] <= 100
     assert 1 <= dev["gen_len"] <= 8 + 1  # decoder start token + at most max_new_tokens
 
 

@@ -166,3 +166,45 @@ def squad_v2_metrics(golds: dict[str, list[str]], preds: dict[str, str], na_prob
         out["best_exact"], out["best_exact_thresh"] = find_best_thresh(preds, exact_raw, na_probs, qid_to_has_ans)
         out["best_f1"], out["best_f1_thresh"] = find_best_thresh(preds, f1_raw, na_probs, qid_to_has_ans)
     return out
+
+
+# --- the authors' window-level scoring (protocol paper_code) -----------------------------------
+# The authors' code (github.com/MIkumikumi0116/DoRA @235e21f, Finetune_And_Benchmark.py,
+# question_answering_eval_forward_func) predicts every 384-token WINDOW on its own and hands one
+# (prediction, reference) pair per window, both carrying the question's id, to Hugging Face
+# ``evaluate``'s ``squad`` / ``squad_v2`` metrics. What those metrics do with an id that repeats decides
+# the numbers; the two functions below reproduce that. ``windows`` lists ``(qid, gold answers of the
+# window, predicted text)`` in dev order (the windows of a question consecutive, as the dev loader
+# yields them).
+
+def squad_v1_window_metrics(windows: list[tuple[str, list[str], str]]) -> dict[str, float]:
+    """``evaluate``'s ``squad`` over window-level pairs (metrics/squad/squad.py ``_compute``).
+
+    ``pred_dict = {id: prediction_text}``: the LAST window's prediction of a question wins; then every
+    reference entry, one per window, is scored against ``pred_dict[id]`` (compute_score.py), so a question
+    with k windows counts k times. Percentages; ``total`` = windows scored."""
+    if not windows:
+        return {"exact_match": 0.0, "f1": 0.0, "total": 0}
+    pred_dict = {qid: pred for qid, _, pred in windows}
+    exact_match = f1 = 0.0
+    for qid, ground_truths, _ in windows:
+        prediction = pred_dict[qid]
+        exact_match += max(exact_match_score_v1(prediction, gt) for gt in ground_truths)
+        f1 += max(f1_score_v1(prediction, gt) for gt in ground_truths)
+    return {"exact_match": 100.0 * exact_match / len(windows), "f1": 100.0 * f1 / len(windows),
+            "total": len(windows)}
+
+
+def squad_v2_window_metrics(windows: list[tuple[str, list[str], str]]) -> dict[str, float]:
+    """``evaluate``'s ``squad_v2`` over window-level pairs (metrics/squad_v2/squad_v2.py ``_compute``).
+
+    Predictions and raw scores are keyed by id, so each question counts once, scored with its LAST
+    window's gold (a window without the answer has gold ``['']``, i.e. no answer) against its LAST
+    window's prediction. The authors pass ``no_answer_probability`` 0 with the default threshold 1.0,
+    which never overrides a prediction: ``squad_v2_metrics`` without ``na_probs`` does the same."""
+    golds = {qid: answers for qid, answers, _ in windows}
+    preds = {qid: pred for qid, _, pred in windows}
+    if not golds:
+        return {"exact": 0.0, "f1": 0.0, "total": 0}
+    m = squad_v2_metrics(golds, preds)
+    return {"exact": m["exact"], "f1": m["f1"], "total": m["total"]}

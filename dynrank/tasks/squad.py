@@ -10,6 +10,15 @@ Google BERT ``run_squad.py``): per window the ``n_best`` top start and end logit
 for v2.0 the null score is the CLS start+end logit (minimum over the windows) and the prediction is
 "" when ``null score - best span score > null_threshold``. That difference is also the no-answer
 score handed to the official v2.0 metric (``--na-prob-file``) for best_exact/best_f1 and their thresholds.
+
+The authors' rules (protocol ``paper_code``; github.com/MIkumikumi0116/DoRA @235e21f) come from the same
+forward pass over the same windows; only the post-processing differs. ``Dataset_Tokenize.py``: for v1.1
+the windows without the (first) gold answer are dropped from training and dev (``task.train_windows:
+answer_only``); v2.0 keeps them all, a window without the answer having gold "" (no answer).
+``Finetune_And_Benchmark.py``: every window is predicted on its own (``window_predictions``, the same
+span search per window) and scored as ``evaluate``'s squad/squad_v2 metrics score repeated ids
+(``dynrank.metrics.squad.squad_v1_window_metrics`` / ``squad_v2_window_metrics``). Those scores are
+stored beside the standard ones as ``exact@paper_code``, ``f1@paper_code``, ``n_eval@paper_code``.
 """
 from __future__ import annotations
 
@@ -24,7 +33,8 @@ from transformers import AutoModelForQuestionAnswering
 from ..data import squad as squad_data
 from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
 from ..errors import ConfigError
-from ..metrics.squad import squad_v1_metrics, squad_v2_metrics
+from ..metrics.squad import (squad_v1_metrics, squad_v1_window_metrics, squad_v2_metrics,
+                             squad_v2_window_metrics)
 from ..models import load_model
 from .base import Task, autocast, evaluating
 
@@ -33,9 +43,10 @@ def prepare_features(tokenizer, rows: list[dict], max_length: int, stride: int, 
                      token_types: bool = False, chunk: int = 1000) -> dict[str, list]:
     """Tokenise (question, context) pairs into overlapping windows.
 
-    Columns: ``input_ids``, ``example_idx`` (index of the row a window comes from), then for
-    training ``start_positions``/``end_positions``, for evaluation ``offset_start``/``offset_end``
-    (character span of each token in the context, -1 for question and special tokens).
+    Columns: ``input_ids``, ``example_idx`` (index of the row a window comes from), ``answer_in_window``
+    (1 if the first gold answer lies wholly inside the window's context, else 0), then for training
+    ``start_positions``/``end_positions``, for evaluation ``offset_start``/``offset_end`` (character span
+    of each token in the context, -1 for question and special tokens).
     """
     cols: dict[str, list] = defaultdict(list)
     for c0 in range(0, len(rows), chunk):
@@ -57,8 +68,11 @@ def prepare_features(tokenizer, rows: list[dict], max_length: int, stride: int, 
             cols["example_idx"].append(c0 + j)
             if token_types:
                 cols["token_type_ids"].append(enc["token_type_ids"][i])
-            if train:
-                s, e = _span_tokens(row, seq, offsets, ids, tokenizer.cls_token_id)
+            span = _answer_tokens(row, seq, offsets)
+            cols["answer_in_window"].append(int(span is not None))
+            if train:  # run_qa.py: a window without the answer trains towards CLS
+                cls = ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in ids else 0
+                s, e = span if span is not None else (cls, cls)
                 cols["start_positions"].append(s)
                 cols["end_positions"].append(e)
             else:
@@ -67,21 +81,23 @@ def prepare_features(tokenizer, rows: list[dict], max_length: int, stride: int, 
     return dict(cols)
 
 
-def _span_tokens(row, seq, offsets, ids, cls_id) -> tuple[int, int]:
-    """Token indices of the first gold answer in this window; the CLS index if it is not inside (run_qa.py)."""
-    cls = ids.index(cls_id) if cls_id in ids else 0
-    if not row["answers"]:
-        return cls, cls
+def _answer_tokens(row, seq, offsets) -> tuple[int, int] | None:
+    """Token indices of the first gold answer if it lies wholly inside this window's context, else None.
+
+    The test is run_qa.py's (and the authors' ``find_answer_token_index_range``): the context's first token
+    starts at or before the answer and its last token ends at or after it."""
+    if not row.get("answers"):  # unanswerable (v2.0), or a row given without answers
+        return None
     start_char = row["answer_starts"][0]
     end_char = start_char + len(row["answers"][0])
     ts = 0
     while seq[ts] != 1:
         ts += 1
-    te = len(ids) - 1
+    te = len(seq) - 1
     while seq[te] != 1:
         te -= 1
     if not (offsets[ts][0] <= start_char and offsets[te][1] >= end_char):
-        return cls, cls
+        return None
     # run_qa.py's loop without the seq check walks past the context's last token onto </s> (offsets (0, 0))
     # when the answer starts at that last token; stopping at the context's end fixes that edge case only.
     while ts < len(offsets) and seq[ts] == 1 and offsets[ts][0] <= start_char:
@@ -89,6 +105,39 @@ def _span_tokens(row, seq, offsets, ids, cls_id) -> tuple[int, int]:
     while offsets[te][1] >= end_char:
         te -= 1
     return ts - 1, te + 1
+
+
+def answer_windows(columns: dict[str, list]) -> dict[str, list]:
+    """Only the windows that hold the first gold answer (``task.train_windows: answer_only``)."""
+    keep = [i for i, a in enumerate(columns["answer_in_window"]) if a]
+    return {k: [v[i] for i in keep] for k, v in columns.items()}
+
+
+def _window_spans(s, e, o_s, o_e, n_best: int, max_answer_length: int) -> list[tuple[float, int, int]]:
+    """Candidate answers of one window: ``(start logit + end logit, start char, end char)`` for the ``n_best``
+    top start x ``n_best`` top end tokens that make a span inside the context of at most
+    ``max_answer_length`` tokens, in the order start-major (as both run_qa.py and the authors loop)."""
+    top_s = np.argsort(s)[::-1][:n_best]
+    top_e = np.argsort(e)[::-1][:n_best]
+    S, E = np.meshgrid(top_s, top_e, indexing="ij")
+    ok = (o_s[S] >= 0) & (o_e[E] >= 0) & (E >= S) & (E - S + 1 <= max_answer_length)
+    return [(s[a] + e[b], int(o_s[a]), int(o_e[b])) for a, b in zip(S[ok].tolist(), E[ok].tolist())]
+
+
+def _answer(context: str, cands, null_score: float, with_negative: bool, null_threshold: float):
+    """The best candidate's text and ``null score - best span score``; "" for v2.0 when that difference is
+    above ``null_threshold`` or there is no candidate (a stable sort: ties keep the candidates' order)."""
+    cands = sorted(cands, key=lambda c: -c[0])
+    best_score, text = (cands[0][0], context[cands[0][1]:cands[0][2]]) if cands else (0.0, "")
+    diff = float(null_score - best_score) if np.isfinite(null_score) else 0.0
+    if with_negative and (not cands or diff > null_threshold):
+        text = ""
+    return text, diff
+
+
+def _window(features, start_logits, end_logits, fi):
+    return (np.asarray(start_logits[fi], dtype=np.float64), np.asarray(end_logits[fi], dtype=np.float64),
+            np.asarray(features["offset_start"][fi]), np.asarray(features["offset_end"][fi]))
 
 
 def postprocess(rows: list[dict], features, start_logits, end_logits, *, n_best: int = 20,
@@ -105,24 +154,40 @@ def postprocess(rows: list[dict], features, start_logits, end_logits, *, n_best:
     preds, diffs = {}, {}
     for ei, row in enumerate(rows):
         null_score = np.inf
-        cands = []  # (score, start char, end char)
+        cands = []  # over all windows of the question
         for fi in by_example.get(ei, ()):
-            s, e = np.asarray(start_logits[fi], dtype=np.float64), np.asarray(end_logits[fi], dtype=np.float64)
-            o_s, o_e = np.asarray(features["offset_start"][fi]), np.asarray(features["offset_end"][fi])
+            s, e, o_s, o_e = _window(features, start_logits, end_logits, fi)
             null_score = min(null_score, s[0] + e[0])
-            top_s = np.argsort(s)[::-1][:n_best]
-            top_e = np.argsort(e)[::-1][:n_best]
-            S, E = np.meshgrid(top_s, top_e, indexing="ij")
-            ok = (o_s[S] >= 0) & (o_e[E] >= 0) & (E >= S) & (E - S + 1 <= max_answer_length)
-            for a, b in zip(S[ok].tolist(), E[ok].tolist()):
-                cands.append((s[a] + e[b], int(o_s[a]), int(o_e[b])))
-        cands.sort(key=lambda c: -c[0])
-        best_score, text = (cands[0][0], row["context"][cands[0][1]:cands[0][2]]) if cands else (0.0, "")
-        diff = float(null_score - best_score) if np.isfinite(null_score) else 0.0
-        if with_negative and (not cands or diff > null_threshold):
-            text = ""
-        preds[row["id"]], diffs[row["id"]] = text, diff
+            cands += _window_spans(s, e, o_s, o_e, n_best, max_answer_length)
+        preds[row["id"]], diffs[row["id"]] = _answer(row["context"], cands, null_score, with_negative, null_threshold)
     return preds, diffs
+
+
+def window_predictions(rows: list[dict], features, start_logits, end_logits, *, n_best: int = 20,
+                       max_answer_length: int = 30, with_negative: bool = False,
+                       null_threshold: float = 0.0) -> list[str]:
+    """The answer text of every WINDOW on its own (the authors' ``question_answering_eval_forward_func``):
+    the same span search as ``postprocess``, the null score being that window's CLS start+end logit."""
+    texts = []
+    for fi, ei in enumerate(features["example_idx"]):
+        s, e, o_s, o_e = _window(features, start_logits, end_logits, fi)
+        cands = _window_spans(s, e, o_s, o_e, n_best, max_answer_length)
+        texts.append(_answer(rows[int(ei)]["context"], cands, s[0] + e[0], with_negative, null_threshold)[0])
+    return texts
+
+
+def paper_code_windows(rows: list[dict], features, texts: list[str], *, answer_only: bool):
+    """``(qid, gold answers, predicted text)`` per window as the authors' code scores them.
+
+    A window's gold is the question's answers when it holds the first one, else ``[]`` (their ``['']``: no
+    answer); ``answer_only`` (v1.1, Dataset_Tokenize.py) drops the windows without the answer."""
+    out = []
+    for ei, inside, text in zip(features["example_idx"], features["answer_in_window"], texts):
+        if answer_only and not inside:
+            continue
+        row = rows[int(ei)]
+        out.append((row["id"], list(row["answers"]) if inside else [], text))
+    return out
 
 
 @dataclass
@@ -147,6 +212,9 @@ class SquadTask(Task):
         self.max_length, self.stride = int(t.max_length), int(t.doc_stride)
         self.n_best, self.max_answer_length = int(t.n_best), int(t.max_answer_length)
         self.null_threshold = float(t.null_threshold)
+        self.train_windows = str(t.get("train_windows") or "all")
+        if self.train_windows not in ("all", "answer_only"):
+            raise ConfigError(f"task.train_windows must be all or answer_only (got {self.train_windows})")
         if not 0 < self.stride < self.max_length:
             raise ConfigError(f"task.doc_stride must be in (0, task.max_length={self.max_length}) (got {self.stride})")
         if self.n_best < 1 or self.max_answer_length < 1:
@@ -162,11 +230,17 @@ class SquadTask(Task):
         return squad_data.load_split(self.version, split, self.cfg.data.dir, self.name)
 
     def _features(self, split: str, rows_fn, train: bool) -> Encoded:
+        """Windows of a split, cached; training windows without the answer dropped under ``answer_only``."""
         d = self.cfg.data
-        key = fingerprint("squad", self.version, split, train, self.max_length, self.stride, self.token_types,
-                          tokenizer_id(self.tokenizer), source_id(d.dir, self.name, split))
-        return cached(d.cache_dir, key, lambda: Encoded(prepare_features(
-            self.tokenizer, rows_fn(), self.max_length, self.stride, train=train, token_types=self.token_types)))
+        windows = self.train_windows if train else "all"
+        key = fingerprint("squad", "windows-v2", self.version, split, train, windows, self.max_length, self.stride,
+                          self.token_types, tokenizer_id(self.tokenizer), source_id(d.dir, self.name, split))
+
+        def build():
+            cols = prepare_features(self.tokenizer, rows_fn(), self.max_length, self.stride, train=train,
+                                    token_types=self.token_types)
+            return Encoded(answer_windows(cols) if windows == "answer_only" else cols)
+        return cached(d.cache_dir, key, build)
 
     def train_set(self):
         enc = self._features("train", lambda: self._rows("train"), train=True)
@@ -230,9 +304,24 @@ class SquadTask(Task):
                     # only the best-threshold search.
                     m = squad_v2_metrics(golds, preds, na_probs=diffs, na_prob_thresh=float("inf"))
                 m["n_eval"] = len(ev.rows)
+                m.update({f"{k}@paper_code": v for k, v in self.paper_code_metrics(ev, starts, ends).items()})
                 suffix = "" if split == "validation" else "_" + split
                 metrics.update({k + suffix: float(v) for k, v in m.items()})
         return metrics
+
+
+    def paper_code_metrics(self, ev: SquadEval, starts, ends) -> dict[str, float]:
+        """The authors' window-level EM/F1 from the same logits (module docstring); ``n_eval``: the windows
+        scored (v1.1: those holding the answer) or the questions (v2.0: one each, its last window)."""
+        texts = window_predictions(ev.rows, ev.features.columns, starts, ends, n_best=self.n_best,
+                                   max_answer_length=self.max_answer_length, with_negative=self.version == 2,
+                                   null_threshold=self.null_threshold)
+        windows = paper_code_windows(ev.rows, ev.features.columns, texts, answer_only=self.version == 1)
+        if self.version == 1:
+            m = squad_v1_window_metrics(windows)
+            return {"exact": m["exact_match"], "f1": m["f1"], "n_eval": m["total"]}
+        m = squad_v2_window_metrics(windows)
+        return {"exact": m["exact"], "f1": m["f1"], "n_eval": m["total"]}
 
 
 def _first_examples(enc: Encoded, n) -> Encoded:
