@@ -10,9 +10,9 @@ The lock is held for the life of the process. joblib reuses a worker for later j
 that has initialised CUDA cannot move to another GPU, so a reused worker keeps its GPU (claiming
 again returns the same one). The OS releases the lock when the worker exits, crashes included.
 
-No GPU free (more jobs at once than GPUs, or a new worker replacing one that is still exiting): the
-job waits, polling, until a GPU is released. Two sweeps started on the same host by the same user
-share the lock directory, so they share the GPUs instead of piling onto them.
+No GPU free (more workers than GPUs, or a new worker replacing one that is still exiting): the job
+waits, polling, until a GPU is released. Two sweeps started on the same host by the same user share
+the lock directory: the second queues behind the first instead of piling onto the same GPUs.
 """
 from __future__ import annotations
 

@@ -72,6 +72,7 @@ for line in (work / "walls").read_text().split("\n"):
         "launcher": "hydra/launcher=local_gpus" if mode == "ngpu" else "basic, CUDA_VISIBLE_DEVICES=0",
         "wall_s": float(wall), "results_files": len(runs),
         "gpus_claimed": sorted({str((r["gpu"] or {}).get("claimed")) for r in runs}),
+        "gpu_uuids": sorted({str((r["gpu"] or {}).get("uuid")) for r in runs}),
         "utilisation": {g: {"busy_share": round(sum(u > 10 for u in v) / len(v), 2),
                             "mean": round(sum(v) / len(v), 1), "max": max(v)} for g, v in util.items()},
         "runs": runs}
