@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import get_linear_schedule_with_warmup
 
-from . import checkpoint, methods, tasks
+from . import checkpoint, gpus, methods, tasks
 from .config import config_hash, resume_key, run_id, validate
 from .data.cache import fingerprint
 from .errors import TrainingError
@@ -499,6 +499,7 @@ def _results(cfg, resolved, task, method, history, device, started) -> dict:
         "time_per_epoch_s": [h["train_time_s"] for h in history],
         "peak_gpu_memory_mib": peak,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "gpu": gpus.identity(device),  # which GPU of the host (local_gpus sweeps): claimed id, visible, UUID
         "wall_time_s": time.time() - started,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": resolved, "versions": versions(), "git_commit": git_commit(),

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from . import config  # noqa: F401  (registers the ${run_id:} resolver used by conf/config.yaml)
+from . import gpus  # (registers ${dynrank_gpus:}, used by conf/hydra/launcher/local_gpus.yaml)
 from .errors import DynrankError
 
 log = logging.getLogger("dynrank")
@@ -32,6 +33,7 @@ def main(cfg: DictConfig) -> float | None:
     from .loop import run
 
     try:
+        gpus.claim_if_asked()  # hydra/launcher=local_gpus: this job's own GPU, before CUDA starts
         if cfg.get("seeds") or cfg.get("lr_search"):
             results = _run_side_by_side(cfg)
         else:
