@@ -162,10 +162,14 @@ def fit_rates(bench: Path) -> dict[str, Rate]:
             steps.setdefault(r["method"], {})[r["setting"]] = r["median_step_ms"]
     rates = {}
     for method, s in steps.items():
+        if not {"fixed", "cola"} <= s.keys():
+            continue
         b = (s["fixed"] - s["cola"]) / (4096 - cola_tokens)
         rates[method] = Rate(s["cola"] - b * cola_tokens, 1000 * b,
                              f"{bench.name}: {s['fixed']:.2f} ms at 4,096 tokens, {s['cola']:.2f} ms at "
                              f"{cola_tokens:.0f}")
+    if "lora" not in rates:
+        raise ConfigError(f"{bench.name} has no graph-bf16 rows of lora in both settings (fixed, cola)")
     return rates
 
 
@@ -460,23 +464,23 @@ def verdicts(ests: dict[str, Estimate], dev: Device) -> list[str]:
 def assumptions(dev: Device, notes: list[str]) -> list[str]:
     out = [f"Device: {dev.name}, fast path (`train.bf16=true train.cuda_graphs=true`); measurements: "
            f"{', '.join(f'`benchmarks/{s}`' for s in dev.sources)}.",
-           "- Training step = a + b x padded tokens, per method through the bench's two graph-bf16 settings:"]
-    out += [f"  {m} a={r.a_ms:.2f} ms, b={r.b_us:.2f} us/token;" for m, r in sorted(dev.rates.items())]
-    out += [f"- {dev.check}.",
-            f"- Per run, start-up and graph capture: {dev.fixed_s:.0f} s (the same seeds run: wall time less its "
-            f"training epochs and modelled evaluations, plus the first epoch's excess over the median).",
-            f"- Evaluation after every epoch: dev set in length-sorted batches of train.eval_batch_size at "
-            f"{EVAL_FRACTION:.2f} of a training step's cost; checkpoint after every epoch: (adapter + head) x "
-            f"{CKPT_BYTES_PER_PARAM} bytes at {CKPT_GB_PER_S:.0f} GB/s (full fine-tuning: "
-            f"{dev.ckpt_s('full'):.1f} s).",
-            f"- Side by side: k runs in one process take 1 + (k-1) x ({dev.ratio5:.2f} - 1)/4 times one run "
-            f"(measured {dev.ratio5:.2f}x for 5 seeds); '1 GPU, seeds side by side' puts the jobs that differ only "
-            f"in their seed into one process (`seeds=[1,2,3,4,5]`).",
-            f"- {GPUS} GPUs: `hydra/launcher=ray_1gpu`, one job per GPU, started in sweep order as GPUs free up.",
-            "- Lengths: recorded with the all-MiniLM-L6-v2 WordPiece tokenizer as a stand-in for RoBERTa's BPE "
-            "(`benchmarks/*_lengths.json`); padding to train.pad_to_multiple; expected padded length of a "
-            "random batch in closed form.",
-            "- Rank budget (r2 vs r8) and ablation variants run at the measured r8 step cost."]
+           "- Training step = a + b x padded tokens, per method through the bench's two graph-bf16 settings: "
+           + "; ".join(f"{m} a={r.a_ms:.2f} ms, b={r.b_us:.2f} us/token" for m, r in sorted(dev.rates.items())) + ".",
+           f"- {dev.check}.",
+           f"- Per run, start-up and graph capture: {dev.fixed_s:.0f} s (the same seeds run: wall time less its "
+           f"training epochs and modelled evaluations, plus the first epoch's excess over the median).",
+           f"- Evaluation after every epoch: dev set in length-sorted batches of train.eval_batch_size at "
+           f"{EVAL_FRACTION:.2f} of a training step's cost; checkpoint after every epoch: (adapter + head) x "
+           f"{CKPT_BYTES_PER_PARAM} bytes at {CKPT_GB_PER_S:.0f} GB/s (full fine-tuning: "
+           f"{dev.ckpt_s('full'):.1f} s).",
+           f"- Side by side: k runs in one process take 1 + (k-1) x ({dev.ratio5:.2f} - 1)/4 times one run "
+           f"(measured {dev.ratio5:.2f}x for 5 seeds); '1 GPU, seeds side by side' puts the jobs that differ only "
+           f"in their seed into one process (`seeds=[1,2,3,4,5]`).",
+           f"- {GPUS} GPUs: `hydra/launcher=ray_1gpu`, one job per GPU, started in sweep order as GPUs free up.",
+           "- Lengths: recorded with the all-MiniLM-L6-v2 WordPiece tokenizer as a stand-in for RoBERTa's BPE "
+           "(`benchmarks/*_lengths.json`); padding to train.pad_to_multiple; expected padded length of a "
+           "random batch in closed form.",
+           "- Rank budget (r2 vs r8) and ablation variants run at the measured r8 step cost."]
     return out + [f"- {n}" for n in notes]
 
 
