@@ -1,0 +1,576 @@
+"""Projected GPU time of a preset (or of any run), from what was measured on the device; no GPU needed.
+
+    python scripts/estimate.py experiment=table2_r8 [task=cola] [method=lora,dora] [key=value ...] [--json out.json]
+    python scripts/estimate.py --all-presets [--json out.json]   # benchmarks/README.md, "Projected time per preset"
+    python scripts/estimate.py --record                          # re-record benchmarks/*_lengths.json from ../shared
+
+The arguments are the Hydra overrides the training CLI takes. A preset's sweep (``hydra.sweeper.params``) is
+expanded as Hydra's basic sweeper does (command-line values replace the preset's; the first key is the
+outermost loop), every job is composed, and ``seeds=[...]`` / ``lr_search=true`` jobs count as several runs
+(``dynrank.train.runs_of``). Per run: steps = ceil(n / batch) x epochs, and tokens after dynamic padding
+(each batch is padded to its longest sequence, rounded up to ``train.pad_to_multiple``): the expectation
+over random batches of the recorded length distribution, in closed form.
+
+Time of one run on the measured device, in the fast path (``train.bf16=true train.cuda_graphs=true``):
+  * a training step costs a + b x (padded tokens of the batch); a (ms per step) and b (us per token) are
+    fitted per method through the two settings of the newest ``benchmarks/bench-*.json`` (graph-bf16,
+    median step): L=128 at batch 32 and CoLA's real lengths at batch 16. The fit is checked against the
+    one real training run measured end to end (``benchmarks/seeds-*.json``), and the check is printed;
+  * evaluation after every epoch: the dev set in length-sorted batches of ``train.eval_batch_size`` at 1/3
+    of a training step's cost (forward only); XSum adds beam search, an assumed cost per decoding step;
+  * a checkpoint after every epoch: trainable parameters + AdamW state (12 bytes per parameter) at 1 GB/s;
+  * per run, start-up and graph capture: measured in the same seeds run.
+Several runs side by side in one process (``seeds=[...]``): the measured wall-time ratio of 5 seeds to one,
+interpolated linearly in the number of runs. An 8-GPU node (``hydra/launcher=ray_1gpu``): jobs start in
+sweep order as GPUs free up. Every assumption is printed beside the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import heapq
+import itertools
+import json
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BENCH = ROOT / "benchmarks"
+SHARED = ROOT.parent / "shared"
+
+from dynrank.errors import ConfigError, DynrankError  # noqa: E402
+
+PRESETS = ["table2_r8", "table2_r2", "table3_r8", "table3_r2", "table4_r8", "table4_r2", "table5_dem",
+           "table5_nodem", "table6", "table9", "lr_search"]
+EVAL_FRACTION = 1 / 3      # an evaluation batch costs a third of a training step (forward only)
+CKPT_BYTES_PER_PARAM = 12  # fp32 parameter + AdamW's two moments
+CKPT_GB_PER_S = 1.0
+GEN_MS_PER_STEP = 25.0     # XSum: one beam-search decoding step of an eval batch (assumed, not measured)
+HEAD_PARAMS = 592_130      # RoBERTa's classification head (768x768 + 768x2, biases), trained by every method
+GPUS = 8
+
+# --- the data: recorded length distributions, official sizes where the data is not here ----------------
+# Recorded with the all-MiniLM-L6-v2 WordPiece tokenizer (a stand-in for RoBERTa's BPE, which is not
+# available offline), pairs as sentence pairs, truncated at 512; the estimate clips them to task.max_length.
+# Official sizes: GLUE (Wang et al., 2019, Table 1; exact counts from the nyu-mll/glue dataset card),
+# SQuAD v1.1 / v2.0 (Rajpurkar et al. 2016 / 2018; rajpurkar/squad(_v2) cards), XSum (Narayan et al., 2018;
+# EdinburghNLP/xsum card).
+GLUE = {  # task: (train lengths, n train or None = the recorded count, [(dev lengths, n or None)], note)
+    "cola": ("cola_train", None, [("cola_dev", None)], None),
+    "sst2": ("sst2_train", None, [("sst2_dev", None)], None),
+    "mrpc": ("mrpc_train", None, [("mrpc_dev", None)], None),
+    "stsb": ("stsb_train", None, [("stsb_dev", None)], None),
+    "rte": ("rte_train", None, [("rte_dev", None)], None),
+    "qnli": ("qnli_dev", 104_743, [("qnli_dev", None)],
+             "QNLI train: official size 104,743; lengths assumed = QNLI dev's (train not here)"),
+    "qqp": ("stsb_train", 363_846, [("stsb_dev", 40_430)],
+            "QQP: official sizes 363,846 / 40,430; lengths assumed = STS-B's (short sentence pairs; QQP not here)"),
+    "mnli": ("mrpc_train", 392_702, [("mrpc_dev", 9_815), ("mrpc_dev", 9_832)],
+             "MNLI: official sizes 392,702 / 9,815 + 9,832; lengths assumed = MRPC's (longer than MNLI's "
+             "~22 + 11 words: errs high; MNLI not here)"),
+}
+SQUAD = {"squad_v1": (87_599, 10_570), "squad_v2": (130_319, 11_873)}  # questions: train, dev
+XSUM = {"train": 204_045, "validation": 11_332, "test": 11_334}
+
+Hist = dict  # length -> count
+
+
+def load_lengths(name: str) -> Hist:
+    """``benchmarks/<name>_lengths.json``: a raw list (``lengths``) or a histogram (``histogram``)."""
+    path = BENCH / f"{name}_lengths.json"
+    if not path.is_file():
+        raise ConfigError(f"{path.relative_to(ROOT)} is missing; run python scripts/estimate.py --record")
+    doc = json.loads(path.read_text())
+    if "histogram" in doc:
+        return {int(k): int(v) for k, v in doc["histogram"].items()}
+    hist: Hist = {}
+    for n in doc["lengths"]:
+        hist[int(n)] = hist.get(int(n), 0) + 1
+    return hist
+
+
+def clip(hist: Hist, max_length: int) -> Hist:
+    out: Hist = {}
+    for n, c in hist.items():
+        out[min(n, max_length)] = out.get(min(n, max_length), 0) + c
+    return out
+
+
+# --- dynamic padding ----------------------------------------------------------------------------------
+def padded(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def expected_padded_max(hist: Hist, k: int, multiple: int = 1) -> float:
+    """E[padded length of a batch of k examples drawn at random]: sum_L pad(L) (F(L)^k - F(L-)^k)."""
+    total, cum, below, out = sum(hist.values()), 0, 0.0, 0.0
+    for n in sorted(hist):
+        cum += hist[n]
+        at = (cum / total) ** k
+        out += padded(n, multiple) * (at - below)
+        below = at
+    return out
+
+
+def epoch_tokens(hist: Hist, n: int, batch: int, multiple: int = 1) -> float:
+    """Padded tokens of one shuffled epoch of n examples: n // batch full batches and the rest."""
+    full, rest = divmod(n, batch)
+    out = full * batch * expected_padded_max(hist, batch, multiple)
+    return out + (rest * expected_padded_max(hist, rest, multiple) if rest else 0.0)
+
+
+def sorted_batches(hist: Hist, n: int, batch: int, multiple: int = 1) -> tuple[int, float]:
+    """(batches, padded tokens) of n examples in length-sorted batches (evaluation), n drawn as quantiles."""
+    lengths, cum = sorted(hist), list(itertools.accumulate(hist[k] for k in sorted(hist)))
+    total = cum[-1]
+    seq = [lengths[bisect.bisect_right(cum, i * total / n)] for i in range(n)]
+    tokens = sum(len(seq[i:i + batch]) * padded(seq[min(i + batch, n) - 1], multiple) for i in range(0, n, batch))
+    return math.ceil(n / batch), float(tokens)
+
+
+# --- the device: step cost fitted from the bench, start-up and side-by-side from the seeds run ---------
+@dataclass
+class Rate:
+    a_ms: float  # per step
+    b_us: float  # per padded token
+    source: str
+
+    def time_s(self, steps: float, tokens: float) -> float:
+        """Seconds for ``steps`` steps carrying ``tokens`` padded tokens in all."""
+        return (steps * self.a_ms + tokens * self.b_us / 1000) / 1000
+
+
+def newest(pattern: str) -> Path:
+    files = sorted(BENCH.glob(pattern), key=lambda p: json.loads(p.read_text()).get("date", ""))
+    if not files:
+        raise ConfigError(f"no benchmarks/{pattern}: this estimate projects from measurements")
+    return files[-1]
+
+
+def fit_rates(bench: Path) -> dict[str, Rate]:
+    """Per method, a + b x tokens through (L=128 x 32 = 4,096 tokens) and (CoLA lengths x 16, padded as bench.py)."""
+    doc = json.loads(bench.read_text())
+    multiple = int(m.group(1)) if (m := re.search(r"--pad-multiple\s+(\d+)", doc.get("command", ""))) else 8
+    cola_tokens = 16 * expected_padded_max(load_lengths("cola_train"), 16, multiple)
+    steps: dict[str, dict[str, float]] = {}
+    for r in doc["rows"]:
+        if r["impl"] == "dynrank" and r["mode"] == "graph-bf16":
+            steps.setdefault(r["method"], {})[r["setting"]] = r["median_step_ms"]
+    rates = {}
+    for method, s in steps.items():
+        if not {"fixed", "cola"} <= s.keys():
+            continue
+        b = (s["fixed"] - s["cola"]) / (4096 - cola_tokens)
+        rates[method] = Rate(s["cola"] - b * cola_tokens, 1000 * b,
+                             f"{bench.name}: {s['fixed']:.2f} ms at 4,096 tokens, {s['cola']:.2f} ms at "
+                             f"{cola_tokens:.0f}")
+    if "lora" not in rates:
+        raise ConfigError(f"{bench.name} has no graph-bf16 rows of lora in both settings (fixed, cola)")
+    return rates
+
+
+def rate_of(cfg, rates: dict[str, Rate], notes: set) -> Rate:
+    name = cfg.method.name
+    if name not in rates:
+        notes.add(f"{name}: not in the bench; lora's step cost used")
+        return rates["lora"]
+    return rates[name]
+
+
+@dataclass
+class Device:
+    """What the projection reads off the measurements."""
+    name: str
+    rates: dict[str, Rate]
+    params: dict[str, int]  # trainable adapter parameters per method (r8, RoBERTa-base), from the bench
+    fixed_s: float          # per run: start-up (imports, model, data, final writes) + graph capture
+    ratio5: float           # wall time of 5 runs side by side / one run
+    check: str              # the model against the one measured training run
+    sources: list[str]
+
+    def ckpt_s(self, method: str) -> float:
+        params = self.params.get(method, self.params.get("lora", 0)) + HEAD_PARAMS
+        return params * CKPT_BYTES_PER_PARAM / (CKPT_GB_PER_S * 1e9)
+
+    def side_by_side(self, k: int) -> float:
+        """Wall time of k runs in one process, in units of one run: 1 at k=1, ratio5 at k=5, linear."""
+        return 1 + (k - 1) * (self.ratio5 - 1) / 4
+
+
+def measured_device() -> Device:
+    bench, seeds = newest("bench-*.json"), newest("seeds-*.json")
+    b, s = json.loads(bench.read_text()), json.loads(seeds.read_text())
+    rates = fit_rates(bench)
+    params = {r["method"]: int(r["adapter_params"]) for r in b["rows"] if r["impl"] == "dynrank"}
+    dev = Device(b["device"], rates, params, 0.0, float(s["ratio"]), "", [bench.name, seeds.name])
+    # The seeds run: the real CLI, task=rte, on scripts/bench_seeds.py's RTE-shaped set (2,490 / 277 pairs,
+    # lengths in benchmarks/rte_synthetic_*_lengths.json), batch 16, eval batch 128.
+    over = dict(o.split("=", 1) for o in s["overrides"])
+    multiple, rate = int(over.get("train.pad_to_multiple", 1)), rates[s["method"]]
+    epochs = s["time_per_epoch_s_one_seed"]
+    steady = sorted(epochs[1:])[len(epochs[1:]) // 2]
+    train_tokens = epoch_tokens(load_lengths("rte_synthetic_train"), 2490, 16, multiple)
+    model_epoch = rate.time_s(math.ceil(2490 / 16), train_tokens)
+    evaluation = EVAL_FRACTION * rate.time_s(*sorted_batches(load_lengths("rte_synthetic_dev"), 277, 128, multiple))
+    dev.fixed_s = (s["wall_one_seed_s"] - sum(epochs) - len(epochs) * (evaluation + dev.ckpt_s(s["method"]))
+                   + epochs[0] - steady)
+    dev.check = (f"model check against {seeds.name} ({s['method']}, RTE-shaped data, batch 16): a training epoch "
+                 f"projected {model_epoch:.2f} s, measured {steady:.2f} s (median epoch)")
+    return dev
+
+
+# --- one run ---------------------------------------------------------------------------------------------
+@dataclass
+class Workload:
+    n_train: int
+    train: Hist                     # lengths of the training examples, clipped to task.max_length
+    target_tokens: int              # XSum: summary (decoder) tokens per example; else 0
+    evals: list[tuple[int, Hist]]   # the dev sets scored after each epoch: (examples, lengths)
+    gen_steps: int                  # XSum: beam-search decoding steps per eval batch; else 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _limit(n: int, *limits) -> int:
+    return min([n] + [int(x) for x in limits if x is not None])
+
+
+def workload(cfg) -> Workload:
+    task, L = cfg.task, int(cfg.task.max_length)
+    max_train, max_eval = cfg.data.get("max_train_samples"), cfg.data.get("max_eval_samples")
+    if task.family == "glue":
+        train, n, devs, note = GLUE[task.name]
+        hist = clip(load_lengths(train), L)
+        evals = [(_limit(m or sum(load_lengths(d).values()), max_eval), clip(load_lengths(d), L)) for d, m in devs]
+        return Workload(_limit(n or sum(hist.values()), max_train), hist, 0, evals, 0, [note] if note else [])
+    if task.family == "squad":
+        doc = json.loads((BENCH / "squad_v1_dev_lengths.json").read_text())
+        per_q, answer_q = doc["windows"] / doc["questions"], doc["answer_windows"] / doc["questions"]
+        answer_only = task.name == "squad_v1" and cfg.protocol.get("squad_train_windows") == "answer_only"
+        q_train, q_dev = SQUAD[task.name]
+        q_train, q_dev = _limit(q_train, max_train), _limit(q_dev, max_eval, cfg.eval.get("max_samples"))
+        hist = clip(load_lengths("squad_v1_dev"), L)
+        notes = [f"SQuAD: official sizes v1.1 87,599 / 10,570, v2.0 130,319 / 11,873 questions; windows of "
+                 f"{doc['max_length']} (stride {doc['stride']}) per question {per_q:.3f}, holding the answer "
+                 f"{answer_q:.3f}, window lengths: SQuAD v1.1 dev (v2.0 assumed alike); post-processing not counted"]
+        if answer_only:
+            notes.append("squad_v1 trains on the windows holding the answer (protocol.squad_train_windows=answer_only)")
+        if (L, int(task.doc_stride)) != (doc["max_length"], doc["stride"]):
+            notes.append(f"{task.name}: windows per question recorded at {doc['max_length']}/{doc['stride']}, "
+                         f"not re-derived for {L}/{task.doc_stride}")
+        n_train = round(q_train * (answer_q if answer_only else per_q))
+        return Workload(n_train, hist, 0, [(round(q_dev * per_q), hist)], 0, notes)
+    if task.family == "xsum":
+        n_dev = _limit(XSUM[str(task.eval_split)], max_eval, cfg.eval.get("max_samples"))
+        notes = [f"XSum: official sizes 204,045 train / 11,332 validation / 11,334 test; every batch assumed padded "
+                 f"to the source truncation {L} and the summary length {task.max_target_length} (XSum not here); "
+                 f"BART-base (6+6 layers) at RoBERTa-base's (12 layers) step cost per token; beam search assumed "
+                 f"{GEN_MS_PER_STEP:.0f} ms per decoding step of an eval batch (not measured)"]
+        return Workload(_limit(XSUM["train"], max_train), {L: 1}, int(task.max_target_length), [(n_dev, {L: 1})],
+                        int(cfg.eval.max_new_tokens), notes)
+    raise ConfigError(f"no workload model for task family '{task.family}'")
+
+
+def cell_of(cfg) -> str:
+    cell = f"{cfg.method.name}-{cfg.budget.name}"
+    return cell + (f"-{cfg.variant}" if cfg.get("variant") else "")
+
+
+@dataclass
+class RunEstimate:
+    task: str
+    cell: str
+    n_train: int
+    batch: int
+    epochs: int
+    steps: int
+    tokens: float   # padded training tokens (XSum: source + summary)
+    train_s: float
+    eval_s: float
+    ckpt_s: float
+    fixed_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.train_s + self.eval_s + self.ckpt_s + self.fixed_s
+
+
+def estimate_run(cfg, dev: Device, notes: set) -> RunEstimate:
+    """One run alone on the measured device."""
+    w = workload(cfg)
+    notes.update(w.notes)
+    if cfg.model.id not in ("roberta_base", "bart_base"):
+        notes.add(f"model={cfg.model.id}: projected at RoBERTa-base's measured step cost (no measurement of its own)")
+    rate = rate_of(cfg, dev.rates, notes)
+    bs, epochs, multiple = int(cfg.train.batch_size), int(cfg.train.epochs), int(cfg.train.get("pad_to_multiple", 1))
+    steps = math.ceil(w.n_train / bs)
+    tokens = epoch_tokens(w.train, w.n_train, bs, multiple) + w.n_train * w.target_tokens
+    eval_s = 0.0
+    for n, hist in w.evals:
+        batches, eval_tokens = sorted_batches(hist, n, int(cfg.train.eval_batch_size), multiple)
+        eval_s += EVAL_FRACTION * rate.time_s(batches, eval_tokens) + batches * w.gen_steps * GEN_MS_PER_STEP / 1000
+    return RunEstimate(cfg.task.name, cell_of(cfg), w.n_train, bs, epochs, steps * epochs, tokens * epochs,
+                       rate.time_s(steps, tokens) * epochs, eval_s * epochs, dev.ckpt_s(cfg.method.name) * epochs,
+                       dev.fixed_s)
+
+
+# --- a preset: Hydra's sweep, expanded ----------------------------------------------------------------------
+def sweep_jobs(argv: list[str]) -> list[list[str]]:
+    """The jobs of ``python -m dynrank.train -m <argv>``, as Hydra's basic sweeper builds them: the preset's
+    ``hydra.sweeper.params`` then the command line, a later key replacing an earlier one in its place, the
+    cartesian product with the first key outermost. Call inside ``initialize_config_dir``."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(argv) if not o.is_sweep_override()]
+    params = compose(config_name="config", overrides=fixed, return_hydra_config=True).hydra.sweeper.get("params")
+    axes: dict[str, list[str]] = {}
+    for o in parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()] + list(argv)):
+        key = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        axes[key] = [f"{key}={v}" for v in values]
+    return [list(job) for job in itertools.product(*axes.values())]
+
+
+def _not_seed(job: list[str]) -> tuple[str, ...]:
+    return tuple(o for o in job if not o.startswith("seed="))
+
+
+def compose_jobs(jobs: list[list[str]]) -> dict[tuple[str, ...], object]:
+    """One composed config per job without its seed: the seed changes nothing this estimate reads."""
+    from hydra import compose
+
+    out = {}
+    for job in jobs:
+        key = _not_seed(job)
+        if key not in out:
+            out[key] = compose(config_name="config", overrides=list(key))
+    return out
+
+
+def runs_in(cfg) -> int:
+    """How many runs one job trains side by side: ``len(dynrank.train.runs_of(cfg))`` (seeds x lr grid),
+    counted without copying the config for each."""
+    from dynrank.config import lr_grid
+
+    return (len(cfg.seeds) if cfg.get("seeds") else 1) * (len(lr_grid(cfg)) if cfg.get("lr_search") else 1)
+
+
+def makespan(times: list[float], gpus: int) -> float:
+    """Jobs started in order, each on the first GPU to free up (Ray's queue): when the last one ends."""
+    free = [0.0] * gpus
+    for t in times:
+        heapq.heappush(free, heapq.heappop(free) + t)
+    return max(free)
+
+
+@dataclass
+class Estimate:
+    argv: list[str]
+    jobs: int
+    runs: int
+    rows: list[dict]       # per (task, method cell): runs and one run's numbers
+    wall_h: dict[str, float]
+    parts_h: dict[str, float]  # GPU-hours spent in training steps, evaluation, checkpoints, start-up
+    notes: list[str]
+
+
+def estimate(argv: list[str], dev: Device) -> Estimate:
+    """Every job of the sweep, composed; runs per job as the trainer counts them (``runs_in``)."""
+    from hydra import initialize_config_dir
+
+    import dynrank.config as config
+
+    config.check_overrides(argv)
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            jobs = sweep_jobs(argv)
+            cfgs = compose_jobs(jobs)
+    except DynrankError:
+        raise
+    except Exception as e:  # Hydra's own errors: a bad key or value on the command line
+        raise ConfigError(str(e).splitlines()[0]) from None
+    notes: set[str] = set()
+    of_key = {k: (runs_in(c), estimate_run(c, dev, notes)) for k, c in cfgs.items()}
+    per_job = [of_key[_not_seed(j)] for j in jobs]  # (runs side by side in the job, one run's estimate)
+    rows: dict[tuple, dict] = {}
+    groups: dict[tuple[str, ...], list] = {}  # jobs that differ only in their seed: one process with seeds=[...]
+    for job, (runs, run) in zip(jobs, per_job):
+        rows.setdefault((run.task, run.cell, run.batch, run.epochs), {"runs": 0, **asdict(run),
+                                                                       "total_s": run.total_s})["runs"] += runs
+        groups.setdefault(_not_seed(job), [0, run])[0] += runs
+    if max(k for k, _ in groups.values()) > 5:
+        notes.add(f"up to {max(k for k, _ in groups.values())} runs in one process: the side-by-side factor "
+                  "is extrapolated beyond the 5 measured")
+    launched = [dev.side_by_side(k) * run.total_s for k, run in per_job]
+    together = [dev.side_by_side(k) * run.total_s for k, run in groups.values()]
+    wall = {"gpu_hours": sum(k * run.total_s for k, run in per_job), "one_gpu": sum(launched),
+            "one_gpu_seeds": sum(together), "gpus8": makespan(launched, GPUS), "gpus8_seeds": makespan(together, GPUS)}
+    parts = {p: sum(r["runs"] * r[f"{p}_s"] / 3600 for r in rows.values()) for p in ("train", "eval", "ckpt", "fixed")}
+    return Estimate(list(argv), len(jobs), sum(r["runs"] for r in rows.values()), list(rows.values()),
+                    {k: v / 3600 for k, v in wall.items()}, parts, sorted(notes))
+
+
+# --- output: Markdown (README-ready) and JSON --------------------------------------------------------------
+TARGET = {"table2_r8": 24.0}  # GPU-hours on one H100 (issue 11)
+
+
+def preset_of(argv: list[str]) -> str | None:
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("experiment=")), None)
+
+
+def hours(h: float) -> str:
+    return f"{h:.2f}" if h < 10 else f"{h:.1f}"
+
+
+def runs_table(est: Estimate) -> list[str]:
+    out = ["| task | method | runs | train ex. | batch | epochs | steps/run | Mtok/run | h/run | GPU-h |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in est.rows:
+        out.append(f"| {r['task']} | {r['cell']} | {r['runs']} | {r['n_train']:,} | {r['batch']} | {r['epochs']} | "
+                   f"{r['steps']:,} | {r['tokens'] / 1e6:,.1f} | {r['total_s'] / 3600:.2f} | "
+                   f"{hours(r['runs'] * r['total_s'] / 3600)} |")
+    out.append(f"| **total** | | **{est.runs}** | | | | | | | **{hours(est.wall_h['gpu_hours'])}** |")
+    p = est.parts_h
+    return out + ["", f"GPU-hours in training steps {hours(p['train'])}, evaluation {hours(p['eval'])}, "
+                      f"checkpoints {hours(p['ckpt'])}, start-up {hours(p['fixed'])}."]
+
+
+def wall_table(ests: dict[str, Estimate], dev: Device) -> list[str]:
+    out = [f"| preset | runs | jobs | GPU-h | 1 GPU, as launched | 1 GPU, seeds side by side | "
+           f"{GPUS} GPUs (ray_1gpu), as launched | {GPUS} GPUs, seeds side by side |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, e in ests.items():
+        w = e.wall_h
+        out.append(f"| {name} | {e.runs} | {e.jobs} | {hours(w['gpu_hours'])} | {hours(w['one_gpu'])} h | "
+                   f"{hours(w['one_gpu_seeds'])} h | {hours(w['gpus8'])} h | {hours(w['gpus8_seeds'])} h |")
+    return out
+
+
+def verdicts(ests: dict[str, Estimate], dev: Device) -> list[str]:
+    out = []
+    for name, e in ests.items():
+        if len(e.argv) == 1 and preset_of(e.argv) in TARGET:  # the preset as it stands, not narrowed
+            t, h = TARGET[preset_of(e.argv)], e.wall_h["gpu_hours"]
+            out.append(f"**{name}: {h:.1f} GPU-hours projected on one {dev.name}; target <= {t:.0f}: "
+                       f"{'met' if h <= t else f'NOT met ({h / t:.2f}x the target)'}.**")
+    return out
+
+
+def assumptions(dev: Device, notes: list[str]) -> list[str]:
+    out = [f"Device: {dev.name}, fast path (`train.bf16=true train.cuda_graphs=true`); measurements: "
+           f"{', '.join(f'`benchmarks/{s}`' for s in dev.sources)}.",
+           "- Training step = a + b x padded tokens, per method through the bench's two graph-bf16 settings: "
+           + "; ".join(f"{m} a={r.a_ms:.2f} ms, b={r.b_us:.2f} us/token" for m, r in sorted(dev.rates.items())) + ".",
+           f"- {dev.check}.",
+           f"- Per run, start-up and graph capture: {dev.fixed_s:.0f} s (the same seeds run: wall time less its "
+           f"training epochs and modelled evaluations, plus the first epoch's excess over the median).",
+           f"- Evaluation after every epoch: dev set in length-sorted batches of train.eval_batch_size at "
+           f"{EVAL_FRACTION:.2f} of a training step's cost; checkpoint after every epoch: (adapter + head) x "
+           f"{CKPT_BYTES_PER_PARAM} bytes at {CKPT_GB_PER_S:.0f} GB/s (full fine-tuning: "
+           f"{dev.ckpt_s('full'):.1f} s).",
+           f"- Side by side: k runs in one process take 1 + (k-1) x ({dev.ratio5:.2f} - 1)/4 times one run "
+           f"(measured {dev.ratio5:.2f}x for 5 seeds); '1 GPU, seeds side by side' puts the jobs that differ only "
+           f"in their seed into one process (`seeds=[1,2,3,4,5]`).",
+           f"- {GPUS} GPUs: `hydra/launcher=ray_1gpu`, one job per GPU, started in sweep order as GPUs free up.",
+           "- Lengths: recorded with the all-MiniLM-L6-v2 WordPiece tokenizer as a stand-in for RoBERTa's BPE "
+           "(`benchmarks/*_lengths.json`); padding to train.pad_to_multiple; expected padded length of a "
+           "random batch in closed form.",
+           "- Rank budget (r2 vs r8) and ablation variants run at the measured r8 step cost."]
+    return out + [f"- {n}" for n in notes]
+
+
+def markdown(ests: dict[str, Estimate], dev: Device) -> str:
+    lines = wall_table(ests, dev) + [""] + verdicts(ests, dev) + [""] + assumptions(dev, sorted(
+        {n for e in ests.values() for n in e.notes}))
+    for name, e in ests.items():
+        lines += ["", f"#### `{' '.join(e.argv)}`", ""] + runs_table(e)
+    return "\n".join(lines) + "\n"
+
+
+# --- recording the length distributions (needs ../shared; the estimate itself does not) ---------------------
+def _write_hist(name: str, lengths: list[int], source: str, **extra) -> None:
+    hist: Hist = {}
+    for n in lengths:
+        hist[n] = hist.get(n, 0) + 1
+    doc = {"source": source, "n": len(lengths), **extra, "histogram": {str(k): hist[k] for k in sorted(hist)}}
+    (BENCH / f"{name}_lengths.json").write_text(json.dumps(doc) + "\n")
+    print(f"{name}: {len(lengths):,} examples, mean {sum(lengths) / len(lengths):.1f}, max {max(lengths)}")
+
+
+def record() -> None:
+    """GLUE train/dev and SQuAD v1.1 dev windows with the MiniLM tokenizer; the seeds bench's RTE-shaped set
+    with the tiny tokenizer it ran with."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from dynrank.data import glue as glue_data
+    from dynrank.data.squad import from_json
+    from dynrank.tasks.squad import prepare_features
+
+    tok = AutoTokenizer.from_pretrained(str(SHARED / "models/all-MiniLM-L6-v2"))
+    what = "all-MiniLM-L6-v2 WordPiece tokenizer (stand-in for RoBERTa's BPE), truncated at 512"
+    for task, split, tsv in [("cola", "validation", "dev"), ("rte", "train", "train"), ("rte", "validation", "dev"),
+                             ("mrpc", "train", "train"), ("mrpc", "validation", "dev"), ("stsb", "train", "train"),
+                             ("stsb", "validation", "dev"), ("sst2", "train", "train"),
+                             ("sst2", "validation", "dev"), ("qnli", "validation", "dev")]:
+        spec = glue_data.GLUE[task]
+        rows = glue_data.load_split(task, split, str(SHARED / "data/glue"))
+        enc = tok([r["text_a"] for r in rows], [r["text_b"] for r in rows] if spec.text_b else None,
+                  truncation=True, max_length=512)
+        _write_hist(f"{task}_{tsv}", [len(x) for x in enc["input_ids"]],
+                    f"GLUE {spec.dirname} {tsv} (../shared/data/glue/{spec.dirname}/{tsv}.tsv), {what}")
+    rows = from_json(SHARED / "data/squad/dev-v1.1.json")
+    feats = prepare_features(tok, rows, 384, 128, train=True)
+    answer = sum(s != 0 for s in feats["start_positions"])  # 0: the [CLS] index, no answer in the window
+    _write_hist("squad_v1_dev", [len(x) for x in feats["input_ids"]],
+                f"SQuAD v1.1 dev windows (../shared/data/squad/dev-v1.1.json), question + context, windows of 384 "
+                f"with stride 128 as dynrank.tasks.squad.prepare_features, {what.split(',')[0]}",
+                questions=len(rows), windows=len(feats["input_ids"]), answer_windows=answer,
+                max_length=384, stride=128)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_seeds import write_rte_like
+
+    tiny = AutoTokenizer.from_pretrained(str(ROOT / "dynrank/assets/tiny_tokenizer"))
+    data = write_rte_like(Path(tempfile.mkdtemp()) / "glue")
+    for split, tsv in (("train", "train"), ("validation", "dev")):
+        rows = glue_data.load_split("rte", split, str(data))
+        enc = tiny([r["text_a"] for r in rows], [r["text_b"] for r in rows], truncation=True, max_length=128)
+        _write_hist(f"rte_synthetic_{tsv}", [len(x) for x in enc["input_ids"]],
+                    f"scripts/bench_seeds.py's RTE-shaped {tsv} set (write_rte_like, seed 0), the tiny tokenizer "
+                    f"it ran with (dynrank/assets/tiny_tokenizer), max_length 128")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=table2_r8 task=cola")
+    ap.add_argument("--all-presets", action="store_true", help="every paper preset (and lr_search) in one report")
+    ap.add_argument("--json", help="also write the numbers to this JSON file")
+    ap.add_argument("--record", action="store_true", help="re-record benchmarks/*_lengths.json from ../shared")
+    args = ap.parse_args(argv)
+    try:
+        if args.record:
+            return record()
+        dev = measured_device()
+        if args.all_presets:
+            ests = {p: estimate([f"experiment={p}", *args.overrides], dev) for p in PRESETS}
+        else:
+            ests = {" ".join(args.overrides) or "defaults": estimate(args.overrides, dev)}
+    except DynrankError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(markdown(ests, dev), end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": dev.name, "sources": dev.sources,
+                                               "rates": {m: asdict(r) for m, r in dev.rates.items()},
+                                               "fixed_s_per_run": dev.fixed_s, "side_by_side_ratio5": dev.ratio5,
+                                               "presets": {k: asdict(e) for k, e in ests.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""scripts/estimate.py: padded-token arithmetic, Hydra's sweep expansion and run counts, the fit to the bench."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import random
+import sys
+
+import pytest
+import yaml
+
+from conftest import CONF, ROOT, compose
+
+_spec = importlib.util.spec_from_file_location("estimate", ROOT / "scripts" / "estimate.py")
+est = importlib.util.module_from_spec(_spec)
+sys.modules["estimate"] = est  # dataclasses look their module up
+_spec.loader.exec_module(est)
+
+METHODS = ["full", "bitfit", "houlsby", "pfeiffer", "lora", "adalora", "dora"]
+TASKS = ["rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli"]
+
+
+@pytest.fixture(scope="module")
+def device():
+    return est.measured_device()
+
+
+# --- dynamic padding on a hand-made distribution ----------------------------------------------------------
+def test_expected_padded_max_by_hand():
+    hist = {2: 1, 4: 1}  # two lengths, equally likely
+    assert est.expected_padded_max(hist, 1) == pytest.approx(3.0)
+    assert est.expected_padded_max(hist, 2) == pytest.approx(3.5)   # max is 2 only if both draws are 2: 1/4
+    assert est.expected_padded_max(hist, 3) == pytest.approx(4 - 2 / 8)
+    assert est.expected_padded_max(hist, 2, multiple=4) == pytest.approx(4.0)
+    assert est.expected_padded_max(hist, 2, multiple=3) == pytest.approx(3 * 0.25 + 6 * 0.75)
+
+
+def test_epoch_tokens_counts_the_short_last_batch():
+    hist = {2: 1, 4: 1}
+    # n=5, batch 2: two full batches (2 x 3.5 each) and one batch of 1 (3 on average)
+    assert est.epoch_tokens(hist, 5, 2) == pytest.approx(2 * 2 * 3.5 + 1 * 3.0)
+    assert est.epoch_tokens(hist, 4, 2) == pytest.approx(2 * 2 * 3.5)
+    assert est.epoch_tokens(hist, 5, 2, multiple=4) == pytest.approx(5 * 4.0)
+
+
+def test_epoch_tokens_match_the_trainers_shuffled_batches():
+    """The closed form against the loop's own batching (dynrank.loop.batches), simulated over many epochs."""
+    from dynrank.loop import batches
+
+    rng = random.Random(0)
+    lengths = [min(128, int(rng.lognormvariate(3.0, 0.6))) + 2 for _ in range(3000)]
+    hist = {}
+    for n in lengths:
+        hist[n] = hist.get(n, 0) + 1
+    simulated = [sum(len(b) * max(lengths[i] for i in b) for b in batches(lengths, 16, seed=1, epoch=e,
+                                                                          group_by_length=False))
+                 for e in range(30)]
+    assert est.epoch_tokens(hist, len(lengths), 16) == pytest.approx(sum(simulated) / len(simulated), rel=0.01)
+    assert est.epoch_tokens(hist, len(lengths), 16) > 1.5 * sum(lengths)  # padding is not free
+
+
+def test_sorted_batches_pad_each_batch_to_its_longest():
+    hist = {1: 2, 3: 1, 5: 1}
+    assert est.sorted_batches(hist, 4, 2) == (2, 1 * 2 + 5 * 2)           # [1, 1] [3, 5]
+    assert est.sorted_batches(hist, 8, 4) == (2, 1 * 4 + 5 * 4)           # twice as many, by quantile
+    assert est.sorted_batches(hist, 4, 3) == (2, 3 * 3 + 5 * 1)           # [1, 1, 3] [5]
+    assert est.sorted_batches(hist, 4, 2, multiple=4) == (2, 4 * 2 + 8 * 2)
+
+
+def test_makespan_and_side_by_side(device):
+    assert est.makespan([3, 3, 2, 2, 2], 2) == 7       # in order, each on the first GPU to free up
+    assert est.makespan([1, 1, 10], 8) == 10           # the longest job bounds it
+    assert device.side_by_side(1) == 1
+    assert device.side_by_side(5) == pytest.approx(device.ratio5)
+
+
+# --- the device model reproduces what was measured ---------------------------------------------------------
+def test_fit_goes_through_both_bench_points(device):
+    bench = json.loads(est.newest("bench-*.json").read_text())
+    rows = {(r["method"], r["setting"]): r["median_step_ms"] for r in bench["rows"]
+            if r["impl"] == "dynrank" and r["mode"] == "graph-bf16"}
+    cola_tokens = 16 * est.expected_padded_max(est.load_lengths("cola_train"), 16, 8)
+    for method in METHODS:
+        rate = device.rates[method]
+        assert rate.a_ms > 0 and rate.b_us > 0, method
+        assert 1000 * rate.time_s(1, 4096) == pytest.approx(rows[method, "fixed"])
+        assert 1000 * rate.time_s(1, cola_tokens) == pytest.approx(rows[method, "cola"])
+    assert device.fixed_s > 0
+
+
+# --- runs: steps per run and the preset expansion ----------------------------------------------------------
+def test_one_run_steps_from_the_resolved_config(device):
+    e = est.estimate(["task=cola", "method=lora"], device)
+    cfg = compose(["task=cola", "method=lora"])
+    (row,) = e.rows
+    n = 8551  # CoLA train (benchmarks/cola_train_lengths.json)
+    bs, epochs = int(cfg.train.batch_size), int(cfg.train.epochs)
+    assert (row["n_train"], row["batch"], row["epochs"]) == (n, bs, epochs)
+    assert row["steps"] == math.ceil(n / bs) * epochs
+    assert row["tokens"] == pytest.approx(epochs * est.epoch_tokens(est.load_lengths("cola_train"), n, bs))
+    assert e.runs == e.jobs == 1
+
+
+def test_table2_r8_counts_280_runs(device):
+    e = est.estimate(["experiment=table2_r8"], device)
+    assert (e.runs, e.jobs) == (280, 280)
+    assert {(r["task"], r["cell"]) for r in e.rows} == {(t, f"{m}-r8") for t in TASKS for m in METHODS}
+    assert all(r["runs"] == 5 for r in e.rows)
+    assert e.wall_h["one_gpu"] == pytest.approx(e.wall_h["gpu_hours"])  # one run per job
+    assert e.wall_h["one_gpu_seeds"] < e.wall_h["one_gpu"]
+    assert e.wall_h["gpu_hours"] / 8 <= e.wall_h["gpus8"] < e.wall_h["gpu_hours"]
+
+
+def test_command_line_replaces_the_presets_sweep(device):
+    assert est.estimate(["experiment=table2_r8", "task=cola", "method=lora"], device).runs == 5
+    e = est.estimate(["experiment=table2_r8", "task=cola,rte", "seed=1"], device)
+    assert (e.runs, e.jobs) == (2 * 7, 2 * 7)
+
+
+def test_sweep_jobs_order_first_key_outermost():
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        jobs = est.sweep_jobs(["experiment=table2_r8", "method=lora,dora"])
+    assert len(jobs) == 5 * 8 * 2
+    assert jobs[0] == ["seed=1", "task=rte", "method=lora", "experiment=table2_r8"]
+    assert jobs[1][:3] == ["seed=1", "task=rte", "method=dora"]
+    assert jobs[-1][:3] == ["seed=5", "task=mnli", "method=dora"]
+
+
+@pytest.mark.parametrize("extra", [[], ["seeds=[1,2,3]"], ["lr_search=true"], ["lr_search=true", "seeds=[4,5]"]])
+def test_runs_in_counts_as_the_trainer(extra):
+    from dynrank.train import runs_of
+
+    cfg = compose(["task=rte", "method=dora", *extra])
+    assert est.runs_in(cfg) == len(runs_of(cfg))
+
+
+def test_lr_search_counts_grid_times_seeds(device):
+    expected = 0
+    for m in METHODS:
+        grids = yaml.safe_load((CONF / "hparams" / f"{m}.yaml").read_text())
+        expected += sum(len(grids[t]["grid"]) * 5 for t in TASKS)
+    e = est.estimate(["experiment=lr_search"], device)
+    assert e.jobs == 7 * 8
+    assert e.runs == expected
+    assert e.wall_h["one_gpu"] < e.wall_h["gpu_hours"]  # each job trains its grid x seeds side by side
+
+
+def test_bad_override_is_one_line_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        est.main(["experiment=table2_r8x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown experiment 'table2_r8x'") and "\n" not in err
