@@ -256,7 +256,7 @@ def test_cli_end_to_end(tmp_path):
     res = json.loads(result_file(tmp_path / "store/tiny/cola/adalora-r8").read_text())
     assert res == json.loads((tmp_path / "run/results.json").read_text())
     s = res["method_summary"]
-    assert s["schedule"] == {"total_step": 32, "tinit": 4, "tfinal": 16, "deltaT": 10}  # 256 / 16 x 2 epochs
+    assert s["schedule"] == {"total_step": 16, "tinit": 2, "tfinal": 8, "deltaT": 10}  # 256 / 32 (AdaLoRA's CoLA batch) x 2 epochs
     assert s["final_pattern_fixed"] and s["initial_rank"] == 12 and s["target_rank"] == 8
     assert s["budget"]["surviving"] == s["budget"]["target"] == 12 * 8
     rm = s["rank_map"]
