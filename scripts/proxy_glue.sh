@@ -9,7 +9,7 @@ set -euo pipefail
 STORE=${1:-results/proxy/runs}; shift || true
 EPOCHS=${EPOCHS:-3}
 export DYNRANK_MINILM=${MINILM:-../shared/models/all-MiniLM-L6-v2}
-python -m dynrank.train -m model=minilm task=cola,mrpc,stsb \
-  method=full,bitfit,houlsby,pfeiffer,lora,adalora,dora 'seeds=[1,2,3]' \
+python -m dynrank.train -m model="${MODEL:-minilm}" task="${TASKS:-cola,mrpc,stsb}" \
+  method="${METHODS:-full,bitfit,houlsby,pfeiffer,lora,adalora,dora}" 'seeds=[1,2,3]' \
   data.dir="${GLUE:-../shared/data/glue}" train.epochs="$EPOCHS" results.store="$STORE" \
   train.bf16=true train.cuda_graphs=true train.progress=false hydra.sweep.dir=multirun/proxy "$@"
