@@ -326,28 +326,34 @@ def timed_epoch(t, epoch: int, clock: Stopwatch) -> list[float]:
 
 
 def real_run(args, device) -> dict:
-    from dynrank import checkpoint
     from dynrank.loop import Trainer
 
-    work = Path(tempfile.mkdtemp(prefix="dynrank-profile-"))
-    overrides = real_overrides(args, device, work)
-    cfg = bench.compose_cfg(overrides)
-    clock = Stopwatch()
-    with clock("setup"):
-        t = Trainer(cfg, work / "run")
-    marks = []
-    with t.lock, clock.wrap(t.task, "evaluate", "eval"), clock.wrap(checkpoint, "save", "checkpoint"):
-        for epoch in range(args.real_epochs):
-            marks.append(timed_epoch(t, epoch, clock))
-        epochs_s = dict(clock.s)
-        window = real_window(t, args.real_profile_steps)
-        with clock("finish"):
-            t.finish()
+    with tempfile.TemporaryDirectory(prefix="dynrank-profile-") as tmp:  # data cache, checkpoint, results
+        overrides = real_overrides(args, device, Path(tmp))
+        cfg = bench.compose_cfg(overrides)
+        clock = Stopwatch()
+        with clock("setup"):
+            t = Trainer(cfg, Path(tmp) / "run")
+        marks, epochs_s, window = timed_run(t, args, clock)
     report = {"overrides": overrides, "method": str(cfg.method.name), "model": str(cfg.model.id),
               "batch_size": int(cfg.train.batch_size), "epochs_run": len(t.history), "epochs_in_schedule": t.epochs,
               "schedule_steps": t.total_steps, "train_examples": len(t.train_set),
               "fast_path": bool(t.amp and isinstance(t.stepper, GraphedStep))}
     return {**report, **real_times(epochs_s, clock.s["finish"], marks), "profile": window}
+
+
+def timed_run(t, args, clock: Stopwatch):
+    """--real-epochs epochs, then the profiled window, then finish, with evaluation and checkpoints timed apart.
+    Returns each epoch's step timestamps, the seconds per label over the epochs, and the window's profile."""
+    from dynrank import checkpoint
+
+    with t.lock, clock.wrap(t.task, "evaluate", "eval"), clock.wrap(checkpoint, "save", "checkpoint"):
+        marks = [timed_epoch(t, epoch, clock) for epoch in range(args.real_epochs)]
+        epochs_s = dict(clock.s)
+        window = real_window(t, args.real_profile_steps)
+        with clock("finish"):
+            t.finish()
+    return marks, epochs_s, window
 
 
 def real_times(s: dict, finish_s: float, marks: list[list[float]]) -> dict:
