@@ -40,24 +40,31 @@ PEFT = ["peft_lora", "peft_adalora", "peft_dora"]
 TARGET_REGEX = r".*layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 
 
-def compose_method_cfg(method: str, task: str = "cola", budget: str = "r8"):
+def compose_cfg(overrides: list[str]):
+    """dynrank's config as the CLI composes it (conf/config.yaml) with these overrides."""
     from hydra import compose, initialize_config_dir
 
     import dynrank.config  # noqa: F401
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"method={method}", f"task={task}", f"budget={budget}"])
+        return compose(config_name="config", overrides=overrides)
 
 
-def make_batches(setting: str, n: int, device, vocab: int, lengths: list[int], pad_multiple: int):
+def compose_method_cfg(method: str, task: str = "cola", budget: str = "r8"):
+    return compose_cfg([f"method={method}", f"task={task}", f"budget={budget}"])
+
+
+def make_batches(setting: str, n: int, device, vocab: int, lengths: list[int], pad_multiple: int,
+                 batch_size: int | None = None):
+    """``n`` random batches: ``fixed`` = L=128, batch 32; ``cola`` = CoLA's lengths, batch 16 (or ``batch_size``)."""
     g = torch.Generator().manual_seed(0)
     out = []
     for _ in range(n):
         if setting == "fixed":
-            bs, L = 32, 128
+            bs, L = batch_size or 32, 128
             lens = [L] * bs
         else:
-            bs = 16
+            bs = batch_size or 16
             lens = [lengths[int(torch.randint(len(lengths), (1,), generator=g))] for _ in range(bs)]
             L = -(-max(lens) // pad_multiple) * pad_multiple
         ids = torch.randint(3, vocab, (bs, L), generator=g)
@@ -70,11 +77,12 @@ def make_batches(setting: str, n: int, device, vocab: int, lengths: list[int], p
     return out
 
 
-def build_model(device):
+def build_model(device, model_config: dict | None = None):
+    """RoBERTa-base's architecture with random weights (``model_config`` overrides RobertaConfig's fields)."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     torch.manual_seed(0)
-    return RobertaForSequenceClassification(RobertaConfig(num_labels=2)).to(device)
+    return RobertaForSequenceClassification(RobertaConfig(num_labels=2, **(model_config or {}))).to(device)
 
 
 class _NoSched:
@@ -82,11 +90,11 @@ class _NoSched:
         pass
 
 
-def dynrank_runner(method_name: str, mode: str, device, total_steps: int):
+def dynrank_runner(method_name: str, mode: str, device, total_steps: int, model_config: dict | None = None):
     from dynrank import methods
 
     cfg = compose_method_cfg(method_name)
-    model = build_model(device)
+    model = build_model(device, model_config)
     method = methods.build(cfg, "roberta")
     model = method.wrap(model)
     bf16 = "bf16" in mode
@@ -142,6 +150,38 @@ def peft_runner(method_name: str, mode: str, device, total_steps: int):
     return step, sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n)
 
 
+class _HostMark:
+    """A CUDA event's two methods on the host clock (CPU runs of scripts/profile_step.py --smoke)."""
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end) -> float:
+        return 1000 * (end.t - self.t)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_steps(step, batches, n: int, device):
+    """Runs ``n`` steps over ``batches``: (wall s, per-step ms, samples, last loss). The per-step times are on the
+    GPU's timeline (CUDA events; idle gaps included), on the host clock without a GPU."""
+    t0 = time.perf_counter()
+    samples = 0
+    marks = [torch.cuda.Event(enable_timing=True) if device.type == "cuda" else _HostMark() for _ in range(n + 1)]
+    marks[0].record()
+    for i in range(n):
+        b = batches[i % len(batches)]
+        last = step(b)
+        marks[i + 1].record()
+        samples += b["input_ids"].shape[0]
+    synchronize(device)
+    dt = time.perf_counter() - t0
+    return dt, [marks[i].elapsed_time(marks[i + 1]) for i in range(n)], samples, last
+
+
 def measure(name, mode, setting, device, args, lengths):
     impl = peft_runner if name.startswith("peft_") else dynrank_runner
     total_steps = args.warmup + args.steps
@@ -154,21 +194,10 @@ def measure(name, mode, setting, device, args, lengths):
         step(batches[i % len(batches)])
     torch.cuda.synchronize()
     warm_s = time.time() - t_build
-    t0 = time.perf_counter()
-    samples = 0
-    marks = [torch.cuda.Event(enable_timing=True) for _ in range(args.steps + 1)]
-    marks[0].record()
-    for i in range(args.steps):
-        b = batches[i % len(batches)]
-        last = step(b)
-        marks[i + 1].record()
-        samples += b["input_ids"].shape[0]
-    torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    # Per-step time on the GPU's timeline (idle gaps included). The median is the steady state; the mean
-    # also carries the steps that ran eagerly or were captured (each new graph key costs two such steps).
-    per_step = sorted(marks[i].elapsed_time(marks[i + 1]) for i in range(args.steps))
-    median_ms = per_step[len(per_step) // 2]
+    dt, per_step, samples, last = timed_steps(step, batches, args.steps, device)
+    # The median is the steady state; the mean also carries the steps that ran eagerly or were captured
+    # (each new graph key costs two such steps).
+    median_ms = sorted(per_step)[len(per_step) // 2]
     bs = batches[0]["input_ids"].shape[0]
     return {"impl": "peft" if name.startswith("peft_") else "dynrank", "method": name, "mode": mode,
             "setting": setting, "samples_per_s": samples / dt, "step_ms": 1000 * dt / args.steps,
