@@ -6,8 +6,8 @@ majority-class baseline of the same dev set, and whether any seed collapsed to i
 
 A run "collapsed" when its best dev epoch is no better than predicting one class for every example
 (CoLA: Matthews <= 0; MRPC: accuracy <= the majority class's; STS-B: Pearson <= 0.1, a constant or
-near-constant score). The number per run is the best epoch's (standard rule) and, beside it, the
-paper_code rule (best epoch after pruning ends for dora/adalora) when dynrank.selection is there.
+near-constant score). The number per run is the best epoch's (``dynrank.selection`` rule ``standard``) and,
+beside it, the mean under rule ``paper_code`` (dora/adalora: the best epoch after pruning ended).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from dynrank.data.glue import load_split
 from dynrank.metrics.glue import glue_metrics
 from dynrank.results import load_runs
+from dynrank.selection import PAPER_CODE, STANDARD
 
 METHODS = ("full", "bitfit", "houlsby", "pfeiffer", "lora", "adalora", "dora", "dora_wd", "dylora")
 
@@ -46,21 +47,23 @@ def summarise(store: str, data_dir: str) -> str:
     cells = defaultdict(list)
     for r in runs:
         cells[(r["task"], r["method"])].append(r)
-    lines = ["| task | metric | method | lr | epochs | seeds | best epoch, mean ± std | per seed | majority class | collapsed |",
-             "|---|---|---|---:|---:|---:|---:|---|---:|---|"]
+    lines = ["| task | metric | method | lr | epochs | seeds | best epoch, mean ± std | per seed | paper_code mean "
+             "| majority class | collapsed |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|---:|---|"]
     for task in sorted({t for t, _ in cells}):
         base = majority(task, data_dir)
         for method in [m for m in METHODS if (task, m) in cells]:
             rs = sorted(cells[(task, method)], key=lambda r: r["seed"])
             metric = rs[0]["metric"]
-            vals = [r["best"]["dev"][metric] for r in rs]
+            vals = [STANDARD.value(r) for r in rs]
+            paper = statistics.fmean(PAPER_CODE.value(r) for r in rs)
             mean = statistics.fmean(vals)
             std = statistics.stdev(vals) if len(vals) > 1 else 0.0
             lrs = sorted({r["config"]["train"]["lr"] for r in rs})
             n_coll = sum(collapsed(task, v, base) for v in vals)
             lines.append(f"| {task} | {metric} | {method} | {', '.join(f'{x:g}' for x in lrs)} | "
                          f"{rs[0]['config']['train']['epochs']} | {len(rs)} | {100 * mean:.2f} ± {100 * std:.2f} | "
-                         f"{' '.join(f'{100 * v:.1f}' for v in vals)} | {100 * base[metric]:.2f} | "
+                         f"{' '.join(f'{100 * v:.1f}' for v in vals)} | {100 * paper:.2f} | {100 * base[metric]:.2f} | "
                          f"{'**' + str(n_coll) + ' of ' + str(len(vals)) + '**' if n_coll else 'no'} |")
     return "\n".join(lines) + "\n"
 
