@@ -43,7 +43,9 @@ def _one_error_line(p: subprocess.CompletedProcess) -> str:
 def finished(tmp_path_factory):
     """A finished run (2 epochs, adapter exported) in ``<tmp>/run``, its results in ``<tmp>/store``."""
     tmp = tmp_path_factory.mktemp("finished")
-    p = cli(_args(tmp, f"hydra.run.dir={tmp / 'run'}", "train.export=true"), cwd=tmp)
+    # data.cache_dir: the same directory as _args(tmp) names, through an interpolation only a Hydra job resolves
+    p = cli([*_args(tmp, f"hydra.run.dir={tmp / 'run'}", "train.export=true"),
+             "data.cache_dir=${hydra:runtime.cwd}/cache"], cwd=tmp)
     assert p.returncode == 0, p.stderr
     assert (tmp / "run/results.json").exists() and (tmp / "run/.hydra/config.yaml").exists()
     return tmp
@@ -79,15 +81,56 @@ def _cola(root: Path, n: int = 12, bad: dict | None = None) -> Path:
     ("variant=../../x", "error: variant must be a name of letters, digits, '.', '_', '-' (no path separator, "
                         "no '..'), or null (got '../../x')"),
     ("variant=a/b", "error: variant must be a name of letters"),
+    ("budget.name=../../x", "error: budget.name must be a name of letters, digits, '.', '_', '-' (no path "
+                            "separator, no '..') (got '../../x')"),
+    ("model.id=a/b", "error: model.id must be a name of letters"),
+    ("seeds=[1,abc]", "error: seeds must be a list of integers >= 0, or null (got [1, \"abc\"])"),
+    ("seeds=[1,2,1]", "error: seeds lists seed 1 more than once (got [1, 2, 1]); list each seed once"),
+    ("~train.epochs", "error: train.epochs is needed (an integer >= 1), but ~train.epochs removes it; drop that "
+                      "override, or set train.epochs=<value>"),
+    ("train=5", "error: train.lr is needed (a number > 0), but train=5 removes it"),
+    ("task.name=foo", "error: conf/hparams/lora.yaml has no entry for task 'foo'; add one"),
+    ("protocol=nope", "error: unknown protocol 'nope'; choose one of: paper_code, standard"),
+    ("hydra/launcher=nope", "error: unknown hydra/launcher 'nope'; choose one of: basic, joblib, local_gpus"),
+    ("seeds=[1,2", "error: cannot parse 'seeds=[1,2': no viable alternative at input '[1,2'; write key=value"),
+    ("train.lr=1e-3,2e-3", "error: train.lr=1e-3,2e-3 gives several values: add -m to run one job per value, or "
+                           "write train.lr=[1e-3,2e-3] for a list"),
+    ("method=dylora method.export_rank=99", "error: method.export_rank must be in [1, method.r_max=8] (got 99)"),
+    ("results.store={file}/store", "error: results.store={file}/store cannot be a directory: {file} is a file; "
+                                   "set results.store to a directory"),
 ])
 def test_bad_values_and_keys_are_one_line_and_touch_nothing(finished, tmp_path, override, message):
+    file = finished / "run/results.json"  # an existing file where a directory is wanted
+    override, message = override.format(file=file).split(" "), message.format(file=file)
     before = _snapshot(finished / "run", finished / "store")
-    p = cli(_args(finished, f"hydra.run.dir={finished / 'run'}", override), cwd=tmp_path)
+    p = cli(_args(finished, f"hydra.run.dir={finished / 'run'}", *override), cwd=tmp_path)
     assert _one_error_line(p).startswith(message)
     assert _snapshot(finished / "run", finished / "store") == before
-    p = cli(_args(tmp_path, override), cwd=tmp_path)  # the run's own directory: not even created
+    p = cli(_args(tmp_path, *override), cwd=tmp_path)  # the run's own directory: not even created
     assert _one_error_line(p).startswith(message)
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "store").exists()
+
+
+def test_a_run_dir_that_cannot_be_created_is_one_line(finished, tmp_path):
+    file = finished / "run/results.json"
+    before = _snapshot(finished / "run", finished / "store")
+    for flag, key in (([], "hydra.run.dir"), (["-m"], "hydra.sweep.dir")):
+        p = cli([*flag, *_args(tmp_path, f"{key}={file}/run")], cwd=tmp_path)
+        assert _one_error_line(p) == f"error: {key}={file}/run cannot be a directory: {file} is a file; set {key} " \
+                                     "to a directory"
+    assert _snapshot(finished / "run", finished / "store") == before
+
+
+def test_the_check_before_hydra_leaves_hydra_interpolations_and_multirun_mode_to_hydra(tmp_path):
+    """What only resolves in a Hydra job (``${hydra:...}``) is not refused up front (the job checks it), and
+    ``hydra.mode=MULTIRUN`` is a multirun as ``-m`` is (the ``finished`` fixture runs ``${hydra:runtime.cwd}``)."""
+    from dynrank.config import check_command_line
+    from dynrank.errors import ConfigError
+
+    check_command_line(_args(tmp_path, "data.cache_dir=${hydra:runtime.cwd}/cache"))
+    check_command_line(_args(tmp_path, "hydra.mode=MULTIRUN", "train.lr=1e-3,2e-3"))
+    with pytest.raises(ConfigError, match=r"^train.lr must be a number > 0 \(got -1\) \(in the job train.lr=-1\)$"):
+        check_command_line(_args(tmp_path, "hydra.mode=MULTIRUN", "train.lr=1e-3,-1"))
 
 
 def test_initial_budget_is_checked_for_dora(finished, tmp_path):
@@ -98,9 +141,15 @@ def test_initial_budget_is_checked_for_dora(finished, tmp_path):
     assert _snapshot(finished / "run", finished / "store") == before
 
 
-def test_a_bad_sweep_value_stops_the_multirun_before_its_first_job(tmp_path):
-    p = cli(["-m", *_args(tmp_path, f"hydra.sweep.dir={tmp_path / 'multi'}"), "train.lr=0.002,-1"], cwd=tmp_path)
-    assert _one_error_line(p) == "error: train.lr must be a number > 0 (got -1) (in the job train.lr=-1)"
+@pytest.mark.parametrize("sweep, message", [
+    ("train.lr=0.002,-1", "train.lr must be a number > 0 (got -1) (in the job train.lr=-1)"),
+    ("train.lr=1e-3,abc", "train.lr must be a number > 0 (got 'abc') (in the job train.lr=abc)"),
+    ("seeds=[1,2],[1,abc]", 'seeds must be a list of integers >= 0, or null (got [1, "abc"]) (in the job '
+                            'seeds=[1,abc])'),
+])
+def test_a_bad_sweep_value_stops_the_multirun_before_its_first_job(tmp_path, sweep, message):
+    p = cli(["-m", *_args(tmp_path, f"hydra.sweep.dir={tmp_path / 'multi'}"), sweep], cwd=tmp_path)
+    assert _one_error_line(p) == "error: " + message
     assert not (tmp_path / "multi").exists() and not (tmp_path / "store").exists()
 
 
