@@ -255,6 +255,12 @@ def test_changed_data_is_refused_on_resume(killed, tmp_path):
     train.write_text(rows)  # the data it was made with: it resumes
     p = cli(args, cwd=tmp_path)
     assert p.returncode == 0 and "resumed from" in p.stdout, p.stderr
+    finished = _snapshot(run)  # a finished run on other data: refused too, not "finished already"
+    train.write_text("".join(rows.splitlines(keepends=True)[:8]))
+    p = cli(args, cwd=tmp_path)
+    assert _one_error_line(p).startswith(f"error: the data changed since the checkpoint in {run / 'checkpoint'} was "
+                                         "made (train: 12 -> 8 examples); ")
+    assert _snapshot(run) == finished
 
 
 def test_resume_sums_wall_time_and_names_the_directory_it_loaded(killed, tmp_path):
