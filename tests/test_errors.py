@@ -7,9 +7,11 @@ byte for byte, before and after.
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -179,6 +181,22 @@ def test_data_dir_root_is_one_line(finished, tmp_path):
     p = cli(_args(finished, "data.dir=/", "train.resume=false", f"hydra.run.dir={finished / 'run'}"), cwd=tmp_path)
     assert _one_error_line(p).startswith("error: no GLUE cola data under /: expected /CoLA/train.tsv")
     assert time.time() - t0 < 60  # a glance at /, not a walk of the disk
+    assert _snapshot(finished / "run", finished / "store") == before
+
+
+@pytest.mark.parametrize("present, expected", [
+    ((), "no GLUE cola data under {d}: expected {d}/CoLA/train.tsv (classic layout) or {d}/cola/train-*.parquet; "
+         "fix data.dir"),
+    (("train.tsv",), "missing file {d}/CoLA/dev.tsv for GLUE cola split 'validation'; fix data.dir"),
+], ids=["empty", "no-dev"])
+def test_a_data_dir_without_the_tasks_files_is_one_line(finished, tmp_path, present, expected):
+    d = tmp_path / "glue"
+    (d / "CoLA").mkdir(parents=True)
+    for name in present:
+        shutil.copy(SHARED_GLUE / "CoLA" / name, d / "CoLA" / name)
+    before = _snapshot(finished / "run", finished / "store")
+    p = cli(_args(finished, f"data.dir={d}", f"hydra.run.dir={finished / 'run'}"), cwd=tmp_path)
+    assert _one_error_line(p) == "error: " + expected.format(d=d)
     assert _snapshot(finished / "run", finished / "store") == before
 
 
@@ -383,13 +401,21 @@ def test_lr_sweep_keeps_both_rates(tmp_path):
     assert len(list((tmp_path / "multi").rglob("results.json"))) == 2
 
 
-def test_seeds_side_by_side_under_a_hand_set_run_dir(tmp_path):
-    p = cli(_args(tmp_path, "seeds=[1,2]", f"hydra.run.dir={tmp_path / 'x'}", "train.epochs=1"), cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
-    runs = sorted((tmp_path / "x").rglob("results.json"))
-    assert [r.parent.name for r in runs] == ["seed1", "seed2"]
-    assert all(r.relative_to(tmp_path / "x").parts[:3] == tuple(CELL.split("/")) for r in runs)
-    assert [json.loads(f.read_text())["seed"] for f in sorted((tmp_path / "store").rglob("seed*.json"))] == [1, 2]
+@pytest.mark.parametrize("shallow", [True, False], ids=["shallower-than-a-run-id", "deeper"])
+def test_seeds_side_by_side_under_a_hand_set_run_dir(tmp_path, shallow):
+    """As ``hydra.run.dir=/tmp/x/run-lora``: fewer path parts than a run id has (the IndexError of issue 12)."""
+    top = Path(tempfile.mkdtemp(prefix="dynrank-", dir="/tmp")) if shallow else tmp_path
+    try:
+        x = top / "x"
+        p = cli(_args(tmp_path, "seeds=[1,2]", f"hydra.run.dir={x}", "train.epochs=1"), cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        runs = sorted(x.rglob("results.json"))
+        assert [r.parent.name for r in runs] == ["seed1", "seed2"]
+        assert all(r.relative_to(x).parts[:3] == tuple(CELL.split("/")) for r in runs)
+        assert [json.loads(f.read_text())["seed"] for f in sorted((tmp_path / "store").rglob("seed*.json"))] == [1, 2]
+    finally:
+        if shallow:
+            shutil.rmtree(top)
 
 
 # --- Matthews correlation where it is undefined ------------------------------------------------------------

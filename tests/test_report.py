@@ -512,6 +512,9 @@ def test_lr_search_end_to_end_tiny(tmp_path, capsys):
     files = sorted((tmp_path / "store").rglob("seed*.json"))
     got = sorted((json.loads(f.read_text())["lr"], json.loads(f.read_text())["seed"]) for f in files)
     assert got == sorted((lr, s) for lr in grid for s in (1, 2))  # one results file per rate x seed
+    dirs = sorted(r.parent.relative_to(tmp_path / "multirun") for r in (tmp_path / "multirun").rglob("results.json"))
+    assert [(d.parts[3].rsplit("-", 1)[0], d.parts[4]) for d in dirs] == sorted(
+        (f"lr{lr_tag(lr)}", f"seed{s}") for lr in grid for s in (1, 2))  # and one run directory
     assert len({json.loads(f.read_text())["config_hash"] for f in files}) == 1  # the hash leaves the lr out
     out = tmp_path / "tables"
     assert report.main(["--select-lr", "--model", "tiny", "--store", str(tmp_path / "store"), "--out", str(out)]) == 0
