@@ -480,6 +480,14 @@ def test_bad_results_files_are_skipped_with_a_warning_naming_them(tmp_path, capl
     assert {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}["r8 lora", "cola"]["n"] == "2"
 
 
+def test_an_out_dir_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "tables"
+    assert report.main(["--store", str(tmp_path / "store"), "--out", str(out), "--no-figures"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: --out={out} cannot be a directory: {tmp_path / 'file'} "
+                                                    "is a file; set --out to a directory"]
+
+
 def test_strict_report_exits_2_naming_the_bad_files(tmp_path):
     store, out = tmp_path / "store", tmp_path / "tables"
     bad = _bad_store(store)
