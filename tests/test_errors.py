@@ -123,6 +123,17 @@ def test_a_run_dir_that_cannot_be_created_is_one_line(finished, tmp_path):
     assert _snapshot(finished / "run", finished / "store") == before
 
 
+def test_a_results_store_without_write_permission_is_refused_up_front(tmp_path, monkeypatch):
+    """As for a user without rights there (the tests run as root here: the permission is denied by hand)."""
+    from dynrank import config
+    from dynrank.errors import ConfigError
+
+    monkeypatch.setattr(config.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(ConfigError, match=rf"^results.store={tmp_path}/store cannot be written: no write permission "
+                                          rf"on {tmp_path}; set results.store to a directory you can write to$"):
+        config.check_command_line(_args(tmp_path))
+
+
 def test_the_check_before_hydra_leaves_hydra_interpolations_and_multirun_mode_to_hydra(tmp_path):
     """What only resolves in a Hydra job (``${hydra:...}``) is not refused up front (the job checks it), and
     ``hydra.mode=MULTIRUN`` is a multirun as ``-m`` is (the ``finished`` fixture runs ``${hydra:runtime.cwd}``)."""
