@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -134,6 +135,9 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")  # task, method, ...
+
+
 def check_overrides(argv: list[str]) -> None:
     """Reject unknown config-group choices (task=..., method=...) with one clear line.
 
@@ -145,7 +149,7 @@ def check_overrides(argv: list[str]) -> None:
             continue
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
-        if key in ("task", "method", "model", "budget", "experiment"):
+        if key in GROUPS:
             known = choices(key)
             for v in value.split(","):
                 if v and v not in known:
@@ -198,12 +202,15 @@ SCHEMA = {
     "eval.num_beams": "int >= 1",
     "eval.max_new_tokens": "int >= 1",
     "results.store": "str",
+    "budget.name": "tag",
     "budget.r": "int >= 1",
+    "model.id": "tag",
     "model.path": "str or null",
     "model.tiny.hidden_size": "int >= 1",
     "model.tiny.num_hidden_layers": "int >= 1",
     "model.tiny.num_attention_heads": "int >= 1",
     "model.tiny.intermediate_size": "int >= 1",
+    "task.name": "tag",
     "task.num_labels": "int >= 1",
     "task.max_length": "int >= 1",
     "task.batch_size": "int >= 1",
@@ -216,6 +223,7 @@ SCHEMA = {
     "task.null_threshold": "number",
     "task.max_target_length": "int >= 1",
     "task.version_2_with_negative": "bool",
+    "method.name": "tag",
     "method.alpha": "number > 0",
     "method.dropout": "number in [0, 1)",
     "method.initial_budget": "int >= 1 or null",
@@ -288,13 +296,22 @@ def describe(rule: str) -> str:
     return f"{words} {bound}" if bound else words
 
 
+class _NeedsHydra(Exception):
+    """The config reads ``${hydra:...}``, which resolves only in a Hydra job (where ``Trainer`` validates it)."""
+
+
 def _resolved(cfg) -> dict:
     """The config as plain values; an interpolation that fails is a ``ConfigError`` naming the key."""
     try:
         return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
-        if isinstance(e.__cause__, DynrankError):  # raised by one of our resolvers (${hparams:...})
-            raise e.__cause__ from None
+        inner = e
+        while inner is not None and not isinstance(inner, DynrankError):
+            inner = inner.__cause__ or inner.__context__
+        if inner is not None:  # raised by one of our resolvers (${hparams:...})
+            raise inner from None
+        if "HydraConfig was not set" in str(e):  # ${hydra:...}, checked before Hydra starts: the job checks it
+            raise _NeedsHydra() from None
         key = getattr(e, "full_key", None) or "the config"
         raise ConfigError(f"cannot resolve {key}: {str(e).splitlines()[0]}") from None
 
@@ -316,14 +333,36 @@ def validate(cfg: DictConfig) -> None:
         found, value = _get(values, key)
         if found and not conforms(rule, value):
             raise ConfigError(f"{key} must be {describe(rule)} (got {_shown(value)})")
+    seeds = values.get("seeds") or []
+    if len(set(seeds)) < len(seeds):
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise ConfigError(f"seeds lists seed {', '.join(map(str, twice))} more than once (got {_shown(seeds)}); "
+                          "list each seed once")
     if cfg.method.get("initial_budget") is not None:
         initial_budget(cfg.method, int(cfg.budget.r))
+    (_, rank), (_, r_max) = _get(values, "method.export_rank"), _get(values, "method.r_max")
+    if rank is not None and r_max is not None and rank > r_max:  # here, not after training at export time
+        raise ConfigError(f"method.export_rank must be in [1, method.r_max={r_max}] (got {rank})")
+    if _get(values, "results.store")[0]:
+        check_writable("results.store", values["results"]["store"])
     if cfg.data.dir is not None and not Path(str(cfg.data.dir)).is_dir():
         raise ConfigError(f"data directory not found: {cfg.data.dir} (set data.dir to an existing directory, "
                           "or leave it unset to download from the Hub)")
     if cfg.model.path is not None and not Path(str(cfg.model.path)).exists():
         raise ConfigError(f"model directory not found: {cfg.model.path} (set model.path to a local model "
                           "directory, or leave it unset to download from the Hub)")
+
+
+def check_writable(key: str, path) -> None:
+    """A directory that is to be written (``results.store``, Hydra's run directory): it, or its first existing
+    ancestor, must be a directory this process can write to; checked before anything is trained."""
+    target = Path(str(path)).absolute()
+    first = next(p for p in (target, *target.parents) if p.exists())
+    if not first.is_dir():
+        raise ConfigError(f"{key}={path} cannot be a directory: {first} is a file; set {key} to a directory")
+    if not os.access(first, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path} cannot be written: no write permission on {first}; set {key} to a "
+                          "directory you can write to")
 
 
 def _shown(value) -> str:
@@ -343,7 +382,7 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
 
     args, unknown = get_args_parser().parse_known_args(argv)
     if unknown or args.help or args.hydra_help or args.cfg or args.info or args.shell_completion \
@@ -351,11 +390,21 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
         return
     config_name = args.config_name or config_name
     parser = OverridesParser.create()
+    everything = _parsed(parser, args.overrides)
+    overrides = [o for o in everything if not o.key_or_group.startswith(("hydra.", "hydra/"))]
+    multirun = args.multirun or any(o.key_or_group == "hydra.mode" and str(o.value()) == "MULTIRUN" for o in everything)
+    for o in everything:
+        if o.is_sweep_override() and not multirun:  # Hydra: "Ambiguous value", 6 lines
+            key, _, values = o.input_line.partition("=")
+            raise ConfigError(f"{o.input_line} gives several values: add -m to run one job per value, or write "
+                              f"{key}=[{values}] for a list")
+        if o.key_or_group == ("hydra.sweep.dir" if multirun else "hydra.run.dir") and "${" not in o.input_line:
+            check_writable(o.key_or_group, o.value())
     try:
-        overrides = [o for o in parser.parse_overrides(args.overrides)
-                     if not o.key_or_group.startswith(("hydra.", "hydra/"))]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            if args.multirun:  # the preset's sweep (an experiment's hydra.sweeper.params), then the command line's
+            if hydra_groups := [o.input_line for o in everything if o.key_or_group.startswith("hydra/")]:
+                compose(config_name, overrides=hydra_groups, return_hydra_config=True)  # e.g. hydra/launcher=...
+            if multirun:  # the preset's sweep (an experiment's hydra.sweeper.params), then the command line's
                 groups = [o.input_line for o in overrides if not o.is_sweep_override() and _is_group(o.input_line)]
                 primary = compose(config_name, overrides=groups, return_hydra_config=True)
                 params = [f"{k}={v}" for k, v in (primary.hydra.sweeper.get("params") or {}).items()]
@@ -369,8 +418,27 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
                 except DynrankError as e:
                     swept = [o for o in job if not all(o in other for other in jobs)]
                     raise type(e)(f"{e} (in the job {' '.join(swept)})" if swept else str(e)) from None
+    except MissingConfigException as e:  # a config group's option that does not exist (hydra/launcher=...)
+        group, _, name = str(e.missing_cfg_file).rpartition("/")
+        options = f"; choose one of: {', '.join(e.options)}" if e.options else ""
+        raise ConfigError(f"unknown {group} '{name}'{options}" if group else str(e).splitlines()[0]) from None
     except (HydraException, OmegaConfBaseException):  # Hydra reports these as it always does
         return
+
+
+def _parsed(parser, overrides: list[str]) -> list:
+    """Hydra's overrides; one it cannot parse is a ``ConfigError`` naming it (Hydra's own message is 4 lines)."""
+    from hydra.errors import OverrideParseException
+
+    out = []
+    for line in overrides:
+        try:
+            out += parser.parse_overrides([line])
+        except OverrideParseException as e:
+            raise ConfigError(f"cannot parse {line!r}: {str(e).splitlines()[0]}; write key=value (quote values "
+                              "with spaces or special characters, e.g. key='a b'), see "
+                              "https://hydra.cc/docs/advanced/override_grammar/basic/") from None
+    return out
 
 
 class _Jobs:
@@ -378,7 +446,7 @@ class _Jobs:
     a sweep of hundreds of jobs over a few tasks and methods is checked in seconds."""
 
     def __init__(self, compose, parser, config_name: str):
-        self.compose, self.parser, self.config_name, self.bases = compose, parser, config_name, {}
+        self.compose, self.parser, self.config_name, self.bases, self.known = compose, parser, config_name, {}, {}
 
     def base(self, job: list[str]):
         groups = tuple(o for o in job if _is_group(o))
@@ -400,7 +468,13 @@ class _Jobs:
             raise
         if any(o.startswith("+") for o in job):  # '+key=' adds a key: one that nothing reads is a typo
             _check_keys(base, job)
-        validate(cfg)
+        if id(base) not in self.known:
+            self.known[id(base)] = set(_keys(base))
+        _check_required(self.known[id(base)], cfg, job)
+        try:
+            validate(cfg)
+        except _NeedsHydra:
+            pass
 
 
 def _is_group(override: str) -> bool:
@@ -428,6 +502,29 @@ def _check_keys(base, job: list[str]) -> None:
                 f"the keys {f'under {parent} ' if parent else ''}are: {', '.join(siblings)}" if siblings else
                 "see conf/config.yaml and conf/<group>/<name>.yaml for the keys")
         raise ConfigError(f"unknown key {key}; {hint}")
+
+
+def _check_required(known: set, cfg, job: list[str]) -> None:
+    """A key of ``SCHEMA`` that the job's config groups give (``known``: their keys) must still be there after its
+    overrides (``~train.epochs`` deletes one, ``train=5`` replaces the keys under it)."""
+    for key, rule in SCHEMA.items():
+        if key not in known or _has(cfg, key):
+            continue
+        by = sorted((o for o in job if not _is_group(o)
+                     and (key == (k := o.split("=", 1)[0].lstrip("+~")) or key.startswith(k + "."))),
+                    key=lambda o: not o.startswith("~"))  # ~key deletes; key=value replaces what is under key
+        shown = (by[0].split("=", 1)[0] if by[0].startswith("~") else by[0]) if by else "the command"
+        raise ConfigError(f"{key} is needed ({describe(rule)}), but {shown} removes it; "
+                          f"drop that override, or set {key}=<value>")
+
+
+def _has(cfg, key: str) -> bool:
+    node = cfg
+    for part in key.split("."):
+        if not OmegaConf.is_dict(node) or part not in node.keys():
+            return False
+        node = node._get_node(part)
+    return True
 
 
 def _keys(cfg, prefix: str = ""):

@@ -209,7 +209,7 @@ class Trainer:
         self.fp = fingerprint(self.key)
         self.lock = checkpoint.RunLock(self.run_dir)  # a second process on this run stops here
         try:
-            self.skip = self._finished()
+            self.skip = self._finished(shared)
             if not self.skip:
                 self._setup(shared)
         except BaseException:
@@ -224,12 +224,7 @@ class Trainer:
         seed_everything(seed)
         self.device = device = pick_device(str(cfg.train.device))
         self.amp = amp = bool(cfg.train.bf16) and device.type == "cuda"
-        if shared is None:  # tokenizer, task and encoded data: the same for every seed
-            tokenizer = load_tokenizer(cfg.model)
-            task = tasks.build(cfg, tokenizer)
-            shared = {"task": task, "train_set": task.train_set(), "eval_sets": task.eval_sets()}
-            shared["data"] = data_identity(shared["train_set"], shared["eval_sets"])
-        self.shared = shared
+        self.shared = shared = self._data(shared)
         self.task, self.train_set, self.eval_sets = shared["task"], shared["train_set"], shared["eval_sets"]
         seed_everything(seed)  # model and adapter init depend on the seed only
         model = self.task.build_model()
@@ -273,19 +268,31 @@ class Trainer:
                  cfg.method.name, cfg.budget.name, seed, self.total_steps, method.param_counts())
         self.started = time.time()
 
-    def _finished(self) -> bool:
-        """A finished run (its results file, and a checkpoint at its last epoch made with this config) is left as
-        it is: running its command again does not train it again nor rewrite its results (train.resume=false does)."""
+    def _data(self, shared):
+        """Tokenizer, task and encoded data (the same for every seed: ``shared`` where another run loaded them)."""
+        if shared is None:
+            tokenizer = load_tokenizer(self.cfg.model)
+            task = tasks.build(self.cfg, tokenizer)
+            shared = {"task": task, "train_set": task.train_set(), "eval_sets": task.eval_sets()}
+            shared["data"] = data_identity(shared["train_set"], shared["eval_sets"])
+        return shared
+
+    def _finished(self, shared) -> bool:
+        """A finished run (its results file, and a checkpoint at its last epoch made with this config and on this
+        data) is left as it is: running its command again does not train it again nor rewrite its results
+        (train.resume=false does)."""
         results = self.run_dir / "results.json"
         if not (self.cfg.train.resume and results.exists() and checkpoint.exists(self.run_dir)):
             return False
-        _, state = checkpoint.read_state(self.run_dir, self.fp, self.key)
+        path, state = checkpoint.read_state(self.run_dir, self.fp, self.key)
         if state["epoch"] < int(self.cfg.train.epochs):
             return False
         try:
             self.results = json.loads(results.read_text())
         except ValueError:  # a damaged results file: finishing again from the last checkpoint rewrites it
             return False
+        self.shared = self._data(shared)  # other data than it was trained on: refused, as when resuming
+        checkpoint.check_data(path, state, self.shared["data"])
         if not self.out_path.exists():  # another results store (results.store=...): it gets its copy
             write_json(self.out_path, self.results)
         log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
@@ -417,9 +424,9 @@ def run_side_by_side(cfgs: list, run_dirs: list, on_start=None) -> list[dict]:
         trainers, shared = [], None
         for c, run_dir in zip(cfgs, run_dirs):
             t = Trainer(c, run_dir, shared)
+            shared = getattr(t, "shared", shared)  # loaded by a run in training, or by a finished one to check it
             if not t.skip:
                 locks.enter_context(t.lock)
-                shared = t.shared
                 trainers.append(t)
         if not trainers:
             return []

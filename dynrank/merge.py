@@ -21,6 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from .errors import ConfigError, DynrankError
+from .results import umask_mode
 
 AUTO_CLASSES = {"SEQ_CLS": "AutoModelForSequenceClassification", "QUESTION_ANS": "AutoModelForQuestionAnswering",
                 "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM"}
@@ -97,6 +98,8 @@ def merge(adapter_dir, out_dir, base: str | None = None, base_model: nn.Module |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out))
+    for f in out.glob("*.safetensors"):  # transformers writes the weights through safetensors: 0600
+        umask_mode(f)
     src = base or read_config(adapter_dir).get("base_model_name_or_path")
     if src and base_model is None:
         try:

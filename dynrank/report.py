@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import paper
+from .config import check_writable
+from .errors import ConfigError
 from .results import atomic_write_text, load_runs
 from .selection import AUTO, PROTOCOLS, RULES, Choice, Rule, choose, lr_text
 
@@ -645,6 +647,11 @@ def main(argv=None) -> int:
     unknown = [t for t in names if t not in BUILDERS]
     if unknown:
         print(f"error: unknown table {', '.join(unknown)}; choose from {', '.join(TABLES)}", file=sys.stderr)
+        return 2
+    try:
+        check_writable("--out", a.out)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     runs, bad = [], []
     if Path(a.store).is_dir():

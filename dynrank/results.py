@@ -50,6 +50,11 @@ def save_tensors(tensors: dict, path) -> None:
     from safetensors.torch import save_file
 
     save_file(tensors, str(path))
+    umask_mode(path)
+
+
+def umask_mode(path) -> None:
+    """Give ``path`` the mode any new file gets (0666 less the umask), where a writer made it private (0600)."""
     os.chmod(path, 0o666 & ~_UMASK)
 
 

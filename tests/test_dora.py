@@ -2,6 +2,7 @@
 import copy
 import json
 import math
+import os
 import re
 
 import pytest
@@ -268,6 +269,10 @@ def test_export_and_merge_reproduce_logits(tmp_path):
     assert merge_main([str(out), "--out", str(tmp_path / "merged")]) == 0
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     assert not any("lora" in n for n, _ in merged.named_parameters())
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "merged").glob("*.safetensors")} == {
+        "model.safetensors": 0o666 & ~mask}  # the umask's mode, as results and adapters (not safetensors' 0600)
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=x).logits, ref, atol=1e-5, rtol=0)
 

@@ -7,9 +7,11 @@ byte for byte, before and after.
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +45,9 @@ def _one_error_line(p: subprocess.CompletedProcess) -> str:
 def finished(tmp_path_factory):
     """A finished run (2 epochs, adapter exported) in ``<tmp>/run``, its results in ``<tmp>/store``."""
     tmp = tmp_path_factory.mktemp("finished")
-    p = cli(_args(tmp, f"hydra.run.dir={tmp / 'run'}", "train.export=true"), cwd=tmp)
+    # data.cache_dir: the same directory as _args(tmp) names, through an interpolation only a Hydra job resolves
+    p = cli([*_args(tmp, f"hydra.run.dir={tmp / 'run'}", "train.export=true"),
+             "data.cache_dir=${hydra:runtime.cwd}/cache"], cwd=tmp)
     assert p.returncode == 0, p.stderr
     assert (tmp / "run/results.json").exists() and (tmp / "run/.hydra/config.yaml").exists()
     return tmp
@@ -79,15 +83,67 @@ def _cola(root: Path, n: int = 12, bad: dict | None = None) -> Path:
     ("variant=../../x", "error: variant must be a name of letters, digits, '.', '_', '-' (no path separator, "
                         "no '..'), or null (got '../../x')"),
     ("variant=a/b", "error: variant must be a name of letters"),
+    ("budget.name=../../x", "error: budget.name must be a name of letters, digits, '.', '_', '-' (no path "
+                            "separator, no '..') (got '../../x')"),
+    ("model.id=a/b", "error: model.id must be a name of letters"),
+    ("seeds=[1,abc]", "error: seeds must be a list of integers >= 0, or null (got [1, \"abc\"])"),
+    ("seeds=[1,2,1]", "error: seeds lists seed 1 more than once (got [1, 2, 1]); list each seed once"),
+    ("~train.epochs", "error: train.epochs is needed (an integer >= 1), but ~train.epochs removes it; drop that "
+                      "override, or set train.epochs=<value>"),
+    ("train=5", "error: train.lr is needed (a number > 0), but train=5 removes it"),
+    ("task.name=foo", "error: conf/hparams/lora.yaml has no entry for task 'foo'; add one"),
+    ("protocol=nope", "error: unknown protocol 'nope'; choose one of: paper_code, standard"),
+    ("hydra/launcher=nope", "error: unknown hydra/launcher 'nope'; choose one of: basic, joblib, local_gpus"),
+    ("seeds=[1,2", "error: cannot parse 'seeds=[1,2': no viable alternative at input '[1,2'; write key=value"),
+    ("train.lr=1e-3,2e-3", "error: train.lr=1e-3,2e-3 gives several values: add -m to run one job per value, or "
+                           "write train.lr=[1e-3,2e-3] for a list"),
+    ("method=dylora method.export_rank=99", "error: method.export_rank must be in [1, method.r_max=8] (got 99)"),
+    ("results.store={file}/store", "error: results.store={file}/store cannot be a directory: {file} is a file; "
+                                   "set results.store to a directory"),
 ])
 def test_bad_values_and_keys_are_one_line_and_touch_nothing(finished, tmp_path, override, message):
+    file = finished / "run/results.json"  # an existing file where a directory is wanted
+    override, message = override.format(file=file).split(" "), message.format(file=file)
     before = _snapshot(finished / "run", finished / "store")
-    p = cli(_args(finished, f"hydra.run.dir={finished / 'run'}", override), cwd=tmp_path)
+    p = cli(_args(finished, f"hydra.run.dir={finished / 'run'}", *override), cwd=tmp_path)
     assert _one_error_line(p).startswith(message)
     assert _snapshot(finished / "run", finished / "store") == before
-    p = cli(_args(tmp_path, override), cwd=tmp_path)  # the run's own directory: not even created
+    p = cli(_args(tmp_path, *override), cwd=tmp_path)  # the run's own directory: not even created
     assert _one_error_line(p).startswith(message)
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "store").exists()
+
+
+def test_a_run_dir_that_cannot_be_created_is_one_line(finished, tmp_path):
+    file = finished / "run/results.json"
+    before = _snapshot(finished / "run", finished / "store")
+    for flag, key in (([], "hydra.run.dir"), (["-m"], "hydra.sweep.dir")):
+        p = cli([*flag, *_args(tmp_path, f"{key}={file}/run")], cwd=tmp_path)
+        assert _one_error_line(p) == f"error: {key}={file}/run cannot be a directory: {file} is a file; set {key} " \
+                                     "to a directory"
+    assert _snapshot(finished / "run", finished / "store") == before
+
+
+def test_a_results_store_without_write_permission_is_refused_up_front(tmp_path, monkeypatch):
+    """As for a user without rights there (the tests run as root here: the permission is denied by hand)."""
+    from dynrank import config
+    from dynrank.errors import ConfigError
+
+    monkeypatch.setattr(config.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(ConfigError, match=rf"^results.store={tmp_path}/store cannot be written: no write permission "
+                                          rf"on {tmp_path}; set results.store to a directory you can write to$"):
+        config.check_command_line(_args(tmp_path))
+
+
+def test_the_check_before_hydra_leaves_hydra_interpolations_and_multirun_mode_to_hydra(tmp_path):
+    """What only resolves in a Hydra job (``${hydra:...}``) is not refused up front (the job checks it), and
+    ``hydra.mode=MULTIRUN`` is a multirun as ``-m`` is (the ``finished`` fixture runs ``${hydra:runtime.cwd}``)."""
+    from dynrank.config import check_command_line
+    from dynrank.errors import ConfigError
+
+    check_command_line(_args(tmp_path, "data.cache_dir=${hydra:runtime.cwd}/cache"))
+    check_command_line(_args(tmp_path, "hydra.mode=MULTIRUN", "train.lr=1e-3,2e-3"))
+    with pytest.raises(ConfigError, match=r"^train.lr must be a number > 0 \(got -1\) \(in the job train.lr=-1\)$"):
+        check_command_line(_args(tmp_path, "hydra.mode=MULTIRUN", "train.lr=1e-3,-1"))
 
 
 def test_initial_budget_is_checked_for_dora(finished, tmp_path):
@@ -98,9 +154,15 @@ def test_initial_budget_is_checked_for_dora(finished, tmp_path):
     assert _snapshot(finished / "run", finished / "store") == before
 
 
-def test_a_bad_sweep_value_stops_the_multirun_before_its_first_job(tmp_path):
-    p = cli(["-m", *_args(tmp_path, f"hydra.sweep.dir={tmp_path / 'multi'}"), "train.lr=0.002,-1"], cwd=tmp_path)
-    assert _one_error_line(p) == "error: train.lr must be a number > 0 (got -1) (in the job train.lr=-1)"
+@pytest.mark.parametrize("sweep, message", [
+    ("train.lr=0.002,-1", "train.lr must be a number > 0 (got -1) (in the job train.lr=-1)"),
+    ("train.lr=1e-3,abc", "train.lr must be a number > 0 (got 'abc') (in the job train.lr=abc)"),
+    ("seeds=[1,2],[1,abc]", 'seeds must be a list of integers >= 0, or null (got [1, "abc"]) (in the job '
+                            'seeds=[1,abc])'),
+])
+def test_a_bad_sweep_value_stops_the_multirun_before_its_first_job(tmp_path, sweep, message):
+    p = cli(["-m", *_args(tmp_path, f"hydra.sweep.dir={tmp_path / 'multi'}"), sweep], cwd=tmp_path)
+    assert _one_error_line(p) == "error: " + message
     assert not (tmp_path / "multi").exists() and not (tmp_path / "store").exists()
 
 
@@ -130,6 +192,18 @@ def test_data_dir_root_is_one_line(finished, tmp_path):
     p = cli(_args(finished, "data.dir=/", "train.resume=false", f"hydra.run.dir={finished / 'run'}"), cwd=tmp_path)
     assert _one_error_line(p).startswith("error: no GLUE cola data under /: expected /CoLA/train.tsv")
     assert time.time() - t0 < 60  # a glance at /, not a walk of the disk
+    assert _snapshot(finished / "run", finished / "store") == before
+
+
+def test_a_data_dir_without_the_tasks_files_is_one_line(finished, tmp_path):
+    """A data dir with train.tsv but no dev.tsv (one with neither: ``test_data_dir_root_is_one_line``), given to
+    the finished run's command (which checks the data before saying it is finished)."""
+    d = tmp_path / "glue"
+    (d / "CoLA").mkdir(parents=True)
+    shutil.copy(SHARED_GLUE / "CoLA/train.tsv", d / "CoLA/train.tsv")
+    before = _snapshot(finished / "run", finished / "store")
+    p = cli(_args(finished, f"data.dir={d}", f"hydra.run.dir={finished / 'run'}"), cwd=tmp_path)
+    assert _one_error_line(p) == f"error: missing file {d}/CoLA/dev.tsv for GLUE cola split 'validation'; fix data.dir"
     assert _snapshot(finished / "run", finished / "store") == before
 
 
@@ -206,6 +280,12 @@ def test_changed_data_is_refused_on_resume(killed, tmp_path):
     train.write_text(rows)  # the data it was made with: it resumes
     p = cli(args, cwd=tmp_path)
     assert p.returncode == 0 and "resumed from" in p.stdout, p.stderr
+    finished = _snapshot(run)  # a finished run on other data: refused too, not "finished already"
+    train.write_text("".join(rows.splitlines(keepends=True)[:8]))
+    p = cli(args, cwd=tmp_path)
+    assert _one_error_line(p).startswith(f"error: the data changed since the checkpoint in {run / 'checkpoint'} was "
+                                         "made (train: 12 -> 8 examples); ")
+    assert _snapshot(run) == finished
 
 
 def test_resume_sums_wall_time_and_names_the_directory_it_loaded(killed, tmp_path):
@@ -329,12 +409,18 @@ def test_lr_sweep_keeps_both_rates(tmp_path):
 
 
 def test_seeds_side_by_side_under_a_hand_set_run_dir(tmp_path):
-    p = cli(_args(tmp_path, "seeds=[1,2]", f"hydra.run.dir={tmp_path / 'x'}", "train.epochs=1"), cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
-    runs = sorted((tmp_path / "x").rglob("results.json"))
-    assert [r.parent.name for r in runs] == ["seed1", "seed2"]
-    assert all(r.relative_to(tmp_path / "x").parts[:3] == tuple(CELL.split("/")) for r in runs)
-    assert [json.loads(f.read_text())["seed"] for f in sorted((tmp_path / "store").rglob("seed*.json"))] == [1, 2]
+    """As ``hydra.run.dir=/tmp/x/run-lora``: fewer path parts than a run id has (the IndexError of issue 12)."""
+    top = Path(tempfile.mkdtemp(prefix="dynrank-", dir="/tmp"))
+    try:
+        x = top / "x"
+        p = cli(_args(tmp_path, "seeds=[1,2]", f"hydra.run.dir={x}", "train.epochs=1"), cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        runs = sorted(x.rglob("results.json"))
+        assert [r.parent.name for r in runs] == ["seed1", "seed2"]
+        assert all(r.relative_to(x).parts[:3] == tuple(CELL.split("/")) for r in runs)
+        assert [json.loads(f.read_text())["seed"] for f in sorted((tmp_path / "store").rglob("seed*.json"))] == [1, 2]
+    finally:
+        shutil.rmtree(top)
 
 
 # --- Matthews correlation where it is undefined ------------------------------------------------------------

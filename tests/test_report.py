@@ -480,6 +480,14 @@ def test_bad_results_files_are_skipped_with_a_warning_naming_them(tmp_path, capl
     assert {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}["r8 lora", "cola"]["n"] == "2"
 
 
+def test_an_out_dir_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "tables"
+    assert report.main(["--store", str(tmp_path / "store"), "--out", str(out), "--no-figures"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: --out={out} cannot be a directory: {tmp_path / 'file'} "
+                                                    "is a file; set --out to a directory"]
+
+
 def test_strict_report_exits_2_naming_the_bad_files(tmp_path):
     store, out = tmp_path / "store", tmp_path / "tables"
     bad = _bad_store(store)
@@ -512,6 +520,9 @@ def test_lr_search_end_to_end_tiny(tmp_path, capsys):
     files = sorted((tmp_path / "store").rglob("seed*.json"))
     got = sorted((json.loads(f.read_text())["lr"], json.loads(f.read_text())["seed"]) for f in files)
     assert got == sorted((lr, s) for lr in grid for s in (1, 2))  # one results file per rate x seed
+    dirs = sorted(r.parent.relative_to(tmp_path / "multirun") for r in (tmp_path / "multirun").rglob("results.json"))
+    assert [(d.parts[3].rsplit("-", 1)[0], d.parts[4]) for d in dirs] == sorted(
+        (f"lr{lr_tag(lr)}", f"seed{s}") for lr in grid for s in (1, 2))  # and one run directory
     assert len({json.loads(f.read_text())["config_hash"] for f in files}) == 1  # the hash leaves the lr out
     out = tmp_path / "tables"
     assert report.main(["--select-lr", "--model", "tiny", "--store", str(tmp_path / "store"), "--out", str(out)]) == 0
