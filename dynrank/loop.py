@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import get_linear_schedule_with_warmup
 
-from . import checkpoint, gpus, methods, tasks
+from . import checkpoint, export, gpus, methods, tasks
 from .config import config_hash, resume_key, run_id, validate
 from .data.cache import fingerprint
 from .errors import TrainingError
@@ -353,13 +353,22 @@ class Trainer:
         if extra_evals:
             results["extra_evals"] = extra_evals
         if cfg.train.get("export"):
-            method.export(run_dir / "adapter", base_name=str(cfg.model.path or cfg.model.name),
-                          task_type=self.task.task_type)
-            results["export_dir"] = str(run_dir / "adapter")
+            adapter = run_dir / "adapter"
+            base = export.base_name(cfg.model, self.model, self.task, adapter)
+            method.export(adapter, base_name=base, task_type=self.task.task_type)
+            results["export_dir"] = str(adapter.resolve())
+            log.info("adapter (PEFT format): %s (base: %s)", adapter.resolve(), base)
         write_json(run_dir / "results.json", results)
         write_json(self.out_path, results)
         log.info("results: %s", self.out_path)
+        log_run_dir(run_dir)
         return results
+
+
+def log_run_dir(run_dir) -> None:
+    """The run directory and what it holds (log, TensorBoard, checkpoint, figure, adapter): the last line of a run."""
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(run_dir).iterdir() if not p.name.startswith("."))
+    log.info("run directory: %s (%s)", run_dir, ", ".join(entries))
 
 
 def data_identity(train_set, eval_sets: dict) -> dict:
