@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import get_linear_schedule_with_warmup
 
-from . import checkpoint, export, gpus, methods, tasks
+from . import checkpoint, export, gpus, methods, runlog, tasks
 from .config import config_hash, resume_key, run_id, validate
 from .data.cache import fingerprint
 from .errors import TrainingError
@@ -266,7 +266,7 @@ class Trainer:
             self.stepper = stepper
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-        self.writer = _tensorboard(self.run_dir)
+        self.writer = runlog.tensorboard(self.run_dir, self.step)
         if device.type == "cuda":  # setup ran on the default stream; steps may run on self.stream
             torch.cuda.synchronize(device)
         log.info("%s | %s | %s-%s | seed %d | %d steps | trainable %s", cfg.task.name, cfg.model.id,
@@ -317,6 +317,8 @@ class Trainer:
             if self.writer:
                 self.writer.add_scalar("train/loss", loss.item(), self.step)
                 self.writer.add_scalar("train/lr", float(self.scheduler.get_last_lr()[0]), self.step)
+                for name, value in self.method.scalars(self.step).items():
+                    self.writer.add_scalar(f"{self.method.name}/{name}", value, self.step)
 
     def end_epoch(self) -> None:
         epoch = self.epoch
@@ -347,7 +349,7 @@ class Trainer:
         results = _results(cfg, self.resolved, self.task, method, self.history, self.device, self.started)
         _total_times(results, self.past_attempts_s, self.started)
         results["method_summary"] = method.summary()
-        method.artifacts(run_dir)
+        method.artifacts(run_dir, f"{cfg.model.id}, {cfg.task.name}, budget {cfg.budget.name}, seed {self.seed}")
         extra_evals = method.final_evaluation(
             lambda: self.task.evaluate(self.model, self.eval_sets, self.device, self.amp))
         if extra_evals:
@@ -521,11 +523,3 @@ def _progress(cfg, plan, epoch, epochs):
     from tqdm.auto import tqdm
 
     return tqdm(plan, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
-
-
-def _tensorboard(run_dir):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional at run time
-        return None
-    return SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
