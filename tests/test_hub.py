@@ -89,6 +89,7 @@ def test_cli_fails_in_seconds_without_retries(tmp_path, args, message):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - t
     assert p.returncode == 2, p.stderr[-2000:]
-    assert p.stderr.strip().splitlines()[-1].startswith(message), p.stderr[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), p.stderr[-2000:]
     assert "Retrying" not in p.stdout + p.stderr  # huggingface_hub's back-off never started
     assert elapsed < 30, elapsed  # start-up included; the back-off alone took 50-70 s
