@@ -34,8 +34,14 @@ NOT_IN_IDENTITY = {
 }
 
 
-def identity(cfg) -> dict:
-    """What a run computes: the resolved config without the keys of ``NOT_IN_IDENTITY``.
+# A run's length: part of what it computes (``config_hash``, in its results file), not of where it lives
+# (``run_id``): a run asked for more epochs continues in its own directory (an extension, ``loop.Trainer``).
+LENGTH = {"train": ("epochs",), "task": ("epochs",)}
+
+
+def identity(cfg, length: bool = True) -> dict:
+    """What a run computes: the resolved config without the keys of ``NOT_IN_IDENTITY`` (and, ``length=False``,
+    without its length: ``LENGTH``).
 
     The protocol group is left out as a whole: its training-time parts reach a run through the keys that read
     them (``method.kaiming_a``, ``task.train_windows``); the rest only picks epochs at report time."""
@@ -47,15 +53,32 @@ def identity(cfg) -> dict:
             continue
         val = OmegaConf.to_container(c[key], resolve=True) if OmegaConf.is_config(c[key]) else c[key]
         if isinstance(val, dict):
-            val = {k: v for k, v in val.items() if k not in NOT_IN_IDENTITY.get(key, ())}
+            left_out = NOT_IN_IDENTITY.get(key, ()) + (() if length else LENGTH.get(key, ()))
+            val = {k: v for k, v in val.items() if k not in left_out}
         out[key] = val
     return out
 
 
-def config_hash(cfg) -> str:
-    """8 hex digits of SHA-256 over ``identity(cfg)`` (canonical JSON)."""
-    text = json.dumps(identity(cfg), sort_keys=True, default=str, separators=(",", ":"))
+def _hash(obj) -> str:
+    """8 hex digits of SHA-256 over ``obj`` as canonical JSON."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def config_hash(cfg, schedule: list | None = None) -> str:
+    """What a run computed, for its results file (the report averages only runs of one hash): ``identity(cfg)``,
+    its length included; for a run extended to more epochs also its ``schedule`` (the epochs each segment was
+    planned for, ``[{"epochs": 1, "from_step": 0}, {"epochs": 3, "from_step": 27}]``), so that it never counts as a
+    run trained for its final length from the start."""
+    ident = identity(cfg)
+    if schedule and len(schedule) > 1:
+        ident["schedule"] = schedule
+    return _hash(ident)
+
+
+def run_hash(cfg) -> str:
+    """The hash in a run's path (``run_id``): ``identity(cfg)`` without the run's length."""
+    return _hash(identity(cfg, length=False))
 
 
 def lr_tag(lr) -> str:
@@ -68,19 +91,20 @@ def lr_tag(lr) -> str:
 def run_id(cfg) -> str:
     """``<model>/<task>/<method>-<budget>[-<variant>]/lr<lr>-<hash>/seed<k>``: one run, one place.
 
-    Every key that changes results is in it: the learning rate readably, everything else (epochs, batch size,
-    method options, data subsets...) through ``config_hash``; two runs that would compute different things
-    never share a directory or a results file."""
+    Every key that changes results but the run's length is in it: the learning rate readably, everything else
+    (batch size, method options, data subsets...) through ``run_hash``; two runs that would compute different
+    things never share a directory or a results file, except a run and its extension to more epochs (the same
+    run made longer, continued from its last checkpoint)."""
     cell = f"{cfg.method.name}-{cfg.budget.name}"
     if cfg.get("variant"):
         cell += f"-{cfg.variant}"
-    return f"{cfg.model.id}/{cfg.task.name}/{cell}/lr{lr_tag(cfg.train.lr)}-{config_hash(cfg)}/seed{cfg.seed}"
+    return f"{cfg.model.id}/{cfg.task.name}/{cell}/lr{lr_tag(cfg.train.lr)}-{run_hash(cfg)}/seed{cfg.seed}"
 
 
 def resume_key(cfg) -> dict:
-    """What a checkpoint must have been made with to be resumed: the run's identity with its seed and
-    learning rate, as flat ``{"train.epochs": 3, ...}`` so that a refusal can name the keys that differ."""
-    ident = identity(cfg)
+    """What a checkpoint must have been made with to be resumed: the run's identity without its length, with its
+    seed and learning rate, as flat ``{"method.alpha": 8, ...}`` so that a refusal can name the keys that differ."""
+    ident = identity(cfg, length=False)
     ident["seed"] = int(cfg.seed)
     ident.setdefault("train", {})["lr"] = float(cfg.train.lr)
     return _flat(ident)

@@ -1,6 +1,9 @@
 """Write adapters in HF PEFT's LoRA format, loadable with ``peft.PeftModel.from_pretrained``.
 
 Used by lora, dora (with per-module ``rank_pattern``/``alpha_pattern``) and dora_wd (``use_dora``).
+``base_name`` gives the base model an adapter records (``base_model_name_or_path``) so that it loads from any
+directory: a Hub id, an absolute path, or, for a model that exists nowhere else (``model=tiny``, built from a
+config), the base saved beside the adapter (``<adapter>/base_model``).
 """
 from __future__ import annotations
 
@@ -13,6 +16,32 @@ from .models import HEAD_PREFIXES, is_head
 from .results import atomic_write_text, save_tensors
 
 TASK_TYPES = {"seq_cls": "SEQ_CLS", "qa": "QUESTION_ANS", "seq2seq": "SEQ_2_SEQ_LM"}
+BASE_DIR = "base_model"  # <adapter>/base_model: the base of a model built from a config (model=tiny)
+
+
+def base_name(mcfg, model, task, adapter_dir) -> str:
+    """What the adapter records as its base: the absolute ``model.path``, the Hub id, or (tiny models, built from a
+    config with random weights) the base saved now in ``<adapter_dir>/base_model`` with its tokenizer."""
+    if mcfg.get("tiny"):
+        return str(save_base(model, task, Path(adapter_dir) / BASE_DIR).resolve())
+    if mcfg.get("path"):
+        return str(Path(str(mcfg.path)).resolve())
+    return str(mcfg.name)
+
+
+@torch.no_grad()
+def save_base(model, task, out_dir) -> Path:
+    """The frozen backbone of the wrapped ``model`` as a plain HF model (``save_pretrained``) with the tokenizer.
+
+    Every method keeps the original ``nn.Linear`` of an adapted matrix as ``<name>.base``: its weights, and every
+    other frozen weight, are copied into a model of the same architecture (``task.build_model()``)."""
+    base = task.build_model()
+    trained = {k.replace(".base.", "."): v for k, v in model.state_dict().items()}
+    base.load_state_dict({k: trained[k].float() for k in base.state_dict()})
+    out = Path(out_dir)
+    base.save_pretrained(str(out))
+    task.tokenizer.save_pretrained(str(out))
+    return out
 
 
 def save_peft_lora(out_dir, model, base_name: str, task_type: str, adapters: dict[str, dict],

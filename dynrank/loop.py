@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import get_linear_schedule_with_warmup
 
-from . import checkpoint, gpus, methods, tasks
+from . import checkpoint, export, gpus, methods, runlog, tasks
 from .config import config_hash, resume_key, run_id, validate
 from .data.cache import fingerprint
 from .errors import TrainingError
@@ -201,7 +201,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.out_path = store_path(cfg.results.store, run_id(cfg))
         self.results = {}  # a run skipped as finished: its results
-        self.skip = bool(cfg.train.skip_done) and self.out_path.exists()
+        self.skip = bool(cfg.train.skip_done) and _epochs_done(self.out_path) == int(cfg.train.epochs)
         if self.skip:
             log.info("results exist, skipping: %s", self.out_path)
             return
@@ -242,13 +242,17 @@ class Trainer:
         self.resolved = OmegaConf.to_container(cfg, resolve=True)
         self.history, self.start_epoch, self.step = [], 0, 0
         self.past_attempts_s = []  # wall time of the earlier attempts at this run (killed, then resumed)
+        self.schedule = [{"epochs": self.epochs, "from_step": 0}]  # the length each schedule was made for
         if cfg.train.resume and checkpoint.exists(self.run_dir):
             state = checkpoint.load(self.run_dir, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
                                     method=method, fingerprint=self.fp, config=self.key, data=shared["data"],
                                     device=device)
             self.history, self.start_epoch, self.step = state["history"], state["epoch"], state["step"]
             self.past_attempts_s = list(state["extra"].get("wall_time_s", []))
+            self.schedule = list(state["extra"].get("schedule") or self.schedule)
             log.info("resumed from %s at epoch %d (step %d)", state["path"], self.start_epoch, self.step)
+            if self.schedule[-1]["epochs"] != self.epochs:
+                self._extend()
             if graphs:  # the checkpoint stores lr as a number; graphs need the device tensor back
                 for g in self.optimizer.param_groups:
                     g["lr"] = torch.as_tensor(g["lr"], dtype=torch.float32, device=device)
@@ -261,7 +265,7 @@ class Trainer:
             self.stepper = stepper
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-        self.writer = _tensorboard(self.run_dir)
+        self.writer = runlog.tensorboard(self.run_dir, self.step)
         if device.type == "cuda":  # setup ran on the default stream; steps may run on self.stream
             torch.cuda.synchronize(device)
         log.info("%s | %s | %s-%s | seed %d | %d steps | trainable %s", cfg.task.name, cfg.model.id,
@@ -277,30 +281,47 @@ class Trainer:
             shared["data"] = data_identity(shared["train_set"], shared["eval_sets"])
         return shared
 
+    def _extend(self) -> None:
+        """The run continues to ``train.epochs`` from a checkpoint planned for another length (an extension): the
+        learning-rate schedule and the method's schedules (DoRA's and AdaLoRA's budgets) were made for the new
+        total steps in ``_setup``; the optimizer takes the new schedule's rate at this step at once."""
+        old = self.schedule[-1]["epochs"]
+        self.schedule.append({"epochs": self.epochs, "from_step": self.step})
+        for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * fn(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        log.info("the run's length changes from %d to %d epochs at epoch %d (step %d of %d): the learning-rate and "
+                 "budget schedules now span %d epochs (README: Resume); train.resume=false trains %d epochs from the "
+                 "start", old, self.epochs, self.start_epoch, self.step, self.total_steps, self.epochs, self.epochs)
+
     def _finished(self, shared) -> bool:
         """A finished run (its results file, and a checkpoint at its last epoch made with this config and on this
         data) is left as it is: running its command again does not train it again nor rewrite its results
-        (train.resume=false does)."""
-        results = self.run_dir / "results.json"
-        if not (self.cfg.train.resume and results.exists() and checkpoint.exists(self.run_dir)):
+        (train.resume=false does). A run asked for more epochs than its checkpoint has is not finished: it
+        continues (``_extend``); one asked for fewer epochs than it has trained is refused."""
+        if not (self.cfg.train.resume and checkpoint.exists(self.run_dir)):
             return False
         path, state = checkpoint.read_state(self.run_dir, self.fp, self.key)
-        if state["epoch"] < int(self.cfg.train.epochs):
-            return False
-        try:
-            self.results = json.loads(results.read_text())
-        except ValueError:  # a damaged results file: finishing again from the last checkpoint rewrites it
+        epochs = int(self.cfg.train.epochs)
+        if state["epoch"] > epochs:
+            raise TrainingError(f"the checkpoint in {path} has trained {state['epoch']} epochs, more than "
+                                f"train.epochs={epochs}; set train.epochs={state['epoch']} or more to keep it, or "
+                                f"{checkpoint.START_OVER}")
+        results = self.run_dir / "results.json"
+        # no results of that epoch (missing, damaged, or a shorter run's): finishing from the checkpoint writes them
+        if state["epoch"] < epochs or _epochs_done(results) != state["epoch"]:
             return False
         self.shared = self._data(shared)  # other data than it was trained on: refused, as when resuming
         checkpoint.check_data(path, state, self.shared["data"])
-        if not self.out_path.exists():  # another results store (results.store=...): it gets its copy
+        self.results = json.loads(results.read_text())
+        if _epochs_done(self.out_path) != state["epoch"]:  # another results store (results.store=...) gets its copy
             write_json(self.out_path, self.results)
         log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
         return True
 
     def _checkpoint_extra(self) -> dict:
         """What resume checks and continues besides the tensors: the config, the data, the time spent so far."""
-        return {"config": self.key, "data": self.shared["data"],
+        return {"config": self.key, "data": self.shared["data"], "schedule": self.schedule,
                 "wall_time_s": [*self.past_attempts_s, time.time() - self.started]}
 
     # --- one epoch: begin, steps, end --------------------------------------------------------------
@@ -324,6 +345,8 @@ class Trainer:
             if self.writer:
                 self.writer.add_scalar("train/loss", loss.item(), self.step)
                 self.writer.add_scalar("train/lr", float(self.scheduler.get_last_lr()[0]), self.step)
+                for name, value in self.method.scalars(self.step).items():
+                    self.writer.add_scalar(f"{self.method.name}/{name}", value, self.step)
 
     def end_epoch(self) -> None:
         epoch = self.epoch
@@ -351,22 +374,40 @@ class Trainer:
         cfg, run_dir, method = self.cfg, self.run_dir, self.method
         if self.writer:
             self.writer.close()
-        results = _results(cfg, self.resolved, self.task, method, self.history, self.device, self.started)
+        results = _results(cfg, self.resolved, self.task, method, self.history, self.device, self.started,
+                           self.schedule)
         _total_times(results, self.past_attempts_s, self.started)
         results["method_summary"] = method.summary()
-        method.artifacts(run_dir)
+        method.artifacts(run_dir, f"{cfg.model.id}, {cfg.task.name}, budget {cfg.budget.name}, seed {self.seed}")
         extra_evals = method.final_evaluation(
             lambda: self.task.evaluate(self.model, self.eval_sets, self.device, self.amp))
         if extra_evals:
             results["extra_evals"] = extra_evals
         if cfg.train.get("export"):
-            method.export(run_dir / "adapter", base_name=str(cfg.model.path or cfg.model.name),
-                          task_type=self.task.task_type)
-            results["export_dir"] = str(run_dir / "adapter")
+            adapter = run_dir / "adapter"
+            base = export.base_name(cfg.model, self.model, self.task, adapter)
+            method.export(adapter, base_name=base, task_type=self.task.task_type)
+            results["export_dir"] = str(adapter.resolve())
+            log.info("adapter (PEFT format): %s (base: %s)", adapter.resolve(), base)
         write_json(run_dir / "results.json", results)
         write_json(self.out_path, results)
         log.info("results: %s", self.out_path)
+        log_run_dir(run_dir)
         return results
+
+
+def _epochs_done(results_path) -> int | None:
+    """The epochs a results file holds (None: no readable results file)."""
+    try:
+        return int(json.loads(Path(results_path).read_text())["final"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def log_run_dir(run_dir) -> None:
+    """The run directory and what it holds (log, TensorBoard, checkpoint, figure, adapter): the last line of a run."""
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(run_dir).iterdir() if not p.name.startswith("."))
+    log.info("run directory: %s (%s)", run_dir, ", ".join(entries))
 
 
 def data_identity(train_set, eval_sets: dict) -> dict:
@@ -489,14 +530,15 @@ def _check_finite(finite: torch.Tensor, step: int, epoch: int, seed: int) -> Non
                             "check the data, or turn off train.bf16; the last epoch's checkpoint is kept")
 
 
-def _results(cfg, resolved, task, method, history, device, started) -> dict:
+def _results(cfg, resolved, task, method, history, device, started, schedule) -> dict:
     metric = task.metric
     best = max(history, key=lambda h: h["dev"].get(metric, float("-inf")))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {
         "schema": SCHEMA, "run_id": run_id(cfg), "model": cfg.model.id, "task": cfg.task.name,
         "method": cfg.method.name, "budget": cfg.budget.name, "variant": cfg.get("variant"), "seed": int(cfg.seed),
-        "lr": float(cfg.train.lr), "config_hash": config_hash(cfg), "protocol": cfg.protocol.name,
+        "lr": float(cfg.train.lr), "config_hash": config_hash(cfg, schedule), "schedule": schedule,
+        "protocol": cfg.protocol.name,
         "metric": metric,
         "best": {"epoch": best["epoch"], "dev": best["dev"]},
         "pruning_end_step": method.pruning_end_step(),
@@ -519,11 +561,3 @@ def _progress(cfg, plan, epoch, epochs):
     from tqdm.auto import tqdm
 
     return tqdm(plan, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
-
-
-def _tensorboard(run_dir):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional at run time
-        return None
-    return SummaryWriter(log_dir=str(Path(run_dir) / "tb"))

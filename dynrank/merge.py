@@ -20,6 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
+from . import hub
 from .errors import ConfigError, DynrankError
 from .results import umask_mode
 
@@ -84,6 +85,7 @@ def load_base(adapter_dir, base: str | None = None) -> nn.Module:
             kwargs["num_labels"] = n
             if n == 1:
                 kwargs["problem_type"] = "regression"
+    kwargs.update(hub.pretrained_kwargs(base, hint="pass --base /local/model/dir"))
     try:
         return getattr(transformers, cls_name).from_pretrained(base, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as e:
@@ -105,7 +107,7 @@ def merge(adapter_dir, out_dir, base: str | None = None, base_model: nn.Module |
         try:
             from transformers import AutoTokenizer
 
-            AutoTokenizer.from_pretrained(src).save_pretrained(str(out))
+            AutoTokenizer.from_pretrained(src, **hub.pretrained_kwargs(src)).save_pretrained(str(out))
         except Exception:  # noqa: BLE001 - a tokenizer is a convenience, not required for the weights
             pass
     return merged

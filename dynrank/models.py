@@ -5,7 +5,6 @@ attention output, FFN up, FFN down) that every adapter method targets.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import hub
 from .errors import ConfigError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -85,10 +85,6 @@ def is_head(param_name: str) -> bool:
     return param_name.split(".")[0] in HEAD_PREFIXES
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-
-
 def _source(mcfg) -> str:
     return str(mcfg.path) if mcfg.get("path") else str(mcfg.name)
 
@@ -100,13 +96,13 @@ def load_tokenizer(mcfg):
         return AutoTokenizer.from_pretrained(str(TINY_TOKENIZER))
     src = _source(mcfg)
     try:
-        return AutoTokenizer.from_pretrained(src)
+        return AutoTokenizer.from_pretrained(src, **hub.pretrained_kwargs(src))
     except (OSError, ValueError) as e:
         raise ConfigError(_load_failure("tokenizer", src, e)) from None
 
 
 def _load_failure(what: str, src: str, e: Exception) -> str:
-    hint = " (HF_HUB_OFFLINE is set)" if _offline() else ""
+    hint = " (HF_HUB_OFFLINE is set)" if hub.offline() else ""
     return (f"could not load the {what} '{src}'{hint}: {str(e).splitlines()[0]}; "
             "pass model.path=/local/model/dir or make the Hub reachable")
 
@@ -137,6 +133,6 @@ def load_model(mcfg, auto_class, tokenizer=None, **config_kwargs) -> nn.Module:
         return auto_class.from_config(config)
     src = _source(mcfg)
     try:
-        return auto_class.from_pretrained(src, dtype=torch.float32, **config_kwargs)
+        return auto_class.from_pretrained(src, dtype=torch.float32, **hub.pretrained_kwargs(src), **config_kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(_load_failure("model", src, e)) from None

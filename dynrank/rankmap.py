@@ -76,31 +76,51 @@ def aggregate(maps: Sequence[dict]) -> dict:
 
 
 def draw_heatmap(counts: Sequence[Sequence[float | None]], rows: Sequence[str], cols: Sequence[str], path,
-                 title: str | None = None) -> Path:
-    """Figure 2: a heatmap of ``counts`` (rows x cols) with the number written in every cell.
+                 title: str | None = None, vmax: float | None = None) -> Path:
+    """Figure 2: a heatmap of ``counts`` (rows x cols) with the number written in every cell (``heatmap``),
+    saved as a PNG at ``path``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig = heatmap(counts, rows, cols, title, vmax)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def heatmap(counts: Sequence[Sequence[float | None]], rows: Sequence[str], cols: Sequence[str],
+            title: str | None = None, vmax: float | None = None):
+    """The matplotlib figure of ``draw_heatmap``.
 
     ``rows`` may be matrix types (``attn_out``...; drawn with the paper's names) or any labels.
-    Integer counts are written as integers, means with one decimal; ``None`` cells stay blank.
-    Returns the PNG path.
+    Integer counts are written as integers (and the colour bar has integer ticks), means with one decimal;
+    ``None`` cells stay blank. The colour scale runs from 0 to ``vmax`` (e.g. the initial budget r0; default:
+    the largest count).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     data = np.array([[math.nan if v is None else float(v) for v in r] for r in counts], dtype=float)
     if data.ndim != 2 or data.shape != (len(rows), len(cols)):
         raise ValueError(f"counts shape {data.shape} does not match {len(rows)} rows x {len(cols)} cols")
     integral = all(v is None or float(v).is_integer() for r in counts for v in r)
+    finite = data[np.isfinite(data)]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.62 * len(cols) + 2.5), max(3.0, 0.5 * len(rows) + 1.5)))
-    im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", aspect="auto")
-    fig.colorbar(im, ax=ax, label="surviving components")
+    # the scale starts at 0 (a count of 7 beside 9 is not drawn as "none" beside "all"), integer ticks for counts
+    if vmax is None:
+        vmax = max(1.0, float(finite.max())) if finite.size else 1.0
+    im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", aspect="auto", vmin=0, vmax=vmax)
+    fig.colorbar(im, ax=ax, label="surviving components",
+                 ticks=MaxNLocator(integer=True) if integral else None)
     ax.set_xticks(range(len(cols)), labels=list(cols), rotation=45 if any(len(c) > 3 for c in cols) else 0)
     ax.set_yticks(range(len(rows)), labels=[pretty_row(r) for r in rows])
     ax.set_xlabel("layer")
-    finite = data[np.isfinite(data)]
-    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    mid = im.norm.vmax / 2
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             v = data[i, j]
@@ -112,12 +132,8 @@ def draw_heatmap(counts: Sequence[Sequence[float | None]], rows: Sequence[str], 
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def draw_rank_map(rank_map: dict, path, title: str | None = None) -> Path:
-    return draw_heatmap(rank_map["counts"], rank_map["rows"], rank_map["cols"], path, title)
+def draw_rank_map(rank_map: dict, path, title: str | None = None, vmax: float | None = None) -> Path:
+    return draw_heatmap(rank_map["counts"], rank_map["rows"], rank_map["cols"], path, title, vmax)

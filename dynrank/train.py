@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from . import config  # noqa: F401  (registers the ${run_id:} resolver used by conf/config.yaml)
 from . import gpus  # (registers ${dynrank_gpus:}, used by conf/hydra/launcher/local_gpus.yaml)
+from . import runlog  # noqa: F401  (registers ${dynrank_log:}, used by conf/hydra/job_logging/dynrank.yaml)
 from .errors import DynrankError
 
 log = logging.getLogger("dynrank")

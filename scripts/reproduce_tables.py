@@ -16,9 +16,10 @@ status is 1 if any preset failed.
 Then ``python -m dynrank.report`` writes results/tables/ (``--model`` from a ``model=...`` override,
 ``--store`` from a ``results.store=...`` override).
 
-``--tables smoke``: the CPU smoke preset (tiny model, CoLA, 1 epoch on 64 examples, full/bitfit/lora,
-seeds 1-3, its own store results/smoke/runs), a few minutes on a laptop:
-    python scripts/reproduce_tables.py --tables smoke data.dir=../shared/data/glue
+``--tables smoke``: the CPU smoke preset (conf/experiment/smoke.yaml: MiniLM on real SST-2, 1 epoch on 1,024
+sentences, full/bitfit/lora/dora, seeds 1-2), with its own store and tables (results/smoke/runs,
+results/smoke/tables; results/tables/ is left alone):
+    python scripts/reproduce_tables.py --tables smoke
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ PRESETS = {
 }
 ALL = ["table2", "table5", "table6", "table3", "table4", "table9"]  # GLUE first; Table 9 (timings) last
 SMOKE_STORE = "results/smoke/runs"  # conf/experiment/smoke.yaml's results.store
+SMOKE_TABLES = "results/smoke/tables"
+SMOKE_MODEL = "minilm"  # conf/experiment/smoke.yaml's model
 
 
 def _override(overrides, key):
@@ -62,7 +65,8 @@ def parse(argv):
                     help=f"comma-separated: all (= {','.join(ALL)}), any of {','.join(PRESETS)} (default: all)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--no-report", action="store_true", help="only run the presets")
-    ap.add_argument("--out", default="results/tables", help="report directory (default: results/tables)")
+    ap.add_argument("--out", default=None,
+                    help=f"report directory (default: results/tables; --tables smoke: {SMOKE_TABLES})")
     args, overrides = ap.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("-") or "=" not in o]
     if bad:
@@ -99,9 +103,11 @@ def main(argv=None) -> int:
                 failed.append(preset)
 
     if not args.no_report:
-        store = _override(overrides, "results.store") or (SMOKE_STORE if tables == ["smoke"] else "results/runs")
-        model = _override(overrides, "model") or ("tiny" if tables == ["smoke"] else None)
-        report = [sys.executable, "-m", "dynrank.report", "--store", store, "--out", args.out]
+        smoke = tables == ["smoke"]
+        store = _override(overrides, "results.store") or (SMOKE_STORE if smoke else "results/runs")
+        model = _override(overrides, "model") or (SMOKE_MODEL if smoke else None)
+        out = args.out or (SMOKE_TABLES if smoke else "results/tables")
+        report = [sys.executable, "-m", "dynrank.report", "--store", store, "--out", out]
         if model and "," not in model:
             report += ["--model", model]
         print(f"[reproduce-tables] report: {shlex.join(report[1:])}", flush=True)

@@ -223,7 +223,7 @@ def test_tiny_multirun_report_matches_results_by_hand(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "reproduce_tables.py"), "--tables", "smoke", "--no-report",
-         "task=cola,sst2", "method=full,lora", "seed=1,2,3",  # replace the smoke preset's sweep values
+         "model=tiny", "task=cola,sst2", "method=full,lora", "seed=1,2,3",  # replace the smoke preset's values
          f"data.dir={glue}", "data.max_train_samples=32", "data.max_eval_samples=32", f"results.store={store}",
          f"hydra.sweep.dir={tmp_path / 'multirun'}", f"data.cache_dir={tmp_path / 'cache'}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -273,6 +273,10 @@ def test_script_dry_run_lists_presets(capsys):
     for preset in ("table2_r8", "table2_r2", "table5_dem", "table5_nodem"):
         assert f"experiment={preset} train.skip_done=true model=tiny seed=1" in out
     assert "--model tiny" in out and "table6" not in out
+    assert "--out results/tables" in out
+    assert reproduce_tables.main(["--dry-run", "--tables", "smoke"]) == 0  # its own store and tables
+    assert "report: -m dynrank.report --store results/smoke/runs --out results/smoke/tables --model minilm" \
+        in capsys.readouterr().out
     with pytest.raises(SystemExit):
         reproduce_tables.main(["--tables", "table7"])
 

@@ -16,6 +16,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import hub
 from ..errors import DataError
 from .files import not_utf8
 
@@ -60,13 +61,7 @@ def load_split(task: str, split: str, data_dir: str | None) -> list[dict]:
 
 
 def _from_hub(task, split, spec) -> list[dict]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset("nyu-mll/glue", task, split=split)
-    except Exception as e:  # offline, no cache, Hub error: say how to run from local files
-        raise DataError(f"could not load GLUE {task}/{split} from the Hub ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}); pass data.dir=/path/to/glue_data") from None
+    ds = hub.load_dataset("nyu-mll/glue", split, "pass data.dir=/path/to/glue_data", name=task)
     return [{"text_a": r[spec.text_a], "text_b": r[spec.text_b] if spec.text_b else None, "label": r["label"]}
             for r in ds]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import hub
 from ..errors import DataError
 from .files import not_utf8
 
@@ -29,14 +30,7 @@ def load_split(version: int, split: str, data_dir: str | None, task_name: str = 
 
 
 def _from_hub(version: int, split: str) -> list[dict]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(HUB[version], split=split)
-    except Exception as e:  # offline, no cache, Hub error: say how to run from local files
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise DataError(f"could not load {HUB[version]}/{split} from the Hub ({type(e).__name__}: {msg}); "
-                        f"pass data.dir=/dir/with/{FILES[version, split]}") from None
+    ds = hub.load_dataset(HUB[version], split, f"pass data.dir=/dir/with/{FILES[version, split]}")
     return [{"id": r["id"], "question": r["question"], "context": r["context"],
              "answers": list(r["answers"]["text"]), "answer_starts": [int(s) for s in r["answers"]["answer_start"]]}
             for r in ds]

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import hub
 from ..errors import DataError
 from .files import not_utf8
 
@@ -30,14 +31,7 @@ def load_split(split: str, data_dir: str | None) -> list[dict]:
 
 
 def _from_hub(split: str) -> list[dict]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(HUB, split=split)
-    except Exception as e:  # offline, no cache, Hub error: say how to run from local files
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise DataError(f"could not load {HUB}/{split} from the Hub ({type(e).__name__}: {msg}); "
-                        f"pass data.dir=/dir/with/{split}.jsonl") from None
+    ds = hub.load_dataset(HUB, split, f"pass data.dir=/dir/with/{split}.jsonl")
     return [{"document": r["document"], "summary": r["summary"]} for r in ds]
 
 

@@ -291,7 +291,19 @@ class AdaLoRA(Method):
             "params": self.param_counts(),
         }
 
-    def artifacts(self, run_dir):
+    @torch.no_grad()
+    def scalars(self, step: int) -> dict[str, float]:
+        """The total rank budget the schedule sets after ``step`` steps (PEFT's ``budget_schedule`` of the step
+        index step - 1), the triplets the latest mask keeps, and the orthogonal regulariser (before its weight)."""
+        if not self._ready:
+            return {}
+        reg = self.extra_loss(step - 1)
+        out = {"budget": self.budget_schedule(step - 1)[0], "surviving": int(self.keep.sum())}
+        if reg is not None and self.orth_reg_weight:
+            out["orth_reg"] = float(reg) / self.orth_reg_weight
+        return out
+
+    def artifacts(self, run_dir, run: str = ""):
         """``rank_map.json`` (the final rank pattern) and, where ``dynrank.rankmap`` exists, ``rank_map.png``
         drawn like the paper's Figure 2 (the same drawing as dora's, for side-by-side comparison)."""
         from pathlib import Path
@@ -307,9 +319,9 @@ class AdaLoRA(Method):
             from ..rankmap import draw_rank_map
         except ImportError:  # the drawing helper is optional here
             return out
-        title = (f"AdaLoRA surviving triplets: r0={self.init_r} -> r={self.target_r}, "
+        title = (f"AdaLoRA{' on ' + run if run else ''}\nsurviving triplets (r0={self.init_r} -> r={self.target_r}), "
                  f"mean {s['budget']['surviving'] / self.n:.2f} per matrix")
-        out.append(draw_rank_map(s["rank_map"], run_dir / "rank_map.png", title=title))
+        out.append(draw_rank_map(s["rank_map"], run_dir / "rank_map.png", title=title, vmax=self.init_r))
         return out
 
     def param_counts(self) -> dict[str, int]:

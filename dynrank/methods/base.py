@@ -89,8 +89,14 @@ class Method:
         """JSON-able facts for the results file (e.g. DoRA's rank map)."""
         return {}
 
-    def artifacts(self, run_dir) -> None:
-        """Files written next to the results after training (e.g. the rank heatmap PNG)."""
+    def scalars(self, step: int) -> dict[str, float]:
+        """TensorBoard scalars after ``step`` optimizer steps (1-based), logged every ``train.log_every`` steps
+        under ``<method>/<name>`` (e.g. DoRA's budget, surviving components and DEM)."""
+        return {}
+
+    def artifacts(self, run_dir, run: str = "") -> None:
+        """Files written next to the results after training (e.g. the rank heatmap PNG); ``run`` names the run
+        (model, task, budget, seed) for titles."""
 
     def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
         """Write the trained adapter in a portable format (PEFT's, where one exists)."""

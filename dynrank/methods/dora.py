@@ -336,15 +336,22 @@ class DoRA(Method):
             "ranks": {t.name: int(n) for (t, _), n in zip(self.layers, surv)},
         }
 
-    def artifacts(self, run_dir) -> list[Path]:
+    @torch.no_grad()
+    def scalars(self, step: int) -> dict[str, float]:
+        """The budget Eq. 9 sets after ``step`` steps (components kept: N - k), the components the latest
+        pruning left (not masked), and the DEM of the current A and B (Eq. 10, before reg_coef)."""
+        budget = self.n_components - int(self.n_components * self.pruned_fraction(step))
+        return {"budget": budget, "surviving": int((~self.mask).sum()), "dem": float(self.dem())}
+
+    def artifacts(self, run_dir, run: str = "") -> list[Path]:
         run_dir = Path(run_dir)
         s = self.summary()
         write_json(run_dir / "rank_map.json", {k: s[k] for k in
                                                 ("rank_map", "initial_budget", "final_budget", "surviving",
                                                  "components", "pruning_done", "ranks")})
-        title = (f"DoRA surviving components: r0={self.r0} -> r={self.r}, "
+        title = (f"DoRA{' on ' + run if run else ''}\nsurviving components (r0={self.r0} -> r={self.r}), "
                  f"mean {s['surviving'] / self.n_modules:.2f} per matrix")
-        png = draw_rank_map(s["rank_map"], run_dir / "rank_map.png", title=title)
+        png = draw_rank_map(s["rank_map"], run_dir / "rank_map.png", title=title, vmax=self.r0)
         return [run_dir / "rank_map.json", png]
 
     # --- export ---------------------------------------------------------------------------------

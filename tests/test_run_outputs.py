@@ -1,0 +1,84 @@
+"""What a run says and leaves: --help, TensorBoard scalars and steps, the rank-map figure."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, compose, tiny_overrides
+from dynrank import runlog
+
+
+def scalars(tb_dir) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar event in ``tb_dir``, all files, as written (no purging of repeated steps)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tb_dir), purge_orphaned_data=False)
+    ea.Reload()
+    return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+
+
+def test_help_lists_tasks_methods_models_and_common_keys(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-m", "dynrank.train", "--help"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "task: cola, mnli, mrpc, qnli, qqp, rte, squad_v1, squad_v2, sst2, stsb, xsum" in lines
+    assert "method: adalora, bitfit, dora, dora_wd, dylora, full, houlsby, lora, pfeiffer" in lines
+    assert any(line.startswith("model: ") and "minilm" in line and "roberta_base" in line for line in lines)
+    for key in ("data.dir=", "train.epochs=", "train.export=true", "train.resume=false", "model.path="):
+        assert key in p.stdout
+    assert "== Config ==" not in p.stdout and len(lines) < 50  # not Hydra's dump of the whole config
+
+
+def test_trim_cuts_later_steps_and_empty_files(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path))
+    for step in range(1, 7):
+        w.add_scalar("train/loss", 1.0 / step, step)
+    w.close()
+    runlog.trim(tmp_path, 3)
+    assert scalars(tmp_path) == {"train/loss": [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]}
+    runlog.trim(tmp_path, 0)
+    assert not list(tmp_path.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("method, final", [("dora", 96), ("adalora", 24)])
+def test_budget_scalars_and_rank_map_figure(tmp_path, monkeypatch, method, final):
+    """DoRA: 12 matrices x r0 = 12 components, budget 144 -> 96 (r = 8); AdaLoRA logs its rank budget the same way."""
+    from dynrank import rankmap
+    from dynrank.loop import run
+
+    drawn, draw = {}, rankmap.draw_rank_map
+
+    def capture(rank_map, path, title=None, vmax=None):
+        drawn.update(title=title, vmax=vmax)
+        return draw(rank_map, path, title, vmax)
+    monkeypatch.setattr(rankmap, "draw_rank_map", capture)
+    monkeypatch.setattr(f"dynrank.methods.{method}.draw_rank_map", capture, raising=False)
+    budget = "r8" if method == "dora" else "r2"
+    res = run(compose(tiny_overrides(tmp_path, f"method={method}", f"budget={budget}", "train.log_every=1",
+                                     "data.max_train_samples=256")), tmp_path / "run")
+    tb = scalars(tmp_path / "run" / "tb")
+    steps = res["epochs"][-1]["step"]
+    budgets = tb[f"{method}/budget"]
+    assert [s for s, _ in budgets] == list(range(1, steps + 1))
+    assert budgets[0][1] == 12 * (12 if method == "dora" else 3) and budgets[-1][1] == final
+    assert all(a >= b for (_, a), (_, b) in zip(budgets, budgets[1:]))  # the schedule only lowers it
+    surviving = res["method_summary"]["surviving"] if method == "dora" else res["method_summary"]["budget"]["surviving"]
+    assert tb[f"{method}/surviving"][-1][1] == surviving
+    if method == "dora":
+        assert all(v > 0 for _, v in tb["dora/dem"])
+    # the figure names the run, and its scale runs from 0 to r0
+    assert drawn["title"].startswith(f"{'DoRA' if method == 'dora' else 'AdaLoRA'} on tiny, cola, budget {budget}, seed 1")
+    assert drawn["vmax"] == (12 if method == "dora" else 3)
+    fig = rankmap.heatmap(res["method_summary"]["rank_map"]["counts"], res["method_summary"]["rank_map"]["rows"],
+                          res["method_summary"]["rank_map"]["cols"], vmax=drawn["vmax"])
+    image, bar = fig.axes[0].images[0], fig.axes[1]
+    assert image.norm.vmin == 0 and image.norm.vmax == drawn["vmax"]
+    ticks = [t for t in bar.get_yticks() if 0 <= t <= drawn["vmax"]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert json.loads((tmp_path / "run" / "rank_map.json").read_text())["rank_map"] == res["method_summary"]["rank_map"]
