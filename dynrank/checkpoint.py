@@ -159,6 +159,23 @@ def read_state(run_dir, fingerprint: str, config: dict | None = None) -> tuple[P
     return path, state
 
 
+def planned_epochs(state: dict) -> int | None:
+    """The number of epochs the checkpoint's schedules were made for (None: a checkpoint from before it was kept)."""
+    schedule = (state.get("extra") or {}).get("schedule") or []
+    return int(schedule[-1]["epochs"]) if schedule else None
+
+
+def copy_into(path, run_dir) -> None:
+    """A copy of the checkpoint at ``path`` (another run's) becomes ``run_dir``'s checkpoint, swapped in whole."""
+    run_dir = Path(run_dir)
+    tmp, target = run_dir / (NAME + ".tmp"), run_dir / NAME
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(path, tmp)
+    if target.exists():  # without a state.json (the caller found no checkpoint here): nothing to keep
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
 def damaged(path, e: Exception) -> TrainingError:
     detail = str(e).splitlines()[0] if str(e) else ""
     return TrainingError(f"the checkpoint in {path} is damaged ({type(e).__name__}: {detail}); {START_OVER} "

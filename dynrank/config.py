@@ -27,15 +27,15 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # ``train.lr`` and ``seed`` are left out of the hash because they are readable parts of the path.
 NOT_IN_IDENTITY = {
     "": ("seed", "seeds", "lr_search", "variant", "results", "hparams", "protocol", "launcher", "hydra"),
-    "train": ("lr", "resume", "skip_done", "progress", "log_every", "eval_batch_size", "num_workers", "export",
-              "device", "compile", "cuda_graphs", "pad_to_multiple"),
+    "train": ("lr", "resume", "extend", "skip_done", "progress", "log_every", "eval_batch_size", "num_workers",
+              "export", "device", "compile", "cuda_graphs", "pad_to_multiple"),
     "data": ("dir", "cache_dir"),
     "model": ("path",),
 }
 
 
-# A run's length: part of what it computes (``config_hash``, in its results file), not of where it lives
-# (``run_id``): a run asked for more epochs continues in its own directory (an extension, ``loop.Trainer``).
+# A run's length: part of what it computes and of where it lives (``run_id``), but not of what its checkpoint must
+# match (``resume_key``): ``train.extend=true`` continues a shorter run of the same config to more epochs.
 LENGTH = {"train": ("epochs",), "task": ("epochs",)}
 
 
@@ -76,11 +76,6 @@ def config_hash(cfg, schedule: list | None = None) -> str:
     return _hash(ident)
 
 
-def run_hash(cfg) -> str:
-    """The hash in a run's path (``run_id``): ``identity(cfg)`` without the run's length."""
-    return _hash(identity(cfg, length=False))
-
-
 def lr_tag(lr) -> str:
     """``2e-3``, ``2.5e-3``, ``1e-5``: the learning rate as a short, exact path part."""
     mantissa, exp = f"{float(lr):.6e}".split("e")
@@ -91,14 +86,14 @@ def lr_tag(lr) -> str:
 def run_id(cfg) -> str:
     """``<model>/<task>/<method>-<budget>[-<variant>]/lr<lr>-<hash>/seed<k>``: one run, one place.
 
-    Every key that changes results but the run's length is in it: the learning rate readably, everything else
-    (batch size, method options, data subsets...) through ``run_hash``; two runs that would compute different
-    things never share a directory or a results file, except a run and its extension to more epochs (the same
-    run made longer, continued from its last checkpoint)."""
+    Every key that changes results is in it: the learning rate readably, everything else (epochs, batch size,
+    method options, data subsets...) through ``config_hash``; two runs that would compute different things never
+    share a directory or a results file. (A run extended from a shorter one, ``train.extend=true``, lives in the
+    home of its final length; its results file's ``config_hash`` also covers its ``schedule``.)"""
     cell = f"{cfg.method.name}-{cfg.budget.name}"
     if cfg.get("variant"):
         cell += f"-{cfg.variant}"
-    return f"{cfg.model.id}/{cfg.task.name}/{cell}/lr{lr_tag(cfg.train.lr)}-{run_hash(cfg)}/seed{cfg.seed}"
+    return f"{cfg.model.id}/{cfg.task.name}/{cell}/lr{lr_tag(cfg.train.lr)}-{config_hash(cfg)}/seed{cfg.seed}"
 
 
 def resume_key(cfg) -> dict:
@@ -219,6 +214,7 @@ SCHEMA = {
     "train.num_workers": "int >= 0",
     "train.log_every": "int >= 1",
     "train.resume": "bool",
+    "train.extend": "bool",
     "train.skip_done": "bool",
     "train.progress": "bool",
     "train.export": "bool",

@@ -209,6 +209,8 @@ class Trainer:
         self.fp = fingerprint(self.key)
         self.lock = checkpoint.RunLock(self.run_dir)  # a second process on this run stops here
         try:
+            if cfg.train.get("extend") and cfg.train.resume and not checkpoint.exists(self.run_dir):
+                self._continue_shorter_run()
             self.skip = self._finished(shared)
             if not self.skip:
                 self._setup(shared)
@@ -291,14 +293,38 @@ class Trainer:
             group["lr"] = base * fn(self.scheduler.last_epoch)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         log.info("the run's length changes from %d to %d epochs at epoch %d (step %d of %d): the learning-rate and "
-                 "budget schedules now span %d epochs (README: Resume); train.resume=false trains %d epochs from the "
+                 "budget schedules now span %d epochs (README: More epochs); train.resume=false trains %d epochs from the "
                  "start", old, self.epochs, self.start_epoch, self.step, self.total_steps, self.epochs, self.epochs)
+
+    def _continue_shorter_run(self) -> None:
+        """``train.extend=true``, no checkpoint here yet: the longest shorter run of this config (beside this one in
+        the same outputs tree: same learning rate, seed and every other key but the epochs) lends its last
+        checkpoint, copied here, and this run continues from it (``_extend``). The shorter run is left as it is."""
+        epochs, lr_dir = int(self.cfg.train.epochs), self.run_dir.parent.name.rsplit("-", 1)[0]
+        found = []
+        for other in self.run_dir.parent.parent.glob(f"{lr_dir}-*/{self.run_dir.name}"):
+            if other == self.run_dir or not checkpoint.exists(other):
+                continue
+            try:
+                path, state = checkpoint.read_state(other, self.fp, self.key)
+            except TrainingError:  # another config (a different hash is not only another length), or damaged
+                continue
+            if state["epoch"] < epochs:
+                found.append((state["epoch"], str(path)))
+        if not found:
+            log.warning("train.extend=true: no shorter run of this config beside %s; training %d epochs from the "
+                        "start", self.run_dir, epochs)
+            return
+        done, path = max(found)
+        checkpoint.copy_into(path, self.run_dir)
+        log.info("extending %s (%d epochs trained) to %d epochs in %s; that run is left as it is",
+                 Path(path).parent, done, epochs, self.run_dir)
 
     def _finished(self, shared) -> bool:
         """A finished run (its results file, and a checkpoint at its last epoch made with this config and on this
         data) is left as it is: running its command again does not train it again nor rewrite its results
-        (train.resume=false does). A run asked for more epochs than its checkpoint has is not finished: it
-        continues (``_extend``); one asked for fewer epochs than it has trained is refused."""
+        (train.resume=false does). A checkpoint made for another length continues to ``train.epochs`` only with
+        ``train.extend=true`` (``_extend``); one that has trained more epochs than asked is refused."""
         if not (self.cfg.train.resume and checkpoint.exists(self.run_dir)):
             return False
         path, state = checkpoint.read_state(self.run_dir, self.fp, self.key)
@@ -307,6 +333,11 @@ class Trainer:
             raise TrainingError(f"the checkpoint in {path} has trained {state['epoch']} epochs, more than "
                                 f"train.epochs={epochs}; set train.epochs={state['epoch']} or more to keep it, or "
                                 f"{checkpoint.START_OVER}")
+        planned = checkpoint.planned_epochs(state)
+        if planned is not None and planned != epochs and not self.cfg.train.get("extend"):
+            raise TrainingError(f"the checkpoint in {path} is of a {planned}-epoch run and train.epochs={epochs}: add "
+                                f"train.extend=true to continue it to {epochs} epochs (its schedules then span {epochs} "
+                                f"epochs from step {state['step']}: README, More epochs), or {checkpoint.START_OVER}")
         results = self.run_dir / "results.json"
         # no results of that epoch (missing, damaged, or a shorter run's): finishing from the checkpoint writes them
         if state["epoch"] < epochs or _epochs_done(results) != state["epoch"]:

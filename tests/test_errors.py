@@ -258,7 +258,7 @@ def test_other_config_names_the_keys_that_differ(killed, tmp_path):
     assert _one_error_line(p) == (
         f"error: the checkpoint in {run / 'checkpoint'} was made with a different config (method.alpha: 8 -> 16); "
         "rerun with the values it was made with to resume it, or add train.resume=false "
-        "to the command to start over")  # (train.epochs may change: the run continues to more epochs)
+        "to the command to start over")  # (another length is checked apart: train.extend, tests/test_extend.py)
     assert _snapshot(run) == before
 
 
