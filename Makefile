@@ -18,7 +18,7 @@ install-cpu: ## CPU-only machine: torch's CPU build first (an environment of 1.8
 	$(PYTHON) -m pip install '$(TORCH)' $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PYTHON) -m pip install -e '.[dev]'
 
-demo: ## a CPU run that visibly learns in ~2 min (LoRA on MiniLM, 3,000 SST-2 sentences); ARGS="hydra overrides"
+demo: ## a CPU run that visibly learns in ~2 min (LoRA on MiniLM, 6,000 SST-2 sentences); ARGS="hydra overrides"
 	$(PYTHON) scripts/demo.py $(ARGS)
 
 test: ## run the CPU test suite
