@@ -3,7 +3,8 @@
 AdamW (weight decay 0.01), linear schedule with 6% warm-up, grad-norm clip 1.0, optional bf16
 autocast on GPU, dev evaluation after every epoch, a checkpoint after every epoch (resume), one
 results JSON at the end. The method's hooks: ``extra_loss`` before backward, ``after_step`` after
-the optimizer step (where DoRA prunes, as in the authors' code).
+the optimizer step (where DoRA prunes, as in the authors' code). The step itself (eager or as a CUDA
+graph) is ``step.py``; several runs side by side in one process, ``side_by_side.py``.
 """
 from __future__ import annotations
 
@@ -13,13 +14,11 @@ import math
 import os
 import random
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from transformers import get_linear_schedule_with_warmup
 
 from . import checkpoint, export, gpus, methods, runlog, tasks
 from .config import config_hash, resume_key, run_id, validate
@@ -27,7 +26,7 @@ from .data.cache import fingerprint
 from .errors import TrainingError
 from .models import load_tokenizer
 from .results import SCHEMA, git_commit, store_path, versions, write_json
-from .tasks.base import autocast
+from .step import GraphedStep, make_optimizer, prepare_model, train_step
 
 log = logging.getLogger("dynrank")
 
@@ -62,138 +61,10 @@ def batches(dataset, batch_size: int, seed: int, epoch: int, group_by_length: bo
     return out
 
 
-def _update(model, method, optimizer, batch, step: int, clip: float, precision):
-    """Forward, the method's extra loss, backward, clip, AdamW: what every training step does."""
-    with precision:
-        loss = model(**batch).loss
-        extra = method.extra_loss(step)
-        total = loss if extra is None else loss + extra
-    total.backward()
-    torch.nn.utils.clip_grad_norm_(method.trainable, clip, foreach=True)
-    optimizer.step()
-    return loss.detach(), total.detach()
-
-
-def train_step(model, method, optimizer, scheduler, batch, step: int, clip: float, amp: bool, device):
-    """One optimizer step; the benchmark (scripts/bench.py) times exactly this function.
-
-    No host-device synchronisation happens here: the loss comes back as a device tensor.
-    """
-    out = _update(model, method, optimizer, batch, step, clip, autocast(device, amp))
-    scheduler.step()
-    method.before_zero_grad(step)  # gradients still there (AdaLoRA's sensitivity |w * grad|)
-    optimizer.zero_grad(set_to_none=True)
-    method.after_step(step + 1)
-    return out
-
-
-class GraphedStep:
-    """``train_step`` captured as one CUDA graph per (batch shapes, ``method.graph_key(step)``) and replayed.
-
-    Fine-tuning RoBERTa-base with adapters is launch-bound: a step is ~2,000 small kernels whose launch
-    (and PEFT's Python per module) costs far more than the math. Replaying a captured graph costs one launch.
-    The math is the same as ``train_step``: gradients are zeroed at the start of the step instead of
-    freed at its end, AdamW is fused and capturable (its lr a device tensor the scheduler fills), and
-    dropout draws from the same generator. The first step of each key runs eagerly (warm-up), the second
-    is captured and replayed, later ones replay.
-    """
-
-    def __init__(self, model, method, optimizer, scheduler, clip: float, amp: bool, device):
-        self.model, self.method, self.optimizer, self.scheduler = model, method, optimizer, scheduler
-        self.clip, self.amp, self.device = clip, amp, device
-        for p in method.trainable:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        self.grads = [p.grad for p in method.trainable]
-        self.graphs: dict = {}
-        self.warm: set = set()
-        self.pool = torch.cuda.graph_pool_handle()
-        self.stream = torch.cuda.Stream()  # warm-up steps
-        # Capture on a stream of our own, not torch's shared default capture stream: cuBLAS keys its
-        # workspace by stream, so graphs of several runs captured on one stream would share a workspace
-        # and race when replayed side by side (run_side_by_side).
-        self.capture_stream = torch.cuda.Stream()
-
-    def _body(self, batch, step):
-        torch._foreach_zero_(self.grads)
-        # autocast's weight cache must be off while capturing
-        precision = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False)
-        out = _update(self.model, self.method, self.optimizer, batch, step, self.clip, precision)
-        self.method.before_zero_grad(step)
-        self.method.after_step(step + 1)
-        return out
-
-    def __call__(self, batch, step: int):
-        from .methods.base import EAGER
-
-        self.method.prepare_step(step)
-        mkey = self.method.graph_key(step)
-        key = (tuple((k, tuple(v.shape)) for k, v in sorted(batch.items())), mkey)
-        if mkey == EAGER or key not in self.graphs and key not in self.warm:
-            if mkey != EAGER:
-                self.warm.add(key)
-            self.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.stream):
-                out = self._body(batch, step)
-            torch.cuda.current_stream().wait_stream(self.stream)
-        else:
-            if key not in self.graphs:
-                # torch.cuda.graph() would also synchronize the device, run gc and empty the cache on
-                # every capture; ordering the capture stream after ours is all a capture needs
-                static = {k: v.clone() for k, v in batch.items()}
-                graph = torch.cuda.CUDAGraph()
-                current = torch.cuda.current_stream()
-                self.capture_stream.wait_stream(current)
-                with torch.cuda.stream(self.capture_stream):
-                    graph.capture_begin(pool=self.pool)
-                    try:
-                        outs = self._body(static, step)
-                    finally:
-                        graph.capture_end()
-                current.wait_stream(self.capture_stream)
-                self.graphs[key] = (graph, static, outs)
-            graph, static, outs = self.graphs[key]
-            for k, v in batch.items():
-                static[k].copy_(v, non_blocking=True)
-            graph.replay()
-            out = outs
-        self.scheduler.step()
-        return out
-
-
-def make_optimizer(cfg_train, method, total_steps: int, device, graphs: bool = False):
-    """AdamW (fused on GPU), weight decay on every trainable parameter, linear schedule with warm-up.
-
-    With CUDA graphs the learning rate lives in a device tensor (the scheduler fills it in place)."""
-    kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    lr = float(cfg_train.lr)
-    if graphs:
-        kind["capturable"] = True
-        lr = torch.tensor(lr, device=device)
-    optimizer = torch.optim.AdamW(method.trainable, lr=lr, weight_decay=float(cfg_train.weight_decay), **kind)
-    warmup = int(float(cfg_train.warmup_ratio) * total_steps)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-
-
-def prepare_model(model, method, device, bf16: bool, compile_model: bool):
-    """Move to the device; with bf16, store the FROZEN weights in bf16 (trainable ones and the optimizer
-    state stay fp32) so autocast does not re-cast the backbone every step; optionally torch.compile."""
-    model = model.to(device)
-    if bf16 and device.type == "cuda":
-        for p in model.parameters():
-            if not p.requires_grad:
-                p.data = p.data.to(torch.bfloat16)
-    method.trainable = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    if compile_model and device.type == "cuda":
-        return torch.compile(model)
-    return model
-
-
 class Trainer:
     """One run (a config and its run directory): model, method, optimizer, data order, history.
 
-    ``run`` drives one trainer; ``run_side_by_side`` drives several side by side on one GPU.
+    ``run`` drives one trainer; ``side_by_side.run_side_by_side`` drives several side by side on one GPU.
     """
 
     def __init__(self, cfg, run_dir, shared: dict | None = None):
@@ -482,77 +353,6 @@ def _train(t) -> dict:
             t.train_step(i, idx)
         t.end_epoch()
     return t.finish()
-
-
-def run_side_by_side(cfgs: list, run_dirs: list, on_start=None) -> list[dict]:
-    """Train several runs of one task side by side in one process (``seeds=[1,2,3,4,5]``, ``lr_search=true``).
-
-    Each run is a full, independent run (own model, adapters, optimizer, data order, checkpoint and
-    results file, exactly as ``run`` with its config); the runs share the tokenised data, and on a GPU
-    each run's steps go to its own CUDA stream, so the many small kernels of several runs overlap
-    instead of queueing. ``run_dirs[i]`` is run i's directory. ``on_start`` as in ``run``.
-    """
-    with ExitStack() as locks:  # each run's lock, released however training ends
-        trainers, shared = [], None
-        for c, run_dir in zip(cfgs, run_dirs):
-            t = Trainer(c, run_dir, shared)
-            shared = getattr(t, "shared", shared)  # loaded by a run in training, or by a finished one to check it
-            if not t.skip:
-                locks.enter_context(t.lock)
-                trainers.append(t)
-        if not trainers:
-            return []
-        if on_start:
-            on_start()
-        return _train_side_by_side(trainers)
-
-
-def _train_side_by_side(trainers: list) -> list[dict]:
-    dev = trainers[0].device
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    for epoch in range(min(t.start_epoch for t in trainers), max(t.epochs for t in trainers)):
-        active = [t for t in trainers if t.start_epoch <= epoch < t.epochs]
-        plans = []
-        for t in active:  # per-epoch tensors are made on the seed's own stream (no cross-stream race)
-            with _on(t.stream):
-                plans.append(t.begin_epoch(epoch))
-        for i in range(max(len(p) for p in plans)):
-            for t, plan in zip(active, plans):
-                if i < len(plan):
-                    with _on(t.stream), _own_rng(t):
-                        t.train_step(i, plan[i])
-        for t in active:
-            with _on(t.stream), _own_rng(t):
-                t.end_epoch()
-    return [t.finish() for t in trainers]
-
-
-def _on(stream):
-    return torch.cuda.stream(stream) if stream is not None else nullcontext()
-
-
-@contextmanager
-def _own_rng(t):
-    """Each seed draws dropout masks from its own generator state, as if it ran alone.
-
-    Not for the CUDA generator when steps are CUDA graphs: captured graphs hold on to the generator's
-    state, so swapping it would break them; the seeds then share one CUDA dropout stream (each run is
-    still a correct run of its seed, but its dropout masks differ from the same seed run alone)."""
-    cuda = t.device.type == "cuda" and not isinstance(t.stepper, GraphedStep)
-    if not hasattr(t, "rng"):
-        t.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(t.device) if cuda else None)
-    outer = (torch.get_rng_state(), torch.cuda.get_rng_state(t.device) if cuda else None)
-    torch.set_rng_state(t.rng[0])
-    if cuda:
-        torch.cuda.set_rng_state(t.rng[1], t.device)
-    try:
-        yield
-    finally:
-        t.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(t.device) if cuda else None)
-        torch.set_rng_state(outer[0])
-        if cuda:
-            torch.cuda.set_rng_state(outer[1], t.device)
 
 
 def _check_finite(finite: torch.Tensor, step: int, epoch: int, seed: int) -> None:

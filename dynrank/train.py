@@ -67,7 +67,7 @@ def _run_side_by_side(cfg) -> dict:
     """One process, several runs (own streams on a GPU); each run gets the directory a single run with its
     seed and lr would get (``outputs/<run id>``), or ``<hydra.run.dir>/<run id>`` when that was set by hand."""
     from .config import run_id
-    from .loop import run_side_by_side
+    from .side_by_side import run_side_by_side
 
     root = Path(HydraConfig.get().runtime.output_dir)
     own = Path(run_id(cfg)).parts

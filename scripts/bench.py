@@ -6,7 +6,7 @@
 Settings: ``fixed`` = L=128, batch 32 (every sequence full length); ``cola`` = the real length
 distribution of GLUE CoLA's training set (benchmarks/cola_train_lengths.json) with CoLA's batch size 16
 and dynamic padding. The model is the RoBERTa-base architecture with random weights (speed does not
-depend on the weights). dynrank runs time ``dynrank.loop.train_step``, the loop's own step; PEFT runs
+depend on the weights). dynrank runs time ``dynrank.step.train_step``, the loop's own step; PEFT runs
 time the plain loop a PEFT user writes (autocast, backward, clip, AdamW, and AdaLoRA's
 ``update_and_allocate``). Samples/s is the mean over the timed steps after warm-up; "steady" is from the
 median step (CUDA events on the GPU timeline), which leaves out the few steps where the CUDA-graph path
@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dynrank.loop import GraphedStep, make_optimizer, prepare_model, train_step  # noqa: E402
+from dynrank.step import GraphedStep, make_optimizer, prepare_model, train_step  # noqa: E402
 from dynrank.results import versions, write_json  # noqa: E402
 
 DYNRANK = ["full", "bitfit", "lora", "adalora", "dora", "dora_wd", "houlsby", "pfeiffer"]

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local path; no Hub look-ups (the GPU box is offline)
 
 import bench  # noqa: E402  (puts ROOT on sys.path)
-from dynrank.loop import GraphedStep  # noqa: E402
+from dynrank.step import GraphedStep  # noqa: E402
 from dynrank.results import versions, write_json  # noqa: E402
 
 SHARED = ROOT.parent / "shared"

@@ -17,7 +17,7 @@ def _trajectory(method_name, graphs: bool, steps=24, bf16=False):
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     from dynrank import methods
-    from dynrank.loop import GraphedStep, make_optimizer, prepare_model, train_step
+    from dynrank.step import GraphedStep, make_optimizer, prepare_model, train_step
 
     device = torch.device("cuda")
     over = [f"method={method_name}", "task=cola"]

@@ -139,7 +139,7 @@ def test_dynamic_padding_pads_to_batch_max():
 
 
 def test_seeds_side_by_side_equal_separate_runs(tmp_path):
-    from dynrank.loop import run_side_by_side
+    from dynrank.side_by_side import run_side_by_side
     from dynrank.train import runs_of
 
     over = tiny_overrides(tmp_path, "train.epochs=2", "data.max_train_samples=48")
