@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 from dynrank.data.glue import load_split
-from dynrank.metrics.glue import glue_metrics
+from dynrank.metrics.glue import majority_class
 from dynrank.results import load_runs
 from dynrank.selection import PAPER_CODE, STANDARD
 
@@ -25,13 +25,9 @@ METHODS = ("full", "bitfit", "houlsby", "pfeiffer", "lora", "adalora", "dora", "
 
 
 def majority(task: str, data_dir: str) -> dict[str, float]:
-    """Dev metrics of predicting the train set's majority class (STS-B: its mean score) for every example."""
-    train = [r["label"] for r in load_split(task, "train", data_dir)]
-    dev = [r["label"] for r in load_split(task, "validation", data_dir)]
-    if task == "stsb":
-        return {"pearson": 0.0}  # a constant prediction has no correlation (scipy: nan); 0 by convention
-    top = Counter(train).most_common(1)[0][0]
-    return glue_metrics(task, [top] * len(dev), dev)
+    """Dev metrics of predicting the train set's majority class for every example (``glue.majority_class``)."""
+    labels = {split: [r["label"] for r in load_split(task, split, data_dir)] for split in ("train", "validation")}
+    return majority_class(task, labels["train"], labels["validation"])
 
 
 def collapsed(task: str, value: float, base: dict) -> bool:

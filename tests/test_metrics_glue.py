@@ -29,3 +29,14 @@ def test_pearson_spearman_by_hand():
     # ranks equal the values here, so Spearman = Pearson of ranks = 0.8
     assert m["spearman"] == pytest.approx(0.8)
     assert not math.isnan(m["pearson"])
+
+
+def test_majority_class_baseline_predicts_the_train_sets_most_frequent_label():
+    from dynrank.metrics.glue import majority_class
+
+    # train: label 0 most frequent; dev: mostly 1, so the baseline is the minority of dev (not dev's own majority)
+    assert majority_class("sst2", [0, 0, 1], [1, 1, 1, 0]) == {"accuracy": 0.25}
+    mrpc = majority_class("mrpc", [1, 1, 0], [1, 0, 1, 1])
+    assert mrpc["accuracy"] == 0.75 and abs(mrpc["f1"] - 6 / 7) < 1e-12  # precision 3/4, recall 1
+    assert majority_class("cola", [1, 1, 0], [1, 0])["matthews"] == 0.0  # one class predicted: undefined -> 0
+    assert majority_class("stsb", [0.5, 4.0], [1.0, 2.0]) == {"pearson": 0.0}

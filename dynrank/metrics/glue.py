@@ -41,3 +41,12 @@ def glue_metrics(task: str, preds, labels) -> dict[str, float]:
         acc = classification(preds, labels)
         return {**acc, "f1": float(f1_score(labels, preds))}
     return classification(preds, labels)
+
+
+def majority_class(task: str, train_labels, dev_labels) -> dict[str, float]:
+    """The dev metrics of the majority-class baseline: the train set's most frequent label predicted for every
+    dev example (STS-B, a regression: a constant score has no correlation, counted as 0.0)."""
+    if task == "stsb":
+        return {"pearson": 0.0}
+    values, counts = np.unique(np.asarray(train_labels), return_counts=True)
+    return glue_metrics(task, [values[counts.argmax()]] * len(dev_labels), dev_labels)
