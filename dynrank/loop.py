@@ -164,8 +164,8 @@ class Trainer:
             group["lr"] = base * fn(self.scheduler.last_epoch)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         log.info("the run's length changes from %d to %d epochs at epoch %d (step %d of %d): the learning-rate and "
-                 "budget schedules now span %d epochs (README: More epochs); train.resume=false trains %d epochs from the "
-                 "start", old, self.epochs, self.start_epoch, self.step, self.total_steps, self.epochs, self.epochs)
+                 "budget schedules now span %d epochs (README: More epochs); train.resume=false trains %d epochs "
+                 "from the start", old, self.epochs, self.start_epoch, self.step, self.total_steps, self.epochs, self.epochs)
 
     def _continue_shorter_run(self) -> None:
         """``train.extend=true``, no checkpoint here yet: the longest shorter run of this config (beside this one in
@@ -206,9 +206,10 @@ class Trainer:
                                 f"{checkpoint.START_OVER}")
         planned = checkpoint.planned_epochs(state)
         if planned is not None and planned != epochs and not self.cfg.train.get("extend"):
-            raise TrainingError(f"the checkpoint in {path} is of a {planned}-epoch run and train.epochs={epochs}: add "
-                                f"train.extend=true to continue it to {epochs} epochs (its schedules then span {epochs} "
-                                f"epochs from step {state['step']}: README, More epochs), or {checkpoint.START_OVER}")
+            raise TrainingError(f"the checkpoint in {path} is of a {planned}-epoch run and train.epochs={epochs}: "
+                                f"add train.extend=true to continue it to {epochs} epochs (its schedules then span "
+                                f"{epochs} epochs from step {state['step']}: README, More epochs), or "
+                                f"{checkpoint.START_OVER}")
         results = self.run_dir / "results.json"
         # no results of that epoch (missing, damaged, or a shorter run's): finishing from the checkpoint writes them
         if state["epoch"] < epochs or _epochs_done(results) != state["epoch"]:
