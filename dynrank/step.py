@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from .precision import bf16_backbone
 from .tasks.base import autocast
 
 
@@ -124,13 +125,11 @@ def make_optimizer(cfg_train, method, total_steps: int, device, graphs: bool = F
 
 
 def prepare_model(model, method, device, bf16: bool, compile_model: bool):
-    """Move to the device; with bf16, store the FROZEN weights in bf16 (trainable ones and the optimizer
-    state stay fp32) so autocast does not re-cast the backbone every step; optionally torch.compile."""
+    """Move to the device; with bf16, the frozen weights in bf16 and bf16 layer-norm outputs
+    (``precision.bf16_backbone``; trainable weights and the optimizer state stay fp32); optionally torch.compile."""
     model = model.to(device)
     if bf16 and device.type == "cuda":
-        for p in model.parameters():
-            if not p.requires_grad:
-                p.data = p.data.to(torch.bfloat16)
+        bf16_backbone(model)
     method.trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
     if compile_model and device.type == "cuda":

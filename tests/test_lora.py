@@ -51,3 +51,40 @@ def test_lora_equals_peft():
     ids = torch.randint(3, 100, (3, 11))
     ours.eval(), peft_model.eval()
     assert torch.allclose(ours(input_ids=ids).logits, peft_model(input_ids=ids).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("r", [2, 8, 12])
+def test_rank_padding_is_the_same_function(r):
+    """add_low_rank pads the rank to a multiple of 8 on a GPU; forced here on CPU: same output, same gradients,
+    for a rank that needs padding (2, 12) and one that does not (8)."""
+    from dynrank.methods.lora import add_low_rank
+
+    g = torch.Generator().manual_seed(r)
+    h, x = torch.randn(3, 5, 24, generator=g), torch.randn(3, 5, 16, generator=g)
+    A0, B0 = torch.randn(r, 16, generator=g), torch.randn(24, r, generator=g)
+    outs = []
+    for align in (1, 8):
+        A, B = A0.clone().requires_grad_(), B0.clone().requires_grad_()
+        xx = x.clone().requires_grad_()
+        out = add_low_rank(h, xx, A, B, 0.5, align=align)
+        out.pow(2).sum().backward()
+        outs.append((out.detach(), A.grad, B.grad, xx.grad))
+    ref = h + 0.5 * (x @ A0.t()) @ B0.t()
+    assert torch.allclose(outs[0][0], ref, atol=1e-5)
+    for plain, padded in zip(*outs):
+        assert plain.shape == padded.shape
+        assert torch.allclose(plain, padded, rtol=1e-5, atol=1e-5)
+
+
+def test_rank_padding_casts_before_padding_under_autocast():
+    """Under autocast the padded A and B are in the autocast dtype, and the result is what autocast gives unpadded."""
+    from dynrank.methods.lora import add_low_rank
+
+    g = torch.Generator().manual_seed(0)
+    h, x = torch.randn(4, 32, generator=g), torch.randn(4, 16, generator=g)
+    A, B = torch.randn(12, 16, generator=g), torch.randn(32, 12, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        padded = add_low_rank(h, x, A, B, 2.0, align=8)
+        plain = add_low_rank(h, x, A, B, 2.0, align=1)
+    assert padded.dtype == plain.dtype == torch.bfloat16
+    assert torch.allclose(padded.float(), plain.float(), rtol=2e-2, atol=2e-2)

@@ -45,7 +45,6 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..config import initial_budget
 from ..errors import ConfigError
@@ -74,8 +73,8 @@ class SVDLinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x):
-        t = F.linear(self.dropout(x), self.lora_A * self.lora_E)
-        return add_low_rank(self.base(x), t, self.lora_B, self.scaling / self.ranknum)
+        return add_low_rank(self.base(x), self.dropout(x), self.lora_A * self.lora_E, self.lora_B,
+                            self.scaling / self.ranknum)
 
 
 def rank_map(targets, counts) -> dict:

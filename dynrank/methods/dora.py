@@ -70,7 +70,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..config import initial_budget
 from ..errors import ConfigError, TrainingError
@@ -101,8 +100,7 @@ class DoRALinear(nn.Module):
     def forward(self, x):
         # = h + scaling * B (c * (A x')): c is folded into B's columns (d_out x r0) rather than applied to
         # the (tokens x r0) activations, and the add is one fused GEMM (lora.add_low_rank)
-        return add_low_rank(self.base(x), F.linear(self.dropout(x), self.lora_A), self.lora_B * self.lora_c,
-                            self.scaling)
+        return add_low_rank(self.base(x), self.dropout(x), self.lora_A, self.lora_B * self.lora_c, self.scaling)
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:

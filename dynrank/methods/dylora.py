@@ -36,7 +36,6 @@ from collections import Counter
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..export import save_peft_lora
@@ -97,7 +96,7 @@ class DyLoRALinear(nn.Module):
                 B = B.detach() + (B - B.detach()) * m
         else:
             gate = st.eval_gate
-        return add_low_rank(self.base(x), F.linear(self.dropout(x), A), B * gate)  # gate = alpha / b or 0
+        return add_low_rank(self.base(x), self.dropout(x), A, B * gate)  # gate = alpha / b or 0
 
     def truncated(self, b: int):
         """(A[:b], B[:, :b]): the adapter at rank b, to be scaled by alpha / b."""
