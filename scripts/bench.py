@@ -54,6 +54,11 @@ def compose_method_cfg(method: str, task: str = "cola", budget: str = "r8"):
     return compose_cfg([f"method={method}", f"task={task}", f"budget={budget}"])
 
 
+def cola_lengths() -> list[int]:
+    """Token counts of GLUE CoLA's training sentences (recorded: benchmarks/cola_train_lengths.json)."""
+    return json.loads((ROOT / "benchmarks/cola_train_lengths.json").read_text())["lengths"]
+
+
 def make_batches(setting: str, n: int, device, vocab: int, lengths: list[int], pad_multiple: int,
                  batch_size: int | None = None):
     """``n`` random batches: ``fixed`` = L=128, batch 32; ``cola`` = CoLA's lengths, batch 16 (or ``batch_size``)."""
@@ -212,6 +217,7 @@ def main(argv=None):
     ap.add_argument("--modes", default="eager-fp32,eager-bf16,graph-bf16",
                     help="dynrank modes: eager-fp32, eager-bf16, graph-fp32, graph-bf16 (CUDA graphs: the loop's "
                          "train.cuda_graphs=true), compile-bf16 (torch.compile); PEFT runs the eager ones")
+    ap.add_argument("--peft-modes", help="modes of the PEFT rows (default: the eager ones of --modes)")
     ap.add_argument("--settings", default="fixed,cola")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--warmup", type=int, default=30)
@@ -222,12 +228,13 @@ def main(argv=None):
         sys.exit("error: the benchmark needs a CUDA GPU")
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32
-    lengths = json.loads((ROOT / "benchmarks/cola_train_lengths.json").read_text())["lengths"]
+    lengths = cola_lengths()
     rows = []
     for setting in args.settings.split(","):
         for name in args.methods.split(","):
-            for mode in args.modes.split(","):
-                if name.startswith("peft_") and not mode.startswith("eager"):
+            peft = name.startswith("peft_")
+            for mode in (args.peft_modes or args.modes).split(",") if peft else args.modes.split(","):
+                if peft and not mode.startswith("eager"):
                     continue
                 try:
                     r = measure(name, mode, setting, device, args, lengths)

@@ -1,15 +1,19 @@
 """Several seeds on one GPU: wall time of N seeds side by side (``seeds=[...]``) against one seed.
 
-    python scripts/bench_seeds.py [--epochs 80] [--method dora] [--seeds 1,2,3,4,5]
+    python scripts/bench_seeds.py [--epochs 80] [--method dora] [--seeds 1,2,3,4,5] [--data DIR] [--tokenizer DIR]
 
 Both runs go through the real CLI (``python -m dynrank.train``) with the fast path on
-(``train.bf16=true train.cuda_graphs=true``), task=rte with the paper's hyperparameters (batch 16,
-lr 2e-3, 80 epochs unless --epochs says otherwise), on a RoBERTa-base-sized encoder with random weights
-(``model=tiny`` grown to 12 layers x 768, with the small shipped tokenizer: the Hub is not reachable on the
-GPU machines). RTE itself is not available offline, so the script writes an RTE-shaped data set in the
-classic layout (2,490 train / 277 dev pairs; premises of about 40 words, hypotheses of about 9, drawn
-from CoLA's vocabulary): the timing depends on the shapes, not on the words. Writes
-``benchmarks/seeds-<device>-<date>.json`` with both wall times and their ratio.
+(``train.bf16=true train.cuda_graphs=true``), task=rte with the paper's hyperparameters (batch 16, 80 epochs
+unless --epochs says otherwise, each method's own lr), on real GLUE RTE (``--data``: a GLUE directory with
+``RTE/``, by default ``../shared/data/glue``; 2,490 train / 277 dev pairs). The encoder is BERT-base-sized
+(12 layers x 768, the cost of RoBERTa-base) with random weights, written once to a temporary directory with
+the WordPiece tokenizer of ``--tokenizer`` (all-MiniLM-L6-v2's, 30,522 tokens: RTE pairs are 67 tokens on
+average with it, as with RoBERTa's BPE), and loaded as ``model=minilm model.path=<that directory>``: the Hub
+is not reachable on the GPU machines, and the timing depends on the shapes, not on the weights. Without RTE
+in ``--data`` an RTE-shaped synthetic set is written instead (premises of about 40 words, hypotheses of about
+9, drawn from CoLA's vocabulary); without ``--tokenizer`` the model is ``model=tiny`` grown to 12 x 768 with
+the small shipped tokenizer (about 107 tokens per RTE pair). Writes ``benchmarks/seeds-<device>-<date>.json``
+with both wall times, their ratio and what was run.
 """
 from __future__ import annotations
 
@@ -30,6 +34,22 @@ sys.path.insert(0, str(ROOT))
 
 BASE = ["model=tiny", "model.tiny.hidden_size=768", "model.tiny.num_hidden_layers=12",
         "model.tiny.num_attention_heads=12", "model.tiny.intermediate_size=3072"]
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def write_base_sized_model(out: Path, tokenizer_dir: Path) -> Path:
+    """A BERT-base-sized encoder (RoBERTa-base's cost: 12 x 768, FFN 3,072) with random weights, saved with the
+    tokenizer of ``tokenizer_dir``, so the CLI loads it as a local model directory."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out))
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok))).save_pretrained(str(out))
+    return out
 
 
 def write_rte_like(root: Path, seed: int = 0) -> Path:
@@ -57,14 +77,24 @@ def write_rte_like(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def timed(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "dynrank.train", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    dt = time.time() - t0
-    if p.returncode != 0:
-        sys.exit(f"error: {' '.join(args)} failed:\n{p.stderr[-3000:]}")
-    return dt, p
+class Timed:
+    """``python -m dynrank.train <args>`` started now in a subprocess (on ``gpu`` if given); ``wait()`` -> wall s."""
+
+    def __init__(self, args: list[str], cwd: Path, gpu: str | None = None):
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        self.args = args
+        self.t0 = time.time()
+        self.p = subprocess.Popen([sys.executable, "-m", "dynrank.train", *args], cwd=cwd, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait(self) -> float:
+        _, err = self.p.communicate()
+        dt = time.time() - self.t0
+        if self.p.returncode != 0:
+            sys.exit(f"error: {' '.join(self.args)} failed:\n{err[-3000:]}")
+        return dt
 
 
 def main(argv=None):
@@ -74,21 +104,47 @@ def main(argv=None):
     ap.add_argument("--seeds", default="1,2,3,4,5")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     ap.add_argument("--tiny", action="store_true", help="the 2-layer tiny model (a CPU smoke test of this script)")
+    ap.add_argument("--data", default=str(SHARED / "data/glue"), help="a GLUE directory with RTE/ (else synthetic)")
+    ap.add_argument("--tokenizer", help="a WordPiece tokenizer directory (e.g. all-MiniLM-L6-v2) for the "
+                                        "BERT-base-sized encoder; without it, model=tiny grown to 12 x 768")
+    ap.add_argument("--minilm", help="the real all-MiniLM-L6-v2 directory: real weights (runs that must learn; dev "
+                                     "accuracy reported), instead of the BERT-base-sized random encoder")
+    ap.add_argument("--gpus", help="two GPU indices, e.g. 0,1: the one-seed and the side-by-side runs at the same "
+                                   "time, one on each (same GPU model), instead of one after the other on one GPU")
     ap.add_argument("--extra", nargs="*", default=["train.bf16=true", "train.cuda_graphs=true", "train.pad_to_multiple=16"])
     args = ap.parse_args(argv)
     import torch
 
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(tempfile.mkdtemp(prefix="dynrank-seeds-"))
-    data = write_rte_like(work / "glue")
-    common = ["task=rte", f"method={args.method}", *(["model=tiny"] if args.tiny else BASE), f"data.dir={data}", f"data.cache_dir={work / 'cache'}",
+    real = (Path(args.data) / "RTE" / "train.tsv").is_file()
+    data = Path(args.data).resolve() if real else write_rte_like(work / "glue")
+    if args.tiny:
+        model = ["model=tiny"]
+    elif args.minilm:
+        model = ["model=minilm", f"model.path={Path(args.minilm).resolve()}"]
+    elif args.tokenizer:
+        model = ["model=minilm", f"model.path={write_base_sized_model(work / 'model', Path(args.tokenizer))}"]
+    else:
+        model = BASE
+    common = ["task=rte", f"method={args.method}", *model, f"data.dir={data}",
               f"train.epochs={args.epochs}", "train.progress=false", *args.extra]
-    t_one, _ = timed([*common, f"seed={seeds[0]}", f"results.store={work / 'one'}", f"hydra.run.dir={work / 'one_run'}"],
-                     work)
-    print(f"one seed: {t_one:.1f}s", flush=True)
-    t_all, _ = timed([*common, f"seeds=[{','.join(map(str, seeds))}]", f"results.store={work / 'all'}",
-                      f"hydra.run.dir={work / 'all_run' / 'x'}"], work)
-    print(f"{len(seeds)} seeds side by side: {t_all:.1f}s  (ratio {t_all / t_one:.2f})", flush=True)
+    one_args = [*common, f"seed={seeds[0]}", f"results.store={work / 'one'}", f"hydra.run.dir={work / 'one_run'}",
+                f"data.cache_dir={work / 'cache_one'}"]
+    all_args = [*common, f"seeds=[{','.join(map(str, seeds))}]", f"results.store={work / 'all'}",
+                f"hydra.run.dir={work / 'all_run' / 'x'}", f"data.cache_dir={work / 'cache_all'}"]
+    gpus = args.gpus.split(",") if args.gpus else None
+    if gpus:  # both at once, one per GPU
+        one, all_ = Timed(one_args, work, gpus[0]), Timed(all_args, work, gpus[1])
+        t_one = one.wait()
+        print(f"one seed: {t_one:.1f}s (GPU {gpus[0]} is free again)", flush=True)
+        t_all = all_.wait()
+    else:
+        t_one = Timed(one_args, work).wait()
+        print(f"one seed: {t_one:.1f}s", flush=True)
+        t_all = Timed(all_args, work).wait()
+    print(f"one seed: {t_one:.1f}s; {len(seeds)} seeds side by side: {t_all:.1f}s  (ratio {t_all / t_one:.2f})",
+          flush=True)
     runs = sorted((work / "all").rglob("seed*.json"))
     one = json.loads(next((work / "one").rglob("seed*.json")).read_text())
     same = json.loads(runs[0].read_text())
@@ -97,10 +153,19 @@ def main(argv=None):
         "device": device, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python scripts/bench_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "method": args.method, "epochs": args.epochs, "seeds": seeds, "overrides": common,
+        "data": f"real GLUE RTE ({args.data})" if real else "RTE-shaped synthetic",
+        "model": "model=tiny" if args.tiny else f"all-MiniLM-L6-v2, real weights ({args.minilm})" if args.minilm
+        else ("BERT-base-sized, random weights, tokenizer of " + args.tokenizer) if args.tokenizer
+        else "model=tiny grown to 12 x 768",
+        "gpus": f"one seed on GPU {gpus[0]}, the side-by-side run on GPU {gpus[1]}, at the same time" if gpus
+        else "one GPU, one run after the other",
         "wall_one_seed_s": t_one, "wall_all_seeds_s": t_all, "ratio": t_all / t_one,
         "results_files": len(runs),
         "seed1_best_alone": one["best"], "seed1_best_side_by_side": same["best"],
+        "best_side_by_side": {json.loads(r.read_text())["seed"]: json.loads(r.read_text())["best"] for r in runs},
         "time_per_epoch_s_one_seed": one["time_per_epoch_s"],
+        "train_time_s_one_seed": one.get("train_time_s"),
+        "train_time_s_side_by_side": max(json.loads(r.read_text()).get("train_time_s") or 0 for r in runs),
     }
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
     out = Path(args.out) / f"seeds-{device.replace(' ', '_')}-{stamp}.json"

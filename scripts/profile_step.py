@@ -200,18 +200,21 @@ def schedule_steps(spec: str, args) -> int:
     return args.warmup if spec.endswith("@end") else args.schedule_steps
 
 
-def measure_point(spec: str, batch: int, args, device, profile: bool) -> dict:
+def measure_point(spec: str, batch: int, args, device, profile: bool, setting: str = "fixed",
+                  model_config: dict | None = None) -> dict:
     """One method at one batch size: build (bench.py's runner), warm up, time; with ``profile`` also count FLOPs
-    and profile ``args.profile_steps`` steps."""
+    and profile ``args.profile_steps`` steps. ``setting``: bench.py's ``fixed`` (L=128) or ``cola`` (CoLA's
+    lengths, padded per batch to a multiple of 8); ``model_config``: RobertaConfig fields (default args')."""
     method = spec.split("@")[0]
-    row = {"method": spec, "mode": args.mode, "batch": batch, "length": LENGTH,
+    model_config = args.model_config if model_config is None else model_config
+    row = {"method": spec, "mode": args.mode, "batch": batch, "length": LENGTH if setting == "fixed" else setting,
            "schedule_steps": schedule_steps(spec, args)}
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    step, row["adapter_params"] = bench.dynrank_runner(method, args.mode, device, row["schedule_steps"],
-                                                       args.model_config)
-    batches = bench.make_batches("fixed", args.n_batches, device, VOCAB, [], 8, batch_size=batch)
+    step, row["adapter_params"] = bench.dynrank_runner(method, args.mode, device, row["schedule_steps"], model_config)
+    lengths = bench.cola_lengths() if setting == "cola" else []
+    batches = bench.make_batches(setting, args.n_batches, device, VOCAB, lengths, 8, batch_size=batch)
     first = 0
     if profile:  # the first step runs eagerly (a graph is captured at the second): count its FLOPs
         row["flops_per_step_counted"] = counted_flops(step, batches[0])
@@ -265,6 +268,31 @@ def batch_scaling(args, device, profiles: list[dict], rows: list, save):
             r = done.get((spec, batch)) or guarded(measure_point, spec, batch, args, device, False,
                                                    label={"method": spec, "batch": batch})
             rows.append({k: r[k] for k in keys if k in r})
+            save()
+
+
+# --- (d): what stacking seeds into one step could buy ---------------------------------------------------------
+
+MINILM_SHAPE = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
+
+
+def stacking_headroom(args, device, rows: list, save):
+    """A small model at short lengths is bound by the number of kernels, not their size: one step at batch 16 x k
+    costs far less than k steps at 16. Training k seeds of one cell in one set of kernels (their adapters stacked
+    on the shared frozen backbone) would approach that; this measures the bound. MiniLM-L6's shape (the proxy
+    runs' model) in RoBERTa's architecture, random weights, CoLA's lengths, batch --stack-batch x each of --stack:
+    ms per step and ms per seed-step (ms / k)."""
+    base = args.stack_batch
+    for spec in args.scale_methods:
+        for k in args.stack:
+            r = guarded(measure_point, spec, base * k, args, device, False, "cola", args.stack_config,
+                        label={"method": spec, "batch": base * k})
+            if "error" not in r:
+                r = {key: r[key] for key in ("method", "batch", "length", "wall_ms_per_step", "steady_samples_per_s",
+                                             "peak_mem_mib") if key in r}
+                r["seeds_stacked"] = k
+                r["ms_per_seed_step"] = r["wall_ms_per_step"] / k
+            rows.append(r)
             save()
 
 
@@ -424,7 +452,8 @@ def markdown(report: dict) -> str:
     lines += markdown_scaling(report.get("batch_scaling", []))
     real = report.get("real_run")
     lines += markdown_real(real) if real and "error" not in real else []
-    for part in ("step_profile", "batch_scaling"):
+    lines += markdown_stacking(report.get("stacking", []))
+    for part in ("step_profile", "batch_scaling", "stacking"):
         lines += [f"- {part} {r['method']}: {r.get('error') or r['profile_error']}" for r in report.get(part, [])
                   if "error" in r or "profile_error" in r]
     if real and "error" in real:
@@ -460,6 +489,17 @@ def markdown_scaling(rows: list[dict]) -> list[str]:
     return lines
 
 
+def markdown_stacking(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "(d) stacking headroom: MiniLM's shape, CoLA lengths, one step for k seeds' batches", "",
+             "| method | seeds k | batch | ms/step | ms per seed-step | peak MiB |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['method']} | | {r['batch']} | error | | |" if "error" in r else
+              f"| {r['method']} | {r['seeds_stacked']} | {r['batch']} | {r['wall_ms_per_step']:.2f} | "
+              f"{r['ms_per_seed_step']:.2f} | {r.get('peak_mem_mib', 0):.0f} |" for r in rows]
+    return lines
+
+
 def markdown_real(r: dict) -> list[str]:
     w = r["profile"]
     return ["", f"(c) real run: {r['model']} {r['method']} CoLA batch {r['batch_size']}, {r['steps']} steps, "
@@ -478,7 +518,8 @@ def parse_args(argv):
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--smoke", action="store_true", help="every part on CPU, tiny model, few steps (the test)")
     ap.add_argument("--out", help="the JSON (default benchmarks/profile-<device>-<date>.json)")
-    ap.add_argument("--parts", default="a,b,c", help="a: step profile, b: batch scaling, c: real run")
+    ap.add_argument("--parts", default="a,b,c,d",
+                    help="a: step profile, b: batch scaling, c: real run, d: stacking headroom")
     ap.add_argument("--methods", default="lora,dora,dora@end,adalora", help="(a); method@end: past its schedule's end")
     ap.add_argument("--scale-methods", default="lora,dora", help="(b)")
     ap.add_argument("--batches", default="32,96,160", help="(b)")
@@ -488,6 +529,8 @@ def parse_args(argv):
     ap.add_argument("--schedule-steps", type=int, default=10_000, help="the schedule's length for plain methods")
     ap.add_argument("--minilm", default=str(SHARED / "models/all-MiniLM-L6-v2"))
     ap.add_argument("--data", default=str(SHARED / "data/glue"))
+    ap.add_argument("--stack", default="1,3,5", help="(d) seeds per step: batch --stack-batch x each")
+    ap.add_argument("--stack-batch", type=int, default=16, help="(d) one seed's batch (CoLA's, Table 8)")
     ap.add_argument("--real-method", default="dora")
     ap.add_argument("--real-batch", type=int, default=16)
     ap.add_argument("--real-epochs", type=int, default=1)
@@ -498,17 +541,20 @@ def parse_args(argv):
     args.argv = list(argv)
     args.profile_batch = 32
     args.mode, args.model_config, args.n_batches = "graph-bf16", {}, 16
+    args.stack_config = MINILM_SHAPE
     if args.smoke:
         from omegaconf import OmegaConf
 
         torch.set_num_threads(1)  # a tiny model gains nothing from intra-op threads, and they stall on a busy host
         args.device, args.mode, args.n_batches = "cpu", "eager-fp32", 2
-        args.model_config = dict(OmegaConf.load(ROOT / "conf/model/tiny.yaml").tiny)
+        args.model_config = args.stack_config = dict(OmegaConf.load(ROOT / "conf/model/tiny.yaml").tiny)
+        args.stack, args.stack_batch = "1,2", 4
         args.batches, args.profile_batch = "4,8", 4
         args.warmup, args.steps, args.profile_steps, args.real_profile_steps = 2, 2, 2, 3
         args.max_train_samples, args.max_eval_samples = args.max_train_samples or 48, args.max_eval_samples or 32
     args.methods, args.scale_methods = args.methods.split(","), args.scale_methods.split(",")
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.stack = [int(k) for k in args.stack.split(",")]
     args.minilm, args.data = str(Path(args.minilm).resolve()), str(Path(args.data).resolve())
     return args
 
@@ -534,6 +580,8 @@ def main(argv=None):
         batch_scaling(args, device, report.get("step_profile", []), report.setdefault("batch_scaling", []), save)
     if "c" in parts:
         report["real_run"] = guarded(real_run, args, device, label={})
+    if "d" in parts:
+        stacking_headroom(args, device, report.setdefault("stacking", []), save)
     save()
     print(markdown(report))
     print(f"wrote {out}")

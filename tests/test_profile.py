@@ -107,7 +107,13 @@ def test_smoke_run_writes_every_part(tmp_path, capsys):
     assert real["ms_per_step_amortised"] >= real["train_ms_per_step"] > 0
     assert real["profile"]["profiled_steps"] >= 1 and 0 <= real["profile"]["device_idle_share"] <= 1
 
+    stacking = report["stacking"]
+    assert [(r["method"], r["seeds_stacked"], r["batch"]) for r in stacking] == [
+        ("lora", 1, 4), ("lora", 2, 8), ("dora", 1, 4), ("dora", 2, 8)]
+    for r in stacking:
+        assert r["length"] == "cola" and math.isclose(r["ms_per_seed_step"], r["wall_ms_per_step"] / r["seeds_stacked"])
+
     negative = [(where, v) for where, v in _numbers(report) if v < 0 or not math.isfinite(v)]
     assert not negative
     printed = capsys.readouterr().out
-    assert "(a) L=128" in printed and "(b)" in printed and "(c) real run" in printed
+    assert "(a) L=128" in printed and "(b)" in printed and "(c) real run" in printed and "(d) stacking" in printed
