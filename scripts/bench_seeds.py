@@ -78,22 +78,28 @@ def write_rte_like(root: Path, seed: int = 0) -> Path:
 
 
 class Timed:
-    """``python -m dynrank.train <args>`` started now in a subprocess (on ``gpu`` if given); ``wait()`` -> wall s."""
+    """``python -m dynrank.train <args>`` started now in a subprocess (on ``gpu`` if given); ``wait()`` -> wall s.
 
-    def __init__(self, args: list[str], cwd: Path, gpu: str | None = None):
+    Its stderr goes to ``log`` (a file, not a pipe: a pipe nobody reads while the other run is awaited fills up and
+    stalls the run); a failed run ends the script with the log's tail, after stopping the runs in ``others``."""
+
+    def __init__(self, args: list[str], cwd: Path, log: Path, gpu: str | None = None):
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        self.args = args
+        self.args, self.log = args, log
         self.t0 = time.time()
-        self.p = subprocess.Popen([sys.executable, "-m", "dynrank.train", *args], cwd=cwd, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        with open(log, "w") as err:
+            self.p = subprocess.Popen([sys.executable, "-m", "dynrank.train", *args], cwd=cwd, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=err)
 
-    def wait(self) -> float:
-        _, err = self.p.communicate()
+    def wait(self, others: tuple["Timed", ...] = ()) -> float:
+        self.p.wait()
         dt = time.time() - self.t0
         if self.p.returncode != 0:
-            sys.exit(f"error: {' '.join(self.args)} failed:\n{err[-3000:]}")
+            for o in others:
+                o.p.kill()
+            sys.exit(f"error: {' '.join(self.args)} failed:\n{self.log.read_text()[-3000:]}")
         return dt
 
 
@@ -135,14 +141,15 @@ def main(argv=None):
                 f"hydra.run.dir={work / 'all_run' / 'x'}", f"data.cache_dir={work / 'cache_all'}"]
     gpus = args.gpus.split(",") if args.gpus else None
     if gpus:  # both at once, one per GPU
-        one, all_ = Timed(one_args, work, gpus[0]), Timed(all_args, work, gpus[1])
-        t_one = one.wait()
+        one = Timed(one_args, work, work / "one.log", gpus[0])
+        all_ = Timed(all_args, work, work / "all.log", gpus[1])
+        t_one = one.wait(others=(all_,))
         print(f"one seed: {t_one:.1f}s (GPU {gpus[0]} is free again)", flush=True)
         t_all = all_.wait()
     else:
-        t_one = Timed(one_args, work).wait()
+        t_one = Timed(one_args, work, work / "one.log").wait()
         print(f"one seed: {t_one:.1f}s", flush=True)
-        t_all = Timed(all_args, work).wait()
+        t_all = Timed(all_args, work, work / "all.log").wait()
     print(f"one seed: {t_one:.1f}s; {len(seeds)} seeds side by side: {t_all:.1f}s  (ratio {t_all / t_one:.2f})",
           flush=True)
     runs = sorted((work / "all").rglob("seed*.json"))
