@@ -4,9 +4,10 @@ rest, and layer norms whose output stays bf16.
 Autocast runs ``layer_norm`` in fp32 and returns fp32, so with it alone every residual stream of the model is
 fp32: each following linear and adapter casts it back to bf16 (the numbers they multiply are bf16 either way),
 and the adapters' dropout, the residual adds and their gradients run on fp32 tensors. That was about a sixth of a
-RoBERTa-base LoRA step on an H200, 2.3 of 14 ms (benchmarks/README.md). ``BF16LayerNorm`` normalises in fp32 inside the kernel, as
-autocast's would, and rounds its output to bf16, as a model loaded in bf16 does; what changes is that the
-residual adds are done in bf16. Trainable layer-norm weights (full, bitfit) keep fp32 master copies.
+RoBERTa-base LoRA step on an H200, 2.3 of 14 ms (benchmarks/README.md). ``BF16LayerNorm`` normalises in fp32
+inside the kernel, as autocast's would, and rounds its output to bf16, as a model loaded in bf16 does; what
+changes is that the residual adds are done in bf16. Trainable layer-norm weights (full, bitfit) keep fp32 master
+copies.
 """
 from __future__ import annotations
 
