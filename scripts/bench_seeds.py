@@ -126,13 +126,15 @@ def main(argv=None):
     real = (Path(args.data) / "RTE" / "train.tsv").is_file()
     data = Path(args.data).resolve() if real else write_rte_like(work / "glue")
     if args.tiny:
-        model = ["model=tiny"]
+        model, model_text = ["model=tiny"], "model=tiny"
     elif args.minilm:
         model = ["model=minilm", f"model.path={Path(args.minilm).resolve()}"]
+        model_text = f"all-MiniLM-L6-v2, real weights ({args.minilm})"
     elif args.tokenizer:
         model = ["model=minilm", f"model.path={write_base_sized_model(work / 'model', Path(args.tokenizer))}"]
+        model_text = f"BERT-base-sized, random weights, tokenizer of {args.tokenizer}"
     else:
-        model = BASE
+        model, model_text = BASE, "model=tiny grown to 12 x 768"
     common = ["task=rte", f"method={args.method}", *model, f"data.dir={data}",
               f"train.epochs={args.epochs}", "train.progress=false", *args.extra]
     one_args = [*common, f"seed={seeds[0]}", f"results.store={work / 'one'}", f"hydra.run.dir={work / 'one_run'}",
@@ -152,27 +154,24 @@ def main(argv=None):
         t_all = Timed(all_args, work, work / "all.log").wait()
     print(f"one seed: {t_one:.1f}s; {len(seeds)} seeds side by side: {t_all:.1f}s  (ratio {t_all / t_one:.2f})",
           flush=True)
-    runs = sorted((work / "all").rglob("seed*.json"))
+    runs = [json.loads(r.read_text()) for r in sorted((work / "all").rglob("seed*.json"))]
     one = json.loads(next((work / "one").rglob("seed*.json")).read_text())
-    same = json.loads(runs[0].read_text())
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     report = {
         "device": device, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python scripts/bench_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "method": args.method, "epochs": args.epochs, "seeds": seeds, "overrides": common,
         "data": f"real GLUE RTE ({args.data})" if real else "RTE-shaped synthetic",
-        "model": "model=tiny" if args.tiny else f"all-MiniLM-L6-v2, real weights ({args.minilm})" if args.minilm
-        else ("BERT-base-sized, random weights, tokenizer of " + args.tokenizer) if args.tokenizer
-        else "model=tiny grown to 12 x 768",
+        "model": model_text,
         "gpus": f"one seed on GPU {gpus[0]}, the side-by-side run on GPU {gpus[1]}, at the same time" if gpus
         else "one GPU, one run after the other",
         "wall_one_seed_s": t_one, "wall_all_seeds_s": t_all, "ratio": t_all / t_one,
         "results_files": len(runs),
-        "seed1_best_alone": one["best"], "seed1_best_side_by_side": same["best"],
-        "best_side_by_side": {json.loads(r.read_text())["seed"]: json.loads(r.read_text())["best"] for r in runs},
+        "seed1_best_alone": one["best"], "seed1_best_side_by_side": runs[0]["best"],
+        "best_side_by_side": {r["seed"]: r["best"] for r in runs},
         "time_per_epoch_s_one_seed": one["time_per_epoch_s"],
         "train_time_s_one_seed": one.get("train_time_s"),
-        "train_time_s_side_by_side": max(json.loads(r.read_text()).get("train_time_s") or 0 for r in runs),
+        "train_time_s_side_by_side": max(r.get("train_time_s") or 0 for r in runs),
     }
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
     out = Path(args.out) / f"seeds-{device.replace(' ', '_')}-{stamp}.json"
