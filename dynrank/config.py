@@ -150,6 +150,15 @@ for _name, _fn in (("run_id", _run_id_resolver), ("hparams", _method_value_resol
         OmegaConf.register_new_resolver(_name, _fn)
 
 
+def compose(overrides: list[str]):
+    """The config ``python -m dynrank.train <overrides>`` runs with, composed outside a Hydra job (scripts, tests;
+    ``${hydra:...}`` values do not resolve there)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
 def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 

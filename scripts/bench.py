@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dynrank.config import compose  # noqa: E402
 from dynrank.step import GraphedStep, make_optimizer, prepare_model, train_step  # noqa: E402
 from dynrank.results import versions, write_json  # noqa: E402
 
@@ -40,18 +41,8 @@ PEFT = ["peft_lora", "peft_adalora", "peft_dora"]
 TARGET_REGEX = r".*layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 
 
-def compose_cfg(overrides: list[str]):
-    """dynrank's config as the CLI composes it (conf/config.yaml) with these overrides."""
-    from hydra import compose, initialize_config_dir
-
-    import dynrank.config  # noqa: F401
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def compose_method_cfg(method: str, task: str = "cola", budget: str = "r8"):
-    return compose_cfg([f"method={method}", f"task={task}", f"budget={budget}"])
+    return compose([f"method={method}", f"task={task}", f"budget={budget}"])
 
 
 def cola_lengths() -> list[int]:

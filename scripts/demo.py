@@ -22,12 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 def compose(overrides: list[str]):
     """The config ``python -m dynrank.train experiment=demo <overrides>`` runs with."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
     from dynrank import config
 
-    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=["experiment=demo", *overrides])
+    return config.compose(["experiment=demo", *overrides])
 
 
 def rows(cfg, split: str, limit) -> list[dict]:

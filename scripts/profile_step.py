@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local path; no Hub look-ups (the GPU box is offline)
 
 import bench  # noqa: E402  (puts ROOT on sys.path)
+from dynrank.config import compose  # noqa: E402
 from dynrank.step import GraphedStep  # noqa: E402
 from dynrank.results import versions, write_json  # noqa: E402
 
@@ -358,7 +359,7 @@ def real_run(args, device) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="dynrank-profile-") as tmp:  # data cache, checkpoint, results
         overrides = real_overrides(args, device, Path(tmp))
-        cfg = bench.compose_cfg(overrides)
+        cfg = compose(overrides)
         clock = Stopwatch()
         with clock("setup"):
             t = Trainer(cfg, Path(tmp) / "run")

@@ -26,12 +26,9 @@ torch.set_num_threads(1)
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from dynrank.config import compose as dynrank_compose
 
-    import dynrank.config  # noqa: F401  (registers the run_id resolver)
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+    return dynrank_compose(overrides)
 
 
 def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
