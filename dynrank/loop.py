@@ -72,7 +72,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.out_path = store_path(cfg.results.store, run_id(cfg))
         self.results = {}  # a run skipped as finished: its results
-        self.skip = bool(cfg.train.skip_done) and _epochs_done(self.out_path) == int(cfg.train.epochs)
+        self.skip = bool(cfg.train.skip_done) and _read_results(self.out_path)[0] == int(cfg.train.epochs)
         if self.skip:
             log.info("results exist, skipping: %s", self.out_path)
             return
@@ -212,12 +212,13 @@ class Trainer:
                                 f"{checkpoint.START_OVER}")
         results = self.run_dir / "results.json"
         # no results of that epoch (missing, damaged, or a shorter run's): finishing from the checkpoint writes them
-        if state["epoch"] < epochs or _epochs_done(results) != state["epoch"]:
+        done, finished = _read_results(results)
+        if state["epoch"] < epochs or done != state["epoch"]:
             return False
         self.shared = self._data(shared)  # other data than it was trained on: refused, as when resuming
         checkpoint.check_data(path, state, self.shared["data"])
-        self.results = json.loads(results.read_text())
-        if _epochs_done(self.out_path) != state["epoch"]:  # another results store (results.store=...) gets its copy
+        self.results = finished
+        if _read_results(self.out_path)[0] != state["epoch"]:  # another results store (results.store=...) gets its copy
             write_json(self.out_path, self.results)
         log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
         return True
@@ -299,12 +300,13 @@ class Trainer:
         return results
 
 
-def _epochs_done(results_path) -> int | None:
-    """The epochs a results file holds (None: no readable results file)."""
+def _read_results(results_path) -> tuple[int | None, dict]:
+    """The epochs a results file holds and its contents ((None, {}): no readable results file)."""
     try:
-        return int(json.loads(Path(results_path).read_text())["final"]["epoch"])
+        results = json.loads(Path(results_path).read_text())
+        return int(results["final"]["epoch"]), results
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return None, {}
 
 
 def log_run_dir(run_dir) -> None:
