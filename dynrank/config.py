@@ -475,19 +475,21 @@ class _Jobs:
     a sweep of hundreds of jobs over a few tasks and methods is checked in seconds."""
 
     def __init__(self, compose, parser, config_name: str):
-        self.compose, self.parser, self.config_name, self.bases, self.known = compose, parser, config_name, {}, {}
+        self.compose, self.parser, self.config_name, self.bases = compose, parser, config_name, {}
 
     def base(self, job: list[str]):
+        """The config of the job's group choices, and its dotted keys (what its groups give)."""
         groups = tuple(o for o in job if _is_group(o))
         if groups not in self.bases:
-            self.bases[groups] = self.compose(self.config_name, overrides=list(groups))
+            base = self.compose(self.config_name, overrides=list(groups))
+            self.bases[groups] = base, set(_keys(base))
         return self.bases[groups]
 
     def check(self, job: list[str]) -> None:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra.errors import HydraException
 
-        base = self.base(job)
+        base, known = self.base(job)
         cfg = copy.deepcopy(base)
         try:
             ConfigLoaderImpl._apply_overrides_to_config(self.parser.parse_overrides(
@@ -497,9 +499,7 @@ class _Jobs:
             raise
         if any(o.startswith("+") for o in job):  # '+key=' adds a key: one that nothing reads is a typo
             _check_keys(base, job)
-        if id(base) not in self.known:
-            self.known[id(base)] = set(_keys(base))
-        _check_required(self.known[id(base)], cfg, job)
+        _check_required(known, cfg, job)
         try:
             validate(cfg)
         except _NeedsHydra:
