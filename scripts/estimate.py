@@ -145,11 +145,12 @@ class Rate:
 
 
 def newest(pattern: str, keep=lambda doc: True) -> Path:
-    files = sorted((p for p in BENCH.glob(pattern) if keep(json.loads(p.read_text()))),
-                   key=lambda p: json.loads(p.read_text()).get("date", ""))
+    """The newest (by its ``date``) of the ``benchmarks/<pattern>`` files whose contents ``keep`` accepts."""
+    docs = [(p, json.loads(p.read_text())) for p in BENCH.glob(pattern)]
+    files = sorted((d.get("date", ""), str(p)) for p, d in docs if keep(d))
     if not files:
         raise ConfigError(f"no benchmarks/{pattern}: this estimate projects from measurements")
-    return files[-1]
+    return Path(files[-1][1])
 
 
 def fit_rates(bench: Path) -> dict[str, Rate]:
