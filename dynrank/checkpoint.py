@@ -1,10 +1,11 @@
 """End-of-epoch checkpoints for resume: safetensors for tensors, JSON for the rest, swapped in atomically.
 
-``<run_dir>/checkpoint/`` holds ``tensors.safetensors`` (trainable parameters, optimizer state,
+``<run_dir>/checkpoint/`` holds one run's ``tensors.safetensors`` (trainable parameters, optimizer state,
 method state such as EMAs and masks, torch RNG states) and ``state.json`` (epoch, history,
 scheduler, Python/NumPy RNG, a fingerprint of the config; the loop adds the config itself, the data's
 fingerprint and the wall time of each attempt under ``extra``). A kill at any moment leaves either the
-previous checkpoint or the new one, never a mix.
+previous checkpoint or the new one, never a mix. A run trained in a stack (``loop.Trainer``) writes what it would
+write alone: its own slices of the stacked tensors, shaped as in a model of one run.
 
 One process at a time trains a run: ``RunLock`` holds an exclusive ``flock`` on ``<run_dir>/.lock``.
 """
@@ -15,6 +16,7 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,16 +102,19 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save(run_dir, *, model, optimizer, scheduler, method, epoch: int, step: int, history: list,
-         fingerprint: str, extra: dict | None = None) -> Path:
+def save(run_dir, *, params: dict, optimizer: dict, scheduler: dict, method: dict, epoch: int, step: int,
+         history: list, fingerprint: str, extra: dict | None = None) -> Path:
+    """One run's checkpoint: its trainable tensors by parameter name (``params``), its optimizer state in
+    ``torch.optim.AdamW.state_dict()``'s form, its schedule in ``LambdaLR.state_dict()``'s, its method state, and the
+    process's RNG states. A run of a stack writes exactly what it would write alone."""
     run_dir = Path(run_dir)
     final, tmp, old = run_dir / NAME, run_dir / (NAME + ".tmp"), run_dir / (NAME + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors = {f"model.{n}": p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    tensors = {f"model.{n}": p.detach().contiguous() for n, p in params.items()}
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     tensors.update(opt_tensors)
-    tensors.update({f"method.{k}": v.detach().contiguous() for k, v in method.state_dict().items()})
+    tensors.update({f"method.{k}": v.detach().contiguous() for k, v in method.items()})
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -118,7 +123,7 @@ def save(run_dir, *, model, optimizer, scheduler, method, epoch: int, step: int,
     np_state = np.random.get_state()
     state = {
         "epoch": epoch, "step": step, "history": history, "fingerprint": fingerprint,
-        "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
+        "optimizer": opt_meta, "scheduler": scheduler,
         "rng_python": random.getstate(), "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "extra": extra or {},
     }
@@ -216,38 +221,48 @@ def check_data(path, state: dict, data: dict) -> None:
                         f"restore the data it was made with to resume it, or {START_OVER}")
 
 
-def load(run_dir, *, model, optimizer, scheduler, method, fingerprint: str, device, config: dict | None = None,
-         data: dict | None = None) -> dict:
-    """Restore everything ``save`` wrote; returns the JSON state (epoch, step, history, extra) with ``path``,
-    the directory it was loaded from (``checkpoint``, or ``checkpoint.old`` after a kill between the renames).
+@dataclass
+class Restored:
+    """A checkpoint read back (``load``): its JSON state (epoch, step, history, extra), one run's tensors by
+    parameter name, its optimizer state (``torch.optim.AdamW.state_dict()``'s form), its method state, and the
+    directory it was read from (``checkpoint``, or ``checkpoint.old`` after a kill between the renames)."""
 
-    Checks first (``read_state``, ``check_data``), then restores: a refused or damaged checkpoint changes nothing."""
+    path: Path
+    state: dict
+    params: dict
+    optimizer: dict
+    method: dict
+    rng: dict
+
+
+def load(run_dir, *, fingerprint: str, device, config: dict | None = None, data: dict | None = None) -> Restored:
+    """Everything ``save`` wrote, checked first (``read_state``, ``check_data``): a refused or damaged checkpoint
+    changes nothing. The caller puts the tensors where the run trains (``loop.Trainer``) and, for the first run of
+    a stack, the RNG states back (``restore_rng``)."""
     path, state = read_state(run_dir, fingerprint, config)
     if data is not None:
         check_data(path, state, data)
     try:
         tensors = load_file(str(path / "tensors.safetensors"))
-        rng_torch = tensors["rng.torch"]
-        scheduler_state, optimizer_meta = state["scheduler"], state["optimizer"]
-        py, npst = state["rng_python"], state["rng_numpy"]
+        rng = {"torch": tensors["rng.torch"], "cuda": [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")],
+               "python": state["rng_python"], "numpy": state["rng_numpy"]}
+        optimizer = _unflatten_optimizer({k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
+                                         state["optimizer"])
+        missing = [k for k in ("scheduler", "epoch", "step", "history") if k not in state]
+        if missing:
+            raise KeyError(missing[0])
     except (SafetensorError, OSError, KeyError) as e:
         raise damaged(path, e) from None
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in tensors.items():
-            if k.startswith("model."):
-                params[k[6:]].copy_(v)
-    opt = _unflatten_optimizer({k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
-                               optimizer_meta)
-    optimizer.load_state_dict(opt)
-    scheduler.load_state_dict(scheduler_state)
-    method.load_state_dict({k[7:]: v.to(device) for k, v in tensors.items() if k.startswith("method.")})
-    torch.set_rng_state(rng_torch)
-    if torch.cuda.is_available():
-        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
+    return Restored(path, state, params={k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")},
+                    optimizer=optimizer, method={k[7:]: v.to(device) for k, v in tensors.items() if k.startswith("method.")},
+                    rng=rng)
+
+
+def restore_rng(rng: dict) -> None:
+    """The torch (CPU, CUDA), Python and NumPy RNG states a checkpoint saved."""
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available() and rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    py, npst = rng["python"], rng["numpy"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     np.random.set_state((npst[0], np.array(npst[1], dtype=np.uint32), *npst[2:]))
-    state["path"] = str(path)
-    return state

@@ -28,7 +28,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 NOT_IN_IDENTITY = {
     "": ("seed", "seeds", "lr_search", "variant", "results", "hparams", "protocol", "launcher", "hydra"),
     "train": ("lr", "resume", "extend", "skip_done", "progress", "log_every", "eval_batch_size", "num_workers",
-              "export", "device", "compile", "cuda_graphs", "pad_to_multiple"),
+              "export", "device", "compile", "cuda_graphs", "pad_to_multiple", "stack", "max_stack"),
     "data": ("dir", "cache_dir"),
     "model": ("path",),
 }
@@ -197,7 +197,7 @@ def initial_budget(method_cfg, r: int) -> int:
 # --- what each key may hold ------------------------------------------------------------------------------------
 # Read "<key> must be <rule>": int or number (with a bound or a range), bool, str, tag (a name for the results
 # path: letters, digits, '.', '_', '-', no '..'), device (auto, cpu, cuda, cuda:<n>), "list of <rule>", each
-# possibly "or null". Keys of other tasks and methods than the run's are simply absent.
+# possibly "or null" or "or auto". Keys of other tasks and methods than the run's are simply absent.
 SCHEMA = {
     "seed": "int >= 0",
     "seeds": "list of int >= 0 or null",
@@ -214,10 +214,13 @@ SCHEMA = {
     "train.weight_decay": "number >= 0",
     "train.warmup_ratio": "number in [0, 1)",
     "train.max_grad_norm": "number > 0",
-    "train.bf16": "bool",
+    "train.exact": "bool",
+    "train.bf16": "bool or auto",
     "train.compile": "bool",
-    "train.cuda_graphs": "bool",
-    "train.pad_to_multiple": "int >= 1",
+    "train.cuda_graphs": "bool or auto",
+    "train.pad_to_multiple": "int >= 1 or auto",
+    "train.stack": "bool or auto",
+    "train.max_stack": "int >= 1 or null",
     "train.device": "device",
     "train.group_by_length": "bool",
     "train.num_workers": "int >= 0",
@@ -286,6 +289,8 @@ def conforms(rule: str, value) -> bool:
     """Whether ``value`` (as composed and resolved: YAML/Hydra types) satisfies ``rule`` (a ``SCHEMA`` entry)."""
     if rule.endswith(" or null"):
         return value is None or conforms(rule[: -len(" or null")], value)
+    if rule.endswith(" or auto"):
+        return value == "auto" or conforms(rule[: -len(" or auto")], value)
     if rule.startswith("list of "):
         return isinstance(value, list) and all(conforms(rule[len("list of "):], v) for v in value)
     kind, _, bound = rule.partition(" ")
@@ -316,6 +321,8 @@ def describe(rule: str) -> str:
     """A rule in words: ``int >= 1 or null`` -> ``an integer >= 1, or null``."""
     if rule.endswith(" or null"):
         return describe(rule[: -len(" or null")]) + ", or null"
+    if rule.endswith(" or auto"):
+        return describe(rule[: -len(" or auto")]) + ", or auto"
     if rule.startswith("list of "):
         return "a list of " + describe(rule[len("list of "):]).split(" ", 1)[1].replace("integer", "integers")
     kind, _, bound = rule.partition(" ")

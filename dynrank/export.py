@@ -19,24 +19,25 @@ TASK_TYPES = {"seq_cls": "SEQ_CLS", "qa": "QUESTION_ANS", "seq2seq": "SEQ_2_SEQ_
 BASE_DIR = "base_model"  # <adapter>/base_model: the base of a model built from a config (model=tiny)
 
 
-def base_name(mcfg, model, task, adapter_dir) -> str:
+def base_name(mcfg, model, task, adapter_dir, run: dict | None = None) -> str:
     """What the adapter records as its base: the absolute ``model.path``, the Hub id, or (tiny models, built from a
     config with random weights) the base saved now in ``<adapter_dir>/base_model`` with its tokenizer."""
     if mcfg.get("tiny"):
-        return str(save_base(model, task, Path(adapter_dir) / BASE_DIR).resolve())
+        return str(save_base(model, task, Path(adapter_dir) / BASE_DIR, run).resolve())
     if mcfg.get("path"):
         return str(Path(str(mcfg.path)).resolve())
     return str(mcfg.name)
 
 
 @torch.no_grad()
-def save_base(model, task, out_dir) -> Path:
+def save_base(model, task, out_dir, run: dict | None = None) -> Path:
     """The frozen backbone of the wrapped ``model`` as a plain HF model (``save_pretrained``) with the tokenizer.
 
     Every method keeps the original ``nn.Linear`` of an adapted matrix as ``<name>.base``: its weights, and every
-    other frozen weight, are copied into a model of the same architecture (``task.build_model()``)."""
+    other frozen weight, are copied into a model of the same architecture (``task.build_model()``); ``run``: one
+    run's trainable tensors by name (``Method.run_params(k)``), which replace the stacked ones."""
     base = task.build_model()
-    trained = {k.replace(".base.", "."): v for k, v in model.state_dict().items()}
+    trained = {k.replace(".base.", "."): v for k, v in {**model.state_dict(), **(run or {})}.items()}
     base.load_state_dict({k: trained[k].float() for k in base.state_dict()})
     out = Path(out_dir)
     base.save_pretrained(str(out))
@@ -45,8 +46,9 @@ def save_base(model, task, out_dir) -> Path:
 
 
 def save_peft_lora(out_dir, model, base_name: str, task_type: str, adapters: dict[str, dict],
-                   use_dora: bool = False) -> Path:
-    """``adapters[module_name] = {"A": (r, d_in), "B": (d_out, r), "alpha": float[, "magnitude": (d_out,)]}``.
+                   use_dora: bool = False, head: dict | None = None) -> Path:
+    """``adapters[module_name] = {"A": (r, d_in), "B": (d_out, r), "alpha": float[, "magnitude": (d_out,)]}``,
+    ``head[param_name]`` the task head's tensors (one run's: ``Method.head(k)``; default: the model's own).
 
     The scaling PEFT applies is alpha / r per module; ``alpha`` must be chosen so that equals the
     method's own scaling. Modules of different rank are written with ``rank_pattern`` and
@@ -63,9 +65,10 @@ def save_peft_lora(out_dir, model, base_name: str, task_type: str, adapters: dic
             tensors[f"base_model.model.{name}.lora_magnitude_vector"] = a["magnitude"].detach().float().contiguous()
         ranks[name] = int(A.shape[0])
         alphas[name] = float(a["alpha"])
-    for n, p in model.named_parameters():
-        if is_head(n):
-            tensors[f"base_model.model.{n}"] = p.detach().float().contiguous().clone()
+    if head is None:
+        head = {n: p for n, p in model.named_parameters() if is_head(n)}
+    for n, p in head.items():
+        tensors[f"base_model.model.{n}"] = p.detach().float().contiguous().clone()
     ranks_used = sorted(set(ranks.values())) or [0]
     r_default = max(ranks_used)
     config = {

@@ -1,10 +1,16 @@
-"""The training loop: one function you can read in one sitting.
+"""The training loop of one stack of runs: setup, epochs (steps, evaluation, checkpoints), results.
 
-AdamW (weight decay 0.01), linear schedule with 6% warm-up, grad-norm clip 1.0, optional bf16
-autocast on GPU, dev evaluation after every epoch, a checkpoint after every epoch (resume), one
-results JSON at the end. The method's hooks: ``extra_loss`` before backward, ``after_step`` after
-the optimizer step (where DoRA prunes, as in the authors' code). The step itself (eager or as a CUDA
-graph) is ``step.py``; several runs side by side in one process, ``side_by_side.py``.
+A stack is R runs of one cell (seeds, the learning rates of a grid) trained as ONE model (``methods/layers.py``):
+each step sees the runs' batches concatenated, each run keeping its own data order, initialisation, learning rate,
+clipping and AdamW state (``dynrank.optim``) and method state; the dev set is evaluated for all runs at once. A run
+alone is a stack of one. Each run writes its own checkpoint and results file, exactly as it would alone.
+
+AdamW (weight decay 0.01), linear schedule with 6% warm-up, grad-norm clip 1.0 (each from the method's config),
+optional bf16 on GPU, dev evaluation after every epoch, a checkpoint after every epoch (resume), one results JSON per
+run at the end. The method's hooks: ``extra_loss`` before backward, ``after_step`` after the optimizer step (where
+DoRA prunes, as in the authors' code). The step itself (eager or as a CUDA graph) is ``step.py``; several stacks or
+runs side by side in one process, ``side_by_side.py``; ``Run`` is one run's bookkeeping (its directory, lock,
+resume decisions and history).
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import math
 import os
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +33,7 @@ from .data.cache import fingerprint
 from .errors import TrainingError
 from .models import load_tokenizer
 from .results import SCHEMA, git_commit, store_path, versions, write_json
-from .step import GraphedStep, make_optimizer, prepare_model, train_step
+from .step import make_optimizer, make_stepper, prepare_model
 
 log = logging.getLogger("dynrank")
 
@@ -45,6 +52,24 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def fast_path(cfg, device: torch.device) -> dict:
+    """The fast path's settings resolved for ``device``: ``train.bf16``, ``train.cuda_graphs`` (``auto``: on a GPU,
+    unless ``train.exact``) and ``train.pad_to_multiple`` (``auto``: on a GPU a multiple that bounds the number of
+    padded lengths, and so of CUDA graphs, to 16 per length budget: 8 for GLUE's 128 tokens; 1 on a CPU)."""
+    t = cfg.train
+    gpu = device.type == "cuda" and not bool(t.get("exact", False))
+
+    def choice(key):
+        v = t.get(key, False)
+        return gpu if v == "auto" else bool(v)
+
+    pad = t.get("pad_to_multiple", 1)
+    if pad == "auto":
+        pad = max(8, -(-int(cfg.task.max_length) // 16 // 8) * 8) if gpu else 1
+    return {"bf16": choice("bf16") and device.type == "cuda", "cuda_graphs": choice("cuda_graphs")
+            and device.type == "cuda", "pad_to_multiple": int(pad)}
+
+
 def batches(dataset, batch_size: int, seed: int, epoch: int, group_by_length: bool):
     """Shuffled index batches for one epoch; the order depends only on (seed, epoch): resumable."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -61,17 +86,31 @@ def batches(dataset, batch_size: int, seed: int, epoch: int, group_by_length: bo
     return out
 
 
-class Trainer:
-    """One run (a config and its run directory): model, method, optimizer, data order, history.
+def load_data(cfg) -> dict:
+    """Tokenizer, task and encoded data: the same for every run of a cell (shared by the runs of one process)."""
+    tokenizer = load_tokenizer(cfg.model)
+    task = tasks.build(cfg, tokenizer)
+    task.pad_to_multiple = fast_path(cfg, pick_device(str(cfg.train.device)))["pad_to_multiple"]
+    shared = {"task": task, "train_set": task.train_set(), "eval_sets": task.eval_sets()}
+    shared["data"] = data_identity(shared["train_set"], shared["eval_sets"])
+    return shared
 
-    ``run`` drives one trainer; ``side_by_side.run_side_by_side`` drives several side by side on one GPU.
-    """
+
+class Run:
+    """One run's bookkeeping: its config, directory and lock, what it resumes from, its history and results files.
+
+    Opening a run decides what this command does with it: skip it (``train.skip_done`` and its results exist, or it
+    finished already), continue a shorter run (``train.extend``), resume it from its checkpoint, or start it. A run to
+    train holds its directory's lock until ``close``."""
 
     def __init__(self, cfg, run_dir, shared: dict | None = None):
         validate(cfg)
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.seed = int(cfg.seed)
         self.out_path = store_path(cfg.results.store, run_id(cfg))
         self.results = {}  # a run skipped as finished: its results
+        self.shared = shared
+        self.failed = None  # why training of this run stopped (a NaN loss) while its stack went on
         self.skip = bool(cfg.train.skip_done) and _read_results(self.out_path)[0] == int(cfg.train.epochs)
         if self.skip:
             log.info("results exist, skipping: %s", self.out_path)
@@ -82,95 +121,34 @@ class Trainer:
         try:
             if cfg.train.get("extend") and cfg.train.resume and not checkpoint.exists(self.run_dir):
                 self._continue_shorter_run()
-            self.skip = self._finished(shared)
-            if not self.skip:
-                self._setup(shared)
+            self.skip = self._finished()
+            self.start_epoch = self._checkpoint_epoch()
         except BaseException:
             self.lock.release()
             raise
         if self.skip:
             self.lock.release()
 
-    def _setup(self, shared):
-        cfg = self.cfg
-        self.seed = seed = int(cfg.seed)
-        seed_everything(seed)
-        self.device = device = pick_device(str(cfg.train.device))
-        self.amp = amp = bool(cfg.train.bf16) and device.type == "cuda"
-        self.shared = shared = self._data(shared)
-        self.task, self.train_set, self.eval_sets = shared["task"], shared["train_set"], shared["eval_sets"]
-        seed_everything(seed)  # model and adapter init depend on the seed only
-        model = self.task.build_model()
-        self.method = method = methods.build(cfg, cfg.model.family)
-        self.model = model = method.wrap(model)
-        step_model = prepare_model(model, method, device, amp, bool(cfg.train.get("compile", False)))
+    def close(self) -> None:
+        if hasattr(self, "lock"):
+            self.lock.release()
 
-        self.bs, self.epochs = int(cfg.train.batch_size), int(cfg.train.epochs)
-        self.total_steps = math.ceil(len(self.train_set) / self.bs) * self.epochs
-        method.setup(self.total_steps)
-        graphs = bool(cfg.train.get("cuda_graphs", False)) and device.type == "cuda"
-        self.optimizer, self.scheduler = make_optimizer(cfg.train, method, self.total_steps, device, graphs)
-        clip = float(cfg.train.max_grad_norm)
+    def data(self) -> dict:
+        if self.shared is None:
+            self.shared = load_data(self.cfg)
+        return self.shared
 
-        self.resolved = OmegaConf.to_container(cfg, resolve=True)
-        self.history, self.start_epoch, self.step = [], 0, 0
-        self.past_attempts_s = []  # wall time of the earlier attempts at this run (killed, then resumed)
-        self.schedule = [{"epochs": self.epochs, "from_step": 0}]  # the length each schedule was made for
-        if cfg.train.resume and checkpoint.exists(self.run_dir):
-            state = checkpoint.load(self.run_dir, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                    method=method, fingerprint=self.fp, config=self.key, data=shared["data"],
-                                    device=device)
-            self.history, self.start_epoch, self.step = state["history"], state["epoch"], state["step"]
-            self.past_attempts_s = list(state["extra"].get("wall_time_s", []))
-            self.schedule = list(state["extra"].get("schedule") or self.schedule)
-            log.info("resumed from %s at epoch %d (step %d)", state["path"], self.start_epoch, self.step)
-            if self.schedule[-1]["epochs"] != self.epochs:
-                self._extend()
-            if graphs:  # the checkpoint stores lr as a number; graphs need the device tensor back
-                for g in self.optimizer.param_groups:
-                    g["lr"] = torch.as_tensor(g["lr"], dtype=torch.float32, device=device)
-        if graphs:
-            self.stepper = GraphedStep(step_model, method, self.optimizer, self.scheduler, clip, amp, device)
-        else:
-            def stepper(batch, step):
-                method.prepare_step(step)
-                return train_step(step_model, method, self.optimizer, self.scheduler, batch, step, clip, amp, device)
-            self.stepper = stepper
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-        self.writer = runlog.tensorboard(self.run_dir, self.step)
-        if device.type == "cuda":  # setup ran on the default stream; steps may run on self.stream
-            torch.cuda.synchronize(device)
-        log.info("%s | %s | %s-%s | seed %d | %d steps | trainable %s", cfg.task.name, cfg.model.id,
-                 cfg.method.name, cfg.budget.name, seed, self.total_steps, method.param_counts())
-        self.started = time.time()
-
-    def _data(self, shared):
-        """Tokenizer, task and encoded data (the same for every seed: ``shared`` where another run loaded them)."""
-        if shared is None:
-            tokenizer = load_tokenizer(self.cfg.model)
-            task = tasks.build(self.cfg, tokenizer)
-            shared = {"task": task, "train_set": task.train_set(), "eval_sets": task.eval_sets()}
-            shared["data"] = data_identity(shared["train_set"], shared["eval_sets"])
-        return shared
-
-    def _extend(self) -> None:
-        """The run continues to ``train.epochs`` from a checkpoint planned for another length (an extension): the
-        learning-rate schedule and the method's schedules (DoRA's and AdaLoRA's budgets) were made for the new
-        total steps in ``_setup``; the optimizer takes the new schedule's rate at this step at once."""
-        old = self.schedule[-1]["epochs"]
-        self.schedule.append({"epochs": self.epochs, "from_step": self.step})
-        for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
-            group["lr"] = base * fn(self.scheduler.last_epoch)
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-        log.info("the run's length changes from %d to %d epochs at epoch %d (step %d of %d): the learning-rate and "
-                 "budget schedules now span %d epochs (README: More epochs); train.resume=false trains %d epochs "
-                 "from the start", old, self.epochs, self.start_epoch, self.step, self.total_steps, self.epochs, self.epochs)
+    def _checkpoint_epoch(self) -> int:
+        """The epoch this run resumes from (0: it starts), read from its checkpoint's state."""
+        if not (self.cfg.train.resume and checkpoint.exists(self.run_dir)):
+            return 0
+        return int(checkpoint.read_state(self.run_dir, self.fp, self.key)[1]["epoch"])
 
     def _continue_shorter_run(self) -> None:
         """``train.extend=true``, no checkpoint here yet: the longest shorter run of this config (beside this one in
         the same outputs tree: same learning rate, seed and every other key but the epochs) lends its last
-        checkpoint, copied here, and this run continues from it (``_extend``). The shorter run is left as it is."""
+        checkpoint, copied here, and this run continues from it (``Trainer._extend``). The shorter run is left as
+        it is."""
         epochs, lr_dir = int(self.cfg.train.epochs), self.run_dir.parent.name.rsplit("-", 1)[0]
         found = []
         for other in self.run_dir.parent.parent.glob(f"{lr_dir}-*/{self.run_dir.name}"):
@@ -191,11 +169,11 @@ class Trainer:
         log.info("extending %s (%d epochs trained) to %d epochs in %s; that run is left as it is",
                  Path(path).parent, done, epochs, self.run_dir)
 
-    def _finished(self, shared) -> bool:
+    def _finished(self) -> bool:
         """A finished run (its results file, and a checkpoint at its last epoch made with this config and on this
         data) is left as it is: running its command again does not train it again nor rewrite its results
         (train.resume=false does). A checkpoint made for another length continues to ``train.epochs`` only with
-        ``train.extend=true`` (``_extend``); one that has trained more epochs than asked is refused."""
+        ``train.extend=true`` (``Trainer._extend``); one that has trained more epochs than asked is refused."""
         if not (self.cfg.train.resume and checkpoint.exists(self.run_dir)):
             return False
         path, state = checkpoint.read_state(self.run_dir, self.fp, self.key)
@@ -215,89 +193,210 @@ class Trainer:
         done, finished = _read_results(results)
         if state["epoch"] < epochs or done != state["epoch"]:
             return False
-        self.shared = self._data(shared)  # other data than it was trained on: refused, as when resuming
-        checkpoint.check_data(path, state, self.shared["data"])
+        checkpoint.check_data(path, state, self.data()["data"])  # other data than it was trained on: refused
         self.results = finished
         if _read_results(self.out_path)[0] != state["epoch"]:  # another results store (results.store=...) gets its copy
             write_json(self.out_path, self.results)
         log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
         return True
 
-    def _checkpoint_extra(self) -> dict:
+
+class Trainer:
+    """A stack of runs (``runs``: opened ``Run``s of one cell, at the same epoch): one model whose trainable tensors
+    have a run dimension, one method, one per-run optimizer, one step; each run's data order, history, checkpoint and
+    results.
+
+    ``run`` drives one trainer; ``side_by_side.run_side_by_side`` drives several side by side on one GPU."""
+
+    def __init__(self, runs: list[Run], shared: dict):
+        self.runs, self.R = runs, len(runs)
+        self.cfg = cfg = runs[0].cfg
+        self.shared = shared
+        self.task, self.train_set, self.eval_sets = shared["task"], shared["train_set"], shared["eval_sets"]
+        self.device = device = pick_device(str(cfg.train.device))
+        self.fast = fast_path(cfg, device)
+        self.amp = self.fast["bf16"]
+        seed_everything(runs[0].seed)  # the stack's dropout stream; each run's initialisation is its own seed's
+        self.method = method = methods.build(cfg, cfg.model.family, runs=self.R)
+        self.model = model = method.wrap(self.task.build_model())
+        method.init_runs([r.seed for r in runs], [r.cfg.method for r in runs])
+        step_model = prepare_model(model, method, device, self.amp, bool(cfg.train.get("compile", False)))
+
+        self.bs, self.epochs = int(cfg.train.batch_size), int(cfg.train.epochs)
+        self.total_steps = math.ceil(len(self.train_set) / self.bs) * self.epochs
+        method.setup(self.total_steps)
+        self.optimizer = make_optimizer(cfg.train, method, [float(r.cfg.train.lr) for r in runs], self.total_steps)
+        clip = cfg.train.max_grad_norm
+        self.resolved = [OmegaConf.to_container(r.cfg, resolve=True) for r in runs]
+        for k, run in enumerate(runs):
+            self._resume(k, run)
+        self.start_epoch, self.step = runs[0].start_epoch, runs[0].step
+        losses = partial(self.task.run_losses, runs=self.R)
+        self.stepper = make_stepper(step_model, method, losses, self.optimizer, None if clip is None else float(clip),
+                                    self.amp, device, self.fast["cuda_graphs"])
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        for run in runs:
+            run.writer = runlog.tensorboard(run.run_dir, run.step)
+        if device.type == "cuda":  # setup ran on the default stream; steps may run on self.stream
+            torch.cuda.synchronize(device)
+        counts = method.param_counts()
+        log.info("%s | %s | %s-%s | %s | %d steps | trainable %s%s", cfg.task.name, cfg.model.id, cfg.method.name,
+                 cfg.budget.name, ", ".join(f"seed {r.seed} lr {float(r.cfg.train.lr):g}" for r in runs),
+                 self.total_steps, counts, f" per run, {self.R} runs stacked" if self.R > 1 else "")
+        self.started = time.time()
+
+    def _resume(self, k: int, run: Run) -> None:
+        """Run k's checkpoint (if any) into slice k of the stack: its tensors, optimizer and method state; the first
+        run's RNG states become the stack's."""
+        run.history, run.step, run.past_attempts_s = [], 0, []  # wall time of earlier attempts (killed, resumed)
+        run.schedule = [{"epochs": self.epochs, "from_step": 0}]  # the length each schedule was made for
+        if not (run.cfg.train.resume and checkpoint.exists(run.run_dir)):
+            return
+        got = checkpoint.load(run.run_dir, fingerprint=run.fp, config=run.key, data=self.shared["data"],
+                              device=self.device)
+        try:
+            self.method.load_run_params(k, got.params)
+            self.optimizer.load_run_state_dict(k, got.optimizer)
+            self.method.load_run_state_dict(k, got.method)
+        except (KeyError, RuntimeError, ValueError) as e:  # tensors of another shape or name: not this model's
+            raise checkpoint.damaged(got.path, e) from None
+        if k == 0:
+            checkpoint.restore_rng(got.rng)
+        state = got.state
+        run.history, run.start_epoch, run.step = state["history"], state["epoch"], state["step"]
+        run.past_attempts_s = list(state["extra"].get("wall_time_s", []))
+        run.schedule = list(state["extra"].get("schedule") or run.schedule)
+        log.info("resumed from %s at epoch %d (step %d)", got.path, run.start_epoch, run.step)
+        if run.schedule[-1]["epochs"] != self.epochs:
+            self._extend(run)
+
+    def _extend(self, run: Run) -> None:
+        """The run continues to ``train.epochs`` from a checkpoint planned for another length (an extension): the
+        learning-rate schedule (a function of the step and the total, ``dynrank.optim.lr_factor``) and the method's
+        schedules (DoRA's and AdaLoRA's budgets) were made for the new total steps in setup; the optimizer takes the
+        new schedule's rate at this step at once."""
+        old = run.schedule[-1]["epochs"]
+        run.schedule.append({"epochs": self.epochs, "from_step": run.step})
+        log.info("the run's length changes from %d to %d epochs at epoch %d (step %d of %d): the learning-rate and "
+                 "budget schedules now span %d epochs (README: More epochs); train.resume=false trains %d epochs "
+                 "from the start", old, self.epochs, run.start_epoch, run.step, self.total_steps, self.epochs,
+                 self.epochs)
+
+    def _checkpoint_extra(self, run: Run) -> dict:
         """What resume checks and continues besides the tensors: the config, the data, the time spent so far."""
-        return {"config": self.key, "data": self.shared["data"], "schedule": self.schedule,
-                "wall_time_s": [*self.past_attempts_s, time.time() - self.started]}
+        return {"config": run.key, "data": self.shared["data"], "schedule": run.schedule,
+                "wall_time_s": [*run.past_attempts_s, time.time() - self.started]}
+
+    def active(self) -> list[tuple[int, Run]]:
+        """The runs still training (a run whose loss turned NaN stops; its stack goes on)."""
+        return [(k, r) for k, r in enumerate(self.runs) if r.failed is None]
 
     # --- one epoch: begin, steps, end --------------------------------------------------------------
-    def begin_epoch(self, epoch: int) -> list[list[int]]:
+    def begin_epoch(self, epoch: int) -> list[list[list[int]]]:
+        """Each run's batches of this epoch (its own data order); the stack steps through them together."""
         self.epoch, self.t0 = epoch, time.time()
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.finite = torch.ones((), dtype=torch.bool, device=self.device)
-        self.plan = batches(self.train_set, self.bs, self.seed, epoch, bool(self.cfg.train.group_by_length))
+        self.loss_sum = torch.zeros(self.R, device=self.device)
+        self.finite = torch.ones(self.R, dtype=torch.bool, device=self.device)
+        group = bool(self.cfg.train.group_by_length)
+        self.plans = [batches(self.train_set, self.bs, run.seed, epoch, group) for run in self.runs]
+        self.plan = list(zip(*self.plans))  # step i: every run's batch i (all runs have as many batches)
         return self.plan
 
-    def train_step(self, i: int, idx: list[int]) -> None:
-        batch = self.task.collate([self.train_set[j] for j in idx])
+    def train_step(self, i: int, idx: tuple[list[int], ...]) -> None:
+        batch = self.task.collate([self.train_set[j] for run_idx in idx for j in run_idx])  # run-major
         if self.device.type == "cuda":  # pinned + non-blocking: the host never waits for the GPU here
             batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
         loss, total = self.stepper(batch, self.step)
         self.step += 1
+        for _, run in self.active():
+            run.step = self.step
         self.loss_sum += loss.float()
         self.finite &= torch.isfinite(total)
         if self.step % int(self.cfg.train.log_every) == 0 or i == len(self.plan) - 1:
-            _check_finite(self.finite, self.step, self.epoch, self.seed)
-            if self.writer:
-                self.writer.add_scalar("train/loss", loss.item(), self.step)
-                self.writer.add_scalar("train/lr", float(self.scheduler.get_last_lr()[0]), self.step)
-                for name, value in self.method.scalars(self.step).items():
-                    self.writer.add_scalar(f"{self.method.name}/{name}", value, self.step)
+            self._check_finite()
+            losses, lrs = loss.tolist(), self.optimizer.lrs(self.step)  # the rate of the next step (LambdaLR's last)
+            for k, run in self.active():
+                if run.writer:
+                    run.writer.add_scalar("train/loss", losses[k], self.step)
+                    run.writer.add_scalar("train/lr", lrs[k], self.step)
+                    for name, value in self.method.scalars(self.step, k).items():
+                        run.writer.add_scalar(f"{self.method.name}/{name}", value, self.step)
+
+    def _check_finite(self) -> None:
+        """A run whose loss turned NaN/inf stops (its last epoch's checkpoint kept); the other runs of its stack
+        train on, and the command ends with the error once they are done (``side_by_side``)."""
+        for k, ok in enumerate(self.finite.tolist()):
+            run = self.runs[k]
+            if not ok and run.failed is None:
+                which = f"seed {run.seed}" + (f", lr {float(run.cfg.train.lr):g}" if self.R > 1 else "")
+                run.failed = (f"loss became NaN/inf by step {self.step} (epoch {self.epoch + 1}, {which}); lower "
+                              "train.lr, check the data, or turn off train.bf16; the last epoch's checkpoint is kept")
+                log.error("%s: %s", run.run_dir, run.failed)
+        if not self.active():
+            raise TrainingError(self.runs[0].failed if self.R == 1 else
+                                "every run's loss became NaN/inf: " + "; ".join(r.failed for r in self.runs))
 
     def end_epoch(self) -> None:
         epoch = self.epoch
+        self._check_finite()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         train_time = time.time() - self.t0
         t1 = time.time()
-        dev = self.task.evaluate(self.model, self.eval_sets, self.device, self.amp)
+        devs = self.task.evaluate(self.model, self.eval_sets, self.device, self.amp, runs=self.R)
         eval_time = time.time() - t1
-        self.history.append({"epoch": epoch + 1, "step": self.step,
-                             "train_loss": (self.loss_sum / max(1, len(self.plan))).item(),
-                             "dev": dev, "train_time_s": train_time, "eval_time_s": eval_time})
-        log.info("seed %d epoch %d/%d  loss %.4f  dev %s  (%.1fs)", self.seed, epoch + 1, self.epochs,
-                 self.history[-1]["train_loss"], {k: round(v, 4) for k, v in dev.items()}, train_time)
-        if self.writer:
-            for k, v in dev.items():
-                self.writer.add_scalar(f"dev/{k}", v, self.step)
-        checkpoint.save(self.run_dir, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                        method=self.method, epoch=epoch + 1, step=self.step, history=self.history,
-                        fingerprint=self.fp, extra=self._checkpoint_extra())
+        losses = (self.loss_sum / max(1, len(self.plan))).tolist()
+        for k, run in self.active():
+            dev = devs[k]
+            run.history.append({"epoch": epoch + 1, "step": self.step, "train_loss": losses[k], "dev": dev,
+                                "train_time_s": train_time, "eval_time_s": eval_time})
+            log.info("seed %d%s epoch %d/%d  loss %.4f  dev %s  (%.1fs)", run.seed,
+                     f" lr {float(run.cfg.train.lr):g}" if self.R > 1 else "", epoch + 1, self.epochs, losses[k],
+                     {key: round(v, 4) for key, v in dev.items()}, train_time)
+            if run.writer:
+                for key, v in dev.items():
+                    run.writer.add_scalar(f"dev/{key}", v, self.step)
+            checkpoint.save(run.run_dir, params=self.method.run_params(k), optimizer=self.optimizer.run_state_dict(k),
+                            scheduler=self.optimizer.run_schedule_state(k, self.step),
+                            method=self.method.run_state_dict(k), epoch=epoch + 1, step=self.step,
+                            history=run.history, fingerprint=run.fp, extra=self._checkpoint_extra(run))
         if os.environ.get("DYNRANK_DEBUG_KILL_AFTER_EPOCH") == str(epoch + 1):
             os._exit(137)  # tests: die like `kill -9` right after a checkpoint
 
-    def finish(self) -> dict:
-        cfg, run_dir, method = self.cfg, self.run_dir, self.method
-        if self.writer:
-            self.writer.close()
-        results = _results(cfg, self.resolved, self.task, method, self.history, self.device, self.started,
-                           self.schedule)
-        _total_times(results, self.past_attempts_s, self.started)
-        results["method_summary"] = method.summary()
-        method.artifacts(run_dir, f"{cfg.model.id}, {cfg.task.name}, budget {cfg.budget.name}, seed {self.seed}")
+    def finish(self) -> list[dict]:
+        """Each finished run's results (written to its run directory and the store), in the runs' order."""
+        method = self.method
         extra_evals = method.final_evaluation(
-            lambda: self.task.evaluate(self.model, self.eval_sets, self.device, self.amp))
-        if extra_evals:
-            results["extra_evals"] = extra_evals
-        if cfg.train.get("export"):
-            adapter = run_dir / "adapter"
-            base = export.base_name(cfg.model, self.model, self.task, adapter)
-            method.export(adapter, base_name=base, task_type=self.task.task_type)
-            results["export_dir"] = str(adapter.resolve())
-            log.info("adapter (PEFT format): %s (base: %s)", adapter.resolve(), base)
-        write_json(run_dir / "results.json", results)
-        write_json(self.out_path, results)
-        log.info("results: %s", self.out_path)
-        log_run_dir(run_dir)
-        return results
+            lambda: self.task.evaluate(self.model, self.eval_sets, self.device, self.amp, runs=self.R))
+        out = []
+        for k, run in self.active():
+            cfg, run_dir = run.cfg, run.run_dir
+            if run.writer:
+                run.writer.close()
+            results = _results(cfg, self.resolved[k], self.task, method, run.history, self.device, self.started,
+                               run.schedule, k)
+            results["training"] = {"stacked_runs": self.R, "precision": "bf16" if self.amp else "fp32",
+                                   "cuda_graphs": self.fast["cuda_graphs"],
+                                   "pad_to_multiple": self.fast["pad_to_multiple"]}
+            _total_times(results, run.past_attempts_s, self.started)
+            results["method_summary"] = method.summary(k)
+            method.artifacts(run_dir, f"{cfg.model.id}, {cfg.task.name}, budget {cfg.budget.name}, seed {run.seed}", k)
+            if extra_evals[k]:
+                results["extra_evals"] = extra_evals[k]
+            if cfg.train.get("export"):
+                adapter = run_dir / "adapter"
+                base = export.base_name(cfg.model, self.model, self.task, adapter, method.run_params(k))
+                method.export(adapter, base_name=base, task_type=self.task.task_type, k=k)
+                results["export_dir"] = str(adapter.resolve())
+                log.info("adapter (PEFT format): %s (base: %s)", adapter.resolve(), base)
+            write_json(run_dir / "results.json", results)
+            write_json(run.out_path, results)
+            run.results = results
+            log.info("results: %s", run.out_path)
+            log_run_dir(run_dir)
+            out.append(results)
+        return out
 
 
 def _read_results(results_path) -> tuple[int | None, dict]:
@@ -338,33 +437,13 @@ def run(cfg, run_dir, on_start=None) -> dict:
     """Train ``cfg.method`` on ``cfg.task``; returns the results dict (also written to disk).
 
     ``on_start()`` is called once the run is set up and about to train (the CLI writes Hydra's files then)."""
-    t = Trainer(cfg, run_dir)
-    if t.skip:
-        return t.results
-    with t.lock:  # released however training ends
-        if on_start:
-            on_start()
-        return _train(t)
+    from .side_by_side import run_side_by_side
+
+    results = run_side_by_side([cfg], [run_dir], on_start=on_start)
+    return results[0] if results else {}
 
 
-def _train(t) -> dict:
-    if t.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(t.device)
-    for epoch in range(t.start_epoch, t.epochs):
-        plan = t.begin_epoch(epoch)
-        for i, idx in enumerate(_progress(t.cfg, plan, epoch, t.epochs)):
-            t.train_step(i, idx)
-        t.end_epoch()
-    return t.finish()
-
-
-def _check_finite(finite: torch.Tensor, step: int, epoch: int, seed: int) -> None:
-    if not bool(finite):
-        raise TrainingError(f"loss became NaN/inf by step {step} (epoch {epoch + 1}, seed {seed}); lower train.lr, "
-                            "check the data, or turn off train.bf16; the last epoch's checkpoint is kept")
-
-
-def _results(cfg, resolved, task, method, history, device, started, schedule) -> dict:
+def _results(cfg, resolved, task, method, history, device, started, schedule, k: int = 0) -> dict:
     metric = task.metric
     best = max(history, key=lambda h: h["dev"].get(metric, float("-inf")))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -378,7 +457,7 @@ def _results(cfg, resolved, task, method, history, device, started, schedule) ->
         "pruning_end_step": method.pruning_end_step(),
         "final": {"epoch": history[-1]["epoch"], "dev": history[-1]["dev"]},
         "epochs": history,
-        "params": method.param_counts(),
+        "params": method.param_counts(k),
         "time_per_epoch_s": [h["train_time_s"] for h in history],
         "peak_gpu_memory_mib": peak,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -389,7 +468,7 @@ def _results(cfg, resolved, task, method, history, device, started, schedule) ->
     }
 
 
-def _progress(cfg, plan, epoch, epochs):
+def progress(cfg, plan, epoch, epochs):
     if not cfg.train.progress:
         return plan
     from tqdm.auto import tqdm

@@ -130,7 +130,9 @@ def load_model(mcfg, auto_class, tokenizer=None, **config_kwargs) -> nn.Module:
         config = build_tiny_config(mcfg, mcfg.family, len(tokenizer))
         for k, v in config_kwargs.items():
             setattr(config, k, v)
-        return auto_class.from_config(config)
+        with torch.random.fork_rng(devices=[]):  # the same random backbone for every seed, as a pre-trained one is
+            torch.manual_seed(0)
+            return auto_class.from_config(config)
     src = _source(mcfg)
     try:
         return auto_class.from_pretrained(src, dtype=torch.float32, **hub.pretrained_kwargs(src), **config_kwargs)

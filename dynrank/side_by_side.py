@@ -1,5 +1,10 @@
-"""Several runs of one task side by side in one process (``seeds=[...]``, ``lr_search=true``): each a full
-``loop.Trainer`` of its own, stepped in turn, each on its own CUDA stream and with its own random state.
+"""Several runs of one cell in one process (``seeds=[...]``, ``lr_search=true``): stacked into one model, or side by
+side.
+
+On a GPU the runs of a method that stacks train as ONE model (``loop.Trainer`` with R runs: one set of kernels for
+all of them, ``train.stack``); full fine-tuning, whose every weight differs per run, a CPU by default, or
+``train.stack=false`` train them side by side: one ``Trainer`` per run, stepped in turn, each on its own CUDA stream
+and with its own random state. Runs resumed from different epochs form different stacks, also stepped side by side.
 """
 from __future__ import annotations
 
@@ -7,52 +12,80 @@ from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 
-from .loop import Trainer
+from .errors import TrainingError
+from .loop import Run, Trainer, load_data, pick_device, progress
+from .methods import method_class
 from .step import GraphedStep
 
 
 def run_side_by_side(cfgs: list, run_dirs: list, on_start=None) -> list[dict]:
-    """Train several runs of one task side by side in one process (``seeds=[1,2,3,4,5]``, ``lr_search=true``).
+    """Train the runs ``cfgs`` (one cell: they differ in seed and learning rate) in one process; returns each run's
+    results, in order (a run skipped as done: what its results file holds, or {}).
 
-    Each run is a full, independent run (own model, adapters, optimizer, data order, checkpoint and
-    results file, exactly as ``run`` with its config); the runs share the tokenised data, and on a GPU
-    each run's steps go to its own CUDA stream, so the many small kernels of several runs overlap
-    instead of queueing. ``run_dirs[i]`` is run i's directory. ``on_start`` as in ``run``.
-    """
+    Each run is a full, independent run (own initialisation, data order, learning rate and schedule, clipping,
+    optimizer and method state, checkpoint and results file, exactly as ``loop.run`` with its config); the runs share
+    the tokenised data. ``run_dirs[i]`` is run i's directory. ``on_start`` as in ``loop.run``."""
     with ExitStack() as locks:  # each run's lock, released however training ends
-        trainers, shared = [], None
+        runs, shared = [], None
         for c, run_dir in zip(cfgs, run_dirs):
-            t = Trainer(c, run_dir, shared)
-            shared = getattr(t, "shared", shared)  # loaded by a run in training, or by a finished one to check it
-            if not t.skip:
-                locks.enter_context(t.lock)
-                trainers.append(t)
-        if not trainers:
-            return []
-        if on_start:
-            on_start()
-        return _train_side_by_side(trainers)
+            run = Run(c, run_dir, shared)
+            shared = run.shared or shared  # loaded by a finished run to check it
+            runs.append(run)
+            if not run.skip:
+                locks.callback(run.close)
+        todo = [r for r in runs if not r.skip]
+        if todo:
+            shared = shared or load_data(todo[0].cfg)
+            trainers = [Trainer(group, shared) for group in stacks(todo)]
+            if on_start:
+                on_start()
+            _train_side_by_side(trainers)
+        failed = [r for r in todo if r.failed]
+        if failed:
+            raise TrainingError(failed[0].failed if len(failed) == 1 else f"{len(failed)} runs stopped: "
+                                + "; ".join(f"{r.run_dir}: {r.failed}" for r in failed))
+        return [r.results for r in runs]
 
 
-def _train_side_by_side(trainers: list) -> list[dict]:
+def stacks(runs: list[Run]) -> list[list[Run]]:
+    """The runs grouped into stacks: each group trains as one model (``train.stack``: ``auto`` on a GPU for a method
+    that stacks, ``true`` on any device, ``false`` never; at most ``train.max_stack`` runs per stack), runs resumed
+    from different epochs in different stacks. A group of one is a run alone."""
+    cfg = runs[0].cfg
+    mode = cfg.train.get("stack", "auto")
+    gpu = pick_device(str(cfg.train.device)).type == "cuda" and not cfg.train.get("exact", False)
+    if not method_class(cfg.method.name).stacks or not (gpu if mode == "auto" else bool(mode)):
+        return [[r] for r in runs]
+    size = int(cfg.train.get("max_stack") or len(runs))
+    by_epoch: dict[int, list[Run]] = {}
+    for r in runs:
+        by_epoch.setdefault(r.start_epoch, []).append(r)
+    return [group[i:i + size] for group in by_epoch.values() for i in range(0, len(group), size)]
+
+
+def _train_side_by_side(trainers: list[Trainer]) -> None:
     dev = trainers[0].device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     for epoch in range(min(t.start_epoch for t in trainers), max(t.epochs for t in trainers)):
         active = [t for t in trainers if t.start_epoch <= epoch < t.epochs]
         plans = []
-        for t in active:  # per-epoch tensors are made on the seed's own stream (no cross-stream race)
+        for t in active:  # per-epoch tensors are made on the trainer's own stream (no cross-stream race)
             with _on(t.stream):
                 plans.append(t.begin_epoch(epoch))
-        for i in range(max(len(p) for p in plans)):
+        steps = max(len(p) for p in plans)
+        first = trainers[0]
+        for i in progress(first.cfg, range(steps), epoch, first.epochs):
             for t, plan in zip(active, plans):
                 if i < len(plan):
-                    with _on(t.stream), _own_rng(t):
+                    with _on(t.stream), _own_rng(t, len(trainers) > 1):
                         t.train_step(i, plan[i])
         for t in active:
-            with _on(t.stream), _own_rng(t):
+            with _on(t.stream), _own_rng(t, len(trainers) > 1):
                 t.end_epoch()
-    return [t.finish() for t in trainers]
+    for t in trainers:
+        with _on(t.stream), _own_rng(t, len(trainers) > 1):
+            t.finish()
 
 
 def _on(stream):
@@ -60,15 +93,16 @@ def _on(stream):
 
 
 @contextmanager
-def _own_rng(t):
-    """Each seed draws dropout masks from its own generator state, as if it ran alone.
+def _own_rng(t, several: bool):
+    """Each trainer draws dropout masks from its own generator state, as if it ran alone (nothing to swap for one).
 
     Not for the CUDA generator when steps are CUDA graphs: captured graphs hold on to the generator's
-    state, so swapping it would break them; the seeds then share one CUDA dropout stream (each run is
+    state, so swapping it would break them; the trainers then share one CUDA dropout stream (each run is
     still a correct run of its seed, but its dropout masks differ from the same seed run alone)."""
+    if not several:
+        yield
+        return
     cuda = t.device.type == "cuda" and not isinstance(t.stepper, GraphedStep)
-    if not hasattr(t, "rng"):
-        t.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(t.device) if cuda else None)
     outer = (torch.get_rng_state(), torch.cuda.get_rng_state(t.device) if cuda else None)
     torch.set_rng_state(t.rng[0])
     if cuda:

@@ -2,11 +2,14 @@
 
     python scripts/bench.py                       # everything (make bench)
     python scripts/bench.py --methods lora,dora --modes eager-bf16,compile-bf16 --settings fixed
+    python scripts/bench.py --methods dora,peft_lora --runs 1,5 --settings fixed   # 5 runs stacked in one step
 
 Settings: ``fixed`` = L=128, batch 32 (every sequence full length); ``cola`` = the real length
 distribution of GLUE CoLA's training set (benchmarks/cola_train_lengths.json) with CoLA's batch size 16
 and dynamic padding. The model is the RoBERTa-base architecture with random weights (speed does not
-depend on the weights). dynrank runs time ``dynrank.step.train_step``, the loop's own step; PEFT runs
+depend on the weights). dynrank runs time the loop's own step (``dynrank.step.make_stepper``), for ``--runs`` runs
+stacked in one step (seeds of one cell, each with its own batch of the setting's size: a row's samples/s is the
+aggregate of its runs, ``samples_per_s_per_run`` one run's share); PEFT runs
 time the plain loop a PEFT user writes (autocast, backward, clip, AdamW, and AdaLoRA's
 ``update_and_allocate``). Samples/s is the mean over the timed steps after warm-up; "steady" is from the
 median step (CUDA events on the GPU timeline), which leaves out the few steps where the CUDA-graph path
@@ -25,6 +28,7 @@ import random
 import sys
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dynrank.config import compose  # noqa: E402
-from dynrank.step import GraphedStep, make_optimizer, prepare_model, train_step  # noqa: E402
+from dynrank.step import make_optimizer, make_stepper, prepare_model  # noqa: E402
 from dynrank.results import versions, write_json  # noqa: E402
 
 DYNRANK = ["full", "bitfit", "lora", "adalora", "dora", "dora_wd", "houlsby", "pfeiffer"]
@@ -86,27 +90,28 @@ class _NoSched:
         pass
 
 
-def dynrank_runner(method_name: str, mode: str, device, total_steps: int, model_config: dict | None = None):
+def dynrank_runner(method_name: str, mode: str, device, total_steps: int, model_config: dict | None = None,
+                   runs: int = 1):
+    """dynrank's own step (``dynrank.step.make_stepper``: eager, or a CUDA graph in the graph modes) for ``runs``
+    stacked runs of ``method_name`` (seeds 1..runs, the method's CoLA learning rate); a batch holds every run's."""
     from dynrank import methods
+    from dynrank.tasks.glue import classification_losses
 
     cfg = compose_method_cfg(method_name)
     model = build_model(device, model_config)
-    method = methods.build(cfg, "roberta")
+    method = methods.build(cfg, "roberta", runs=runs)
     model = method.wrap(model)
+    method.init_runs(list(range(1, runs + 1)))
     bf16 = "bf16" in mode
     step_model = prepare_model(model, method, device, bf16, mode.startswith("compile"))
     method.setup(total_steps)
-    graphs = mode.startswith("graph")
-    optimizer, scheduler = make_optimizer(cfg.train, method, total_steps, device, graphs)
+    optimizer = make_optimizer(cfg.train, method, [float(cfg.train.lr)] * runs, total_steps)
+    stepper = make_stepper(step_model, method, partial(classification_losses, runs=runs), optimizer, 1.0, bf16,
+                           device, graphs=mode.startswith("graph"))
     state = {"step": 0}
-    graphed = GraphedStep(step_model, method, optimizer, scheduler, 1.0, bf16, device) if graphs else None
 
     def step(batch):
-        if graphed is not None:
-            loss, _ = graphed(batch, state["step"])
-        else:
-            method.prepare_step(state["step"])
-            loss, _ = train_step(step_model, method, optimizer, scheduler, batch, state["step"], 1.0, bf16, device)
+        loss, _ = stepper(batch, state["step"])
         state["step"] += 1
         return loss
 
@@ -178,14 +183,18 @@ def timed_steps(step, batches, n: int, device):
     return dt, [marks[i].elapsed_time(marks[i + 1]) for i in range(n)], samples, last
 
 
-def measure(name, mode, setting, device, args, lengths):
-    impl = peft_runner if name.startswith("peft_") else dynrank_runner
+def measure(name, mode, setting, device, args, lengths, runs: int = 1):
+    """One row: ``runs`` runs of ``name`` stacked in one step (dynrank; PEFT: 1), each with the setting's batch."""
     total_steps = args.warmup + args.steps
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     t_build = time.time()
-    step, adapter_params = impl(name, mode, device, total_steps)
-    batches = make_batches(setting, 16, device, 50265, lengths, args.pad_multiple)
+    if name.startswith("peft_"):
+        step, adapter_params = peft_runner(name, mode, device, total_steps)
+    else:
+        step, adapter_params = dynrank_runner(name, mode, device, total_steps, runs=runs)
+    per_run = 32 if setting == "fixed" else 16
+    batches = make_batches(setting, 16, device, 50265, lengths, args.pad_multiple, batch_size=per_run * runs)
     for i in range(args.warmup):
         step(batches[i % len(batches)])
     torch.cuda.synchronize()
@@ -194,12 +203,14 @@ def measure(name, mode, setting, device, args, lengths):
     # The median is the steady state; the mean also carries the steps that ran eagerly or were captured
     # (each new graph key costs two such steps).
     median_ms = sorted(per_step)[len(per_step) // 2]
-    bs = batches[0]["input_ids"].shape[0]
+    bs = batches[0]["input_ids"].shape[0]  # every run's samples
+    last = float(last.float().mean())
     return {"impl": "peft" if name.startswith("peft_") else "dynrank", "method": name, "mode": mode,
-            "setting": setting, "samples_per_s": samples / dt, "step_ms": 1000 * dt / args.steps,
-            "steady_samples_per_s": 1000 * bs / median_ms, "median_step_ms": median_ms,
+            "setting": setting, "runs": runs, "samples_per_s": samples / dt, "step_ms": 1000 * dt / args.steps,
+            "steady_samples_per_s": 1000 * bs / median_ms, "aggregate_samples_per_s": 1000 * bs / median_ms,
+            "samples_per_s_per_run": 1000 * bs / median_ms / runs, "median_step_ms": median_ms,
             "peak_mem_mib": torch.cuda.max_memory_allocated(device) / 2**20, "adapter_params": adapter_params,
-            "warmup_s": warm_s, "final_loss": float(last), "finite": bool(math.isfinite(float(last)))}
+            "warmup_s": warm_s, "final_loss": last, "finite": bool(math.isfinite(last))}
 
 
 def main(argv=None):
@@ -213,6 +224,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--pad-multiple", type=int, default=8)
+    ap.add_argument("--runs", default="1", help="dynrank rows: runs stacked in one step, e.g. 1,5 (a row per number; "
+                                                "each run has the setting's batch, 32 or 16; PEFT rows: 1)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -227,16 +240,17 @@ def main(argv=None):
             for mode in (args.peft_modes or args.modes).split(",") if peft else args.modes.split(","):
                 if peft and not mode.startswith("eager"):
                     continue
-                try:
-                    r = measure(name, mode, setting, device, args, lengths)
-                except Exception as e:  # a missing method or a failed compile is reported, not fatal
-                    r = {"impl": "peft" if name.startswith("peft_") else "dynrank", "method": name, "mode": mode,
-                         "setting": setting, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-                rows.append(r)
-                print(json.dumps(r), flush=True)
-                gc.collect()
-                torch._dynamo.reset()
-                torch.cuda.empty_cache()
+                for runs in [1] if peft or name == "full" else [int(k) for k in args.runs.split(",")]:
+                    try:
+                        r = measure(name, mode, setting, device, args, lengths, runs)
+                    except Exception as e:  # a missing method or a failed compile is reported, not fatal
+                        r = {"impl": "peft" if peft else "dynrank", "method": name, "mode": mode, "runs": runs,
+                             "setting": setting, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
+                    gc.collect()
+                    torch._dynamo.reset()
+                    torch.cuda.empty_cache()
     device_name = torch.cuda.get_device_name(device)
     report = {"device": device_name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -250,13 +264,15 @@ def main(argv=None):
 
 
 def print_table(rows):
-    print(f"{'setting':7} {'method':14} {'mode':11} {'samples/s':>9} {'steady/s':>9} {'step ms':>8} {'peak MiB':>9}")
+    print(f"{'setting':7} {'method':14} {'mode':11} {'runs':>4} {'samples/s':>9} {'steady/s':>9} {'per run':>8} "
+          f"{'step ms':>8} {'peak MiB':>9}")
     for r in rows:
+        head = f"{r['setting']:7} {r['method']:14} {r['mode']:11} {r.get('runs', 1):4d}"
         if "error" in r:
-            print(f"{r['setting']:7} {r['method']:14} {r['mode']:11} {'error: ' + r['error'][:60]}")
+            print(f"{head} {'error: ' + r['error'][:60]}")
         else:
-            print(f"{r['setting']:7} {r['method']:14} {r['mode']:11} {r['samples_per_s']:9.0f} "
-                  f"{r['steady_samples_per_s']:9.0f} {r['step_ms']:8.2f} {r['peak_mem_mib']:9.0f}")
+            print(f"{head} {r['samples_per_s']:9.0f} {r['steady_samples_per_s']:9.0f} "
+                  f"{r['samples_per_s_per_run']:8.0f} {r['step_ms']:8.2f} {r['peak_mem_mib']:9.0f}")
 
 
 if __name__ == "__main__":

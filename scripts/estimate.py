@@ -308,7 +308,7 @@ def estimate_run(cfg, dev: Device, notes: set) -> RunEstimate:
     if cfg.model.id not in ("roberta_base", "bart_base"):
         notes.add(f"model={cfg.model.id}: projected at RoBERTa-base's measured step cost (no measurement of its own)")
     rate = rate_of(cfg, dev.rates, notes)
-    bs, epochs, multiple = int(cfg.train.batch_size), int(cfg.train.epochs), int(cfg.train.get("pad_to_multiple", 1))
+    bs, epochs, multiple = int(cfg.train.batch_size), int(cfg.train.epochs), gpu_pad_multiple(cfg)
     steps = math.ceil(w.n_train / bs)
     tokens = epoch_tokens(w.train, w.n_train, bs, multiple) + w.n_train * w.target_tokens
     eval_s = 0.0
@@ -318,6 +318,15 @@ def estimate_run(cfg, dev: Device, notes: set) -> RunEstimate:
     return RunEstimate(cfg.task.name, cell_of(cfg), w.n_train, bs, epochs, steps * epochs, tokens * epochs,
                        rate.time_s(steps, tokens) * epochs, eval_s * epochs, dev.ckpt_s(cfg.method.name) * epochs,
                        dev.fixed_s)
+
+
+def gpu_pad_multiple(cfg) -> int:
+    """``train.pad_to_multiple`` as a run on the GPU resolves it (``auto``: ``dynrank.loop.fast_path``)."""
+    import torch
+
+    from dynrank.loop import fast_path
+
+    return fast_path(cfg, torch.device("cuda"))["pad_to_multiple"]
 
 
 # --- a preset: Hydra's sweep, expanded ----------------------------------------------------------------------

@@ -4,8 +4,9 @@ and a real short MiniLM run on CoLA with its evaluation and checkpoint timed apa
     python scripts/profile_step.py --minilm .gpu/minilm --data .gpu/glue --out $OUT/profile.json
     python scripts/profile_step.py --smoke --out /tmp/profile.json     # every part on CPU in seconds (the test)
 
-(a) step profile: each of --methods (RoBERTa-base architecture, random weights, L=128, batch 32, graph-bf16,
-    built by scripts/bench.py's own runner) warms up, is timed with CUDA events, then ~20 replayed steps run
+(a) step profile: each of --methods (RoBERTa-base architecture, random weights, L=128, batch 32 per run, graph-bf16,
+    built by scripts/bench.py's own runner, --profile-runs runs stacked in the step: 1 and 5) warms up, is timed
+    with CUDA events, then ~20 replayed steps run
     under torch.profiler; kernel time per step is summed per category (CATEGORIES, by kernel name) and the
     top-25 kernels are kept. FLOPs: counted by torch.utils.flop_counter.FlopCounterMode over the first step
     (which runs eagerly, before the graph is captured; a replay carries no op-level events to count), and
@@ -16,7 +17,9 @@ and a real short MiniLM run on CoLA with its evaluation and checkpoint timed apa
     train.bf16=true train.cuda_graphs=true, for --real-epochs epochs of the configured schedule; training
     steps, evaluation, checkpoint writing and the rest are timed apart (the Trainer's own methods, with
     timers wrapped around Task.evaluate and checkpoint.save), then --real-profile-steps steps of the next
-    epoch run under torch.profiler for the share of wall time the GPU is idle (host-bound).
+    epoch run under torch.profiler for the share of wall time the GPU is idle (host-bound); --real-seeds k: seeds
+    1..k stacked in that run.
+(d) runs stacked: MiniLM's shape, CoLA's lengths, k = each of --stack runs of --scale-methods in one step.
 
 Writes one JSON (--out; device, versions, date and command inside; rewritten after every measured point, so a
 run cut short keeps what it measured) and prints a Markdown summary. No chrome trace is written: the profiler's
@@ -33,7 +36,7 @@ import tempfile
 import time
 import traceback
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
@@ -202,32 +205,36 @@ def schedule_steps(spec: str, args) -> int:
 
 
 def measure_point(spec: str, batch: int, args, device, profile: bool, setting: str = "fixed",
-                  model_config: dict | None = None) -> dict:
-    """One method at one batch size: build (bench.py's runner), warm up, time; with ``profile`` also count FLOPs
-    and profile ``args.profile_steps`` steps. ``setting``: bench.py's ``fixed`` (L=128) or ``cola`` (CoLA's
-    lengths, padded per batch to a multiple of 8); ``model_config``: RobertaConfig fields (default args')."""
+                  model_config: dict | None = None, runs: int = 1) -> dict:
+    """One method at one batch size: build (bench.py's runner, ``runs`` runs stacked, each with ``batch``), warm
+    up, time; with ``profile`` also count FLOPs and profile ``args.profile_steps`` steps. ``setting``: bench.py's
+    ``fixed`` (L=128) or ``cola`` (CoLA's lengths, padded per batch to a multiple of 8); ``model_config``:
+    RobertaConfig fields (default args'). Samples/s are every run's together."""
     method = spec.split("@")[0]
     model_config = args.model_config if model_config is None else model_config
-    row = {"method": spec, "mode": args.mode, "batch": batch, "length": LENGTH if setting == "fixed" else setting,
-           "schedule_steps": schedule_steps(spec, args)}
+    row = {"method": spec, "mode": args.mode, "runs": runs, "batch": batch,
+           "length": LENGTH if setting == "fixed" else setting, "schedule_steps": schedule_steps(spec, args)}
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    step, row["adapter_params"] = bench.dynrank_runner(method, args.mode, device, row["schedule_steps"], model_config)
+    step, row["adapter_params"] = bench.dynrank_runner(method, args.mode, device, row["schedule_steps"], model_config,
+                                                       runs=runs)
     lengths = bench.cola_lengths() if setting == "cola" else []
-    batches = bench.make_batches(setting, args.n_batches, device, VOCAB, lengths, 8, batch_size=batch)
+    batches = bench.make_batches(setting, args.n_batches, device, VOCAB, lengths, 8, batch_size=batch * runs)
     first = 0
     if profile:  # the first step runs eagerly (a graph is captured at the second): count its FLOPs
         row["flops_per_step_counted"] = counted_flops(step, batches[0])
-        row["flops_per_step_analytic"] = analytic_flops(args.model_config, batch, LENGTH, frozen=method != "full")
+        row["flops_per_step_analytic"] = analytic_flops(args.model_config, batch * runs, LENGTH,
+                                                        frozen=method != "full")
         first = 1
     for i in range(first, args.warmup):
         step(batches[i % len(batches)])
     dt, per_step, samples, last = bench.timed_steps(step, batches, args.steps, device)
     median = sorted(per_step)[len(per_step) // 2]
-    row.update({"samples_per_s": samples / dt, "steady_samples_per_s": 1000 * batch / median,
+    row.update({"samples_per_s": samples / dt, "steady_samples_per_s": 1000 * batch * runs / median,
+                "aggregate_samples_per_s": 1000 * batch * runs / median,
                 "wall_ms_per_step": median, "wall_ms_per_step_mean": 1000 * dt / args.steps,
-                "final_loss": float(last)})
+                "final_loss": float(last.float().mean())})
     if device.type == "cuda":
         row["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     if profile:
@@ -254,14 +261,16 @@ def profile_point(step, batches, args, device, row) -> dict:
 
 
 def step_profiles(args, device, rows: list, save):
-    for spec in args.methods:
-        rows.append(guarded(measure_point, spec, args.profile_batch, args, device, True, label={"method": spec}))
-        save()
+    for runs in args.profile_runs:
+        for spec in args.methods:
+            rows.append(guarded(measure_point, spec, args.profile_batch, args, device, True, runs=runs,
+                                label={"method": spec, "runs": runs}))
+            save()
 
 
 def batch_scaling(args, device, profiles: list[dict], rows: list, save):
     """Samples/s per (method, batch); a point (a) measured already is reused, not run again."""
-    done = {(r["method"], r["batch"]): r for r in profiles if "error" not in r}
+    done = {(r["method"], r["batch"]): r for r in profiles if "error" not in r and r.get("runs", 1) == 1}
     keys = ("method", "mode", "batch", "length", "samples_per_s", "steady_samples_per_s", "wall_ms_per_step",
             "wall_ms_per_step_mean", "peak_mem_mib", "error")
     for spec in args.scale_methods:
@@ -272,25 +281,25 @@ def batch_scaling(args, device, profiles: list[dict], rows: list, save):
             save()
 
 
-# --- (d): what stacking seeds into one step could buy ---------------------------------------------------------
+# --- (d): runs stacked into one step ----------------------------------------------------------------------------
 
 MINILM_SHAPE = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
 
 
-def stacking_headroom(args, device, rows: list, save):
-    """A small model at short lengths is bound by the number of kernels, not their size: one step at batch 16 x k
-    costs far less than k steps at 16. Training k seeds of one cell in one set of kernels (their adapters stacked
-    on the shared frozen backbone) would approach that; this measures the bound. MiniLM-L6's shape (the proxy
-    runs' model) in RoBERTa's architecture, random weights, CoLA's lengths, batch --stack-batch x each of --stack:
-    ms per step and ms per seed-step (ms / k)."""
+def stacking(args, device, rows: list, save):
+    """A small model at short lengths is bound by the number of kernels, not their size: k runs of one cell stacked
+    in one step (their adapters with a run dimension on the shared frozen backbone: dynrank's stacked path) cost far
+    less than k steps. MiniLM-L6's shape (the proxy runs' model) in RoBERTa's architecture, random weights, CoLA's
+    lengths, each run's batch --stack-batch, k each of --stack: ms per step and ms per run-step (ms / k)."""
     base = args.stack_batch
     for spec in args.scale_methods:
         for k in args.stack:
-            r = guarded(measure_point, spec, base * k, args, device, False, "cola", args.stack_config,
+            r = guarded(measure_point, spec, base, args, device, False, "cola", args.stack_config, runs=k,
                         label={"method": spec, "batch": base * k})
             if "error" not in r:
-                r = {key: r[key] for key in ("method", "batch", "length", "wall_ms_per_step", "steady_samples_per_s",
-                                             "peak_mem_mib") if key in r}
+                r = {key: r[key] for key in ("method", "runs", "batch", "length", "wall_ms_per_step",
+                                             "steady_samples_per_s", "aggregate_samples_per_s", "peak_mem_mib")
+                     if key in r}
                 r["seeds_stacked"] = k
                 r["ms_per_seed_step"] = r["wall_ms_per_step"] / k
             rows.append(r)
@@ -355,18 +364,20 @@ def timed_epoch(t, epoch: int, clock: Stopwatch) -> list[float]:
 
 
 def real_run(args, device) -> dict:
-    from dynrank.loop import Trainer
+    from dynrank.loop import Run, Trainer
 
     with tempfile.TemporaryDirectory(prefix="dynrank-profile-") as tmp:  # data cache, checkpoint, results
         overrides = real_overrides(args, device, Path(tmp))
         cfg = compose(overrides)
         clock = Stopwatch()
         with clock("setup"):
-            t = Trainer(cfg, Path(tmp) / "run")
+            runs = [Run(compose([*overrides, f"seed={s}"]), Path(tmp) / f"run{s}")
+                    for s in range(1, args.real_seeds + 1)]
+            t = Trainer(runs, runs[0].data())
         marks, epochs_s, window = timed_run(t, args, clock)
     report = {"overrides": overrides, "method": str(cfg.method.name), "model": str(cfg.model.id),
-              "batch_size": int(cfg.train.batch_size), "epochs_run": len(t.history), "epochs_in_schedule": t.epochs,
-              "schedule_steps": t.total_steps, "train_examples": len(t.train_set),
+              "batch_size": int(cfg.train.batch_size), "runs_stacked": t.R, "epochs_run": len(t.runs[0].history),
+              "epochs_in_schedule": t.epochs, "schedule_steps": t.total_steps, "train_examples": len(t.train_set),
               "fast_path": bool(t.amp and isinstance(t.stepper, GraphedStep))}
     return {**report, **real_times(epochs_s, clock.s["finish"], marks), "profile": window}
 
@@ -376,7 +387,9 @@ def timed_run(t, args, clock: Stopwatch):
     Returns each epoch's step timestamps, the seconds per label over the epochs, and the window's profile."""
     from dynrank import checkpoint
 
-    with t.lock, clock.wrap(t.task, "evaluate", "eval"), clock.wrap(checkpoint, "save", "checkpoint"):
+    with ExitStack() as locks, clock.wrap(t.task, "evaluate", "eval"), clock.wrap(checkpoint, "save", "checkpoint"):
+        for run in t.runs:
+            locks.callback(run.close)
         marks = [timed_epoch(t, epoch, clock) for epoch in range(args.real_epochs)]
         epochs_s = dict(clock.s)
         window = real_window(t, args.real_profile_steps)
@@ -465,13 +478,13 @@ def markdown(report: dict) -> str:
 def markdown_profiles(rows: list[dict]) -> list[str]:
     if not rows:
         return []
-    lines = ["", f"(a) L={LENGTH}, batch {rows[0]['batch']}: ms per step", "",
-             "| method | wall | kernels | busy | idle (window) | TFLOP/s counted | analytic | samples/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['method']} | {r['wall_ms_per_step']:.2f} | {r['kernel_ms_per_step']:.2f} | "
+    lines = ["", f"(a) L={LENGTH}, batch {rows[0]['batch']} per run: ms per step", "",
+             "| method | runs | wall | kernels | busy | idle (window) | TFLOP/s counted | analytic | samples/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['method']} | {r.get('runs', 1)} | {r['wall_ms_per_step']:.2f} | {r['kernel_ms_per_step']:.2f} | "
               f"{r['gpu_busy_fraction']:.0%} | {r['device_idle_share']:.0%} | {r['tflops_counted']:.3g} | "
               f"{r['tflops_analytic']:.3g} | {r['steady_samples_per_s']:.0f} |" for r in rows]
-    lines += ["", "| kernel ms per step (share) | " + " | ".join(r["method"] for r in rows) + " |",
+    lines += ["", "| kernel ms per step (share) | " + " | ".join(f"{r['method']} x{r.get('runs', 1)}" for r in rows) + " |",
               "|---|" + "---:|" * len(rows)]
     for c in dict.fromkeys(c for r in rows for c in r["categories"]):
         cells = [r["categories"].get(c, {"ms_per_step": 0.0, "share": 0.0}) for r in rows]
@@ -493,7 +506,7 @@ def markdown_scaling(rows: list[dict]) -> list[str]:
 def markdown_stacking(rows: list[dict]) -> list[str]:
     if not rows:
         return []
-    lines = ["", "(d) stacking headroom: MiniLM's shape, CoLA lengths, one step for k seeds' batches", "",
+    lines = ["", "(d) runs stacked: MiniLM's shape, CoLA lengths, one step for k runs' batches", "",
              "| method | seeds k | batch | ms/step | ms per seed-step | peak MiB |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['method']} | | {r['batch']} | error | | |" if "error" in r else
               f"| {r['method']} | {r['seeds_stacked']} | {r['batch']} | {r['wall_ms_per_step']:.2f} | "
@@ -504,7 +517,7 @@ def markdown_stacking(rows: list[dict]) -> list[str]:
 def markdown_real(r: dict) -> list[str]:
     w = r["profile"]
     return ["", f"(c) real run: {r['model']} {r['method']} CoLA batch {r['batch_size']}, {r['steps']} steps, "
-                f"fast path {r['fast_path']}", "",
+                f"{r.get('runs_stacked', 1)} run(s) stacked, fast path {r['fast_path']}", "",
             f"- ms/step: steps {r['train_ms_per_step']:.2f} (steady {r['train_ms_per_step_steady']:.2f}), with eval "
             f"+ checkpoint amortised {r['ms_per_step_amortised']:.2f}, all in {r['ms_per_step_all_in']:.2f}; host "
             f"per step (median) {r['host_ms_per_step_median']:.2f}",
@@ -520,19 +533,21 @@ def parse_args(argv):
     ap.add_argument("--smoke", action="store_true", help="every part on CPU, tiny model, few steps (the test)")
     ap.add_argument("--out", help="the JSON (default benchmarks/profile-<device>-<date>.json)")
     ap.add_argument("--parts", default="a,b,c,d",
-                    help="a: step profile, b: batch scaling, c: real run, d: stacking headroom")
+                    help="a: step profile, b: batch scaling, c: real run, d: runs stacked")
     ap.add_argument("--methods", default="lora,dora,dora@end,adalora", help="(a); method@end: past its schedule's end")
     ap.add_argument("--scale-methods", default="lora,dora", help="(b)")
     ap.add_argument("--batches", default="32,96,160", help="(b)")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--steps", type=int, default=40, help="timed steps per point (CUDA events)")
     ap.add_argument("--profile-steps", type=int, default=20, help="(a) steps under torch.profiler")
+    ap.add_argument("--profile-runs", default="1,5", help="(a) runs stacked in the profiled step (each batch 32)")
     ap.add_argument("--schedule-steps", type=int, default=10_000, help="the schedule's length for plain methods")
     ap.add_argument("--minilm", default=str(SHARED / "models/all-MiniLM-L6-v2"))
     ap.add_argument("--data", default=str(SHARED / "data/glue"))
     ap.add_argument("--stack", default="1,3,5", help="(d) seeds per step: batch --stack-batch x each")
     ap.add_argument("--stack-batch", type=int, default=16, help="(d) one seed's batch (CoLA's, Table 8)")
     ap.add_argument("--real-method", default="dora")
+    ap.add_argument("--real-seeds", type=int, default=1, help="(c) seeds 1..k of the real run, stacked")
     ap.add_argument("--real-batch", type=int, default=16)
     ap.add_argument("--real-epochs", type=int, default=1)
     ap.add_argument("--real-profile-steps", type=int, default=50)
@@ -549,13 +564,14 @@ def parse_args(argv):
         torch.set_num_threads(1)  # a tiny model gains nothing from intra-op threads, and they stall on a busy host
         args.device, args.mode, args.n_batches = "cpu", "eager-fp32", 2
         args.model_config = args.stack_config = dict(OmegaConf.load(ROOT / "conf/model/tiny.yaml").tiny)
-        args.stack, args.stack_batch = "1,2", 4
+        args.stack, args.stack_batch, args.profile_runs = "1,2", 4, "1,2"
         args.batches, args.profile_batch = "4,8", 4
         args.warmup, args.steps, args.profile_steps, args.real_profile_steps = 2, 2, 2, 3
         args.max_train_samples, args.max_eval_samples = args.max_train_samples or 48, args.max_eval_samples or 32
     args.methods, args.scale_methods = args.methods.split(","), args.scale_methods.split(",")
     args.batches = [int(b) for b in args.batches.split(",")]
     args.stack = [int(k) for k in args.stack.split(",")]
+    args.profile_runs = [int(k) for k in args.profile_runs.split(",")]
     args.minilm, args.data = str(Path(args.minilm).resolve()), str(Path(args.data).resolve())
     return args
 
@@ -582,7 +598,7 @@ def main(argv=None):
     if "c" in parts:
         report["real_run"] = guarded(real_run, args, device, label={})
     if "d" in parts:
-        stacking_headroom(args, device, report.setdefault("stacking", []), save)
+        stacking(args, device, report.setdefault("stacking", []), save)
     save()
     print(markdown(report))
     print(f"wrote {out}")

@@ -67,12 +67,12 @@ def _peft_pair():
         for t, layer in m.layers:
             pl = inner.get_submodule(t.name)
             for k in ("lora_A", "lora_E", "lora_B"):
-                getattr(layer, k).copy_(getattr(pl, k)["default"])
+                getattr(layer, k)[0].copy_(getattr(pl, k)["default"])  # run 0 of our (runs, ...) tensors
                 pairs.append((getattr(layer, k), getattr(pl, k)["default"]))
     head_ours = dict(ours.classifier.named_parameters())
     for n, p in inner.classifier.modules_to_save["default"].named_parameters():
         pairs.append((head_ours[n], p))
-    assert all(a.shape == b.shape and torch.equal(a, b) for a, b in pairs)
+    assert all(a[0].shape == b.shape and torch.equal(a[0], b) for a, b in pairs)
     return m, ours, pm, pairs
 
 
@@ -93,7 +93,7 @@ def test_equals_peft_step_by_step():
         reg_o = m.extra_loss(step)
         reg_p = out_p.loss - F.cross_entropy(out_p.logits, labels)
         assert abs(reg_o.item() - reg_p.item()) < 1e-5, step
-        (out_o.loss + reg_o).backward()
+        (out_o.loss + reg_o.sum()).backward()
         out_p.loss.backward()
         for opt, params in ((opt_o, [a for a, _ in pairs]), (opt_p, [b for _, b in pairs])):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -106,9 +106,9 @@ def test_equals_peft_step_by_step():
                 for k in ("lora_A", "lora_E", "lora_B"):
                     name = f"{t.name}.{k}.default"
                     i = where[id(getattr(layer, k))]
-                    assert torch.allclose(m.ema["ipt"][i], alloc.exp_avg_ipt[name], rtol=1e-4, atol=1e-9)
-                    assert torch.allclose(m.ema["unc"][i], alloc.exp_avg_unc[name], rtol=1e-4, atol=1e-9)
-        zo = [e == 0 for e in E_o]
+                    assert torch.allclose(m.ema["ipt"][i][0], alloc.exp_avg_ipt[name], rtol=1e-4, atol=1e-9)
+                    assert torch.allclose(m.ema["unc"][i][0], alloc.exp_avg_unc[name], rtol=1e-4, atol=1e-9)
+        zo = [e[0] == 0 for e in E_o]
         zp = [e == 0 for e in E_p]
         assert all(torch.equal(a, b) for a, b in zip(zo, zp)), f"masks differ at step {step}"
         masked = sum(int(z.sum()) for z in zo)
@@ -119,7 +119,7 @@ def test_equals_peft_step_by_step():
         assert (m.graph_key(step) == "eager") == changed, step  # CUDA graphs: masking steps run eagerly
         if pattern is not None:
             theirs = [pattern[f"{t.name}.lora_E.default"] for t in m.targets]
-            assert m.keep.view(m.n, R0).bool().tolist() == theirs, step
+            assert m.keep[:, 0].view(m.n, R0).bool().tolist() == theirs, step
         opt_o.zero_grad(), opt_p.zero_grad()
     # the three phases happened: nothing masked in warm-up, growing masks, then exactly n (r0 - r) fixed
     assert masked_counts[:TINIT + 1] == [0] * (TINIT + 1)
@@ -131,7 +131,7 @@ def test_equals_peft_step_by_step():
     ranks = m.ranks()
     assert sum(ranks) == m.n * R and len(set(ranks)) > 1  # the budget is met, unevenly
     counts = m.param_counts()
-    sizes = [layer.lora_A.shape[1] + layer.lora_B.shape[0] + 1 for _, layer in m.layers]
+    sizes = [layer.lora_A.shape[2] + layer.lora_B.shape[1] + 1 for _, layer in m.layers]
     assert counts["adapter"] == sum(r * s for r, s in zip(ranks, sizes))
     assert counts["adapter_initial"] == R0 * sum(sizes) == sum(p.numel() for p in m.params)
     s = m.summary()
@@ -141,7 +141,7 @@ def test_equals_peft_step_by_step():
 
 def _train(m, model, batches, start, opt):
     for step, (ids, labels) in enumerate(batches, start):
-        loss = model(input_ids=ids, labels=labels).loss + m.extra_loss(step)
+        loss = model(input_ids=ids, labels=labels).loss + m.extra_loss(step).sum()
         loss.backward()
         opt.step()
         m.before_zero_grad(step)
@@ -166,13 +166,17 @@ def test_resume_mid_pruning_through_a_checkpoint_matches_uninterrupted(tmp_path)
         _train(m, model, batches[:14], 0, opt)  # into the budgeting phase: some lambdas are masked
         if interrupted:
             assert 0 < int((m.keep == 0).sum()) < m.n * (R0 - R)
-            checkpoint.save(tmp_path, model=model, optimizer=opt, scheduler=sched, method=m, epoch=1, step=14,
-                            history=[], fingerprint="f")
+            checkpoint.save(tmp_path, params=m.run_params(0), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                            method=m.run_state_dict(0), epoch=1, step=14, history=[], fingerprint="f")
             model, m, opt, sched = fresh(0)  # the loop rebuilds the same backbone from the seed
             with torch.no_grad():  # other adapter weights, until the checkpoint is loaded
                 torch._foreach_add_(m.params, [torch.randn_like(p) for p in m.params])
-            checkpoint.load(tmp_path, model=model, optimizer=opt, scheduler=sched, method=m, fingerprint="f",
-                            device=torch.device("cpu"))
+            got = checkpoint.load(tmp_path, fingerprint="f", device=torch.device("cpu"))
+            with torch.no_grad():
+                for name, p in m.run_params(0).items():
+                    p.copy_(got.params[name])
+            opt.load_state_dict(got.optimizer)
+            m.load_run_state_dict(0, got.method)
         _train(m, model, batches[14:], 14, opt)
         runs.append((m.keep.clone(), [p.detach().clone() for p in m.params]))
     assert torch.equal(runs[0][0], runs[1][0])

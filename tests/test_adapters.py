@@ -36,8 +36,8 @@ def test_identity_at_init_and_trainable(name):
     m.wrap(model)
     model.eval()
     ids = torch.randint(3, 100, (3, 9))
-    with torch.no_grad():
-        assert torch.equal(model(input_ids=ids).logits, ref(input_ids=ids).logits)
+    with torch.no_grad():  # (the per-run head multiplies with bmm: equal to float rounding)
+        assert torch.allclose(model(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=0, atol=1e-6)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all(".adapter." in n or n.startswith("classifier.") for n in trainable)
     assert any(".adapter.up." in n for n in trainable) and any(".adapter.down." in n for n in trainable)
@@ -95,7 +95,7 @@ def test_bart_encoder_and_decoder_no_cross_attention():
     ids = torch.tensor([[0, 5, 6, 7, 8, 2], [0, 9, 10, 11, 12, 2]])
     model.eval()
     with torch.no_grad():
-        assert torch.equal(model(input_ids=ids).logits, ref(input_ids=ids).logits)
+        assert torch.allclose(model(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=0, atol=1e-6)
 
 
 def test_export_roundtrip(tmp_path):
@@ -115,7 +115,7 @@ def test_export_roundtrip(tmp_path):
     assert cfg["method"] == "houlsby" and cfg["bottleneck"] == 8 and len(cfg["modules"]) == 4
     m2 = _method("houlsby")
     m2.wrap(fresh)
-    fresh.load_state_dict(load_file(str(out / "adapter_model.safetensors")), strict=False)
+    m2.load_run_params(0, load_file(str(out / "adapter_model.safetensors")))
     model.eval(), fresh.eval()
     ids = torch.randint(3, 100, (2, 7))
     with torch.no_grad():

@@ -98,7 +98,7 @@ def test_final_budget_and_fixed_mask():
     assert m.schedule(end)[0] == P and m.done
     want = N - int(N * (5 - 2) / 5)
     assert sum(m.surviving()) == want == N - zeros(m)
-    mask, zero_pos = m.mask.clone(), torch.cat([c == 0 for c in m._c])
+    mask, zero_pos = m.mask.clone(), torch.cat([c == 0 for c in m._c], 1)  # (1 run, N)
     assert torch.equal(mask, zero_pos)
     for t in range(end + 1, T + 1):  # afterwards the mask is fixed: re-applied after every step
         with torch.no_grad():
@@ -106,7 +106,7 @@ def test_final_budget_and_fixed_mask():
                 c.add_(0.05 * torch.randn(c.shape, generator=gen))
         m.after_step(t)
         assert torch.equal(m.mask, mask)
-        assert torch.equal(torch.cat([c == 0 for c in m._c]), zero_pos)
+        assert torch.equal(torch.cat([c == 0 for c in m._c], 1), zero_pos)
     s = m.summary()
     assert s["surviving"] == want and s["components"] == N and s["pruning_done"]
     assert sum(v for row in s["rank_map"]["counts"] for v in row) == want
@@ -121,15 +121,15 @@ def test_pruned_component_revives_when_its_importance_rises():
     randomize_c(m, gen)
     for t in range(1, 71):  # p = 40 at t = 70: a pruning step
         m.after_step(t)
-    pruned = [(i, j) for i, c in enumerate(m._c) for j in range(c.numel()) if c[j] == 0]
+    pruned = [(i, j) for i, c in enumerate(m._c) for j in range(c.shape[1]) if c[0, j] == 0]  # run 0
     assert len(pruned) >= 2
     (i1, j1), (i2, j2) = pruned[0], pruned[1]
     with torch.no_grad():  # a step's gradient pushes one pruned c_j far from 0; the other stays 0
-        m._c[i1][j1] = 10 * max(float(c.abs().max()) for c in m._c)
+        m._c[i1][0, j1] = 10 * max(float(c.abs().max()) for c in m._c)
     for t in range(71, 76):  # next pruning step at p = 45
         m.after_step(t)
-    assert m._c[i1][j1] != 0 and not m.mask[i1 * 6 + j1]  # survived the next pruning step
-    assert m._c[i2][j2] == 0 and m.mask[i2 * 6 + j2]  # the one left at zero stays pruned
+    assert m._c[i1][0, j1] != 0 and not m.mask[0, i1 * 6 + j1]  # survived the next pruning step
+    assert m._c[i2][0, j2] == 0 and m.mask[0, i2 * 6 + j2]  # the one left at zero stays pruned
 
 
 def test_cuda_graph_protocol_same_ops_per_key():
@@ -164,7 +164,7 @@ def test_cuda_graph_protocol_same_ops_per_key():
         with Record() as rec:
             extra = m.extra_loss(s)
             if extra is not None:
-                extra.backward()
+                extra.sum().backward()
             m.after_step(s + 1)
         if key in seen:
             assert rec.ops == seen[key], (s, key)
@@ -198,10 +198,10 @@ def test_importance_and_dem_equal_hand_computation():
     assert m.n_modules == 2
     with torch.no_grad():
         for c in m._c:
-            c.copy_(torch.randn(4))
+            c.copy_(torch.randn(1, 4))
     hand_s, hand_dem = [], 0.0
     for _, mod in m.layers:
-        A, B, c = (mod.lora_A.detach().double(), mod.lora_B.detach().double(), mod.lora_c.detach().double())
+        A, B, c = (mod.lora_A[0].detach().double(), mod.lora_B[0].detach().double(), mod.lora_c[0].detach().double())
         comps = [c[i] * torch.outer(B[:, i], A[i]) for i in range(4)]  # c_i B_i A_i, materialised
         dw = sum(comps)
         hand_s += [torch.linalg.norm(ci) / (torch.linalg.norm(dw) + 1e-8) for ci in comps]
@@ -209,9 +209,9 @@ def test_importance_and_dem_equal_hand_computation():
             a, b = A[i], B[:, i]
             hand_dem += float(((a - a.mean()) ** 2).sum() / (a.numel() - 1) + ((b - b.mean()) ** 2).sum() / (b.numel() - 1))
     hand_s = torch.stack(hand_s).float()
-    torch.testing.assert_close(m.importance(), hand_s, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(m.importance()[0], hand_s, rtol=1e-5, atol=1e-7)
     m.after_step(1)  # warm-up step: S = 0.9 * 0 + 0.1 * s, no pruning
-    torch.testing.assert_close(m.importance_ema, 0.1 * hand_s, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(m.importance_ema[0], 0.1 * hand_s, rtol=1e-5, atol=1e-8)
     hand_dem /= 2 * 2 * 4
     assert float(m.extra_loss(0).detach()) == pytest.approx(0.3 * hand_dem, rel=1e-5)
     assert m.extra_loss(int(0.15 * 100) + 35 - 1) is not None  # the step with p = P still has DEM
@@ -219,7 +219,7 @@ def test_importance_and_dem_equal_hand_computation():
     assert make_method(r=2, dem=False).reg_coef == 0.0
     # DEM has a gradient on A and B only
     loss = m.extra_loss(0)
-    loss.backward()
+    loss.sum().backward()
     assert all(p.grad is not None for p in m._A + m._B) and all(c.grad is None for c in m._c)
 
 
@@ -232,7 +232,7 @@ def _train(model, m, tok, steps, lr=1e-2, seed=0):
     for step in range(steps):
         loss = model(input_ids=x, labels=y).loss
         extra = m.extra_loss(step)
-        (loss if extra is None else loss + extra).backward()
+        (loss if extra is None else loss + extra.sum()).backward()
         opt.step()
         opt.zero_grad()
         m.after_step(step + 1)

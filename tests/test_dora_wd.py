@@ -35,13 +35,13 @@ def _pair(dropout):
         for t, layer in m.layers:
             pl = peft_model.base_model.model.get_submodule(t.name)
             # PEFT initialised its magnitude the same way: ||W0||_c per output row
-            assert torch.allclose(pl.lora_magnitude_vector["default"].weight, layer.magnitude, atol=1e-6)
+            assert torch.allclose(pl.lora_magnitude_vector["default"].weight, layer.magnitude[0], atol=1e-6)
             layer.lora_A.copy_(torch.randn_like(layer.lora_A) * 0.3)
             layer.lora_B.copy_(torch.randn_like(layer.lora_B) * 0.3)
             layer.magnitude.mul_(1 + 0.2 * torch.rand_like(layer.magnitude))
-            pl.lora_A["default"].weight.copy_(layer.lora_A)
-            pl.lora_B["default"].weight.copy_(layer.lora_B)
-            pl.lora_magnitude_vector["default"].weight.copy_(layer.magnitude)
+            pl.lora_A["default"].weight.copy_(layer.lora_A[0])  # run 0 of our (runs, ...) tensors
+            pl.lora_B["default"].weight.copy_(layer.lora_B[0])
+            pl.lora_magnitude_vector["default"].weight.copy_(layer.magnitude[0])
     return m, ours, peft_model, pristine
 
 
@@ -49,9 +49,9 @@ def _grads(m, peft_model):
     out = []
     for t, layer in m.layers:
         pl = peft_model.base_model.model.get_submodule(t.name)
-        out.append((layer.lora_A.grad, pl.lora_A["default"].weight.grad))
-        out.append((layer.lora_B.grad, pl.lora_B["default"].weight.grad))
-        out.append((layer.magnitude.grad, pl.lora_magnitude_vector["default"].weight.grad))
+        out.append((layer.lora_A.grad[0], pl.lora_A["default"].weight.grad))
+        out.append((layer.lora_B.grad[0], pl.lora_B["default"].weight.grad))
+        out.append((layer.magnitude.grad[0], pl.lora_magnitude_vector["default"].weight.grad))
     return out
 
 
@@ -87,17 +87,18 @@ def test_equals_peft_logits_and_gradients(dropout):
 def test_magnitude_init_norm_detached_and_merge():
     torch.manual_seed(0)
     lin = torch.nn.Linear(6, 5)
-    layer = DoRAWDLinear(lin, r=2, alpha=8, dropout=0.0)
-    assert torch.allclose(layer.magnitude, lin.weight.norm(dim=1))  # ||W0||_c, one per output row
+    layer = DoRAWDLinear(lin, runs=1, r=2, alpha=8, dropout=0.0)
+    layer.reset_run(0, torch.Generator().manual_seed(0))
+    assert torch.allclose(layer.magnitude[0], lin.weight.norm(dim=1))  # ||W0||_c, one per output row
     x = torch.randn(3, 6)
     assert torch.allclose(layer(x), lin(x), atol=1e-6)  # W' = W0 at init (B = 0)
     with torch.no_grad():
         layer.lora_B.normal_()
     layer(x).sum().backward()
     # the norm is a constant: d/dm of m * V / ||V||_c is V x / ||V||_c, nothing through ||V||_c
-    V = lin.weight + layer.scaling * layer.lora_B @ layer.lora_A
+    V = lin.weight + layer.scaling * layer.lora_B[0] @ layer.lora_A[0]
     expect = ((x @ V.T) / V.norm(dim=1)).sum(0)
-    assert torch.allclose(layer.magnitude.grad, expect.detach(), atol=1e-5)
+    assert torch.allclose(layer.magnitude.grad[0], expect.detach(), atol=1e-5)
     layer.eval()
     with torch.no_grad():
         y = layer(x)

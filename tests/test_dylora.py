@@ -15,7 +15,7 @@ from dynrank.methods.dylora import DyLoRALinear, RankState, rank_schedule
 
 def _layer(r_max=4, alpha=8.0, frozen=True, d_in=6, d_out=5):
     torch.manual_seed(0)
-    st = RankState(r_max, alpha, frozen=frozen)
+    st = RankState(1, r_max, alpha, frozen=frozen)  # one run
     layer = DyLoRALinear(torch.nn.Linear(d_in, d_out), st, dropout=0.0)
     with torch.no_grad():
         layer.lora_B.normal_()
@@ -32,7 +32,8 @@ def _method(r=8, **kw):
 def test_truncated_forward_scaling(b):
     st, layer = _layer()
     x = torch.randn(7, 6)
-    expect = layer.base(x) + (8.0 / b) * x @ layer.lora_A[:b].T @ layer.lora_B[:, :b].T
+    A, B = layer.lora_A[0], layer.lora_B[0]
+    expect = layer.base(x) + (8.0 / b) * x @ A[:b].T @ B[:, :b].T
     layer.eval()
     st.set_eval(b)
     assert torch.allclose(layer(x), expect, atol=1e-5)
@@ -46,8 +47,8 @@ def test_frozen_mode_gradients(frozen):
     st, layer = _layer(frozen=frozen)
     st.set_train(3)
     layer(torch.randn(7, 6)).pow(2).sum().backward()
-    ga = layer.lora_A.grad.abs().sum(1)
-    gb = layer.lora_B.grad.abs().sum(0)
+    ga = layer.lora_A.grad[0].abs().sum(1)
+    gb = layer.lora_B.grad[0].abs().sum(0)
     assert ga[2] > 0 and gb[2] > 0
     assert ga[3] == 0 and gb[3] == 0  # beyond b: not used at all
     if frozen:  # only the b-th row of A / column of B learns
@@ -66,17 +67,19 @@ def test_schedule_deterministic_uniform_and_resumable():
     m = _method(r=8)
     m.wrap(_tiny_roberta())
     m.setup(50)
-    assert m.state.b == m.schedule[0]
+    assert m.schedule == [rank_schedule(3, 50, 1, 8)]  # one run, its ranks drawn from method.seed
+    assert torch.equal(m.state.gate[0], m.state.gates[m.schedule[0][0]])
     for step in range(1, 21):
         m.after_step(step)
-        assert m.state.b == m.schedule[step]
-        assert torch.equal(m.state.gate, m.state.gates[m.schedule[step]])
+        assert torch.equal(m.state.gate[0], m.state.gates[m.schedule[0][step]])
+        assert torch.equal(m.state.grad_mask[0], m.state.masks[m.schedule[0][step]])
     saved = m.state_dict()
     m2 = _method(r=8)
     m2.wrap(_tiny_roberta())
     m2.setup(50)
     m2.load_state_dict(saved)
-    assert m2.state.b == m.state.b and m2.schedule == m.schedule
+    assert m2.step == m.step == 20 and m2.schedule == m.schedule
+    assert torch.equal(m2.state.gate, m.state.gate)
     assert sum(m.summary()["sampled_ranks"].values()) == 20
 
 
@@ -103,12 +106,12 @@ def test_eval_uses_r_max_and_final_evaluation_ranks():
         assert torch.equal(model(input_ids=ids).logits, full)
     seen = []
 
-    def evaluate():
+    def evaluate():  # one dict per run
         with torch.no_grad():
             seen.append(model(input_ids=ids).logits)
-        return {"accuracy": float(len(seen))}
+        return [{"accuracy": float(len(seen))}]
 
-    ev = m.final_evaluation(evaluate)
+    ev, = m.final_evaluation(evaluate)
     assert list(ev) == ["rank_1", "rank_2", "rank_4", "rank_8"]
     assert torch.equal(seen[-1], full) and not torch.allclose(seen[0], full)
     assert m.state.eval_b == 8
@@ -151,7 +154,7 @@ def test_toy_task_works_at_every_rank():
     base = torch.nn.Linear(d, 2)
     torch.nn.init.zeros_(base.weight), torch.nn.init.zeros_(base.bias)
     base.requires_grad_(False)
-    st = RankState(r_max, alpha=4.0, frozen=True)
+    st = RankState(1, r_max, alpha=4.0, frozen=True)
     layer = DyLoRALinear(base, st, dropout=0.0)
     opt = torch.optim.AdamW(layer.parameters(), lr=0.02, weight_decay=0.0)
     sched = rank_schedule(0, steps, 1, r_max)

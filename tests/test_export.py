@@ -36,7 +36,7 @@ def test_tiny_export_loads_and_merges_from_another_directory(tmp_path, monkeypat
     # the loaded adapter computes what the run computed: its dev metrics, through the run's own evaluation
     cfg = compose(tiny_overrides(tmp_path, *data[:2]))
     task = tasks.build(cfg, AutoTokenizer.from_pretrained(base))
-    dev = task.evaluate(peft_model, task.eval_sets(), torch.device("cpu"), False)
+    dev, = task.evaluate(peft_model, task.eval_sets(), torch.device("cpu"), False)  # one run
     assert dev == json.loads((run / "results.json").read_text())["final"]["dev"]
     # merged with the base it records, from another directory: the same logits as the adapter
     assert merge_main([str(adapter), "--out", "merged"]) == 0

@@ -1,27 +1,32 @@
 """GPU-only checks (skipped without CUDA; run them on a GPU machine: pytest tests/test_gpu.py).
 
 The CUDA-graph step must do the same math as the eager step: with dropout off, the loss trajectories of
-eager and graphed training agree to float rounding, for every method that declares itself graph-safe.
+eager and graphed training agree to float rounding, for every method that declares itself graph-safe, for one
+run and for stacked runs; and stacked runs equal the same runs trained alone (tests/test_stack.py, on the GPU).
 """
+from functools import partial
+
 import pytest
 import torch
 
 from conftest import compose
+from test_stack import no_dropout  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 METHODS = ["full", "bitfit", "lora", "houlsby", "pfeiffer", "dora_wd", "dylora", "adalora", "dora"]
 
 
-def _trajectory(method_name, graphs: bool, steps=24, bf16=False):
+def _trajectory(method_name, graphs: bool, steps=24, bf16=False, runs=1):
+    """Losses (steps, runs) of ``runs`` stacked runs (seeds 1..runs) on three fixed batches, dropout off."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     from dynrank import methods
-    from dynrank.step import GraphedStep, make_optimizer, prepare_model, train_step
+    from dynrank.step import make_optimizer, make_stepper, prepare_model
+    from dynrank.tasks.glue import classification_losses
 
     device = torch.device("cuda")
-    over = [f"method={method_name}", "task=cola"]
-    cfg = compose(over)
+    cfg = compose([f"method={method_name}", "task=cola"])
     if "dropout" in cfg.method:
         cfg.method.dropout = 0.0
     torch.manual_seed(0)
@@ -29,40 +34,55 @@ def _trajectory(method_name, graphs: bool, steps=24, bf16=False):
                                                            num_attention_heads=2, intermediate_size=256,
                                                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                                                            vocab_size=1000))
-    method = methods.build(cfg, "roberta")
-    model = prepare_model(method.wrap(model), method, device, bf16, False)
+    method = methods.build(cfg, "roberta", runs=runs)
+    model = method.wrap(model)
+    method.init_runs(list(range(1, runs + 1)))
+    model = prepare_model(model, method, device, bf16, False)
     method.setup(steps)
-    opt, sched = make_optimizer(cfg.train, method, steps, device, graphs)
+    opt = make_optimizer(cfg.train, method, [float(cfg.train.lr) * (k + 1) for k in range(runs)], steps)
+    step = make_stepper(model, method, partial(classification_losses, runs=runs), opt, 1.0, bf16, device, graphs)
     g = torch.Generator().manual_seed(1)
-    batches = [{"input_ids": torch.randint(3, 1000, (8, 16), generator=g).to(device),
-                "attention_mask": torch.ones(8, 16, dtype=torch.long, device=device),
-                "labels": torch.randint(0, 2, (8,), generator=g).to(device)} for _ in range(3)]
-    stepper = GraphedStep(model, method, opt, sched, 1.0, bf16, device) if graphs else None
+    batches = [{"input_ids": torch.randint(3, 1000, (8 * runs, 16), generator=g).to(device),
+                "attention_mask": torch.ones(8 * runs, 16, dtype=torch.long, device=device),
+                "labels": torch.randint(0, 2, (8 * runs,), generator=g).to(device)} for _ in range(3)]
     losses = []
     for s in range(steps):
-        b = batches[s % 3]
-        if graphs:
-            loss, _ = stepper(b, s)
-        else:
-            method.prepare_step(s)
-            loss, _ = train_step(model, method, opt, sched, b, s, 1.0, bf16, device)
-        losses.append(float(loss))
-    return torch.tensor(losses)
+        loss, _ = step(batches[s % 3], s)
+        losses.append(loss.float().cpu())
+    return torch.stack(losses)
 
 
+@pytest.mark.parametrize("runs", [1, 3])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", METHODS)
-def test_graphed_step_matches_eager(name, bf16):
+def test_graphed_step_matches_eager(name, bf16, runs):
     """fp32: to float rounding; bf16 (the fast path: bf16 backbone and layer norms, padded ranks): the same
-    kernels run eagerly and replayed, so the losses agree to bf16 rounding."""
-    try:
-        eager = _trajectory(name, False, bf16=bf16)
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"{name}: {e}")
-    graphed = _trajectory(name, True, bf16=bf16)
+    kernels run eagerly and replayed, so the losses agree to bf16 rounding. One run, and three stacked."""
+    if runs > 1 and name == "full":
+        pytest.skip("full fine-tuning does not stack")
+    eager = _trajectory(name, False, bf16=bf16, runs=runs)
+    graphed = _trajectory(name, True, bf16=bf16, runs=runs)
     assert torch.isfinite(graphed).all()
     tol = {"rtol": 1e-2, "atol": 1e-2} if bf16 else {"rtol": 1e-4, "atol": 1e-5}
     assert torch.allclose(eager, graphed, **tol), (eager, graphed)
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "full"])
+def test_stacked_runs_equal_solo_runs_on_gpu(name, tmp_path, no_dropout):
+    """tests/test_stack.py's comparison on the GPU, steps as CUDA graphs in fp32: each of four stacked runs (two
+    seeds x two learning rates) against the same run alone."""
+    from test_stack import assert_same_runs, cfg, train
+
+    grid = [(1, 1e-3), (2, 1e-3), (1, 4e-3), (2, 4e-3)]
+    extra = ("train.epochs=2", "train.bf16=false", "train.cuda_graphs=true")
+    cfgs = [cfg(tmp_path, name, s, lr, "stacked", *extra, device="cuda") for s, lr in grid]
+    dirs = [tmp_path / "stacked" / f"run{i}" for i in range(len(grid))]
+    stacked = train(cfgs, dirs)
+    assert all(r["training"]["stacked_runs"] == 4 and r["training"]["cuda_graphs"] for r in stacked)
+    solo_dirs = [tmp_path / "solo" / f"run{i}" for i in range(len(grid))]
+    solo = [train([cfg(tmp_path, name, s, lr, "solo", *extra, device="cuda")], [d])[0]
+            for (s, lr), d in zip(grid, solo_dirs)]
+    assert_same_runs(dirs, solo_dirs, stacked, solo, atol=1e-5)
 
 
 def test_bf16_layer_norm_keeps_the_residual_stream_bf16():
@@ -89,7 +109,7 @@ def test_rank_padding_on_gpu(r):
     torch.backends.cuda.matmul.allow_tf32 = False
     g = torch.Generator(device="cuda").manual_seed(r)
     h, x = (torch.randn(64, 96, device="cuda", generator=g), torch.randn(64, 80, device="cuda", generator=g))
-    A0, B0 = torch.randn(r, 80, device="cuda", generator=g), torch.randn(96, r, device="cuda", generator=g)
+    A0, B0 = torch.randn(2, r, 80, device="cuda", generator=g), torch.randn(2, 96, r, device="cuda", generator=g)
     res = []
     for align in (1, 8):
         A, B = A0.clone().requires_grad_(), B0.clone().requires_grad_()

@@ -43,8 +43,8 @@ def test_lora_equals_peft():
             pl = peft_model.base_model.model.get_submodule(t.name)
             layer.lora_A.copy_(torch.randn_like(layer.lora_A))
             layer.lora_B.copy_(torch.randn_like(layer.lora_B))
-            pl.lora_A["default"].weight.copy_(layer.lora_A)
-            pl.lora_B["default"].weight.copy_(layer.lora_B)
+            pl.lora_A["default"].weight.copy_(layer.lora_A[0])  # run 0 of our (runs, r, d_in) tensors
+            pl.lora_B["default"].weight.copy_(layer.lora_B[0])
         for name, mod in peft_model.base_model.model.named_modules():
             if hasattr(mod, "lora_B") and not any(t.name == name for t, _ in m.layers):
                 mod.lora_B["default"].weight.zero_()  # pooler / head: not adapted by us
@@ -61,7 +61,7 @@ def test_rank_padding_is_the_same_function(r):
 
     g = torch.Generator().manual_seed(r)
     h, x = torch.randn(3, 5, 24, generator=g), torch.randn(3, 5, 16, generator=g)
-    A0, B0 = torch.randn(r, 16, generator=g), torch.randn(24, r, generator=g)
+    A0, B0 = torch.randn(1, r, 16, generator=g), torch.randn(1, 24, r, generator=g)
     outs = []
     for align in (1, 8):
         A, B = A0.clone().requires_grad_(), B0.clone().requires_grad_()
@@ -69,7 +69,7 @@ def test_rank_padding_is_the_same_function(r):
         out = add_low_rank(h, xx, A, B, 0.5, align=align)
         out.pow(2).sum().backward()
         outs.append((out.detach(), A.grad, B.grad, xx.grad))
-    ref = h + 0.5 * (x @ A0.t()) @ B0.t()
+    ref = h + 0.5 * (x @ A0[0].t()) @ B0[0].t()
     assert torch.allclose(outs[0][0], ref, atol=1e-5)
     for plain, padded in zip(*outs):
         assert plain.shape == padded.shape
@@ -82,9 +82,23 @@ def test_rank_padding_casts_before_padding_under_autocast():
 
     g = torch.Generator().manual_seed(0)
     h, x = torch.randn(4, 32, generator=g), torch.randn(4, 16, generator=g)
-    A, B = torch.randn(12, 16, generator=g), torch.randn(32, 12, generator=g)
+    A, B = torch.randn(1, 12, 16, generator=g), torch.randn(1, 32, 12, generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         padded = add_low_rank(h, x, A, B, 2.0, align=8)
         plain = add_low_rank(h, x, A, B, 2.0, align=1)
     assert padded.dtype == plain.dtype == torch.bfloat16
     assert torch.allclose(padded.float(), plain.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_runs_each_meet_their_own_factors():
+    """Stacked runs: rows [k*b, (k+1)*b) of h and x are run k's, and get run k's update only."""
+    from dynrank.methods.lora import add_low_rank
+
+    g = torch.Generator().manual_seed(0)
+    R, b = 3, 4
+    h, x = torch.randn(R * b, 5, 24, generator=g), torch.randn(R * b, 5, 16, generator=g)
+    A, B = torch.randn(R, 6, 16, generator=g), torch.randn(R, 24, 6, generator=g)
+    out = add_low_rank(h, x, A, B, 0.5)
+    for k in range(R):
+        rows = slice(k * b, (k + 1) * b)
+        assert torch.allclose(out[rows], add_low_rank(h[rows], x[rows], A[k:k + 1], B[k:k + 1], 0.5), atol=1e-6)

@@ -84,7 +84,8 @@ def test_smoke_run_writes_every_part(tmp_path, capsys):
     assert report["versions"]["torch"] and report["date"] and "--smoke" in report["command"]
 
     profiles = report["step_profile"]
-    assert [r["method"] for r in profiles] == ["lora", "dora", "dora@end", "adalora"]
+    methods = ["lora", "dora", "dora@end", "adalora"]
+    assert [(r["method"], r["runs"]) for r in profiles] == [(m, k) for k in (1, 2) for m in methods]  # k stacked
     for r in profiles:
         assert "error" not in r, r
         for key in ("wall_ms_per_step", "kernel_ms_per_step", "gpu_busy_fraction", "device_idle_share",
@@ -108,12 +109,12 @@ def test_smoke_run_writes_every_part(tmp_path, capsys):
     assert real["profile"]["profiled_steps"] >= 1 and 0 <= real["profile"]["device_idle_share"] <= 1
 
     stacking = report["stacking"]
-    assert [(r["method"], r["seeds_stacked"], r["batch"]) for r in stacking] == [
-        ("lora", 1, 4), ("lora", 2, 8), ("dora", 1, 4), ("dora", 2, 8)]
+    assert [(r["method"], r["seeds_stacked"], r["batch"]) for r in stacking] == [  # batch: each run's
+        ("lora", 1, 4), ("lora", 2, 4), ("dora", 1, 4), ("dora", 2, 4)]
     for r in stacking:
         assert r["length"] == "cola" and math.isclose(r["ms_per_seed_step"], r["wall_ms_per_step"] / r["seeds_stacked"])
 
     negative = [(where, v) for where, v in _numbers(report) if v < 0 or not math.isfinite(v)]
     assert not negative
     printed = capsys.readouterr().out
-    assert "(a) L=128" in printed and "(b)" in printed and "(c) real run" in printed and "(d) stacking" in printed
+    assert "(a) L=128" in printed and "(b)" in printed and "(c) real run" in printed and "(d) runs stacked" in printed

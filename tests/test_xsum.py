@@ -122,12 +122,12 @@ def test_evaluate_scores_one_generation_both_ways(tmp_path, monkeypatch):
     calls = []
     preds = ["thousands of homes running without power", "a teenager swims the lake", "pub closed"]
 
-    def generate(model, features, device, amp):
+    def generate(model, features, device, amp, runs):  # one list of summaries per run
         calls.append(1)
-        task.gen_tokens = 0
-        return preds
+        task.gen_tokens = [0] * runs
+        return [preds] * runs
     monkeypatch.setattr(task, "generate", generate)
-    m = task.evaluate(torch.nn.Linear(1, 1), {"validation": ev}, torch.device("cpu"), False)
+    m, = task.evaluate(torch.nn.Linear(1, 1), {"validation": ev}, torch.device("cpu"), False)
     assert len(calls) == 1  # one generation pass
     assert {k: m[k] for k in ("rouge1", "rouge2", "rougeL")} == pytest.approx(rouge(preds, gold))
     assert {k: m[f"{k}@paper_code"] for k in ("rouge1", "rouge2", "rougeL")} == \

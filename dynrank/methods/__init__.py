@@ -7,13 +7,18 @@ from ..config import choices
 from ..errors import ConfigError
 
 
-def build(cfg, family: str):
-    """The method named by ``cfg.method.name``, configured with its group and the budget."""
-    name = cfg.method.name
+def method_class(name: str):
+    """The class of the method ``name`` (``dynrank/methods/<name>.py``'s ``METHOD``)."""
     try:
         module = importlib.import_module(f"{__name__}.{name}")
     except ModuleNotFoundError as e:
         if e.name != f"{__name__}.{name}":
             raise
         raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(choices('method'))}") from None
-    return module.METHOD(cfg.method, cfg.budget, family)
+    return module.METHOD
+
+
+def build(cfg, family: str, runs: int = 1):
+    """The method named by ``cfg.method.name``, configured with its group and the budget, for ``runs`` stacked
+    runs (``base.Method``: the run dimension)."""
+    return method_class(cfg.method.name)(cfg.method, cfg.budget, family, runs)

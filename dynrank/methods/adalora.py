@@ -5,7 +5,8 @@ SVD-shaped update
 
     h = W0 x + (alpha / (r0 + 1e-5)) * P diag(lambda) Q dropout(x),
 
-Q = ``lora_A`` (r0 x d_in), lambda = ``lora_E`` (r0 x 1), P = ``lora_B`` (d_out x r0); PEFT's ``scaling`` is
+Q = ``lora_A`` (r0 x d_in), lambda = ``lora_E`` (r0 x 1), P = ``lora_B`` (d_out x r0), each per run (the leading run
+dimension of ``layers.LowRankLinear``; importance, budget and masks are every run's own); PEFT's ``scaling`` is
 lora_alpha and ``ranknum`` = r0 (it stays r0 after pruning). Init: lambda = 0, P and Q ~ N(0, 0.02).
 r0 = ``method.initial_budget`` or ceil(1.5 * budget.r) (the paper's Appendix E initial budget, as dora);
 the target average rank is budget.r (PEFT ``target_r``).
@@ -50,31 +51,32 @@ from ..config import initial_budget
 from ..errors import ConfigError
 from ..models import MATRIX_TYPES
 from .base import Method, freeze_all_but_head, replace_targets
-from .lora import add_low_rank
+from .layers import LowRankLinear, init_slice, normal
 
 
-class SVDLinear(nn.Module):
-    """W0 x + P diag(lambda) Q dropout(x) * alpha / (r0 + 1e-5), as PEFT's ``adalora.SVDLinear``."""
+class SVDLinear(LowRankLinear):
+    """W0 x + P_k diag(lambda_k) Q_k dropout(x) * alpha / (r0 + 1e-5) for run k, as PEFT's ``adalora.SVDLinear``."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
-        super().__init__()
-        self.base = base
-        self.r = r
-        dev = base.weight.device
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=dev))  # Q: right singular vectors
-        self.lora_E = nn.Parameter(torch.zeros(r, 1, device=dev))  # lambda: singular values
-        self.lora_B = nn.Parameter(torch.empty(base.out_features, r, device=dev))  # P: left singular vectors
-        if dev.type != "meta":
-            nn.init.normal_(self.lora_A, mean=0.0, std=0.02)
-            nn.init.normal_(self.lora_B, mean=0.0, std=0.02)
-        self.scaling = float(alpha) if alpha > 0 else float(r)  # PEFT: lora_alpha (r when alpha <= 0)
+    def __init__(self, base: nn.Linear, runs: int, r: int, alpha: float, dropout: float):
+        lora_alpha = float(alpha) if alpha > 0 else float(r)  # PEFT's ``scaling``: lora_alpha (r when alpha <= 0)
         # PEFT divides by the fp32 tensor ranknum + 1e-5; the same number as a Python float.
-        self.ranknum = float(torch.tensor(float(r)) + 1e-5)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        ranknum = float(torch.tensor(float(r)) + 1e-5)
+        super().__init__(base, runs, r, lora_alpha / ranknum, dropout)
+        self.lora_alpha, self.ranknum = lora_alpha, ranknum
+        B = self.lora_B  # Q = lora_A, lambda = lora_E, P = lora_B: registered in PEFT's order
+        del self.lora_B
+        self.lora_E = nn.Parameter(torch.zeros(runs, r, 1, device=B.device))  # lambda: singular values
+        self.lora_B = B
+        self.reset_runs()
 
-    def forward(self, x):
-        return add_low_rank(self.base(x), self.dropout(x), self.lora_A * self.lora_E, self.lora_B,
-                            self.scaling / self.ranknum)
+    def factors(self):
+        return self.lora_A * self.lora_E, self.lora_B
+
+    def reset_run(self, k, generator):
+        init_slice(self.lora_A[k], normal(0.02, generator))
+        init_slice(self.lora_B[k], normal(0.02, generator))
+        with torch.no_grad():
+            self.lora_E[k].zero_()
 
 
 def rank_map(targets, counts) -> dict:
@@ -109,16 +111,17 @@ class AdaLoRA(Method):
             raise ConfigError(f"method.deltaT (the masking interval) must be >= 1 (got {self.deltaT})")
         alpha, p = float(cfg.get("alpha", 8)), float(cfg.get("dropout", 0.1))
         freeze_all_but_head(model)
-        self.layers = replace_targets(model, self.family, lambda t: SVDLinear(t.module, self.init_r, alpha, p))
+        self.layers = replace_targets(model, self.family,
+                                      lambda t: SVDLinear(t.module, self.runs, self.init_r, alpha, p))
         self.targets = [t for t, _ in self.layers]
         self.modules = [m for _, m in self.layers]
         self.n = len(self.modules)
         self.init_bgt = self.init_r * self.n  # PEFT RankAllocator.init_bgt
         self.target_bgt = self.target_r * self.n  # PEFT RankAllocator.target_bgt
         # shape groups: Q (lora_A) by d_in, P (lora_B) by d_out
-        self.groups_A = self._group(lambda m: m.lora_A.shape[1])
-        self.groups_B = self._group(lambda m: m.lora_B.shape[0])
-        self.model = model
+        self.groups_A = self._group(lambda m: m.lora_A.shape[2])
+        self.groups_B = self._group(lambda m: m.lora_B.shape[1])
+        self.finish_wrap(model)
         self._ready = False
         return model
 
@@ -129,7 +132,7 @@ class AdaLoRA(Method):
         return sorted(g.items())
 
     def setup(self, total_steps: int) -> None:
-        """Schedule (PEFT total_step, tinit, tfinal) and the device state: EMA banks and the mask."""
+        """Schedule (PEFT total_step, tinit, tfinal) and the device state: EMA banks and the mask, per run."""
         super().setup(total_steps)
         T = int(total_steps)
         self.tinit = int(float(self.cfg.get("tinit_fraction", 0.15)) * T)
@@ -137,27 +140,28 @@ class AdaLoRA(Method):
         if T < 1 or self.tinit >= T - self.tfinal:
             raise ConfigError(f"AdaLoRA schedule leaves no budgeting phase: tinit={self.tinit}, tfinal={self.tfinal}, "
                               f"T={T} steps; lower method.tinit_fraction / method.tfinal_fraction or train longer")
-        dev = self.modules[0].lora_A.device
+        dev, R = self.modules[0].lora_A.device, self.runs
         self.params_E = [m.lora_E for m in self.modules]
         self.params_A = [self.modules[i].lora_A for _, idx in self.groups_A for i in idx]
         self.params_B = [self.modules[i].lora_B for _, idx in self.groups_B for i in idx]
         self.params = self.params_A + self.params_E + self.params_B
-        # EMA banks (sensitivity Ibar and uncertainty U): E (n, r0, 1); Q per d_in group; P per d_out group
+        # EMA banks (sensitivity Ibar and uncertainty U) with the module first, then the run: E (n, R, r0, 1);
+        # Q per d_in group (G, R, r0, d_in); P per d_out group (G, R, d_out, r0); bank[i] is module i's (R, ...)
         self.bank = {}
         for kind in ("ipt", "unc"):
-            self.bank[f"{kind}_E"] = torch.zeros(self.n, self.init_r, 1, device=dev)
+            self.bank[f"{kind}_E"] = torch.zeros(self.n, R, self.init_r, 1, device=dev)
             for d, idx in self.groups_A:
-                self.bank[f"{kind}_A{d}"] = torch.zeros(len(idx), self.init_r, d, device=dev)
+                self.bank[f"{kind}_A{d}"] = torch.zeros(len(idx), R, self.init_r, d, device=dev)
             for d, idx in self.groups_B:
-                self.bank[f"{kind}_B{d}"] = torch.zeros(len(idx), d, self.init_r, device=dev)
+                self.bank[f"{kind}_B{d}"] = torch.zeros(len(idx), R, d, self.init_r, device=dev)
         self.ema = {kind: [v for d, _ in self.groups_A for v in self.bank[f"{kind}_A{d}"].unbind(0)]
                     + list(self.bank[f"{kind}_E"].unbind(0))
                     + [v for d, _ in self.groups_B for v in self.bank[f"{kind}_B{d}"].unbind(0)]
                     for kind in ("ipt", "unc")}
         self.idx_A = [torch.tensor(idx, device=dev) for _, idx in self.groups_A]
         self.idx_B = [torch.tensor(idx, device=dev) for _, idx in self.groups_B]
-        # keep[i, j] = 1: triplet j of module i survives the latest masking (fp32, multiplied into lambda)
-        self.keep = torch.ones(self.n, self.init_r, 1, device=dev)
+        # keep[i, k, j] = 1: triplet j of module i survives run k's latest masking (fp32, multiplied into lambda)
+        self.keep = torch.ones(self.n, R, self.init_r, 1, device=dev)
         self.keep_views = list(self.keep.unbind(0))
         self.fixed = torch.zeros((), device=dev)  # 1 once the final rank pattern is set (t == T - tfinal)
         self.eye = torch.eye(self.init_r, device=dev)
@@ -165,18 +169,21 @@ class AdaLoRA(Method):
 
     # --- the orthogonal regulariser -----------------------------------------------------------------
     def extra_loss(self, step: int):
-        """orth_reg_weight * mean_i (||Q_i Q_i^T - I||_F + ||P_i^T P_i - I||_F) / 2 (PEFT AdaLoraModel.forward)."""
+        """orth_reg_weight * mean_i (||Q_i Q_i^T - I||_F + ||P_i^T P_i - I||_F) / 2 per run (PEFT
+        AdaLoraModel.forward): (R,)."""
         if self.orth_reg_weight == 0:
             return None
         dev = self.modules[0].lora_A.device
         with torch.autocast(device_type=dev.type, enabled=False):
             total = 0.0
             for _, idx in self.groups_A:
-                Q = torch.stack([self.modules[i].lora_A for i in idx])  # (G, r0, d_in)
-                total = total + torch.linalg.vector_norm(torch.bmm(Q, Q.transpose(1, 2)) - self.eye, dim=(1, 2)).sum()
+                Q = torch.stack([self.modules[i].lora_A for i in idx], 1).flatten(0, 1)  # (R*G, r0, d_in)
+                total = total + torch.linalg.vector_norm(torch.bmm(Q, Q.transpose(1, 2)) - self.eye,
+                                                         dim=(1, 2)).view(self.runs, -1).sum(1)
             for _, idx in self.groups_B:
-                P = torch.stack([self.modules[i].lora_B for i in idx])  # (G, d_out, r0)
-                total = total + torch.linalg.vector_norm(torch.bmm(P.transpose(1, 2), P) - self.eye, dim=(1, 2)).sum()
+                P = torch.stack([self.modules[i].lora_B for i in idx], 1).flatten(0, 1)  # (R*G, d_out, r0)
+                total = total + torch.linalg.vector_norm(torch.bmm(P.transpose(1, 2), P) - self.eye,
+                                                         dim=(1, 2)).view(self.runs, -1).sum(1)
             return self.orth_reg_weight * (total / (2 * self.n))
 
     # --- the budget ---------------------------------------------------------------------------------
@@ -235,48 +242,51 @@ class AdaLoRA(Method):
         torch._foreach_add_(unc, dev)
 
     def scores(self) -> torch.Tensor:
-        """(n, r0): S_i = s(lambda_i) + (mean_j s(Q_ij) + mean_j s(P_ji)), s = Ibar * U (PEFT mask_to_budget)."""
+        """(n, R, r0): S_i = s(lambda_i) + (mean_j s(Q_ij) + mean_j s(P_ji)), s = Ibar * U (PEFT mask_to_budget)."""
         b = self.bank
-        s_E = (b["ipt_E"] * b["unc_E"]).view(self.n, self.init_r)
+        s_E = (b["ipt_E"] * b["unc_E"]).squeeze(-1)
         s_A = torch.empty_like(s_E)
         s_B = torch.empty_like(s_E)
         for (d, _), idx in zip(self.groups_A, self.idx_A):
-            s_A[idx] = (b[f"ipt_A{d}"] * b[f"unc_A{d}"]).mean(dim=2)
+            s_A[idx] = (b[f"ipt_A{d}"] * b[f"unc_A{d}"]).mean(dim=3)
         for (d, _), idx in zip(self.groups_B, self.idx_B):
-            s_B[idx] = (b[f"ipt_B{d}"] * b[f"unc_B{d}"]).mean(dim=1)
+            s_B[idx] = (b[f"ipt_B{d}"] * b[f"unc_B{d}"]).mean(dim=2)
         return s_E + (s_A + s_B)
 
     def _mask_to_budget(self, budget: int) -> None:
+        """Each run keeps its triplets scoring above its own (init_bgt - budget)-th smallest score."""
         k = self.init_bgt - budget
         if k <= 0:  # r0 == target rank: nothing to prune (PEFT's kthvalue would fail here)
             return
-        s = self.scores()
-        threshold = torch.kthvalue(s.flatten(), k).values  # stays on the device
-        self.keep.copy_((s > threshold).unsqueeze(-1))
+        s = self.scores()  # (n, R, r0)
+        threshold = torch.kthvalue(s.transpose(0, 1).reshape(self.runs, -1), k, dim=1).values  # stays on the device
+        self.keep.copy_((s > threshold.view(1, -1, 1)).unsqueeze(-1))
         torch._foreach_mul_(self.params_E, self.keep_views)
 
     # --- state, summary, counts ---------------------------------------------------------------------
-    def state_dict(self):
+    def run_state_dict(self, k: int):
         if not self._ready:
             return {}
-        return {**{f"ema.{k}": v for k, v in self.bank.items()}, "keep": self.keep, "fixed": self.fixed}
+        return {**{f"ema.{name}": v[:, k] for name, v in self.bank.items()}, "keep": self.keep[:, k],
+                "fixed": self.fixed}
 
-    def load_state_dict(self, state):
+    @torch.no_grad()
+    def load_run_state_dict(self, k: int, state):
         if not state:
             return
-        for k, v in self.bank.items():
-            v.copy_(state[f"ema.{k}"])
-        self.keep.copy_(state["keep"])
+        for name, v in self.bank.items():
+            v[:, k].copy_(state[f"ema.{name}"])
+        self.keep[:, k].copy_(state["keep"])
         self.fixed.copy_(state["fixed"])
 
-    def ranks(self) -> list[int]:
-        """Surviving triplets per module (the latest mask; the final one once ``fixed``)."""
+    def ranks(self, k: int = 0) -> list[int]:
+        """Run k's surviving triplets per module (the latest mask; the final one once ``fixed``)."""
         if not self._ready:
             return [self.init_r] * self.n
-        return [int(c) for c in self.keep.sum(dim=(1, 2)).round().tolist()]
+        return [int(c) for c in self.keep[:, k].sum(dim=(1, 2)).round().tolist()]
 
-    def summary(self) -> dict:
-        ranks = self.ranks()
+    def summary(self, k: int = 0) -> dict:
+        ranks = self.ranks(k)
         fixed = bool(self._ready and self.fixed.item() > 0)
         return {
             "rank_map": rank_map(self.targets, ranks),
@@ -287,22 +297,22 @@ class AdaLoRA(Method):
             "schedule": {"total_step": self.total_steps, "tinit": getattr(self, "tinit", None),
                          "tfinal": getattr(self, "tfinal", None), "deltaT": self.deltaT},
             "orth_reg_weight": self.orth_reg_weight,
-            "params": self.param_counts(),
+            "params": self.param_counts(k),
         }
 
     @torch.no_grad()
-    def scalars(self, step: int) -> dict[str, float]:
+    def scalars(self, step: int, k: int = 0) -> dict[str, float]:
         """The total rank budget the schedule sets after ``step`` steps (PEFT's ``budget_schedule`` of the step
-        index step - 1), the triplets the latest mask keeps, and the orthogonal regulariser (before its weight)."""
+        index step - 1), the triplets run k's latest mask keeps, and its orthogonal regulariser (before its weight)."""
         if not self._ready:
             return {}
         reg = self.extra_loss(step - 1)
-        out = {"budget": self.budget_schedule(step - 1)[0], "surviving": int(self.keep.sum())}
+        out = {"budget": self.budget_schedule(step - 1)[0], "surviving": int(self.keep[:, k].sum())}
         if reg is not None and self.orth_reg_weight:
-            out["orth_reg"] = float(reg) / self.orth_reg_weight
+            out["orth_reg"] = float(reg[k]) / self.orth_reg_weight
         return out
 
-    def artifacts(self, run_dir, run: str = ""):
+    def artifacts(self, run_dir, run: str = "", k: int = 0):
         """``rank_map.json`` (the final rank pattern) and, where ``dynrank.rankmap`` exists, ``rank_map.png``
         drawn like the paper's Figure 2 (the same drawing as dora's, for side-by-side comparison)."""
         from pathlib import Path
@@ -310,9 +320,9 @@ class AdaLoRA(Method):
         from ..results import write_json
 
         run_dir = Path(run_dir)
-        s = self.summary()
-        write_json(run_dir / "rank_map.json", {k: s[k] for k in ("rank_map", "rank_pattern", "final_pattern_fixed",
-                                                                  "initial_rank", "target_rank", "budget")})
+        s = self.summary(k)
+        write_json(run_dir / "rank_map.json", {key: s[key] for key in ("rank_map", "rank_pattern", "final_pattern_fixed",
+                                                                      "initial_rank", "target_rank", "budget")})
         out = [run_dir / "rank_map.json"]
         try:
             from ..rankmap import draw_rank_map
@@ -323,51 +333,53 @@ class AdaLoRA(Method):
         out.append(draw_rank_map(s["rank_map"], run_dir / "rank_map.png", title=title, vmax=self.init_r))
         return out
 
-    def param_counts(self) -> dict[str, int]:
+    def param_counts(self, k: int = 0) -> dict[str, int]:
         """Paper convention (AdaLoRA's Table 1, copied by DoRA's Table 2): a surviving triplet costs
         d_in + d_out + 1. ``adapter`` = the final budget: the final rank pattern once fixed, else the uniform
         allocation budget.r per module; ``adapter_initial`` = what trains (r0 triplets per module)."""
-        base = super().param_counts()
-        sizes = [m.lora_A.shape[1] + m.lora_B.shape[0] + 1 for m in self.modules]
+        base = super().param_counts(k)
+        sizes = [m.lora_A.shape[2] + m.lora_B.shape[1] + 1 for m in self.modules]
         initial = self.init_r * sum(sizes)
         uniform = self.target_r * sum(sizes)
         fixed = self._ready and self.fixed.item() > 0
-        final = sum(r * s for r, s in zip(self.ranks(), sizes)) if fixed else uniform
+        final = sum(r * s for r, s in zip(self.ranks(k), sizes)) if fixed else uniform
         head = base["head"]
         return {"adapter": final, "adapter_initial": initial, "adapter_uniform": uniform, "head": head,
                 "trainable": final + head, "trainable_initial": base["adapter"] + head, "total": base["total"]}
 
     # --- export ----------------------------------------------------------------------------------------
-    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
-        """A PEFT AdaLoRA adapter (``PeftModel.from_pretrained`` loads it): the surviving triplets of the final
-        rank pattern (``rank_pattern`` in the config; all r0 triplets while no final pattern exists) and the head."""
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls", k: int = 0):
+        """Run k as a PEFT AdaLoRA adapter (``PeftModel.from_pretrained`` loads it): the surviving triplets of the
+        final rank pattern (``rank_pattern`` in the config; all r0 triplets while no final pattern exists) and the
+        head."""
         from pathlib import Path
 
         from peft import AdaLoraConfig
 
         from ..export import TASK_TYPES
-        from ..models import HEAD_PREFIXES, is_head
+        from ..models import HEAD_PREFIXES
         from ..results import save_tensors
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         fixed = self._ready and self.fixed.item() > 0
-        keep = self.keep.view(self.n, self.init_r).bool().cpu() if fixed else torch.ones(self.n, self.init_r, dtype=torch.bool)
+        keep = (self.keep[:, k].view(self.n, self.init_r).bool().cpu() if fixed
+                else torch.ones(self.n, self.init_r, dtype=torch.bool))
         tensors, pattern = {}, {}
-        for (t, m), k in zip(self.layers, keep):
+        for (t, m), kept in zip(self.layers, keep):
             pre = f"base_model.model.{t.name}"
-            tensors[f"{pre}.lora_A"] = m.lora_A.detach()[k.to(m.lora_A.device)].float().cpu().contiguous()
-            tensors[f"{pre}.lora_E"] = m.lora_E.detach()[k.to(m.lora_A.device)].float().cpu().contiguous()
-            tensors[f"{pre}.lora_B"] = m.lora_B.detach()[:, k.to(m.lora_A.device)].float().cpu().contiguous()
-            pattern[f"{t.name}.lora_E"] = k.tolist()
-        for n, p in self.model.named_parameters():
-            if is_head(n):
-                tensors[f"base_model.model.{n}"] = p.detach().float().cpu().contiguous().clone()
+            kept_dev = kept.to(m.lora_A.device)
+            tensors[f"{pre}.lora_A"] = m.lora_A[k].detach()[kept_dev].float().cpu().contiguous()
+            tensors[f"{pre}.lora_E"] = m.lora_E[k].detach()[kept_dev].float().cpu().contiguous()
+            tensors[f"{pre}.lora_B"] = m.lora_B[k].detach()[:, kept_dev].float().cpu().contiguous()
+            pattern[f"{t.name}.lora_E"] = kept.tolist()
+        for n, p in self.head(k).items():
+            tensors[f"base_model.model.{n}"] = p.detach().float().cpu().contiguous().clone()
         T = max(int(self.total_steps), 1)
         config = AdaLoraConfig(
             task_type=TASK_TYPES[task_type], base_model_name_or_path=base_name or None,
             target_modules=[t.name for t in self.targets], init_r=self.init_r, target_r=self.target_r,
-            lora_alpha=self.modules[0].scaling, lora_dropout=0.0,
+            lora_alpha=self.modules[0].lora_alpha, lora_dropout=0.0,
             tinit=getattr(self, "tinit", 0), tfinal=getattr(self, "tfinal", 0), deltaT=self.deltaT,
             beta1=self.beta1, beta2=self.beta2, orth_reg_weight=self.orth_reg_weight, total_step=T,
             rank_pattern=pattern if fixed else None, inference_mode=True,

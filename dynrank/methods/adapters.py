@@ -16,25 +16,34 @@ trained tensors as safetensors plus a JSON placement (PEFT has no bottleneck-ada
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..models import find_targets
 from .base import Method, freeze_all_but_head
+from .layers import RunLinear
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
 class BottleneckAdapter(nn.Module):
-    """h + up(act(down(h))); up is zero-initialised, so this starts as the identity."""
+    """h + up_k(act(down_k(h))) for run k; up is zero-initialised, so every run starts as the identity."""
 
-    def __init__(self, d: int, m: int, activation: str = "relu", device=None):
+    def __init__(self, d: int, m: int, activation: str = "relu", device=None, runs: int = 1):
         super().__init__()
-        self.down = nn.Linear(d, m, device=device)
+        self.down = RunLinear(runs, d, m, device=device)
         self.act = ACTIVATIONS[activation]()
-        self.up = nn.Linear(m, d, device=device)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        self.up = RunLinear(runs, m, d, device=device)
+        for k in range(runs):
+            self.reset_run(k, None)
+
+    def reset_run(self, k: int, generator) -> None:
+        """down: nn.Linear's own init (Kaiming-uniform, a = sqrt(5)); up: zero."""
+        self.down.reset_run(k, generator)
+        with torch.no_grad():
+            self.up.weight[k].zero_()
+            self.up.bias[k].zero_()
 
     def forward(self, h):
         return h + self.up(self.act(self.down(h)))
@@ -43,10 +52,10 @@ class BottleneckAdapter(nn.Module):
 class AdapterLinear(nn.Module):
     """A frozen nn.Linear followed by a bottleneck adapter on its output: a(base(x))."""
 
-    def __init__(self, base: nn.Linear, m: int, activation: str):
+    def __init__(self, base: nn.Linear, m: int, activation: str, runs: int = 1):
         super().__init__()
         self.base = base
-        self.adapter = BottleneckAdapter(base.out_features, m, activation, device=base.weight.device)
+        self.adapter = BottleneckAdapter(base.out_features, m, activation, device=base.weight.device, runs=runs)
 
     def forward(self, x):
         return self.adapter(self.base(x))
@@ -88,15 +97,16 @@ class BottleneckAdapters(Method):
                 continue
             parent_name, _, child = t.name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            new = AdapterLinear(t.module, m, act)
+            new = AdapterLinear(t.module, m, act, self.runs)
             setattr(parent, child, new)
             self.layers.append((t, new))
-        self.model = model
+        self.finish_wrap(model)
         return model
 
-    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
-        """PEFT has no bottleneck adapters: write the trained tensors (adapters and head, named as in the
-        wrapped model) to ``adapter_model.safetensors`` and the placement to ``adapter_config.json``."""
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls", k: int = 0):
+        """PEFT has no bottleneck adapters: write run k's trained tensors (adapters and head, named as in the
+        wrapped model, without the run dimension) to ``adapter_model.safetensors`` and the placement to
+        ``adapter_config.json``."""
         import json
         from pathlib import Path
 
@@ -104,13 +114,13 @@ class BottleneckAdapters(Method):
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {n: p.detach().float().contiguous().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+        tensors = {n: p.detach().float().contiguous().cpu() for n, p in self.run_params(k).items()}
         save_tensors(tensors, out / "adapter_model.safetensors")
         config = {"format": "dynrank-bottleneck-adapter", "method": self.name, "base_model_name_or_path": base_name,
                   "task_type": task_type, **self.summary(), "modules": [t.name for t, _ in self.layers]}
         atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2))
         return out
 
-    def summary(self) -> dict:
+    def summary(self, k: int = 0) -> dict:
         return {"bottleneck": self.m, "positions": list(self.positions), "n_adapters": len(self.layers),
                 "activation": str(self.cfg.get("activation", "relu"))}

@@ -1,15 +1,24 @@
 """The small protocol every fine-tuning method follows.
 
 A method
-  1. ``wrap(model)``: injects its modules (if any) and says which parameters train
-     (``requires_grad``); the task head always trains;
-  2. ``extra_loss(step)``: an optional regulariser added to the task loss (DEM, orthogonality);
-  3. ``after_step(step)``: an optional hook after each optimizer step (budget allocation);
-  4. ``state_dict()/load_state_dict()``: state beyond the parameters, for resume (EMAs, masks);
-  5. ``summary()``: what goes into the results JSON (rank map, per-rank metrics...);
-  6. ``export(out_dir)``: the trained adapter in a portable format, where one exists.
+  1. ``wrap(model)``: injects its modules (if any) and says which parameters train (``requires_grad``); the task
+     head always trains. ``init_runs(seeds)`` then gives each run its initialisation;
+  2. ``extra_loss(step)``: an optional regulariser added to the task loss, one value per run (DEM, orthogonality);
+  3. ``before_zero_grad(step)`` / ``after_step(step)``: optional hooks after each optimizer step (importance,
+     budget allocation);
+  4. ``state_dict()/load_state_dict()``: state beyond the parameters, for resume (EMAs, masks), every tensor with
+     the run dimension first;
+  5. ``summary(k)``, ``scalars(step, k)``, ``artifacts(run_dir, run, k)``: what goes into run k's results and
+     run directory (rank map, per-rank metrics...); ``final_evaluation(evaluate)``: extra dev evaluations;
+  6. ``export(out_dir, k=...)``: run k's trained adapter in a portable format, where one exists.
+CUDA graphs (``graph_key``, ``prepare_step``) and accounting (``param_counts``, ``pruning_end_step``) complete it.
 
-Methods are plain classes; ``dynrank.methods.build(cfg)`` picks one by ``method.name``.
+**Runs.** A method trains ``runs`` = R runs of one cell at once (``methods/layers.py``): every trainable tensor has
+a leading run dimension and run k only meets its slice ``[k]``; R = 1 is a run alone. Per-run values (losses,
+importance, masks) carry that dimension too. ``stacks = False`` (full fine-tuning, whose every weight differs per
+run) means its tensors have no run dimension and R is 1.
+
+Methods are plain classes; ``dynrank.methods.build(cfg, family, runs)`` picks one by ``method.name``.
 """
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ import torch
 from torch import nn
 
 from ..models import Target, find_targets, is_head
+from .layers import RunLinear, head_std
 
 
 EAGER = "eager"  # graph_key value: run this step without a CUDA graph
@@ -26,11 +36,15 @@ EAGER = "eager"  # graph_key value: run this step without a CUDA graph
 
 class Method:
     name = "base"
+    stacks = True  # several runs train as one model (trainable tensors have a run dimension)
 
-    def __init__(self, cfg, budget, family: str):
+    def __init__(self, cfg, budget, family: str, runs: int = 1):
         self.cfg = cfg  # the method's config group
         self.budget = budget  # the budget config group: budget.r is the final rank
         self.family = family
+        self.runs = int(runs)
+        if self.runs > 1 and not self.stacks:
+            raise ValueError(f"method {self.name} trains one run per model (runs={runs})")
         self.model: nn.Module | None = None
         self.total_steps = 0
 
@@ -38,26 +52,62 @@ class Method:
     def wrap(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError
 
+    def finish_wrap(self, model: nn.Module) -> nn.Module:
+        """The end of every stacking method's ``wrap``: the task head's linear layers become ``RunLinear``s (one head
+        per run, each a copy of the model's). (The adapters initialised themselves from the global RNG, as
+        ``nn.Linear`` does; the loop then gives each run its own seed's initialisation, head included: ``init_runs``.)"""
+        for name, module in list(model.named_modules()):
+            if isinstance(module, nn.Linear) and is_head(name):
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, child,
+                        RunLinear.like(module, self.runs))
+        stray = [n for n, p in model.named_parameters() if is_head(n) and p.requires_grad
+                 and not isinstance(model.get_submodule(n.rpartition(".")[0]), RunLinear)]
+        if stray:
+            raise ValueError(f"cannot give each run its own head: {', '.join(stray)} are not in a linear layer")
+        self.model = model
+        return model
+
+    @torch.no_grad()
+    def init_runs(self, seeds: list[int], method_cfgs: list | None = None) -> None:
+        """Run k's initialisation from its own seed: every trainable layer's ``reset_run(k, generator)`` in model
+        order, the head last (N(0, initializer range), bias 0, as transformers initialises a new head).
+        ``method_cfgs``: each run's method group, where a method draws more from it (DyLoRA's ``method.seed``)."""
+        if not self.stacks:
+            return
+        std = head_std(self.model.config) if hasattr(self.model, "config") else 0.02
+        head, layers = [], []  # a layer's reset_run covers its children (an adapter's two projections)
+        for name, m in self.model.named_modules():
+            if isinstance(m, RunLinear) and is_head(name):
+                head.append(m)
+            elif hasattr(m, "reset_run") and not any(name.startswith(p + ".") for p, _ in layers[-1:]):
+                layers.append((name, m))
+        for k, seed in enumerate(seeds):
+            g = torch.Generator().manual_seed(int(seed))
+            for _, m in layers:
+                m.reset_run(k, g)
+            for m in head:
+                m.reset_run(k, g, std=std)
+
     def setup(self, total_steps: int) -> None:
-        """Called once the loop knows the number of optimizer steps (schedules need it)."""
+        """Called once the loop knows the number of optimizer steps (schedules need it) and the parameters are
+        where they train (the device, the flat buffer of ``dynrank.optim``)."""
         self.total_steps = total_steps
 
-    # --- 2-3. loss and hook ----------------------------------------------------------------
+    # --- 2-3. loss and hooks ----------------------------------------------------------------
     def extra_loss(self, step: int) -> torch.Tensor | None:
-        """Added to the task loss of optimizer step ``step`` (0-based: steps done so far)."""
+        """Added to the task loss of optimizer step ``step`` (0-based: steps done so far): a tensor (R,), or None."""
         return None
 
     def before_zero_grad(self, step: int) -> None:
-        """Runs after optimizer.step() and scheduler.step() but before zero_grad, so ``p.grad`` still holds
-        this step's (clipped) gradients; ``step`` is 0-based like ``extra_loss``'s (the index of the step just
-        taken). AdaLoRA's sensitivity |w * grad| needs it (PEFT: update_and_allocate between step and zero_grad)."""
-        pass
+        """Runs after the optimizer step, while ``p.grad`` still holds this step's (clipped) gradients; ``step`` is
+        0-based like ``extra_loss``'s (the index of the step just taken). AdaLoRA's sensitivity |w * grad| needs it
+        (PEFT: update_and_allocate between step and zero_grad)."""
 
     def after_step(self, step: int) -> None:
         """Runs right after optimizer step ``step`` (1-based: steps done, including this one)."""
-        pass
 
-    # --- CUDA graphs (train.cuda_graphs=true) ----------------------------------------------------
+    # --- CUDA graphs (train.cuda_graphs) -------------------------------------------------------------
     # The loop may capture a whole step (forward, extra_loss, backward, clip, AdamW, before_zero_grad,
     # after_step) in a CUDA graph and replay it. A captured step must not branch in Python on anything
     # but what ``graph_key`` returns, must update its state tensors IN PLACE (never rebind them), and
@@ -67,53 +117,84 @@ class Method:
         return None
 
     def prepare_step(self, step: int) -> None:
-        """Host-side, before every step (graphed or not): fill device scalars the step reads (no sync)."""
+        """Host-side, before every step (graphed or not): fill device tensors the step reads (no sync)."""
 
     def pruning_end_step(self) -> int | None:
         """Adaptive methods: the optimizer steps done (1-based) when the budget allocation became final, the
         point after which the authors' code picks the best epoch (protocol=paper_code); None: no pruning."""
         return None
 
-    def final_evaluation(self, evaluate: Callable[[], dict]) -> dict:
-        """Extra dev evaluations after training (e.g. DyLoRA at several ranks); merged into results."""
-        return {}
+    def final_evaluation(self, evaluate: Callable[[], list[dict]]) -> list[dict]:
+        """Extra dev evaluations after training (e.g. DyLoRA at several ranks), one dict per run; ``evaluate()``
+        returns the dev metrics of every run."""
+        return [{} for _ in range(self.runs)]
 
     # --- 4-6. state, summary, export -------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Method state for resume, each tensor with the run dimension first (run k's checkpoint holds ``[k]``)."""
         return {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        pass
+        """Restore what ``state_dict`` returned (tensors with the run dimension first)."""
 
-    def summary(self) -> dict:
-        """JSON-able facts for the results file (e.g. DoRA's rank map)."""
+    def run_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        return {name: v[k] for name, v in self.state_dict().items()}
+
+    @torch.no_grad()
+    def load_run_state_dict(self, k: int, state: dict[str, torch.Tensor]) -> None:
+        """Run k's state (as ``run_state_dict(k)`` gave it) into slice k."""
+        live = self.state_dict()
+        for name, v in state.items():
+            if name in live:
+                live[name][k].copy_(v)
+        self.load_state_dict(live)
+
+    def summary(self, k: int = 0) -> dict:
+        """JSON-able facts for run k's results file (e.g. DoRA's rank map)."""
         return {}
 
-    def scalars(self, step: int) -> dict[str, float]:
-        """TensorBoard scalars after ``step`` optimizer steps (1-based), logged every ``train.log_every`` steps
-        under ``<method>/<name>`` (e.g. DoRA's budget, surviving components and DEM)."""
+    def scalars(self, step: int, k: int = 0) -> dict[str, float]:
+        """TensorBoard scalars of run k after ``step`` optimizer steps (1-based), logged every ``train.log_every``
+        steps under ``<method>/<name>`` (e.g. DoRA's budget, surviving components and DEM)."""
         return {}
 
-    def artifacts(self, run_dir, run: str = "") -> None:
-        """Files written next to the results after training (e.g. the rank heatmap PNG); ``run`` names the run
+    def artifacts(self, run_dir, run: str = "", k: int = 0) -> None:
+        """Files written next to run k's results after training (e.g. the rank heatmap PNG); ``run`` names the run
         (model, task, budget, seed) for titles."""
 
-    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
-        """Write the trained adapter in a portable format (PEFT's, where one exists)."""
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls", k: int = 0):
+        """Write run k's trained adapter in a portable format (PEFT's, where one exists)."""
         raise NotImplementedError(f"method '{self.name}' has no export format")
 
-    # --- accounting ------------------------------------------------------------------------
-    def param_counts(self) -> dict[str, int]:
-        """Trainable parameters, the adapter (method's own) and the task head separately."""
-        adapter = head = 0
+    # --- runs and accounting --------------------------------------------------------------------
+    def run_params(self, k: int = 0) -> dict[str, torch.Tensor]:
+        """Run k's trainable tensors by parameter name, shaped as in a model of one run (what its checkpoint holds)."""
+        return {n: (p[k] if self.stacks else p) for n, p in self.model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def load_run_params(self, k: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Run k's trainable tensors by name, shaped as in a model of one run (a checkpoint's, a bottleneck
+        adapter export's), into slice k; every name must be a trainable parameter of this model."""
+        params = self.run_params(k)
+        for name, value in tensors.items():
+            params[name].copy_(value)
+
+    def head(self, k: int = 0) -> dict[str, torch.Tensor]:
+        """Run k's task head by parameter name (what exports carry beside the adapter)."""
+        return {n: (p[k] if self.stacks else p) for n, p in self.model.named_parameters() if is_head(n)}
+
+    def param_counts(self, k: int = 0) -> dict[str, int]:
+        """Trainable parameters of one run, the adapter (method's own) and the task head separately; ``total`` is
+        the model of one run (frozen and trainable)."""
+        adapter = head = frozen = 0
         for n, p in self.model.named_parameters():
-            if p.requires_grad:
-                if is_head(n):
-                    head += p.numel()
-                else:
-                    adapter += p.numel()
-        return {"adapter": adapter, "head": head, "trainable": adapter + head,
-                "total": sum(p.numel() for p in self.model.parameters())}
+            if not p.requires_grad:
+                frozen += p.numel()
+            elif is_head(n):
+                head += p[0].numel() if self.stacks else p.numel()
+            else:
+                adapter += p[0].numel() if self.stacks else p.numel()
+        return {"adapter": adapter, "head": head, "trainable": adapter + head, "total": frozen + adapter + head}
 
 
 def freeze_all_but_head(model: nn.Module) -> None:

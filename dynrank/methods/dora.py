@@ -5,7 +5,8 @@ Follows ``../shared/paper/METHOD_SPEC.md`` and, where the paper is silent or dif
 ``Adaptive_Lora_Model_Wrapper``), which produced the paper's numbers.
 
 Parameterisation (Eq. 5-6). Every target matrix (query, key, value, attention output, FFN up, FFN down;
-BART: encoder, decoder and cross-attention) gets A (r0 x d_in), B (d_out x r0) and c (r0):
+BART: encoder, decoder and cross-attention) gets A (r0 x d_in), B (d_out x r0) and c (r0) per run (the
+leading run dimension of ``layers.LowRankLinear``; every formula below holds for each run on its own):
 
     W = W0 + sum_{i=1..r0} c_i B_i A_i          (B_i column i of B, A_i row i of A: one *component*)
     h = W0 x + scaling * B (c * (A dropout(x))),  scaling = alpha / r0                      (Eq. 6)
@@ -24,7 +25,7 @@ Importance (Eq. 7-8), after every optimizer step until pruning ends (as the code
 ``scaling`` multiplies both norms and cancels in the ratio, so Delta W here leaves it out (as the code).
 No d_out x d_in matrix is formed: ||c_i B_i A_i||_F = |c_i| ||B_i|| ||A_i|| and
 ||Delta W||_F^2 = sum_ij c_i c_j (B^T B)_ij (A A^T)_ij with r0 x r0 Gram matrices, batched with bmm
-over all matrices of one shape (3 shape groups on RoBERTa).
+over all matrices of one shape (3 shape groups on RoBERTa) and over the runs.
 
 Budget schedule and pruning (Eq. 9), exactly as the authors' ``get_prune_step``/``prune_lora_scaler``
 (T = total optimizer steps, t = 1-based step just taken, f_w = warmup_frac = 0.15, f_f = final_frac = 0.5):
@@ -34,7 +35,7 @@ Budget schedule and pruning (Eq. 9), exactly as the authors' ``get_prune_step``/
     for 0 <= p <= P, when p % pruning_interval == 0 or p == P:
         fraction = ((r0 - r) / r0) * (p / P)^3           (P = 0: fraction = (r0 - r) / r0)
         k = int(N * fraction),  N = all components of all matrices
-        threshold = the max(k, 1)-th smallest S          (one global threshold = torch.kthvalue; the code
+        threshold = the max(k, 1)-th smallest S          (one global threshold per run = torch.kthvalue; the code
                                                           clamps k >= 1, so the least important component
                                                           is zeroed even where the formula gives k = 0)
         c_i := 0 for every component with S_i <= threshold
@@ -74,50 +75,43 @@ from torch import nn
 from ..config import initial_budget
 from ..errors import ConfigError, TrainingError
 from ..export import save_peft_lora
-from ..models import is_head
 from ..rankmap import build_rank_map, draw_rank_map
 from ..results import write_json
 from .base import Method, freeze_all_but_head, replace_targets
-from .lora import add_low_rank
+from .layers import LowRankLinear, init_slice, kaiming
 
 
-class DoRALinear(nn.Module):
-    """W0 x + scaling * B (c * (A dropout(x))) (Eq. 6): r0 rank-one components with scalars c."""
+class DoRALinear(LowRankLinear):
+    """W0 x + scaling * B_k (c_k * (A_k dropout(x))) (Eq. 6): r0 rank-one components with scalars c, per run k."""
 
-    def __init__(self, base: nn.Linear, r0: int, alpha: float, dropout: float, kaiming_a: float = 0.0):
-        super().__init__()
-        self.base = base
+    def __init__(self, base: nn.Linear, runs: int, r0: int, alpha: float, dropout: float, kaiming_a: float = 0.0):
+        super().__init__(base, runs, r0, alpha / r0, dropout)
         self.r0 = r0
-        self.scaling = alpha / r0
-        dev = base.weight.device
-        self.lora_A = nn.Parameter(torch.empty(r0, base.in_features, device=dev))
-        self.lora_B = nn.Parameter(torch.empty(base.out_features, r0, device=dev))
-        self.lora_c = nn.Parameter(torch.zeros(r0, device=dev))
-        nn.init.kaiming_uniform_(self.lora_A, a=kaiming_a)
-        nn.init.kaiming_uniform_(self.lora_B, a=kaiming_a)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.kaiming_a = kaiming_a
+        self.lora_c = nn.Parameter(torch.zeros(runs, r0, device=base.weight.device))
+        self.reset_runs()
 
-    def forward(self, x):
-        # = h + scaling * B (c * (A x')): c is folded into B's columns (d_out x r0) rather than applied to
-        # the (tokens x r0) activations, and the add is one fused GEMM (lora.add_low_rank)
-        return add_low_rank(self.base(x), self.dropout(x), self.lora_A, self.lora_B * self.lora_c, self.scaling)
+    def factors(self):
+        # c is folded into B's columns (d_out x r0) rather than applied to the (tokens x r0) activations
+        return self.lora_A, self.lora_B * self.lora_c.unsqueeze(1)
 
-    @torch.no_grad()
-    def delta_weight(self) -> torch.Tensor:
-        """scaling * B diag(c) A (materialised: for merging and tests only)."""
-        return self.scaling * ((self.lora_B.float() * self.lora_c.float()) @ self.lora_A.float())
+    def reset_run(self, k, generator):
+        init_slice(self.lora_A[k], kaiming(self.kaiming_a, generator))
+        init_slice(self.lora_B[k], kaiming(self.kaiming_a, generator))
+        with torch.no_grad():
+            self.lora_c[k].zero_()
 
     @torch.no_grad()
-    def merge(self) -> nn.Linear:
-        self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+    def merge(self, k: int = 0) -> nn.Linear:
+        self.base.weight += self.delta_weight(k).to(self.base.weight.dtype)
         return self.base
 
 
 class DoRA(Method):
     name = "dora"
 
-    def __init__(self, cfg, budget, family: str):
-        super().__init__(cfg, budget, family)
+    def __init__(self, cfg, budget, family: str, runs: int = 1):
+        super().__init__(cfg, budget, family, runs)
         self.r = int(budget.r)
         self.r0 = initial_budget(cfg, self.r)
         self.alpha = float(cfg.get("alpha", 8))
@@ -135,13 +129,13 @@ class DoRA(Method):
             raise ConfigError(f"method.warmup_frac + method.final_frac must be in [0, 1) "
                               f"(got {self.warmup_frac} + {self.final_frac})")
         self.reg_coef = float(cfg.get("reg_coef", 0.0)) if bool(cfg.get("dem", True)) else 0.0
-        self.done = False  # the final mask (made at p = P) exists
+        self.done = False  # the final mask (made at p = P) exists (the same step for every run)
 
     # --- wrap ---------------------------------------------------------------------------------
     def wrap(self, model: nn.Module) -> nn.Module:
         freeze_all_but_head(model)
         pairs = replace_targets(model, self.family, lambda t: DoRALinear(
-            t.module, self.r0, self.alpha, self.dropout, self.kaiming_a))
+            t.module, self.runs, self.r0, self.alpha, self.dropout, self.kaiming_a))
         shapes: dict[tuple[int, int], list] = {}
         for t, m in pairs:  # group matrices of one shape: each group is batched with stack + bmm
             shapes.setdefault((m.base.in_features, m.base.out_features), []).append((t, m))
@@ -150,32 +144,30 @@ class DoRA(Method):
         for group in shapes.values():
             self._groups.append((start, start + len(group)))
             start += len(group)
-        self._A = [m.lora_A for _, m in self.layers]
-        self._B = [m.lora_B for _, m in self.layers]
-        self._c = [m.lora_c for _, m in self.layers]
+        self._A = [m.lora_A for _, m in self.layers]  # (R, r0, d_in) each
+        self._B = [m.lora_B for _, m in self.layers]  # (R, d_out, r0)
+        self._c = [m.lora_c for _, m in self.layers]  # (R, r0)
         self.n_modules = len(self.layers)
         self.n_components = self.n_modules * self.r0
-        self.model = model
-        self._alloc(self._A[0].device)
+        self.finish_wrap(model)
+        self._alloc(self.layers[0][1].lora_A.device)
         return model
 
     def _alloc(self, device, importance: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> None:
-        """Method state: S (EMA importance, Eq. 8), the latest pruning mask, and c's keep-multipliers."""
-        self.importance_ema = torch.zeros(self.n_components, device=device)
-        self.mask = torch.zeros(self.n_components, dtype=torch.bool, device=device)
+        """Method state per run: S (EMA importance, Eq. 8), the latest pruning mask, c's keep-multipliers."""
+        R = self.runs
+        self.importance_ema = torch.zeros(R, self.n_components, device=device)
+        self.mask = torch.zeros(R, self.n_components, dtype=torch.bool, device=device)
         if importance is not None:
             self.importance_ema.copy_(importance)
             self.mask.copy_(mask)
         self._keep = (~self.mask).float()
-        self._keep_views = list(self._keep.view(self.n_modules, self.r0).unbind(0))
+        self._keep_views = list(self._keep.view(R, self.n_modules, self.r0).unbind(1))  # per module (R, r0)
         self._kidx = torch.zeros(1, dtype=torch.long, device=device)  # max(k, 1) - 1, filled by prepare_step
         self._prepared = None
 
     def setup(self, total_steps: int) -> None:
         super().setup(total_steps)
-        self._A = [m.lora_A for _, m in self.layers]  # (the parameters may have moved with the model)
-        self._B = [m.lora_B for _, m in self.layers]
-        self._c = [m.lora_c for _, m in self.layers]
         device = self._A[0].device
         if self.importance_ema.device != device:
             self._alloc(device, self.importance_ema, self.mask)
@@ -211,26 +203,31 @@ class DoRA(Method):
         return int(self.n_components * self.pruned_fraction(step))
 
     # --- Eq. 7-8: importance ---------------------------------------------------------------------
+    def _stacked(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A (R, G, r0, d_in), B (R, G, d_out, r0), c (R, G, r0) of the matrices a..b (one shape group)."""
+        return torch.stack(self._A[a:b], 1), torch.stack(self._B[a:b], 1), torch.stack(self._c[a:b], 1)
+
     @torch.no_grad()
     def importance(self) -> torch.Tensor:
-        """s_i = |c_i| ||B_i|| ||A_i|| / (||Delta W||_F + eps) for all N components (Eq. 7), batched per shape."""
+        """s_i = |c_i| ||B_i|| ||A_i|| / (||Delta W||_F + eps) for all N components of every run (Eq. 7): (R, N),
+        batched per shape group over the runs and the group's matrices."""
         out = []
         for a, b in self._groups:
-            A = torch.stack(self._A[a:b]).float()  # (G, r0, d_in)
-            B = torch.stack(self._B[a:b]).float()  # (G, d_out, r0)
-            c = torch.stack(self._c[a:b]).float()  # (G, r0)
-            own = c.abs() * A.norm(dim=2) * B.norm(dim=1)
-            gram = torch.bmm(A, A.transpose(1, 2)) * torch.bmm(B.transpose(1, 2), B)  # (G, r0, r0)
-            total = torch.einsum("gi,gij,gj->g", c, gram, c).clamp_min(0).sqrt()  # ||Delta W||_F
-            out.append((own / (total + self.eps).unsqueeze(1)).reshape(-1))
-        return torch.cat(out)
+            A, B, c = (t.float() for t in self._stacked(a, b))
+            own = c.abs() * A.norm(dim=3) * B.norm(dim=2)  # (R, G, r0)
+            A2, B2 = A.flatten(0, 1), B.flatten(0, 1)
+            gram = (torch.bmm(A2, A2.transpose(1, 2)) * torch.bmm(B2.transpose(1, 2), B2)).view(*own.shape, -1)
+            total = torch.einsum("rgi,rgij,rgj->rg", c, gram, c).clamp_min(0).sqrt()  # ||Delta W||_F
+            out.append((own / (total + self.eps).unsqueeze(-1)).flatten(1))
+        return torch.cat(out, 1)
 
     # --- Eq. 10: DEM --------------------------------------------------------------------------
     def dem(self) -> torch.Tensor:
-        """(sum over modules [sum_i Var(A_i) + sum_i Var(B_i)]) / (n_modules * 2 * r0), batched per shape."""
+        """(sum over modules [sum_i Var(A_i) + sum_i Var(B_i)]) / (n_modules * 2 * r0) per run: (R,)."""
         total = None
         for a, b in self._groups:
-            v = torch.stack(self._A[a:b]).var(dim=2).sum() + torch.stack(self._B[a:b]).var(dim=1).sum()
+            A, B = torch.stack(self._A[a:b], 1), torch.stack(self._B[a:b], 1)
+            v = A.var(dim=3).sum((1, 2)) + B.var(dim=2).sum((1, 2))
             total = v if total is None else total + v
         return total / (self.n_modules * 2 * self.r0)
 
@@ -273,11 +270,12 @@ class DoRA(Method):
 
     @torch.no_grad()
     def _prune(self) -> None:
-        """c_i := 0 where S_i <= the max(k, 1)-th smallest S (one global threshold; k from ``prepare_step``).
+        """c_i := 0 where S_i <= the max(k, 1)-th smallest S of its run (one global threshold per run; k from
+        ``prepare_step``).
 
-        The k-th smallest is read from the sorted S at a device index (= torch.kthvalue), so a captured
+        The k-th smallest is read from each run's sorted S at a device index (= torch.kthvalue), so a captured
         CUDA graph serves every pruning step."""
-        threshold = torch.sort(self.importance_ema).values.index_select(0, self._kidx)
+        threshold = torch.sort(self.importance_ema, dim=1).values.index_select(1, self._kidx)  # (R, 1)
         torch.le(self.importance_ema, threshold, out=self.mask)
         torch.logical_not(self.mask, out=self._keep)  # writes 0./1. into the float buffer
         torch._foreach_mul_(self._c, self._keep_views)
@@ -285,7 +283,7 @@ class DoRA(Method):
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"importance": self.importance_ema, "mask": self.mask,
-                "pruning_done": torch.tensor(int(self.done), dtype=torch.uint8)}
+                "pruning_done": torch.full((self.runs,), int(self.done), dtype=torch.uint8)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if "importance" in state:
@@ -294,17 +292,17 @@ class DoRA(Method):
             self.mask.copy_(state["mask"].bool())
             self._keep.copy_((~self.mask).float())
         if "pruning_done" in state:
-            self.done = bool(state["pruning_done"])
+            self.done = bool(state["pruning_done"].any())
 
     # --- results --------------------------------------------------------------------------------
-    def surviving(self) -> list[int]:
-        """Components per matrix not masked by the latest pruning step (all r0 before any pruning)."""
-        return (~self.mask).view(self.n_modules, self.r0).sum(1).tolist()
+    def surviving(self, k: int = 0) -> list[int]:
+        """Run k's components per matrix not masked by the latest pruning step (all r0 before any pruning)."""
+        return (~self.mask[k]).view(self.n_modules, self.r0).sum(1).tolist()
 
     def _costs(self) -> list[int]:
         return [m.base.in_features + m.base.out_features + 1 for _, m in self.layers]
 
-    def param_counts(self) -> dict[str, int]:
+    def param_counts(self, k: int = 0) -> dict[str, int]:
         """Paper convention: adapter = components at the final budget, each d_in + d_out + 1.
 
         Before pruning has ended, the final budget is counted as r components in every matrix.
@@ -313,21 +311,22 @@ class DoRA(Method):
         costs = self._costs()
         initial = self.r0 * sum(costs)
         if self.done:
-            final = sum(n * c for n, c in zip(self.surviving(), costs))
+            final = sum(n * c for n, c in zip(self.surviving(k), costs))
         else:
             final = self.r * sum(costs)
-        head = sum(p.numel() for n, p in self.model.named_parameters() if p.requires_grad and is_head(n))
+        base = super().param_counts(k)
+        head = base["head"]
         return {"adapter": final, "adapter_initial": initial, "head": head, "trainable": final + head,
-                "trainable_initial": initial + head, "total": sum(p.numel() for p in self.model.parameters())}
+                "trainable_initial": initial + head, "total": base["total"]}
 
-    def rank_map(self) -> dict:
-        return build_rank_map((t.matrix_type, t.layer, n) for (t, _), n in zip(self.layers, self.surviving()))
+    def rank_map(self, k: int = 0) -> dict:
+        return build_rank_map((t.matrix_type, t.layer, n) for (t, _), n in zip(self.layers, self.surviving(k)))
 
-    def summary(self) -> dict:
-        surv = self.surviving()
-        counts = self.param_counts()
+    def summary(self, k: int = 0) -> dict:
+        surv = self.surviving(k)
+        counts = self.param_counts(k)
         return {
-            "rank_map": self.rank_map(),
+            "rank_map": self.rank_map(k),
             "initial_budget": self.r0, "final_budget": self.r,
             "surviving": int(sum(surv)), "components": self.n_components, "pruning_done": self.done,
             "params_initial": counts["adapter_initial"], "params_final": counts["adapter"],
@@ -335,16 +334,16 @@ class DoRA(Method):
         }
 
     @torch.no_grad()
-    def scalars(self, step: int) -> dict[str, float]:
+    def scalars(self, step: int, k: int = 0) -> dict[str, float]:
         """The budget Eq. 9 sets after ``step`` steps (components kept: N - k), the components the latest
-        pruning left (not masked), and the DEM of the current A and B (Eq. 10, before reg_coef)."""
+        pruning left of run k (not masked), and run k's DEM of the current A and B (Eq. 10, before reg_coef)."""
         budget = self.n_components - int(self.n_components * self.pruned_fraction(step))
-        return {"budget": budget, "surviving": int((~self.mask).sum()), "dem": float(self.dem())}
+        return {"budget": budget, "surviving": int((~self.mask[k]).sum()), "dem": float(self.dem()[k])}
 
-    def artifacts(self, run_dir, run: str = "") -> list[Path]:
+    def artifacts(self, run_dir, run: str = "", k: int = 0) -> list[Path]:
         run_dir = Path(run_dir)
-        s = self.summary()
-        write_json(run_dir / "rank_map.json", {k: s[k] for k in
+        s = self.summary(k)
+        write_json(run_dir / "rank_map.json", {key: s[key] for key in
                                                 ("rank_map", "initial_budget", "final_budget", "surviving",
                                                  "components", "pruning_done", "ranks")})
         title = (f"DoRA{' on ' + run if run else ''}\nsurviving components (r0={self.r0} -> r={self.r}), "
@@ -354,19 +353,20 @@ class DoRA(Method):
 
     # --- export ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
-        """A PEFT LoRA adapter: pruned components dropped, c folded into B (B' = B[:, keep] * c[keep])."""
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls", k: int = 0):
+        """Run k as a PEFT LoRA adapter: pruned components dropped, c folded into B (B' = B[:, keep] * c[keep])."""
         adapters = {}
         for t, m in self.layers:
-            keep = (m.lora_c != 0).nonzero().flatten()  # exactly the components that act on the output
+            A, B, c = m.lora_A[k], m.lora_B[k], m.lora_c[k]
+            keep = (c != 0).nonzero().flatten()  # exactly the components that act on the output
             n = int(keep.numel())
             if n == 0:
                 continue  # PEFT rejects rank 0: a matrix with no survivors is simply not targeted
-            adapters[t.name] = {"A": m.lora_A[keep], "B": m.lora_B[:, keep] * m.lora_c[keep],
+            adapters[t.name] = {"A": A[keep], "B": B[:, keep] * c[keep],
                                 "alpha": self.alpha * n / self.r0}  # PEFT scaling alpha_m / n = alpha / r0
         if not adapters:
             raise TrainingError("every DoRA component is zero (c = 0 everywhere); there is no adapter to export")
-        return save_peft_lora(out_dir, self.model, base_name, task_type, adapters)
+        return save_peft_lora(out_dir, self.model, base_name, task_type, adapters, head=self.head(k))
 
 
 METHOD = DoRA

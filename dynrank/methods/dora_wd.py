@@ -19,12 +19,13 @@ Forward (equal to PEFT 0.21 ``LoraConfig(use_dora=True)``, ``DoraLinearLayer`` +
     train with dropout:   y = W0 x + b + (g - 1) * (W0 x') + g * s * B A x',   x' = dropout(x)
 
 (so with dropout the frozen path sees the clean input and the magnitude correction the dropped
-one, exactly as PEFT does). The norm costs one d_out x d_in temporary per module per forward
-(``addmm`` in W0's dtype, accumulated in fp32), and no host-device sync.
+one, exactly as PEFT does). The norm costs one d_out x d_in temporary per module, run and forward
+(``baddbmm`` in W0's dtype, accumulated in fp32), and no host-device sync.
 
 Targets and hyperparameters as LoRA: q, k, v, attention output, FFN up, FFN down of every layer,
 r = budget.r, alpha 8, dropout 0.1. Trainable: the LoRA parameters plus one magnitude per output
-row: on RoBERTa-base r8 -> 1,327,104 + 82,944 = 1,410,048; r2 -> 331,776 + 82,944 = 414,720.
+row: on RoBERTa-base r8 -> 1,327,104 + 82,944 = 1,410,048; r2 -> 331,776 + 82,944 = 414,720. Every tensor has
+the run dimension first (``layers.LowRankLinear``): each run its own m, A, B and norm.
 ``export`` writes a PEFT adapter (``use_dora=True``, magnitudes as ``lora_magnitude_vector``).
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..export import save_peft_lora
+from .layers import LowRankLinear, by_run, init_slice, kaiming
 from .lora import LoRA
 
 
@@ -46,48 +48,51 @@ def _no_autocast(device_type: str):
     return nullcontext()
 
 
-class DoRAWDLinear(nn.Module):
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, kaiming_a: float = math.sqrt(5)):
-        super().__init__()
-        self.base = base
-        self.r = r
-        self.scaling = alpha / r
-        dev = base.weight.device
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=dev))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=dev))
-        nn.init.kaiming_uniform_(self.lora_A, a=kaiming_a)  # sqrt(5): as nn.Linear / PEFT
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+class DoRAWDLinear(LowRankLinear):
+    def __init__(self, base: nn.Linear, runs: int, r: int, alpha: float, dropout: float,
+                 kaiming_a: float = math.sqrt(5)):
+        super().__init__(base, runs, r, alpha / r, dropout)
+        self.kaiming_a = kaiming_a  # sqrt(5): as nn.Linear / PEFT
         with torch.no_grad():
-            self.magnitude = nn.Parameter(self.weight_norm())  # = ||W0||_c since B = 0
+            self.magnitude = nn.Parameter(self.weight_norm())  # (R, d_out) = ||W0||_c since B = 0
+        self.reset_runs()
+
+    def reset_run(self, k, generator):
+        init_slice(self.lora_A[k], kaiming(self.kaiming_a, generator))
+        with torch.no_grad():
+            self.lora_B[k].zero_()
+            self.magnitude[k].copy_(self.weight_norm()[k])
 
     @torch.no_grad()
     def weight_norm(self) -> torch.Tensor:
-        """||W0 + s B A||_c per output row, outside the graph (the paper's Sec. 4.3).
+        """||W0 + s B_k A_k||_c per output row of every run k (R, d_out), outside the graph (the paper's Sec. 4.3).
 
-        One d_out x d_in temporary in W0's dtype (fp32; bf16 when the loop stores the frozen backbone
+        One (R, d_out, d_in) temporary in W0's dtype (fp32; bf16 when the loop stores the frozen backbone
         in bf16), the norm accumulated in fp32; autocast off so W0 is not re-cast.
         """
         W0 = self.base.weight
         with _no_autocast(W0.device.type):
-            W = torch.addmm(W0, self.lora_B.to(W0.dtype), self.lora_A.to(W0.dtype), alpha=self.scaling)
-            return torch.linalg.vector_norm(W, dim=1, dtype=torch.float32)
+            W = torch.baddbmm(W0.unsqueeze(0), self.lora_B.to(W0.dtype), self.lora_A.to(W0.dtype), alpha=self.scaling)
+            return torch.linalg.vector_norm(W, dim=2, dtype=torch.float32)
 
     def forward(self, x):
+        R = self.runs
         result = self.base(x)
-        g = self.magnitude / self.weight_norm()  # (d_out,), gradient only through the magnitude
+        g = (self.magnitude / self.weight_norm()).unsqueeze(1)  # (R, 1, d_out), gradient only through m
         if isinstance(self.dropout, nn.Identity) or not self.training:
             base_result = result if self.base.bias is None else result - self.base.bias
         else:
             x = self.dropout(x)
             base_result = F.linear(x, self.base.weight)
-        lora = F.linear(F.linear(x, self.lora_A), self.lora_B)
-        return (result + (g - 1) * base_result + g * lora * self.scaling).to(result.dtype)  # as PEFT
+        lora = torch.bmm(torch.bmm(by_run(x, R), self.lora_A.transpose(1, 2)), self.lora_B.transpose(1, 2))
+        out = by_run(result, R) + (g - 1) * by_run(base_result, R) + g * lora * self.scaling  # as PEFT
+        return out.view(result.shape).to(result.dtype)
 
     @torch.no_grad()
-    def merge(self) -> nn.Linear:
-        """Fold into the frozen weight: W' = m * (W0 + s B A) / ||W0 + s B A||_c."""
-        W = torch.addmm(self.base.weight.float(), self.lora_B.float(), self.lora_A.float(), alpha=self.scaling)
-        W *= (self.magnitude.float() / torch.linalg.vector_norm(W, dim=1)).unsqueeze(1)
+    def merge(self, k: int = 0) -> nn.Linear:
+        """Fold run k into the frozen weight: W' = m * (W0 + s B A) / ||W0 + s B A||_c."""
+        W = torch.addmm(self.base.weight.float(), self.lora_B[k].float(), self.lora_A[k].float(), alpha=self.scaling)
+        W *= (self.magnitude[k].float() / torch.linalg.vector_norm(W, dim=1)).unsqueeze(1)
         self.base.weight.copy_(W.to(self.base.weight.dtype))
         return self.base
 
@@ -98,11 +103,11 @@ class DoRAWD(LoRA):
     name = "dora_wd"
     layer = DoRAWDLinear
 
-    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
-        adapters = self.adapters()
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls", k: int = 0):
+        adapters = self.adapters(k)
         for t, m in self.layers:
-            adapters[t.name]["magnitude"] = m.magnitude
-        return save_peft_lora(out_dir, self.model, base_name, task_type, adapters, use_dora=True)
+            adapters[t.name]["magnitude"] = m.magnitude[k]
+        return save_peft_lora(out_dir, self.model, base_name, task_type, adapters, use_dora=True, head=self.head(k))
 
 
 METHOD = DoRAWD

@@ -40,20 +40,21 @@ from torch import nn
 from ..errors import ConfigError
 from ..export import save_peft_lora
 from .base import Method, freeze_all_but_head, replace_targets
-from .lora import add_low_rank
+from .layers import LowRankLinear, init_slice, kaiming
 
 
 class RankState:
-    """The rank every DyLoRA module uses, shared by all of them.
+    """The rank every DyLoRA module uses, per run, shared by all modules.
 
-    Stored as per-component vectors so every step has the same shapes (no recompiles, no slicing):
-    ``gate[i] = alpha / b`` for i < b, else 0, and (frozen mode) ``grad_mask`` one-hot at i = b - 1.
-    ``B diag(gate) A`` is exactly (alpha / b) B[:, :b] A[:b, :]. Tables per b are built once; a step
-    only points ``gate`` / ``grad_mask`` at row b of them.
+    Stored as per-component vectors so every step has the same shapes (no recompiles, no slicing, one CUDA
+    graph for every rank): ``gate[k, i] = alpha / b_k`` for i < b_k, else 0, and (frozen mode) ``grad_mask[k]``
+    one-hot at i = b_k - 1, for run k's rank b_k of this step. ``B diag(gate) A`` is exactly
+    (alpha / b) B[:, :b] A[:b, :]. Tables per b are built once; a step copies rows b_k of them into
+    ``gate`` / ``grad_mask`` (device tensors the modules read), with no host-device sync.
     """
 
-    def __init__(self, r_max: int, alpha: float, frozen: bool = True):
-        self.r_max, self.alpha, self.frozen = r_max, alpha, frozen
+    def __init__(self, runs: int, r_max: int, alpha: float, frozen: bool = True):
+        self.runs, self.r_max, self.alpha, self.frozen = runs, r_max, alpha, frozen
         self.build(torch.device("cpu"))
 
     def build(self, device) -> None:
@@ -62,45 +63,50 @@ class RankState:
         i = torch.arange(r, dtype=torch.float32).unsqueeze(0)
         self.gates = ((i < b) * (self.alpha / b)).to(device)  # (r + 1, r)
         self.masks = (i == b - 1).float().to(device)
-        self.set_train(r)
-        self.set_eval(r)
+        self.gate = self.gates[r].repeat(self.runs, 1)  # (R, r): this step's
+        self.grad_mask = self.masks[r].repeat(self.runs, 1)
+        self.eval_gate = self.gates[r].repeat(self.runs, 1)
+        self.eval_b = r
 
-    def set_train(self, b: int) -> None:
-        self.b = b
-        self.gate, self.grad_mask = self.gates[b], self.masks[b]
+    def set_train(self, b: torch.Tensor | int) -> None:
+        """Run k uses rank ``b[k]`` (a long tensor (R,) on the device; an int: every run) in the next training step."""
+        if isinstance(b, int):
+            b = torch.full((self.runs,), b, dtype=torch.long, device=self.gates.device)
+        torch.index_select(self.gates, 0, b, out=self.gate)
+        torch.index_select(self.masks, 0, b, out=self.grad_mask)
 
     def set_eval(self, b: int) -> None:
         self.eval_b = b
-        self.eval_gate = self.gates[b]
+        self.eval_gate.copy_(self.gates[b].expand_as(self.eval_gate))
 
 
-class DyLoRALinear(nn.Module):
+class DyLoRALinear(LowRankLinear):
     def __init__(self, base: nn.Linear, state: RankState, dropout: float):
-        super().__init__()
-        self.base = base
+        super().__init__(base, state.runs, state.r_max, 1.0, dropout)  # the gate carries alpha / b
         self.state = state
-        r = state.r_max
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as the authors' code / nn.Linear
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_runs()
 
-    def forward(self, x):
+    def factors(self):
         st = self.state
         A, B = self.lora_A, self.lora_B
         if self.training:
             gate = st.gate
             if st.frozen:  # same values; the gradient reaches only component b - 1
-                m = st.grad_mask
-                A = A.detach() + (A - A.detach()) * m.unsqueeze(1)
-                B = B.detach() + (B - B.detach()) * m
+                m = st.grad_mask  # (R, r)
+                A = A.detach() + (A - A.detach()) * m.unsqueeze(2)
+                B = B.detach() + (B - B.detach()) * m.unsqueeze(1)
         else:
             gate = st.eval_gate
-        return add_low_rank(self.base(x), self.dropout(x), A, B * gate)  # gate = alpha / b or 0
+        return A, B * gate.unsqueeze(1)  # gate = alpha / b or 0
 
-    def truncated(self, b: int):
-        """(A[:b], B[:, :b]): the adapter at rank b, to be scaled by alpha / b."""
-        return self.lora_A[:b], self.lora_B[:, :b]
+    def reset_run(self, k, generator):
+        init_slice(self.lora_A[k], kaiming(math.sqrt(5), generator))  # as the authors' code / nn.Linear
+        with torch.no_grad():
+            self.lora_B[k].zero_()
+
+    def truncated(self, b: int, k: int = 0):
+        """(A[:b], B[:, :b]) of run k: the adapter at rank b, to be scaled by alpha / b."""
+        return self.lora_A[k, :b], self.lora_B[k, :, :b]
 
 
 def rank_schedule(seed: int, total_steps: int, r_min: int, r_max: int) -> list[int]:
@@ -112,8 +118,8 @@ def rank_schedule(seed: int, total_steps: int, r_min: int, r_max: int) -> list[i
 class DyLoRA(Method):
     name = "dylora"
 
-    def __init__(self, cfg, budget, family):
-        super().__init__(cfg, budget, family)
+    def __init__(self, cfg, budget, family, runs: int = 1):
+        super().__init__(cfg, budget, family, runs)
         self.r_min, self.r_max = int(cfg.r_min), int(cfg.r_max)
         if not 1 <= self.r_min <= self.r_max:
             raise ConfigError(f"DyLoRA needs 1 <= method.r_min <= method.r_max (got r_min={self.r_min}, "
@@ -122,71 +128,76 @@ class DyLoRA(Method):
         if mode not in ("frozen", "full"):
             raise ConfigError(f"unknown method.mode '{mode}' for dylora; choose frozen or full")
         self.alpha = float(cfg.alpha)
-        self.state = RankState(self.r_max, self.alpha, frozen=mode == "frozen")
-        self.schedule: list[int] = []
+        self.state = RankState(self.runs, self.r_max, self.alpha, frozen=mode == "frozen")
+        self.seeds = [int(cfg.get("seed", 0))] * self.runs  # the rank schedules' seeds (init_runs: the runs')
+        self.schedule: list[list[int]] = [[] for _ in range(self.runs)]  # per run, the rank of every step
         self.step = 0
 
     def wrap(self, model):
         freeze_all_but_head(model)
         p = float(self.cfg.dropout)
         self.layers = replace_targets(model, self.family, lambda t: DyLoRALinear(t.module, self.state, p))
-        self.model = model
-        self.state.build(self.layers[0][1].lora_A.device)
+        self.finish_wrap(model)
         return model
+
+    def init_runs(self, seeds, method_cfgs=None):
+        """Each run draws its ranks from its own ``method.seed`` (by default the run's seed), as it would alone."""
+        super().init_runs(seeds, method_cfgs)
+        self.seeds = [int(c.get("seed", s)) for c, s in zip(method_cfgs, seeds)] if method_cfgs else list(seeds)
 
     def setup(self, total_steps: int) -> None:
         super().setup(total_steps)
-        self.state.build(self.layers[0][1].lora_A.device)  # the loop has moved the model by now
-        self.schedule = rank_schedule(int(self.cfg.get("seed", 0)), total_steps, self.r_min, self.r_max)
+        device = self.layers[0][1].lora_A.device
+        self.state.build(device)  # the loop has moved the model by now
+        self.schedule = [rank_schedule(s, total_steps, self.r_min, self.r_max) for s in self.seeds]
+        last = torch.full((self.runs, 1), self.r_max, dtype=torch.long)  # after the last step: r_max
+        self._ranks = torch.cat([torch.tensor(self.schedule, dtype=torch.long).view(self.runs, -1), last], 1).to(device)
         self._set_step(0)
 
     def _set_step(self, step: int) -> None:
         self.step = step
-        self.state.set_train(self.schedule[step] if step < len(self.schedule) else self.r_max)
+        self.state.set_train(self._ranks[:, min(step, self._ranks.shape[1] - 1)])
 
     def after_step(self, step: int) -> None:
         self._set_step(step)  # the rank of the next step
-
-    def graph_key(self, step: int):
-        """CUDA graphs: one captured graph per sampled rank b (the gate is row b of a fixed table)."""
-        return self.schedule[step] if step < len(self.schedule) else self.r_max
 
     def prepare_step(self, step: int) -> None:
         self._set_step(step)
 
     def state_dict(self):
-        return {"step": torch.tensor(self.step, dtype=torch.long)}
+        return {"step": torch.full((self.runs,), self.step, dtype=torch.long)}
 
     def load_state_dict(self, state):
-        if "step" in state:
-            self._set_step(int(state["step"]))
+        if "step" in state and hasattr(self, "_ranks"):
+            self._set_step(int(state["step"].max()))
 
     def eval_ranks(self) -> list[int]:
         ranks = sorted({int(r) for r in self.cfg.get("eval_ranks", []) if 1 <= int(r) <= self.r_max} | {self.r_max})
         return ranks
 
     def final_evaluation(self, evaluate):
-        out = {}
+        out = [{} for _ in range(self.runs)]
         try:
             for b in self.eval_ranks():
                 self.state.set_eval(b)
-                out[f"rank_{b}"] = evaluate()
+                for k, metrics in enumerate(evaluate()):
+                    out[k][f"rank_{b}"] = metrics
         finally:
             self.state.set_eval(self.r_max)
         return out
 
-    def summary(self) -> dict:
-        hist = Counter(self.schedule[: self.step])
+    def summary(self, k: int = 0) -> dict:
+        hist = Counter(self.schedule[k][: self.step])
         return {"r_min": self.r_min, "r_max": self.r_max, "mode": "frozen" if self.state.frozen else "full",
                 "scaling": "alpha / b", "alpha": self.alpha, "eval_ranks": self.eval_ranks(),
                 "sampled_ranks": {str(b): hist.get(b, 0) for b in range(self.r_min, self.r_max + 1)}}
 
-    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls"):
+    def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls", k: int = 0):
         b = int(self.cfg.get("export_rank") or self.r_max)
         if not 1 <= b <= self.r_max:
             raise ConfigError(f"method.export_rank must be in [1, {self.r_max}] (got {b})")
-        adapters = {t.name: dict(zip("AB", m.truncated(b)), alpha=self.alpha) for t, m in self.layers}
-        return save_peft_lora(out_dir, self.model, base_name, task_type, adapters)
+        adapters = {t.name: dict(zip("AB", m.truncated(b, k)), alpha=self.alpha) for t, m in self.layers}
+        return save_peft_lora(out_dir, self.model, base_name, task_type, adapters, head=self.head(k))
 
 
 METHOD = DyLoRA

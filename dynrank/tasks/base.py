@@ -15,6 +15,8 @@ class Task:
         self.tokenizer = tokenizer
         self.name = cfg.task.name
         self.metric = cfg.task.metric
+        pad = cfg.train.get("pad_to_multiple", 1)  # "auto": loop.load_data sets it for the device (loop.fast_path)
+        self.pad_to_multiple = pad if isinstance(pad, int) else 1  # batches are padded to a multiple of it
 
     def build_model(self):
         raise NotImplementedError
@@ -28,9 +30,32 @@ class Task:
     def collate(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def evaluate(self, model, eval_sets, device, amp) -> dict[str, float]:
-        """Dev metrics of ``model`` on ``eval_sets`` (as returned by ``eval_sets()``)."""
+    def run_losses(self, model, batch: dict[str, torch.Tensor], runs: int) -> torch.Tensor:
+        """The task loss of each of ``runs`` stacked runs (R,): ``batch`` holds their batches concatenated, run-major
+        (``collate`` of run 0's examples, then run 1's, ...); each run's loss is the mean over its own examples, as
+        the model's own loss of that run alone."""
         raise NotImplementedError
+
+    def evaluate(self, model, eval_sets, device, amp, runs: int = 1) -> list[dict[str, float]]:
+        """Dev metrics of each of ``runs`` stacked runs of ``model`` on ``eval_sets`` (as returned by
+        ``eval_sets()``): every dev batch goes to all runs at once (``repeat_runs``)."""
+        raise NotImplementedError
+
+
+def repeat_runs(batch: dict[str, torch.Tensor], runs: int) -> dict[str, torch.Tensor]:
+    """The same batch for each of ``runs`` stacked runs, run-major (evaluation: the dev set is every run's)."""
+    if runs == 1:
+        return batch
+    return {k: v.repeat(runs, *[1] * (v.dim() - 1)) for k, v in batch.items()}
+
+
+def mean_per_run(per_example: torch.Tensor, runs: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(R,) means of per-example (or per-token) losses over each run's rows; ``valid``: a mask of what counts (the
+    ``ignore_index`` of torch's losses), the mean then over the valid entries of each run."""
+    per = per_example.reshape(runs, -1)
+    if valid is None:
+        return per.mean(1)
+    return per.sum(1) / valid.reshape(runs, -1).sum(1)
 
 
 @contextmanager

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from transformers import AutoModelForSequenceClassification
 
 from ..data import glue as glue_data
 from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
 from ..metrics.glue import glue_metrics
 from ..models import load_model
-from .base import Task, autocast, evaluating
+from .base import Task, autocast, evaluating, mean_per_run, repeat_runs
 
 # MNLI reports both dev sets; keys get a suffix for every split after the first.
 SPLIT_SUFFIX = {"validation": "", "validation_matched": "", "validation_mismatched": "_mm"}
@@ -56,31 +57,49 @@ class GlueTask(Task):
         return {s: self._encode(s, self.cfg.data.max_eval_samples) for s in self.spec.eval_splits}
 
     def collate(self, batch):
-        out = pad_batch(batch, self.tokenizer.pad_token_id, int(self.cfg.train.get("pad_to_multiple", 1)))
+        out = pad_batch(batch, self.tokenizer.pad_token_id, self.pad_to_multiple)
         dtype = torch.float32 if self.regression else torch.long
         out["labels"] = torch.tensor([b["labels"] for b in batch], dtype=dtype)
         return out
 
+    def run_losses(self, model, batch, runs: int):
+        return classification_losses(model, batch, runs, self.regression,
+                                     float(self.cfg.train.get("label_smoothing") or 0.0))
+
     @torch.no_grad()
-    def evaluate(self, model, eval_sets, device, amp) -> dict[str, float]:
-        metrics = {}
+    def evaluate(self, model, eval_sets, device, amp, runs: int = 1) -> list[dict[str, float]]:
+        metrics = [{} for _ in range(runs)]
         with evaluating(model):
             bs = int(self.cfg.train.eval_batch_size)
             for split, ds in eval_sets.items():
                 order = np.argsort(ds.lengths(), kind="stable")  # batch similar lengths: less padding
-                preds = np.empty(len(ds), dtype=np.float64 if self.regression else np.int64)
+                preds = np.empty((runs, len(ds)), dtype=np.float64 if self.regression else np.int64)
                 for i in range(0, len(ds), bs):
                     idx = order[i:i + bs]
                     batch = self.collate([ds[j] for j in idx])
                     batch.pop("labels")
+                    batch = repeat_runs({k: v.to(device) for k, v in batch.items()}, runs)
                     with autocast(device, amp):
-                        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-                    p = logits[:, 0] if self.regression else logits.argmax(-1)
-                    preds[idx] = p.cpu().numpy()
+                        logits = model(**batch).logits.float().view(runs, len(idx), -1)
+                    p = logits[..., 0] if self.regression else logits.argmax(-1)
+                    preds[:, idx] = p.cpu().numpy()
                 labels = np.asarray(ds.columns["labels"])
-                for k, v in glue_metrics(self.name, preds, labels).items():
-                    metrics[k + SPLIT_SUFFIX.get(split, "_" + split)] = v
+                for run, out in enumerate(metrics):
+                    for k, v in glue_metrics(self.name, preds[run], labels).items():
+                        out[k + SPLIT_SUFFIX.get(split, "_" + split)] = v
         return metrics
+
+
+def classification_losses(model, batch, runs: int, regression: bool = False, label_smoothing: float = 0.0):
+    """Cross-entropy (regression: squared error) per example, averaged per run (R,): a sequence classifier's own loss
+    of each of the ``runs`` stacked runs (``label_smoothing`` as torch's ``cross_entropy``)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits, labels = model(**inputs).logits.float(), batch["labels"]
+    if regression:
+        per = (logits.squeeze(-1) - labels.float()).pow(2)
+    else:
+        per = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    return mean_per_run(per, runs)
 
 
 TASK = GlueTask

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from torch.nn import functional as F
 from transformers import AutoModelForQuestionAnswering
 
 from ..data import squad as squad_data
@@ -36,7 +37,7 @@ from ..errors import ConfigError
 from ..metrics.squad import (squad_v1_metrics, squad_v1_window_metrics, squad_v2_metrics,
                              squad_v2_window_metrics)
 from ..models import load_model
-from .base import Task, autocast, evaluating
+from .base import Task, autocast, evaluating, mean_per_run, repeat_runs
 
 
 def prepare_features(tokenizer, rows: list[dict], max_length: int, stride: int, *, train: bool,
@@ -256,7 +257,7 @@ class SquadTask(Task):
         return {"validation": SquadEval(rows, feats)}
 
     def collate(self, batch):
-        out = pad_batch(batch, self.tokenizer.pad_token_id, multiple=int(self.cfg.train.get("pad_to_multiple", 1)))
+        out = pad_batch(batch, self.tokenizer.pad_token_id, multiple=self.pad_to_multiple)
         if self.token_types:
             tt = torch.zeros_like(out["input_ids"])
             for i, b in enumerate(batch):
@@ -267,47 +268,69 @@ class SquadTask(Task):
             out["end_positions"] = torch.tensor([b["end_positions"] for b in batch], dtype=torch.long)
         return out
 
+    def run_losses(self, model, batch, runs: int):
+        """(start cross-entropy + end cross-entropy) / 2 per run, positions outside the window ignored: the loss of
+        transformers' QA models, of each run."""
+        inputs = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")}
+        out = model(**inputs)
+        total = 0.0
+        for logits, positions in ((out.start_logits, batch["start_positions"]), (out.end_logits, batch["end_positions"])):
+            ignored = logits.shape[1]
+            positions = positions.clamp(0, ignored)
+            per = F.cross_entropy(logits.float(), positions, ignore_index=ignored, reduction="none")
+            total = total + mean_per_run(per, runs, positions != ignored)
+        return total / 2
+
     @torch.no_grad()
-    def logits(self, model, features: Encoded, device, amp):
-        """Start and end logits of every window (1-D float arrays), in large length-sorted batches."""
+    def logits(self, model, features: Encoded, device, amp, runs: int = 1):
+        """Start and end logits of every window (1-D float arrays) of each run, ``starts[k][i]``, in large
+        length-sorted batches."""
         bs = int(self.cfg.train.eval_batch_size)
         lengths = features.lengths()
         order = np.argsort(lengths, kind="stable")
-        starts, ends = [None] * len(features), [None] * len(features)
+        starts = [[None] * len(features) for _ in range(runs)]
+        ends = [[None] * len(features) for _ in range(runs)]
         for i in range(0, len(order), bs):
             idx = order[i:i + bs]
             batch = self.collate([{k: features.columns[k][j] for k in ("input_ids", "token_type_ids")
                                    if k in features.columns} for j in idx])
             with autocast(device, amp):
-                out = model(**{k: v.to(device) for k, v in batch.items()})
-            s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
-            for r, j in enumerate(idx):
-                starts[j], ends[j] = s[r, :lengths[j]], e[r, :lengths[j]]
+                out = model(**repeat_runs({k: v.to(device) for k, v in batch.items()}, runs))
+            s = out.start_logits.float().view(runs, len(idx), -1).cpu().numpy()
+            e = out.end_logits.float().view(runs, len(idx), -1).cpu().numpy()
+            for k in range(runs):
+                for r, j in enumerate(idx):
+                    starts[k][j], ends[k][j] = s[k, r, :lengths[j]], e[k, r, :lengths[j]]
         return starts, ends
 
     @torch.no_grad()
-    def evaluate(self, model, eval_sets, device, amp) -> dict[str, float]:
-        metrics = {}
+    def evaluate(self, model, eval_sets, device, amp, runs: int = 1) -> list[dict[str, float]]:
+        metrics = [{} for _ in range(runs)]
         with evaluating(model):
             for split, ev in eval_sets.items():
-                starts, ends = self.logits(model, ev.features, device, amp)
-                preds, diffs = postprocess(ev.rows, ev.features.columns, starts, ends, n_best=self.n_best,
-                                           max_answer_length=self.max_answer_length,
-                                           with_negative=self.version == 2, null_threshold=self.null_threshold)
-                golds = {r["id"]: r["answers"] for r in ev.rows}
-                if self.version == 1:
-                    m = squad_v1_metrics(golds, preds)
-                    m = {"exact": m["exact_match"], "f1": m["f1"]}
-                else:
-                    # exact/f1 score the predictions as made (null decided by task.null_threshold), so the
-                    # script's na_prob_thresh must not override them; the null-score differences drive
-                    # only the best-threshold search.
-                    m = squad_v2_metrics(golds, preds, na_probs=diffs, na_prob_thresh=float("inf"))
-                m["n_eval"] = len(ev.rows)
-                m.update({f"{k}@paper_code": v for k, v in self.paper_code_metrics(ev, starts, ends).items()})
-                suffix = "" if split == "validation" else "_" + split
-                metrics.update({k + suffix: float(v) for k, v in m.items()})
+                all_starts, all_ends = self.logits(model, ev.features, device, amp, runs)
+                for out, starts, ends in zip(metrics, all_starts, all_ends):
+                    out.update(self._split_metrics(split, ev, starts, ends))
         return metrics
+
+    def _split_metrics(self, split: str, ev: SquadEval, starts, ends) -> dict[str, float]:
+        """One run's dev metrics on one split from its window logits."""
+        preds, diffs = postprocess(ev.rows, ev.features.columns, starts, ends, n_best=self.n_best,
+                                   max_answer_length=self.max_answer_length,
+                                   with_negative=self.version == 2, null_threshold=self.null_threshold)
+        golds = {r["id"]: r["answers"] for r in ev.rows}
+        if self.version == 1:
+            m = squad_v1_metrics(golds, preds)
+            m = {"exact": m["exact_match"], "f1": m["f1"]}
+        else:
+            # exact/f1 score the predictions as made (null decided by task.null_threshold), so the
+            # script's na_prob_thresh must not override them; the null-score differences drive
+            # only the best-threshold search.
+            m = squad_v2_metrics(golds, preds, na_probs=diffs, na_prob_thresh=float("inf"))
+        m["n_eval"] = len(ev.rows)
+        m.update({f"{k}@paper_code": v for k, v in self.paper_code_metrics(ev, starts, ends).items()})
+        suffix = "" if split == "validation" else "_" + split
+        return {k + suffix: float(v) for k, v in m.items()}
 
 
     def paper_code_metrics(self, ev: SquadEval, starts, ends) -> dict[str, float]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from torch.nn import functional as F
 from transformers import AutoModelForSeq2SeqLM
 
 from ..data import xsum as xsum_data
@@ -28,7 +29,7 @@ from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tok
 from ..errors import ConfigError
 from ..metrics.rouge import rouge
 from ..models import load_model
-from .base import Task, autocast, evaluating, limit
+from .base import Task, autocast, evaluating, limit, mean_per_run, repeat_runs
 from .squad import eval_limit
 
 
@@ -87,7 +88,7 @@ class XsumTask(Task):
         return {self.eval_split: XsumEval(rows, enc)}
 
     def collate(self, batch):
-        multiple = int(self.cfg.train.get("pad_to_multiple", 1))  # bounds the shapes a compiled model sees
+        multiple = self.pad_to_multiple  # bounds the shapes a compiled model or CUDA graphs see
         out = pad_batch(batch, self.tokenizer.pad_token_id, multiple=multiple)
         if "labels" in batch[0]:
             width = -(-max(len(b["labels"]) for b in batch) // multiple) * multiple
@@ -97,24 +98,36 @@ class XsumTask(Task):
             out["labels"] = labels
         return out
 
+    def run_losses(self, model, batch, runs: int):
+        """Token cross-entropy over each run's summary tokens (labels -100 ignored), the decoder fed the labels
+        shifted right: BART's own loss of each run (``train.label_smoothing`` as torch's ``cross_entropy``)."""
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        out = model(**inputs, decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=labels))
+        per = F.cross_entropy(out.logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none",
+                              label_smoothing=float(self.cfg.train.get("label_smoothing") or 0.0))
+        return mean_per_run(per, runs, labels != -100)
+
     @torch.no_grad()
-    def generate(self, model, features: Encoded, device, amp) -> list[str]:
-        """Beam-search summaries of every source, in length-sorted batches of ``train.eval_batch_size``."""
+    def generate(self, model, features: Encoded, device, amp, runs: int = 1) -> list[list[str]]:
+        """Beam-search summaries of every source by each run (``out[k][i]``), in length-sorted batches of
+        ``train.eval_batch_size`` sources (every run generates from each batch at once)."""
         bs = int(self.cfg.train.eval_batch_size)
         order = np.argsort(features.lengths(), kind="stable")[::-1]  # longest first: an OOM shows at once
-        out: list[str | None] = [None] * len(features)
-        self.gen_tokens = 0
+        out: list[list[str | None]] = [[None] * len(features) for _ in range(runs)]
+        self.gen_tokens = [0] * runs
         for i in range(0, len(order), bs):
             idx = order[i:i + bs]
             batch = pad_batch([{"input_ids": features.columns["input_ids"][j]} for j in idx],
                               self.tokenizer.pad_token_id)
             with autocast(device, amp):
-                seqs = model.generate(**{k: v.to(device) for k, v in batch.items()}, num_beams=self.num_beams,
-                                      max_new_tokens=self.max_new_tokens)
-            seqs = seqs.cpu()
-            self.gen_tokens += int((seqs != self.tokenizer.pad_token_id).sum())
-            for j, text in zip(idx, self.tokenizer.batch_decode(seqs, skip_special_tokens=True)):
-                out[j] = text.strip()
+                seqs = model.generate(**repeat_runs({k: v.to(device) for k, v in batch.items()}, runs),
+                                      num_beams=self.num_beams, max_new_tokens=self.max_new_tokens)
+            seqs = seqs.cpu().view(runs, len(idx), -1)
+            for k in range(runs):
+                self.gen_tokens[k] += int((seqs[k] != self.tokenizer.pad_token_id).sum())
+                for j, text in zip(idx, self.tokenizer.batch_decode(seqs[k], skip_special_tokens=True)):
+                    out[k][j] = text.strip()
         return out
 
     def label_texts(self, features: Encoded) -> list[str]:
@@ -123,17 +136,18 @@ class XsumTask(Task):
         return [t.strip() for t in texts]
 
     @torch.no_grad()
-    def evaluate(self, model, eval_sets, device, amp) -> dict[str, float]:
-        metrics = {}
+    def evaluate(self, model, eval_sets, device, amp, runs: int = 1) -> list[dict[str, float]]:
+        metrics = [{} for _ in range(runs)]
         with evaluating(model):
             for split, ev in eval_sets.items():
-                preds = self.generate(model, ev.features, device, amp)
-                m = rouge(preds, [r["summary"] for r in ev.rows])
-                m.update({f"{k}@paper_code": v for k, v in
-                          rouge(preds, self.label_texts(ev.features), use_stemmer=False).items()})
-                m["n_eval"] = float(len(ev.rows))
-                m["gen_len"] = self.gen_tokens / max(1, len(ev.rows))  # mean generated tokens (with specials)
-                metrics.update(m)  # one eval split (task.eval_split): no suffix, so task.metric names the key
+                for out, preds, tokens in zip(metrics, self.generate(model, ev.features, device, amp, runs),
+                                              self.gen_tokens):
+                    m = rouge(preds, [r["summary"] for r in ev.rows])
+                    m.update({f"{k}@paper_code": v for k, v in
+                              rouge(preds, self.label_texts(ev.features), use_stemmer=False).items()})
+                    m["n_eval"] = float(len(ev.rows))
+                    m["gen_len"] = tokens / max(1, len(ev.rows))  # mean generated tokens (with specials)
+                    out.update(m)  # one eval split (task.eval_split): no suffix, so task.metric names the key
         return metrics
 
 

@@ -1,0 +1,181 @@
+"""Layers with a run dimension: R runs of one cell (its seeds, the learning rates of a grid) trained as one model.
+
+The runs share the frozen backbone. Their batches are concatenated run-major (rows ``[k*b, (k+1)*b)`` of every
+activation are run k's), so a frozen ``nn.Linear`` multiplies all runs' tokens in one GEMM, while every trainable
+tensor carries a leading run dimension R and its products are batched GEMMs over the runs (``bmm``): run k only
+ever meets its own slice ``[k]``. A run alone is R = 1: the same code.
+
+- ``LowRankLinear``: the low-rank update every LoRA-family method adds, W0 x + s B_k A_k dropout(x) (LoRA's Eq. 5
+  in the paper); lora, dora, adalora, dylora and dora_wd subclass it, as PEFT's tuners subclass ``LoraLayer``;
+- ``RunLinear``: a trainable linear layer per run (the task head, the bottleneck adapters' projections);
+- ``RunBias``: a frozen module whose bias trains per run (BitFit).
+
+Each trainable layer initialises run k's slice in ``reset_run(k, generator)``, from a generator seeded with run
+k's seed (``Method.init_runs``): a run starts from the same numbers whether it trains alone or stacked, on a CPU
+or a GPU (the draws are made on the CPU and copied).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def by_run(x: torch.Tensor, runs: int) -> torch.Tensor:
+    """(R*b, ..., d) -> (R, b*..., d): the rows of each run together (a view of a contiguous tensor)."""
+    return x.reshape(runs, -1, x.shape[-1])
+
+
+def add_low_rank(h: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                 scale: float | torch.Tensor = 1.0, align: int | None = None) -> torch.Tensor:
+    """h + scale * (x A_k^T) B_k^T for every run k: the low-rank update of every LoRA-family layer.
+
+    ``h`` (R*b, ..., d_out) and ``x`` (R*b, ..., d_in, = dropout(input)) hold the runs' rows run-major; ``A``
+    (R, r, d_in) and ``B`` (R, d_out, r) the runs' factors. Two batched GEMMs over the runs; the scale goes onto the
+    small B instead of a pass over the (tokens x d_out) output, and the add is fused into the second GEMM
+    (``baddbmm``).
+
+    On a GPU the rank is padded with zero components to a multiple of ``align`` (8): a GEMM whose rank side is not a
+    multiple of 8 bf16 elements (16 bytes) misses cuBLAS's aligned kernels, which made DoRA's r0 = 12 ~5% slower
+    per step than a padded 16 (benchmarks/README.md). The padded components are zeros in A and B: they add
+    nothing, and their slice of the gradient is dropped. On CPU (``align`` 1) nothing is padded.
+    """
+    R, r = A.shape[0], A.shape[1]
+    align = align or (8 if x.is_cuda else 1)
+    padded = -(-r // align) * align
+    Bt = (B * scale).transpose(1, 2)  # (R, r, d_out)
+    At = A.transpose(1, 2)  # (R, d_in, r)
+    if padded != r:
+        if torch.is_autocast_enabled(x.device.type):  # cast before padding (autocast would cast anyway)
+            dtype = torch.get_autocast_dtype(x.device.type)
+            At, Bt = At.to(dtype), Bt.to(dtype)
+        At, Bt = F.pad(At, (0, padded - r)), F.pad(Bt, (0, 0, 0, padded - r))
+    t = torch.bmm(by_run(x, R), At)  # (R, n, r)
+    out = torch.baddbmm(by_run(h, R), t, Bt)
+    return out.view(h.shape)
+
+
+@torch.no_grad()
+def init_slice(target: torch.Tensor, fill) -> None:
+    """``fill(t)`` on a CPU tensor shaped as ``target``, then copied in: the same numbers on every device."""
+    t = torch.empty(target.shape, dtype=torch.float32)
+    fill(t)
+    target.copy_(t)
+
+
+def kaiming(a: float, generator: torch.Generator):
+    """``nn.init.kaiming_uniform_(t, a=a)`` drawn from ``generator`` (bound sqrt(6 / ((1 + a^2) fan_in)))."""
+    return lambda t: nn.init.kaiming_uniform_(t, a=a, generator=generator)
+
+
+def normal(std: float, generator: torch.Generator):
+    return lambda t: nn.init.normal_(t, mean=0.0, std=std, generator=generator)
+
+
+class LowRankLinear(nn.Module):
+    """W0 x + scaling * B_k A_k dropout(x) for run k: a frozen ``base`` linear plus one low-rank update per run.
+
+    ``lora_A`` (R, r, d_in) and ``lora_B`` (R, d_out, r). A method's layer says what multiplies (``factors``: DoRA
+    folds its c into B, AdaLoRA its lambda into A, DyLoRA its rank gate into B) and how run k starts
+    (``reset_run``); ``forward`` is the same for all of them."""
+
+    def __init__(self, base: nn.Linear, runs: int, r: int, scaling: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.runs, self.r, self.scaling = runs, r, scaling
+        dev = base.weight.device
+        self.lora_A = nn.Parameter(torch.zeros(runs, r, base.in_features, device=dev))
+        self.lora_B = nn.Parameter(torch.zeros(runs, base.out_features, r, device=dev))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) as they multiply: (R, r, d_in), (R, d_out, r)."""
+        return self.lora_A, self.lora_B
+
+    def forward(self, x):
+        A, B = self.factors()
+        return add_low_rank(self.base(x), self.dropout(x), A, B, self.scaling)
+
+    def reset_run(self, k: int, generator: torch.Generator | None) -> None:
+        """Run k's initialisation, drawn from ``generator`` (None: the global RNG)."""
+        raise NotImplementedError
+
+    def reset_runs(self) -> None:
+        """Every run initialised from the global RNG, as ``nn.Linear`` initialises itself (a subclass calls it at the
+        end of its ``__init__``)."""
+        for k in range(self.runs):
+            self.reset_run(k, None)
+
+    @torch.no_grad()
+    def delta_weight(self, k: int = 0) -> torch.Tensor:
+        """scaling * B_k A_k as it multiplies (materialised: for merging and tests only)."""
+        A, B = self.factors()
+        return self.scaling * (B[k].float() @ A[k].float())
+
+
+class RunLinear(nn.Module):
+    """y = W_k x + b_k for run k: a linear layer whose weights differ per run (weight (R, out, in), bias (R, out)).
+
+    It replaces a trainable ``nn.Linear`` of a stacked model (the task head) and makes the bottleneck adapters'
+    projections; parameter names stay ``weight`` and ``bias``, so run k's slices are the ``nn.Linear``'s tensors."""
+
+    def __init__(self, runs: int, in_features: int, out_features: int, bias: bool = True, device=None):
+        super().__init__()
+        self.runs, self.in_features, self.out_features = runs, in_features, out_features
+        self.weight = nn.Parameter(torch.zeros(runs, out_features, in_features, device=device))
+        self.bias = nn.Parameter(torch.zeros(runs, out_features, device=device)) if bias else None
+
+    @classmethod
+    def like(cls, linear: nn.Linear, runs: int) -> RunLinear:
+        new = cls(runs, linear.in_features, linear.out_features, linear.bias is not None, linear.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(linear.weight.expand_as(new.weight))
+            if linear.bias is not None:
+                new.bias.copy_(linear.bias.expand_as(new.bias))
+        return new
+
+    def forward(self, x):
+        xr = by_run(x, self.runs)
+        wt = self.weight.transpose(1, 2)
+        y = torch.bmm(xr, wt) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), xr, wt)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def reset_run(self, k: int, generator: torch.Generator, std: float | None = None) -> None:
+        """nn.Linear's own init (Kaiming-uniform a = sqrt(5), bias U(+-1/sqrt(in))), or N(0, std) and bias 0 (the
+        transformers init of a new task head, ``std`` = the model config's initializer range)."""
+        if std is not None:
+            init_slice(self.weight[k], normal(std, generator))
+            if self.bias is not None:
+                with torch.no_grad():
+                    self.bias[k].zero_()
+            return
+        init_slice(self.weight[k], kaiming(math.sqrt(5), generator))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+            init_slice(self.bias[k], lambda t: nn.init.uniform_(t, -bound, bound, generator=generator))
+
+
+class RunBias(nn.Module):
+    """A frozen module (``nn.Linear``, ``nn.LayerNorm``) whose bias trains, one per run: base(x) without its bias,
+    plus b_k on run k's rows. ``bias`` (R, out) starts as the pre-trained bias in every run (BitFit)."""
+
+    def __init__(self, base: nn.Module, runs: int):
+        super().__init__()
+        self.runs = runs
+        self.bias = nn.Parameter(base.bias.detach().clone().unsqueeze(0).repeat(runs, 1))
+        base.register_parameter("bias", None)
+        self.base = base
+
+    def forward(self, x):
+        y = self.base(x)
+        return (by_run(y, self.runs) + self.bias.unsqueeze(1).to(y.dtype)).view(y.shape)
+
+
+HEAD_STD_KEYS = ("initializer_range", "init_std")  # RoBERTa/BERT, BART
+
+
+def head_std(config) -> float:
+    """The std transformers draws a new head's weights with (``_init_weights``)."""
+    return next((float(getattr(config, k)) for k in HEAD_STD_KEYS if hasattr(config, k)), 0.02)

@@ -1,0 +1,189 @@
+"""Stacked runs (``train.stack``): several runs of one cell trained as one model equal the same runs trained alone.
+
+With every dropout off, each stacked run's losses, dev metrics and final trainable tensors (its checkpoint: the
+parameters, AdamW's moments, the method's state: DoRA's importance and masks, AdaLoRA's EMAs and rank pattern)
+equal its solo run's to float rounding, for every method that stacks, for seeds and for a learning-rate grid,
+through DoRA's and AdaLoRA's pruning. Also: per-run clipping, one run's NaN, resume, runs finished already.
+On a GPU, tests/test_gpu.py runs the same comparison.
+"""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, SHARED_GLUE, compose, tiny_overrides
+from dynrank import models
+from dynrank.errors import TrainingError
+from dynrank.side_by_side import run_side_by_side, stacks
+
+STACKING = ["lora", "dora", "adalora", "dora_wd", "dylora", "bitfit", "houlsby", "pfeiffer"]
+
+
+@pytest.fixture
+def no_dropout(monkeypatch):
+    """The tiny backbone without dropout: a stacked run's dropout masks are drawn for the whole stack."""
+    build = models.build_tiny_config
+
+    def quiet(*a, **k):
+        c = build(*a, **k)
+        c.hidden_dropout_prob = c.attention_probs_dropout_prob = 0.0
+        return c
+    monkeypatch.setattr(models, "build_tiny_config", quiet)
+
+
+def cfg(tmp_path, method, seed, lr, store, *extra, device="cpu"):
+    over = [f"method={method}", f"seed={seed}", f"train.lr={lr}", f"results.store={tmp_path / store}",
+            "data.max_train_samples=48", "train.batch_size=8", "train.log_every=1", f"train.device={device}",
+            "train.stack=true", *extra]
+    if method not in ("bitfit", "full", "houlsby", "pfeiffer"):
+        over.append("method.dropout=0.0")
+    return compose(tiny_overrides(tmp_path, *over))
+
+
+def train(cfgs, dirs):
+    return run_side_by_side(cfgs, dirs)
+
+
+def checkpoint_tensors(run_dir):
+    return load_file(str(run_dir / "checkpoint/tensors.safetensors"))
+
+
+def assert_same_runs(stacked_dirs, solo_dirs, stacked, solo, atol=1e-6):
+    for a, b, da, db in zip(stacked, solo, stacked_dirs, solo_dirs):
+        la, lb = [h["train_loss"] for h in a["epochs"]], [h["train_loss"] for h in b["epochs"]]
+        assert la == pytest.approx(lb, rel=1e-5, abs=1e-6), (a["run_id"], la, lb)
+        assert a["final"]["dev"] == pytest.approx(b["final"]["dev"]), a["run_id"]
+        assert a["method_summary"] == b["method_summary"], a["run_id"]  # rank maps, surviving components
+        ta, tb = checkpoint_tensors(da), checkpoint_tensors(db)
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            if not k.startswith("rng."):
+                assert torch.allclose(ta[k].float(), tb[k].float(), rtol=1e-4, atol=atol), (a["run_id"], k)
+
+
+@pytest.mark.parametrize("method", STACKING)
+def test_stacked_runs_equal_solo_runs(method, tmp_path, no_dropout):
+    """Two seeds at two learning rates, stacked, against each alone (DoRA and AdaLoRA prune inside the 12 steps)."""
+    grid = [(1, 1e-3), (2, 1e-3), (1, 4e-3), (2, 4e-3)]
+    cfgs = [cfg(tmp_path, method, s, lr, "stacked", "train.epochs=2") for s, lr in grid]
+    dirs = [tmp_path / "stacked" / f"run{i}" for i in range(len(grid))]
+    assert [len(g) for g in stacks([_opened(c, d) for c, d in zip(cfgs, dirs)])] == [4]
+    stacked = train(cfgs, dirs)
+    assert all(r["training"]["stacked_runs"] == 4 for r in stacked)
+    solo_dirs = [tmp_path / "solo" / f"run{i}" for i in range(len(grid))]
+    solo = [train([cfg(tmp_path, method, s, lr, "solo", "train.epochs=2")], [d])[0]
+            for (s, lr), d in zip(grid, solo_dirs)]
+    assert all(r["training"]["stacked_runs"] == 1 for r in solo)
+    assert_same_runs(dirs, solo_dirs, stacked, solo)
+    if method in ("dora", "adalora"):  # the allocations moved, each run its own
+        assert stacked[0]["method_summary"]["rank_map"] != stacked[3]["method_summary"]["rank_map"]
+
+
+def _opened(c, d):
+    from dynrank.loop import Run
+
+    run = Run(c, d)
+    run.close()
+    return run
+
+
+def test_full_fine_tuning_runs_side_by_side(tmp_path):
+    cfgs = [cfg(tmp_path, "full", s, 1e-4, "s") for s in (1, 2)]
+    assert [len(g) for g in stacks([_opened(c, tmp_path / f"r{i}") for i, c in enumerate(cfgs)])] == [1, 1]
+
+
+def test_each_run_clips_its_own_gradients(tmp_path, no_dropout):
+    """One run at an absurd learning rate (its gradients explode) beside a sane one: the sane run trains exactly
+    as alone, and the other stops with the NaN error once the sane run has finished and written its results."""
+    sane = cfg(tmp_path, "lora", 1, 1e-3, "st")
+    wild = cfg(tmp_path, "lora", 2, 1e30, "st")
+    dirs = [tmp_path / "st/a", tmp_path / "st/b"]
+    with pytest.raises(TrainingError, match=r"loss became NaN/inf .*seed 2, lr 1e\+30"):
+        train([sane, wild], dirs)
+    alone = train([cfg(tmp_path, "lora", 1, 1e-3, "solo")], [tmp_path / "solo/a"])
+    stacked = json.loads((dirs[0] / "results.json").read_text())
+    assert_same_runs(dirs[:1], [tmp_path / "solo/a"], [stacked], alone)
+    assert not (dirs[1] / "results.json").exists() and not (dirs[1] / "checkpoint").exists()
+
+
+def test_clip_per_run_scales_each_row_to_its_own_norm():
+    from dynrank.optim import clip_per_run
+
+    g = torch.tensor([[3.0, 4.0], [0.3, 0.4], [300.0, 400.0]])
+    norms = clip_per_run(g, 1.0)
+    assert norms.tolist() == pytest.approx([5.0, 0.5, 500.0])
+    assert torch.linalg.vector_norm(g, dim=1).tolist() == pytest.approx([1.0, 0.5, 1.0], rel=1e-5)
+
+
+def test_run_adamw_is_torch_adamw_per_run():
+    """Each row of the flat buffer steps exactly as torch.optim.AdamW with that run's learning rate."""
+    from torch import nn
+
+    from dynrank.optim import Flat, RunAdamW
+
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(3, 4, 5))
+    init = p.detach().clone()
+    flat = Flat([p], 3, stacked=True)
+    opt = RunAdamW(flat, [1e-3, 1e-2, 1e-1], weight_decay=0.01, total_steps=10, warmup_steps=2)
+    grads = [torch.randn(3, 4, 5) for _ in range(4)]
+    for step, g in enumerate(grads):
+        opt.set_step(step)
+        flat.grad.copy_(g.view(3, -1))
+        opt.step()
+    for k, lr in enumerate([1e-3, 1e-2, 1e-1]):
+        q = nn.Parameter(init[k].clone())
+        ref = torch.optim.AdamW([q], lr=lr, weight_decay=0.01)
+        sched = torch.optim.lr_scheduler.LambdaLR(ref, lambda s: s / 2 if s < 2 else (10 - s) / 8)
+        for g in grads:
+            q.grad = g[k].clone()
+            ref.step()
+            sched.step()
+        assert torch.allclose(p[k], q, atol=1e-7)
+        state = opt.run_state_dict(k)
+        assert torch.allclose(state["state"][0]["exp_avg"], ref.state[q]["exp_avg"])
+
+
+def test_killed_stack_resumes_every_run(tmp_path):
+    """A stacked job killed after its first epoch's checkpoints resumes every run from its checkpoint and ends as
+    an uninterrupted stacked job; a stack where one run is finished already trains only the others."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    args = ["method=dora", "model=tiny", f"data.dir={SHARED_GLUE}",
+            f"data.cache_dir={tmp_path / 'cache'}", "train.progress=false", "data.max_train_samples=48",
+            "data.max_eval_samples=32", "train.batch_size=8", "train.epochs=2", "train.stack=true", "method.dropout=0",
+            "seeds=[1,2,3]"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def job(name, extra_env=None):
+        return subprocess.run([sys.executable, "-m", "dynrank.train", *args, f"results.store={tmp_path / name}",
+                               f"hydra.run.dir={tmp_path / name / 'runs'}"], cwd=tmp_path, capture_output=True,
+                              text=True, env={**env, **(extra_env or {})}, timeout=300)
+
+    whole = job("whole")
+    assert whole.returncode == 0, whole.stderr
+    killed = job("killed", {"DYNRANK_DEBUG_KILL_AFTER_EPOCH": "1"})
+    assert killed.returncode == 137
+    resumed = job("killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("resumed from") == 3 and "3 runs stacked" in resumed.stdout
+    for store in ("whole", "killed"):
+        assert len(list((tmp_path / store).rglob("seed*.json"))) == 3
+    for a, b in zip(sorted((tmp_path / "whole").rglob("seed*.json")), sorted((tmp_path / "killed").rglob("seed*.json"))):
+        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+        assert [h["dev"] for h in ra["epochs"]] == [h["dev"] for h in rb["epochs"]]
+        assert [h["train_loss"] for h in ra["epochs"]] == pytest.approx([h["train_loss"] for h in rb["epochs"]])
+    # one run finished already: the others train, stacked; the finished one is left as it is
+    finished = next((tmp_path / "whole/runs").rglob("seed2/results.json"))
+    before = finished.read_text()
+    for seed in (1, 3):
+        for p in (tmp_path / "whole/runs").rglob(f"seed{seed}"):
+            shutil.rmtree(p)
+    again = job("whole")
+    assert again.returncode == 0, again.stderr
+    assert "finished already" in again.stdout and "2 runs stacked" in again.stdout
+    assert finished.read_text() == before
