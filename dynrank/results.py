@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -59,7 +60,21 @@ def umask_mode(path) -> None:
 
 
 def write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    """Strict JSON (RFC 8259), which other readers than Python's accept: a number that is not finite (NaN, inf)
+    is written as null, as the report reads a missing value, never as a bare ``NaN``."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False, default=_jsonable)
+    atomic_write_text(path, text + "\n")
+
+
+def _finite(o):
+    """``o`` with every float that is not finite replaced by None (numpy and torch values as plain ones first)."""
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if not isinstance(o, (str, int, float)) and hasattr(o, "tolist"):
+        return _finite(o.tolist())
+    return None if isinstance(o, float) and not math.isfinite(o) else o
 
 
 def _jsonable(o):
