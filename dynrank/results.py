@@ -114,13 +114,15 @@ def store_path(store, run_id: str) -> Path:
 
 
 REQUIRED = ("schema", "model", "task", "method", "budget", "seed")  # what a report needs to place a run
+KINDS = {"seed": (int, "an integer"), "model": (str, "a string"), "task": (str, "a string"),
+         "method": (str, "a string"), "budget": (str, "a string")}  # what each part of a run's place must be
 
 
 def load_runs(store, skipped: list | None = None) -> list[dict]:
     """Every results JSON under the store (for reports), in path order.
 
     A file that is not a results file (truncated, not JSON, not an object, ``{}``, without ``schema`` or the
-    run's identity) is skipped with a one-line warning naming it, and appended to ``skipped`` as
+    run's identity, or with an identity of the wrong type, e.g. ``"seed": "one"``) is skipped with a one-line warning naming it, and appended to ``skipped`` as
     ``(path, reason)`` so that a caller can refuse to go on (``python -m dynrank.report --strict``)."""
     runs = []
     for p in sorted(Path(store).rglob("seed*.json")):
@@ -135,6 +137,10 @@ def load_runs(store, skipped: list | None = None) -> list[dict]:
                 reason = f"not a JSON object ({type(run).__name__})"
             elif missing := [k for k in REQUIRED if k not in run]:
                 reason = "empty ({})" if not run else f"not a results file: no {', '.join(missing)}"
+            elif wrong := [k for k, (kind, _) in KINDS.items()
+                           if not isinstance(run[k], kind) or isinstance(run[k], bool)]:
+                reason = "not a results file: " + ", ".join(f"{k} is {json.dumps(run[k])}, not {KINDS[k][1]}"
+                                                            for k in wrong)
         if reason is None:
             runs.append(run)
             continue

@@ -535,3 +535,20 @@ def test_lr_search_end_to_end_tiny(tmp_path, capsys):
     assert [ln.split("|")[1].strip() for ln in rows] == [lr_tag(lr) for lr in sorted(grid)]
     assert all(ln.split("|")[3].strip() == "2" for ln in rows)  # 2 seeds per rate
     assert sum(ln.split("|")[4].strip() == "*" for ln in rows) == 1
+
+
+def test_a_results_file_with_a_seed_that_is_no_integer_is_named(tmp_path, capsys, caplog):
+    store, out = tmp_path / "store", tmp_path / "tables"
+    _write_run(store, "tiny", "cola", "lora", "r8", 1, {"matthews": 0.5}, "matthews")
+    bad = _write_run(store, "tiny", "cola", "lora", "r8", 2, {"matthews": 0.6}, "matthews")
+    bad.write_text(bad.read_text().replace('"seed": 2', '"seed": "one"'))
+    args = ["--store", str(store), "--out", str(out), "--model", "tiny", "--tables", "table2", "--no-figures"]
+    with caplog.at_level("WARNING", logger="dynrank"):
+        assert report.main([*args, "--strict"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: 1 unreadable results file in {store} (--strict): {bad}; fix or remove them, or drop --strict to "
+        "skip them")
+    assert not out.exists()
+    assert f'skipping {bad}: not a results file: seed is "one", not an integer' in caplog.messages
+    assert report.main(args) == 0
+    assert {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}["r8 lora", "cola"]["n"] == "1"
