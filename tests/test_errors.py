@@ -146,6 +146,26 @@ def test_the_check_before_hydra_leaves_hydra_interpolations_and_multirun_mode_to
         check_command_line(_args(tmp_path, "hydra.mode=MULTIRUN", "train.lr=1e-3,-1"))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("seeds=[]", "seeds=[] lists no seed; list the seeds to train (e.g. seeds=[1,2,3]), or leave seeds unset to "
+                 "train seed=<k>"),  # trained seed 1 before
+    ("hydra.job.chdir=true", "hydra.job.chdir=true is not supported: relative paths (data.dir, results.store, "
+                             "model.path, ...) are read from the directory you launch in, and every run has its "
+                             "own directory already (outputs/<run id>); drop hydra.job.chdir"),
+    ("variant=" + "v" * 248, "variant makes the results path part lora-r8-vvvvvvvvvvvv... 256 bytes long, over the "
+                             "filesystem's limit of 255 for a file name; shorten variant by 1 characters or more"),
+], ids=["no-seeds", "chdir", "long-variant"])  # the long variant trained to the end, then failed at every write
+def test_refused_before_hydra_starts(tmp_path, override, message):
+    """As the CLI checks every job before Hydra starts (the CLI path: test_bad_values_and_keys_...)."""
+    from dynrank.config import check_command_line
+    from dynrank.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        check_command_line(_args(tmp_path, override))
+    assert str(e.value) == message
+    check_command_line(_args(tmp_path, "variant=" + "v" * 247, "hydra.job.chdir=false", "seeds=[1]"))
+
+
 def test_initial_budget_is_checked_for_dora(finished, tmp_path):
     before = _snapshot(finished / "run", finished / "store")
     p = cli(_args(finished, "method=dora", "method.initial_budget=abc", f"hydra.run.dir={finished / 'run'}"),
