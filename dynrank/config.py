@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError, DynrankError
+from .weights import check_model_dir
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -384,6 +385,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.path is not None and not Path(str(cfg.model.path)).exists():
         raise ConfigError(f"model directory not found: {cfg.model.path} (set model.path to a local model "
                           "directory, or leave it unset to download from the Hub)")
+    if cfg.model.path is not None:
+        check_model_dir(cfg.model.path)  # a truncated model.safetensors, or pickled weights only
 
 
 def check_writable(key: str, path) -> None:

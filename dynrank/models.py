@@ -132,7 +132,9 @@ def load_model(mcfg, auto_class, tokenizer=None, **config_kwargs) -> nn.Module:
             setattr(config, k, v)
         return auto_class.from_config(config)
     src = _source(mcfg)
+    safe = {"use_safetensors": True} if mcfg.get("path") else {}  # a local directory: never a pickle (weights.py)
     try:
-        return auto_class.from_pretrained(src, dtype=torch.float32, **hub.pretrained_kwargs(src), **config_kwargs)
+        return auto_class.from_pretrained(src, dtype=torch.float32, **safe, **hub.pretrained_kwargs(src),
+                                          **config_kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(_load_failure("model", src, e)) from None
