@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import runlog  # noqa: F401  (registers ${dynrank_tty:}, train.progress's default in conf/config.yaml)
 from .errors import ConfigError, DynrankError
 from .weights import check_model_dir
 
