@@ -115,3 +115,15 @@ def test_a_pretrained_model_loads_quietly_and_says_once_what_it_lacks(capfd, cap
     out, err = capfd.readouterr()
     assert out == err == ""
     assert caplog.messages == [f"loaded {path}; new task head: classifier.bias, classifier.weight"]
+
+
+def test_what_the_readme_writes_is_ignored_by_git():
+    """Run directories, the results store and tables, the smoke and demo outputs, merged models and a killed
+    merge's leftovers never show up as files to commit."""
+    paths = ["outputs/x/train.log", "multirun/x/train.log", "results/runs/x.json", "results/tables/table2.md",
+             "results/smoke/tables/table2.md", "results/demo/x.json", "merged/model.safetensors",
+             ".merged.merging-123/model.safetensors", "models/.big.merging-7/config.json"]
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    p = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert p.stdout.split() == paths
