@@ -200,7 +200,7 @@ def _model_dir(root: Path, weights: str) -> Path:
     ("pickle", "{d} holds pickled weights only (pytorch_model.bin), which dynrank does not load (unpickling runs "
                "code from the file); save the model as safetensors where you trust it (save_pretrained(dir, "
                "safe_serialization=True)), or set model.path to a directory with a model.safetensors"),
-])
+], ids=["truncated", "pickle"])
 def test_damaged_or_pickled_model_weights_are_one_line_and_never_unpickled(tmp_path, weights, message):
     from transformers import AutoModelForSequenceClassification
 
