@@ -455,7 +455,7 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
                               f"{key}=[{values}] for a list")
         if o.key_or_group == ("hydra.sweep.dir" if multirun else "hydra.run.dir") and "${" not in o.input_line:
             check_writable(o.key_or_group, o.value())
-        if o.key_or_group == "hydra.job.chdir" and o.value() not in (False, "false"):
+        if o.key_or_group == "hydra.job.chdir" and o.value() not in (False, None, "false"):
             raise ConfigError(f"{o.input_line} is not supported: relative paths (data.dir, results.store, "
                               "model.path, ...) are read from the directory you launch in, and every run has its own "
                               "directory already (outputs/<run id>); drop hydra.job.chdir")

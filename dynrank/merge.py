@@ -139,7 +139,7 @@ def merge(adapter_dir, out_dir, base: str | None = None, base_model: nn.Module |
     """Merge and save; ``base_model`` (in memory) wins over ``base`` (name or path)."""
     out = Path(out_dir)
     check_out(out)
-    cfg = check_adapter(adapter_dir)
+    cfg = check_adapter(adapter_dir)  # before the base loads (merge_adapter checks again, for in-memory callers)
     model = base_model if base_model is not None else load_base(adapter_dir, base)
     merged = merge_adapter(adapter_dir, model)
     src = base or cfg.get("base_model_name_or_path")
@@ -194,7 +194,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
+        pass
     return True
 
 
