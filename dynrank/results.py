@@ -122,8 +122,9 @@ def load_runs(store, skipped: list | None = None) -> list[dict]:
     """Every results JSON under the store (for reports), in path order.
 
     A file that is not a results file (truncated, not JSON, not an object, ``{}``, without ``schema`` or the
-    run's identity, or with an identity of the wrong type, e.g. ``"seed": "one"``) is skipped with a one-line warning naming it, and appended to ``skipped`` as
-    ``(path, reason)`` so that a caller can refuse to go on (``python -m dynrank.report --strict``)."""
+    run's identity, or with an identity of the wrong type, e.g. ``"seed": "one"``) is skipped with a one-line
+    warning naming it, and appended to ``skipped`` as ``(path, reason)`` so that a caller can refuse to go on
+    (``python -m dynrank.report --strict``)."""
     runs = []
     for p in sorted(Path(store).rglob("seed*.json")):
         reason = None
