@@ -2,9 +2,11 @@
 PYTHON ?= python3
 ARGS ?=
 TABLES ?= all
-# install-cpu: torch from PyTorch's CPU wheel index (no CUDA libraries); TORCH_INDEX= takes $(TORCH) from pip's own sources
+# install-cpu: torch from PyTorch's CPU wheel index (no CUDA libraries), asked first whether it answers (within
+# INDEX_TIMEOUT seconds); TORCH_INDEX= takes $(TORCH) from pip's own sources (offline: local wheels, or a mirror)
 TORCH ?= torch
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+INDEX_TIMEOUT ?= 10
 
 .PHONY: help install install-cpu demo test train tables reproduce-tables bench clean
 
@@ -14,7 +16,8 @@ help:
 install: ## install dynrank (editable) with test dependencies (torch: pip's default build, with CUDA on Linux)
 	$(PYTHON) -m pip install -e '.[dev]'
 
-install-cpu: ## CPU-only machine: torch's CPU build first (an environment of 1.8 GB, no CUDA libraries), then as install
+install-cpu: ## CPU-only machine: torch's CPU build first (1.8 GB, no CUDA libraries), then as install; offline or a mirror: make install-cpu TORCH_INDEX= TORCH='torch==2.13.0'
+	$(if $(TORCH_INDEX),$(PYTHON) scripts/check_index.py '$(TORCH_INDEX)' --timeout $(INDEX_TIMEOUT))
 	$(PYTHON) -m pip install '$(TORCH)' $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PYTHON) -m pip install -e '.[dev]'
 

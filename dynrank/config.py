@@ -18,7 +18,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import runlog  # noqa: F401  (registers ${dynrank_tty:}, train.progress's default in conf/config.yaml)
 from .errors import ConfigError, DynrankError
+from .weights import check_model_dir
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -369,6 +371,9 @@ def validate(cfg: DictConfig) -> None:
         found, value = _get(values, key)
         if found and not conforms(rule, value):
             raise ConfigError(f"{key} must be {describe(rule)} (got {_shown(value)})")
+    if values.get("seeds") == []:  # else it would train seed=<k> as if seeds were unset
+        raise ConfigError("seeds=[] lists no seed; list the seeds to train (e.g. seeds=[1,2,3]), or leave seeds "
+                          "unset to train seed=<k>")
     seeds = values.get("seeds") or []
     if len(set(seeds)) < len(seeds):
         twice = sorted({s for s in seeds if seeds.count(s) > 1})
@@ -381,12 +386,15 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"method.export_rank must be in [1, method.r_max={r_max}] (got {rank})")
     if _get(values, "results.store")[0]:
         check_writable("results.store", values["results"]["store"])
+        check_name_lengths(cfg)
     if cfg.data.dir is not None and not Path(str(cfg.data.dir)).is_dir():
         raise ConfigError(f"data directory not found: {cfg.data.dir} (set data.dir to an existing directory, "
                           "or leave it unset to download from the Hub)")
     if cfg.model.path is not None and not Path(str(cfg.model.path)).exists():
         raise ConfigError(f"model directory not found: {cfg.model.path} (set model.path to a local model "
                           "directory, or leave it unset to download from the Hub)")
+    if cfg.model.path is not None:
+        check_model_dir(cfg.model.path)  # a truncated model.safetensors, or pickled weights only
 
 
 def check_writable(key: str, path) -> None:
@@ -399,6 +407,24 @@ def check_writable(key: str, path) -> None:
     if not os.access(first, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}={path} cannot be written: no write permission on {first}; set {key} to a "
                           "directory you can write to")
+
+
+def check_name_lengths(cfg) -> None:
+    """Every part of the run's path (``run_id``: the results store's directories, and the run directory's under
+    ``outputs/``) must fit in a file name of the store's filesystem (255 bytes on most), so that a long ``variant``
+    is refused now rather than at the first write after training."""
+    store = Path(str(cfg.results.store)).absolute()
+    try:
+        limit = os.pathconf(next(p for p in (store, *store.parents) if p.exists()), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    keys = ("model.id", "task.name", "variant" if cfg.get("variant") else "method.name or budget.name", "train.lr",
+            "seed")  # what each part of run_id is made of
+    for key, part in zip(keys, run_id(cfg).split("/")):
+        if (n := len(part.encode())) > limit:
+            raise ConfigError(f"{key} makes the results path part {part[:20]}... {n} bytes long, over the "
+                              f"filesystem's limit of {limit} for a file name; shorten {key} by {n - limit} "
+                              "characters or more")
 
 
 def _shown(value) -> str:
@@ -436,6 +462,10 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
                               f"{key}=[{values}] for a list")
         if o.key_or_group == ("hydra.sweep.dir" if multirun else "hydra.run.dir") and "${" not in o.input_line:
             check_writable(o.key_or_group, o.value())
+        if o.key_or_group == "hydra.job.chdir" and o.value() not in (False, None, "false"):
+            raise ConfigError(f"{o.input_line} is not supported: relative paths (data.dir, results.store, "
+                              "model.path, ...) are read from the directory you launch in, and every run has its own "
+                              "directory already (outputs/<run id>); drop hydra.job.chdir")
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             if hydra_groups := [o.input_line for o in everything if o.key_or_group.startswith("hydra/")]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .models import HEAD_PREFIXES, is_head
+from .models import HEAD_PREFIXES, is_head, quiet_transformers
 from .results import atomic_write_text, save_tensors
 
 TASK_TYPES = {"seq_cls": "SEQ_CLS", "qa": "QUESTION_ANS", "seq2seq": "SEQ_2_SEQ_LM"}
@@ -40,7 +40,8 @@ def save_base(model, task, out_dir, run: dict | None = None) -> Path:
     trained = {k.replace(".base.", "."): v for k, v in {**model.state_dict(), **(run or {})}.items()}
     base.load_state_dict({k: trained[k].float() for k in base.state_dict()})
     out = Path(out_dir)
-    base.save_pretrained(str(out))
+    with quiet_transformers():  # no "Writing model shards" bar
+        base.save_pretrained(str(out))
     task.tokenizer.save_pretrained(str(out))
     return out
 

@@ -5,7 +5,10 @@ attention output, FFN up, FFN down) that every adapter method targets.
 """
 from __future__ import annotations
 
+import logging
 import re
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from torch import nn
 from . import hub
 from .errors import ConfigError
 
+log = logging.getLogger("dynrank")
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_TOKENIZER = ASSETS / "tiny_tokenizer"
 
@@ -134,7 +138,53 @@ def load_model(mcfg, auto_class, tokenizer=None, **config_kwargs) -> nn.Module:
             torch.manual_seed(0)
             return auto_class.from_config(config)
     src = _source(mcfg)
+    safe = {"use_safetensors": True} if mcfg.get("path") else {}  # a local directory: never a pickle (weights.py)
     try:
-        return auto_class.from_pretrained(src, dtype=torch.float32, **hub.pretrained_kwargs(src), **config_kwargs)
+        with quiet_transformers():
+            model, info = auto_class.from_pretrained(src, dtype=torch.float32, output_loading_info=True, **safe,
+                                                     **hub.pretrained_kwargs(src), **config_kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(_load_failure("model", src, e)) from None
+    report_loading(src, info)
+    return model
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' load report (a table on every load: "classifier MISSING"), its progress bars (loading and
+    writing weights) and FutureWarnings from transformers and PEFT (deprecations inside those libraries, nothing a
+    user can act on) off for the block; ``report_loading`` says what the report said that matters, once."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+_reported = set()
+
+
+def report_loading(src: str, info: dict) -> None:
+    """What a checkpoint did not hold or held in excess (``from_pretrained``'s loading info), once per process and
+    model: a new task head is expected (it trains with every method); other missing weights start random: a warning."""
+    if src in _reported:
+        return
+    _reported.add(src)
+    missing, unused = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
+    if other := [k for k in missing if not is_head(k)]:
+        log.warning("%s: %d weights are not in the checkpoint and start random: %s", src, len(other), _some(other))
+    head = [k for k in missing if is_head(k)]
+    log.info("loaded %s%s%s", src, f"; new task head: {_some(head)}" if head else "",
+             f"; {len(unused)} checkpoint weights unused: {_some(unused)}" if unused else "")
+
+
+def _some(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")

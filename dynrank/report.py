@@ -16,7 +16,9 @@ to the per-epoch history of each run:
   * per cell: mean and standard deviation over the seeds (standard: sample, ddof=1; paper_code: population,
     ddof=0; none with one seed), and the number of seeds n. A cell with fewer seeds than the paper's (5;
     Table 9: 1) carries a dagger; a cell without runs is missing ("—" in Markdown/LaTeX, empty in CSV), never 0.
-  * the paper's number beside ours (``dynrank.paper``), and the difference ours - paper.
+  * the paper's number beside ours (``dynrank.paper``), and the difference ours - paper where the table is of
+    the paper's model (RoBERTa-base; Table 4: BART-base); for another model (``--model minilm``) the paper's
+    number is a reference only, without a difference.
   * Avg (Table 2): the mean of the row's task means, only when every task has runs (else missing);
     its n is the smallest n of the row.
 
@@ -65,6 +67,11 @@ Run = dict
 Value = Callable[[Run, Rule], "float | None"]  # one run's number under a selection rule
 
 
+def paper_model(table: str) -> str:
+    """The model the paper's numbers in ``table`` are of."""
+    return DEFAULT_MODEL.get(table, "roberta_base")
+
+
 # --- what a table is ------------------------------------------------------------------------------
 @dataclass
 class Column:
@@ -100,6 +107,11 @@ class Table:
     expected_seeds: int = PAPER_SEEDS
     notes: list[str] = field(default_factory=list)
     protocol: str = AUTO     # the report's --protocol (auto: each cell by its runs' training protocol)
+
+    @property
+    def compares(self) -> bool:
+        """Whether ours and the paper's numbers are of one model (a difference means something)."""
+        return self.model == paper_model(self.name)
 
 
 @dataclass
@@ -371,14 +383,17 @@ def _lines(table, cells, latex=False):
         yield row.labels, "ours", [fmt_ours(x, d, table.expected_seeds, latex, plain)
                                    for x, (_, _, d, plain) in zip(c, cols)]
         yield row.labels, "paper", [fmt_num(x.paper, d, latex) for x, (_, _, d, _) in zip(c, cols)]
-        yield row.labels, "diff", [fmt_num(x.diff, d, latex, signed=True) for x, (_, _, d, _) in zip(c, cols)]
+        if table.compares:
+            yield row.labels, "diff", [fmt_num(x.diff, d, latex, signed=True) for x, (_, _, d, _) in zip(c, cols)]
 
 
 def _legend(table, cells) -> list[str]:
     devices = sorted({d for c in cells.values() for d in c.devices})
     marker = f"{DAGGER} fewer than {table.expected_seeds} seeds; " if table.expected_seeds > 1 else ""
+    diff = ("Δ (CSV: diff) = ours - paper." if table.compares else f"paper: the paper's numbers on "
+            f"{paper_model(table.name)}, a reference only (no Δ: ours are of {table.model}).")
     out = [f"ours: mean ± std over seeds (the rule below), (n=...) the number of seeds; {marker}{TUNED} learning "
-           f"rate tuned; {MISSING} no runs (or the paper has no number); Δ (CSV: diff) = ours - paper.",
+           f"rate tuned; {MISSING} no runs (or the paper has no number); {diff}",
            f"model: {table.model}; runs on: {', '.join(devices) if devices else MISSING}."]
     return out + _selection_notes(cells, table.protocol) + _lr_notes(table, cells) + table.notes
 
@@ -467,8 +482,8 @@ def to_csv(table, cells) -> str:
             variant = c.variant if c.n else row.variants[0]
             w.writerow([table.name, table.model, " ".join(row.labels), row.method, row.budget, variant or "", key,
                         tasks.get(key, ""), c.n, " ".join(map(str, c.seeds)), num(c.mean), num(c.std),
-                        num(c.paper), num(c.diff), table.expected_seeds, c.lr, c.lr_source, c.n_lrs or "",
-                        c.selection])
+                        num(c.paper), num(c.diff if table.compares else None), table.expected_seeds, c.lr,
+                        c.lr_source, c.n_lrs or "", c.selection])
     return buf.getvalue()
 
 
@@ -575,12 +590,27 @@ def select_lr(store="results/runs", out="results/tables", model: str | None = No
 
 
 # --- entry point ---------------------------------------------------------------------------------------
+def default_model(name: str, index) -> str:
+    """A table's model when ``--model`` is not given: the paper's (roberta_base; Table 4: bart_base) where the
+    store holds its runs of the table's tasks, else the model with the most runs of them (e.g. minilm after the
+    README's runs), else the paper's."""
+    columns = BUILDERS[name](index, paper_model(name)).columns
+    tasks = {t for c in columns for t in (c.task if isinstance(c.task, tuple) else (c.task,))}
+    runs = defaultdict(int)
+    for (m, t, *_), cell in index.items():
+        if t in tasks:
+            runs[m] += len(cell)
+    if not runs or paper_model(name) in runs:
+        return paper_model(name)
+    return min(runs, key=lambda m: (-runs[m], m))
+
+
 def build_tables(runs: list[Run], model: str | None = None, names: Sequence[str] = TABLES, protocol: str = AUTO):
     index = index_runs(runs)
     choices = choose_all(index, protocol)
     out = []
     for name in names:
-        table = BUILDERS[name](index, model or DEFAULT_MODEL.get(name, "roberta_base"))
+        table = BUILDERS[name](index, model or default_model(name, index))
         table.protocol = protocol
         out.append((table, compute(table, choices)))
     return out, choices
@@ -602,8 +632,12 @@ def report(store="results/runs", out="results/tables", model: str | None = None,
         filled = sum(1 for (i, k), c in cells.items() if k != "avg" and c.n)
         total = sum(1 for (i, k) in cells if k != "avg")
         print(f"{table.name} ({table.model}): {filled}/{total} cells with runs -> {out / table.name}.md")
+    tabulated = {table.model for table, _ in tables}
+    if model is None and (others := sorted({r["model"] for r in runs} - tabulated)):
+        print(f"note: tables of {', '.join(sorted(tabulated))} (--model not given); the store also holds runs of "
+              f"{', '.join(others)}: --model <model> tabulates them")
     if figures:
-        figs = figure2(choices, out, {model} if model else None)
+        figs = figure2(choices, out, tabulated)
         for p in figs:
             if p.suffix == ".png":
                 print(f"figure 2: {p}")
@@ -629,8 +663,9 @@ def main(argv=None) -> int:
     ap.add_argument("--store", default="results/runs", help="results store to read (default: results/runs)")
     ap.add_argument("--out", default="results/tables", help="where to write the tables (default: results/tables)")
     ap.add_argument("--model", default=None,
-                    help="model id of the runs to tabulate (default: roberta_base; Table 4: bart_base; "
-                         "--select-lr: every model)")
+                    help="model id of the runs to tabulate (default: the paper's, roberta_base and for Table 4 "
+                         "bart_base, where the store holds its runs of the table's tasks, else the model with the "
+                         "most of them; --select-lr: every model)")
     ap.add_argument("--tables", default=",".join(TABLES), help=f"comma-separated subset of {','.join(TABLES)}")
     ap.add_argument("--no-figures", action="store_true", help="skip Figure 2")
     ap.add_argument("--protocol", default=AUTO, choices=PROTOCOLS,

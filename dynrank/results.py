@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -59,7 +60,21 @@ def umask_mode(path) -> None:
 
 
 def write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    """Strict JSON (RFC 8259), which other readers than Python's accept: a number that is not finite (NaN, inf)
+    is written as null, as the report reads a missing value, never as a bare ``NaN``."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False, default=_jsonable)
+    atomic_write_text(path, text + "\n")
+
+
+def _finite(o):
+    """``o`` with every float that is not finite replaced by None (numpy and torch values as plain ones first)."""
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if not isinstance(o, (str, int, float)) and hasattr(o, "tolist"):
+        return _finite(o.tolist())
+    return None if isinstance(o, float) and not math.isfinite(o) else o
 
 
 def _jsonable(o):
@@ -99,14 +114,17 @@ def store_path(store, run_id: str) -> Path:
 
 
 REQUIRED = ("schema", "model", "task", "method", "budget", "seed")  # what a report needs to place a run
+KINDS = {"seed": (int, "an integer"), "model": (str, "a string"), "task": (str, "a string"),
+         "method": (str, "a string"), "budget": (str, "a string")}  # what each part of a run's place must be
 
 
 def load_runs(store, skipped: list | None = None) -> list[dict]:
     """Every results JSON under the store (for reports), in path order.
 
     A file that is not a results file (truncated, not JSON, not an object, ``{}``, without ``schema`` or the
-    run's identity) is skipped with a one-line warning naming it, and appended to ``skipped`` as
-    ``(path, reason)`` so that a caller can refuse to go on (``python -m dynrank.report --strict``)."""
+    run's identity, or with an identity of the wrong type, e.g. ``"seed": "one"``) is skipped with a one-line
+    warning naming it, and appended to ``skipped`` as ``(path, reason)`` so that a caller can refuse to go on
+    (``python -m dynrank.report --strict``)."""
     runs = []
     for p in sorted(Path(store).rglob("seed*.json")):
         reason = None
@@ -120,6 +138,10 @@ def load_runs(store, skipped: list | None = None) -> list[dict]:
                 reason = f"not a JSON object ({type(run).__name__})"
             elif missing := [k for k in REQUIRED if k not in run]:
                 reason = "empty ({})" if not run else f"not a results file: no {', '.join(missing)}"
+            elif wrong := [k for k, (kind, _) in KINDS.items()
+                           if not isinstance(run[k], kind) or isinstance(run[k], bool)]:
+                reason = "not a results file: " + ", ".join(f"{k} is {json.dumps(run[k])}, not {KINDS[k][1]}"
+                                                            for k in wrong)
         if reason is None:
             runs.append(run)
             continue

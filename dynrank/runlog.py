@@ -10,10 +10,13 @@ TensorBoard: each attempt writes its own event file in ``<run dir>/tb/``. Before
 earlier attempts wrote after the step it starts from are cut out of their files (``trim``): the rest of an
 epoch that a killed attempt did not checkpoint, which is trained again, or everything when the run starts over.
 Every tag then has each step once, whatever TensorBoard version reads the directory.
+
+``${dynrank_tty:}`` (``train.progress``'s default): a progress bar only where stderr is a terminal, never in a log.
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -34,8 +37,15 @@ def _log_name(n: int) -> str:
     return "train.log" if n == 1 else f"train.{n}.log"
 
 
-if not OmegaConf.has_resolver("dynrank_log"):
-    OmegaConf.register_new_resolver("dynrank_log", log_file)
+def on_terminal() -> bool:
+    """Whether stderr is a terminal: ``train.progress``'s default (``${dynrank_tty:}``), so that a progress bar,
+    redrawn many times a second, shows on a terminal and never floods a log file (Slurm, nohup, ``2>&1``)."""
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
+for _name, _fn in (("dynrank_log", log_file), ("dynrank_tty", on_terminal)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 
 
 def tensorboard(run_dir, start_step: int):

@@ -278,10 +278,13 @@ def test_export_and_merge_reproduce_logits(tmp_path):
 
 
 def test_merge_cli_base_failure_is_one_line(tmp_path, capsys):
+    from safetensors.torch import save_file
+
     from dynrank.merge import main as merge_main
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a/adapter_config.json").write_text(json.dumps({"task_type": "SEQ_CLS", "base_model_name_or_path": str(tmp_path / "nope")}))
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "a/adapter_model.safetensors"))  # complete weights: the base fails
     assert merge_main([str(tmp_path / "a"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: could not load the base model") and len(err.splitlines()) == 1

@@ -146,6 +146,78 @@ def test_the_check_before_hydra_leaves_hydra_interpolations_and_multirun_mode_to
         check_command_line(_args(tmp_path, "hydra.mode=MULTIRUN", "train.lr=1e-3,-1"))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("seeds=[]", "seeds=[] lists no seed; list the seeds to train (e.g. seeds=[1,2,3]), or leave seeds unset to "
+                 "train seed=<k>"),  # trained seed 1 before
+    ("hydra.job.chdir=true", "hydra.job.chdir=true is not supported: relative paths (data.dir, results.store, "
+                             "model.path, ...) are read from the directory you launch in, and every run has its "
+                             "own directory already (outputs/<run id>); drop hydra.job.chdir"),
+    ("variant=" + "v" * 248, "variant makes the results path part lora-r8-vvvvvvvvvvvv... 256 bytes long, over the "
+                             "filesystem's limit of 255 for a file name; shorten variant by 1 characters or more"),
+], ids=["no-seeds", "chdir", "long-variant"])  # the long variant trained to the end, then failed at every write
+def test_refused_before_hydra_starts(tmp_path, override, message):
+    """As the CLI checks every job before Hydra starts (the CLI path: test_bad_values_and_keys_...)."""
+    from dynrank.config import check_command_line
+    from dynrank.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        check_command_line(_args(tmp_path, override))
+    assert str(e.value) == message
+    check_command_line(_args(tmp_path, "variant=" + "v" * 247, "hydra.job.chdir=false", "seeds=[1]"))
+
+
+class _Trap:
+    """A pickle that, when unpickled, creates the file ``marker``: loading it would run code from the file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.marker),)
+
+
+def _model_dir(root: Path, weights: str) -> Path:
+    """A local model directory (MiniLM's config and tokenizer) with ``weights``: 'truncated' (model.safetensors
+    cut short) or 'pickle' (a pytorch_model.bin only, which would create ``<root>/unpickled`` when loaded)."""
+    import pickle
+
+    import torch
+    from safetensors.torch import save_file
+
+    d = root / "model"
+    shutil.copytree(ROOT.parent / "shared/models/all-MiniLM-L6-v2", d, ignore=shutil.ignore_patterns("*.safetensors"))
+    if weights == "truncated":
+        save_file({"w": torch.zeros(64, 64)}, d / "model.safetensors")
+        (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-100])
+    else:
+        (d / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(root / "unpickled")))
+    return d
+
+
+@pytest.mark.parametrize("weights, message", [
+    ("truncated", "{d}/model.safetensors is damaged (Error while deserializing header: incomplete metadata, file not "
+                  "fully covered); copy or download the model again, or set model.path to another directory"),
+    ("pickle", "{d} holds pickled weights only (pytorch_model.bin), which dynrank does not load (unpickling runs "
+               "code from the file); save the model as safetensors where you trust it (save_pretrained(dir, "
+               "safe_serialization=True)), or set model.path to a directory with a model.safetensors"),
+], ids=["truncated", "pickle"])
+def test_damaged_or_pickled_model_weights_are_one_line_and_never_unpickled(tmp_path, weights, message):
+    from transformers import AutoModelForSequenceClassification
+
+    from dynrank.config import check_command_line, compose
+    from dynrank.errors import ConfigError
+    from dynrank.models import load_model
+
+    d = _model_dir(tmp_path, weights)
+    with pytest.raises(ConfigError) as e:
+        check_command_line(_args(tmp_path, "model=minilm", f"model.path={d}"))
+    assert str(e.value) == message.format(d=d)
+    if weights == "pickle":  # and were the check passed by, the model would not load from the pickle either
+        with pytest.raises(ConfigError, match=f"^could not load the model '{d}'.*no file named model.safetensors"):
+            load_model(compose(["model=minilm", f"model.path={d}"]).model, AutoModelForSequenceClassification)
+    assert not (tmp_path / "unpickled").exists()
+
+
 def test_initial_budget_is_checked_for_dora(finished, tmp_path):
     before = _snapshot(finished / "run", finished / "store")
     p = cli(_args(finished, "method=dora", "method.initial_budget=abc", f"hydra.run.dir={finished / 'run'}"),

@@ -1,4 +1,6 @@
 """GLUE loading from the local layouts: rows, labels and clear errors."""
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -61,3 +63,51 @@ def test_missing_task_and_file(glue_dir, tmp_path):
     (root / "QNLI" / "dev.tsv").unlink()
     with pytest.raises(DataError, match=r"missing file .*QNLI/dev.tsv"):
         load_split("qnli", "validation", str(root))
+
+
+@pytest.mark.parametrize("task, line", [
+    ("cola", "gj04\t1\t\t\"a sentence\twith a tab\""),  # a tab in a quoted field: the sentence was cut at the tab
+    ("mrpc", "1\t7\t107\t\"first\tsentence\"\tsecond sentence"),  # the columns were shifted, sentence 2 lost
+], ids=["cola", "mrpc"])
+def test_rows_with_extra_fields_name_file_and_line(glue_dir, task, line):
+    root, _ = glue_dir
+    path = root / GLUE[task].dirname / "train.tsv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[2] = line
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    width = len(lines[0].split("\t"))
+    with pytest.raises(DataError, match=rf"^malformed row at {path}:3: expected {width} tab-separated fields, got "
+                                        rf"{width + 1} \(a tab inside a field\?\); fix or remove that line$"):
+        load_split(task, "train", str(root))
+
+
+def test_a_bom_before_the_header_is_not_part_of_its_first_column(glue_dir, tmp_path):
+    from dynrank.data import squad, xsum
+
+    root, expect = glue_dir
+    path = root / "SST-2" / "train.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert [r["label"] for r in load_split("sst2", "train", str(root))] == expect["sst2"]["train"]
+    (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbfdocument,summary\nthe document,the summary\n")
+    assert xsum.from_file(tmp_path / "train.csv") == [{"document": "the document", "summary": "the summary"}]
+    (tmp_path / "dev.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"data": [{"paragraphs": [
+        {"context": "c", "qas": [{"id": "1", "question": "q", "answers": [{"text": "c", "answer_start": 0}]}]}]}]}
+    ).encode())
+    assert [r["id"] for r in squad.from_json(tmp_path / "dev.json")] == ["1"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("corrupt", r"^{f} is not a readable Parquet file \(ArrowInvalid: .*\); replace it \(e.g. with the Hub's file "
+                r"again\)$"),
+    ("no-column", r"^{f}: no column 'sentence' \(found: text, label\); is this the right file\?$"),
+    ("null-sentence", r"^malformed row 1 of {f}: sentence is None, not a string; fix the file$"),
+], ids=["corrupt", "no-column", "null-sentence"])
+def test_bad_local_parquet_is_named_by_file_and_row(tmp_path, case, message):
+    f = tmp_path / "glue" / "sst2" / "train-00000-of-00001.parquet"
+    f.parent.mkdir(parents=True)
+    column = "text" if case == "no-column" else "sentence"
+    pq.write_table(pa.table({column: ["a fine film", None if case == "null-sentence" else "dull"], "label": [1, 0]}), f)
+    if case == "corrupt":
+        f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(DataError, match=message.format(f=f)):
+        load_split("sst2", "train", str(tmp_path / "glue"))

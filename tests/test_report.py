@@ -246,9 +246,9 @@ def test_tiny_multirun_report_matches_results_by_hand(tmp_path):
             col = header.index(label)
             assert md["r8", method, "ours"][col] == f"{m:.2f} ± {sd:.2f} (n=3)†"
             assert md["r8", method, "paper"][col] == paper
-            assert md["r8", method, "Δ"][col] == f"{m - float(paper):+.2f}"
+            assert ("r8", method, "Δ") not in md  # the paper's numbers are RoBERTa's: a reference, no difference
             c = csv_by[f"r8 {method}", task]
-            assert c["n"] == "3" and c["seeds"] == "1 2 3" and c["variant"] == ""
+            assert c["n"] == "3" and c["seeds"] == "1 2 3" and c["variant"] == "" and c["diff"] == ""
             assert math.isclose(float(c["mean"]), m, abs_tol=1e-9) and math.isclose(float(c["std"]), sd, abs_tol=1e-9)
             assert float(c["paper"]) == float(paper)
             assert tex["r8", method, "ours"][col] == f"{m:.2f} $\\pm$ {sd:.2f} (n=3)$^\\dagger$"
@@ -535,3 +535,48 @@ def test_lr_search_end_to_end_tiny(tmp_path, capsys):
     assert [ln.split("|")[1].strip() for ln in rows] == [lr_tag(lr) for lr in sorted(grid)]
     assert all(ln.split("|")[3].strip() == "2" for ln in rows)  # 2 seeds per rate
     assert sum(ln.split("|")[4].strip() == "*" for ln in rows) == 1
+
+
+def test_a_results_file_with_a_seed_that_is_no_integer_is_named(tmp_path, capsys, caplog):
+    store, out = tmp_path / "store", tmp_path / "tables"
+    _write_run(store, "tiny", "cola", "lora", "r8", 1, {"matthews": 0.5}, "matthews")
+    bad = _write_run(store, "tiny", "cola", "lora", "r8", 2, {"matthews": 0.6}, "matthews")
+    bad.write_text(bad.read_text().replace('"seed": 2', '"seed": "one"'))
+    args = ["--store", str(store), "--out", str(out), "--model", "tiny", "--tables", "table2", "--no-figures"]
+    with caplog.at_level("WARNING", logger="dynrank"):
+        assert report.main([*args, "--strict"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: 1 unreadable results file in {store} (--strict): {bad}; fix or remove them, or drop --strict to "
+        "skip them")
+    assert not out.exists()
+    assert f'skipping {bad}: not a results file: seed is "one", not an integer' in caplog.messages
+    assert report.main(args) == 0
+    assert {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}["r8 lora", "cola"]["n"] == "1"
+
+
+def test_without_model_the_tables_are_of_the_models_in_the_store(tmp_path, capsys):
+    """`make tables` after MiniLM runs only: MiniLM's tables (not empty RoBERTa ones), its paper column a reference
+    without a difference; beside RoBERTa runs, RoBERTa's tables and a note naming the other model."""
+    store, out = tmp_path / "store", tmp_path / "tables"
+    for s in (1, 2):
+        _write_run(store, "minilm", "cola", "dora", "r8", s, {"matthews": 0.5 + s / 100}, "matthews")
+    args = ["--store", str(store), "--out", str(out), "--tables", "table2,table4", "--no-figures"]
+    assert report.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("table2 (minilm): 2/108 cells with runs") and lines[1].startswith("table4 (bart_base)")
+    assert not any(line.startswith("note:") for line in lines)
+    header, md = md_table(out / "table2.md")
+    paper = paper_value("table2_glue.csv", {"budget": "high", "method": "dora"}, "cola")
+    assert md["r8", "dora", "ours"][header.index("CoLA")] == "51.50 ± 0.71 (n=2)†"
+    assert md["r8", "dora", "paper"][header.index("CoLA")] == paper and ("r8", "dora", "Δ") not in md
+    assert "the paper's numbers on roberta_base, a reference only (no Δ: ours are of minilm)" in \
+        (out / "table2.md").read_text()
+
+    _write_run(store, "roberta_base", "cola", "dora", "r8", 1, {"matthews": 0.6}, "matthews")
+    assert report.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("table2 (roberta_base): 2/108 cells with runs")
+    assert "note: tables of bart_base, roberta_base (--model not given); the store also holds runs of minilm: " \
+           "--model <model> tabulates them" in lines
+    header, md = md_table(out / "table2.md")
+    assert md["r8", "dora", "Δ"][header.index("CoLA")] == f"{60 - float(paper):+.2f}"

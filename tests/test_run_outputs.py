@@ -82,3 +82,48 @@ def test_budget_scalars_and_rank_map_figure(tmp_path, monkeypatch, method, final
     ticks = [t for t in bar.get_yticks() if 0 <= t <= drawn["vmax"]]
     assert ticks and all(float(t).is_integer() for t in ticks)
     assert json.loads((tmp_path / "run" / "rank_map.json").read_text())["rank_map"] == res["method_summary"]["rank_map"]
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
+    """train.progress defaults to whether stderr is a terminal: a bar redrawn several times a second would flood
+    a log file that stderr goes to (Slurm, nohup, 2>&1); train.progress=true still asks for it anywhere."""
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    over = [o for o in tiny_overrides(tmp_path) if not o.startswith("train.progress=")]
+    assert compose(over).train.progress is False  # pytest's stderr: not a terminal
+    assert compose([*over, "train.progress=true"]).train.progress is True
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert compose(over).train.progress is True
+
+
+def test_a_pretrained_model_loads_quietly_and_says_once_what_it_lacks(capfd, caplog):
+    """transformers' load report ("classifier MISSING", a table on every load) and its progress bar are off; one
+    log line per process and model says the head is new."""
+    from transformers import AutoModelForSequenceClassification
+
+    from dynrank import models
+
+    path = str(ROOT.parent / "shared/models/all-MiniLM-L6-v2")
+    mcfg = compose(["model=minilm", f"model.path={path}"]).model
+    models._reported.discard(path)
+    with caplog.at_level("INFO", logger="dynrank"):
+        for _ in range(2):
+            models.load_model(mcfg, AutoModelForSequenceClassification, num_labels=2)
+    out, err = capfd.readouterr()
+    assert out == err == ""
+    assert caplog.messages == [f"loaded {path}; new task head: classifier.bias, classifier.weight"]
+
+
+def test_what_the_readme_writes_is_ignored_by_git():
+    """Run directories, the results store and tables, the smoke and demo outputs, merged models and a killed
+    merge's leftovers never show up as files to commit."""
+    paths = ["outputs/x/train.log", "multirun/x/train.log", "results/runs/x.json", "results/tables/table2.md",
+             "results/smoke/tables/table2.md", "results/demo/x.json", "merged/model.safetensors",
+             ".merged.merging-123/model.safetensors", "models/.big.merging-7/config.json"]
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    p = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert p.stdout.split() == paths

@@ -88,15 +88,26 @@ def _from_local(task, split, spec, root: Path) -> list[dict]:
 
 
 def _from_parquet(files, spec) -> list[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = []
+    texts = [c for c in (spec.text_a, spec.text_b) if c]
     for f in files:
-        t = pq.read_table(f).to_pylist()
-        for i, r in enumerate(t):
+        try:
+            table = pq.read_table(f)
+        except (pa.ArrowException, OSError) as e:  # truncated, not Parquet, damaged pages
+            raise DataError(f"{f} is not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                            "replace it (e.g. with the Hub's file again)") from None
+        if missing := [c for c in (*texts, "label") if c not in table.column_names]:
+            raise DataError(f"{f}: no column {', '.join(repr(c) for c in missing)} (found: "
+                            f"{', '.join(table.column_names)}); is this the right file?")
+        for i, r in enumerate(table.to_pylist()):
             expected = _label_error(r["label"], spec)
             if expected:
                 raise DataError(f"malformed row {i} of {f}: label {r['label']!r} is not {expected}; fix the file")
+            if bad := next((c for c in texts if not isinstance(r[c], str)), None):
+                raise DataError(f"malformed row {i} of {f}: {bad} is {r[bad]!r}, not a string; fix the file")
             rows.append({"text_a": r[spec.text_a], "text_b": r[spec.text_b] if spec.text_b else None,
                          "label": r["label"]})
     return rows
@@ -118,7 +129,7 @@ def _lines(reader, path: Path):
 
 def _from_tsv(path: Path, spec) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM before the header is not part of it
         lines = _lines(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), path)
         header = next(lines, (0, []))[1] if spec.tsv_header else None
         cols = []
@@ -136,9 +147,10 @@ def _from_tsv(path: Path, spec) -> list[dict]:
                 continue
             if width is None:
                 width = len(fields)
-            if len(fields) < width or any(c is not None and c >= len(fields) for c in cols):
+            if len(fields) != width or any(c is not None and c >= len(fields) for c in cols):
+                tab = " (a tab inside a field?)" if len(fields) > width else ""
                 raise DataError(f"malformed row at {path}:{lineno}: expected {width} tab-separated fields, "
-                                f"got {len(fields)}; fix or remove that line")
+                                f"got {len(fields)}{tab}; fix or remove that line")
             a, b, lab = cols
             label_text = fields[lab].strip()
             rows.append({"text_a": fields[a], "text_b": fields[b] if b is not None else None,

@@ -49,7 +49,7 @@ def find_file(version: int, split: str, root: Path, task_name: str = "") -> Path
 def from_json(path: Path) -> list[dict]:
     """Parse an official SQuAD JSON file (``{"data": [{"paragraphs": [{"context", "qas": [...]}]}]}``)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a leading BOM is not JSON
             doc = json.load(f)
     except UnicodeDecodeError as e:
         raise not_utf8(path, e) from None

@@ -64,7 +64,7 @@ def _record(rec, path, lineno) -> dict:
 
 def _jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -78,7 +78,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 def _csv(path: Path) -> list[dict]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # news articles exceed the default 128 KiB field limit
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM before the header is not part of it
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"document", "summary"} <= set(reader.fieldnames):
             raise DataError(f"{path}: header must name the columns 'document' and 'summary' "

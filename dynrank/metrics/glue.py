@@ -12,18 +12,36 @@ log = logging.getLogger("dynrank")
 _warned = set()
 
 
+def undefined(key: str, what: str) -> float:
+    """0.0 for a metric that is undefined on these predictions and labels, with a warning, once per process and
+    ``key``, that says so (``what``: the metric and why)."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s; counted as 0.0 (warned once)", what)
+    return 0.0
+
+
 def matthews(preds, labels) -> float:
     """Matthews correlation; where it is undefined (the predictions or the labels hold one class only, as early
     in training when a model predicts the majority class) it is 0.0, as scikit-learn returns and the paper's
     tables count it, with a warning, once per process, that says so."""
     if len(np.unique(preds)) < 2 or len(np.unique(labels)) < 2:
-        if "matthews" not in _warned:
-            _warned.add("matthews")
-            which = "labels" if len(np.unique(labels)) < 2 else "predictions"
-            log.warning("Matthews correlation undefined: the %s hold one class only; counted as 0.0 "
-                        "(warned once)", which)
-        return 0.0
+        which = "labels" if len(np.unique(labels)) < 2 else "predictions"
+        return undefined("matthews", f"Matthews correlation undefined: the {which} hold one class only")
     return float(matthews_corrcoef(labels, preds))
+
+
+def correlations(preds, labels) -> dict[str, float]:
+    """STS-B's Pearson and Spearman correlations. Where they are undefined (fewer than 2 dev examples, e.g.
+    ``data.max_eval_samples=1``; constant labels; constant predictions, as early in training) both are 0.0, by
+    the rule of ``matthews``: a constant has no correlation; one warning per process says why."""
+    why = (f"{len(labels)} dev example{'s' if len(labels) != 1 else ''} (at least 2 are needed)" if len(labels) < 2
+           else "the labels are constant" if np.ptp(labels) == 0
+           else "the predictions are constant" if np.ptp(preds) == 0 else None)
+    if why is None:
+        return {"pearson": float(pearsonr(preds, labels)[0]), "spearman": float(spearmanr(preds, labels)[0])}
+    value = undefined("correlation", f"Pearson and Spearman correlations undefined: {why}")
+    return {"pearson": value, "spearman": value}
 
 
 def classification(preds, labels) -> dict[str, float]:
@@ -36,7 +54,7 @@ def glue_metrics(task: str, preds, labels) -> dict[str, float]:
     if task == "cola":
         return {"matthews": matthews(preds, labels), **classification(preds, labels)}
     if task == "stsb":
-        return {"pearson": float(pearsonr(preds, labels)[0]), "spearman": float(spearmanr(preds, labels)[0])}
+        return correlations(preds, labels)
     if task in ("mrpc", "qqp"):
         acc = classification(preds, labels)
         return {**acc, "f1": float(f1_score(labels, preds))}
