@@ -1,9 +1,12 @@
-"""Several seeds on one GPU: wall time of N seeds side by side (``seeds=[...]``) against one seed.
+"""Several runs of one cell on one GPU: wall time of N seeds (``seeds=[...]``; with ``--lr-search`` every rate of the
+method's grid for each seed) in one process against one run.
 
     python scripts/bench_seeds.py [--epochs 80] [--method dora] [--seeds 1,2,3,4,5] [--data DIR] [--tokenizer DIR]
+    python scripts/bench_seeds.py --task mrpc --epochs 30 --lr-search --minilm DIR    # 3 rates x 5 seeds
 
-Both runs go through the real CLI (``python -m dynrank.train``) with the fast path on
-(``train.bf16=true train.cuda_graphs=true``), task=rte with the paper's hyperparameters (batch 16, 80 epochs
+Both commands go through the real CLI (``python -m dynrank.train``) with its defaults on a GPU (the fast path, and
+the runs of the second stacked into one model: ``train.stack=auto``; ``--extra train.stack=false`` trains them side
+by side instead), ``--task`` (rte) with the paper's hyperparameters (batch 16, 80 epochs
 unless --epochs says otherwise, each method's own lr), on real GLUE RTE (``--data``: a GLUE directory with
 ``RTE/``, by default ``../shared/data/glue``; 2,490 train / 277 dev pairs). The encoder is BERT-base-sized
 (12 layers x 768, the cost of RoBERTa-base) with random weights, written once to a temporary directory with
@@ -107,7 +110,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--method", default="dora")
+    ap.add_argument("--task", default="rte", help="a GLUE task in --data (rte: also its synthetic stand-in)")
     ap.add_argument("--seeds", default="1,2,3,4,5")
+    ap.add_argument("--lr-search", action="store_true", help="the several-run command trains the method's lr grid "
+                                                            "for every seed (lr_search=true)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     ap.add_argument("--tiny", action="store_true", help="the 2-layer tiny model (a CPU smoke test of this script)")
     ap.add_argument("--data", default=str(SHARED / "data/glue"), help="a GLUE directory with RTE/ (else synthetic)")
@@ -117,13 +123,17 @@ def main(argv=None):
                                      "accuracy reported), instead of the BERT-base-sized random encoder")
     ap.add_argument("--gpus", help="two GPU indices, e.g. 0,1: the one-seed and the side-by-side runs at the same "
                                    "time, one on each (same GPU model), instead of one after the other on one GPU")
-    ap.add_argument("--extra", nargs="*", default=["train.bf16=true", "train.cuda_graphs=true", "train.pad_to_multiple=16"])
+    ap.add_argument("--extra", nargs="*", default=[], help="more overrides for both commands")
     args = ap.parse_args(argv)
     import torch
 
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(tempfile.mkdtemp(prefix="dynrank-seeds-"))
-    real = (Path(args.data) / "RTE" / "train.tsv").is_file()
+    from dynrank.data.glue import GLUE
+
+    real = (Path(args.data) / GLUE[args.task].dirname / "train.tsv").is_file()
+    if not real and args.task != "rte":
+        sys.exit(f"error: no {GLUE[args.task].dirname}/train.tsv in --data {args.data}")
     data = Path(args.data).resolve() if real else write_rte_like(work / "glue")
     if args.tiny:
         model, model_text = ["model=tiny"], "model=tiny"
@@ -135,12 +145,13 @@ def main(argv=None):
         model_text = f"BERT-base-sized, random weights, tokenizer of {args.tokenizer}"
     else:
         model, model_text = BASE, "model=tiny grown to 12 x 768"
-    common = ["task=rte", f"method={args.method}", *model, f"data.dir={data}",
+    common = [f"task={args.task}", f"method={args.method}", *model, f"data.dir={data}",
               f"train.epochs={args.epochs}", "train.progress=false", *args.extra]
     one_args = [*common, f"seed={seeds[0]}", f"results.store={work / 'one'}", f"hydra.run.dir={work / 'one_run'}",
                 f"data.cache_dir={work / 'cache_one'}"]
     all_args = [*common, f"seeds=[{','.join(map(str, seeds))}]", f"results.store={work / 'all'}",
-                f"hydra.run.dir={work / 'all_run' / 'x'}", f"data.cache_dir={work / 'cache_all'}"]
+                f"hydra.run.dir={work / 'all_run' / 'x'}", f"data.cache_dir={work / 'cache_all'}",
+                *(["lr_search=true"] if args.lr_search else [])]
     gpus = args.gpus.split(",") if args.gpus else None
     if gpus:  # both at once, one per GPU
         one = Timed(one_args, work, work / "one.log", gpus[0])
@@ -152,23 +163,25 @@ def main(argv=None):
         t_one = Timed(one_args, work, work / "one.log").wait()
         print(f"one seed: {t_one:.1f}s", flush=True)
         t_all = Timed(all_args, work, work / "all.log").wait()
-    print(f"one seed: {t_one:.1f}s; {len(seeds)} seeds side by side: {t_all:.1f}s  (ratio {t_all / t_one:.2f})",
-          flush=True)
     runs = [json.loads(r.read_text()) for r in sorted((work / "all").rglob("seed*.json"))]
+    stacked = max(r.get("training", {}).get("stacked_runs", 1) for r in runs)
+    how = f"stacked ({stacked} runs per model)" if stacked > 1 else "side by side"
+    print(f"one run: {t_one:.1f}s; {len(runs)} runs {how}: {t_all:.1f}s  (ratio {t_all / t_one:.2f})", flush=True)
     one = json.loads(next((work / "one").rglob("seed*.json")).read_text())
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     report = {
         "device": device, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python scripts/bench_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "method": args.method, "epochs": args.epochs, "seeds": seeds, "overrides": common,
-        "data": f"real GLUE RTE ({args.data})" if real else "RTE-shaped synthetic",
+        "method": args.method, "task": args.task, "epochs": args.epochs, "seeds": seeds,
+        "lr_search": args.lr_search, "runs": len(runs), "stacked_runs": stacked, "overrides": common,
+        "data": f"real GLUE {args.task.upper()} ({args.data})" if real else "RTE-shaped synthetic",
         "model": model_text,
         "gpus": f"one seed on GPU {gpus[0]}, the side-by-side run on GPU {gpus[1]}, at the same time" if gpus
         else "one GPU, one run after the other",
         "wall_one_seed_s": t_one, "wall_all_seeds_s": t_all, "ratio": t_all / t_one,
         "results_files": len(runs),
         "seed1_best_alone": one["best"], "seed1_best_side_by_side": runs[0]["best"],
-        "best_side_by_side": {r["seed"]: r["best"] for r in runs},
+        "best_side_by_side": {f"{r['seed']}@{r['lr']:g}" if args.lr_search else r["seed"]: r["best"] for r in runs},
         "time_per_epoch_s_one_seed": one["time_per_epoch_s"],
         "train_time_s_one_seed": one.get("train_time_s"),
         "train_time_s_side_by_side": max(r.get("train_time_s") or 0 for r in runs),

@@ -23,7 +23,8 @@ def test_one_seed_and_two_side_by_side_on_real_rte(tmp_path):
     (out,) = tmp_path.glob("seeds-*.json")
     r = json.loads(out.read_text())
     assert r["data"].startswith("real GLUE RTE") and r["model"] == "model=tiny"
-    assert r["results_files"] == 2 and sorted(r["best_side_by_side"]) == ["1", "2"]
+    assert r["results_files"] == 2 == r["runs"] and sorted(r["best_side_by_side"]) == ["1", "2"]
+    assert r["stacked_runs"] == 1  # on a CPU the runs train side by side (train.stack=auto)
     assert r["wall_one_seed_s"] > 0 and r["ratio"] == r["wall_all_seeds_s"] / r["wall_one_seed_s"]
     assert "at the same time" in r["gpus"] and r["epochs"] == 1
 
