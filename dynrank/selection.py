@@ -7,9 +7,10 @@ so a rule is a report-time choice: switching rules needs no retraining.
 * ``standard``: the best epoch over all epochs by the task's selection metric (``results["metric"]``: GLUE the
   table's metric, SQuAD F1, XSum ROUGE-L; the first of equal epochs, as the training loop); every metric is
   read off that one epoch; the spread over seeds is the sample standard deviation (ddof=1).
-* ``paper_code``: the authors' ``Summarize_Results.py`` (MIkumikumi0116/DoRA). Candidate epochs: for the
-  adaptive methods (runs with a ``pruning_end_step``: dora, adalora) the epochs that end at or after it (the
-  code's ``metric_list[prune_finished_index + 1:]``), for the others all epochs; **each metric's own maximum**
+* ``paper_code``: the authors' ``Summarize_Results.py`` (MIkumikumi0116/DoRA). Candidate epochs: for dora
+  (its runs' ``pruning_end_step``) the epochs that end at or after it (the code's
+  ``metric_list[prune_finished_index + 1:]``: only their DoRA layer logs 'prune finished'), for every other
+  method all epochs (adalora too: their code has no AdaLoRA, so no marker); **each metric's own maximum**
   over them (SQuAD EM and F1, ROUGE-1/2/L apart, possibly from different epochs), read from the authors'
   variant ``<key>@paper_code`` where the file has it (SQuAD windows, ROUGE without stemming), else ``<key>``;
   the spread is ``numpy.std`` (population, ddof=0).
@@ -70,12 +71,17 @@ def standard_value(run: Run, keys: Sequence[str]) -> float | None:
     return None
 
 
+# The methods whose runs the authors' Summarize_Results.py cuts at 'prune finished': the marker is logged by their
+# Adaptive_Lora (DoRA) alone; AdaLoRA also prunes (it has a pruning_end_step) but is not in their code.
+AFTER_PRUNING = ("dora",)
+
+
 def candidate_epochs(run: Run) -> list[dict]:
-    """paper_code: the epochs ending at or after ``pruning_end_step`` (the budget allocation is final), when the
-    run has one (dora, adalora); else all epochs."""
+    """paper_code: for a method of ``AFTER_PRUNING`` the epochs ending at or after its ``pruning_end_step`` (the
+    budget allocation is final); for every other method (adalora included) all epochs."""
     hist = epochs_of(run)
     end = run.get("pruning_end_step")
-    if end is None:
+    if end is None or run.get("method") not in AFTER_PRUNING:
         return hist
     return [h for h in hist if isinstance(h.get("step"), (int, float)) and h["step"] >= end]
 
@@ -116,8 +122,8 @@ STANDARD = Rule("standard", 1, standard_value,
                 "± = sample std over seeds (ddof=1)")
 PAPER_CODE = Rule("paper_code", 0, paper_code_value,
                   "selection `paper_code` (the authors' Summarize_Results.py): each metric's own maximum over the "
-                  "epochs after pruning ended (dora/adalora; other methods: all epochs), the authors' metric "
-                  "variant (`<key>@paper_code`) where stored; ± = population std over seeds (ddof=0, numpy.std)")
+                  "epochs after pruning ended (dora; other methods, adalora included: all epochs), the authors' "
+                  "metric variant (`<key>@paper_code`) where stored; ± = population std over seeds (ddof=0, numpy.std)")
 RULES = {r.name: r for r in (STANDARD, PAPER_CODE)}
 PROTOCOLS = (AUTO, *RULES)
 

@@ -293,11 +293,23 @@ def test_selection_rules_best_epoch_after_pruning():
     from dynrank.selection import PAPER_CODE, STANDARD
 
     hist = _epochs({"matthews": 0.70}, {"matthews": 0.65}, {"matthews": 0.60})
-    dora = {"metric": "matthews", "epochs": hist, "pruning_end_step": 20}
+    dora = {"method": "dora", "metric": "matthews", "epochs": hist, "pruning_end_step": 20}
     assert STANDARD.value(dora) == 0.70
     assert PAPER_CODE.value(dora) == 0.65
     assert PAPER_CODE.value(dict(dora, pruning_end_step=21)) == 0.60
-    assert PAPER_CODE.value(dict(dora, pruning_end_step=None)) == 0.70  # lora & co: all epochs
+    assert PAPER_CODE.value(dict(dora, method="lora", pruning_end_step=None)) == 0.70  # lora & co: all epochs
+
+
+def test_paper_code_takes_every_epoch_of_adalora():
+    """AdaLoRA prunes too (its runs record a pruning_end_step), but the authors' code has no AdaLoRA and cuts only
+    runs that log 'prune finished' (their DoRA): paper_code takes its best over all epochs, as standard does."""
+    from dynrank.selection import PAPER_CODE, STANDARD, candidate_epochs
+
+    hist = _epochs({"matthews": 0.70}, {"matthews": 0.65}, {"matthews": 0.60})
+    adalora = {"method": "adalora", "metric": "matthews", "epochs": hist, "pruning_end_step": 20}
+    assert candidate_epochs(adalora) == hist
+    assert PAPER_CODE.value(adalora) == STANDARD.value(adalora) == 0.70
+    assert PAPER_CODE.value(dict(adalora, method="dora")) == 0.65
 
 
 def test_selection_rules_per_metric_maxima_and_paper_code_keys():
@@ -311,7 +323,7 @@ def test_selection_rules_per_metric_maxima_and_paper_code_keys():
     assert [STANDARD.value(xsum, (k,)) for k in ("rouge1", "rouge2", "rougeL")] == [39.0, 17.5, 34.0]
     assert [PAPER_CODE.value(xsum, (k,)) for k in ("rouge1", "rouge2", "rougeL")] == [41.0, 18.0, 34.0]
     # SQuAD: EM and F1 apart; under paper_code the authors' variants `<key>@paper_code` are read where stored
-    squad = {"metric": "f1", "pruning_end_step": 15, "epochs": _epochs(
+    squad = {"method": "dora", "metric": "f1", "pruning_end_step": 15, "epochs": _epochs(
         {"exact": 85.0, "f1": 90.0, "exact@paper_code": 86.0, "f1@paper_code": 91.0},   # before pruning ended
         {"exact": 80.0, "f1": 88.0, "exact@paper_code": 81.5, "f1@paper_code": 87.0},
         {"exact": 79.0, "f1": 89.0, "exact@paper_code": 80.5, "f1@paper_code": 89.5})}
