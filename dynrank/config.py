@@ -134,14 +134,22 @@ def lr_grid(cfg) -> list[float]:
     return [float(x) for x in hparams_of(cfg).grid]
 
 
+# conf/hparams/<method>.yaml: the entry whose values hold for every task of the method (a task's own entry beats it)
+ALL_TASKS = "all_tasks"
+
+
 def _method_value_resolver(key: str, default=None, *, _root_):
-    """``${hparams:epochs}``: the method's own value for this task (conf/hparams/<method>.yaml), else the task's
-    (the DoRA paper's Table 8), else ``default``. The learning rate never falls back: every method has its own."""
+    """``${hparams:epochs}``: the method's own value for this task (conf/hparams/<method>.yaml under the task's
+    name), else the method's value for every task (under ``all_tasks``), else the task's (the DoRA paper's
+    Table 8), else ``default``. The learning rate never falls back: every method has its own."""
     h = hparams_of(_root_)
     if key in h:
         return h[key]
     if key == "lr":
         raise ConfigError(f"conf/hparams/{_root_.method.name}.yaml gives no lr for task '{_root_.task.name}'")
+    every = _root_.hparams.get(ALL_TASKS) or {}
+    if key in every:
+        return every[key]
     return _root_.task.get(key, default)
 
 
@@ -213,7 +221,11 @@ SCHEMA = {
     "train.eval_batch_size": "int >= 1",
     "train.weight_decay": "number >= 0",
     "train.warmup_ratio": "number in [0, 1)",
-    "train.max_grad_norm": "number > 0",
+    "train.max_grad_norm": "number > 0 or null",
+    "train.schedule": "str",                   # linear | constant: checked where the scheduler is made
+    "train.adam_betas": "list of number in [0, 1)",
+    "train.adam_eps": "number > 0",
+    "train.label_smoothing": "number in [0, 1)",
     "train.bf16": "bool",
     "train.compile": "bool",
     "train.cuda_graphs": "bool",
