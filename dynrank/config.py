@@ -136,14 +136,22 @@ def lr_grid(cfg) -> list[float]:
     return [float(x) for x in hparams_of(cfg).grid]
 
 
+# conf/hparams/<method>.yaml: the entry whose values hold for every task of the method (a task's own entry beats it)
+ALL_TASKS = "all_tasks"
+
+
 def _method_value_resolver(key: str, default=None, *, _root_):
-    """``${hparams:epochs}``: the method's own value for this task (conf/hparams/<method>.yaml), else the task's
-    (the DoRA paper's Table 8), else ``default``. The learning rate never falls back: every method has its own."""
+    """``${hparams:epochs}``: the method's own value for this task (conf/hparams/<method>.yaml under the task's
+    name), else the method's value for every task (under ``all_tasks``), else the task's (the DoRA paper's
+    Table 8), else ``default``. The learning rate never falls back: every method has its own."""
     h = hparams_of(_root_)
     if key in h:
         return h[key]
     if key == "lr":
         raise ConfigError(f"conf/hparams/{_root_.method.name}.yaml gives no lr for task '{_root_.task.name}'")
+    every = _root_.hparams.get(ALL_TASKS) or {}
+    if key in every:
+        return every[key]
     return _root_.task.get(key, default)
 
 
@@ -215,7 +223,11 @@ SCHEMA = {
     "train.eval_batch_size": "int >= 1",
     "train.weight_decay": "number >= 0",
     "train.warmup_ratio": "number in [0, 1)",
-    "train.max_grad_norm": "number > 0",
+    "train.max_grad_norm": "number > 0 or null",
+    "train.schedule": "str",                   # linear | constant: checked where the scheduler is made
+    "train.adam_betas": "list of number in [0, 1)",
+    "train.adam_eps": "number > 0",
+    "train.label_smoothing": "number in [0, 1)",
     "train.exact": "bool",
     "train.bf16": "bool or auto",
     "train.compile": "bool",
@@ -233,8 +245,6 @@ SCHEMA = {
     "train.progress": "bool",
     "train.export": "bool",
     "eval.max_samples": "int >= 1 or null",
-    "eval.num_beams": "int >= 1",
-    "eval.max_new_tokens": "int >= 1",
     "results.store": "str",
     "budget.name": "tag",
     "budget.r": "int >= 1",
@@ -257,6 +267,11 @@ SCHEMA = {
     "task.null_threshold": "number",
     "task.max_target_length": "int >= 1",
     "task.version_2_with_negative": "bool",
+    "task.generate.num_beams": "int >= 1",
+    "task.generate.max_new_tokens": "int >= 1",
+    "task.generate.no_repeat_ngram_size": "int >= 0",
+    "task.generate.early_stopping": "bool",
+    "task.generate.length_penalty": "number",
     "method.name": "tag",
     "method.alpha": "number > 0",
     "method.dropout": "number in [0, 1)",
@@ -374,6 +389,11 @@ def validate(cfg: DictConfig) -> None:
     if values.get("seeds") == []:  # else it would train seed=<k> as if seeds were unset
         raise ConfigError("seeds=[] lists no seed; list the seeds to train (e.g. seeds=[1,2,3]), or leave seeds "
                           "unset to train seed=<k>")
+    (_, schedule), (_, betas) = _get(values, "train.schedule"), _get(values, "train.adam_betas")
+    if schedule is not None and schedule not in ("linear", "constant"):
+        raise ConfigError(f"train.schedule must be linear or constant (got {_shown(schedule)})")
+    if betas is not None and len(betas) != 2:
+        raise ConfigError(f"train.adam_betas must be two numbers [beta1, beta2] (got {_shown(betas)})")
     seeds = values.get("seeds") or []
     if len(set(seeds)) < len(seeds):
         twice = sorted({s for s in seeds if seeds.count(s) > 1})

@@ -46,7 +46,9 @@ from . import paper
 from .config import check_writable
 from .errors import ConfigError
 from .results import atomic_write_text, load_runs
-from .selection import AUTO, PROTOCOLS, RULES, Choice, Rule, choose, lr_text
+from . import paired as stats
+from .selection import (AUTO, JOINT, LR_CHOICES, PAPER_CODE, PER_METRIC, PROTOCOLS, RULES, Choice, Rule, choose,
+                        for_metric, lr_text)
 
 log = logging.getLogger("dynrank.report")
 
@@ -107,6 +109,8 @@ class Table:
     expected_seeds: int = PAPER_SEEDS
     notes: list[str] = field(default_factory=list)
     protocol: str = AUTO     # the report's --protocol (auto: each cell by its runs' training protocol)
+    lr_choice: str = JOINT   # the report's --lr-choice: one rate per cell, or per metric under paper_code
+    paired: dict = field(default_factory=dict)  # (row number, column key) -> paired.Paired against the reference row
 
     @property
     def compares(self) -> bool:
@@ -208,7 +212,8 @@ def table3(index, model) -> Table:
     return Table("table3", "Table 3: SQuAD dev EM / F1", model, ("budget", "method"),
                  _budget_rows(index, "table3", model, ("squad_v1", "squad_v2")), cols,
                  notes=["metric keys read: EM = `exact` (else `exact_match`, `em`), F1 = `f1` (paper_code: "
-                        "`<key>@paper_code` where stored); values as stored (percentages)", PARAMS_NOTE])
+                        "`<key>@paper_code` where stored); values as stored (percentages)", PARAMS_NOTE,
+                        SQUAD_PAPER_CODE_NOTE])
 
 
 def table4(index, model) -> Table:
@@ -253,6 +258,9 @@ def table9(index, model) -> Table:
                         "paper: NVIDIA GeForce RTX 3090 (Appendix E); times compare only on the same device"])
 
 
+SQUAD_PAPER_CODE_NOTE = ("cells under selection `paper_code` include the authors' SQuAD scoring defect (every window "
+                         "scored, their evaluation loop pairing ids with the wrong windows' golds; docs/tasks.md): a "
+                         "perfect model scores EM 96.96 / F1 96.97 there on v1.1 dev, 100 / 100 under `standard`")
 PARAMS_NOTE = ("Params (M): our trainable parameters without the task head (results `params.adapter`, "
                "after pruning for DoRA), beside the paper's trainable-parameter column")
 
@@ -300,8 +308,7 @@ def choose_all(index, protocol: str = AUTO) -> dict[tuple, Choice]:
 
 def aggregate_cell(choices: list[Choice], value: Value) -> Cell:
     """Mean and spread over seeds of the chosen runs (of one task, or of several for a plain column)."""
-    vals = [(int(r["seed"]), value(r, c.rule)) for c in choices for r in c.runs]
-    vals = [(s, v) for s, v in vals if v is not None]
+    vals = seed_values(choices, value)
     if not vals:
         return Cell()
     xs = [v for _, v in vals]
@@ -319,14 +326,10 @@ def compute(table: Table, choices: dict[tuple, Choice]) -> dict[tuple[int, str],
     cells = {}
     for i, row in enumerate(table.rows):
         for col in table.columns:
-            cell = Cell()
-            tasks = col.task if isinstance(col.task, tuple) else (col.task,)
-            for variant in row.variants:
-                chosen = [c for t in tasks if (c := choices.get((table.model, t, row.method, row.budget, variant)))]
-                cell = aggregate_cell(chosen, col.value) if chosen else Cell()
-                if cell.n:
-                    cell.variant = variant
-                    break
+            variant, chosen = cell_choices(table, choices, row, col)
+            cell = aggregate_cell(chosen, col.value) if chosen else Cell()
+            if cell.n:
+                cell.variant = variant
             if row.paper is not None and col.paper_key is not None:
                 p = row.paper.get(col.paper_key)
                 cell.paper = float(p) if _finite(p) else None
@@ -395,7 +398,8 @@ def _legend(table, cells) -> list[str]:
     out = [f"ours: mean ± std over seeds (the rule below), (n=...) the number of seeds; {marker}{TUNED} learning "
            f"rate tuned; {MISSING} no runs (or the paper has no number); {diff}",
            f"model: {table.model}; runs on: {', '.join(devices) if devices else MISSING}."]
-    return out + _selection_notes(cells, table.protocol) + _lr_notes(table, cells) + table.notes
+    return out + _selection_notes(cells, table.protocol) + _lr_notes(table, cells) + [_lr_choice_note(table)] \
+        + table.notes
 
 
 def _selection_notes(cells, protocol: str) -> list[str]:
@@ -435,7 +439,7 @@ def to_markdown(table, cells) -> str:
            "|" + "|".join(["---"] * (len(table.label_names) + 1) + ["---:"] * len(cols)) + "|"]
     for labels, kind, texts in _lines(table, cells):
         out.append("| " + " | ".join([*labels, {"diff": "Δ"}.get(kind, kind), *texts]) + " |")
-    out += [""] + [f"- {n}" for n in _legend(table, cells)]
+    out += [""] + [f"- {n}" for n in _legend(table, cells)] + paired_markdown(table)
     return "\n".join(out) + "\n"
 
 
@@ -462,7 +466,7 @@ def to_latex(table, cells) -> str:
     out += ["\\bottomrule", "\\end{tabular}",
             "\\caption{" + _tex(table.title) + f" (model {_tex(table.model)}). "
             + " ".join(_tex(n) for n in _legend(table, cells)) + "}",
-            f"\\label{{tab:{table.name}}}", "\\end{table*}"]
+            f"\\label{{tab:{table.name}}}", "\\end{table*}"] + paired_latex(table)
     return "\n".join(out) + "\n"
 
 
@@ -581,12 +585,268 @@ def select_lr(store="results/runs", out="results/tables", model: str | None = No
     if runs is None:
         runs = load_runs(store) if store.is_dir() else []
     grids = lr_grids(choose_all(index_runs(runs), protocol), model)
-    md = lr_search_markdown(grids, protocol)
+    md = lr_search_markdown(grids, protocol) + per_metric_markdown(grids)
     print(md, end="")
     atomic_write_text(out / "lr_search.md", md)
     atomic_write_text(out / "lr_search.csv", lr_search_csv(grids))
     print(f"{len(grids)} cells with several learning rates -> {out / 'lr_search.md'}")
     return [out / "lr_search.md", out / "lr_search.csv"]
+
+
+# --- the runs of a cell, per seed ----------------------------------------------------------------------------
+def seed_values(choices: list[Choice], value: Value) -> list[tuple[int, float]]:
+    """(seed, number) of every chosen run that has the number."""
+    vals = [(int(r["seed"]), value(r, c.rule)) for c in choices for r in c.runs]
+    return [(s, v) for s, v in vals if v is not None]
+
+
+def cell_choices(table: Table, choices: dict[tuple, Choice], row: Row, col: Column) -> tuple:
+    """``(variant, choices)`` of a cell: the first of the row's variants with numbers for the column, its choice per
+    task (under ``--lr-choice per_metric`` and the paper_code rule: the column's metric's own best rate);
+    ``(None, [])`` when no variant has any."""
+    tasks = col.task if isinstance(col.task, tuple) else (col.task,)
+    for variant in row.variants:
+        chosen = [c for t in tasks if (c := choices.get((table.model, t, row.method, row.budget, variant)))]
+        if table.lr_choice == PER_METRIC and not col.plain:
+            chosen = [for_metric(c, lambda r, c=c: col.value(r, c.rule)) if c.rule is PAPER_CODE else c
+                      for c in chosen]
+        if seed_values(chosen, col.value):
+            return variant, chosen
+    return None, []
+
+
+def _lr_choice_note(table: Table) -> str:
+    if table.lr_choice == PER_METRIC:
+        return ("learning rate per metric (--lr-choice per_metric): in cells under selection `paper_code` each "
+                "column takes the rate with the best mean of its own metric, as the authors' Summarize_Results.py "
+                "lists every configuration's mean per metric (SQuAD EM and F1, ROUGE-1/2/L apart); cells under "
+                "`standard`: one rate per cell")
+    return ("learning rate per cell (--lr-choice joint): one rate for every column of a cell, the best mean of the "
+            "task's selection metric (--lr-choice per_metric: each metric its own, under paper_code)")
+
+
+METRICS_OF = {"squad_v1": {"EM": SQUAD_KEYS["em"], "F1": SQUAD_KEYS["f1"]},
+              "squad_v2": {"EM": SQUAD_KEYS["em"], "F1": SQUAD_KEYS["f1"]},
+              "xsum": {"R-1": ("rouge1",), "R-2": ("rouge2",), "R-L": ("rougeL",)}}  # tasks with several metrics
+
+
+def per_metric_markdown(grids) -> str:
+    """``--select-lr`` under paper_code: each metric's own best rate (``selection.for_metric``), the choice the
+    authors' summary offers, beside the one rate the tables use by default (``--lr-choice joint``)."""
+    cells = [(k, c) for k, c in grids if c.rule is PAPER_CODE and k[1] in METRICS_OF]
+    if not cells:
+        return ""
+    out = ["# Per-metric choice (selection `paper_code`; tables: `--lr-choice per_metric`)", "",
+           "The authors' Summarize_Results.py lists every configuration's mean per metric, so each metric can take its "
+           "own best rate. Per rate: the mean over seeds of each metric; `*` = that metric's best (ties: the smaller "
+           "rate); `joint` = the one rate of `--lr-choice joint` (by the task's selection metric).", ""]
+    for key, c in cells:
+        metrics = METRICS_OF[key[1]]
+        best = {name: for_metric(c, lambda r, keys=keys: c.rule.value(r, keys)).lr for name, keys in metrics.items()}
+        out += [f"## {cell_name(key)}", "",
+                "per metric: " + ", ".join(f"{name} {lr_text(lr)}" for name, lr in best.items())
+                + f"; joint: {lr_text(c.lr)}", "",
+                "| lr | " + " | ".join(metrics) + " | joint |", "|---:|" + "---:|" * len(metrics) + ":---:|"]
+        for pt in c.grid:
+            means = []
+            for name, keys in metrics.items():
+                vals = [v for r in pt.runs if (v := c.rule.value(r, keys)) is not None]
+                mean = f"{statistics.fmean(vals):.2f}" if vals else MISSING
+                means.append(mean + (" *" if pt.lr == best[name] else ""))
+            out.append(f"| {lr_text(pt.lr)} | " + " | ".join(means) + f" | {'*' if pt.lr == c.lr else ''} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+# --- paired comparisons with the paper's method, and the paper's claims ----------------------------------------
+REFERENCE_LABELS = {"table5": ("with DEM",), "table6": ("3",)}  # dora at its defaults: DEM on, r0 = ceil(1.5 * 2)
+
+
+def reference_row(table: Table, row: Row) -> Row | None:
+    """The row a row is compared with: the paper's method (dora) at the same budget (tables 2-4), dora with its
+    defaults (tables 5, 6); ``None`` for that row itself and in tables without one (table 9: one run per method)."""
+    if table.name in REFERENCE_LABELS:
+        ref = next((r for r in table.rows if r.labels == REFERENCE_LABELS[table.name]), None)
+    elif table.name in ("table2", "table3", "table4"):
+        ref = next((r for r in table.rows if r.method == "dora" and r.budget == row.budget), None)
+    else:
+        ref = None
+    return None if ref is row else ref
+
+
+def _metric_columns(table: Table) -> list[str]:
+    return [c.key for c in table.columns if not c.plain] + (["avg"] if table.avg else [])
+
+
+def series(table: Table, choices: dict[tuple, Choice], row: Row, key: str) -> dict[int, float]:
+    """``{seed: number}`` of a row's cell, as the table computes it; ``avg``: per seed, the mean over the table's
+    tasks, for the seeds that have all of them."""
+    if key == "avg":
+        parts = [series(table, choices, row, c.key) for c in table.columns if c.in_avg]
+        seeds = set.intersection(*(set(p) for p in parts)) if parts else set()
+        return {s: statistics.fmean(p[s] for p in parts) for s in seeds}
+    col = next(c for c in table.columns if c.key == key)
+    return dict(seed_values(cell_choices(table, choices, row, col)[1], col.value))
+
+
+def _paper_value(table: Table, row: Row, key: str) -> float | None:
+    p = (row.paper or {}).get(table.paper_avg_key if key == "avg" else
+                              next(c.paper_key for c in table.columns if c.key == key))
+    return float(p) if _finite(p) else None
+
+
+def _paper_diff(table: Table, row: Row, ref: Row, key: str) -> float | None:
+    a, b = _paper_value(table, row, key), _paper_value(table, ref, key)
+    return None if a is None or b is None else round(a - b, 6)  # the paper prints 2 decimals: no float noise
+
+
+def paired_comparisons(table: Table, choices: dict[tuple, Choice]) -> dict[tuple[int, str], stats.Paired]:
+    """(row number, column key) -> the row minus its reference row (``reference_row``), paired by seed, with the
+    paper's difference of the same two rows."""
+    out = {}
+    for i, row in enumerate(table.rows):
+        ref = reference_row(table, row)
+        if ref is None:
+            continue
+        for key in _metric_columns(table):
+            out[i, key] = stats.paired(series(table, choices, row, key), series(table, choices, ref, key),
+                                       _paper_diff(table, row, ref, key))
+    return out
+
+
+def _paired_lines(table: Table):
+    """(labels, kind, [cell texts]) per compared row: ours minus the reference row, then the paper's difference."""
+    keys = _metric_columns(table)
+    for i, row in enumerate(table.rows):
+        if (i, keys[0]) not in table.paired:
+            continue
+        ref = " ".join(reference_row(table, row).labels)
+        ps = [table.paired[i, k] for k in keys]
+        yield row.labels, f"ours - {ref}", [stats.text(p) for p in ps]
+        yield row.labels, f"paper - {ref}", [fmt_num(p.paper, 2, signed=True) for p in ps]
+
+
+MARKS_LEGEND = (f"{stats.MARKS[stats.SUPPORTED]} the interval lies on the side of 0 of the paper's difference, "
+                f"{stats.MARKS[stats.CONTRADICTED]} on the other side, {stats.MARKS[stats.UNRESOLVED]} not resolved "
+                f"(it contains 0, or one pair)")
+PAIRED_LEGEND = (f"each row minus the reference row (dora at the same budget; Table 5: with DEM; Table 6: r0 = 3), "
+                 f"paired by seed over the seeds both have: mean difference [{stats.LEVEL:.0%} interval, Student t "
+                 f"over the per-seed differences] (n = pairs; one pair: no interval); the `paper` line: the same two "
+                 f"rows of the paper's table; {MARKS_LEGEND}")
+
+
+def paired_markdown(table: Table) -> list[str]:
+    if not table.paired:
+        return []
+    cols = [(k, label) for k, label, _, _ in _columns(table) if k in _metric_columns(table)]
+    out = ["", f"### {table.name}: paired with the paper's method", "",
+           "| " + " | ".join([*table.label_names, ""] + [label for _, label in cols]) + " |",
+           "|" + "|".join(["---"] * (len(table.label_names) + 1) + ["---:"] * len(cols)) + "|"]
+    out += ["| " + " | ".join([*labels, kind, *texts]) + " |" for labels, kind, texts in _paired_lines(table)]
+    return out + ["", f"- {PAIRED_LEGEND}."]
+
+
+def paired_latex(table: Table) -> list[str]:
+    if not table.paired:
+        return []
+    cols = [label for k, label, _, _ in _columns(table) if k in _metric_columns(table)]
+    marks = {stats.MARKS[stats.SUPPORTED]: "$\\surd$", stats.MARKS[stats.CONTRADICTED]: "$\\times$",
+             stats.MARKS[stats.UNRESOLVED]: "$\\sim$"}  # after _tex, which leaves these three alone
+    out = ["\\begin{table*}[t]", "\\centering", "\\small",
+           "\\begin{tabular}{" + "l" * (len(table.label_names) + 1) + "r" * len(cols) + "}", "\\toprule",
+           " & ".join([_tex(n) for n in table.label_names] + [""] + [_tex(c) for c in cols]) + " \\\\", "\\midrule"]
+    for labels, kind, texts in _paired_lines(table):
+        texts = [_tex(t).translate(str.maketrans(marks)) for t in texts]
+        out.append(" & ".join([_tex(x) for x in labels] + [_tex(kind)] + texts) + " \\\\")
+    out += ["\\bottomrule", "\\end{tabular}",
+            "\\caption{" + _tex(table.title) + ": paired with the paper's method. " + _tex(PAIRED_LEGEND) + ".}",
+            f"\\label{{tab:{table.name}-paired}}", "\\end{table*}"]
+    return out
+
+
+PAIRED_FIELDS = ("table", "model", "row", "reference", "column", "n", "seeds", "unpaired", "mean_diff", "low", "high",
+                 "paper_diff", "mark")
+
+
+def paired_csv(table: Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(PAIRED_FIELDS)
+    num = lambda v: "" if v is None else repr(float(v))  # noqa: E731  (missing: empty, never 0)
+    for (i, key), p in table.paired.items():
+        row = table.rows[i]
+        w.writerow([table.name, table.model, " ".join(row.labels), " ".join(reference_row(table, row).labels), key,
+                    p.n, " ".join(map(str, p.seeds)), " ".join(map(str, p.unpaired)), num(p.mean), num(p.low),
+                    num(p.high), num(p.paper), p.mark])
+    return buf.getvalue()
+
+
+def _rows_of(table: Table, budget: str, methods) -> list[tuple[int, Row]]:
+    return [(i, r) for i, r in enumerate(table.rows) if r.budget == budget and r.method in methods
+            and r.variants == (None,)]
+
+
+def claim_comparisons(claim: stats.Claim, table: Table, choices) -> list[tuple[str, str, stats.Paired]]:
+    """(baseline, column, dora - baseline paired by seed) for every comparison the claim makes."""
+    ref = next((r for _, r in _rows_of(table, claim.budget, ("dora",))), None)
+    if ref is None:
+        return []
+    others = [r for _, r in _rows_of(table, claim.budget, {r.method for r in table.rows} - {"dora"})]
+    out = []
+    for key in claim.columns:
+        if claim.versus == (stats.PEFT,):
+            versus = [r for r in others if r.method in stats.PEFT_METHODS]
+        elif claim.versus == (stats.BEST,):  # ours: the best baseline by our mean
+            means = [(statistics.fmean(v.values()), r) for r in others if (v := series(table, choices, r, key))]
+            versus = [max(means, key=lambda mr: mr[0])[1]] if means else []
+        else:
+            versus = [r for r in others if r.method in claim.versus]
+        for r in versus:
+            paper_diff = claim.paper if claim.paper is not None else _paper_diff(table, ref, r, key)
+            out.append((r.method, key, stats.paired(series(table, choices, ref, key),
+                                                    series(table, choices, r, key), paper_diff)))
+    return out
+
+
+def claims(tables: list[Table], choices) -> list[tuple[stats.Claim, list, str]]:
+    """Every claim of ``paired.CLAIMS`` whose table is among ``tables``: its comparisons and its verdict."""
+    by_name = {t.name: t for t in tables}
+    out = []
+    for claim in stats.CLAIMS:
+        if claim.table in by_name:
+            comps = claim_comparisons(claim, by_name[claim.table], choices)
+            out.append((claim, comps, stats.verdict([p.mark for _, _, p in comps])))
+    return out
+
+
+def claims_markdown(found) -> str:
+    out = ["# The paper's claims, tested on our runs", "",
+           "Each claim as a difference dora - baseline, paired by seed (the tables' runs and rules); "
+           f"{stats.LEVEL:.0%} interval, Student t; a claim over several baselines or metrics is supported only if "
+           "every comparison is, contradicted if any is. Paper: the claimed difference (SQuAD/XSum: its table's).", "",
+           "| claim | baseline | column | ours: dora - baseline | paper | verdict |", "|---|---|---|---:|---:|---|"]
+    for claim, comps, verdict in found:
+        if not comps:
+            out.append(f"| {claim.sentence} | — | — | no runs | {fmt_num(claim.paper, 2, signed=True)} | — |")
+        for j, (base, key, p) in enumerate(comps):
+            out.append(f"| {claim.sentence if j == 0 else ''} | {base} | {key} | {stats.text(p)} | "
+                       f"{fmt_num(p.paper, 2, signed=True)} | {(verdict or '—') if j == 0 else ''} |")
+    return "\n".join(out + ["", f"- {MARKS_LEGEND}."]) + "\n"
+
+
+CLAIM_FIELDS = ("claim", "baseline", "column", "n", "mean_diff", "low", "high", "paper_diff", "mark", "verdict")
+
+
+def claims_csv(found) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CLAIM_FIELDS)
+    num = lambda v: "" if v is None else repr(float(v))  # noqa: E731
+    for claim, comps, verdict in found:
+        for base, key, p in comps or [("", "", stats.Paired(paper=claim.paper))]:
+            w.writerow([claim.sentence, base, key, p.n, num(p.mean), num(p.low), num(p.high), num(p.paper), p.mark,
+                        verdict])
+    return buf.getvalue()
 
 
 # --- entry point ---------------------------------------------------------------------------------------
@@ -605,29 +865,35 @@ def default_model(name: str, index) -> str:
     return min(runs, key=lambda m: (-runs[m], m))
 
 
-def build_tables(runs: list[Run], model: str | None = None, names: Sequence[str] = TABLES, protocol: str = AUTO):
+def build_tables(runs: list[Run], model: str | None = None, names: Sequence[str] = TABLES, protocol: str = AUTO,
+                 lr_choice: str = JOINT):
     index = index_runs(runs)
     choices = choose_all(index, protocol)
     out = []
     for name in names:
         table = BUILDERS[name](index, model or default_model(name, index))
-        table.protocol = protocol
+        table.protocol, table.lr_choice = protocol, lr_choice
         out.append((table, compute(table, choices)))
+        table.paired = paired_comparisons(table, choices)
     return out, choices
 
 
 def report(store="results/runs", out="results/tables", model: str | None = None, names: Sequence[str] = TABLES,
-           figures: bool = True, protocol: str = AUTO, runs: list[Run] | None = None) -> list[Path]:
+           figures: bool = True, protocol: str = AUTO, runs: list[Run] | None = None,
+           lr_choice: str = JOINT) -> list[Path]:
     store, out = Path(store), Path(out)
     if runs is None:
         runs = load_runs(store) if store.is_dir() else []
-    tables, choices = build_tables(runs, model, names, protocol)
+    tables, choices = build_tables(runs, model, names, protocol, lr_choice)
     written, index_md = [], [f"# Tables: ours beside the paper's ({len(runs)} runs from {store})", ""]
     for table, cells in tables:
         md = to_markdown(table, cells)
         for suffix, text in ((".md", md), (".csv", to_csv(table, cells)), (".tex", to_latex(table, cells))):
             atomic_write_text(out / f"{table.name}{suffix}", text)
             written.append(out / f"{table.name}{suffix}")
+        if table.paired:
+            atomic_write_text(out / f"{table.name}_paired.csv", paired_csv(table))
+            written.append(out / f"{table.name}_paired.csv")
         index_md.append(md)
         filled = sum(1 for (i, k), c in cells.items() if k != "avg" and c.n)
         total = sum(1 for (i, k) in cells if k != "avg")
@@ -642,6 +908,15 @@ def report(store="results/runs", out="results/tables", model: str | None = None,
             if p.suffix == ".png":
                 print(f"figure 2: {p}")
         written += figs
+    found = claims([t for t, _ in tables], choices)
+    if found:
+        md = claims_markdown(found)
+        atomic_write_text(out / "claims.md", md)
+        atomic_write_text(out / "claims.csv", claims_csv(found))
+        written += [out / "claims.md", out / "claims.csv"]
+        index_md.append(md)
+        print(f"claims: {sum(v == stats.SUPPORTED for _, _, v in found)} of {len(found)} supported -> "
+              f"{out / 'claims.md'}")
     atomic_write_text(out / "index.md", "\n".join(index_md))
     written.append(out / "index.md")
     return written
@@ -674,6 +949,10 @@ def main(argv=None) -> int:
     ap.add_argument("--select-lr", action="store_true",
                     help="print the learning-rate grid of every cell with several rates and mark the chosen one "
                          "(also <out>/lr_search.md, .csv); no tables")
+    ap.add_argument("--lr-choice", default=JOINT, choices=LR_CHOICES,
+                    help="joint (default): one learning rate per cell, by the task's selection metric; per_metric: "
+                         "under the paper_code rule each metric's own best rate, as the authors' summary (SQuAD EM "
+                         "and F1, ROUGE-1/2/L apart)")
     ap.add_argument("--strict", action="store_true",
                     help="refuse unreadable results files (exit 2) instead of skipping them with a warning")
     a = ap.parse_args(argv)
@@ -682,6 +961,10 @@ def main(argv=None) -> int:
     unknown = [t for t in names if t not in BUILDERS]
     if unknown:
         print(f"error: unknown table {', '.join(unknown)}; choose from {', '.join(TABLES)}", file=sys.stderr)
+        return 2
+    if a.lr_choice == PER_METRIC and a.protocol == "standard":
+        print("error: --lr-choice per_metric is the authors' choice under paper_code; use --protocol paper_code "
+              "(or auto), or drop --lr-choice", file=sys.stderr)
         return 2
     try:
         check_writable("--out", a.out)
@@ -701,7 +984,8 @@ def main(argv=None) -> int:
     if a.select_lr:
         select_lr(a.store, a.out, a.model, a.protocol, runs=runs)
     else:
-        report(a.store, a.out, a.model, names, figures=not a.no_figures, protocol=a.protocol, runs=runs)
+        report(a.store, a.out, a.model, names, figures=not a.no_figures, protocol=a.protocol, runs=runs,
+               lr_choice=a.lr_choice)
     return 0
 
 

@@ -7,9 +7,10 @@ so a rule is a report-time choice: switching rules needs no retraining.
 * ``standard``: the best epoch over all epochs by the task's selection metric (``results["metric"]``: GLUE the
   table's metric, SQuAD F1, XSum ROUGE-L; the first of equal epochs, as the training loop); every metric is
   read off that one epoch; the spread over seeds is the sample standard deviation (ddof=1).
-* ``paper_code``: the authors' ``Summarize_Results.py`` (MIkumikumi0116/DoRA). Candidate epochs: for the
-  adaptive methods (runs with a ``pruning_end_step``: dora, adalora) the epochs that end at or after it (the
-  code's ``metric_list[prune_finished_index + 1:]``), for the others all epochs; **each metric's own maximum**
+* ``paper_code``: the authors' ``Summarize_Results.py`` (MIkumikumi0116/DoRA). Candidate epochs: for dora
+  (its runs' ``pruning_end_step``) the epochs that end at or after it (the code's
+  ``metric_list[prune_finished_index + 1:]``: only their DoRA layer logs 'prune finished'), for every other
+  method all epochs (adalora too: their code has no AdaLoRA, so no marker); **each metric's own maximum**
   over them (SQuAD EM and F1, ROUGE-1/2/L apart, possibly from different epochs), read from the authors'
   variant ``<key>@paper_code`` where the file has it (SQuAD windows, ROUGE without stemming), else ``<key>``;
   the spread is ``numpy.std`` (population, ddof=0).
@@ -20,14 +21,15 @@ Learning rate (``choose``): a cell's runs (one model, task, method, budget, vari
 learning rates, and rarely under several config hashes (the hash covers every result-changing key but the lr
 and the seed). The group of the hash with the most runs is used; within it one rate is "fixed", several are
 "tuned": the rate with the best mean over seeds of the task's selection metric under the rule in force, the
-smaller rate on a tie.
+smaller rate on a tie (``joint``: one rate for every metric of the cell). Under ``paper_code`` the report can
+instead take each metric's own best rate (``for_metric``, ``per_metric``), as the authors' summary lists them.
 """
 from __future__ import annotations
 
 import math
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from .config import lr_tag
@@ -70,12 +72,17 @@ def standard_value(run: Run, keys: Sequence[str]) -> float | None:
     return None
 
 
+# The methods whose runs the authors' Summarize_Results.py cuts at 'prune finished': the marker is logged by their
+# Adaptive_Lora (DoRA) alone; AdaLoRA also prunes (it has a pruning_end_step) but is not in their code.
+AFTER_PRUNING = ("dora",)
+
+
 def candidate_epochs(run: Run) -> list[dict]:
-    """paper_code: the epochs ending at or after ``pruning_end_step`` (the budget allocation is final), when the
-    run has one (dora, adalora); else all epochs."""
+    """paper_code: for a method of ``AFTER_PRUNING`` the epochs ending at or after its ``pruning_end_step`` (the
+    budget allocation is final); for every other method (adalora included) all epochs."""
     hist = epochs_of(run)
     end = run.get("pruning_end_step")
-    if end is None:
+    if end is None or run.get("method") not in AFTER_PRUNING:
         return hist
     return [h for h in hist if isinstance(h.get("step"), (int, float)) and h["step"] >= end]
 
@@ -116,8 +123,9 @@ STANDARD = Rule("standard", 1, standard_value,
                 "± = sample std over seeds (ddof=1)")
 PAPER_CODE = Rule("paper_code", 0, paper_code_value,
                   "selection `paper_code` (the authors' Summarize_Results.py): each metric's own maximum over the "
-                  "epochs after pruning ended (dora/adalora; other methods: all epochs), the authors' metric "
-                  "variant (`<key>@paper_code`) where stored; ± = population std over seeds (ddof=0, numpy.std)")
+                  "epochs after pruning ended (dora; other methods, adalora included: all epochs), the authors' "
+                  "metric variant (`<key>@paper_code`) where stored; ± = population std over seeds (ddof=0, "
+                  "numpy.std)")
 RULES = {r.name: r for r in (STANDARD, PAPER_CODE)}
 PROTOCOLS = (AUTO, *RULES)
 
@@ -183,6 +191,17 @@ def _one_per_seed(runs: list[Run]) -> list[Run]:
     return [by_seed[s] for s in sorted(by_seed)]
 
 
+def _best(means: list[float | None]) -> int:
+    """The index of the best mean over rates in ascending order: a later rate wins only if strictly better, so ties
+    go to the smaller rate; ``None`` (no value) never wins."""
+    best = 0
+    for i, m in enumerate(means):
+        if m is not None and (means[best] is None or (m > means[best] and not math.isclose(
+                m, means[best], rel_tol=1e-12, abs_tol=1e-12))):
+            best = i
+    return best
+
+
 def choose(runs: list[Run], protocol: str = AUTO) -> Choice | None:
     """The config-hash group with the most runs (ties: the first hash in sorted order), then its rule
     (``auto``: the protocol most of the group was trained under) and its learning rate: the only one
@@ -205,12 +224,27 @@ def choose(runs: list[Run], protocol: str = AUTO) -> Choice | None:
         rs = _one_per_seed(by_lr[lr])
         vals = [v for r in rs if (v := rule.value(r)) is not None]
         grid.append(LrPoint(lr, rs, vals, statistics.fmean(vals) if vals else None, rule.std(vals)))
-    best = grid[0]
-    for p in grid[1:]:  # ascending: a later rate wins only if strictly better, so ties go to the smaller rate
-        if p.mean is not None and (best.mean is None or (p.mean > best.mean and
-                                                         not math.isclose(p.mean, best.mean, rel_tol=1e-12,
-                                                                          abs_tol=1e-12))):
-            best = p
+    best = grid[_best([p.mean for p in grid])]
     return Choice(runs=best.runs, lr=best.lr, source="tuned" if len(grid) > 1 else "fixed", rule=rule, grid=grid,
                   config_hash=main, other_hashes={h: len(g) for h, g in groups.items() if h != main},
                   protocols=dict(protocols))
+
+
+# --- one rate per metric (the authors' summary) -------------------------------------------------------------
+JOINT, PER_METRIC = "joint", "per_metric"
+LR_CHOICES = (JOINT, PER_METRIC)
+
+
+def for_metric(choice: Choice, score: Callable[[Run], "float | None"]) -> Choice:
+    """The rate the authors' ``Summarize_Results.py`` would report for one metric: it lists every configuration's
+    mean per metric, so SQuAD EM and F1, ROUGE-1/2/L can each come from their own best configuration. Among the
+    choice's rates (its config-hash group), the one with the best mean of ``score`` (one run's number for that
+    metric) over its seeds, ties to the smaller; a choice of one rate is returned as it is."""
+    if len(choice.grid) < 2:
+        return choice
+    means = []
+    for p in choice.grid:
+        vals = [v for r in p.runs if (v := score(r)) is not None]
+        means.append(statistics.fmean(vals) if vals else None)
+    best = choice.grid[_best(means)]
+    return replace(choice, runs=best.runs, lr=best.lr)

@@ -273,7 +273,7 @@ def workload(cfg) -> Workload:
                  f"BART-base (6+6 layers) at RoBERTa-base's (12 layers) step cost per token; beam search assumed "
                  f"{GEN_MS_PER_STEP:.0f} ms per decoding step of an eval batch (not measured)"]
         return Workload(_limit(XSUM["train"], max_train), {L: 1}, int(task.max_target_length), [(n_dev, {L: 1})],
-                        int(cfg.eval.max_new_tokens), notes)
+                        int(task.generate.max_new_tokens), notes)
     raise ConfigError(f"no workload model for task family '{task.family}'")
 
 

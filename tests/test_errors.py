@@ -326,9 +326,9 @@ def test_truncated_checkpoint_is_one_line_and_kept(killed, tmp_path, name, error
 def test_other_config_names_the_keys_that_differ(killed, tmp_path):
     args, run = killed
     before = _snapshot(run)
-    p = cli([*args, "train.epochs=3", "method.alpha=16"], cwd=tmp_path)  # same directory (hydra.run.dir), other run
+    p = cli([*args, "train.epochs=3", "method.alpha=32"], cwd=tmp_path)  # same directory (hydra.run.dir), other run
     assert _one_error_line(p) == (
-        f"error: the checkpoint in {run / 'checkpoint'} was made with a different config (method.alpha: 8 -> 16); "
+        f"error: the checkpoint in {run / 'checkpoint'} was made with a different config (method.alpha: 16 -> 32); "
         "rerun with the values it was made with to resume it, or add train.resume=false "
         "to the command to start over")  # (another length is checked apart: train.extend, tests/test_extend.py)
     assert _snapshot(run) == before

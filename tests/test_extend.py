@@ -9,7 +9,8 @@ from conftest import SHARED_GLUE, cli
 from test_run_outputs import scalars
 
 ARGS = ["task=cola", "method=lora", "model=tiny", f"data.dir={SHARED_GLUE}", "data.max_train_samples=64",
-        "data.max_eval_samples=64", "train.progress=false", "train.log_every=1"]
+        "data.max_eval_samples=64", "train.batch_size=32", "train.progress=false",  # 2 steps an epoch
+        "train.log_every=1"]
 
 
 def _args(tmp_path, *more):

@@ -3,6 +3,7 @@ method's grid, and the protocol's training-time parts (LoRA's init) reach the ru
 from __future__ import annotations
 
 import csv
+import re
 import math
 from pathlib import Path
 
@@ -121,3 +122,130 @@ CITED = {
 @pytest.mark.parametrize("method, task", sorted(CITED))
 def test_resolved_rate_is_the_cited_one(method, task):
     assert compose([f"method={method}", f"task={task}"]).train.lr == pytest.approx(CITED[(method, task)])
+
+
+# --- the rule: what the lr was tuned with comes from the lr's source (docs/hyperparameters.md) -------------------
+TRAIN_KEYS = ("batch_size", "epochs", "weight_decay", "warmup_ratio", "schedule", "adam_betas", "adam_eps",
+              "max_grad_norm", "label_smoothing")
+METHOD_KEYS = ("alpha", "dropout", "activation")
+
+
+def _cfg(method, task):
+    return compose([f"method={method}", f"task={task}"] + (["model=bart_base"] if task == "xsum" else []))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_value_of_the_method_file_reaches_the_run(method):
+    """Each key of a task's entry, else of ``all_tasks``, is the composed run's value (none is silently ignored)."""
+    h = _file(method)
+    every = h.get("all_tasks", {})
+    assert set(every) <= set(TRAIN_KEYS + METHOD_KEYS), set(every)
+    for task in TASKS:
+        assert set(h[task]) <= {"lr", "grid", *TRAIN_KEYS, *METHOD_KEYS}, (task, set(h[task]))
+        cfg = _cfg(method, task)
+        for key in TRAIN_KEYS + METHOD_KEYS:
+            if key not in h[task] and key not in every:
+                continue
+            want = h[task].get(key, every.get(key))
+            got = (cfg.train if key in TRAIN_KEYS else cfg.method)[key]
+            got = list(got) if key == "adam_betas" else got
+            assert got == want, (method, task, key, got, want)
+
+
+def test_resolver_precedence_task_entry_then_all_tasks_then_task_config_then_default():
+    from omegaconf import OmegaConf
+
+    import dynrank.config  # noqa: F401  (registers ${hparams:...})
+
+    cfg = OmegaConf.create({
+        "method": {"name": "m"}, "task": {"name": "t", "epochs": 3, "batch_size": 32},
+        "hparams": {"t": {"lr": 0.1, "batch_size": 8}, "all_tasks": {"batch_size": 4, "epochs": 7, "adam_eps": 1e-6}},
+        "train": {"lr": "${hparams:lr}", "batch_size": "${hparams:batch_size}", "epochs": "${hparams:epochs}",
+                  "adam_eps": "${hparams:adam_eps,1.0e-8}", "adam_betas": "${hparams:adam_betas,[0.9,0.999]}",
+                  "max_grad_norm": "${hparams:max_grad_norm,1.0}"}})
+    assert cfg.train.batch_size == 8 and cfg.train.epochs == 7 and cfg.train.adam_eps == 1e-6  # entry, all_tasks
+    assert list(cfg.train.adam_betas) == [0.9, 0.999] and cfg.train.max_grad_norm == 1.0        # defaults
+    del cfg.hparams.all_tasks.epochs
+    assert cfg.train.epochs == 3  # the task config (Table 8)
+    cfg.hparams.t.max_grad_norm = None
+    assert cfg.train.max_grad_norm is None  # null in a source: no clipping, not the default
+
+
+def test_the_defaults_are_the_dora_authors():
+    """dora sets nothing but its lr: the DoRA authors' Build_Finetune_Config_List.py (AdamW, linear, 6% warm-up,
+    weight decay 0.01, grad clip 1, lora_alpha 8, lora_dropout 0.1)."""
+    cfg = compose(["method=dora", "task=rte"])
+    t = cfg.train
+    assert (t.weight_decay, t.warmup_ratio, t.schedule, list(t.adam_betas), t.adam_eps, t.max_grad_norm,
+            t.label_smoothing) == (0.01, 0.06, "linear", [0.9, 0.999], 1e-8, 1.0, 0.0)
+    assert (cfg.method.alpha, cfg.method.dropout) == (8, 0.1)
+
+
+# A few values per method with their source (every one: the YAML comments, docs/hyperparameters.md).
+SOURCED = [
+    # BitFit's code: transformers AdamW (eps 1e-6, no weight decay), no scheduler, clip 1
+    ("bitfit", "rte", "train", dict(schedule="constant", warmup_ratio=0.0, weight_decay=0.0, adam_eps=1e-6,
+                                    max_grad_norm=1.0)),
+    ("bitfit", "squad_v1", "train", dict(schedule="constant", warmup_ratio=0.0)),
+    # fairseq RoBERTa GLUE configs: adam (0.9, 0.98), eps 1e-6, clip_norm 0; QQP warms up 25%
+    ("full", "mrpc", "train", dict(adam_betas=[0.9, 0.98], adam_eps=1e-6, max_grad_norm=None, weight_decay=0.1)),
+    ("full", "qqp", "train", dict(warmup_ratio=0.25)),
+    # fairseq BART XSum: label smoothing 0.1, clip 0.1, (0.9, 0.999), eps 1e-8, 500 of 15000 warm-up updates
+    ("full", "xsum", "train", dict(label_smoothing=0.1, max_grad_norm=0.1, adam_betas=[0.9, 0.999], adam_eps=1e-8,
+                                   weight_decay=0.01, warmup_ratio=0.033)),
+    # microsoft/LoRA roberta_base_*.sh: alpha 16, no dropout, batch per device x 8 GPUs (CoLA 2)
+    ("lora", "rte", "method", dict(alpha=16, dropout=0.0)),
+    ("lora", "rte", "train", dict(batch_size=256, weight_decay=0.1, warmup_ratio=0.06, max_grad_norm=1.0)),
+    ("lora", "cola", "train", dict(batch_size=64)),
+    ("dora_wd", "cola", "method", dict(alpha=16, dropout=0.0)),
+    # AdaLoRA's scripts: lora_alpha per task, no dropout, their weight decay and warm-up steps
+    ("adalora", "rte", "method", dict(alpha=32, dropout=0.0)),
+    ("adalora", "sst2", "method", dict(alpha=16)),
+    ("adalora", "cola", "train", dict(weight_decay=0.0, warmup_ratio=0.015)),
+    ("adalora", "xsum", "train", dict(max_grad_norm=None, warmup_ratio=0.038, batch_size=64)),
+    # DyLoRA's scripts: alpha 16, no dropout, the global batch
+    ("dylora", "rte", "train", dict(batch_size=128)),
+    ("dylora", "qnli", "train", dict(batch_size=256)),
+    ("dylora", "mrpc", "method", dict(alpha=16, dropout=0.0)),
+    # the LoRA repository's Adpt^H runs (T9): swish, 10% warm-up, no weight decay; AdapterHub's example: relu, none
+    ("houlsby", "cola", "method", dict(activation="silu")),
+    ("houlsby", "cola", "train", dict(warmup_ratio=0.1, weight_decay=0.0)),
+    ("pfeiffer", "cola", "method", dict(activation="relu")),
+    ("pfeiffer", "cola", "train", dict(warmup_ratio=0.0, weight_decay=0.0)),
+]
+
+
+@pytest.mark.parametrize("method, task, group, values", SOURCED)
+def test_sourced_values(method, task, group, values):
+    node = _cfg(method, task)[group]
+    for key, want in values.items():
+        got = list(node[key]) if key == "adam_betas" else node[key]
+        assert got == (pytest.approx(want) if isinstance(want, float) else want), (key, got, want)
+
+
+def test_budget_stays_equal_whatever_the_source():
+    """What sets the budget is the paper's for every method: r from the budget, Table 8's max length."""
+    for method in METHODS:
+        for budget, r in (("r8", 8), ("r2", 2)):
+            cfg = compose([f"method={method}", "task=rte", f"budget={budget}"])
+            assert cfg.budget.r == r and cfg.task.max_length == 128
+
+
+def test_dora_wd_copies_loras_configuration():
+    body = lambda m: (CONF / "hparams" / f"{m}.yaml").read_text().split("all_tasks:", 1)[1]  # noqa: E731
+    assert body("dora_wd") == body("lora")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.adam_eps=0", "train.adam_eps must be a number > 0"),
+    ("train.label_smoothing=1.0", "train.label_smoothing must be a number in [0, 1)"),
+    ("train.adam_betas=[0.9,1.0]", "train.adam_betas must be a list of number in [0, 1)"),
+    ("train.max_grad_norm=0", "train.max_grad_norm must be a number > 0, or null"),
+])
+def test_new_training_keys_are_checked(override, message):
+    from dynrank.config import validate
+    from dynrank.errors import ConfigError
+
+    validate(compose(["method=lora", "train.max_grad_norm=null"]))  # null: no clipping
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose(["method=lora", override]))

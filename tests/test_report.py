@@ -293,11 +293,23 @@ def test_selection_rules_best_epoch_after_pruning():
     from dynrank.selection import PAPER_CODE, STANDARD
 
     hist = _epochs({"matthews": 0.70}, {"matthews": 0.65}, {"matthews": 0.60})
-    dora = {"metric": "matthews", "epochs": hist, "pruning_end_step": 20}
+    dora = {"method": "dora", "metric": "matthews", "epochs": hist, "pruning_end_step": 20}
     assert STANDARD.value(dora) == 0.70
     assert PAPER_CODE.value(dora) == 0.65
     assert PAPER_CODE.value(dict(dora, pruning_end_step=21)) == 0.60
-    assert PAPER_CODE.value(dict(dora, pruning_end_step=None)) == 0.70  # lora & co: all epochs
+    assert PAPER_CODE.value(dict(dora, method="lora", pruning_end_step=None)) == 0.70  # lora & co: all epochs
+
+
+def test_paper_code_takes_every_epoch_of_adalora():
+    """AdaLoRA prunes too (its runs record a pruning_end_step), but the authors' code has no AdaLoRA and cuts only
+    runs that log 'prune finished' (their DoRA): paper_code takes its best over all epochs, as standard does."""
+    from dynrank.selection import PAPER_CODE, STANDARD, candidate_epochs
+
+    hist = _epochs({"matthews": 0.70}, {"matthews": 0.65}, {"matthews": 0.60})
+    adalora = {"method": "adalora", "metric": "matthews", "epochs": hist, "pruning_end_step": 20}
+    assert candidate_epochs(adalora) == hist
+    assert PAPER_CODE.value(adalora) == STANDARD.value(adalora) == 0.70
+    assert PAPER_CODE.value(dict(adalora, method="dora")) == 0.65
 
 
 def test_selection_rules_per_metric_maxima_and_paper_code_keys():
@@ -311,7 +323,7 @@ def test_selection_rules_per_metric_maxima_and_paper_code_keys():
     assert [STANDARD.value(xsum, (k,)) for k in ("rouge1", "rouge2", "rougeL")] == [39.0, 17.5, 34.0]
     assert [PAPER_CODE.value(xsum, (k,)) for k in ("rouge1", "rouge2", "rougeL")] == [41.0, 18.0, 34.0]
     # SQuAD: EM and F1 apart; under paper_code the authors' variants `<key>@paper_code` are read where stored
-    squad = {"metric": "f1", "pruning_end_step": 15, "epochs": _epochs(
+    squad = {"method": "dora", "metric": "f1", "pruning_end_step": 15, "epochs": _epochs(
         {"exact": 85.0, "f1": 90.0, "exact@paper_code": 86.0, "f1@paper_code": 91.0},   # before pruning ended
         {"exact": 80.0, "f1": 88.0, "exact@paper_code": 81.5, "f1@paper_code": 87.0},
         {"exact": 79.0, "f1": 89.0, "exact@paper_code": 80.5, "f1@paper_code": 89.5})}
@@ -580,3 +592,173 @@ def test_without_model_the_tables_are_of_the_models_in_the_store(tmp_path, capsy
            "--model <model> tabulates them" in lines
     header, md = md_table(out / "table2.md")
     assert md["r8", "dora", "Δ"][header.index("CoLA")] == f"{60 - float(paper):+.2f}"
+
+
+# --- paired comparisons with dora, and the paper's claims (hand-made results, known answers) -----------------
+T975 = {2: 4.302653, 3: 3.182446, 4: 2.776445}  # Student t quantile 0.975 by degrees of freedom (printed tables)
+
+
+def test_paired_interval_and_marks_by_hand():
+    from dynrank.paired import CONTRADICTED, SUPPORTED, UNRESOLVED, paired, text
+
+    # seeds 1-3 paired (4 and 5 only on one side); d = 0.5, 1.0, 0.5: mean 2/3, sd sqrt(1/12), se sd/sqrt(3)
+    p = paired({1: 1.0, 2: 2.0, 3: 3.0, 4: 9.0}, {1: 0.5, 2: 1.0, 3: 2.5, 5: 7.0}, paper=0.3)
+    half = T975[2] * math.sqrt(1 / 12) / math.sqrt(3)
+    assert (p.n, p.seeds, p.unpaired) == (3, (1, 2, 3), (4, 5))
+    assert p.mean == pytest.approx(2 / 3) and (p.low, p.high) == pytest.approx((2 / 3 - half, 2 / 3 + half), abs=1e-5)
+    assert p.mark == UNRESOLVED  # [-0.05, 1.38] contains 0
+    # d = 1.0, 1.2, 0.8, 1.1, 0.9: mean 1, sd sqrt(0.025): [0.804, 1.196], clear of 0
+    d = [1.0, 1.2, 0.8, 1.1, 0.9]
+    half = T975[4] * math.sqrt(0.025) / math.sqrt(5)
+    p = paired({s: 5 + x for s, x in enumerate(d, 1)}, {s: 5.0 for s in range(1, 6)}, paper=0.84)
+    assert (p.low, p.high) == pytest.approx((1 - half, 1 + half), abs=1e-5) and p.mark == SUPPORTED
+    behind = paired({s: 5 + x for s, x in enumerate(d, 1)}, {s: 5.0 for s in range(1, 6)}, paper=-0.5)
+    assert behind.mark == CONTRADICTED
+    assert text(p) == f"+1.00 [{1 - half:+.2f}, {1 + half:+.2f}] (n=5) ✓"
+    # one pair: a difference, no interval, not resolved; no pair: nothing; no paper difference: no mark
+    one = paired({1: 3.0, 2: 4.0}, {1: 2.0}, paper=1.0)
+    assert (one.n, one.mean, one.low, one.high, one.mark) == (1, 1.0, None, None, UNRESOLVED)
+    assert text(one) == "+1.00 (n=1, no interval) ~"
+    none = paired({1: 3.0}, {2: 2.0}, paper=1.0)
+    assert (none.n, none.mean, none.mark, none.unpaired, text(none)) == (0, None, "", (1, 2), "—")
+    assert paired({1: 3.0, 2: 5.0}, {1: 2.0, 2: 2.0}, paper=None).mark == ""
+
+
+def _paired_store(store):
+    """Table 2 r8: lora and dora on CoLA (5 seeds, lora behind by d), STS-B (lora ahead), RTE (one seed each),
+    MRPC (lora seeds 1-3, dora seeds 2-4)."""
+    d = [0.010, 0.012, 0.008, 0.011, 0.009]
+    for s in range(1, 6):
+        _write_run(store, "roberta_base", "cola", "dora", "r8", s, {"matthews": 0.60 + d[s - 1]}, "matthews", lr=2e-3)
+        _write_run(store, "roberta_base", "cola", "lora", "r8", s, {"matthews": 0.60}, "matthews")
+        _write_run(store, "roberta_base", "stsb", "dora", "r8", s, {"pearson": 0.90}, "pearson", lr=3e-3)
+        _write_run(store, "roberta_base", "stsb", "lora", "r8", s, {"pearson": 0.90 + d[s - 1]}, "pearson")
+    _write_run(store, "roberta_base", "rte", "dora", "r8", 1, {"accuracy": 0.70}, "accuracy", lr=2e-3)
+    _write_run(store, "roberta_base", "rte", "lora", "r8", 1, {"accuracy": 0.72}, "accuracy")
+    for s, v in ((1, 0.80), (2, 0.81), (3, 0.85)):
+        _write_run(store, "roberta_base", "mrpc", "lora", "r8", s, {"accuracy": v}, "accuracy")
+    for s, v in ((2, 0.80), (3, 0.86), (4, 0.90)):
+        _write_run(store, "roberta_base", "mrpc", "dora", "r8", s, {"accuracy": v}, "accuracy", lr=2.5e-3)
+
+
+def test_report_pairs_each_method_with_dora_by_seed(tmp_path):
+    store, out = tmp_path / "store", tmp_path / "tables"
+    _paired_store(store)
+    assert report.main(["--store", str(store), "--out", str(out), "--tables", "table2", "--no-figures"]) == 0
+    rows = {(r["row"], r["column"]): r for r in csv_rows(out / "table2_paired.csv")}
+    paper = lambda m, t: float(paper_value("table2_glue.csv", {"budget": "high", "method": m}, t))  # noqa: E731
+    # CoLA: lora - dora = -1.0, -1.2, -0.8, -1.1, -0.9 (x100): mean -1, t interval, the paper's -1.81: supported
+    half = T975[4] * math.sqrt(0.025) / math.sqrt(5)
+    cola = rows["r8 lora", "cola"]
+    assert (cola["reference"], cola["n"], cola["seeds"], cola["mark"]) == ("r8 dora", "5", "1 2 3 4 5", "supported")
+    assert float(cola["mean_diff"]) == pytest.approx(-1.0)
+    assert (float(cola["low"]), float(cola["high"])) == pytest.approx((-1 - half, -1 + half), abs=1e-5)
+    assert float(cola["paper_diff"]) == pytest.approx(paper("lora", "cola") - paper("dora", "cola"))  # -1.81
+    # STS-B: lora ahead by the same margins, the paper has it behind (-0.43): contradicted
+    assert rows["r8 lora", "stsb"]["mark"] == "contradicted" and float(rows["r8 lora", "stsb"]["mean_diff"]) > 0
+    # RTE: one seed each: +2.00, no interval, not resolved
+    rte = rows["r8 lora", "rte"]
+    assert (rte["n"], float(rte["mean_diff"]), rte["low"], rte["high"], rte["mark"]) == \
+        ("1", pytest.approx(2.0), "", "", "not resolved")
+    # MRPC: seeds 2 and 3 pair (1 and 4 are unpaired): d = +1, -1 -> mean 0, interval +-t_1 * sqrt(2) / sqrt(2)
+    mrpc = rows["r8 lora", "mrpc"]
+    assert (mrpc["n"], mrpc["seeds"], mrpc["unpaired"]) == ("2", "2 3", "1 4")
+    assert float(mrpc["mean_diff"]) == pytest.approx(0.0, abs=1e-9) and mrpc["mark"] == "not resolved"
+    assert float(mrpc["high"]) == pytest.approx(12.706205 * math.sqrt(2) / math.sqrt(2), abs=1e-4)
+    # no runs: nothing to test; the reference row itself is not compared; avg needs all 8 tasks
+    assert rows["r8 adalora", "cola"]["n"] == "0" and rows["r8 adalora", "cola"]["mark"] == ""
+    assert not any(k[0] == "r8 dora" for k in rows) and rows["r8 lora", "avg"]["n"] == "0"
+    # the Markdown section: ours minus dora, and the paper's difference beside it
+    text = (out / "table2.md").read_text()
+    section = tmp_path / "paired.md"
+    section.write_text(text.split("### table2: paired with the paper's method", 1)[1])
+    header, md = md_table(section)
+    cola, rte = header.index("CoLA"), header.index("RTE")
+    assert md["r8", "lora", "ours - r8 dora"][cola] == f"-1.00 [{-1 - half:+.2f}, {-1 + half:+.2f}] (n=5) ✓"
+    assert md["r8", "lora", "paper - r8 dora"][cola] == "-1.81"
+    assert md["r8", "lora", "ours - r8 dora"][rte] == "+2.00 (n=1, no interval) ~"
+    assert "paired by seed over the seeds both have" in text and "one pair: no interval" in text
+    assert "$\\surd$" in (out / "table2.tex").read_text()
+
+
+def test_claims_section_by_hand(tmp_path):
+    """dora ahead of lora by 1.0, 1.2, 0.8 (x100) on every GLUE task, seeds 1-3: the GLUE-average and CoLA claims
+    at r=8 are supported (lora is the only, hence best, baseline); AdaLoRA, r=2, SQuAD, XSum: no runs."""
+    store, out = tmp_path / "store", tmp_path / "tables"
+    glue = {"rte": "accuracy", "mrpc": "accuracy", "stsb": "pearson", "cola": "matthews", "sst2": "accuracy",
+            "qnli": "accuracy", "qqp": "accuracy", "mnli": "accuracy"}
+    for task, metric in glue.items():
+        for s, d in ((1, 0.010), (2, 0.012), (3, 0.008)):
+            _write_run(store, "roberta_base", task, "lora", "r8", s, {metric: 0.7}, metric)
+            _write_run(store, "roberta_base", task, "dora", "r8", s, {metric: 0.7 + d}, metric, lr=2e-3)
+    assert report.main(["--store", str(store), "--out", str(out), "--no-figures"]) == 0
+    claims = csv_rows(out / "claims.csv")
+    by = {(r["claim"], r["baseline"], r["column"]): r for r in claims}
+    half = T975[2] * 0.2 / math.sqrt(3)
+    avg = by["GLUE average: DoRA over LoRA by 0.84 (r=8)", "lora", "avg"]
+    assert (avg["n"], float(avg["mean_diff"]), float(avg["paper_diff"]), avg["verdict"]) == \
+        ("3", pytest.approx(1.0), 0.84, "supported")
+    assert (float(avg["low"]), float(avg["high"])) == pytest.approx((1 - half, 1 + half), abs=1e-5)
+    cola = by["CoLA: DoRA over the best baseline by 1.48 (r=8)", "lora", "cola"]
+    assert (cola["mark"], cola["verdict"], float(cola["paper_diff"])) == ("supported", "supported", 1.48)
+    assert by["GLUE average: DoRA over AdaLoRA by 0.59 (r=8)", "adalora", "avg"]["verdict"] == ""
+    r2 = by["GLUE average: DoRA over LoRA by 0.88 (r=2)", "lora", "avg"]
+    assert (r2["n"], r2["mark"], r2["verdict"]) == ("0", "", "")  # no r2 runs at all
+    squad = [r for r in claims if r["claim"].startswith("SQuAD: DoRA over every PEFT baseline (r=8)")]
+    assert {r["baseline"] for r in squad} == {"bitfit", "houlsby", "pfeiffer", "lora", "adalora"}
+    assert all(r["n"] == "0" and r["verdict"] == "" for r in squad)
+    # paper differences of a PEFT claim: the paper's own table (dora - baseline, per metric)
+    sq = {(r["baseline"], r["column"]): float(r["paper_diff"]) for r in squad}
+    assert sq["lora", "squad_v1_em"] == pytest.approx(85.97 - 85.13)
+    text = (out / "claims.md").read_text()
+    assert "| GLUE average: DoRA over LoRA by 0.84 (r=8) | lora | avg |" in text and "supported" in text
+    assert "# The paper's claims, tested on our runs" in (out / "index.md").read_text()
+
+
+def test_claims_verdict_over_several_comparisons():
+    from dynrank.paired import CONTRADICTED, SUPPORTED, UNRESOLVED, verdict
+
+    assert verdict([SUPPORTED, SUPPORTED]) == SUPPORTED
+    assert verdict([SUPPORTED, UNRESOLVED]) == UNRESOLVED
+    assert verdict([SUPPORTED, ""]) == UNRESOLVED  # a baseline without runs: not every comparison made
+    assert verdict([SUPPORTED, CONTRADICTED, ""]) == CONTRADICTED
+    assert verdict(["", ""]) == ""
+
+
+# --- the authors' per-metric learning rate (paper_code) ---------------------------------------------------------
+def _squad_grid(store):
+    """dora SQuAD v1.1 under paper_code at two rates: EM is best at 3e-3, F1 (the selection metric) at 5e-3."""
+    for lr, (em, f1) in ((3e-3, (86.0, 90.0)), (5e-3, (85.0, 92.0))):
+        for s in (1, 2):
+            _write_run(store, "roberta_base", "squad_v1", "dora", "r8", s,
+                       {"exact": em + s / 10, "f1": f1 + s / 10}, "f1", lr=lr, protocol="paper_code")
+
+
+def test_per_metric_learning_rate_under_paper_code(tmp_path, capsys):
+    store = tmp_path / "store"
+    _squad_grid(store)
+    cells = {}
+    for choice in ("joint", "per_metric"):
+        out = tmp_path / choice
+        assert report.main(["--store", str(store), "--out", str(out), "--tables", "table3", "--no-figures",
+                            "--lr-choice", choice]) == 0
+        cells[choice] = {r["column"]: r for r in csv_rows(out / "table3.csv") if r["row"] == "r8 dora"}
+        text = (out / "table3.md").read_text()
+        assert f"(--lr-choice {choice})" in text
+    joint, per = cells["joint"], cells["per_metric"]
+    assert (joint["squad_v1_em"]["lr"], joint["squad_v1_f1"]["lr"]) == ("5e-3", "5e-3")  # one rate, by F1
+    assert float(joint["squad_v1_em"]["mean"]) == pytest.approx(85.15)
+    assert (per["squad_v1_em"]["lr"], per["squad_v1_f1"]["lr"]) == ("3e-3", "5e-3")      # each its own best
+    assert float(per["squad_v1_em"]["mean"]) == pytest.approx(86.15)
+    # --select-lr shows both choices
+    assert report.main(["--store", str(store), "--out", str(tmp_path / "sel"), "--select-lr"]) == 0
+    printed = capsys.readouterr().out
+    assert "per metric: EM 3e-3, F1 5e-3; joint: 5e-3" in printed
+    assert "| 3e-3 | 86.15 * | 90.15 |  |" in printed and "| 5e-3 | 85.15 | 92.15 * | * |" in printed
+
+
+def test_per_metric_learning_rate_needs_paper_code(tmp_path, capsys):
+    assert report.main(["--store", str(tmp_path), "--out", str(tmp_path / "t"), "--protocol", "standard",
+                        "--lr-choice", "per_metric"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --lr-choice per_metric") and "--protocol paper_code" in err[0]

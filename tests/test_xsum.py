@@ -75,7 +75,7 @@ def test_data_errors(tmp_path, monkeypatch):
 def _cfg(tmp_path, *extra):
     return compose(["task=xsum", "model=tiny_bart", f"data.dir={FIX / 'xsum'}", f"data.cache_dir={tmp_path / 'cache'}",
                     f"results.store={tmp_path / 'store'}", "train.progress=false", "train.epochs=1",
-                    "eval.max_samples=3", "eval.max_new_tokens=8", *extra])
+                    "eval.max_samples=3", "task.generate.max_new_tokens=8", *extra])
 
 
 def test_collate_pads_labels_with_minus_100(tmp_path):
@@ -152,7 +152,8 @@ def test_xsum_lora_end_to_end(tmp_path):
     res = run(_cfg(tmp_path, "method=lora", "train.export=true"), tmp_path / "run")
     _check(res, 3)
     assert res["config"]["train"]["lr"] == res["config"]["hparams"]["xsum"]["lr"]  # LoRA's own rate
-    assert res["config"]["eval"]["num_beams"] == 3  # Table 8, App. E
+    assert res["config"]["task"]["generate"] == {"num_beams": 3, "max_new_tokens": 8, "no_repeat_ngram_size": 3,
+                                                 "early_stopping": True, "length_penalty": 1.0}
     # r * (d_in + d_out) per matrix; 2 layers each: encoder 4 attention + fc1/fc2, decoder 8 attention + fc1/fc2
     enc, dec = 2 * (4 * (32 + 32) + 2 * (32 + 64)), 2 * (8 * (32 + 32) + 2 * (32 + 64))
     assert res["params"]["adapter"] == 8 * (enc + dec) == 18432 and res["params"]["head"] == 0
@@ -167,3 +168,34 @@ def test_xsum_full_end_to_end_csv(tmp_path):
     res = run(_cfg(tmp_path, "method=full", f"data.dir={FIX / 'xsum_csv'}", "eval.max_samples=2"), tmp_path / "run")
     _check(res, 2)
     assert res["params"]["trainable"] == res["params"]["total"]
+
+
+def test_documents_and_summaries_are_stripped_as_the_authors_do(tmp_path):
+    from dynrank.models import load_tokenizer
+    from dynrank.tasks.xsum import prepare_features
+
+    tok = load_tokenizer(_cfg(tmp_path).model)
+    padded = [{"document": "  \n A pub closed.\n\n", "summary": " \tThe pub shut. \n"}]
+    plain = [{"document": "A pub closed.", "summary": "The pub shut."}]
+    assert prepare_features(tok, padded, 64, 16) == prepare_features(tok, plain, 64, 16)
+    assert tok(" \tThe pub shut. \n")["input_ids"] != tok("The pub shut.")["input_ids"]  # stripping matters
+
+
+def test_generation_uses_the_pinned_settings(tmp_path):
+    from dynrank import tasks
+    from dynrank.models import load_tokenizer
+
+    cfg = _cfg(tmp_path, "task.generate.num_beams=2")
+    tok = load_tokenizer(cfg.model)
+    task = tasks.build(cfg, tok)
+    ev = task.eval_sets()["validation"]
+    seen = []
+
+    class Model:
+        def generate(self, **kwargs):
+            seen.append({k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")})
+            return torch.full((len(kwargs["input_ids"]), 3), tok.eos_token_id)
+
+    assert task.generate(Model(), ev.features, torch.device("cpu"), False) == [["", "", ""]]  # one run
+    assert seen and all(s == {"num_beams": 2, "max_new_tokens": 8, "no_repeat_ngram_size": 3,
+                              "early_stopping": True, "length_penalty": 1.0} for s in seen)

@@ -168,43 +168,59 @@ def squad_v2_metrics(golds: dict[str, list[str]], preds: dict[str, str], na_prob
     return out
 
 
-# --- the authors' window-level scoring (protocol paper_code) -----------------------------------
-# The authors' code (github.com/MIkumikumi0116/DoRA @235e21f, Finetune_And_Benchmark.py,
-# question_answering_eval_forward_func) predicts every 384-token WINDOW on its own and hands one
-# (prediction, reference) pair per window, both carrying the question's id, to Hugging Face
-# ``evaluate``'s ``squad`` / ``squad_v2`` metrics. What those metrics do with an id that repeats decides
-# the numbers; the two functions below reproduce that. ``windows`` lists ``(qid, gold answers of the
-# window, predicted text)`` in dev order (the windows of a question consecutive, as the dev loader
-# yields them).
+# --- the authors' scoring (protocol paper_code) ------------------------------------------------
+# What the authors' code (github.com/MIkumikumi0116/DoRA @235e21f) computes, as a function of the dev windows in
+# their order (the windows of a question consecutive) and the dev loader's batch size:
+#  * Dataset_Tokenize.py keeps every window: its v1.1 filter ``label['answer_start_and_end_token_index'] != (0, 0)``
+#    compares the list that ``datasets`` gives back with a tuple, which is never equal. A window's gold is the
+#    question's answers when it holds the first one, else ``[""]`` (their ``answer_json`` for the label (0, 0)).
+#  * Finetune_And_Benchmark.py, ``question_answering_eval_forward_func``, for each batch of the (unshuffled) dev
+#    loader: ``batch_pred_dict[id] = prediction`` window by window (a question's last window in the batch wins,
+#    kept at the place of its first), then ``zip(batch_pred_dict.items(), batch_index)`` pairs the k-th distinct
+#    id of the batch with the gold of the batch's k-th WINDOW. Once a batch holds two windows of one question,
+#    every later id of that batch is scored against another window's gold, and the batch's last windows get no
+#    reference at all.
+#  * HF ``evaluate``'s squad / squad_v2 metrics (metrics/squad*/) then score those references against
+#    ``{id: prediction}`` over all batches (a question's last window wins): squad counts every reference,
+#    squad_v2 keys its scores by id (a question once, its last reference).
 
-def squad_v1_window_metrics(windows: list[tuple[str, list[str], str]]) -> dict[str, float]:
-    """``evaluate``'s ``squad`` over window-level pairs (metrics/squad/squad.py ``_compute``).
+def paper_code_references(qids: list[str], golds: list[list[str]], preds: list[str],
+                          batch_size: int) -> tuple[dict[str, str], list[tuple[str, list[str]]]]:
+    """The authors' evaluation loop over windows in dev order (``qids[i]``, ``golds[i]``, ``preds[i]``: window
+    i's question id, gold answers, predicted text), in batches of ``batch_size``: ``({id: prediction},
+    [(id, gold answers), ...])`` as it hands them to ``evaluate`` (the comment above)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    predictions, references = {}, []
+    for start in range(0, len(qids), batch_size):
+        windows = range(start, min(start + batch_size, len(qids)))
+        batch = {}
+        for w in windows:
+            batch[qids[w]] = preds[w]
+        references += [(qid, golds[w]) for qid, w in zip(batch, windows)]
+        predictions.update(batch)
+    return predictions, references
 
-    ``pred_dict = {id: prediction_text}``: the LAST window's prediction of a question wins; then every
-    reference entry, one per window, is scored against ``pred_dict[id]`` (compute_score.py), so a question
-    with k windows counts k times. Percentages; ``total`` = windows scored."""
-    if not windows:
-        return {"exact_match": 0.0, "f1": 0.0, "total": 0}
-    pred_dict = {qid: pred for qid, _, pred in windows}
+
+def squad_v1_paper_code(qids: list[str], golds: list[list[str]], preds: list[str], batch_size: int) -> dict:
+    """``evaluate``'s ``squad`` (``compute_score``) over ``paper_code_references``: every reference counts,
+    scored against its id's prediction. Percentages; ``total`` = references scored."""
+    predictions, references = paper_code_references(qids, golds, preds, batch_size)
     exact_match = f1 = 0.0
-    for qid, ground_truths, _ in windows:
-        prediction = pred_dict[qid]
-        exact_match += max(exact_match_score_v1(prediction, gt) for gt in ground_truths)
-        f1 += max(f1_score_v1(prediction, gt) for gt in ground_truths)
-    return {"exact_match": 100.0 * exact_match / len(windows), "f1": 100.0 * f1 / len(windows),
-            "total": len(windows)}
+    for qid, ground_truths in references:
+        exact_match += max(exact_match_score_v1(predictions[qid], gt) for gt in ground_truths)
+        f1 += max(f1_score_v1(predictions[qid], gt) for gt in ground_truths)
+    n = len(references)
+    return {"exact": 100.0 * exact_match / n if n else 0.0, "f1": 100.0 * f1 / n if n else 0.0, "total": n}
 
 
-def squad_v2_window_metrics(windows: list[tuple[str, list[str], str]]) -> dict[str, float]:
-    """``evaluate``'s ``squad_v2`` over window-level pairs (metrics/squad_v2/squad_v2.py ``_compute``).
-
-    Predictions and raw scores are keyed by id, so each question counts once, scored with its LAST
-    window's gold (a window without the answer has gold ``['']``, i.e. no answer) against its LAST
-    window's prediction. The authors pass ``no_answer_probability`` 0 with the default threshold 1.0,
-    which never overrides a prediction: ``squad_v2_metrics`` without ``na_probs`` does the same."""
-    golds = {qid: answers for qid, answers, _ in windows}
-    preds = {qid: pred for qid, _, pred in windows}
-    if not golds:
+def squad_v2_paper_code(qids: list[str], golds: list[list[str]], preds: list[str], batch_size: int) -> dict:
+    """``evaluate``'s ``squad_v2`` over ``paper_code_references``: raw scores keyed by id, so a question counts
+    once, with its last reference's gold. The authors pass ``no_answer_probability`` 0 with the default threshold
+    1.0, which never overrides a prediction: ``squad_v2_metrics`` without ``na_probs`` does the same."""
+    predictions, references = paper_code_references(qids, golds, preds, batch_size)
+    last = dict(references)
+    if not last:
         return {"exact": 0.0, "f1": 0.0, "total": 0}
-    m = squad_v2_metrics(golds, preds)
+    m = squad_v2_metrics(last, predictions)
     return {"exact": m["exact"], "f1": m["f1"], "total": m["total"]}

@@ -11,14 +11,14 @@ for v2.0 the null score is the CLS start+end logit (minimum over the windows) an
 "" when ``null score - best span score > null_threshold``. That difference is also the no-answer
 score handed to the official v2.0 metric (``--na-prob-file``) for best_exact/best_f1 and their thresholds.
 
-The authors' rules (protocol ``paper_code``; github.com/MIkumikumi0116/DoRA @235e21f) come from the same
-forward pass over the same windows; only the post-processing differs. ``Dataset_Tokenize.py``: for v1.1
-the windows without the (first) gold answer are dropped from training and dev (``task.train_windows:
-answer_only``); v2.0 keeps them all, a window without the answer having gold "" (no answer).
-``Finetune_And_Benchmark.py``: every window is predicted on its own (``window_predictions``, the same
-span search per window) and scored as ``evaluate``'s squad/squad_v2 metrics score repeated ids
-(``dynrank.metrics.squad.squad_v1_window_metrics`` / ``squad_v2_window_metrics``). Those scores are
-stored beside the standard ones as ``exact@paper_code``, ``f1@paper_code``, ``n_eval@paper_code``.
+The authors' scoring (protocol ``paper_code``; github.com/MIkumikumi0116/DoRA @235e21f) comes from the same
+forward pass over the same windows; only the post-processing differs. Every dev window counts (their v1.1 filter
+of answerless windows never fires), each window is predicted on its own (``window_predictions``, the same span
+search per window) with its own gold (the answers where it holds the first one, else ``""``), and the pairs go
+through their evaluation loop's per-batch dict and zip, batches of the run's ``train.batch_size`` (their dev
+loader's), then ``evaluate``'s squad/squad_v2 metrics (``paper_code_scores``;
+``dynrank.metrics.squad.paper_code_references`` says what that loop does). Those scores are stored beside the
+standard ones as ``exact@paper_code``, ``f1@paper_code``, ``n_eval@paper_code`` (the references scored).
 """
 from __future__ import annotations
 
@@ -34,8 +34,7 @@ from transformers import AutoModelForQuestionAnswering
 from ..data import squad as squad_data
 from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
 from ..errors import ConfigError
-from ..metrics.squad import (squad_v1_metrics, squad_v1_window_metrics, squad_v2_metrics,
-                             squad_v2_window_metrics)
+from ..metrics.squad import squad_v1_metrics, squad_v1_paper_code, squad_v2_metrics, squad_v2_paper_code
 from ..models import load_model
 from .base import Task, autocast, evaluating, mean_per_run, repeat_runs
 
@@ -109,7 +108,8 @@ def _answer_tokens(row, seq, offsets) -> tuple[int, int] | None:
 
 
 def answer_windows(columns: dict[str, list]) -> dict[str, list]:
-    """Only the windows that hold the first gold answer (``task.train_windows: answer_only``)."""
+    """Only the windows that hold the first gold answer (``task.train_windows: answer_only``: what the authors'
+    v1.1 filter was written to do; in their code it never drops a window)."""
     keep = [i for i, a in enumerate(columns["answer_in_window"]) if a]
     return {k: [v[i] for i in keep] for k, v in columns.items()}
 
@@ -177,18 +177,46 @@ def window_predictions(rows: list[dict], features, start_logits, end_logits, *, 
     return texts
 
 
-def paper_code_windows(rows: list[dict], features, texts: list[str], *, answer_only: bool):
-    """``(qid, gold answers, predicted text)`` per window as the authors' code scores them.
+def standard_scores(rows: list[dict], features, start_logits, end_logits, *, version: int, n_best: int = 20,
+                    max_answer_length: int = 30, null_threshold: float = 0.0) -> dict:
+    """The official scores of the per-question answers (``postprocess``) from per-window logits: ``exact``,
+    ``f1``, ``n_eval`` (questions); v2.0 also the script's HasAns/NoAns and best-threshold entries."""
+    preds, diffs = postprocess(rows, features, start_logits, end_logits, n_best=n_best,
+                               max_answer_length=max_answer_length, with_negative=version == 2,
+                               null_threshold=null_threshold)
+    golds = {r["id"]: r["answers"] for r in rows}
+    if version == 1:
+        m = squad_v1_metrics(golds, preds)
+        m = {"exact": m["exact_match"], "f1": m["f1"]}
+    else:
+        # exact/f1 score the predictions as made (null decided by task.null_threshold), so the script's
+        # na_prob_thresh must not override them; the null-score differences drive only the best-threshold search.
+        m = squad_v2_metrics(golds, preds, na_probs=diffs, na_prob_thresh=float("inf"))
+    m["n_eval"] = len(rows)
+    return m
 
-    A window's gold is the question's answers when it holds the first one, else ``[]`` (their ``['']``: no
-    answer); ``answer_only`` (v1.1, Dataset_Tokenize.py) drops the windows without the answer."""
-    out = []
-    for ei, inside, text in zip(features["example_idx"], features["answer_in_window"], texts):
-        if answer_only and not inside:
-            continue
+
+def window_golds(rows: list[dict], features) -> tuple[list[str], list[list[str]]]:
+    """Every window's question id and gold as the authors' code has them: the question's answers when the window
+    holds the first one, else ``[""]`` (their answer_json of the label (0, 0))."""
+    qids, golds = [], []
+    for ei, inside in zip(features["example_idx"], features["answer_in_window"]):
         row = rows[int(ei)]
-        out.append((row["id"], list(row["answers"]) if inside else [], text))
-    return out
+        qids.append(row["id"])
+        golds.append(list(row["answers"]) if inside else [""])
+    return qids, golds
+
+
+def paper_code_scores(rows: list[dict], features, start_logits, end_logits, *, batch_size: int, version: int,
+                      n_best: int = 20, max_answer_length: int = 30, null_threshold: float = 0.0) -> dict:
+    """The authors' EM/F1 from per-window logits in dev order (module docstring): every window predicted on its
+    own, scored in their evaluation loop's batches of ``batch_size``. ``{"exact", "f1", "total"}``: ``total`` =
+    references scored (v1.1: one per distinct question of each batch; v2.0: one per question)."""
+    texts = window_predictions(rows, features, start_logits, end_logits, n_best=n_best,
+                               max_answer_length=max_answer_length, with_negative=version == 2,
+                               null_threshold=null_threshold)
+    qids, golds = window_golds(rows, features)
+    return (squad_v1_paper_code if version == 1 else squad_v2_paper_code)(qids, golds, texts, batch_size)
 
 
 @dataclass
@@ -314,37 +342,17 @@ class SquadTask(Task):
         return metrics
 
     def _split_metrics(self, split: str, ev: SquadEval, starts, ends) -> dict[str, float]:
-        """One run's dev metrics on one split from its window logits."""
-        preds, diffs = postprocess(ev.rows, ev.features.columns, starts, ends, n_best=self.n_best,
-                                   max_answer_length=self.max_answer_length,
-                                   with_negative=self.version == 2, null_threshold=self.null_threshold)
-        golds = {r["id"]: r["answers"] for r in ev.rows}
-        if self.version == 1:
-            m = squad_v1_metrics(golds, preds)
-            m = {"exact": m["exact_match"], "f1": m["f1"]}
-        else:
-            # exact/f1 score the predictions as made (null decided by task.null_threshold), so the
-            # script's na_prob_thresh must not override them; the null-score differences drive
-            # only the best-threshold search.
-            m = squad_v2_metrics(golds, preds, na_probs=diffs, na_prob_thresh=float("inf"))
-        m["n_eval"] = len(ev.rows)
-        m.update({f"{k}@paper_code": v for k, v in self.paper_code_metrics(ev, starts, ends).items()})
+        """One run's dev metrics on one split from its window logits: the official scores and the authors'."""
+        spans = dict(version=self.version, n_best=self.n_best, max_answer_length=self.max_answer_length,
+                     null_threshold=self.null_threshold)
+        m = standard_scores(ev.rows, ev.features.columns, starts, ends, **spans)
+        # the authors' loop batches the dev windows as their dev loader does: the run's batch size
+        paper = paper_code_scores(ev.rows, ev.features.columns, starts, ends,
+                                  batch_size=int(self.cfg.train.batch_size), **spans)
+        m.update({"exact@paper_code": paper["exact"], "f1@paper_code": paper["f1"],
+                  "n_eval@paper_code": paper["total"]})
         suffix = "" if split == "validation" else "_" + split
         return {k + suffix: float(v) for k, v in m.items()}
-
-
-    def paper_code_metrics(self, ev: SquadEval, starts, ends) -> dict[str, float]:
-        """The authors' window-level EM/F1 from the same logits (module docstring); ``n_eval``: the windows
-        scored (v1.1: those holding the answer) or the questions (v2.0: one each, its last window)."""
-        texts = window_predictions(ev.rows, ev.features.columns, starts, ends, n_best=self.n_best,
-                                   max_answer_length=self.max_answer_length, with_negative=self.version == 2,
-                                   null_threshold=self.null_threshold)
-        windows = paper_code_windows(ev.rows, ev.features.columns, texts, answer_only=self.version == 1)
-        if self.version == 1:
-            m = squad_v1_window_metrics(windows)
-            return {"exact": m["exact_match"], "f1": m["f1"], "n_eval": m["total"]}
-        m = squad_v2_window_metrics(windows)
-        return {"exact": m["exact"], "f1": m["f1"], "n_eval": m["total"]}
 
 
 def _first_examples(enc: Encoded, n) -> Encoded:

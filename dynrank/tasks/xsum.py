@@ -1,10 +1,11 @@
 """XSum (abstractive summarisation) with BART: Table 4's ROUGE-1/2/L.
 
-Sources truncated to ``task.max_length`` (768) tokens, summaries (labels) to ``task.max_target_length``
-(64), labels padded with -100 (BART builds its decoder inputs by shifting them right). Evaluation
-generates with beam search (``eval.num_beams`` 3, ``eval.max_new_tokens`` 64; every other generation
-setting is the checkpoint's own ``model.generation_config``) and scores
-ROUGE-1/2/L F-measure with stemming against the raw gold summaries (``dynrank.metrics.rouge``).
+Documents and summaries ``strip()``ped (as the authors' Dataset_Tokenize.py), sources truncated to
+``task.max_length`` (768) tokens, summaries (labels) to ``task.max_target_length`` (64), labels padded with
+-100 (BART builds its decoder inputs by shifting them right). Evaluation generates with the settings of
+``task.generate`` (beam search: ``num_beams`` 3, ``max_new_tokens`` 64, ``no_repeat_ngram_size`` 3,
+``early_stopping``, ``length_penalty`` 1.0; only the token ids come from the checkpoint's generation config) and
+scores ROUGE-1/2/L F-measure with stemming against the raw gold summaries (``dynrank.metrics.rouge``).
 Generation is slow, so ``eval.max_samples`` evaluates the first n documents; the dev metrics record
 how many in ``n_eval``. ``task.metric`` (rougeL) picks the best epoch.
 
@@ -34,8 +35,9 @@ from .squad import eval_limit
 
 
 def prepare_features(tokenizer, rows: list[dict], max_length: int, max_target_length: int) -> dict[str, list]:
-    src = tokenizer([r["document"] for r in rows], max_length=max_length, truncation=True)
-    tgt = tokenizer(text_target=[r["summary"] for r in rows], max_length=max_target_length, truncation=True)
+    """Documents and summaries stripped (the authors' Summarization_Tokenizer), then tokenised and truncated."""
+    src = tokenizer([r["document"].strip() for r in rows], max_length=max_length, truncation=True)
+    tgt = tokenizer(text_target=[r["summary"].strip() for r in rows], max_length=max_target_length, truncation=True)
     return {"input_ids": src["input_ids"], "labels": tgt["input_ids"]}
 
 
@@ -53,13 +55,11 @@ class XsumTask(Task):
         t = cfg.task
         self.max_length, self.max_target_length = int(t.max_length), int(t.max_target_length)
         self.eval_split = str(t.get("eval_split") or "validation")
-        self.num_beams = int(OmegaConf.select(cfg, "eval.num_beams", default=3))
-        self.max_new_tokens = int(OmegaConf.select(cfg, "eval.max_new_tokens", default=64))
+        self.generate_kwargs = OmegaConf.to_container(t.generate, resolve=True)  # validated by config.SCHEMA
         if self.eval_split not in ("validation", "test"):
             raise ConfigError(f"task.eval_split must be validation or test (got {self.eval_split})")
-        if min(self.max_length, self.max_target_length, self.num_beams, self.max_new_tokens) < 1:
-            raise ConfigError("task.max_length, task.max_target_length, eval.num_beams and eval.max_new_tokens "
-                              "must be >= 1")
+        if min(self.max_length, self.max_target_length) < 1:
+            raise ConfigError("task.max_length and task.max_target_length must be >= 1")
         if cfg.model.family != "bart":
             raise ConfigError(f"XSum needs an encoder-decoder model (model=bart_base or tiny_bart); "
                               f"model={cfg.model.id} is family '{cfg.model.family}'")
@@ -69,8 +69,8 @@ class XsumTask(Task):
 
     def _encode(self, split: str, rows_fn) -> Encoded:
         d = self.cfg.data
-        key = fingerprint("xsum", split, self.max_length, self.max_target_length, tokenizer_id(self.tokenizer),
-                          source_id(d.dir, self.name, split))
+        key = fingerprint("xsum", "stripped", split, self.max_length, self.max_target_length,
+                          tokenizer_id(self.tokenizer), source_id(d.dir, self.name, split))
         return cached(d.cache_dir, key, lambda: Encoded(prepare_features(
             self.tokenizer, rows_fn(), self.max_length, self.max_target_length)))
 
@@ -110,8 +110,8 @@ class XsumTask(Task):
 
     @torch.no_grad()
     def generate(self, model, features: Encoded, device, amp, runs: int = 1) -> list[list[str]]:
-        """Beam-search summaries of every source by each run (``out[k][i]``), in length-sorted batches of
-        ``train.eval_batch_size`` sources (every run generates from each batch at once)."""
+        """Summaries of every source by each run (``out[k][i]``) with ``task.generate``'s settings, in length-sorted
+        batches of ``train.eval_batch_size`` sources (every run generates from each batch at once)."""
         bs = int(self.cfg.train.eval_batch_size)
         order = np.argsort(features.lengths(), kind="stable")[::-1]  # longest first: an OOM shows at once
         out: list[list[str | None]] = [[None] * len(features) for _ in range(runs)]
@@ -122,7 +122,7 @@ class XsumTask(Task):
                               self.tokenizer.pad_token_id)
             with autocast(device, amp):
                 seqs = model.generate(**repeat_runs({k: v.to(device) for k, v in batch.items()}, runs),
-                                      num_beams=self.num_beams, max_new_tokens=self.max_new_tokens)
+                                      **self.generate_kwargs)
             seqs = seqs.cpu().view(runs, len(idx), -1)
             for k in range(runs):
                 self.gen_tokens[k] += int((seqs[k] != self.tokenizer.pad_token_id).sum())

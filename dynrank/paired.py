@@ -1,0 +1,129 @@
+"""Which differences the runs support: paired comparisons over seeds, and the paper's claims as numbers.
+
+The paper's claims are differences of 0.5-1 point between methods at 5 seeds, so a table of means says little on its
+own. Two runs with the same seed number share the data order and the initialisation of what both train, so a
+method is compared with the paper's method (dora) **paired by seed**: over the seeds both have, the mean of the
+per-seed differences d_s = method_s - reference_s and its 95% interval, Student t with n - 1 degrees of freedom
+over those differences (mean ± t_{0.975, n-1} · sd / sqrt(n)). One pair gives a difference but no interval; no
+pair, nothing. Seeds only one side has are left out (``unpaired``).
+
+Against the paper's own difference (the same two rows of its table), ``mark``:
+
+* ``supported``: the interval lies wholly on the side of 0 of the paper's difference;
+* ``contradicted``: wholly on the other side;
+* ``not resolved``: it contains 0, or there is no interval (one pair);
+* ``""``: nothing to test (no pair, or the paper has no difference or a zero one).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from scipy.stats import t as student_t
+
+LEVEL = 0.95
+SUPPORTED, CONTRADICTED, UNRESOLVED = "supported", "contradicted", "not resolved"
+MARKS = {SUPPORTED: "✓", CONTRADICTED: "✗", UNRESOLVED: "~", "": ""}
+
+
+@dataclass(frozen=True)
+class Paired:
+    """``method - reference`` over the seeds both have."""
+    n: int = 0                    # pairs (seeds both sides have)
+    seeds: tuple = ()
+    unpaired: tuple = ()          # seeds only one side has
+    mean: float | None = None     # mean difference
+    low: float | None = None      # the 95% interval (None: fewer than two pairs)
+    high: float | None = None
+    paper: float | None = None    # the paper's difference, same rows
+    mark: str = ""                # supported | contradicted | not resolved | "" (nothing to test)
+
+
+def interval(diffs: list[float], level: float = LEVEL) -> tuple[float | None, float | None]:
+    """The Student-t interval of the mean of ``diffs``; ``(None, None)`` for fewer than two."""
+    n = len(diffs)
+    if n < 2:
+        return None, None
+    half = student_t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+    m = statistics.fmean(diffs)
+    return m - half, m + half
+
+
+def mark(low: float | None, high: float | None, paper: float | None, n: int) -> str:
+    """Where the interval lies against the sign of the paper's difference (module docstring)."""
+    if n == 0 or paper is None or paper == 0:
+        return ""
+    if low is None:
+        return UNRESOLVED
+    sign = 1 if paper > 0 else -1
+    if sign * low > 0 and sign * high > 0:
+        return SUPPORTED
+    if sign * low < 0 and sign * high < 0:
+        return CONTRADICTED
+    return UNRESOLVED
+
+
+def paired(method: dict[int, float], reference: dict[int, float], paper: float | None = None) -> Paired:
+    """``method - reference`` paired by seed (``{seed: value}`` each), with the paper's difference ``paper``."""
+    seeds = tuple(sorted(set(method) & set(reference)))
+    unpaired = tuple(sorted(set(method) ^ set(reference)))
+    diffs = [method[s] - reference[s] for s in seeds]
+    if not diffs:
+        return Paired(unpaired=unpaired, paper=paper)
+    low, high = interval(diffs)
+    return Paired(len(diffs), seeds, unpaired, statistics.fmean(diffs), low, high, paper,
+                  mark(low, high, paper, len(diffs)))
+
+
+def text(p: Paired, digits: int = 2) -> str:
+    """``-0.84 [-1.50, -0.18] ✓ (n=5)``; one pair: ``+0.40 (n=1, no interval) ~``; no pair: ``—``."""
+    if not p.n:
+        return "—"
+    s = f"{p.mean:+.{digits}f}"
+    s += f" [{p.low:+.{digits}f}, {p.high:+.{digits}f}] (n={p.n})" if p.low is not None else f" (n={p.n}, no interval)"
+    return s + (f" {MARKS[p.mark]}" if p.mark else "")
+
+
+# --- the paper's claims (§5.1, Table 2-4 discussion) as numbers ------------------------------------------------
+@dataclass(frozen=True)
+class Claim:
+    """``dora - each of versus`` on ``column`` of ``table`` at ``budget`` is positive (by ``paper`` where given):
+    the paper's sentence, tested on our runs paired by seed. ``versus``: method names, or ``BEST`` (the best
+    baseline by our mean, the paper's by its own), or ``PEFT`` (every PEFT baseline with a row in the table)."""
+    sentence: str
+    table: str
+    budget: str
+    columns: tuple[str, ...]
+    versus: tuple[str, ...]
+    paper: float | None = None
+
+
+BEST, PEFT = "best baseline", "every PEFT baseline"
+PEFT_METHODS = ("bitfit", "houlsby", "pfeiffer", "lora", "adalora")
+
+CLAIMS = (
+    Claim("GLUE average: DoRA over LoRA by 0.84 (r=8)", "table2", "r8", ("avg",), ("lora",), 0.84),
+    Claim("GLUE average: DoRA over LoRA by 0.88 (r=2)", "table2", "r2", ("avg",), ("lora",), 0.88),
+    Claim("GLUE average: DoRA over AdaLoRA by 0.59 (r=8)", "table2", "r8", ("avg",), ("adalora",), 0.59),
+    Claim("GLUE average: DoRA over AdaLoRA by 0.45 (r=2)", "table2", "r2", ("avg",), ("adalora",), 0.45),
+    Claim("CoLA: DoRA over the best baseline by 1.48 (r=8)", "table2", "r8", ("cola",), (BEST,), 1.48),
+    Claim("CoLA: DoRA over the best baseline by 1.73 (r=2)", "table2", "r2", ("cola",), (BEST,), 1.73),
+    Claim("SQuAD: DoRA over every PEFT baseline (r=8)", "table3", "r8",
+          ("squad_v1_em", "squad_v1_f1", "squad_v2_em", "squad_v2_f1"), (PEFT,)),
+    Claim("SQuAD: DoRA over every PEFT baseline (r=2)", "table3", "r2",
+          ("squad_v1_em", "squad_v1_f1", "squad_v2_em", "squad_v2_f1"), (PEFT,)),
+    Claim("XSum: DoRA over every PEFT baseline (r=8)", "table4", "r8", ("rouge1", "rouge2", "rougeL"), (PEFT,)),
+    Claim("XSum: DoRA over every PEFT baseline (r=2)", "table4", "r2", ("rouge1", "rouge2", "rougeL"), (PEFT,)),
+)
+
+
+def verdict(marks: list[str]) -> str:
+    """A claim made of several comparisons: supported if every one is, contradicted if any is, else not resolved
+    (``""`` when none could be tested)."""
+    tested = [m for m in marks if m]
+    if not tested:
+        return ""
+    if any(m == CONTRADICTED for m in tested):
+        return CONTRADICTED
+    return SUPPORTED if len(tested) == len(marks) and all(m == SUPPORTED for m in tested) else UNRESOLVED
