@@ -304,7 +304,7 @@ class Trainer:
         return self.plan
 
     def train_step(self, i: int, idx: tuple[list[int], ...]) -> None:
-        batch = self.task.collate([self.train_set[j] for run_idx in idx for j in run_idx])  # run-major
+        batch = self.task.batch(self.train_set, [j for run_idx in idx for j in run_idx])  # run-major
         if self.device.type == "cuda":  # pinned + non-blocking: the host never waits for the GPU here
             batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
         loss, total = self.stepper(batch, self.step)

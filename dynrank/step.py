@@ -8,6 +8,7 @@ gradient of its own loss; clipping and AdamW are per run (``dynrank.optim``).
 """
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import torch
@@ -15,6 +16,10 @@ import torch
 from .optim import Flat, RunAdamW, clip_per_run
 from .precision import bf16_backbone
 from .tasks.base import autocast
+
+# The stacked parameters are strided views into one flat buffer (dynrank.optim.Flat) by design: autograd adds each
+# step's gradient into the (equally strided) gradient view in place, which is what it warns about, once.
+warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
 
 def _update(model, method, losses, optimizer: RunAdamW, batch, step: int, clip: float | None, precision):

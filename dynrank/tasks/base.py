@@ -30,6 +30,10 @@ class Task:
     def collate(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def batch(self, dataset, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The batch of ``dataset``'s examples ``indices`` (a stacked step: every run's, run-major)."""
+        return self.collate([dataset[j] for j in indices])
+
     def run_losses(self, model, batch: dict[str, torch.Tensor], runs: int) -> torch.Tensor:
         """The task loss of each of ``runs`` stacked runs (R,): ``batch`` holds their batches concatenated, run-major
         (``collate`` of run 0's examples, then run 1's, ...); each run's loss is the mean over its own examples, as

@@ -62,6 +62,13 @@ class GlueTask(Task):
         out["labels"] = torch.tensor([b["labels"] for b in batch], dtype=dtype)
         return out
 
+    def batch(self, dataset, indices):
+        """``collate`` of the examples ``indices``, gathered at once (``Encoded.padded``): the same tensors."""
+        out = dataset.padded(indices, self.tokenizer.pad_token_id, self.pad_to_multiple)
+        labels = dataset.columns["labels"]
+        out["labels"] = torch.tensor([labels[j] for j in indices], dtype=torch.float32 if self.regression else torch.long)
+        return out
+
     def run_losses(self, model, batch, runs: int):
         return classification_losses(model, batch, runs, self.regression,
                                      float(self.cfg.train.get("label_smoothing") or 0.0))
@@ -76,7 +83,7 @@ class GlueTask(Task):
                 preds = np.empty((runs, len(ds)), dtype=np.float64 if self.regression else np.int64)
                 for i in range(0, len(ds), bs):
                     idx = order[i:i + bs]
-                    batch = self.collate([ds[j] for j in idx])
+                    batch = self.batch(ds, idx)
                     batch.pop("labels")
                     batch = repeat_runs({k: v.to(device) for k, v in batch.items()}, runs)
                     with autocast(device, amp):
