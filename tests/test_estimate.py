@@ -68,25 +68,30 @@ def test_sorted_batches_pad_each_batch_to_its_longest():
     assert est.sorted_batches(hist, 4, 2, multiple=4) == (2, 4 * 2 + 8 * 2)
 
 
-def test_makespan_and_side_by_side(device):
+def test_makespan():
     assert est.makespan([3, 3, 2, 2, 2], 2) == 7       # in order, each on the first GPU to free up
     assert est.makespan([1, 1, 10], 8) == 10           # the longest job bounds it
-    assert device.side_by_side(1) == 1
-    assert device.side_by_side(5) == pytest.approx(device.ratio5)
 
 
 # --- the device model reproduces what was measured ---------------------------------------------------------
 def test_fit_goes_through_both_bench_points(device):
+    """Per method and number of runs stacked (1, 5): the line through the bench's two settings."""
     bench = json.loads(est.newest("bench-*.json").read_text())
-    rows = {(r["method"], r["setting"]): r["median_step_ms"] for r in bench["rows"]
-            if r["impl"] == "dynrank" and r["mode"] == "graph-bf16"}
-    cola_tokens = 16 * est.expected_padded_max(est.load_lengths("cola_train"), 16, 8)
-    for method in METHODS:
-        rate = device.rates[method]
+    rows = {(r["method"], r.get("runs", 1), r["setting"]): r["median_step_ms"] for r in bench["rows"]
+            if r["impl"] == "dynrank" and r["mode"] == "graph-bf16" and "error" not in r}
+    cola = est.load_lengths("cola_train")
+    fitted = 0
+    for (method, k), rate in device.rates.items():
         assert rate.a_ms > 0 and rate.b_us > 0, method
-        assert 1000 * rate.time_s(1, 4096) == pytest.approx(rows[method, "fixed"])
-        assert 1000 * rate.time_s(1, cola_tokens) == pytest.approx(rows[method, "cola"])
-    assert device.fixed_s > 0
+        cola_tokens = k * 16 * est.expected_padded_max(cola, k * 16, 8)  # every run's batch, padded together
+        assert 1000 * rate.time_s(1, k * 4096) == pytest.approx(rows[method, k, "fixed"])
+        assert 1000 * rate.time_s(1, cola_tokens) == pytest.approx(rows[method, k, "cola"])
+        fitted += 1
+    assert fitted >= 2 * 5 and device.fixed_s > 0
+    notes = set()
+    one, three, five = (est.rate_of("dora", k, device.rates, notes) for k in (1, 3, 5))
+    assert one.a_ms < three.a_ms < five.a_ms and three.a_ms == pytest.approx((one.a_ms + five.a_ms) / 2)
+    assert est.rate_of("pfeiffer", 5, device.rates, notes).a_ms > 0 and notes  # no rows: lora's, said so
 
 
 # --- runs: steps per run and the preset expansion ----------------------------------------------------------
@@ -100,22 +105,29 @@ def test_one_run_steps_from_the_resolved_config(device):
     assert row["steps"] == math.ceil(n / bs) * epochs
     # padded to a multiple of 8, as a run on a GPU pads (train.pad_to_multiple=auto: max(8, 128 / 16))
     assert row["tokens"] == pytest.approx(epochs * est.epoch_tokens(est.load_lengths("cola_train"), n, bs, 8))
-    assert e.runs == e.jobs == 1
+    assert e.runs == e.jobs == 1 and not row["stacked"]
 
 
-def test_table2_r8_counts_280_runs(device):
+def test_table2_r8_counts_280_runs_in_56_jobs(device):
     e = est.estimate(["experiment=table2_r8"], device)
-    assert (e.runs, e.jobs) == (280, 280)
+    assert (e.runs, e.jobs) == (280, 8 * 7)  # one job per cell, its five seeds in it
     assert {(r["task"], r["cell"]) for r in e.rows} == {(t, f"{m}-r8") for t in TASKS for m in METHODS}
-    assert all(r["runs"] == 5 for r in e.rows)
-    assert e.wall_h["one_gpu"] == pytest.approx(e.wall_h["gpu_hours"])  # one run per job
-    assert e.wall_h["one_gpu_seeds"] < e.wall_h["one_gpu"]
+    assert all(r["runs"] == 5 and r["jobs"] == 1 for r in e.rows)
+    assert all(r["stacked"] == (r["cell"] != "full-r8") for r in e.rows)  # full fine-tuning: side by side
     assert e.wall_h["gpu_hours"] / 8 <= e.wall_h["gpus8"] < e.wall_h["gpu_hours"]
+
+
+def test_stacking_five_seeds_costs_less_than_five_runs(device):
+    one = est.estimate(["task=cola", "method=dora"], device).wall_h["gpu_hours"]
+    five = est.estimate(["task=cola", "method=dora", "seeds=[1,2,3,4,5]"], device).wall_h["gpu_hours"]
+    alone = est.estimate(["task=cola", "method=dora", "seeds=[1,2,3,4,5]", "train.stack=false"], device)
+    assert one < five < 5 * one and five < alone.wall_h["gpu_hours"]
+    assert not alone.rows[0]["stacked"]
 
 
 def test_command_line_replaces_the_presets_sweep(device):
     assert est.estimate(["experiment=table2_r8", "task=cola", "method=lora"], device).runs == 5
-    e = est.estimate(["experiment=table2_r8", "task=cola,rte", "seed=1"], device)
+    e = est.estimate(["experiment=table2_r8", "task=cola,rte", "seeds=[1]"], device)
     assert (e.runs, e.jobs) == (2 * 7, 2 * 7)
 
 
@@ -124,10 +136,10 @@ def test_sweep_jobs_order_first_key_outermost():
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         jobs = est.sweep_jobs(["experiment=table2_r8", "method=lora,dora"])
-    assert len(jobs) == 5 * 8 * 2
-    assert jobs[0] == ["seed=1", "task=rte", "method=lora", "experiment=table2_r8"]
-    assert jobs[1][:3] == ["seed=1", "task=rte", "method=dora"]
-    assert jobs[-1][:3] == ["seed=5", "task=mnli", "method=dora"]
+    assert len(jobs) == 8 * 2
+    assert jobs[0] == ["task=rte", "method=lora", "experiment=table2_r8"]
+    assert jobs[1][:2] == ["task=rte", "method=dora"]
+    assert jobs[-1][:2] == ["task=mnli", "method=dora"]
 
 
 @pytest.mark.parametrize("extra", [[], ["seeds=[1,2,3]"], ["lr_search=true"], ["lr_search=true", "seeds=[4,5]"]])
@@ -146,7 +158,7 @@ def test_lr_search_counts_grid_times_seeds(device):
     e = est.estimate(["experiment=lr_search"], device)
     assert e.jobs == 7 * 8
     assert e.runs == expected
-    assert e.wall_h["one_gpu"] < e.wall_h["gpu_hours"]  # each job trains its grid x seeds side by side
+    assert all(r["stacked"] == (r["cell"] != "full-r8") for r in e.rows)  # each job's grid x seeds: one model
 
 
 def test_bad_override_is_one_line_error(capsys):
