@@ -8,7 +8,7 @@ Each table is one or two Hydra multirun presets (conf/experiment/); every preset
 ``python -m dynrank.train -m experiment=<preset> train.skip_done=true <overrides>``, so a run whose
 results file exists returns at once and an interrupted sweep picks up where it stopped (a run killed
 mid-way resumes from its last epoch checkpoint). The overrides go to every preset: they narrow the
-grid (``task=cola seed=1,2``: command-line values replace the preset's sweep values), change the
+grid (``task=cola seeds=[1,2]``: command-line values replace the preset's values), change the
 setup (``model=tiny data.dir=... train.epochs=1``) or pick a launcher (``hydra/launcher=submitit_slurm``).
 A preset that fails does not stop the others; the report runs on whatever finished, and the exit
 status is 1 if any preset failed.
