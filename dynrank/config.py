@@ -292,6 +292,7 @@ SCHEMA = {
     "method.deltaT": "int >= 1",
     "method.bottleneck": "int >= 1 or null",
     "method.bottleneck_per_rank": "int >= 1",
+    "method.placement": "str",                # source | before_dropout: checked where the adapters are placed
     "method.r_min": "int >= 1",
     "method.r_max": "int >= 1",
     "method.eval_ranks": "list of int >= 1",

@@ -8,7 +8,7 @@ from transformers import BartConfig, BartForSequenceClassification, RobertaConfi
 
 from dynrank.errors import ConfigError
 from dynrank.methods import build
-from dynrank.methods.adapters import AdapterLinear
+from dynrank.methods.adapters import AdapterLinear, SublayerAdapter
 
 
 def _method(name, r=2, **kw):
@@ -25,7 +25,7 @@ def _tiny_roberta():
 
 
 def _wrapped(model):
-    return sorted(n for n, mod in model.named_modules() if isinstance(mod, AdapterLinear))
+    return sorted(n for n, mod in model.named_modules() if isinstance(mod, (AdapterLinear, SublayerAdapter)))
 
 
 @pytest.mark.parametrize("name", ["houlsby", "pfeiffer"])
@@ -54,11 +54,39 @@ def test_placement_roberta():
     _method("houlsby").wrap(h)
     _method("pfeiffer").wrap(p)
     layers = ("roberta.encoder.layer.0", "roberta.encoder.layer.1")
-    assert _wrapped(h) == sorted([f"{l}.attention.output.dense" for l in layers] + [f"{l}.output.dense" for l in layers])
-    assert _wrapped(p) == sorted(f"{l}.output.dense" for l in layers)
-    # the adapter acts on the projection's output, before dropout / residual / LayerNorm
-    out = h.roberta.encoder.layer[0].attention.output
+    # the sources' placement: the whole output block (dense, dropout, LayerNorm) with the adapter after the dropout
+    assert _wrapped(h) == sorted([f"{l}.attention.output" for l in layers] + [f"{l}.output" for l in layers])
+    assert _wrapped(p) == sorted(f"{l}.output" for l in layers)
+    b = _tiny_roberta()
+    _method("houlsby", placement="before_dropout").wrap(b)  # dynrank's first: a(dense(x)), before the dropout
+    assert _wrapped(b) == sorted([f"{l}.attention.output.dense" for l in layers] + [f"{l}.output.dense" for l in layers])
+    out = b.roberta.encoder.layer[0].attention.output
     assert isinstance(out.dense, AdapterLinear) and isinstance(out.LayerNorm, torch.nn.LayerNorm)
+    with pytest.raises(ConfigError, match="method.placement"):
+        _method("houlsby", placement="inside").wrap(_tiny_roberta())
+
+
+@pytest.mark.parametrize("name", ["houlsby", "pfeiffer"])
+def test_source_placement_computes_the_sources_formula(name):
+    """Houlsby: LN(a(h) + x); Pfeiffer: LN(f(LN(h + x)) + h + x), with h = dropout(dense(x')) (AdapterHub's
+    DoubleSeqBn / SeqBn), computed by hand on one block in train mode with the same dropout mask."""
+    model = _tiny_roberta()
+    m = _method(name)
+    m.wrap(model)
+    block = model.roberta.encoder.layer[0].output
+    with torch.no_grad():
+        for p in block.adapter.parameters():
+            p.normal_(0, 0.3)  # away from the identity
+    block.train()
+    x_ffn, x = torch.randn(2, 5, 64), torch.randn(2, 5, 32)
+    torch.manual_seed(3)
+    got = block(x_ffn, x)
+    torch.manual_seed(3)
+    h = block.dropout(block.dense(x_ffn))
+    f = block.adapter.delta
+    want = (block.LayerNorm(f(block.LayerNorm(h + x)) + h + x) if name == "pfeiffer"
+            else block.LayerNorm(h + f(h) + x))
+    assert torch.allclose(got, want, atol=1e-6)
 
 
 def test_bottleneck_sizes_and_overrides():
@@ -71,7 +99,8 @@ def test_bottleneck_sizes_and_overrides():
     m = _method("pfeiffer", r=8, bottleneck=5, activation="gelu")
     m.wrap(_tiny_roberta())
     assert m.m == 5 and isinstance(m.layers[0][1].adapter.act, torch.nn.GELU)
-    assert m.summary() == {"bottleneck": 5, "positions": ["ffn_down"], "n_adapters": 2, "activation": "gelu"}
+    assert m.summary() == {"bottleneck": 5, "positions": ["ffn_down"], "n_adapters": 2, "activation": "gelu",
+                           "placement": "source"}
     with pytest.raises(ConfigError, match="activation"):
         _method("houlsby", activation="tanh").wrap(_tiny_roberta())
     with pytest.raises(ConfigError, match="bottleneck"):
@@ -85,8 +114,11 @@ def test_bart_encoder_and_decoder_no_cross_attention():
                      num_labels=2, pad_token_id=1, bos_token_id=0, eos_token_id=2)
     model = BartForSequenceClassification(cfg)
     ref = copy.deepcopy(model).eval()
-    m = build(OmegaConf.create({"method": {"name": "houlsby", "bottleneck_per_rank": 4, "bottleneck": None},
-                                "budget": {"name": "r2", "r": 2}}), "bart")
+    method = {"name": "houlsby", "bottleneck_per_rank": 4, "bottleneck": None}
+    with pytest.raises(ConfigError, match="placement=before_dropout"):  # BART's layers add the residual inline
+        build(OmegaConf.create({"method": method, "budget": {"name": "r2", "r": 2}}), "bart").wrap(copy.deepcopy(model))
+    m = build(OmegaConf.create({"method": {**method, "placement": "before_dropout"}, "budget": {"name": "r2", "r": 2}}),
+              "bart")
     m.wrap(model)
     names = _wrapped(model)
     assert len(names) == 8  # (self_attn.out_proj + fc2) x 2 layers x (encoder, decoder)

@@ -8,11 +8,19 @@ with bottleneck size m << d. W_down keeps nn.Linear's default (Kaiming-uniform) 
 W_up and b_up start at exactly zero, so a(h) = h at initialisation and the wrapped model computes
 the same function as the pre-trained one (tests check the logits are equal).
 
-Placement: the adapter wraps the sub-layer's output projection, ``out = a(dense(x))``, i.e. it
-acts *before* the sub-layer's dropout, residual connection and LayerNorm, as in Houlsby et al.
+Placement (``method.placement``), in a sub-layer's output block (RoBERTa/BERT: dense, dropout, LayerNorm of the sum
+with the sub-layer's input x), h = dropout(dense(x')):
+- ``source`` (the default): where the sources put it. Houlsby (AdapterHub ``DoubleSeqBnConfig``, the LoRA
+  repository's Adpt^H): LN(a(h) + x), after the dropout. Pfeiffer (AdapterHub ``SeqBnConfig``: original_ln_before,
+  residual_before_ln; the LoRA repository's Adpt^P): LN(W_up act(W_down LN(h + x)) + h + x), the adapter reading the
+  layer-normed stream (the same LayerNorm twice, as there). ``SublayerAdapter``.
+- ``before_dropout``: a(dense(x')), before the sub-layer's dropout, residual and LayerNorm (dynrank's first
+  placement; the only one for BART, whose layers add the residual inline). ``AdapterLinear``.
 Only the adapters and the task head train; the LayerNorms stay frozen (the parameter counts of
-the paper's Table 2, 1.20M / 0.31M and 1.19M / 0.30M, are adapters only). ``export`` writes the
-trained tensors as safetensors plus a JSON placement (PEFT has no bottleneck-adapter format).
+the paper's Table 2, 1.20M / 0.31M and 1.19M / 0.30M, are adapters only). The initialisation (up zero, so the
+wrapped model starts as the pre-trained one) is kept from Houlsby et al.'s near-identity; the LoRA repository's
+Adpt^H keeps nn.Linear's. ``export`` writes the trained tensors as safetensors plus a JSON placement (PEFT has no
+bottleneck-adapter format).
 """
 from __future__ import annotations
 
@@ -45,8 +53,29 @@ class BottleneckAdapter(nn.Module):
             self.up.weight[k].zero_()
             self.up.bias[k].zero_()
 
+    def delta(self, h):
+        """W_up act(W_down h + b_down) + b_up: what the adapter adds."""
+        return self.up(self.act(self.down(h)))
+
     def forward(self, h):
-        return h + self.up(self.act(self.down(h)))
+        return h + self.delta(h)
+
+
+class SublayerAdapter(nn.Module):
+    """A RoBERTa/BERT sub-layer output block (``RobertaSelfOutput``, ``RobertaOutput``: dense, dropout, LayerNorm)
+    with the adapter where the sources put it: after the dropout; Pfeiffer's on the layer-normed stream."""
+
+    def __init__(self, block: nn.Module, m: int, activation: str, runs: int, pfeiffer: bool):
+        super().__init__()
+        self.dense, self.dropout, self.LayerNorm = block.dense, block.dropout, block.LayerNorm
+        self.pfeiffer = pfeiffer
+        self.adapter = BottleneckAdapter(self.dense.out_features, m, activation, self.dense.weight.device, runs)
+
+    def forward(self, hidden_states, input_tensor):
+        h = self.dropout(self.dense(hidden_states))
+        if self.pfeiffer:  # LN(f(LN(h + x)) + h + x)
+            return self.LayerNorm(self.adapter.delta(self.LayerNorm(h + input_tensor)) + h + input_tensor)
+        return self.LayerNorm(self.adapter(h) + input_tensor)  # LN(a(h) + x)
 
 
 class AdapterLinear(nn.Module):
@@ -74,6 +103,7 @@ class BottleneckAdapters(Method):
 
     name = "adapters"
     positions: tuple[str, ...] = ()
+    pfeiffer = False  # source placement: the adapter reads LN(h + x) (Pfeiffer) or h (Houlsby)
 
     def bottleneck(self) -> int:
         m = self.cfg.get("bottleneck")
@@ -88,17 +118,28 @@ class BottleneckAdapters(Method):
         act = str(self.cfg.get("activation", "relu"))
         if act not in ACTIVATIONS:
             raise ConfigError(f"unknown method.activation '{act}'; choose one of: {', '.join(ACTIVATIONS)}")
+        placement = str(self.cfg.get("placement", "source"))
+        if placement not in ("source", "before_dropout"):
+            raise ConfigError(f"unknown method.placement '{placement}'; choose source or before_dropout")
+        if placement == "source" and self.family == "bart":
+            raise ConfigError("method.placement=source is built for RoBERTa/BERT sub-layers; BART's layers add the "
+                              "residual inline: set method.placement=before_dropout")
         m = self.bottleneck()
         freeze_all_but_head(model)
-        self.m = m
+        self.m, self.placement = m, placement
         self.layers = []
         for t in find_targets(model, self.family):
             if t.matrix_type not in self.positions:
                 continue
             parent_name, _, child = t.name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            new = AdapterLinear(t.module, m, act, self.runs)
-            setattr(parent, child, new)
+            if placement == "source":  # the whole output block: dense, dropout, LayerNorm
+                owner_name, _, block_name = parent_name.rpartition(".")
+                new = SublayerAdapter(parent, m, act, self.runs, self.pfeiffer)
+                setattr(model.get_submodule(owner_name), block_name, new)
+            else:
+                new = AdapterLinear(t.module, m, act, self.runs)
+                setattr(parent, child, new)
             self.layers.append((t, new))
         self.finish_wrap(model)
         return model
@@ -123,4 +164,4 @@ class BottleneckAdapters(Method):
 
     def summary(self, k: int = 0) -> dict:
         return {"bottleneck": self.m, "positions": list(self.positions), "n_adapters": len(self.layers),
-                "activation": str(self.cfg.get("activation", "relu"))}
+                "activation": str(self.cfg.get("activation", "relu")), "placement": self.placement}
