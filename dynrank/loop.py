@@ -8,9 +8,9 @@ alone is a stack of one. Each run writes its own checkpoint and results file, ex
 AdamW (weight decay 0.01), linear schedule with 6% warm-up, grad-norm clip 1.0 (each from the method's config),
 optional bf16 on GPU, dev evaluation after every epoch, a checkpoint after every epoch (resume), one results JSON per
 run at the end. The method's hooks: ``extra_loss`` before backward, ``after_step`` after the optimizer step (where
-DoRA prunes, as in the authors' code). The step itself (eager or as a CUDA graph) is ``step.py``; several stacks or
-runs side by side in one process, ``side_by_side.py``; ``Run`` is one run's bookkeeping (its directory, lock,
-resume decisions and history).
+DoRA prunes, as in the authors' code). The step itself (eager or as a CUDA graph) is ``step.py``; a command's runs
+(one, or several grouped into stacks or side by side) are driven by ``side_by_side.py`` (``run``,
+``run_side_by_side``); ``Run`` is one run's bookkeeping (its directory, lock, resume decisions and history).
 """
 from __future__ import annotations
 
@@ -431,16 +431,6 @@ def _total_times(results: dict, past_attempts_s: list, started: float) -> None:
     results["wall_time_s"] = sum(attempts)
     results["wall_time_per_attempt_s"] = attempts
     results["train_time_s"] = sum(results["time_per_epoch_s"])
-
-
-def run(cfg, run_dir, on_start=None) -> dict:
-    """Train ``cfg.method`` on ``cfg.task``; returns the results dict (also written to disk).
-
-    ``on_start()`` is called once the run is set up and about to train (the CLI writes Hydra's files then)."""
-    from .side_by_side import run_side_by_side
-
-    results = run_side_by_side([cfg], [run_dir], on_start=on_start)
-    return results[0] if results else {}
 
 
 def _results(cfg, resolved, task, method, history, device, started, schedule, k: int = 0) -> dict:

@@ -1,5 +1,5 @@
-"""Several runs of one cell in one process (``seeds=[...]``, ``lr_search=true``): stacked into one model, or side by
-side.
+"""A command's runs: one (``run``), or several of one cell in one process (``seeds=[...]``, ``lr_search=true``:
+``run_side_by_side``), stacked into one model or side by side.
 
 On a GPU the runs of a method that stacks train as ONE model (``loop.Trainer`` with R runs: one set of kernels for
 all of them, ``train.stack``); full fine-tuning, whose every weight differs per run, a CPU by default, or
@@ -18,13 +18,21 @@ from .methods import method_class
 from .step import GraphedStep
 
 
+def run(cfg, run_dir, on_start=None) -> dict:
+    """Train ``cfg.method`` on ``cfg.task``; returns the results dict (also written to disk).
+
+    ``on_start()`` is called once the run is set up and about to train (the CLI writes Hydra's files then)."""
+    results = run_side_by_side([cfg], [run_dir], on_start=on_start)
+    return results[0] if results else {}
+
+
 def run_side_by_side(cfgs: list, run_dirs: list, on_start=None) -> list[dict]:
     """Train the runs ``cfgs`` (one cell: they differ in seed and learning rate) in one process; returns each run's
     results, in order (a run skipped as done: what its results file holds, or {}).
 
     Each run is a full, independent run (own initialisation, data order, learning rate and schedule, clipping,
-    optimizer and method state, checkpoint and results file, exactly as ``loop.run`` with its config); the runs share
-    the tokenised data. ``run_dirs[i]`` is run i's directory. ``on_start`` as in ``loop.run``."""
+    optimizer and method state, checkpoint and results file, exactly as ``run`` with its config); the runs share
+    the tokenised data. ``run_dirs[i]`` is run i's directory. ``on_start`` as in ``run``."""
     with ExitStack() as locks:  # each run's lock, released however training ends
         runs, shared = [], None
         for c, run_dir in zip(cfgs, run_dirs):

@@ -1,6 +1,6 @@
 """Entry point: ``python -m dynrank.train task=cola method=dora [budget=r2] [seed=3]``.
 
-Only wires: Hydra composes ``conf/``, ``loop.run`` trains. A user error (unknown task or method,
+Only wires: Hydra composes ``conf/``, ``side_by_side.run`` trains. A user error (unknown task or method,
 missing data, malformed rows, NaN loss...) ends with one line ``error: ...`` and exit status 2.
 The config of every job is checked before Hydra starts (``config.check_command_line``), and Hydra's
 ``.hydra/`` files are written only once a run has started (``_save_hydra_files``): a command that fails
@@ -31,7 +31,7 @@ def _fail(e: DynrankError):
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from .loop import run
+    from .side_by_side import run
 
     try:
         gpus.claim_if_asked()  # hydra/launcher=local_gpus: this job's own GPU, before CUDA starts

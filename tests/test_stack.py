@@ -64,20 +64,21 @@ def assert_same_runs(stacked_dirs, solo_dirs, stacked, solo, atol=1e-6):
 
 @pytest.mark.parametrize("method", STACKING)
 def test_stacked_runs_equal_solo_runs(method, tmp_path, no_dropout):
-    """Two seeds at two learning rates, stacked, against each alone (DoRA and AdaLoRA prune inside the 12 steps)."""
-    grid = [(1, 1e-3), (2, 1e-3), (1, 4e-3), (2, 4e-3)]
+    """Runs of two seeds and two learning rates, stacked, against each alone (DoRA and AdaLoRA prune inside the 12
+    steps); tests/test_gpu.py stacks three on a GPU."""
+    grid = [(1, 1e-3), (2, 4e-3)]
     cfgs = [cfg(tmp_path, method, s, lr, "stacked", "train.epochs=2") for s, lr in grid]
     dirs = [tmp_path / "stacked" / f"run{i}" for i in range(len(grid))]
-    assert [len(g) for g in stacks([_opened(c, d) for c, d in zip(cfgs, dirs)])] == [4]
+    assert [len(g) for g in stacks([_opened(c, d) for c, d in zip(cfgs, dirs)])] == [2]
     stacked = train(cfgs, dirs)
-    assert all(r["training"]["stacked_runs"] == 4 for r in stacked)
+    assert all(r["training"]["stacked_runs"] == 2 for r in stacked)
     solo_dirs = [tmp_path / "solo" / f"run{i}" for i in range(len(grid))]
     solo = [train([cfg(tmp_path, method, s, lr, "solo", "train.epochs=2")], [d])[0]
             for (s, lr), d in zip(grid, solo_dirs)]
     assert all(r["training"]["stacked_runs"] == 1 for r in solo)
     assert_same_runs(dirs, solo_dirs, stacked, solo)
     if method in ("dora", "adalora"):  # the allocations moved, each run its own
-        assert stacked[0]["method_summary"]["rank_map"] != stacked[3]["method_summary"]["rank_map"]
+        assert stacked[0]["method_summary"]["rank_map"] != stacked[1]["method_summary"]["rank_map"]
 
 
 def _opened(c, d):

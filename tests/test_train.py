@@ -8,7 +8,7 @@ import torch
 
 from conftest import SHARED_GLUE, cli, compose, result_file, tiny_overrides
 from dynrank.errors import ConfigError, DataError, TrainingError
-from dynrank.loop import run
+from dynrank.side_by_side import run
 
 
 def _cli_args(tmp_path, *extra):

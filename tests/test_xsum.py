@@ -147,7 +147,7 @@ def _check(res, n):
 
 
 def test_xsum_lora_end_to_end(tmp_path):
-    from dynrank.loop import run
+    from dynrank.side_by_side import run
 
     res = run(_cfg(tmp_path, "method=lora", "train.export=true"), tmp_path / "run")
     _check(res, 3)
@@ -163,7 +163,7 @@ def test_xsum_lora_end_to_end(tmp_path):
 
 
 def test_xsum_full_end_to_end_csv(tmp_path):
-    from dynrank.loop import run
+    from dynrank.side_by_side import run
 
     res = run(_cfg(tmp_path, "method=full", f"data.dir={FIX / 'xsum_csv'}", "eval.max_samples=2"), tmp_path / "run")
     _check(res, 2)
