@@ -188,3 +188,55 @@ def test_killed_stack_resumes_every_run(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "finished already" in again.stdout and "2 runs stacked" in again.stdout
     assert finished.read_text() == before
+
+
+def test_schedules_linear_and_constant():
+    """train.schedule: warm-up, then linear decay to 0 (transformers' get_linear_schedule_with_warmup) or constant
+    (BitFit's source); each run's rate is its base rate times the schedule's factor."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from dynrank.optim import Flat, RunAdamW, lr_factor
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    ref = get_linear_schedule_with_warmup(torch.optim.SGD([p], lr=1.0), 3, 10)
+    linear = []
+    for _ in range(10):
+        linear.append(ref.get_last_lr()[0])
+        ref.step()
+    assert [lr_factor(s, 10, 3) for s in range(10)] == pytest.approx(linear)
+    assert [lr_factor(s, 10, 3, "constant") for s in range(10)] == pytest.approx([0, 1 / 3, 2 / 3] + [1.0] * 7)
+    q = torch.nn.Parameter(torch.zeros(2, 3))
+    opt = RunAdamW(Flat([q], 2, stacked=True), [1e-3, 2e-3], weight_decay=0.0, total_steps=10, warmup_steps=0,
+                   schedule="constant")
+    for step in (0, 5, 9):
+        opt.set_step(step)
+        assert opt.lr.tolist() == pytest.approx([1e-3, 2e-3]) and opt.lrs(step) == pytest.approx([1e-3, 2e-3])
+
+
+def test_each_methods_optimizer_settings_reach_the_optimizer(tmp_path):
+    """Issue 20's settings from the learning rate's source reach the step: BitFit's constant schedule and Adam eps,
+    full fine-tuning's betas and no clipping, label smoothing in the loss."""
+    from dynrank import methods
+    from dynrank.step import make_optimizer, prepare_model
+    from dynrank.tasks.glue import classification_losses
+
+    for method, want in (("bitfit", {"schedule": "constant", "eps": 1e-6}),
+                         ("full", {"betas": (0.9, 0.98), "eps": 1e-6})):
+        c = compose(["task=rte", f"method={method}", "model=tiny"])
+        m = methods.build(c, "roberta")
+        model = m.wrap(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+        prepare_model(model, m, torch.device("cpu"), False, False)
+        opt = make_optimizer(c.train, m, [1e-3], 10)
+        assert all(getattr(opt, k) == v for k, v in want.items()), (method, want)
+    assert compose(["task=rte", "method=full"]).train.max_grad_norm is None  # fairseq: no clipping
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
+
+    class Model(torch.nn.Module):
+        def forward(self, **kw):
+            return type("Out", (), {"logits": logits})
+
+    got = classification_losses(Model(), {"input_ids": torch.zeros(4, 2), "labels": labels}, runs=2,
+                                label_smoothing=0.1)
+    want = torch.stack([torch.nn.functional.cross_entropy(logits[k * 2:k * 2 + 2], labels[k * 2:k * 2 + 2],
+                                                          label_smoothing=0.1) for k in range(2)])
+    assert torch.allclose(got, want)
