@@ -234,7 +234,7 @@ SCHEMA = {
     "train.cuda_graphs": "bool or auto",
     "train.pad_to_multiple": "int >= 1 or auto",
     "train.stack": "bool or auto",
-    "train.max_stack": "int >= 1 or null",
+    "train.max_stack": "int >= 1 or auto",
     "train.device": "device",
     "train.group_by_length": "bool",
     "train.num_workers": "int >= 0",

@@ -324,39 +324,41 @@ class JobEstimate:
         return self.train_s + self.eval_s + self.ckpt_s + self.fixed_s
 
 
-def stacks(cfg, k: int) -> bool:
-    """Whether the job's k runs train stacked on a GPU (``train.stack``, the method's ``stacks``)."""
+def stacks(cfg, k: int) -> int:
+    """How many of the job's k runs train as one model on a GPU (``train.stack``, the method's ``stacks``,
+    ``side_by_side.stack_size``); 1: side by side."""
     from dynrank.methods import method_class
+    from dynrank.side_by_side import stack_size
 
     mode = cfg.train.get("stack", "auto")
     on = (not cfg.train.get("exact", False)) if mode == "auto" else bool(mode)
-    return k > 1 and on and method_class(cfg.method.name).stacks
+    return min(k, stack_size(cfg)) if on and method_class(cfg.method.name).stacks else 1
 
 
 def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
-    """One job of ``k`` runs on the measured device: stacked, one step costs a_k + b_k x (padded tokens of every
-    run's batch, padded to the longest of them); side by side (full fine-tuning), k times one run's steps,
-    evaluations and checkpoints (a graphed RoBERTa-base step keeps the GPU busy: no gaps for another run to fill)."""
+    """One job of ``k`` runs on the measured device, trained as stacks of at most ``stacks(cfg, k)`` runs (one run
+    alone: a stack of one; full fine-tuning: k of them side by side, each step its own, since a graphed RoBERTa-base
+    step keeps the GPU busy): a step of a stack of j runs costs a_j + b_j x (padded tokens of every run's batch,
+    padded to the longest of them), its evaluation every run's dev batches at once."""
     w = workload(cfg)
     notes.update(w.notes)
     if cfg.model.id not in ("roberta_base", "bart_base"):
         notes.add(f"model={cfg.model.id}: projected at RoBERTa-base's measured step cost (no measurement of its own)")
-    stacked = stacks(cfg, k)
-    together = k if stacked else 1  # runs in one step
-    rate = rate_of(cfg.method.name, together, dev.rates, notes)
+    size = stacks(cfg, k)
+    sizes = [size] * (k // size) + ([k % size] if k % size else [])
     bs, epochs, multiple = int(cfg.train.batch_size), int(cfg.train.epochs), gpu_pad_multiple(cfg)
     steps = math.ceil(w.n_train / bs)
-    tokens = epoch_tokens(w.train, w.n_train * together, bs * together, multiple) + together * w.n_train * w.target_tokens
-    eval_s = 0.0
-    for n, hist in w.evals:
-        batches, eval_tokens = sorted_batches(hist, n, int(cfg.train.eval_batch_size), multiple)
-        eval_s += (EVAL_FRACTION * rate.time_s(batches, together * eval_tokens)
-                   + batches * w.gen_steps * GEN_MS_PER_STEP / 1000)
-    train_s, eval_s, job_tokens = rate.time_s(steps, tokens) * epochs, eval_s * epochs, tokens * epochs
-    if not stacked:  # k runs side by side in one process, each step its own
-        train_s, eval_s, job_tokens = train_s * k, eval_s * k, job_tokens * k
-    return JobEstimate(cfg.task.name, cell_of(cfg), k, stacked, w.n_train, bs, epochs, steps * epochs, job_tokens,
-                       train_s, eval_s, k * dev.ckpt_s(cfg.method.name) * epochs, dev.fixed_s)
+    train_s = eval_s = tokens = 0.0
+    for j in sizes:  # one stack after another
+        rate = rate_of(cfg.method.name, j, dev.rates, notes)
+        t = epoch_tokens(w.train, w.n_train * j, bs * j, multiple) + j * w.n_train * w.target_tokens
+        train_s, tokens = train_s + rate.time_s(steps, t) * epochs, tokens + t * epochs
+        for n, hist in w.evals:
+            batches, eval_tokens = sorted_batches(hist, n, int(cfg.train.eval_batch_size), multiple)
+            eval_s += epochs * (EVAL_FRACTION * rate.time_s(batches, j * eval_tokens)
+                                + batches * w.gen_steps * GEN_MS_PER_STEP / 1000)
+    return JobEstimate(cfg.task.name, cell_of(cfg), k, size > 1, w.n_train, bs, epochs, steps * epochs * len(sizes),
+                       tokens, train_s, eval_s, k * dev.ckpt_s(cfg.method.name) * epochs, dev.fixed_s)
 
 
 def gpu_pad_multiple(cfg) -> int:

@@ -240,3 +240,13 @@ def test_each_methods_optimizer_settings_reach_the_optimizer(tmp_path):
     want = torch.stack([torch.nn.functional.cross_entropy(logits[k * 2:k * 2 + 2], labels[k * 2:k * 2 + 2],
                                                           label_smoothing=0.1) for k in range(2)])
     assert torch.allclose(got, want)
+
+
+def test_stack_size_bounds_a_steps_tokens():
+    """train.max_stack=auto: as many runs as keep a stacked step within 65,536 padded tokens at the task's length."""
+    from dynrank.side_by_side import stack_size
+
+    assert stack_size(compose(["task=cola", "method=dora", "train.batch_size=32"])) == 65_536 // (32 * 128)  # 16
+    assert stack_size(compose(["task=squad_v1", "method=dora", "train.batch_size=16"])) == 65_536 // (16 * 384)
+    assert stack_size(compose(["task=xsum", "method=lora", "model=bart_base", "train.batch_size=64"])) == 1
+    assert stack_size(compose(["task=cola", "method=dora", "train.max_stack=3"])) == 3
