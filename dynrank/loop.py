@@ -370,10 +370,11 @@ class Trainer:
         extra_evals = method.final_evaluation(
             lambda: self.task.evaluate(self.model, self.eval_sets, self.device, self.amp, runs=self.R))
         out = []
-        for k, run in self.active():
-            cfg, run_dir = run.cfg, run.run_dir
+        for run in self.runs:
             if run.writer:
                 run.writer.close()
+        for k, run in self.active():
+            cfg, run_dir = run.cfg, run.run_dir
             results = _results(cfg, self.resolved[k], self.task, method, run.history, self.device, self.started,
                                run.schedule, k)
             results["training"] = {"stacked_runs": self.R, "precision": "bf16" if self.amp else "fp32",
