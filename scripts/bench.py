@@ -28,7 +28,6 @@ import random
 import sys
 import time
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,151 +35,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dynrank.config import compose  # noqa: E402
-from dynrank.step import make_optimizer, make_stepper, prepare_model  # noqa: E402
+from dynrank.bench import cola_lengths, dynrank_runner, make_batches, peft_runner, timed_steps  # noqa: E402
 from dynrank.results import versions, write_json  # noqa: E402
 
 DYNRANK = ["full", "bitfit", "lora", "adalora", "dora", "dora_wd", "houlsby", "pfeiffer"]
 PEFT = ["peft_lora", "peft_adalora", "peft_dora"]
-TARGET_REGEX = r".*layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
-
-
-def compose_method_cfg(method: str, task: str = "cola", budget: str = "r8"):
-    return compose([f"method={method}", f"task={task}", f"budget={budget}"])
-
-
-def cola_lengths() -> list[int]:
-    """Token counts of GLUE CoLA's training sentences (recorded: benchmarks/cola_train_lengths.json)."""
-    return json.loads((ROOT / "benchmarks/cola_train_lengths.json").read_text())["lengths"]
-
-
-def make_batches(setting: str, n: int, device, vocab: int, lengths: list[int], pad_multiple: int,
-                 batch_size: int | None = None):
-    """``n`` random batches: ``fixed`` = L=128, batch 32; ``cola`` = CoLA's lengths, batch 16 (or ``batch_size``)."""
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        if setting == "fixed":
-            bs, L = batch_size or 32, 128
-            lens = [L] * bs
-        else:
-            bs = batch_size or 16
-            lens = [lengths[int(torch.randint(len(lengths), (1,), generator=g))] for _ in range(bs)]
-            L = -(-max(lens) // pad_multiple) * pad_multiple
-        ids = torch.randint(3, vocab, (bs, L), generator=g)
-        mask = torch.zeros(bs, L, dtype=torch.long)
-        for i, n_tok in enumerate(lens):
-            mask[i, :n_tok] = 1
-            ids[i, n_tok:] = 1
-        labels = torch.randint(0, 2, (bs,), generator=g)
-        out.append({"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)})
-    return out
-
-
-def build_model(device, model_config: dict | None = None):
-    """RoBERTa-base's architecture with random weights (``model_config`` overrides RobertaConfig's fields)."""
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    torch.manual_seed(0)
-    return RobertaForSequenceClassification(RobertaConfig(num_labels=2, **(model_config or {}))).to(device)
-
-
-class _NoSched:
-    def step(self):
-        pass
-
-
-def dynrank_runner(method_name: str, mode: str, device, total_steps: int, model_config: dict | None = None,
-                   runs: int = 1):
-    """dynrank's own step (``dynrank.step.make_stepper``: eager, or a CUDA graph in the graph modes) for ``runs``
-    stacked runs of ``method_name`` (seeds 1..runs, the method's CoLA learning rate); a batch holds every run's."""
-    from dynrank import methods
-    from dynrank.tasks.glue import classification_losses
-
-    cfg = compose_method_cfg(method_name)
-    model = build_model(device, model_config)
-    method = methods.build(cfg, "roberta", runs=runs)
-    model = method.wrap(model)
-    method.init_runs(list(range(1, runs + 1)))
-    bf16 = "bf16" in mode
-    step_model = prepare_model(model, method, device, bf16, mode.startswith("compile"))
-    method.setup(total_steps)
-    optimizer = make_optimizer(cfg.train, method, [float(cfg.train.lr)] * runs, total_steps)
-    stepper = make_stepper(step_model, method, partial(classification_losses, runs=runs), optimizer, 1.0, bf16,
-                           device, graphs=mode.startswith("graph"))
-    state = {"step": 0}
-
-    def step(batch):
-        loss, _ = stepper(batch, state["step"])
-        state["step"] += 1
-        return loss
-
-    return step, method.param_counts()["adapter"]
-
-
-def peft_runner(method_name: str, mode: str, device, total_steps: int):
-    from peft import AdaLoraConfig, LoraConfig, get_peft_model
-
-    model = build_model(device)
-    if method_name == "peft_adalora":
-        config = AdaLoraConfig(init_r=12, target_r=8, lora_alpha=8, lora_dropout=0.1, target_modules=TARGET_REGEX,
-                               total_step=total_steps, tinit=int(0.15 * total_steps), tfinal=int(0.5 * total_steps),
-                               deltaT=10, task_type="SEQ_CLS")
-    else:
-        config = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.1, target_modules=TARGET_REGEX, task_type="SEQ_CLS",
-                            use_dora=method_name == "peft_dora")
-    model = get_peft_model(model, config)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-    bf16 = "bf16" in mode
-    state = {"step": 0}
-
-    def step(batch):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if method_name == "peft_adalora":
-            model.base_model.update_and_allocate(state["step"])
-        opt.zero_grad(set_to_none=True)
-        state["step"] += 1
-        return loss.detach()
-
-    return step, sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n)
-
-
-class _HostMark:
-    """A CUDA event's two methods on the host clock (CPU runs of scripts/profile_step.py --smoke)."""
-
-    def record(self):
-        self.t = time.perf_counter()
-
-    def elapsed_time(self, end) -> float:
-        return 1000 * (end.t - self.t)
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_steps(step, batches, n: int, device):
-    """Runs ``n`` steps over ``batches``: (wall s, per-step ms, samples, last loss). The per-step times are on the
-    GPU's timeline (CUDA events; idle gaps included), on the host clock without a GPU."""
-    t0 = time.perf_counter()
-    samples = 0
-    marks = [torch.cuda.Event(enable_timing=True) if device.type == "cuda" else _HostMark() for _ in range(n + 1)]
-    marks[0].record()
-    for i in range(n):
-        b = batches[i % len(batches)]
-        last = step(b)
-        marks[i + 1].record()
-        samples += b["input_ids"].shape[0]
-    synchronize(device)
-    dt = time.perf_counter() - t0
-    return dt, [marks[i].elapsed_time(marks[i + 1]) for i in range(n)], samples, last
 
 
 def measure(name, mode, setting, device, args, lengths, runs: int = 1):

@@ -5,7 +5,7 @@ and a real short MiniLM run on CoLA with its evaluation and checkpoint timed apa
     python scripts/profile_step.py --smoke --out /tmp/profile.json     # every part on CPU in seconds (the test)
 
 (a) step profile: each of --methods (RoBERTa-base architecture, random weights, L=128, batch 32 per run, graph-bf16,
-    built by scripts/bench.py's own runner, --profile-runs runs stacked in the step: 1 and 5) warms up, is timed
+    built by dynrank.bench's runner, as scripts/bench.py's, --profile-runs runs stacked in the step: 1 and 5) warms up, is timed
     with CUDA events, then ~20 replayed steps run
     under torch.profiler; kernel time per step is summed per category (CATEGORIES, by kernel name) and the
     top-25 kernels are kept. FLOPs: counted by torch.utils.flop_counter.FlopCounterMode over the first step
@@ -44,10 +44,10 @@ from unittest import mock
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local path; no Hub look-ups (the GPU box is offline)
 
-import bench  # noqa: E402  (puts ROOT on sys.path)
+from dynrank import bench  # noqa: E402
 from dynrank.config import compose  # noqa: E402
 from dynrank.step import GraphedStep  # noqa: E402
 from dynrank.results import versions, write_json  # noqa: E402
