@@ -6,8 +6,8 @@ and a real short MiniLM run on CoLA with its evaluation and checkpoint timed apa
 
 (a) step profile: each of --methods (RoBERTa-base architecture, random weights, L=128, batch 32 per run, graph-bf16,
     built by dynrank.bench's runner as scripts/bench.py's, --profile-runs runs stacked in the step: 1 and 5) warms
-    up, is timed with CUDA events, then ~20 replayed steps run under torch.profiler; kernel time per step is summed per category (CATEGORIES, by kernel name) and the
-    top-25 kernels are kept. FLOPs: counted by torch.utils.flop_counter.FlopCounterMode over the first step
+    up, is timed with CUDA events, then ~20 replayed steps run under torch.profiler; kernel time per step is
+    summed per category (CATEGORIES, by kernel name) and the top-25 kernels are kept. FLOPs: counted by torch.utils.flop_counter.FlopCounterMode over the first step
     (which runs eagerly, before the graph is captured; a replay carries no op-level events to count), and
     an analytic estimate beside it. ``dora@end``: measured past the end of its schedule (allocation final:
     no DEM, no importance EMA); plain ``dora``: in its first phase (DEM and the importance EMA every step).
