@@ -290,7 +290,7 @@ def test_selection_rules_best_epoch_after_pruning():
     """A dora run whose best epoch over all (epoch 1, Matthews .70) comes before pruning ends (step 20):
     standard takes it; paper_code takes the best epoch at or after step 20 (epoch 2's .65: its end step equals
     pruning_end_step, so the allocation is final there); a method without pruning: all epochs."""
-    from dynrank.selection import PAPER_CODE, STANDARD
+    from dynrank.report.selection import PAPER_CODE, STANDARD
 
     hist = _epochs({"matthews": 0.70}, {"matthews": 0.65}, {"matthews": 0.60})
     dora = {"method": "dora", "metric": "matthews", "epochs": hist, "pruning_end_step": 20}
@@ -303,7 +303,7 @@ def test_selection_rules_best_epoch_after_pruning():
 def test_paper_code_takes_every_epoch_of_adalora():
     """AdaLoRA prunes too (its runs record a pruning_end_step), but the authors' code has no AdaLoRA and cuts only
     runs that log 'prune finished' (their DoRA): paper_code takes its best over all epochs, as standard does."""
-    from dynrank.selection import PAPER_CODE, STANDARD, candidate_epochs
+    from dynrank.report.selection import PAPER_CODE, STANDARD, candidate_epochs
 
     hist = _epochs({"matthews": 0.70}, {"matthews": 0.65}, {"matthews": 0.60})
     adalora = {"method": "adalora", "metric": "matthews", "epochs": hist, "pruning_end_step": 20}
@@ -313,7 +313,7 @@ def test_paper_code_takes_every_epoch_of_adalora():
 
 
 def test_selection_rules_per_metric_maxima_and_paper_code_keys():
-    from dynrank.selection import PAPER_CODE, STANDARD
+    from dynrank.report.selection import PAPER_CODE, STANDARD
 
     # XSum: ROUGE-1, -2, -L peak in three different epochs; standard reads all three off the best ROUGE-L epoch
     xsum = {"metric": "rougeL", "pruning_end_step": None, "epochs": _epochs(
@@ -337,7 +337,7 @@ def test_selection_rules_per_metric_maxima_and_paper_code_keys():
 
 
 def test_selection_rules_std_ddof():
-    from dynrank.selection import PAPER_CODE, STANDARD
+    from dynrank.report.selection import PAPER_CODE, STANDARD
 
     xs = [1.0, 2.0, 3.0, 4.0]
     assert math.isclose(STANDARD.std(xs), math.sqrt(5 / 3))    # sum of squares 5, / (n - 1)
@@ -599,7 +599,7 @@ T975 = {2: 4.302653, 3: 3.182446, 4: 2.776445}  # Student t quantile 0.975 by de
 
 
 def test_paired_interval_and_marks_by_hand():
-    from dynrank.paired import CONTRADICTED, SUPPORTED, UNRESOLVED, paired, text
+    from dynrank.report.paired import CONTRADICTED, SUPPORTED, UNRESOLVED, paired, text
 
     # seeds 1-3 paired (4 and 5 only on one side); d = 0.5, 1.0, 0.5: mean 2/3, sd sqrt(1/12), se sd/sqrt(3)
     p = paired({1: 1.0, 2: 2.0, 3: 3.0, 4: 9.0}, {1: 0.5, 2: 1.0, 3: 2.5, 5: 7.0}, paper=0.3)
@@ -716,7 +716,7 @@ def test_claims_section_by_hand(tmp_path):
 
 
 def test_claims_verdict_over_several_comparisons():
-    from dynrank.paired import CONTRADICTED, SUPPORTED, UNRESOLVED, verdict
+    from dynrank.report.paired import CONTRADICTED, SUPPORTED, UNRESOLVED, verdict
 
     assert verdict([SUPPORTED, SUPPORTED]) == SUPPORTED
     assert verdict([SUPPORTED, UNRESOLVED]) == UNRESOLVED

@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from .config import lr_tag
+from ..config import lr_tag
 
 PAPER_SUFFIX = "@paper_code"
 AUTO = "auto"
