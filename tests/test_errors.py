@@ -128,7 +128,7 @@ def test_a_results_store_without_write_permission_is_refused_up_front(tmp_path, 
     from dynrank import config
     from dynrank.errors import ConfigError
 
-    monkeypatch.setattr(config.os, "access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(ConfigError, match=rf"^results.store={tmp_path}/store cannot be written: no write permission "
                                           rf"on {tmp_path}; set results.store to a directory you can write to$"):
         config.check_command_line(_args(tmp_path))
