@@ -9,6 +9,8 @@ import re
 # Read "<key> must be <rule>": int or number (with a bound or a range), bool, str, tag (a name for the results
 # path: letters, digits, '.', '_', '-', no '..'), device (auto, cpu, cuda, cuda:<n>), "list of <rule>", each
 # possibly "or null" or "or auto". Keys of other tasks and methods than the run's are simply absent.
+SCHEDULES = ("linear", "constant")  # train.schedule's choices: the learning-rate schedules of optim.lr_factor
+
 SCHEMA = {
     "seed": "int >= 0",
     "seeds": "list of int >= 0 or null",
@@ -25,7 +27,7 @@ SCHEMA = {
     "train.weight_decay": "number >= 0",
     "train.warmup_ratio": "number in [0, 1)",
     "train.max_grad_norm": "number > 0 or null",
-    "train.schedule": "str",                   # linear | constant: checked where the scheduler is made
+    "train.schedule": "str",                   # one of SCHEDULES: checked by validate
     "train.adam_betas": "list of number in [0, 1)",
     "train.adam_eps": "number > 0",
     "train.label_smoothing": "number in [0, 1)",

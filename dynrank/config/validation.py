@@ -13,7 +13,7 @@ from ..errors import ConfigError, DynrankError
 from ..weights import check_model_dir
 from .hparams import initial_budget
 from .run_identity import run_id
-from .schema import SCHEMA, conforms, describe
+from .schema import SCHEDULES, SCHEMA, conforms, describe
 
 
 class _NeedsHydra(Exception):
@@ -57,8 +57,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("seeds=[] lists no seed; list the seeds to train (e.g. seeds=[1,2,3]), or leave seeds "
                           "unset to train seed=<k>")
     (_, schedule), (_, betas) = _get(values, "train.schedule"), _get(values, "train.adam_betas")
-    if schedule is not None and schedule not in ("linear", "constant"):
-        raise ConfigError(f"train.schedule must be linear or constant (got {_shown(schedule)})")
+    if schedule is not None and schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule must be {' or '.join(SCHEDULES)} (got {_shown(schedule)})")
     if betas is not None and len(betas) != 2:
         raise ConfigError(f"train.adam_betas must be two numbers [beta1, beta2] (got {_shown(betas)})")
     seeds = values.get("seeds") or []
