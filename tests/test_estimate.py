@@ -103,6 +103,7 @@ def test_one_run_steps_from_the_resolved_config(device):
     assert e.runs == e.jobs == 1
 
 
+@pytest.mark.slow
 def test_table2_r8_counts_280_runs(device):
     e = est.estimate(["experiment=table2_r8"], device)
     assert (e.runs, e.jobs) == (280, 280)
@@ -113,6 +114,7 @@ def test_table2_r8_counts_280_runs(device):
     assert e.wall_h["gpu_hours"] / 8 <= e.wall_h["gpus8"] < e.wall_h["gpu_hours"]
 
 
+@pytest.mark.slow
 def test_command_line_replaces_the_presets_sweep(device):
     assert est.estimate(["experiment=table2_r8", "task=cola", "method=lora"], device).runs == 5
     e = est.estimate(["experiment=table2_r8", "task=cola,rte", "seed=1"], device)
@@ -138,6 +140,7 @@ def test_runs_in_counts_as_the_trainer(extra):
     assert est.runs_in(cfg) == len(runs_of(cfg))
 
 
+@pytest.mark.slow
 def test_lr_search_counts_grid_times_seeds(device):
     expected = 0
     for m in METHODS:

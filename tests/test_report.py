@@ -213,6 +213,7 @@ def _glue_fixture(root: Path, n=48):
             (root / "CoLA" / f"{split}.tsv").write_text("".join(lines), encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_tiny_multirun_report_matches_results_by_hand(tmp_path):
     """`make reproduce-tables` in small: the script runs the smoke preset narrowed on the command line to
     2 tasks x 2 methods x 3 seeds (one `python -m dynrank.train -m` process); the report's cells must equal
@@ -504,6 +505,7 @@ def test_an_out_dir_that_cannot_be_created_is_one_line(tmp_path, capsys):
                                                     "is a file; set --out to a directory"]
 
 
+@pytest.mark.slow
 def test_strict_report_exits_2_naming_the_bad_files(tmp_path):
     store, out = tmp_path / "store", tmp_path / "tables"
     bad = _bad_store(store)
@@ -523,6 +525,7 @@ def test_strict_report_exits_2_naming_the_bad_files(tmp_path):
 
 
 # --- end to end on the tiny model: lr_search=true, then --select-lr ---------------------------------------------
+@pytest.mark.slow
 def test_lr_search_end_to_end_tiny(tmp_path, capsys):
     from conftest import cli, tiny_overrides
 
