@@ -8,7 +8,7 @@ TORCH ?= torch
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 INDEX_TIMEOUT ?= 10
 
-.PHONY: help install install-cpu demo test train tables reproduce-tables bench clean
+.PHONY: help install install-cpu demo test test-fast train tables reproduce-tables bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -24,8 +24,11 @@ install-cpu: ## CPU-only machine: torch's CPU build first (1.8 GB, no CUDA libra
 demo: ## a CPU run that visibly learns in ~2 min (LoRA on MiniLM, 6,000 SST-2 sentences); ARGS="hydra overrides"
 	$(PYTHON) scripts/demo.py $(ARGS)
 
-test: ## run the CPU test suite
+test: ## run the CPU test suite (what CI runs)
 	$(PYTHON) -m pytest -p no:cacheprovider -n 2
+
+test-fast: ## the tests not marked slow (no training, no subprocess), in one process: ~25 s, for a quick loop
+	$(PYTHON) -m pytest -p no:cacheprovider -m "not slow"
 
 train: ## one run, e.g. make train ARGS="task=cola method=dora"
 	$(PYTHON) -m dynrank.train $(ARGS)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SCHEDULES = ("linear", "constant")
+from .config.schema import SCHEDULES  # train.schedule's choices: one list, here and in config.validate
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str = "linear") -> float:

@@ -6,7 +6,7 @@ majority-class baseline of the same dev set, and whether any seed collapsed to i
 
 A run "collapsed" when its best dev epoch is no better than predicting one class for every example
 (CoLA: Matthews <= 0; MRPC: accuracy <= the majority class's; STS-B: Pearson <= 0.1, a constant or
-near-constant score). The number per run is the best epoch's (``dynrank.selection`` rule ``standard``) and,
+near-constant score). The number per run is the best epoch's (``dynrank.report.selection`` rule ``standard``) and,
 beside it, the mean under rule ``paper_code`` (dora/adalora: the best epoch after pruning ended).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from dynrank.data.glue import load_split
 from dynrank.metrics.glue import majority_class
 from dynrank.results import load_runs
-from dynrank.selection import PAPER_CODE, STANDARD
+from dynrank.report.selection import PAPER_CODE, STANDARD
 
 METHODS = ("full", "bitfit", "houlsby", "pfeiffer", "lora", "adalora", "dora", "dora_wd", "dylora")
 

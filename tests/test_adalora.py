@@ -251,6 +251,7 @@ def test_bart_targets_and_one_step():
     assert sum(m.ranks()) == m.n * R
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
     p = cli(["task=cola", "method=adalora", "model=tiny", f"data.dir={SHARED_GLUE}", "train.epochs=2",
              "data.max_train_samples=256", "data.max_eval_samples=64", "train.progress=false",

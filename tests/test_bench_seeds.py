@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import SHARED_GLUE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,6 +19,7 @@ def _run(tmp_path, *extra):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_one_seed_and_two_side_by_side_on_real_rte(tmp_path):
     p = _run(tmp_path, "--gpus", "0,1", "--extra", *SMALL)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -29,6 +32,7 @@ def test_one_seed_and_two_side_by_side_on_real_rte(tmp_path):
     assert "at the same time" in r["gpus"] and r["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_a_failing_run_ends_with_its_error(tmp_path):
     p = _run(tmp_path, "--gpus", "0,1", "--extra", "train.lr=-1", *SMALL)
     assert p.returncode != 0

@@ -5,9 +5,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_demo_prints_dev_accuracy_beside_the_majority_class(tmp_path):
     sst2 = tmp_path / "glue" / "SST-2"
     sst2.mkdir(parents=True)

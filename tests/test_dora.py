@@ -357,6 +357,7 @@ def test_bart_and_bert_targets_and_rank_map(tmp_path):
     assert mb.n_modules == 12 and mb.r0 == 12
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_with_export(tmp_path):
     args = ["task=cola", "method=dora", "model=tiny", f"data.dir={SHARED_GLUE}", "train.epochs=2",
             "data.max_train_samples=256", "data.max_eval_samples=64", "train.export=true", "train.progress=false",
@@ -377,6 +378,7 @@ def test_cli_end_to_end_with_export(tmp_path):
     assert json.loads((run / "adapter/adapter_config.json").read_text())["rank_pattern"]
 
 
+@pytest.mark.slow
 def test_low_budget_without_dem_runs(tmp_path):
     from dynrank.side_by_side import run
 
@@ -391,6 +393,7 @@ def test_low_budget_without_dem_runs(tmp_path):
     assert re.fullmatch(r"tiny/cola/dora-r2-nodem/lr2e-3-[0-9a-f]{8}/seed1", res["run_id"])
 
 
+@pytest.mark.slow
 def test_initial_budget_below_final_fails_with_one_line(tmp_path):
     p = cli(["task=cola", "method=dora", "model=tiny", "budget=r8", "method.initial_budget=4",
              f"data.dir={SHARED_GLUE}", f"data.cache_dir={tmp_path / 'cache'}", f"results.store={tmp_path / 's'}",

@@ -68,6 +68,7 @@ def _cola(root: Path, n: int = 12, bad: dict | None = None) -> Path:
 
 # --- bad values and keys: refused before Hydra starts, nothing created or touched ---------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, message", [
     ("train.lr=abc", "error: train.lr must be a number > 0 (got 'abc')"),
     ("train.lr=-1", "error: train.lr must be a number > 0 (got -1)"),
@@ -113,6 +114,7 @@ def test_bad_values_and_keys_are_one_line_and_touch_nothing(finished, tmp_path, 
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "store").exists()
 
 
+@pytest.mark.slow
 def test_a_run_dir_that_cannot_be_created_is_one_line(finished, tmp_path):
     file = finished / "run/results.json"
     before = _snapshot(finished / "run", finished / "store")
@@ -128,7 +130,7 @@ def test_a_results_store_without_write_permission_is_refused_up_front(tmp_path, 
     from dynrank import config
     from dynrank.errors import ConfigError
 
-    monkeypatch.setattr(config.os, "access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(ConfigError, match=rf"^results.store={tmp_path}/store cannot be written: no write permission "
                                           rf"on {tmp_path}; set results.store to a directory you can write to$"):
         config.check_command_line(_args(tmp_path))
@@ -218,6 +220,7 @@ def test_damaged_or_pickled_model_weights_are_one_line_and_never_unpickled(tmp_p
     assert not (tmp_path / "unpickled").exists()
 
 
+@pytest.mark.slow
 def test_initial_budget_is_checked_for_dora(finished, tmp_path):
     before = _snapshot(finished / "run", finished / "store")
     p = cli(_args(finished, "method=dora", "method.initial_budget=abc", f"hydra.run.dir={finished / 'run'}"),
@@ -226,6 +229,7 @@ def test_initial_budget_is_checked_for_dora(finished, tmp_path):
     assert _snapshot(finished / "run", finished / "store") == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sweep, message", [
     ("train.lr=0.002,-1", "train.lr must be a number > 0 (got -1) (in the job train.lr=-1)"),
     ("train.lr=1e-3,abc", "train.lr must be a number > 0 (got 'abc') (in the job train.lr=abc)"),
@@ -240,6 +244,7 @@ def test_a_bad_sweep_value_stops_the_multirun_before_its_first_job(tmp_path, swe
 
 # --- bad data: named by file and line before training; a finished run is not touched -------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("line, expected", [
     (b"gj04\t7\t\tseven is no class .", "malformed row at {f}:3: label '7' is not 0 or 1; fix or remove that line"),
     (b"gj04\t-1\t\tminus one .", "malformed row at {f}:3: label '-1' is not 0 or 1; fix or remove that line"),
@@ -258,6 +263,7 @@ def test_bad_data_is_named_by_file_and_line(finished, tmp_path, line, expected):
     assert _snapshot(finished / "run", finished / "store") == before
 
 
+@pytest.mark.slow
 def test_data_dir_root_is_one_line(finished, tmp_path):
     before = _snapshot(finished / "run", finished / "store")
     t0 = time.time()
@@ -267,6 +273,7 @@ def test_data_dir_root_is_one_line(finished, tmp_path):
     assert _snapshot(finished / "run", finished / "store") == before
 
 
+@pytest.mark.slow
 def test_a_data_dir_without_the_tasks_files_is_one_line(finished, tmp_path):
     """A data dir with train.tsv but no dev.tsv (one with neither: ``test_data_dir_root_is_one_line``), given to
     the finished run's command (which checks the data before saying it is finished)."""
@@ -306,6 +313,7 @@ def killed(tmp_path):
     return args, tmp_path / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, error", [("tensors.safetensors", "SafetensorError"),
                                          ("state.json", "JSONDecodeError")])
 def test_truncated_checkpoint_is_one_line_and_kept(killed, tmp_path, name, error):
@@ -323,6 +331,7 @@ def test_truncated_checkpoint_is_one_line_and_kept(killed, tmp_path, name, error
     assert json.loads((run / "checkpoint/state.json").read_text())["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_other_config_names_the_keys_that_differ(killed, tmp_path):
     args, run = killed
     before = _snapshot(run)
@@ -334,6 +343,7 @@ def test_other_config_names_the_keys_that_differ(killed, tmp_path):
     assert _snapshot(run) == before
 
 
+@pytest.mark.slow
 def test_changed_data_is_refused_on_resume(killed, tmp_path):
     args, run = killed
     train = tmp_path / "glue/CoLA/train.tsv"
@@ -360,6 +370,7 @@ def test_changed_data_is_refused_on_resume(killed, tmp_path):
     assert _snapshot(run) == finished
 
 
+@pytest.mark.slow
 def test_resume_sums_wall_time_and_names_the_directory_it_loaded(killed, tmp_path):
     args, run = killed
     first = json.loads((run / "checkpoint/state.json").read_text())["extra"]["wall_time_s"]
@@ -376,6 +387,7 @@ def test_resume_sums_wall_time_and_names_the_directory_it_loaded(killed, tmp_pat
 
 # --- finished runs are left alone ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_leaves_it_alone(finished, tmp_path):
     run, store = finished / "run", finished / "store"
     before = _snapshot(run, store)
@@ -390,6 +402,7 @@ def test_rerunning_a_finished_run_leaves_it_alone(finished, tmp_path):
     assert after == before
 
 
+@pytest.mark.slow
 def test_finished_run_trains_again_when_asked(tmp_path):
     args = _args(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "train.epochs=1")
     assert cli(args, cwd=tmp_path).returncode == 0
@@ -401,6 +414,7 @@ def test_finished_run_trains_again_when_asked(tmp_path):
     assert len(again["wall_time_per_attempt_s"]) == 1
 
 
+@pytest.mark.slow
 def test_files_get_the_umask_mode(finished, tmp_path):
     from dynrank.results import atomic_write_text
 
@@ -416,6 +430,7 @@ def test_files_get_the_umask_mode(finished, tmp_path):
 
 # --- one process per run: the lock ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_process_on_a_run_in_use_stops(finished, tmp_path):
     run = finished / "run"
     before = _snapshot(run, finished / "store")
@@ -427,6 +442,7 @@ def test_a_second_process_on_a_run_in_use_stops(finished, tmp_path):
     assert _snapshot(run, finished / "store") == before
 
 
+@pytest.mark.slow
 def test_the_lock_goes_with_a_killed_process(tmp_path):
     code = ("import sys, time; from dynrank.checkpoint import RunLock; lock = RunLock(sys.argv[1]); "
             "print('locked', flush=True); time.sleep(60)")
@@ -448,6 +464,7 @@ def test_the_lock_goes_with_a_killed_process(tmp_path):
         holder.kill()
 
 
+@pytest.mark.slow
 def test_two_identical_commands_at_once_never_crash(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for attempt in range(2):
@@ -471,6 +488,7 @@ def test_two_identical_commands_at_once_never_crash(tmp_path):
 
 # --- identities: an lr sweep keeps every rate's results; seeds side by side under a hand-set run dir -----------
 
+@pytest.mark.slow
 def test_lr_sweep_keeps_both_rates(tmp_path):
     p = cli(["-m", *_args(tmp_path, f"hydra.sweep.dir={tmp_path / 'multi'}", "train.epochs=1", "variant=sweep"),
              "train.lr=0.002,0.005"], cwd=tmp_path)
@@ -481,6 +499,7 @@ def test_lr_sweep_keeps_both_rates(tmp_path):
     assert len(list((tmp_path / "multi").rglob("results.json"))) == 2
 
 
+@pytest.mark.slow
 def test_seeds_side_by_side_under_a_hand_set_run_dir(tmp_path):
     """As ``hydra.run.dir=/tmp/x/run-lora``: fewer path parts than a run id has (the IndexError of issue 12)."""
     top = Path(tempfile.mkdtemp(prefix="dynrank-", dir="/tmp"))

@@ -108,6 +108,7 @@ def test_one_run_steps_from_the_resolved_config(device):
     assert e.runs == e.jobs == 1 and not row["stacked"]
 
 
+@pytest.mark.slow
 def test_table2_r8_counts_280_runs_in_56_jobs(device):
     e = est.estimate(["experiment=table2_r8"], device)
     assert (e.runs, e.jobs) == (280, 8 * 7)  # one job per cell, its five seeds in it
@@ -125,6 +126,7 @@ def test_stacking_five_seeds_costs_less_than_five_runs(device):
     assert not alone.rows[0]["stacked"]
 
 
+@pytest.mark.slow
 def test_command_line_replaces_the_presets_sweep(device):
     assert est.estimate(["experiment=table2_r8", "task=cola", "method=lora"], device).runs == 5
     e = est.estimate(["experiment=table2_r8", "task=cola,rte", "seeds=[1]"], device)
@@ -150,6 +152,7 @@ def test_runs_in_counts_as_the_trainer(extra):
     assert est.runs_in(cfg) == len(runs_of(cfg))
 
 
+@pytest.mark.slow
 def test_lr_search_counts_grid_times_seeds(device):
     expected = 0
     for m in METHODS:

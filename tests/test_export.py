@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -9,6 +10,7 @@ from conftest import ROOT, SHARED_GLUE, cli, compose, tiny_overrides
 from dynrank import export, tasks
 
 
+@pytest.mark.slow
 def test_tiny_export_loads_and_merges_from_another_directory(tmp_path, monkeypatch):
     from peft import PeftModel
 

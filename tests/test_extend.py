@@ -17,6 +17,7 @@ def _args(tmp_path, *more):
     return [*ARGS, f"data.cache_dir={tmp_path / 'cache'}", f"results.store={tmp_path / 'store'}", *more]
 
 
+@pytest.mark.slow
 def test_a_longer_run_is_a_new_run_and_extend_continues_the_longest_shorter_one(tmp_path):
     assert cli(_args(tmp_path, "train.epochs=1"), cwd=tmp_path).returncode == 0
     assert cli(_args(tmp_path, "train.epochs=2"), cwd=tmp_path).returncode == 0  # from the start, its own home
@@ -39,6 +40,7 @@ def test_a_longer_run_is_a_new_run_and_extend_continues_the_longest_shorter_one(
     assert len(list((tmp_path / "store").rglob("seed1.json"))) == 3  # three runs, three results files
 
 
+@pytest.mark.slow
 def test_a_hand_set_run_dir_of_another_length_needs_extend(tmp_path):
     run = tmp_path / "run"
     args = _args(tmp_path, f"hydra.run.dir={run}")

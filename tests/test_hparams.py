@@ -32,6 +32,7 @@ def test_every_task_has_its_own_rate_and_a_grid(method):
         assert lr in grid and grid == sorted(grid) and 2 <= len(grid) <= 5, (task, lr, grid)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_resolved_values_are_the_methods_own(method):
     h = _file(method)
@@ -119,6 +120,7 @@ CITED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, task", sorted(CITED))
 def test_resolved_rate_is_the_cited_one(method, task):
     assert compose([f"method={method}", f"task={task}"]).train.lr == pytest.approx(CITED[(method, task)])
@@ -134,6 +136,7 @@ def _cfg(method, task):
     return compose([f"method={method}", f"task={task}"] + (["model=bart_base"] if task == "xsum" else []))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_value_of_the_method_file_reaches_the_run(method):
     """Each key of a task's entry, else of ``all_tasks``, is the composed run's value (none is silently ignored)."""
@@ -215,6 +218,7 @@ SOURCED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, task, group, values", SOURCED)
 def test_sourced_values(method, task, group, values):
     node = _cfg(method, task)[group]
@@ -223,6 +227,7 @@ def test_sourced_values(method, task, group, values):
         assert got == (pytest.approx(want) if isinstance(want, float) else want), (key, got, want)
 
 
+@pytest.mark.slow
 def test_budget_stays_equal_whatever_the_source():
     """What sets the budget is the paper's for every method: r from the budget, Table 8's max length."""
     for method in METHODS:

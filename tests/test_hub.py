@@ -75,6 +75,7 @@ def test_model_from_cache_or_one_line_when_absent(endpoint, monkeypatch, tmp_pat
     assert hub.pretrained_kwargs(str(MINILM)) == {}  # a local directory never asks the Hub
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["model=roberta_base", f"data.dir={SHARED_GLUE}"], "error: 'roberta-base' is not in the Hugging Face cache"),
     (["model=tiny"], "error: could not load nyu-mll/glue/cola/train: the Hub (http://127.0.0.1:"),

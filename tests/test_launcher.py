@@ -12,6 +12,7 @@ import pytest
 from conftest import CONF, ROOT, cli, make_glue, result_file
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_a_two_job_sweep(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
     glue = tmp_path / "glue"
@@ -42,6 +43,7 @@ def _compose_hydra(overrides):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
+@pytest.mark.slow
 def test_local_gpus_preset_runs_one_job_per_visible_gpu(monkeypatch):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[dev]'")
     cfg = _compose_hydra(["hydra/launcher=local_gpus", "model=tiny"])
@@ -82,6 +84,7 @@ def _claimer(locks, timeout_s):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_processes_claim_different_gpus_and_a_third_waits_for_a_free_one(tmp_path):
     locks = tmp_path / "locks"
     first, second = _claimer(locks, 30), _claimer(locks, 30)

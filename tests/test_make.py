@@ -7,11 +7,14 @@ import sys
 import threading
 import time
 
+import pytest
+
 from conftest import ROOT
 
 HINT = "make install-cpu TORCH_INDEX= TORCH='torch==2.13.0'"
 
 
+@pytest.mark.slow
 def test_install_cpu_fails_fast_with_the_offline_hint_where_the_index_does_not_answer(tmp_path):
     silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers: a dead index or proxy
     silent.bind(("127.0.0.1", 0))
@@ -33,6 +36,7 @@ def test_install_cpu_fails_fast_with_the_offline_hint_where_the_index_does_not_a
     assert HINT in (ROOT / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_an_index_that_answers_passes_even_with_an_http_error():
     from importlib import util
 

@@ -98,6 +98,7 @@ def test_bad_inputs_are_one_line_before_the_merge(adapter, tmp_path, capsys, mon
         assert (out.read_text() if out.is_file() else (out / "notes.txt").read_text()) == "keep me"
 
 
+@pytest.mark.slow
 def test_a_killed_merge_leaves_no_out_and_its_leftovers_go_with_the_next(adapter, tmp_path):
     """Killed (SIGKILL) while writing: no ``--out`` at all; the rerun completes it and removes what was left."""
     code = ("import sys, dynrank.merge as m\n"

@@ -76,6 +76,7 @@ def _numbers(obj, path=""):
         yield path, obj
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_part(tmp_path, capsys):
     out = tmp_path / "profile.json"
     prof.main(["--smoke", "--out", str(out), "--data", str(SHARED_GLUE)])

@@ -69,22 +69,25 @@ def _grid(name):
 
 
 @pytest.mark.parametrize("name, model, budget, grid", [
-    ("table2_r8", "roberta_base", "r8", {"task": 8, "method": 7, "seed": 5}),
-    ("table2_r2", "roberta_base", "r2", {"task": 8, "method": 5, "seed": 5}),
-    ("table3_r8", "roberta_base", "r8", {"task": 2, "method": 7, "seed": 5}),
-    ("table3_r2", "roberta_base", "r2", {"task": 2, "method": 5, "seed": 5}),
-    ("table4_r8", "bart_base", "r8", {"task": 1, "method": 4, "seed": 5}),
-    ("table4_r2", "bart_base", "r2", {"task": 1, "method": 3, "seed": 5}),
-    ("table5_dem", "roberta_base", "r8", {"task": 3, "seed": 5}),
-    ("table5_nodem", "roberta_base", "r8", {"task": 3, "seed": 5}),
-    ("table6", "roberta_base", "r2", {"task": 3, "method.initial_budget": 5, "seed": 5}),
+    ("table2_r8", "roberta_base", "r8", {"task": 8, "method": 7}),
+    ("table2_r2", "roberta_base", "r2", {"task": 8, "method": 5}),
+    ("table3_r8", "roberta_base", "r8", {"task": 2, "method": 7}),
+    ("table3_r2", "roberta_base", "r2", {"task": 2, "method": 5}),
+    ("table4_r8", "bart_base", "r8", {"task": 1, "method": 4}),
+    ("table4_r2", "bart_base", "r2", {"task": 1, "method": 3}),
+    ("table5_dem", "roberta_base", "r8", {"task": 3}),
+    ("table5_nodem", "roberta_base", "r8", {"task": 3}),
+    ("table6", "roberta_base", "r2", {"task": 3, "method.initial_budget": 5}),
     ("table9", "roberta_base", "r8", {"method": 7, "seed": 1}),
 ])
 def test_presets_name_existing_configs_and_the_papers_grid(name, model, budget, grid):
     cfg, params = _grid(name)
     assert {k: len(v) for k, v in params.items()} == grid
     assert cfg.model.id == model and cfg.budget.name == budget
-    assert params["seed"] == [str(s) for s in range(1, grid["seed"] + 1)]  # the paper's seeds 1-5
+    if name == "table9":  # timings: one run per job
+        assert params["seed"] == ["1"] and not cfg.seeds
+    else:  # one job per cell, the paper's seeds 1-5 in it (stacked on a GPU)
+        assert list(cfg.seeds) == [1, 2, 3, 4, 5]
     for group in ("task", "method"):
         for choice in params.get(group, []):
             assert (CONF / group / f"{choice}.yaml").is_file(), f"{name}: no conf/{group}/{choice}.yaml"
@@ -213,6 +216,7 @@ def _glue_fixture(root: Path, n=48):
             (root / "CoLA" / f"{split}.tsv").write_text("".join(lines), encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_tiny_multirun_report_matches_results_by_hand(tmp_path):
     """`make reproduce-tables` in small: the script runs the smoke preset narrowed on the command line to
     2 tasks x 2 methods x 3 seeds (one `python -m dynrank.train -m` process); the report's cells must equal
@@ -290,7 +294,7 @@ def test_selection_rules_best_epoch_after_pruning():
     """A dora run whose best epoch over all (epoch 1, Matthews .70) comes before pruning ends (step 20):
     standard takes it; paper_code takes the best epoch at or after step 20 (epoch 2's .65: its end step equals
     pruning_end_step, so the allocation is final there); a method without pruning: all epochs."""
-    from dynrank.selection import PAPER_CODE, STANDARD
+    from dynrank.report.selection import PAPER_CODE, STANDARD
 
     hist = _epochs({"matthews": 0.70}, {"matthews": 0.65}, {"matthews": 0.60})
     dora = {"method": "dora", "metric": "matthews", "epochs": hist, "pruning_end_step": 20}
@@ -303,7 +307,7 @@ def test_selection_rules_best_epoch_after_pruning():
 def test_paper_code_takes_every_epoch_of_adalora():
     """AdaLoRA prunes too (its runs record a pruning_end_step), but the authors' code has no AdaLoRA and cuts only
     runs that log 'prune finished' (their DoRA): paper_code takes its best over all epochs, as standard does."""
-    from dynrank.selection import PAPER_CODE, STANDARD, candidate_epochs
+    from dynrank.report.selection import PAPER_CODE, STANDARD, candidate_epochs
 
     hist = _epochs({"matthews": 0.70}, {"matthews": 0.65}, {"matthews": 0.60})
     adalora = {"method": "adalora", "metric": "matthews", "epochs": hist, "pruning_end_step": 20}
@@ -313,7 +317,7 @@ def test_paper_code_takes_every_epoch_of_adalora():
 
 
 def test_selection_rules_per_metric_maxima_and_paper_code_keys():
-    from dynrank.selection import PAPER_CODE, STANDARD
+    from dynrank.report.selection import PAPER_CODE, STANDARD
 
     # XSum: ROUGE-1, -2, -L peak in three different epochs; standard reads all three off the best ROUGE-L epoch
     xsum = {"metric": "rougeL", "pruning_end_step": None, "epochs": _epochs(
@@ -337,7 +341,7 @@ def test_selection_rules_per_metric_maxima_and_paper_code_keys():
 
 
 def test_selection_rules_std_ddof():
-    from dynrank.selection import PAPER_CODE, STANDARD
+    from dynrank.report.selection import PAPER_CODE, STANDARD
 
     xs = [1.0, 2.0, 3.0, 4.0]
     assert math.isclose(STANDARD.std(xs), math.sqrt(5 / 3))    # sum of squares 5, / (n - 1)
@@ -504,6 +508,7 @@ def test_an_out_dir_that_cannot_be_created_is_one_line(tmp_path, capsys):
                                                     "is a file; set --out to a directory"]
 
 
+@pytest.mark.slow
 def test_strict_report_exits_2_naming_the_bad_files(tmp_path):
     store, out = tmp_path / "store", tmp_path / "tables"
     bad = _bad_store(store)
@@ -523,6 +528,7 @@ def test_strict_report_exits_2_naming_the_bad_files(tmp_path):
 
 
 # --- end to end on the tiny model: lr_search=true, then --select-lr ---------------------------------------------
+@pytest.mark.slow
 def test_lr_search_end_to_end_tiny(tmp_path, capsys):
     from conftest import cli, tiny_overrides
 
@@ -599,7 +605,7 @@ T975 = {2: 4.302653, 3: 3.182446, 4: 2.776445}  # Student t quantile 0.975 by de
 
 
 def test_paired_interval_and_marks_by_hand():
-    from dynrank.paired import CONTRADICTED, SUPPORTED, UNRESOLVED, paired, text
+    from dynrank.report.paired import CONTRADICTED, SUPPORTED, UNRESOLVED, paired, text
 
     # seeds 1-3 paired (4 and 5 only on one side); d = 0.5, 1.0, 0.5: mean 2/3, sd sqrt(1/12), se sd/sqrt(3)
     p = paired({1: 1.0, 2: 2.0, 3: 3.0, 4: 9.0}, {1: 0.5, 2: 1.0, 3: 2.5, 5: 7.0}, paper=0.3)
@@ -716,7 +722,7 @@ def test_claims_section_by_hand(tmp_path):
 
 
 def test_claims_verdict_over_several_comparisons():
-    from dynrank.paired import CONTRADICTED, SUPPORTED, UNRESOLVED, verdict
+    from dynrank.report.paired import CONTRADICTED, SUPPORTED, UNRESOLVED, verdict
 
     assert verdict([SUPPORTED, SUPPORTED]) == SUPPORTED
     assert verdict([SUPPORTED, UNRESOLVED]) == UNRESOLVED

@@ -19,6 +19,7 @@ def scalars(tb_dir) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_help_lists_tasks_methods_models_and_common_keys(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.run([sys.executable, "-m", "dynrank.train", "--help"], cwd=tmp_path, env=env,
@@ -46,6 +47,7 @@ def test_trim_cuts_later_steps_and_empty_files(tmp_path):
     assert not list(tmp_path.glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, final", [("dora", 96), ("adalora", 24)])
 def test_budget_scalars_and_rank_map_figure(tmp_path, monkeypatch, method, final):
     """DoRA: 12 matrices x r0 = 12 components, budget 144 -> 96 (r = 8); AdaLoRA logs its rank budget the same way."""

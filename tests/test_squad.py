@@ -252,6 +252,7 @@ def real_dev():
     return rows, ev, tr, starts, ends, label_text, exact
 
 
+@pytest.mark.slow
 def test_real_dev_windows_and_answer_only_training_set(real_dev):
     rows, ev, tr, _, _, label_text, exact = real_dev
     assert (len(rows), len(ev["input_ids"]), sum(ev["answer_in_window"])) == (10570, 10784, 10612)
@@ -275,6 +276,7 @@ def test_real_dev_windows_and_answer_only_training_set(real_dev):
     assert len(exact) == 10529
 
 
+@pytest.mark.slow
 def test_real_dev_gold_recovery_standard(real_dev):
     rows, ev, _, starts, ends, label_text, exact = real_dev
     preds, _ = postprocess(rows, ev, starts, ends, n_best=20, max_answer_length=30)
@@ -312,6 +314,7 @@ def _authors_loop(rows, ev, texts, batch_size):
     return 100 * em / len(references), 100 * f1 / len(references), len(references)
 
 
+@pytest.mark.slow
 def test_real_dev_paper_code_scores_a_perfect_model_as_the_authors_code(real_dev):
     """A perfect model's EM/F1 under the authors' scoring (batches of 16, Table 8's): issue 20 measured EM 96.96 /
     F1 96.97 for predictions that state the gold answer in every window holding it (and a wrong answer in the
@@ -402,6 +405,7 @@ def _check_v2(res):
     assert dev["n_eval@paper_code"] == 11 and 0 <= dev["exact@paper_code"] <= dev["f1@paper_code"] <= 100
 
 
+@pytest.mark.slow
 def test_squad_v2_lora_end_to_end_with_export(tmp_path):
     res = _run(tmp_path, "task=squad_v2", "method=lora", "train.export=true")
     _check_v2(res)
@@ -414,6 +418,7 @@ def test_squad_v2_lora_end_to_end_with_export(tmp_path):
     assert res["params"]["head"] == 32 * 2 + 2  # qa_outputs trains with every method
 
 
+@pytest.mark.slow
 def test_squad_v1_full_end_to_end(tmp_path):
     res = _run(tmp_path, "task=squad_v1", "method=full", "eval.max_samples=5")
     dev = res["final"]["dev"]
@@ -443,6 +448,7 @@ def test_train_windows_answer_only_drops_answerless_training_windows_paper_code_
         train_set("task.train_windows=some")
 
 
+@pytest.mark.slow
 def test_squad_v2_dora_end_to_end(tmp_path):
     pytest.importorskip("dynrank.methods.dora")
     if not (Path(__file__).resolve().parent.parent / "conf/method/dora.yaml").exists():

@@ -62,6 +62,7 @@ def assert_same_runs(stacked_dirs, solo_dirs, stacked, solo, atol=1e-6):
                 assert torch.allclose(ta[k].float(), tb[k].float(), rtol=1e-4, atol=atol), (a["run_id"], k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", STACKING)
 def test_stacked_runs_equal_solo_runs(method, tmp_path, no_dropout):
     """Runs of two seeds and two learning rates, stacked, against each alone (DoRA and AdaLoRA prune inside the 12
@@ -94,6 +95,7 @@ def test_full_fine_tuning_runs_side_by_side(tmp_path):
     assert [len(g) for g in stacks([_opened(c, tmp_path / f"r{i}") for i, c in enumerate(cfgs)])] == [1, 1]
 
 
+@pytest.mark.slow
 def test_each_run_clips_its_own_gradients(tmp_path, no_dropout):
     """One run at an absurd learning rate (its gradients explode) beside a sane one: the sane run trains exactly
     as alone, and the other stops with the NaN error once the sane run has finished and written its results."""
@@ -146,6 +148,7 @@ def test_run_adamw_is_torch_adamw_per_run():
         assert torch.allclose(state["state"][0]["exp_avg"], ref.state[q]["exp_avg"])
 
 
+@pytest.mark.slow
 def test_killed_stack_resumes_every_run(tmp_path):
     """A stacked job killed after its first epoch's checkpoints resumes every run from its checkpoint and ends as
     an uninterrupted stacked job; a stack where one run is finished already trains only the others."""

@@ -17,6 +17,7 @@ def _cli_args(tmp_path, *extra):
             "data.max_train_samples=96", "data.max_eval_samples=64", *extra]
 
 
+@pytest.mark.slow
 def test_cli_writes_results_json(tmp_path):
     p = cli(_cli_args(tmp_path, f"hydra.run.dir={tmp_path / 'run'}"), cwd=tmp_path)
     assert p.returncode == 0, p.stderr
@@ -32,6 +33,7 @@ def test_cli_writes_results_json(tmp_path):
     assert (tmp_path / "run/checkpoint/tensors.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_seed_multirun_writes_five_results(tmp_path):
     p = cli(["-m", *_cli_args(tmp_path, "data.max_train_samples=32", "data.max_eval_samples=32",
                               f"hydra.sweep.dir={tmp_path / 'multi'}"), "seed=1,2,3,4,5"], cwd=tmp_path)
@@ -44,6 +46,7 @@ def test_seed_multirun_writes_five_results(tmp_path):
                {json.loads(f.read_text())["epochs"][0]["train_loss"] for f in files}) > 1  # seeds differ
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_identical_metrics(tmp_path):
     args = _cli_args(tmp_path, "train.epochs=3", "data.max_train_samples=64")
     full = cli([*args, f"hydra.run.dir={tmp_path / 'a'}", f"results.store={tmp_path / 'sa'}"], cwd=tmp_path)
@@ -64,6 +67,7 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
     assert a["final"] == b["final"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arg, message", [
     ("task=colaa", "error: unknown task 'colaa'; choose one of: cola,"),
     ("method=lorra", "error: unknown method 'lorra'; choose one of:"),
@@ -75,6 +79,7 @@ def test_unknown_names_fail_with_one_line(tmp_path, arg, message):
     assert p.stderr.strip().startswith(message) and len(p.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_missing_data_dir_via_cli_is_one_line_and_keeps_results(tmp_path):
     store = tmp_path / "store/tiny/cola/lora-r8/lr4e-4-00000000"
     store.mkdir(parents=True)
@@ -101,6 +106,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path, glue_dir):
         run(compose(tiny_overrides(tmp_path, "model=minilm", f"model.path={tmp_path / 'no-model'}")), tmp_path / "r4")
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     cfg = compose(tiny_overrides(tmp_path, "method=full", "train.epochs=2", "data.max_train_samples=32"))
     run(cfg, tmp_path / "run")  # a good run leaves a checkpoint at epoch 2
@@ -113,6 +119,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     assert (tmp_path / "run/checkpoint/state.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_cpu_runs_are_deterministic(tmp_path):
     cfg = compose(tiny_overrides(tmp_path, "data.max_train_samples=48"))
     a = run(cfg, tmp_path / "a")
@@ -122,6 +129,7 @@ def test_cpu_runs_are_deterministic(tmp_path):
     assert math.isfinite(a["epochs"][0]["train_loss"])
 
 
+@pytest.mark.slow
 def test_mnli_reports_matched_and_mismatched(tmp_path, glue_dir):
     root, _ = glue_dir
     res = run(compose(tiny_overrides(tmp_path, "task=mnli", f"data.dir={root}")), tmp_path / "m")
@@ -139,6 +147,7 @@ def test_dynamic_padding_pads_to_batch_max():
     assert torch.is_tensor(out["input_ids"])
 
 
+@pytest.mark.slow
 def test_seeds_side_by_side_equal_separate_runs(tmp_path):
     from dynrank.side_by_side import run_side_by_side
     from dynrank.train import runs_of
@@ -154,6 +163,7 @@ def test_seeds_side_by_side_equal_separate_runs(tmp_path):
     assert (tmp_path / "together2/checkpoint/state.json").exists()
 
 
+@pytest.mark.slow
 def test_gpu_speed_options_leave_the_cpu_path_unchanged(tmp_path):
     """bf16, CUDA graphs and torch.compile are GPU-only: on CPU a run with them is the plain fp32 run."""
     base = tiny_overrides(tmp_path, "method=dora", "data.max_train_samples=48", "train.epochs=2")

@@ -146,6 +146,7 @@ def _check(res, n):
     assert 1 <= dev["gen_len"] <= 8 + 1  # decoder start token + at most max_new_tokens
 
 
+@pytest.mark.slow
 def test_xsum_lora_end_to_end(tmp_path):
     from dynrank.side_by_side import run
 
@@ -162,6 +163,7 @@ def test_xsum_lora_end_to_end(tmp_path):
     assert json.loads((tmp_path / "run/adapter/adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"
 
 
+@pytest.mark.slow
 def test_xsum_full_end_to_end_csv(tmp_path):
     from dynrank.side_by_side import run
 

@@ -1,42 +1,19 @@
-"""AdaLoRA (Zhang et al., 2023), following HF PEFT 0.21's ``AdaLoraModel`` / ``RankAllocator`` exactly.
+"""AdaLoRA (Zhang et al., 2023), following HF PEFT 0.21's ``AdaLoraModel`` / ``RankAllocator`` exactly; docs/adalora.md
+has the details and the parameter counts. Per run (the leading run dimension of ``layers.LowRankLinear``):
 
-Parameterisation (AdaLoRA Sec. 3.1, SVD-based adaptation; PEFT ``SVDLinear``): every target matrix gets an
-SVD-shaped update
-
-    h = W0 x + (alpha / (r0 + 1e-5)) * P diag(lambda) Q dropout(x),
-
-Q = ``lora_A`` (r0 x d_in), lambda = ``lora_E`` (r0 x 1), P = ``lora_B`` (d_out x r0), each per run (the leading run
-dimension of ``layers.LowRankLinear``; importance, budget and masks are every run's own); PEFT's ``scaling`` is
-lora_alpha and ``ranknum`` = r0 (it stays r0 after pruning). Init: lambda = 0, P and Q ~ N(0, 0.02).
-r0 = ``method.initial_budget`` or ceil(1.5 * budget.r) (the paper's Appendix E initial budget, as dora);
-the target average rank is budget.r (PEFT ``target_r``).
-
-Orthogonal regulariser (AdaLoRA Sec. 3.1; PEFT adds it to the loss in ``AdaLoraModel.forward``):
-R = orth_reg_weight * mean over the 2n matrices of ||P^T P - I||_F and ||Q Q^T - I||_F (the paper squares
-the norms, the authors' code and PEFT do not: we follow the code); here ``extra_loss``, computed per shape
-group with one ``bmm`` (fp32, outside autocast).
-
-Importance (AdaLoRA Sec. 3.2; PEFT ``RankAllocator.update_ipt`` / ``mask_to_budget``): per entry, sensitivity
-I = |w * grad| after the optimizer step, its EMA Ibar = beta1 Ibar + (1 - beta1) I and the uncertainty
-U = beta2 U + (1 - beta2) |I - Ibar|; score s = Ibar * U. Triplet i of a module scores
-S_i = s(lambda_i) + mean_j s(Q_ij) + mean_j s(P_ji).
-
-Budget schedule (AdaLoRA Sec. 3.3, global budget scheduler; PEFT ``budget_schedule``) with T = total steps,
-tinit = int(0.15 T), tfinal = int(0.5 T) (the schedule fractions dora uses), deltaT = task.pruning_interval, for the 0-based
-index t of the optimizer step just taken (PEFT/official AdaLoRA ``global_step``):
-  t <= tinit: budget b = n r0, no masking;
-  tinit < t < T - tfinal: b = int((n r0 - n r) (1 - (t - tinit) / (T - tfinal - tinit))^3 + n r), and when
-      t % deltaT == 0, lambda_i := 0 for every triplet with S_i <= the (n r0 - b)-th smallest S (one global
-      ``kthvalue`` over all modules); masked lambdas may regrow until the next masking;
-  t == T - tfinal: the final mask at b = n r (forced), the EMAs are reset;
-  t > T - tfinal: the final mask is re-applied after every step (``mask_using_rank_pattern``).
-Importance is updated at every step t < T - tfinal. All of this runs in ``before_zero_grad`` (after
-optimizer.step() and scheduler.step(), before zero_grad), the place PEFT's docs and the official AdaLoRA
-trainer call ``update_and_allocate``, so the gradients are this step's clipped ones and w the updated weights.
-
-Speed: the EMAs live in one bank per shape group (views per module for ``torch._foreach_*`` updates), the
-scores need no stacking, the threshold stays on the device (no ``.item()``), masks are multiplied in with one
-foreach call; the only per-step Python work is gathering the ``.grad`` list (as the optimizer does).
+* Sec. 3.1, SVD-shaped update (PEFT ``SVDLinear``): h = W0 x + (alpha / (r0 + 1e-5)) P diag(lambda) Q dropout(x),
+  Q = ``lora_A`` (r0 x d_in), lambda = ``lora_E`` (r0 x 1), P = ``lora_B`` (d_out x r0); lambda = 0, P, Q ~ N(0, 0.02);
+  r0 = ``initial_budget`` (ceil(1.5 * budget.r), as dora), the target average rank budget.r. Orthogonal regulariser
+  orth_reg_weight * mean of ||P^T P - I||_F and ||Q Q^T - I||_F, unsquared as the code and PEFT (``extra_loss``).
+* Sec. 3.2, importance (PEFT ``update_ipt`` / ``mask_to_budget``): I = |w * grad|, Ibar = beta1 Ibar + (1 - beta1) I,
+  U = beta2 U + (1 - beta2) |I - Ibar|, s = Ibar * U, at every step t < T - tfinal; triplet i scores
+  s(lambda_i) + mean_j s(Q_ij) + mean_j s(P_ji).
+* Sec. 3.3, cubic budget schedule (PEFT ``budget_schedule``), t the 0-based step just taken, tinit = int(0.15 T),
+  tfinal = int(0.5 T), deltaT = ``task.pruning_interval``: no masking up to tinit; then b(t) = int((n r0 - n r)
+  (1 - (t - tinit) / (T - tfinal - tinit))^3 + n r) and every deltaT steps lambda_i := 0 for the triplets at or below
+  the (n r0 - b)-th smallest score (one global threshold); at t = T - tfinal the final mask at b = n r (EMAs reset),
+  re-applied after every later step. It runs in ``before_zero_grad`` (after the optimizer and scheduler steps, before
+  zero_grad), where PEFT's ``update_and_allocate`` sits: this step's clipped gradients, the updated weights.
 
 Deviation: PEFT crashes (``kthvalue`` with k = 0) when r0 == budget.r; here nothing is masked then.
 """

@@ -2,15 +2,18 @@
 
 A method
   1. ``wrap(model)``: injects its modules (if any) and says which parameters train (``requires_grad``); the task
-     head always trains. ``init_runs(seeds)`` then gives each run its initialisation;
+     head always trains (``finish_wrap``: one head per run). ``init_runs(seeds)`` then gives each run its
+     initialisation, and ``setup(total_steps)`` its schedules once the step count is known;
   2. ``extra_loss(step)``: an optional regulariser added to the task loss, one value per run (DEM, orthogonality);
   3. ``before_zero_grad(step)`` / ``after_step(step)``: optional hooks after each optimizer step (importance,
      budget allocation);
   4. ``state_dict()/load_state_dict()``: state beyond the parameters, for resume (EMAs, masks), every tensor with
-     the run dimension first;
+     the run dimension first; ``run_state_dict(k)/load_run_state_dict(k, ...)`` and ``run_params(k)/
+     load_run_params(k, ...)``: run k's slice of the state and of the trainable tensors (its checkpoint);
   5. ``summary(k)``, ``scalars(step, k)``, ``artifacts(run_dir, run, k)``: what goes into run k's results and
      run directory (rank map, per-rank metrics...); ``final_evaluation(evaluate)``: extra dev evaluations;
-  6. ``export(out_dir, k=...)``: run k's trained adapter in a portable format, where one exists.
+  6. ``export(out_dir, k=...)``: run k's trained adapter in a portable format, where one exists (``head(k)``: the
+     head it carries).
 CUDA graphs (``graph_key``, ``prepare_step``) and accounting (``param_counts``, ``pruning_end_step``) complete it.
 
 **Runs.** A method trains ``runs`` = R runs of one cell at once (``methods/layers.py``): every trainable tensor has

@@ -1,69 +1,27 @@
 """Dynamic-rank DoRA (Mao et al., ACL 2024): LoRA split into rank-one components, pruned by importance.
 
 Follows ``../shared/paper/METHOD_SPEC.md`` and, where the paper is silent or differs, the authors' code
-(github.com/MIkumikumi0116/DoRA, ``Finetune_Utils.py``: ``Adaptive_Lora_Linear`` and
-``Adaptive_Lora_Model_Wrapper``), which produced the paper's numbers.
+(github.com/MIkumikumi0116/DoRA, ``Finetune_Utils.py``), which produced the paper's numbers. docs/dora.md maps each
+equation to the code, with the schedule's pseudo-code and the derivations. Per run k (the leading run dimension of
+``layers.LowRankLinear``), every target matrix gets A (r0 x d_in), B (d_out x r0) and c (r0):
 
-Parameterisation (Eq. 5-6). Every target matrix (query, key, value, attention output, FFN up, FFN down;
-BART: encoder, decoder and cross-attention) gets A (r0 x d_in), B (d_out x r0) and c (r0) per run (the
-leading run dimension of ``layers.LowRankLinear``; every formula below holds for each run on its own):
+* Eq. 5-6: W = W0 + sum_i c_i B_i A_i, h = W0 x + (alpha / r0) B (c * (A dropout(x))). r0 = ``initial_budget``
+  (ceil(1.5 * budget.r) unless ``method.initial_budget``, Table 6); budget.r is the final budget. c starts at 0;
+  A and B are Kaiming-uniform with a = ``method.kaiming_a`` (0, as the code; nn.Linear's is sqrt(5)).
+* Eq. 7-8: s_i = ||c_i B_i A_i||_F / (||Delta W||_F + eps), S_i <- beta S_i + (1 - beta) s_i (beta 0.9, S from 0),
+  after every optimizer step until pruning ends; alpha / r0 cancels in the ratio and is left out; no d_out x d_in
+  matrix is formed (|c_i| ||B_i|| ||A_i|| and r0 x r0 Gram matrices, batched per shape group and run).
+* Eq. 9: p = int(t - T warmup_frac), P = int(T (1 - warmup_frac - final_frac)); for 0 <= p <= P, every
+  ``pruning_interval`` steps and at p = P, c_i := 0 where S_i <= the max(k, 1)-th smallest S of the run (one global
+  threshold; k = int(N ((r0 - r) / r0) (p / P)^3), the code's truncations and k >= 1); after P the mask made at p = P
+  is re-applied every step. Pruning is gentle: A_i and B_i stay, a pruned c_i may grow back before the next pruning.
+* Eq. 10: DEM = sum_modules [sum_i Var(A_i) + sum_i Var(B_i)] / (n_modules * 2 * r0), unbiased variances, added as
+  reg_coef * DEM (Table 8's ``task.reg_coef``) while p <= P (the code's 1-based step); ``method.dem=false`` is
+  Table 5's ablation.
 
-    W = W0 + sum_{i=1..r0} c_i B_i A_i          (B_i column i of B, A_i row i of A: one *component*)
-    h = W0 x + scaling * B (c * (A dropout(x))),  scaling = alpha / r0                      (Eq. 6)
-
-r0 is the *initial budget*, ceil(1.5 * budget.r) unless ``method.initial_budget`` is set (Table 6);
-budget.r is the *final budget* (mean surviving components per matrix). c starts at 0 (Delta W = 0);
-A and B are Kaiming-uniform. The authors' code re-initialises both with ``kaiming_uniform_(w)``, i.e.
-a = 0 (bound sqrt(6 / fan_in)); that is the default here (``method.kaiming_a=0``); nn.Linear's own init
-is ``method.kaiming_a=2.2360679775`` (a = sqrt(5)).
-
-Importance (Eq. 7-8), after every optimizer step until pruning ends (as the code; S starts at 0):
-
-    s_i = ||c_i B_i A_i||_F / (||Delta W||_F + eps),     Delta W = sum_j c_j B_j A_j,  eps = 1e-8
-    S_i <- beta * S_i + (1 - beta) * s_i,                 beta = 0.9
-
-``scaling`` multiplies both norms and cancels in the ratio, so Delta W here leaves it out (as the code).
-No d_out x d_in matrix is formed: ||c_i B_i A_i||_F = |c_i| ||B_i|| ||A_i|| and
-||Delta W||_F^2 = sum_ij c_i c_j (B^T B)_ij (A A^T)_ij with r0 x r0 Gram matrices, batched with bmm
-over all matrices of one shape (3 shape groups on RoBERTa) and over the runs.
-
-Budget schedule and pruning (Eq. 9), exactly as the authors' ``get_prune_step``/``prune_lora_scaler``
-(T = total optimizer steps, t = 1-based step just taken, f_w = warmup_frac = 0.15, f_f = final_frac = 0.5):
-
-    p = int(t - T * f_w)                  (truncated toward zero, as the code)
-    P = int(T * (1 - f_w - f_f))
-    for 0 <= p <= P, when p % pruning_interval == 0 or p == P:
-        fraction = ((r0 - r) / r0) * (p / P)^3           (P = 0: fraction = (r0 - r) / r0)
-        k = int(N * fraction),  N = all components of all matrices
-        threshold = the max(k, 1)-th smallest S          (one global threshold per run = torch.kthvalue; the code
-                                                          clamps k >= 1, so the least important component
-                                                          is zeroed even where the formula gives k = 0)
-        c_i := 0 for every component with S_i <= threshold
-    p > P: the mask made at p = P is fixed and re-applied after every step (c_i := 0 when masked).
-
-Pruning is gentle: A_i and B_i stay, and a pruned c_i can grow back through its gradient before the next
-pruning step (and survive it if its importance rose). After pruning about N * r / r0 components survive,
-spread unevenly over the matrices (Figure 2: ``summary()["rank_map"]``, ``rank_map.png``).
-
-DEM (Eq. 10), added to the loss while p <= P (also during warm-up; 0 once pruning has ended):
-
-    DEM = (sum_modules [sum_i Var(A_i) + sum_i Var(B_i)]) / (n_modules * 2 * r0)
-
-Var unbiased (torch.var) over row i of A (d_in values) and column i of B (d_out values);
-loss = task loss + reg_coef * DEM, reg_coef = Table 8's coefficient (``task.reg_coef``).
-``method.dem=false`` (or reg_coef 0) is Table 5's "without DEM" ablation. For the DEM the step is the
-authors' 1-based counter of the step being computed (our ``extra_loss(step)`` gets steps done so far).
-
-Export: pruned components are dropped and c folded into B (B' = B[:, keep] * c[keep], A' = A[keep]),
-written as a standard PEFT LoRA adapter with per-module ``rank_pattern`` and ``alpha_pattern``
-(alpha_m = alpha * r_m / r0, so PEFT's alpha_m / r_m = alpha / r0); ``python -m dynrank.merge`` folds
-it into the base weights. Parameter counts follow the paper: components at the final budget, each
-d_in + d_out + 1 (a row of A, a column of B, and c_i).
-
-Per step the work is a fixed number of batched ops per shape group (stack + bmm / var) and one
-``torch._foreach_mul_`` over the c's; no ``.item()``, no Python branching on tensor values. CUDA graphs
-(``train.cuda_graphs``): ``graph_key`` = (DEM on, phase), phase = ema | prune | fixed; a pruning step's k
-reaches the graph as a device index that ``prepare_step`` fills, and all state is updated in place.
+Parameter counts follow the paper (components at the final budget, d_in + d_out + 1 each); ``export`` drops pruned
+components and folds c into B, as a PEFT LoRA adapter with ``rank_pattern`` and ``alpha_pattern``. A step is a fixed
+number of batched ops, without ``.item()``; with CUDA graphs, ``graph_key`` = (DEM on, phase ema | prune | fixed).
 """
 from __future__ import annotations
 

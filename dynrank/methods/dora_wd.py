@@ -1,31 +1,15 @@
-"""Weight-Decomposed Low-Rank Adaptation (Liu et al., 2024; "DoRA" in that paper, ``dora_wd`` here
-so it is not confused with the dynamic-rank DoRA this project reproduces).
+"""Weight-Decomposed Low-Rank Adaptation (Liu et al., 2024; "DoRA" in that paper, ``dora_wd`` here so it is not
+confused with the dynamic-rank DoRA this project reproduces; docs/methods.md).
 
 The adapted weight is decomposed into magnitude and direction (Liu et al., Eq. 5):
 
     W' = m * (W0 + s B A) / ||W0 + s B A||_c,    s = alpha / r,
 
-with ||.||_c the norm of each output row of the (d_out x d_in) weight (PEFT's convention; the
-paper writes the transposed layout and calls it the column norm), m in R^{d_out} trainable and
-initialised to ||W0||_c (so W' = W0 at the start, since B = 0), A (r x d_in) Kaiming-uniform,
-B (d_out x r) zero. As in the paper's Sec. 4.3 the norm ||W0 + s B A||_c is treated as a
-constant: it is computed without a graph, so no gradient flows through it.
-
-Forward (equal to PEFT 0.21 ``LoraConfig(use_dora=True)``, ``DoraLinearLayer`` +
-``DoraLinearVariant.forward``; tests compare logits and gradients against it):
-
-    g = m / ||W0 + s B A||_c
-    eval, or no dropout:  y = W0 x + b + (g - 1) * (W0 x) + g * s * B A x
-    train with dropout:   y = W0 x + b + (g - 1) * (W0 x') + g * s * B A x',   x' = dropout(x)
-
-(so with dropout the frozen path sees the clean input and the magnitude correction the dropped
-one, exactly as PEFT does). The norm costs one d_out x d_in temporary per module, run and forward
-(``baddbmm`` in W0's dtype, accumulated in fp32), and no host-device sync.
-
-Targets and hyperparameters as LoRA: q, k, v, attention output, FFN up, FFN down of every layer,
-r = budget.r, alpha 8, dropout 0.1. Trainable: the LoRA parameters plus one magnitude per output
-row: on RoBERTa-base r8 -> 1,327,104 + 82,944 = 1,410,048; r2 -> 331,776 + 82,944 = 414,720. Every tensor has
-the run dimension first (``layers.LowRankLinear``): each run its own m, A, B and norm.
+||.||_c the norm of each output row of the (d_out x d_in) weight (PEFT's layout of the paper's column norm), m
+trainable and initialised to ||W0||_c, B = 0 at the start. The norm is a constant (Sec. 4.3: computed without a
+graph). The forward equals PEFT 0.21 ``LoraConfig(use_dora=True)`` (``DoraLinearVariant.forward``), dropout included:
+with dropout the frozen path sees the clean input and the magnitude correction the dropped one; tests compare logits
+and gradients against it. Targets as LoRA's; trainable: LoRA's parameters plus one magnitude per output row (per run).
 ``export`` writes a PEFT adapter (``use_dora=True``, magnitudes as ``lora_magnitude_vector``).
 """
 from __future__ import annotations

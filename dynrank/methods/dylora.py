@@ -1,33 +1,17 @@
-"""DyLoRA (Valipour et al., EACL 2023): one LoRA adapter trained for every rank b <= r_max at once.
+"""DyLoRA (Valipour et al., EACL 2023): one LoRA adapter trained for every rank b <= r_max at once (docs/methods.md).
 
-Each optimizer step samples one rank b uniformly from [r_min, r_max] (one b for all modules, as
-the authors' ``run_glue.py`` callback does), and every adapted matrix uses the truncated product
+Each optimizer step samples one rank b uniformly from [r_min, r_max] (one b for all modules, as the authors'
+``run_glue.py``), and every adapted matrix uses the truncated product
 
     h = W0 x + (alpha / b) * B[:, :b] A[:b, :] dropout(x)            (DyLoRA Eq. 3-4)
 
-The scaling alpha / b follows the authors' code (huawei-noah/Efficient-NLP, DyLoRA/loralib): there
-``scaling = alpha / r_max`` and both truncated factors are multiplied by sqrt(r_max / b), which is
-alpha / b overall. In "frozen" mode (the code's ``set_rank(b, frozen=True)`` used for training,
-the paper's Eq. 5) only the b-th row of A and the b-th column of B get a gradient; rows / columns
-< b take part in the forward pass detached. ``method.mode: full`` lets all of 1..b train (nested
-dropout style). Note the frozen rows still move with a standard AdamW (momentum, weight decay), as
-in the reference implementation. Evaluation during training uses r_max; after training the
-model is evaluated at every rank in ``method.eval_ranks`` (<= r_max, r_max always included) and
-the loop stores the metrics in ``results["extra_evals"]`` as ``{"rank_1": {...}, ...}``.
-
-Determinism: the rank of every step comes from a schedule drawn once in ``setup`` from a
-``torch.Generator`` seeded with ``method.seed`` (= the run's seed), so b is a function of the step;
-the step is saved in ``state_dict`` for resume. Per step the only work is pointing the one
-``RankState`` shared by all modules at row b of two small precomputed device tables (no per-module
-loop, no host-device sync). The modules compute B diag(gate) A x with gate_i = alpha / b for i < b
-and 0 otherwise, which equals the truncated product above but keeps every step's shapes the same
-(r_max columns: the same cost as LoRA at r_max; no recompiles under torch.compile); frozen mode
-keeps the values and masks the gradient to component b - 1.
-
-A (r_max x d_in) Kaiming-uniform, B (d_out x r_max) zero, alpha 8, dropout 0.1, on the same six
-matrix types as LoRA: trainable parameters equal LoRA's at r = r_max (RoBERTa-base: 1,327,104 for
-r8, 331,776 for r2). ``export`` writes a PEFT LoRA adapter truncated to ``method.export_rank``
-(default r_max) with lora_alpha = alpha, so PEFT's scaling alpha / r is the same alpha / b.
+alpha / b as the authors' code (huawei-noah/Efficient-NLP, DyLoRA/loralib: alpha / r_max times sqrt(r_max / b) on
+both factors). Frozen mode (the paper's Eq. 5, the code's ``set_rank(b, frozen=True)``): only row b of A and column b
+of B get a gradient; ``method.mode: full`` trains all of 1..b. The modules compute B diag(gate) A x with gate_i =
+alpha / b for i < b, 0 after: the same shapes every step. The ranks come from a schedule drawn once from
+``method.seed`` (the run's seed), so b is a function of the step and resumes exactly. Dev evaluation uses r_max;
+after training, every rank of ``method.eval_ranks`` (``results["extra_evals"]``). Trainable parameters equal LoRA's
+at r = r_max; ``export`` writes a PEFT LoRA adapter truncated to ``method.export_rank`` (default r_max).
 """
 from __future__ import annotations
 

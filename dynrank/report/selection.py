@@ -1,28 +1,13 @@
-"""The report's selection rules apart from its formatting: which number a run contributes, how seeds spread,
-and which learning rate a table cell's runs come from.
+"""The report's selection rules apart from its formatting: which number a run contributes, how seeds spread, and which
+learning rate a table cell's runs come from (docs/reproduce.md: Evaluation protocols, Learning-rate search).
 
-Every results file holds the dev metrics of every epoch (``results["epochs"]``: ``{"epoch", "step", "dev"}``),
-so a rule is a report-time choice: switching rules needs no retraining.
+Every results file holds the dev metrics of every epoch, so a rule is a report-time choice. ``standard``: every metric
+off the best epoch by the task's selection metric, sample std (ddof=1). ``paper_code`` (the authors'
+``Summarize_Results.py``): each metric's own maximum over the epochs after pruning ended (dora; every epoch for the
+other methods), ``<key>@paper_code`` where stored, population std (ddof=0). One seed: no spread.
 
-* ``standard``: the best epoch over all epochs by the task's selection metric (``results["metric"]``: GLUE the
-  table's metric, SQuAD F1, XSum ROUGE-L; the first of equal epochs, as the training loop); every metric is
-  read off that one epoch; the spread over seeds is the sample standard deviation (ddof=1).
-* ``paper_code``: the authors' ``Summarize_Results.py`` (MIkumikumi0116/DoRA). Candidate epochs: for dora
-  (its runs' ``pruning_end_step``) the epochs that end at or after it (the code's
-  ``metric_list[prune_finished_index + 1:]``: only their DoRA layer logs 'prune finished'), for every other
-  method all epochs (adalora too: their code has no AdaLoRA, so no marker); **each metric's own maximum**
-  over them (SQuAD EM and F1, ROUGE-1/2/L apart, possibly from different epochs), read from the authors'
-  variant ``<key>@paper_code`` where the file has it (SQuAD windows, ROUGE without stemming), else ``<key>``;
-  the spread is ``numpy.std`` (population, ddof=0).
-
-With one seed neither rule gives a spread (``None``): a single run has none to report.
-
-Learning rate (``choose``): a cell's runs (one model, task, method, budget, variant) may come at several
-learning rates, and rarely under several config hashes (the hash covers every result-changing key but the lr
-and the seed). The group of the hash with the most runs is used; within it one rate is "fixed", several are
-"tuned": the rate with the best mean over seeds of the task's selection metric under the rule in force, the
-smaller rate on a tie (``joint``: one rate for every metric of the cell). Under ``paper_code`` the report can
-instead take each metric's own best rate (``for_metric``, ``per_metric``), as the authors' summary lists them.
+``choose``: a cell's runs are the config-hash group with the most runs, at one rate ("fixed") or the best mean of
+several ("tuned", the smaller rate on a tie); ``for_metric``: under paper_code, each metric its own best rate.
 """
 from __future__ import annotations
 
@@ -32,7 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from .config import lr_tag
+from ..config import lr_tag
 
 PAPER_SUFFIX = "@paper_code"
 AUTO = "auto"

@@ -1,18 +1,11 @@
-"""Which differences the runs support: paired comparisons over seeds, and the paper's claims as numbers.
+"""Which differences the runs support: paired comparisons over seeds, and the paper's claims as numbers
+(docs/reproduce.md: The report, Paired with the paper's method).
 
-The paper's claims are differences of 0.5-1 point between methods at 5 seeds, so a table of means says little on its
-own. Two runs with the same seed number share the data order and the initialisation of what both train, so a
-method is compared with the paper's method (dora) **paired by seed**: over the seeds both have, the mean of the
-per-seed differences d_s = method_s - reference_s and its 95% interval, Student t with n - 1 degrees of freedom
-over those differences (mean ± t_{0.975, n-1} · sd / sqrt(n)). One pair gives a difference but no interval; no
-pair, nothing. Seeds only one side has are left out (``unpaired``).
-
-Against the paper's own difference (the same two rows of its table), ``mark``:
-
-* ``supported``: the interval lies wholly on the side of 0 of the paper's difference;
-* ``contradicted``: wholly on the other side;
-* ``not resolved``: it contains 0, or there is no interval (one pair);
-* ``""``: nothing to test (no pair, or the paper has no difference or a zero one).
+A method is compared with the paper's method (dora) paired by seed (two runs of one seed share the data order and
+the initialisation of what both train): the mean of the differences d_s = method_s - reference_s over the seeds both
+have, with its 95% Student-t interval (mean ± t_{0.975, n-1} · sd / sqrt(n)); one pair: no interval. ``mark``
+against the paper's own difference: ``supported`` (the interval lies wholly on its side of 0), ``contradicted``
+(wholly on the other), ``not resolved`` (it contains 0, or one pair), ``""`` (nothing to test).
 """
 from __future__ import annotations
 

@@ -1,0 +1,153 @@
+"""What each key may hold (``SCHEMA``) and the small rule language it is written in: ``conforms`` checks a value,
+``describe`` says a rule in words."""
+from __future__ import annotations
+
+import math
+import re
+
+# --- what each key may hold ------------------------------------------------------------------------------------
+# Read "<key> must be <rule>": int or number (with a bound or a range), bool, str, tag (a name for the results
+# path: letters, digits, '.', '_', '-', no '..'), device (auto, cpu, cuda, cuda:<n>), "list of <rule>", each
+# possibly "or null" or "or auto". Keys of other tasks and methods than the run's are simply absent.
+SCHEDULES = ("linear", "constant")  # train.schedule's choices: the learning-rate schedules of optim.lr_factor
+
+SCHEMA = {
+    "seed": "int >= 0",
+    "seeds": "list of int >= 0 or null",
+    "lr_search": "bool",
+    "variant": "tag or null",
+    "data.dir": "str or null",
+    "data.cache_dir": "str or null",
+    "data.max_train_samples": "int >= 1 or null",
+    "data.max_eval_samples": "int >= 1 or null",
+    "train.lr": "number > 0",
+    "train.epochs": "int >= 1",
+    "train.batch_size": "int >= 1",
+    "train.eval_batch_size": "int >= 1",
+    "train.weight_decay": "number >= 0",
+    "train.warmup_ratio": "number in [0, 1)",
+    "train.max_grad_norm": "number > 0 or null",
+    "train.schedule": "str",                   # one of SCHEDULES: checked by validate
+    "train.adam_betas": "list of number in [0, 1)",
+    "train.adam_eps": "number > 0",
+    "train.label_smoothing": "number in [0, 1)",
+    "train.exact": "bool",
+    "train.bf16": "bool or auto",
+    "train.compile": "bool",
+    "train.cuda_graphs": "bool or auto",
+    "train.pad_to_multiple": "int >= 1 or auto",
+    "train.stack": "bool or auto",
+    "train.max_stack": "int >= 1 or auto",
+    "train.device": "device",
+    "train.group_by_length": "bool",
+    "train.num_workers": "int >= 0",
+    "train.log_every": "int >= 1",
+    "train.resume": "bool",
+    "train.extend": "bool",
+    "train.skip_done": "bool",
+    "train.progress": "bool",
+    "train.export": "bool",
+    "eval.max_samples": "int >= 1 or null",
+    "results.store": "str",
+    "budget.name": "tag",
+    "budget.r": "int >= 1",
+    "model.id": "tag",
+    "model.path": "str or null",
+    "model.tiny.hidden_size": "int >= 1",
+    "model.tiny.num_hidden_layers": "int >= 1",
+    "model.tiny.num_attention_heads": "int >= 1",
+    "model.tiny.intermediate_size": "int >= 1",
+    "task.name": "tag",
+    "task.num_labels": "int >= 1",
+    "task.max_length": "int >= 1",
+    "task.batch_size": "int >= 1",
+    "task.epochs": "int >= 1",
+    "task.reg_coef": "number >= 0",
+    "task.pruning_interval": "int >= 1",
+    "task.doc_stride": "int >= 1",
+    "task.max_answer_length": "int >= 1",
+    "task.n_best": "int >= 1",
+    "task.null_threshold": "number",
+    "task.max_target_length": "int >= 1",
+    "task.version_2_with_negative": "bool",
+    "task.generate.num_beams": "int >= 1",
+    "task.generate.max_new_tokens": "int >= 1",
+    "task.generate.no_repeat_ngram_size": "int >= 0",
+    "task.generate.early_stopping": "bool",
+    "task.generate.length_penalty": "number",
+    "method.name": "tag",
+    "method.alpha": "number > 0",
+    "method.dropout": "number in [0, 1)",
+    "method.initial_budget": "int >= 1 or null",
+    "method.warmup_frac": "number in [0, 1]",
+    "method.final_frac": "number in [0, 1]",
+    "method.tinit_fraction": "number in [0, 1]",
+    "method.tfinal_fraction": "number in [0, 1]",
+    "method.beta": "number in [0, 1)",
+    "method.beta1": "number in [0, 1)",
+    "method.beta2": "number in [0, 1)",
+    "method.eps": "number > 0",
+    "method.kaiming_a": "number",
+    "method.dem": "bool",
+    "method.reg_coef": "number >= 0",
+    "method.orth_reg_weight": "number >= 0",
+    "method.pruning_interval": "int >= 1",
+    "method.deltaT": "int >= 1",
+    "method.bottleneck": "int >= 1 or null",
+    "method.bottleneck_per_rank": "int >= 1",
+    "method.placement": "str",                # source | before_dropout: checked where the adapters are placed
+    "method.r_min": "int >= 1",
+    "method.r_max": "int >= 1",
+    "method.eval_ranks": "list of int >= 1",
+    "method.export_rank": "int >= 1 or null",
+    "method.seed": "int >= 0",
+    "protocol.lora_kaiming_a": "number",
+    "protocol.std_ddof": "int in [0, 1]",
+}
+
+
+def conforms(rule: str, value) -> bool:
+    """Whether ``value`` (as composed and resolved: YAML/Hydra types) satisfies ``rule`` (a ``SCHEMA`` entry)."""
+    if rule.endswith(" or null"):
+        return value is None or conforms(rule[: -len(" or null")], value)
+    if rule.endswith(" or auto"):
+        return value == "auto" or conforms(rule[: -len(" or auto")], value)
+    if rule.startswith("list of "):
+        return isinstance(value, list) and all(conforms(rule[len("list of "):], v) for v in value)
+    kind, _, bound = rule.partition(" ")
+    if kind in ("bool", "str"):
+        return isinstance(value, {"bool": bool, "str": str}[kind])
+    if kind == "tag":
+        return isinstance(value, str) and bool(re.fullmatch(r"[A-Za-z0-9._-]+", value)) and ".." not in value
+    if kind == "device":
+        return isinstance(value, str) and bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", value))
+    if isinstance(value, bool) or not isinstance(value, int if kind == "int" else (int, float)):
+        return False
+    return math.isfinite(value) and _within(value, bound)
+
+
+def _within(x, bound: str) -> bool:
+    """``>= 1``, ``> 0``, ``in [0, 1)``; empty: any."""
+    if not bound:
+        return True
+    op, _, rest = bound.partition(" ")
+    if op == "in":
+        lo, hi = (float(v) for v in rest[1:-1].split(","))
+        return (lo <= x if rest[0] == "[" else lo < x) and (x <= hi if rest[-1] == "]" else x < hi)
+    b = float(rest)
+    return {">=": x >= b, ">": x > b, "<=": x <= b, "<": x < b}[op]
+
+
+def describe(rule: str) -> str:
+    """A rule in words: ``int >= 1 or null`` -> ``an integer >= 1, or null``."""
+    if rule.endswith(" or null"):
+        return describe(rule[: -len(" or null")]) + ", or null"
+    if rule.endswith(" or auto"):
+        return describe(rule[: -len(" or auto")]) + ", or auto"
+    if rule.startswith("list of "):
+        return "a list of " + describe(rule[len("list of "):]).split(" ", 1)[1].replace("integer", "integers")
+    kind, _, bound = rule.partition(" ")
+    words = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
+             "tag": "a name of letters, digits, '.', '_', '-' (no path separator, no '..')",
+             "device": "auto, cpu, cuda or cuda:<n>"}[kind]
+    return f"{words} {bound}" if bound else words
