@@ -30,7 +30,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 NOT_IN_IDENTITY = {
     "": ("seed", "seeds", "lr_search", "variant", "results", "hparams", "protocol", "launcher", "hydra"),
     "train": ("lr", "resume", "extend", "skip_done", "progress", "log_every", "eval_batch_size", "num_workers",
-              "export", "device", "compile", "cuda_graphs", "pad_to_multiple", "stack", "max_stack"),
+              "export", "device", "compile", "cuda_graphs", "pad_to_multiple", "stack", "max_stack",
+              "checkpoint_every", "keep_checkpoint"),
     "data": ("dir", "cache_dir"),
     "model": ("path",),
 }
@@ -244,6 +245,8 @@ SCHEMA = {
     "train.skip_done": "bool",
     "train.progress": "bool",
     "train.export": "bool",
+    "train.checkpoint_every": "int >= 1 or null",
+    "train.keep_checkpoint": "str",            # last | none: checked in validate
     "eval.max_samples": "int >= 1 or null",
     "results.store": "str",
     "budget.name": "tag",
@@ -392,6 +395,8 @@ def validate(cfg: DictConfig) -> None:
     (_, schedule), (_, betas) = _get(values, "train.schedule"), _get(values, "train.adam_betas")
     if schedule is not None and schedule not in ("linear", "constant"):
         raise ConfigError(f"train.schedule must be linear or constant (got {_shown(schedule)})")
+    if (keep := _get(values, "train.keep_checkpoint")[1]) not in (None, "last", "none"):
+        raise ConfigError(f"train.keep_checkpoint must be last or none (got {_shown(keep)})")
     if betas is not None and len(betas) != 2:
         raise ConfigError(f"train.adam_betas must be two numbers [beta1, beta2] (got {_shown(betas)})")
     seeds = values.get("seeds") or []
