@@ -1,11 +1,14 @@
-"""End-of-epoch checkpoints for resume: safetensors for tensors, JSON for the rest, swapped in atomically.
+"""Checkpoints for resume: safetensors for tensors, JSON for the rest, swapped in atomically.
 
 ``<run_dir>/checkpoint/`` holds one run's ``tensors.safetensors`` (trainable parameters, optimizer state,
 method state such as EMAs and masks, torch RNG states) and ``state.json`` (epoch, history,
 scheduler, Python/NumPy RNG, a fingerprint of the config; the loop adds the config itself, the data's
-fingerprint and the wall time of each attempt under ``extra``). A kill at any moment leaves either the
-previous checkpoint or the new one, never a mix. A run trained in a stack (``loop.Trainer``) writes what it would
-write alone: its own slices of the stacked tensors, shaped as in a model of one run.
+fingerprint and the wall time of each attempt under ``extra``). A checkpoint is made at the end of each epoch, and
+within one (SIGTERM, ``train.checkpoint_every``) with its ``position`` in the epoch. A kill at any moment leaves the
+previous checkpoint or the new one, never a mix: the new one is written to ``checkpoint.tmp/`` (``state.json``
+last) and swapped in (``_swap``); a complete temporary left by a kill during the swap is swapped in by the next
+command (``recover``). A run trained in a stack (``loop.Trainer``) writes what it would write alone: its own slices
+of the stacked tensors, shaped as in a model of one run.
 
 One process at a time trains a run: ``RunLock`` holds an exclusive ``flock`` on ``<run_dir>/.lock``.
 """
@@ -54,8 +57,12 @@ class RunLock:
             raise RunInUseError(f"run {run_dir} is in use by {by}; wait for it to end, or stop it, "
                                 "before running it again") from None
 
-    def release(self) -> None:
+    def release(self, tidy: bool = False) -> None:
+        """``tidy``: where the run directory holds nothing but the lock (a run stopped before writing anything),
+        the lock file goes too (removed while still held), so that no directory is left holding only ``.lock``."""
         if not self.file.closed:
+            if tidy and os.listdir(self.path.parent) == [LOCK]:
+                self.path.unlink()
             fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
 
@@ -103,12 +110,14 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
 
 
 def save(run_dir, *, params: dict, optimizer: dict, scheduler: dict, method: dict, epoch: int, step: int,
-         history: list, fingerprint: str, extra: dict | None = None) -> Path:
+         history: list, fingerprint: str, extra: dict | None = None, position: dict | None = None) -> Path:
     """One run's checkpoint: its trainable tensors by parameter name (``params``), its optimizer state in
     ``torch.optim.AdamW.state_dict()``'s form, its schedule in ``LambdaLR.state_dict()``'s, its method state, and the
-    process's RNG states. A run of a stack writes exactly what it would write alone."""
+    process's RNG states. A run of a stack writes exactly what it would write alone. ``epoch``: the epochs completed;
+    ``position``: where a checkpoint made within the next one stands (the loop's ``{"batch": ...}``), None at an
+    epoch's end."""
     run_dir = Path(run_dir)
-    final, tmp, old = run_dir / NAME, run_dir / (NAME + ".tmp"), run_dir / (NAME + ".old")
+    tmp = run_dir / (NAME + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tensors = {f"model.{n}": p.detach().contiguous() for n, p in params.items()}
@@ -125,9 +134,16 @@ def save(run_dir, *, params: dict, optimizer: dict, scheduler: dict, method: dic
         "epoch": epoch, "step": step, "history": history, "fingerprint": fingerprint,
         "optimizer": opt_meta, "scheduler": scheduler,
         "rng_python": random.getstate(), "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "extra": extra or {},
+        "extra": extra or {}, "position": position,
     }
-    atomic_write_text(tmp / "state.json", json.dumps(state, default=_jsonable))
+    atomic_write_text(tmp / "state.json", json.dumps(state, default=_jsonable))  # last: the temporary is complete
+    return _swap(run_dir)
+
+
+def _swap(run_dir: Path) -> Path:
+    """The complete ``checkpoint.tmp/`` becomes ``checkpoint/``; a kill between the renames leaves
+    ``checkpoint.old/`` whole (``read_state`` falls back to it) or the complete temporary (``recover``)."""
+    final, tmp, old = run_dir / NAME, run_dir / (NAME + ".tmp"), run_dir / (NAME + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
@@ -136,15 +152,44 @@ def save(run_dir, *, params: dict, optimizer: dict, scheduler: dict, method: dic
     return final
 
 
+def recover(run_dir) -> dict | None:
+    """A save killed around its swap can leave a complete ``checkpoint.tmp/`` (its ``state.json``, written last, is
+    there) beside the previous checkpoint or none: it is the newest checkpoint, and is swapped in as the save would
+    have done. Returns its state (None: nothing to recover; an incomplete temporary is left to the next save)."""
+    run_dir = Path(run_dir)
+    tmp = run_dir / (NAME + ".tmp")
+    try:
+        state = json.loads((tmp / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    _swap(run_dir)
+    return state
+
+
+def peek(run_dir) -> dict | None:
+    """The state of the checkpoint on disk as it is (no config or data check; None: none, or unreadable): what a
+    start-over (``train.resume=false``) leaves in place until its own first checkpoint replaces it."""
+    try:
+        return read_state(run_dir, None)[1] if exists(run_dir) else None
+    except TrainingError:
+        return None
+
+
+def remove(run_dir) -> None:
+    """A finished run's checkpoint, removed (``train.keep_checkpoint=none``): the final one and any leftover."""
+    for name in (NAME, NAME + ".old", NAME + ".tmp"):
+        shutil.rmtree(Path(run_dir) / name, ignore_errors=True)
+
+
 def exists(run_dir) -> bool:
     run_dir = Path(run_dir)
     return (run_dir / NAME / "state.json").exists() or (run_dir / (NAME + ".old") / "state.json").exists()
 
 
-def read_state(run_dir, fingerprint: str, config: dict | None = None) -> tuple[Path, dict]:
+def read_state(run_dir, fingerprint: str | None, config: dict | None = None) -> tuple[Path, dict]:
     """The checkpoint to resume from and its JSON state, checked: a damaged file, or a checkpoint made with
-    another config (``config``: the flat ``{key: value}`` it was made with, to name the keys that differ),
-    is a ``TrainingError`` that leaves every file as it is."""
+    another config (``config``: the flat ``{key: value}`` it was made with, to name the keys that differ;
+    ``fingerprint`` None: any config), is a ``TrainingError`` that leaves every file as it is."""
     run_dir = Path(run_dir)
     path = run_dir / NAME
     if not (path / "state.json").exists():  # killed between the two renames: the old one is whole
@@ -155,7 +200,7 @@ def read_state(run_dir, fingerprint: str, config: dict | None = None) -> tuple[P
         made_with = state["fingerprint"]
     except (ValueError, KeyError, TypeError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise damaged(path, e) from None
-    if made_with != fingerprint:
+    if fingerprint is not None and made_with != fingerprint:
         old = (state.get("extra") or {}).get("config")
         diff = _diff(old, config) if isinstance(old, dict) and config is not None else ""
         changed = f" ({diff})" if diff else ""
@@ -175,7 +220,9 @@ def copy_into(path, run_dir) -> None:
     run_dir = Path(run_dir)
     tmp, target = run_dir / (NAME + ".tmp"), run_dir / NAME
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(path, tmp)
+    tmp.mkdir(parents=True)
+    for f in sorted(Path(path).iterdir(), key=lambda f: f.name == "state.json"):  # state.json last, as save writes
+        shutil.copy2(f, tmp / f.name)
     if target.exists():  # without a state.json (the caller found no checkpoint here): nothing to keep
         shutil.rmtree(target)
     os.replace(tmp, target)
@@ -199,13 +246,24 @@ def _diff(old: dict, new: dict, shown: int = 6) -> str:
     return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
-def check_data(path, state: dict, data: dict) -> None:
-    """Resuming on other data would silently train a different run: refuse it, naming what changed.
+def recorded_data(state: dict) -> dict | None:
+    """The data identity a checkpoint was made on (None: from before it was recorded)."""
+    return (state.get("extra") or {}).get("data")
 
-    ``data``: per split ``{"examples": n, "sha256": digest of the encoded examples}`` (``loop.data_identity``)."""
-    old = (state.get("extra") or {}).get("data")
+
+def check_data(made: str, old: dict | None, data: dict) -> None:
+    """Resuming (or leaving as finished) what was made on other data would silently be a different run: refuse it,
+    naming what changed. ``made``: what was made (``the checkpoint in <path>``, a results file); ``old``: the data
+    it records (None: nothing recorded, accepted); ``data``: per split ``{"examples": n, "sha256": digest of the
+    encoded examples}`` (``loop.data_identity``)."""
     if old is None or old == data:
         return
+    raise TrainingError(f"the data changed since {made} was made ({data_changes(old, data)}); "
+                        f"restore the data it was made with to resume it, or {START_OVER}")
+
+
+def data_changes(old: dict, data: dict) -> str:
+    """``train: 12 -> 8 examples, validation: same size, other content``: how two data identities differ."""
     changed = []
     for split in sorted(old.keys() | data.keys()):
         a, b = old.get(split), data.get(split)
@@ -217,8 +275,7 @@ def check_data(path, state: dict, data: dict) -> None:
             changed.append(f"{split}: {a.get('examples')} -> {b.get('examples')} examples")
         else:
             changed.append(f"{split}: same size, other content")
-    raise TrainingError(f"the data changed since the checkpoint in {path} was made ({', '.join(changed)}); "
-                        f"restore the data it was made with to resume it, or {START_OVER}")
+    return ", ".join(changed)
 
 
 @dataclass
@@ -241,7 +298,7 @@ def load(run_dir, *, fingerprint: str, device, config: dict | None = None, data:
     a stack, the RNG states back (``restore_rng``)."""
     path, state = read_state(run_dir, fingerprint, config)
     if data is not None:
-        check_data(path, state, data)
+        check_data(f"the checkpoint in {path}", recorded_data(state), data)
     try:
         tensors = load_file(str(path / "tensors.safetensors"))
         rng = {"torch": tensors["rng.torch"], "cuda": [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")],

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .models import HEAD_PREFIXES, is_head, quiet_transformers
-from .results import atomic_write_text, save_tensors
+from .results import atomic_write_text, save_tensors, umask_mode
 
 TASK_TYPES = {"seq_cls": "SEQ_CLS", "qa": "QUESTION_ANS", "seq2seq": "SEQ_2_SEQ_LM"}
 BASE_DIR = "base_model"  # <adapter>/base_model: the base of a model built from a config (model=tiny)
@@ -42,6 +42,8 @@ def save_base(model, task, out_dir, run: dict | None = None) -> Path:
     out = Path(out_dir)
     with quiet_transformers():  # no "Writing model shards" bar
         base.save_pretrained(str(out))
+    for f in out.glob("*.safetensors"):  # transformers writes the weights through safetensors: 0600
+        umask_mode(f)
     task.tokenizer.save_pretrained(str(out))
     return out
 

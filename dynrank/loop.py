@@ -6,11 +6,12 @@ clipping and AdamW state (``dynrank.optim``) and method state; the dev set is ev
 alone is a stack of one. Each run writes its own checkpoint and results file, exactly as it would alone.
 
 AdamW (weight decay 0.01), linear schedule with 6% warm-up, grad-norm clip 1.0 (each from the method's config),
-optional bf16 on GPU, dev evaluation after every epoch, a checkpoint after every epoch (resume), one results JSON per
-run at the end. The method's hooks: ``extra_loss`` before backward, ``after_step`` after the optimizer step (where
-DoRA prunes, as in the authors' code). The step itself (eager or as a CUDA graph) is ``step.py``; a command's runs
-(one, or several grouped into stacks or side by side) are driven by ``side_by_side.py`` (``run``,
-``run_side_by_side``); ``Run`` is one run's bookkeeping (its directory, lock, resume decisions and history).
+optional bf16 on GPU, dev evaluation after every epoch, a checkpoint after every epoch and within one where asked
+(``Trainer.checkpoint``: SIGTERM, ``train.checkpoint_every``; resume), one results JSON per run at the end. The
+method's hooks: ``extra_loss`` before backward, ``after_step`` after the optimizer step (where DoRA prunes, as in the
+authors' code). The step itself (eager or as a CUDA graph) is ``step.py``; a command's runs (one, or several grouped
+into stacks or side by side) are driven by ``side_by_side.py`` (``run``, ``run_side_by_side``); ``Run`` is one
+run's bookkeeping (its directory, lock, resume decisions and history).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from omegaconf import OmegaConf
 from . import checkpoint, export, gpus, methods, runlog, tasks
 from .config import config_hash, resume_key, run_id, validate
 from .data.cache import fingerprint
-from .errors import TrainingError
+from .errors import RunInUseError, TrainingError
 from .models import load_tokenizer
 from .results import SCHEMA, git_commit, store_path, versions, write_json
 from .step import make_optimizer, make_stepper, prepare_model
@@ -99,50 +100,81 @@ def load_data(cfg) -> dict:
 class Run:
     """One run's bookkeeping: its config, directory and lock, what it resumes from, its history and results files.
 
-    Opening a run decides what this command does with it: skip it (``train.skip_done`` and its results exist, or it
-    finished already), continue a shorter run (``train.extend``), resume it from its checkpoint, or start it. A run to
-    train holds its directory's lock until ``close``."""
+    Opening a run decides what this command does with it (``_open``, the resume decisions together): skip it
+    (``train.skip_done`` and its results exist, or it finished already; a finished run asked for its adapter exports
+    it, ``export_only``), continue a shorter run (``train.extend``), resume it from its checkpoint (at an epoch's end
+    or within an epoch), or start it. A run to train holds its directory's lock until ``close``."""
 
     def __init__(self, cfg, run_dir, shared: dict | None = None):
         validate(cfg)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.seed = int(cfg.seed)
-        self.out_path = store_path(cfg.results.store, run_id(cfg))
+        self.id = run_id(cfg)
+        self.out_path = store_path(cfg.results.store, self.id)
         self.results = {}  # a run skipped as finished: its results
         self.shared = shared
         self.failed = None  # why training of this run stopped (a NaN loss) while its stack went on
-        self.skip = bool(cfg.train.skip_done) and _read_results(self.out_path)[0] == int(cfg.train.epochs)
-        if self.skip:
-            log.info("results exist, skipping: %s", self.out_path)
-            return
+        self.export_only = False  # finished, and train.export=true asks for the adapter it does not have yet
         self.key = resume_key(cfg)  # what a checkpoint of this run must have been made with
         self.fp = fingerprint(self.key)
+        self.skip = bool(cfg.train.skip_done) and _read_results(self.out_path)[0] == int(cfg.train.epochs)
+        if self.skip:
+            self._check_store()  # results of other data are refused, not skipped
+            log.info("results exist, skipping: %s", self.out_path)
+            return
         self.lock = checkpoint.RunLock(self.run_dir)  # a second process on this run stops here
         try:
-            if cfg.train.get("extend") and cfg.train.resume and not checkpoint.exists(self.run_dir):
-                self._continue_shorter_run()
-            self.skip = self._finished()
-            self.start_epoch = self._checkpoint_epoch()
+            self._open()
         except BaseException:
-            self.lock.release()
+            self.close()
             raise
-        if self.skip:
+        if self.skip and not self.export_only:
             self.lock.release()
 
     def close(self) -> None:
+        """Release the run's lock; a directory holding nothing but the lock (a run stopped before it wrote
+        anything) loses it, and ``side_by_side`` removes the emptied directory."""
         if hasattr(self, "lock"):
-            self.lock.release()
+            self.lock.release(tidy=True)
 
     def data(self) -> dict:
         if self.shared is None:
             self.shared = load_data(self.cfg)
         return self.shared
 
-    def _checkpoint_epoch(self) -> int:
-        """The epoch this run resumes from (0: it starts), read from its checkpoint's state."""
+    # --- what this command does with the run: the resume decisions ------------------------------------------
+    def _open(self) -> None:
+        resume = bool(self.cfg.train.resume)
+        if resume and (state := checkpoint.recover(self.run_dir)):
+            log.warning("%s: a checkpoint save was stopped during its swap; its complete checkpoint (epoch %d, step "
+                        "%d) was put in place", self.run_dir, state["epoch"], state["step"])
+        if self.cfg.train.get("extend") and resume and not checkpoint.exists(self.run_dir):
+            self._continue_shorter_run()
+        self._check_store()
+        self.skip = self._finished()
+        runlog.settle(self.run_dir / runlog.TB_DIR, checkpoint.peek(self.run_dir))  # (a start-over replaces it later)
+        self.start_epoch, self.start_batch = self._position()
+
+    def _position(self) -> tuple[int, int]:
+        """Where this run resumes: the epochs its checkpoint completed and the batches it did of the next one (a
+        checkpoint made within an epoch: SIGTERM, ``train.checkpoint_every``); (0, 0): it starts."""
         if not (self.cfg.train.resume and checkpoint.exists(self.run_dir)):
-            return 0
-        return int(checkpoint.read_state(self.run_dir, self.fp, self.key)[1]["epoch"])
+            return 0, 0
+        state = checkpoint.read_state(self.run_dir, self.fp, self.key)[1]
+        return int(state["epoch"]), int((state.get("position") or {}).get("batch", 0))
+
+    def _check_store(self) -> None:
+        """The run id does not name the data (a ``data.dir`` of other content gives the same one): the results store
+        holds a config's runs on one data only. Results of this config (any learning rate and seed) recorded on other
+        data are refused before training, rather than overwritten, skipped as done, or averaged with."""
+        data, config = self.data()["data"], self.out_path.parent  # <store>/<model>/<task>/<cell>/lr<lr>-<hash>
+        runs = f"lr*-{config.name.rsplit('-', 1)[1]}"
+        for path in sorted(config.parent.glob(f"{runs}/seed*.json")):
+            old = _read_results(path)[1].get("data")
+            if old is not None and old != data:
+                raise TrainingError(f"the results store holds this config's results on other data ({path}: "
+                                    f"{checkpoint.data_changes(old, data)}); keep both with variant=<name> or "
+                                    f"results.store=<dir>, or remove {config.parent / runs} to train it again here")
 
     def _continue_shorter_run(self) -> None:
         """``train.extend=true``, no checkpoint here yet: the longest shorter run of this config (beside this one in
@@ -164,20 +196,33 @@ class Run:
             log.warning("train.extend=true: no shorter run of this config beside %s; training %d epochs from the "
                         "start", self.run_dir, epochs)
             return
-        done, path = max(found)
-        checkpoint.copy_into(path, self.run_dir)
+        other = Path(max(found)[1]).parent
+        try:
+            with checkpoint.RunLock(other):  # never while it trains: a checkpoint being swapped would copy mixed
+                path, state = checkpoint.read_state(other, self.fp, self.key)
+                checkpoint.copy_into(path, self.run_dir)
+        except RunInUseError as e:
+            raise RunInUseError(f"train.extend=true: {e}") from None
         log.info("extending %s (%d epochs trained) to %d epochs in %s; that run is left as it is",
-                 Path(path).parent, done, epochs, self.run_dir)
+                 other, state["epoch"], epochs, self.run_dir)
 
     def _finished(self) -> bool:
         """A finished run (its results file, and a checkpoint at its last epoch made with this config and on this
-        data) is left as it is: running its command again does not train it again nor rewrite its results
-        (train.resume=false does). A checkpoint made for another length continues to ``train.epochs`` only with
-        ``train.extend=true`` (``Trainer._extend``); one that has trained more epochs than asked is refused."""
-        if not (self.cfg.train.resume and checkpoint.exists(self.run_dir)):
+        data, or none kept: ``train.keep_checkpoint=none``) is left as it is: running its command again does not
+        train it again nor rewrite its results (train.resume=false does); with ``train.export=true`` and no adapter
+        yet, its adapter is exported from its final checkpoint (``export_only``). A checkpoint made for another
+        length continues to ``train.epochs`` only with ``train.extend=true`` (``Trainer._extend``); one that has
+        trained more epochs than asked is refused."""
+        if not self.cfg.train.resume:
             return False
+        epochs, results = int(self.cfg.train.epochs), self.run_dir / "results.json"
+        done, finished = _read_results(results)
+        if not checkpoint.exists(self.run_dir):  # finished without keeping its checkpoint: its results say so
+            if done != epochs or finished.get("run_id") != self.id:
+                return False
+            checkpoint.check_data(str(results), finished.get("data"), self.data()["data"])
+            return self._left_as_it_is(finished)
         path, state = checkpoint.read_state(self.run_dir, self.fp, self.key)
-        epochs = int(self.cfg.train.epochs)
         if state["epoch"] > epochs:
             raise TrainingError(f"the checkpoint in {path} has trained {state['epoch']} epochs, more than "
                                 f"train.epochs={epochs}; set train.epochs={state['epoch']} or more to keep it, or "
@@ -188,15 +233,25 @@ class Run:
                                 f"add train.extend=true to continue it to {epochs} epochs (its schedules then span "
                                 f"{epochs} epochs from step {state['step']}: README, More epochs), or "
                                 f"{checkpoint.START_OVER}")
-        results = self.run_dir / "results.json"
         # no results of that epoch (missing, damaged, or a shorter run's): finishing from the checkpoint writes them
-        done, finished = _read_results(results)
         if state["epoch"] < epochs or done != state["epoch"]:
             return False
-        checkpoint.check_data(path, state, self.data()["data"])  # other data than it was trained on: refused
+        checkpoint.check_data(f"the checkpoint in {path}", checkpoint.recorded_data(state), self.data()["data"])
+        return self._left_as_it_is(finished)
+
+    def _left_as_it_is(self, finished: dict) -> bool:
+        results = self.run_dir / "results.json"
         self.results = finished
-        if _read_results(self.out_path)[0] != state["epoch"]:  # another results store (results.store=...) gets its copy
+        if _read_results(self.out_path)[0] != finished["final"]["epoch"]:  # another results store gets its copy
             write_json(self.out_path, self.results)
+        if self.cfg.train.get("export") and not (self.run_dir / "adapter").exists():
+            if not checkpoint.exists(self.run_dir):
+                raise TrainingError(f"{results} is of a run that kept no checkpoint (train.keep_checkpoint=none): "
+                                    "there is no adapter to export; add train.resume=false to train it again with "
+                                    "train.export=true")
+            self.export_only = True
+            log.info("finished already: %s; its adapter is exported from its final checkpoint", results)
+            return True
         log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
         return True
 
@@ -206,9 +261,10 @@ class Trainer:
     have a run dimension, one method, one per-run optimizer, one step; each run's data order, history, checkpoint and
     results.
 
-    ``run`` drives one trainer; ``side_by_side.run_side_by_side`` drives several side by side on one GPU."""
+    ``run`` drives one trainer; ``side_by_side.run_side_by_side`` drives several side by side on one GPU.
+    ``logs=False``: no TensorBoard writers (a finished run whose adapter is exported, ``export_adapter``)."""
 
-    def __init__(self, runs: list[Run], shared: dict):
+    def __init__(self, runs: list[Run], shared: dict, logs: bool = True):
         self.runs, self.R = runs, len(runs)
         self.cfg = cfg = runs[0].cfg
         self.shared = shared
@@ -230,14 +286,15 @@ class Trainer:
         self.resolved = [OmegaConf.to_container(r.cfg, resolve=True) for r in runs]
         for k, run in enumerate(runs):
             self._resume(k, run)
-        self.start_epoch, self.step = runs[0].start_epoch, runs[0].step
+        self.start_epoch, self.step, self.start_batch = runs[0].start_epoch, runs[0].step, runs[0].start_batch
+        self.epoch, self.batch, self.saved_step = self.start_epoch, self.start_batch, self.step
         losses = partial(self.task.run_losses, runs=self.R)
         self.stepper = make_stepper(step_model, method, losses, self.optimizer, None if clip is None else float(clip),
                                     self.amp, device, self.fast["cuda_graphs"])
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
         for run in runs:
-            run.writer = runlog.tensorboard(run.run_dir, run.step)
+            run.writer, run.tb_files = runlog.tensorboard(run.run_dir, run.resumed) if logs else (None, [])
         if device.type == "cuda":  # setup ran on the default stream; steps may run on self.stream
             torch.cuda.synchronize(device)
         counts = method.param_counts()
@@ -251,6 +308,7 @@ class Trainer:
         run's RNG states become the stack's."""
         run.history, run.step, run.past_attempts_s = [], 0, []  # wall time of earlier attempts (killed, resumed)
         run.schedule = [{"epochs": self.epochs, "from_step": 0}]  # the length each schedule was made for
+        run.resumed, run.position = False, {}  # position: where a checkpoint made within an epoch stands
         if not (run.cfg.train.resume and checkpoint.exists(run.run_dir)):
             return
         got = checkpoint.load(run.run_dir, fingerprint=run.fp, config=run.key, data=self.shared["data"],
@@ -265,9 +323,13 @@ class Trainer:
             checkpoint.restore_rng(got.rng)
         state = got.state
         run.history, run.start_epoch, run.step = state["history"], state["epoch"], state["step"]
+        run.resumed, run.position = True, state.get("position") or {}
+        run.start_batch = int(run.position.get("batch", 0))
         run.past_attempts_s = list(state["extra"].get("wall_time_s", []))
         run.schedule = list(state["extra"].get("schedule") or run.schedule)
-        log.info("resumed from %s at epoch %d (step %d)", got.path, run.start_epoch, run.step)
+        where = (f"within epoch {run.start_epoch + 1}, after batch {run.start_batch}" if run.start_batch else
+                 f"at epoch {run.start_epoch}")
+        log.info("resumed from %s %s (step %d)", got.path, where, run.step)
         if run.schedule[-1]["epochs"] != self.epochs:
             self._extend(run)
 
@@ -285,7 +347,7 @@ class Trainer:
 
     def _checkpoint_extra(self, run: Run) -> dict:
         """What resume checks and continues besides the tensors: the config, the data, the time spent so far."""
-        return {"config": run.key, "data": self.shared["data"], "schedule": run.schedule,
+        return {"config": run.key, "data": self.shared["data"], "schedule": run.schedule, "tb_files": run.tb_files,
                 "wall_time_s": [*run.past_attempts_s, time.time() - self.started]}
 
     def active(self) -> list[tuple[int, Run]]:
@@ -294,9 +356,13 @@ class Trainer:
 
     # --- one epoch: begin, steps, end --------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> list[list[list[int]]]:
-        """Each run's batches of this epoch (its own data order); the stack steps through them together."""
-        self.epoch, self.t0 = epoch, time.time()
-        self.loss_sum = torch.zeros(self.R, device=self.device)
+        """Each run's batches of this epoch (its own data order); the stack steps through them together from batch
+        ``self.batch``: 0, or in the epoch a checkpoint made within it resumes, where it stood (its loss so far)."""
+        within = epoch == self.start_epoch and self.start_batch > 0
+        carried = [run.position if within else {} for run in self.runs]
+        self.epoch, self.batch = epoch, self.start_batch if within else 0
+        self.t0 = time.time() - carried[0].get("train_time_s", 0.0)
+        self.loss_sum = torch.tensor([p.get("train_loss_sum", 0.0) for p in carried], device=self.device)
         self.finite = torch.ones(self.R, dtype=torch.bool, device=self.device)
         group = bool(self.cfg.train.group_by_length)
         self.plans = [batches(self.train_set, self.bs, run.seed, epoch, group) for run in self.runs]
@@ -308,7 +374,7 @@ class Trainer:
         if self.device.type == "cuda":  # pinned + non-blocking: the host never waits for the GPU here
             batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
         loss, total = self.stepper(batch, self.step)
-        self.step += 1
+        self.step, self.batch = self.step + 1, i + 1
         for _, run in self.active():
             run.step = self.step
         self.loss_sum += loss.float()
@@ -357,12 +423,42 @@ class Trainer:
             if run.writer:
                 for key, v in dev.items():
                     run.writer.add_scalar(f"dev/{key}", v, self.step)
-            checkpoint.save(run.run_dir, params=self.method.run_params(k), optimizer=self.optimizer.run_state_dict(k),
-                            scheduler=self.optimizer.run_schedule_state(k, self.step),
-                            method=self.method.run_state_dict(k), epoch=epoch + 1, step=self.step,
-                            history=run.history, fingerprint=run.fp, extra=self._checkpoint_extra(run))
+        self.checkpoint(epoch_done=True)
         if os.environ.get("DYNRANK_DEBUG_KILL_AFTER_EPOCH") == str(epoch + 1):
             os._exit(137)  # tests: die like `kill -9` right after a checkpoint
+
+    def checkpoint_due(self) -> bool:
+        """``train.checkpoint_every=N``: a checkpoint every N steps within an epoch (its end makes one anyway)."""
+        every = self.cfg.train.get("checkpoint_every")
+        return bool(every) and self.step % int(every) == 0 and self.batch < len(self.plan)
+
+    def checkpoint(self, epoch_done: bool = False) -> None:
+        """Each active run's checkpoint where the stack stands: after an epoch (``epoch_done``), or within one with
+        its position (the batches done, the epoch's loss so far and time), which a resume continues exactly: the data
+        order depends only on the seed and the epoch. Within an epoch only if a step was taken since the last one.
+        The tensors are read once the device has finished every step (a CUDA graph writes them asynchronously)."""
+        if self.step == self.saved_step and not epoch_done:
+            return
+        self._check_finite()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        losses, spent = self.loss_sum.tolist(), time.time() - self.t0
+        for k, run in self.active():
+            position = None if epoch_done else {"batch": self.batch, "train_loss_sum": losses[k], "train_time_s": spent}
+            if run.writer:
+                run.writer.flush()  # the events up to this step, on disk with it
+            checkpoint.save(run.run_dir, params=self.method.run_params(k), optimizer=self.optimizer.run_state_dict(k),
+                            scheduler=self.optimizer.run_schedule_state(k, self.step),
+                            method=self.method.run_state_dict(k), epoch=self.epoch + int(epoch_done), step=self.step,
+                            history=run.history, fingerprint=run.fp, extra=self._checkpoint_extra(run),
+                            position=position)
+            runlog.keep_only(run.run_dir / runlog.TB_DIR, run.tb_files)  # a start-over's events replace the old
+        self.saved_step = self.step
+
+    def close_logs(self) -> None:
+        for run in self.runs:
+            if getattr(run, "writer", None):
+                run.writer.close()
 
     def finish(self) -> list[dict]:
         """Each finished run's results (written to its run directory and the store), in the runs' order."""
@@ -377,6 +473,7 @@ class Trainer:
             cfg, run_dir = run.cfg, run.run_dir
             results = _results(cfg, self.resolved[k], self.task, method, run.history, self.device, self.started,
                                run.schedule, k)
+            results["data"] = self.shared["data"]  # what the store keys a config's runs on (Run._check_store)
             results["training"] = {"stacked_runs": self.R, "precision": "bf16" if self.amp else "fp32",
                                    "cuda_graphs": self.fast["cuda_graphs"],
                                    "pad_to_multiple": self.fast["pad_to_multiple"]}
@@ -386,18 +483,24 @@ class Trainer:
             if extra_evals[k]:
                 results["extra_evals"] = extra_evals[k]
             if cfg.train.get("export"):
-                adapter = run_dir / "adapter"
-                base = export.base_name(cfg.model, self.model, self.task, adapter, method.run_params(k))
-                method.export(adapter, base_name=base, task_type=self.task.task_type, k=k)
-                results["export_dir"] = str(adapter.resolve())
-                log.info("adapter (PEFT format): %s (base: %s)", adapter.resolve(), base)
+                results["export_dir"] = self.export_adapter(k, run)
             write_json(run_dir / "results.json", results)
             write_json(run.out_path, results)
+            if cfg.train.get("keep_checkpoint") == "none":  # what a finished run keeps: its results (and adapter)
+                checkpoint.remove(run_dir)
             run.results = results
             log.info("results: %s", run.out_path)
             log_run_dir(run_dir)
             out.append(results)
         return out
+
+    def export_adapter(self, k: int, run: Run) -> str:
+        """Run k's trained adapter in ``<run dir>/adapter`` (PEFT format where the method has one); its path."""
+        adapter = run.run_dir / "adapter"
+        base = export.base_name(run.cfg.model, self.model, self.task, adapter, self.method.run_params(k))
+        self.method.export(adapter, base_name=base, task_type=self.task.task_type, k=k)
+        log.info("adapter (PEFT format): %s (base: %s)", adapter.resolve(), base)
+        return str(adapter.resolve())
 
 
 def _read_results(results_path) -> tuple[int | None, dict]:
@@ -413,6 +516,20 @@ def log_run_dir(run_dir) -> None:
     """The run directory and what it holds (log, TensorBoard, checkpoint, figure, adapter): the last line of a run."""
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(run_dir).iterdir() if not p.name.startswith("."))
     log.info("run directory: %s (%s)", run_dir, ", ".join(entries))
+
+
+def remove_if_empty(run_dir, run_id: str) -> None:
+    """A run stopped before it wrote anything leaves no directory: ``run_dir`` if it is empty, then (where it ends
+    with the run id, as ``outputs/<run id>``) the parents the run id made, while they are empty."""
+    d, parts = Path(run_dir).absolute(), Path(run_id).parts
+    for _ in range(len(parts) if d.parts[-len(parts):] == parts else 1):
+        if d == Path.cwd():  # hydra.run.dir=. : never the directory the command runs in
+            return
+        try:
+            d.rmdir()
+        except OSError:  # not empty (or gone): left as it is
+            return
+        d = d.parent
 
 
 def data_identity(train_set, eval_sets: dict) -> dict:

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from importlib import metadata
@@ -31,9 +32,11 @@ def atomic_write_text(path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk says which file it stopped
+            e.filename = str(path)
         raise
 
 
@@ -47,10 +50,18 @@ _UMASK = _read_umask()
 
 
 def save_tensors(tensors: dict, path) -> None:
-    """``safetensors.torch.save_file``, the file then given the mode any new file gets (safetensors writes 0600)."""
+    """``safetensors.torch.save_file``, the file then given the mode any new file gets (safetensors writes 0600).
+    An error of the system inside safetensors' own (``IoError(Os { code: 28, ... })``, a full disk) is raised as
+    the ``OSError`` it is, naming the file."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    save_file(tensors, str(path))
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as e:
+        if code := re.search(r"Os \{ code: (\d+)", str(e)):
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e
+        raise
     umask_mode(path)
 
 

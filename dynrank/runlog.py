@@ -6,10 +6,14 @@ a start-over (``train.resume=false``). Its log is the first free name of ``train
 (conf/hydra/job_logging/dynrank.yaml) and opens the file only when the first line is written, so a command
 refused before it logs anything (a run in use, a bad value) leaves no file.
 
-TensorBoard: each attempt writes its own event file in ``<run dir>/tb/``. Before it starts, the events that
-earlier attempts wrote after the step it starts from are cut out of their files (``trim``): the rest of an
-epoch that a killed attempt did not checkpoint, which is trained again, or everything when the run starts over.
-Every tag then has each step once, whatever TensorBoard version reads the directory.
+TensorBoard: each attempt writes its own event file in ``<run dir>/tb/``, and each checkpoint lists the event files
+its history was logged in (``tb_files``). Before an attempt starts, ``tb/`` is made to agree with the checkpoint on
+disk (``settle``): files it does not list are removed (a killed attempt's that never checkpointed), and events after
+its step are cut out of the others (``trim``: what a killed attempt logged after it, which is trained again). A
+start-over (``train.resume=false``) leaves the earlier events in place until its own first checkpoint replaces that
+one (``keep_only``): killed before it, the run is as it was, its events included. Every tag then has each step
+once, whatever TensorBoard version reads the directory (a start-over's first steps are shown beside the old ones
+until its first checkpoint).
 
 ``${dynrank_tty:}`` (``train.progress``'s default): a progress bar only where stderr is a terminal, never in a log.
 """
@@ -48,26 +52,51 @@ for _name, _fn in (("dynrank_log", log_file), ("dynrank_tty", on_terminal)):
         OmegaConf.register_new_resolver(_name, _fn)
 
 
-def tensorboard(run_dir, start_step: int):
-    """A ``SummaryWriter`` on ``<run dir>/tb`` for an attempt that starts after ``start_step`` optimizer steps;
-    the events of earlier attempts after that step are cut first. None where tensorboard is not installed."""
+def tensorboard(run_dir, resumed: bool):
+    """A ``SummaryWriter`` on ``<run dir>/tb`` for an attempt (``tb/`` settled to the checkpoint on disk already).
+    Returns the writer (None where tensorboard is not installed) and the event files this attempt's checkpoints
+    list: those in place if it continues that checkpoint (``resumed``), and its own."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional at run time
-        return None
+        return None, []
     tb = Path(run_dir) / TB_DIR
-    trim(tb, start_step)
-    return SummaryWriter(log_dir=str(tb))
+    kept = event_files(tb)
+    writer = SummaryWriter(log_dir=str(tb))
+    return writer, (kept if resumed else []) + sorted(set(event_files(tb)) - set(kept))
+
+
+def event_files(tb_dir) -> list[str]:
+    return sorted(p.name for p in Path(tb_dir).glob("events.out.tfevents.*"))
+
+
+def settle(tb_dir, checkpoint: dict | None) -> None:
+    """``tb_dir`` as the checkpoint on disk (its state; None: none) left it: the event files it lists (every file,
+    for a checkpoint from before they were listed; none without a checkpoint), with their events up to its step."""
+    step = checkpoint["step"] if checkpoint else 0
+    listed = (checkpoint.get("extra") or {}).get("tb_files") if checkpoint else []
+    if listed is not None:
+        keep_only(tb_dir, listed)
+    trim(tb_dir, step)
+
+
+def keep_only(tb_dir, files: list[str]) -> None:
+    """Remove the event files of ``tb_dir`` that are not in ``files`` (after a checkpoint that lists ``files``)."""
+    for name in set(event_files(tb_dir)) - set(files):
+        (Path(tb_dir) / name).unlink(missing_ok=True)
 
 
 def trim(tb_dir, start_step: int) -> None:
     """Cut the events with a step after ``start_step`` out of every event file in ``tb_dir`` (rewritten
     atomically, byte for byte otherwise); a file left with nothing but its header is removed."""
+    files = sorted(Path(tb_dir).glob("events.out.tfevents.*"))
+    if not files:
+        return
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    for path in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
+    for path in files:
         records = list(RawEventFileLoader(str(path)).Load())
         keep = [r for r in records if Event.FromString(r).step <= start_step]
         if len(keep) == len(records):

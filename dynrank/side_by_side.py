@@ -4,18 +4,32 @@
 On a GPU the runs of a method that stacks train as ONE model (``loop.Trainer`` with R runs: one set of kernels for
 all of them, ``train.stack``); full fine-tuning, whose every weight differs per run, a CPU by default, or
 ``train.stack=false`` train them side by side: one ``Trainer`` per run, stepped in turn, each on its own CUDA stream
-and with its own random state. Runs resumed from different epochs form different stacks, also stepped side by side.
+and with its own random state. Runs resumed from different points (epochs, or batches within one) form different
+stacks, also stepped side by side.
+
+However a command ends, its runs stay whole: SIGTERM checkpoints every run where it stands and ends the command
+(``preempt``); an error, Ctrl-C or a full disk leaves each run at its last checkpoint, and no directory behind that
+holds nothing (``loop.remove_if_empty``).
 """
 from __future__ import annotations
 
+import errno
+import logging
 from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
+from omegaconf import OmegaConf
 
-from .errors import TrainingError
-from .loop import Run, Trainer, load_data, pick_device, progress
+from . import preempt
+from .config import run_id
+from .config.run_identity import _flat
+from .errors import ConfigError, TrainingError
+from .loop import Run, Trainer, pick_device, progress, remove_if_empty
 from .methods import method_class
 from .step import GraphedStep
+
+log = logging.getLogger("dynrank")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def run(cfg, run_dir, on_start=None) -> dict:
@@ -33,18 +47,35 @@ def run_side_by_side(cfgs: list, run_dirs: list, on_start=None) -> list[dict]:
     Each run is a full, independent run (own initialisation, data order, learning rate and schedule, clipping,
     optimizer and method state, checkpoint and results file, exactly as ``run`` with its config); the runs share
     the tokenised data. ``run_dirs[i]`` is run i's directory. ``on_start`` as in ``run``."""
-    with ExitStack() as locks:  # each run's lock, released however training ends
+    _one_cell(cfgs)
+    try:
+        with preempt.handled():
+            return _open_and_train(cfgs, run_dirs, on_start)
+    except BaseException as e:
+        for c, run_dir in zip(cfgs, run_dirs):
+            remove_if_empty(run_dir, run_id(c))
+        if isinstance(e, OSError) and e.errno in DISK_FULL:  # e.g. after the whole training, at the results
+            where = f" writing {e.filename}" if e.filename else ""
+            raise TrainingError(f"no space left on the device{where}; free some and run the command again: it "
+                                "continues from the last checkpoint and completes the runs") from None
+        raise
+
+
+def _open_and_train(cfgs: list, run_dirs: list, on_start) -> list[dict]:
+    with ExitStack() as stack:  # each run's lock and TensorBoard writers, released however training ends
         runs, shared = [], None
         for c, run_dir in zip(cfgs, run_dirs):
             run = Run(c, run_dir, shared)
-            shared = run.shared or shared  # loaded by a finished run to check it
+            shared = run.shared  # the data, loaded once (every run checks its results store against it)
             runs.append(run)
-            if not run.skip:
-                locks.callback(run.close)
+            stack.callback(run.close)
+        for run in (r for r in runs if r.export_only):  # finished: only its adapter is asked for
+            Trainer([run], shared, logs=False).export_adapter(0, run)
         todo = [r for r in runs if not r.skip]
         if todo:
-            shared = shared or load_data(todo[0].cfg)
             trainers = [Trainer(group, shared) for group in stacks(todo)]
+            for t in trainers:
+                stack.callback(t.close_logs)
             if on_start:
                 on_start()
             _train_side_by_side(trainers)
@@ -70,45 +101,79 @@ def stack_size(cfg) -> int:
     return max(1, STACK_TOKENS // (int(cfg.train.batch_size) * length))
 
 
+def _one_cell(cfgs: list) -> None:
+    """The runs of one command share their data, model and every setting but the seed and the learning rate
+    (``dynrank.train.runs_of``): they train on the first one's data and settings, so runs that differ in more are
+    refused rather than trained silently as the first."""
+    def rest(c) -> dict:
+        flat = _flat(OmegaConf.to_container(c, resolve=False))
+        return {k: v for k, v in flat.items() if k not in ("seed", "train.lr")}
+
+    first = rest(cfgs[0])
+    for c in cfgs[1:]:
+        other = rest(c)
+        if differ := sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k)):
+            raise ConfigError(f"runs trained in one process must differ only in seed and train.lr; these differ in "
+                              f"{', '.join(differ[:6])} too: train them apart")
+
+
 def stacks(runs: list[Run]) -> list[list[Run]]:
     """The runs grouped into stacks: each group trains as one model (``train.stack``: ``auto`` on a GPU for a method
     that stacks, ``true`` on any device, ``false`` never; at most ``stack_size`` runs per stack), runs resumed
-    from different epochs in different stacks. A group of one is a run alone."""
+    from different points (epoch, batch) in different stacks. A group of one is a run alone."""
     cfg = runs[0].cfg
     mode = cfg.train.get("stack", "auto")
     gpu = pick_device(str(cfg.train.device)).type == "cuda" and not cfg.train.get("exact", False)
     if not method_class(cfg.method.name).stacks or not (gpu if mode == "auto" else bool(mode)):
         return [[r] for r in runs]
     size = stack_size(cfg)
-    by_epoch: dict[int, list[Run]] = {}
+    by_point: dict[tuple[int, int], list[Run]] = {}
     for r in runs:
-        by_epoch.setdefault(r.start_epoch, []).append(r)
-    return [group[i:i + size] for group in by_epoch.values() for i in range(0, len(group), size)]
+        by_point.setdefault((r.start_epoch, r.start_batch), []).append(r)
+    return [group[i:i + size] for group in by_point.values() for i in range(0, len(group), size)]
 
 
 def _train_side_by_side(trainers: list[Trainer]) -> None:
-    dev = trainers[0].device
+    dev, several = trainers[0].device, len(trainers) > 1
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    for epoch in range(min(t.start_epoch for t in trainers), max(t.epochs for t in trainers)):
-        active = [t for t in trainers if t.start_epoch <= epoch < t.epochs]
-        plans = []
-        for t in active:  # per-epoch tensors are made on the trainer's own stream (no cross-stream race)
-            with _on(t.stream):
-                plans.append(t.begin_epoch(epoch))
-        steps = max(len(p) for p in plans)
-        first = trainers[0]
-        for i in progress(first.cfg, range(steps), epoch, first.epochs):
-            for t, plan in zip(active, plans):
-                if i < len(plan):
-                    with _on(t.stream), _own_rng(t, len(trainers) > 1):
-                        t.train_step(i, plan[i])
-        for t in active:
-            with _on(t.stream), _own_rng(t, len(trainers) > 1):
-                t.end_epoch()
+    with preempt.deferred():  # a SIGTERM is honoured at the checks below: every run checkpointed where it stands
+        for epoch in range(min(t.start_epoch for t in trainers), max(t.epochs for t in trainers)):
+            active = [t for t in trainers if t.start_epoch <= epoch < t.epochs]
+            plans = []
+            for t in active:  # per-epoch tensors are made on the trainer's own stream (no cross-stream race)
+                with _on(t.stream):
+                    plans.append(t.begin_epoch(epoch))
+            steps = max(len(p) for p in plans)
+            first = trainers[0]
+            for i in progress(first.cfg, range(min(t.batch for t in active), steps), epoch, first.epochs):
+                for t, plan in zip(active, plans):
+                    if t.batch <= i < len(plan):  # (resumed within this epoch: from its batch)
+                        with _on(t.stream), _own_rng(t, several):
+                            t.train_step(i, plan[i])
+                            if t.checkpoint_due():
+                                t.checkpoint()
+                if preempt.requested():
+                    _stop(trainers)
+            for t in active:
+                with _on(t.stream), _own_rng(t, several):
+                    t.end_epoch()
+            if preempt.requested():
+                _stop(trainers)
+    for t in trainers:
+        with _on(t.stream), _own_rng(t, several):
+            t.finish()
+
+
+def _stop(trainers: list[Trainer]) -> None:
+    """SIGTERM: each run checkpointed at its step (within an epoch: resumed exactly there), then the command ends."""
     for t in trainers:
         with _on(t.stream), _own_rng(t, len(trainers) > 1):
-            t.finish()
+            t.checkpoint()
+    for t in (t for t in trainers if t.active()):
+        log.warning("SIGTERM: checkpoint at epoch %d, batch %d (step %d) of %s", t.epoch + 1, t.batch, t.step,
+                    ", ".join(str(r.run_dir) for _, r in t.active()))
+    raise preempt.Preempted("SIGTERM: every run was checkpointed where it stood; run the command again to continue")
 
 
 def _on(stream):

@@ -1,7 +1,8 @@
 """Entry point: ``python -m dynrank.train task=cola method=dora [budget=r2] [seed=3]``.
 
 Only wires: Hydra composes ``conf/``, ``side_by_side.run`` trains. A user error (unknown task or method,
-missing data, malformed rows, NaN loss...) ends with one line ``error: ...`` and exit status 2.
+missing data, malformed rows, NaN loss...) ends with one line ``error: ...`` and exit status 2; SIGTERM
+(``preempt``) with one line and 143, Ctrl-C with one line and 130, each run at its last checkpoint.
 The config of every job is checked before Hydra starts (``config.check_command_line``), and Hydra's
 ``.hydra/`` files are written only once a run has started (``_save_hydra_files``): a command that fails
 leaves every run directory as it was.
@@ -20,8 +21,10 @@ from . import config  # noqa: F401  (registers the ${run_id:} resolver used by c
 from . import gpus  # (registers ${dynrank_gpus:}, used by conf/hydra/launcher/local_gpus.yaml)
 from . import runlog  # noqa: F401  (registers ${dynrank_log:}, used by conf/hydra/job_logging/dynrank.yaml)
 from .errors import DynrankError
+from .preempt import EXIT_CODE as PREEMPTED, Preempted
 
 log = logging.getLogger("dynrank")
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 
 
 def _fail(e: DynrankError):
@@ -29,18 +32,32 @@ def _fail(e: DynrankError):
     sys.exit(2)
 
 
+def guarded(work):
+    """``work()``, its user errors, SIGTERM and Ctrl-C each one line on stderr and an exit status, no traceback."""
+    try:
+        return work()
+    except DynrankError as e:
+        _fail(e)
+    except Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): each run is at its last checkpoint; run the command again to continue",
+              file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED)
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from .side_by_side import run
 
-    try:
+    def work():
         gpus.claim_if_asked()  # hydra/launcher=local_gpus: this job's own GPU, before CUDA starts
         if cfg.get("seeds") or cfg.get("lr_search"):
-            results = _run_side_by_side(cfg)
-        else:
-            results = run(cfg, HydraConfig.get().runtime.output_dir, on_start=lambda: _save_hydra_files(cfg))
-    except DynrankError as e:
-        _fail(e)
+            return _run_side_by_side(cfg)
+        return run(cfg, HydraConfig.get().runtime.output_dir, on_start=lambda: _save_hydra_files(cfg))
+
+    results = guarded(work)
     if results:
         return results["best"]["dev"].get(results["metric"])
     return None
@@ -95,12 +112,12 @@ def _save_hydra_files(cfg) -> None:
 
 
 def cli() -> None:
-    try:
+    def work():
         config.check_overrides(sys.argv[1:])
         config.check_command_line(sys.argv[1:])  # every job's config, before Hydra creates or touches a directory
-    except DynrankError as e:
-        _fail(e)
-    main()
+        main()
+
+    guarded(work)  # (Ctrl-C while Hydra starts, too)
 
 
 if __name__ == "__main__":

@@ -362,12 +362,13 @@ def test_changed_data_is_refused_on_resume(killed, tmp_path):
     train.write_text(rows)  # the data it was made with: it resumes
     p = cli(args, cwd=tmp_path)
     assert p.returncode == 0 and "resumed from" in p.stdout, p.stderr
-    finished = _snapshot(run)  # a finished run on other data: refused too, not "finished already"
-    train.write_text("".join(rows.splitlines(keepends=True)[:8]))
+    finished = _snapshot(run, tmp_path / "store")  # a finished run on other data: refused too, not "finished
+    train.write_text("".join(rows.splitlines(keepends=True)[:8]))  # already" (its results in the store say so first)
     p = cli(args, cwd=tmp_path)
-    assert _one_error_line(p).startswith(f"error: the data changed since the checkpoint in {run / 'checkpoint'} was "
-                                         "made (train: 12 -> 8 examples); ")
-    assert _snapshot(run) == finished
+    stored = next((tmp_path / "store").rglob("seed1.json"))
+    assert _one_error_line(p).startswith(f"error: the results store holds this config's results on other data "
+                                         f"({stored}: train: 12 -> 8 examples); keep both with variant=<name> ")
+    assert _snapshot(run, tmp_path / "store") == finished
 
 
 @pytest.mark.slow

@@ -47,6 +47,8 @@ SCHEMA = {
     "train.skip_done": "bool",
     "train.progress": "bool",
     "train.export": "bool",
+    "train.checkpoint_every": "int >= 1 or null",
+    "train.keep_checkpoint": "str",            # last | none: checked in validate
     "eval.max_samples": "int >= 1 or null",
     "results.store": "str",
     "budget.name": "tag",

@@ -59,6 +59,8 @@ def validate(cfg: DictConfig) -> None:
     (_, schedule), (_, betas) = _get(values, "train.schedule"), _get(values, "train.adam_betas")
     if schedule is not None and schedule not in SCHEDULES:
         raise ConfigError(f"train.schedule must be {' or '.join(SCHEDULES)} (got {_shown(schedule)})")
+    if (keep := _get(values, "train.keep_checkpoint")[1]) not in (None, "last", "none"):
+        raise ConfigError(f"train.keep_checkpoint must be last or none (got {_shown(keep)})")
     if betas is not None and len(betas) != 2:
         raise ConfigError(f"train.adam_betas must be two numbers [beta1, beta2] (got {_shown(betas)})")
     seeds = values.get("seeds") or []
