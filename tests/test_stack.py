@@ -149,48 +149,46 @@ def test_run_adamw_is_torch_adamw_per_run():
 
 
 @pytest.mark.slow
-def test_killed_stack_resumes_every_run(tmp_path):
-    """A stacked job killed after its first epoch's checkpoints resumes every run from its checkpoint and ends as
-    an uninterrupted stacked job; a stack where one run is finished already trains only the others."""
+def test_killed_stack_resumes_every_run(tmp_path, caplog):
+    """A stacked job killed (kill -9) right after its first epoch's checkpoints resumes every run from its checkpoint
+    and ends as an uninterrupted stacked job; a stack where one run is finished already trains only the others."""
     import os
     import shutil
     import subprocess
     import sys
 
-    args = ["method=dora", "model=tiny", f"data.dir={SHARED_GLUE}",
-            f"data.cache_dir={tmp_path / 'cache'}", "train.progress=false", "data.max_train_samples=48",
-            "data.max_eval_samples=32", "train.batch_size=8", "train.epochs=2", "train.stack=true", "method.dropout=0",
-            "seeds=[1,2,3]"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    from dynrank.config import run_id
+    from dynrank.train import runs_of
 
-    def job(name, extra_env=None):
-        return subprocess.run([sys.executable, "-m", "dynrank.train", *args, f"results.store={tmp_path / name}",
-                               f"hydra.run.dir={tmp_path / name / 'runs'}"], cwd=tmp_path, capture_output=True,
-                              text=True, env={**env, **(extra_env or {})}, timeout=300)
+    over = ["method=dora", "train.batch_size=8", "train.epochs=2", "train.stack=true", "method.dropout=0",
+            "seeds=[1,2,3]", "data.max_eval_samples=32"]
 
-    whole = job("whole")
-    assert whole.returncode == 0, whole.stderr
-    killed = job("killed", {"DYNRANK_DEBUG_KILL_AFTER_EPOCH": "1"})
-    assert killed.returncode == 137
-    resumed = job("killed")
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.count("resumed from") == 3 and "3 runs stacked" in resumed.stdout
-    for store in ("whole", "killed"):
-        assert len(list((tmp_path / store).rglob("seed*.json"))) == 3
-    for a, b in zip(sorted((tmp_path / "whole").rglob("seed*.json")), sorted((tmp_path / "killed").rglob("seed*.json"))):
-        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    def job(name):
+        cfgs = runs_of(compose(tiny_overrides(tmp_path, *over, f"results.store={tmp_path / name}")))
+        return cfgs, [tmp_path / name / "runs" / run_id(c) for c in cfgs]
+
+    killed = subprocess.run([sys.executable, "-m", "dynrank.train", *tiny_overrides(tmp_path, *over),
+                             f"results.store={tmp_path / 'killed'}", f"hydra.run.dir={tmp_path / 'killed/runs'}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                                 "DYNRANK_DEBUG_KILL_AFTER_EPOCH": "1"})
+    assert killed.returncode == 137, killed.stderr
+    with caplog.at_level("INFO", logger="dynrank"):
+        resumed = train(*job("killed"))
+    assert sum("resumed from" in m for m in caplog.messages) == 3
+    assert all(r["training"]["stacked_runs"] == 3 for r in resumed)
+    whole = train(*job("whole"))
+    for ra, rb in zip(whole, resumed):
         assert [h["dev"] for h in ra["epochs"]] == [h["dev"] for h in rb["epochs"]]
         assert [h["train_loss"] for h in ra["epochs"]] == pytest.approx([h["train_loss"] for h in rb["epochs"]])
     # one run finished already: the others train, stacked; the finished one is left as it is
-    finished = next((tmp_path / "whole/runs").rglob("seed2/results.json"))
-    before = finished.read_text()
-    for seed in (1, 3):
-        for p in (tmp_path / "whole/runs").rglob(f"seed{seed}"):
-            shutil.rmtree(p)
-    again = job("whole")
-    assert again.returncode == 0, again.stderr
-    assert "finished already" in again.stdout and "2 runs stacked" in again.stdout
-    assert finished.read_text() == before
+    cfgs, dirs = job("whole")
+    before = (dirs[1] / "results.json").read_text()
+    for d in (dirs[0], dirs[2]):
+        shutil.rmtree(d)
+    again = train(cfgs, dirs)
+    assert [r["training"]["stacked_runs"] for r in (again[0], again[2])] == [2, 2]
+    assert (dirs[1] / "results.json").read_text() == before
 
 
 def test_schedules_linear_and_constant():
