@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from functools import partial
@@ -424,8 +423,6 @@ class Trainer:
                 for key, v in dev.items():
                     run.writer.add_scalar(f"dev/{key}", v, self.step)
         self.checkpoint(epoch_done=True)
-        if os.environ.get("DYNRANK_DEBUG_KILL_AFTER_EPOCH") == str(epoch + 1):
-            os._exit(137)  # tests: die like `kill -9` right after a checkpoint
 
     def checkpoint_due(self) -> bool:
         """``train.checkpoint_every=N``: a checkpoint every N steps within an epoch (its end makes one anyway)."""

@@ -37,12 +37,17 @@ def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
             "data.max_train_samples=64", "data.max_eval_samples=64", *extra]
 
 
-def cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300,
+        kill_after_epoch: int | None = None) -> subprocess.CompletedProcess:
+    """``python -m dynrank.train <args>``; ``kill_after_epoch=N``: it dies like ``kill -9`` right after epoch N's
+    checkpoints (tests/kill_after_epoch.py)."""
     e = dict(os.environ)
     e.update(env or {})
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "dynrank.train", *args], cwd=cwd, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+    command = ["-m", "dynrank.train"] if kill_after_epoch is None else [
+        str(ROOT / "tests" / "kill_after_epoch.py"), str(kill_after_epoch)]
+    return subprocess.run([sys.executable, *command, *args], cwd=cwd, env=e, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def result_file(cell_dir: Path, seed: int = 1) -> Path:

@@ -307,7 +307,7 @@ def killed(tmp_path):
     """A run killed (like kill -9) after epoch 1 of 2 on a CoLA of 12 rows: ``(args, run dir)``."""
     data = _cola(tmp_path / "glue")
     args = _args(tmp_path, f"data.dir={data}", "data.max_train_samples=null", f"hydra.run.dir={tmp_path / 'run'}")
-    p = cli(args, cwd=tmp_path, env={"DYNRANK_DEBUG_KILL_AFTER_EPOCH": "1"})
+    p = cli(args, cwd=tmp_path, kill_after_epoch=1)
     assert p.returncode == 137, p.stderr
     assert json.loads((tmp_path / "run/checkpoint/state.json").read_text())["epoch"] == 1
     return args, tmp_path / "run"

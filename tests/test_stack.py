@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, SHARED_GLUE, compose, tiny_overrides
+from conftest import cli, compose, tiny_overrides
 from dynrank import models
 from dynrank.errors import TrainingError
 from dynrank.side_by_side import run_side_by_side, stacks
@@ -152,10 +152,7 @@ def test_run_adamw_is_torch_adamw_per_run():
 def test_killed_stack_resumes_every_run(tmp_path, caplog):
     """A stacked job killed (kill -9) right after its first epoch's checkpoints resumes every run from its checkpoint
     and ends as an uninterrupted stacked job; a stack where one run is finished already trains only the others."""
-    import os
     import shutil
-    import subprocess
-    import sys
 
     from dynrank.config import run_id
     from dynrank.train import runs_of
@@ -167,11 +164,9 @@ def test_killed_stack_resumes_every_run(tmp_path, caplog):
         cfgs = runs_of(compose(tiny_overrides(tmp_path, *over, f"results.store={tmp_path / name}")))
         return cfgs, [tmp_path / name / "runs" / run_id(c) for c in cfgs]
 
-    killed = subprocess.run([sys.executable, "-m", "dynrank.train", *tiny_overrides(tmp_path, *over),
-                             f"results.store={tmp_path / 'killed'}", f"hydra.run.dir={tmp_path / 'killed/runs'}"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-                                 "DYNRANK_DEBUG_KILL_AFTER_EPOCH": "1"})
+    killed = cli([*tiny_overrides(tmp_path, *over), f"results.store={tmp_path / 'killed'}",
+                  f"hydra.run.dir={tmp_path / 'killed/runs'}"], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"},
+                 kill_after_epoch=1)
     assert killed.returncode == 137, killed.stderr
     with caplog.at_level("INFO", logger="dynrank"):
         resumed = train(*job("killed"))

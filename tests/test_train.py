@@ -52,7 +52,7 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
     full = cli([*args, f"hydra.run.dir={tmp_path / 'a'}", f"results.store={tmp_path / 'sa'}"], cwd=tmp_path)
     assert full.returncode == 0, full.stderr
     killed = cli([*args, f"hydra.run.dir={tmp_path / 'b'}", f"results.store={tmp_path / 'sb'}"], cwd=tmp_path,
-                 env={"DYNRANK_DEBUG_KILL_AFTER_EPOCH": "2"})
+                 kill_after_epoch=2)
     assert killed.returncode == 137
     assert not list((tmp_path / "sb").rglob("seed1.json"))
     state = json.loads((tmp_path / "b/checkpoint/state.json").read_text())
