@@ -152,25 +152,67 @@ def _swap(run_dir: Path) -> Path:
     return final
 
 
-def recover(run_dir) -> dict | None:
+@dataclass
+class State:
+    """A checkpoint's ``state.json`` (``save`` writes it), read back: where the run stands and what it was made with.
+
+    ``epoch``: epochs completed; ``step``: optimizer steps done; ``position``: within an epoch (a checkpoint made
+    there: SIGTERM, ``train.checkpoint_every``), ``{"batch", "train_loss_sum", "train_time_s"}`` of the next epoch,
+    else None; ``history``: the per-epoch records so far; ``extra``: what the loop records beside the tensors
+    (``config``, ``data``, ``schedule``, ``wall_time_s``, ``tb_files``); ``raw``: the whole JSON (scheduler,
+    optimizer metadata, RNG); ``path``: the directory it was read from (``checkpoint``, or ``checkpoint.old`` after a
+    kill between the renames)."""
+
+    path: Path
+    epoch: int
+    step: int
+    position: dict | None
+    history: list
+    extra: dict
+    raw: dict
+
+    @classmethod
+    def of(cls, path: Path, raw: dict) -> "State":
+        return cls(path, int(raw["epoch"]), int(raw["step"]), raw.get("position"), list(raw.get("history") or []),
+                   dict(raw.get("extra") or {}), raw)
+
+    @property
+    def batch(self) -> int:
+        """Batches done of the epoch after ``epoch`` (0: the checkpoint is at an epoch's end)."""
+        return int((self.position or {}).get("batch", 0))
+
+    @property
+    def planned_epochs(self) -> int | None:
+        """The number of epochs the checkpoint's schedules were made for (None: from before it was kept)."""
+        schedule = self.extra.get("schedule") or []
+        return int(schedule[-1]["epochs"]) if schedule else None
+
+    @property
+    def data(self) -> dict | None:
+        """The data identity the checkpoint was made on (None: from before it was recorded)."""
+        return self.extra.get("data")
+
+
+def recover(run_dir) -> State | None:
     """A save killed around its swap can leave a complete ``checkpoint.tmp/`` (its ``state.json``, written last, is
     there) beside the previous checkpoint or none: it is the newest checkpoint, and is swapped in as the save would
     have done. Returns its state (None: nothing to recover; an incomplete temporary is left to the next save)."""
     run_dir = Path(run_dir)
     tmp = run_dir / (NAME + ".tmp")
     try:
-        state = json.loads((tmp / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = json.loads((tmp / "state.json").read_text(encoding="utf-8"))
+        state = State.of(run_dir / NAME, raw)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     _swap(run_dir)
     return state
 
 
-def peek(run_dir) -> dict | None:
+def peek(run_dir) -> State | None:
     """The state of the checkpoint on disk as it is (no config or data check; None: none, or unreadable): what a
     start-over (``train.resume=false``) leaves in place until its own first checkpoint replaces it."""
     try:
-        return read_state(run_dir, None)[1] if exists(run_dir) else None
+        return read_state(run_dir, None) if exists(run_dir) else None
     except TrainingError:
         return None
 
@@ -186,33 +228,27 @@ def exists(run_dir) -> bool:
     return (run_dir / NAME / "state.json").exists() or (run_dir / (NAME + ".old") / "state.json").exists()
 
 
-def read_state(run_dir, fingerprint: str | None, config: dict | None = None) -> tuple[Path, dict]:
-    """The checkpoint to resume from and its JSON state, checked: a damaged file, or a checkpoint made with
-    another config (``config``: the flat ``{key: value}`` it was made with, to name the keys that differ;
-    ``fingerprint`` None: any config), is a ``TrainingError`` that leaves every file as it is."""
+def read_state(run_dir, fingerprint: str | None, config: dict | None = None) -> State:
+    """The checkpoint to resume from, its state checked: a damaged file, or a checkpoint made with another config
+    (``config``: the flat ``{key: value}`` it was made with, to name the keys that differ; ``fingerprint`` None: any
+    config), is a ``TrainingError`` that leaves every file as it is."""
     run_dir = Path(run_dir)
     path = run_dir / NAME
     if not (path / "state.json").exists():  # killed between the two renames: the old one is whole
         path = run_dir / (NAME + ".old")
     try:
         with open(path / "state.json", encoding="utf-8") as f:
-            state = json.load(f)
-        made_with = state["fingerprint"]
+            raw = json.load(f)
+        state, made_with = State.of(path, raw), raw["fingerprint"]
     except (ValueError, KeyError, TypeError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise damaged(path, e) from None
     if fingerprint is not None and made_with != fingerprint:
-        old = (state.get("extra") or {}).get("config")
+        old = state.extra.get("config")
         diff = _diff(old, config) if isinstance(old, dict) and config is not None else ""
         changed = f" ({diff})" if diff else ""
         raise TrainingError(f"the checkpoint in {path} was made with a different config{changed}; rerun with "
                             f"the values it was made with to resume it, or {START_OVER}")
-    return path, state
-
-
-def planned_epochs(state: dict) -> int | None:
-    """The number of epochs the checkpoint's schedules were made for (None: a checkpoint from before it was kept)."""
-    schedule = (state.get("extra") or {}).get("schedule") or []
-    return int(schedule[-1]["epochs"]) if schedule else None
+    return state
 
 
 def copy_into(path, run_dir) -> None:
@@ -246,11 +282,6 @@ def _diff(old: dict, new: dict, shown: int = 6) -> str:
     return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
-def recorded_data(state: dict) -> dict | None:
-    """The data identity a checkpoint was made on (None: from before it was recorded)."""
-    return (state.get("extra") or {}).get("data")
-
-
 def check_data(made: str, old: dict | None, data: dict) -> None:
     """Resuming (or leaving as finished) what was made on other data would silently be a different run: refuse it,
     naming what changed. ``made``: what was made (``the checkpoint in <path>``, a results file); ``old``: the data
@@ -280,12 +311,10 @@ def data_changes(old: dict, data: dict) -> str:
 
 @dataclass
 class Restored:
-    """A checkpoint read back (``load``): its JSON state (epoch, step, history, extra), one run's tensors by
-    parameter name, its optimizer state (``torch.optim.AdamW.state_dict()``'s form), its method state, and the
-    directory it was read from (``checkpoint``, or ``checkpoint.old`` after a kill between the renames)."""
+    """A checkpoint read back (``load``): its state, one run's tensors by parameter name, its optimizer state
+    (``torch.optim.AdamW.state_dict()``'s form), its method state and the RNG states."""
 
-    path: Path
-    state: dict
+    state: State
     params: dict
     optimizer: dict
     method: dict
@@ -296,21 +325,22 @@ def load(run_dir, *, fingerprint: str, device, config: dict | None = None, data:
     """Everything ``save`` wrote, checked first (``read_state``, ``check_data``): a refused or damaged checkpoint
     changes nothing. The caller puts the tensors where the run trains (``loop.Trainer``) and, for the first run of
     a stack, the RNG states back (``restore_rng``)."""
-    path, state = read_state(run_dir, fingerprint, config)
+    state = read_state(run_dir, fingerprint, config)
+    path, raw = state.path, state.raw
     if data is not None:
-        check_data(f"the checkpoint in {path}", recorded_data(state), data)
+        check_data(f"the checkpoint in {path}", state.data, data)
     try:
         tensors = load_file(str(path / "tensors.safetensors"))
         rng = {"torch": tensors["rng.torch"], "cuda": [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")],
-               "python": state["rng_python"], "numpy": state["rng_numpy"]}
+               "python": raw["rng_python"], "numpy": raw["rng_numpy"]}
         optimizer = _unflatten_optimizer({k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
-                                         state["optimizer"])
-        missing = [k for k in ("scheduler", "epoch", "step", "history") if k not in state]
+                                         raw["optimizer"])
+        missing = [k for k in ("scheduler", "history") if k not in raw]
         if missing:
             raise KeyError(missing[0])
     except (SafetensorError, OSError, KeyError) as e:
         raise damaged(path, e) from None
-    return Restored(path, state, params={k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")},
+    return Restored(state, params={k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")},
                     optimizer=optimizer, method={k[7:]: v.to(device) for k, v in tensors.items() if k.startswith("method.")},
                     rng=rng)
 

@@ -15,25 +15,27 @@ run's bookkeeping (its directory, lock, resume decisions and history).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 import time
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from . import checkpoint, export, gpus, methods, runlog, tasks
-from .config import config_hash, resume_key, run_id, validate
-from .data.cache import fingerprint
-from .errors import RunInUseError, TrainingError
+from .config import config_hash, run_id
+from .errors import TrainingError
 from .models import load_tokenizer
-from .results import SCHEMA, git_commit, store_path, versions, write_json
+from .results import SCHEMA, git_commit, versions, write_json
 from .step import make_optimizer, make_stepper, prepare_model
+
+if TYPE_CHECKING:
+    from .resume import Run
 
 log = logging.getLogger("dynrank")
 
@@ -94,165 +96,6 @@ def load_data(cfg) -> dict:
     shared = {"task": task, "train_set": task.train_set(), "eval_sets": task.eval_sets()}
     shared["data"] = data_identity(shared["train_set"], shared["eval_sets"])
     return shared
-
-
-class Run:
-    """One run's bookkeeping: its config, directory and lock, what it resumes from, its history and results files.
-
-    Opening a run decides what this command does with it (``_open``, the resume decisions together): skip it
-    (``train.skip_done`` and its results exist, or it finished already; a finished run asked for its adapter exports
-    it, ``export_only``), continue a shorter run (``train.extend``), resume it from its checkpoint (at an epoch's end
-    or within an epoch), or start it. A run to train holds its directory's lock until ``close``."""
-
-    def __init__(self, cfg, run_dir, shared: dict | None = None):
-        validate(cfg)
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.seed = int(cfg.seed)
-        self.id = run_id(cfg)
-        self.out_path = store_path(cfg.results.store, self.id)
-        self.results = {}  # a run skipped as finished: its results
-        self.shared = shared
-        self.failed = None  # why training of this run stopped (a NaN loss) while its stack went on
-        self.export_only = False  # finished, and train.export=true asks for the adapter it does not have yet
-        self.key = resume_key(cfg)  # what a checkpoint of this run must have been made with
-        self.fp = fingerprint(self.key)
-        self.skip = bool(cfg.train.skip_done) and _read_results(self.out_path)[0] == int(cfg.train.epochs)
-        if self.skip:
-            self._check_store()  # results of other data are refused, not skipped
-            log.info("results exist, skipping: %s", self.out_path)
-            return
-        self.lock = checkpoint.RunLock(self.run_dir)  # a second process on this run stops here
-        try:
-            self._open()
-        except BaseException:
-            self.close()
-            raise
-        if self.skip and not self.export_only:
-            self.lock.release()
-
-    def close(self) -> None:
-        """Release the run's lock; a directory holding nothing but the lock (a run stopped before it wrote
-        anything) loses it, and ``side_by_side`` removes the emptied directory."""
-        if hasattr(self, "lock"):
-            self.lock.release(tidy=True)
-
-    def data(self) -> dict:
-        if self.shared is None:
-            self.shared = load_data(self.cfg)
-        return self.shared
-
-    # --- what this command does with the run: the resume decisions ------------------------------------------
-    def _open(self) -> None:
-        resume = bool(self.cfg.train.resume)
-        if resume and (state := checkpoint.recover(self.run_dir)):
-            log.warning("%s: a checkpoint save was stopped during its swap; its complete checkpoint (epoch %d, step "
-                        "%d) was put in place", self.run_dir, state["epoch"], state["step"])
-        if self.cfg.train.get("extend") and resume and not checkpoint.exists(self.run_dir):
-            self._continue_shorter_run()
-        self._check_store()
-        self.skip = self._finished()
-        runlog.settle(self.run_dir / runlog.TB_DIR, checkpoint.peek(self.run_dir))  # (a start-over replaces it later)
-        self.start_epoch, self.start_batch = self._position()
-
-    def _position(self) -> tuple[int, int]:
-        """Where this run resumes: the epochs its checkpoint completed and the batches it did of the next one (a
-        checkpoint made within an epoch: SIGTERM, ``train.checkpoint_every``); (0, 0): it starts."""
-        if not (self.cfg.train.resume and checkpoint.exists(self.run_dir)):
-            return 0, 0
-        state = checkpoint.read_state(self.run_dir, self.fp, self.key)[1]
-        return int(state["epoch"]), int((state.get("position") or {}).get("batch", 0))
-
-    def _check_store(self) -> None:
-        """The run id does not name the data (a ``data.dir`` of other content gives the same one): the results store
-        holds a config's runs on one data only. Results of this config (any learning rate and seed) recorded on other
-        data are refused before training, rather than overwritten, skipped as done, or averaged with."""
-        data, config = self.data()["data"], self.out_path.parent  # <store>/<model>/<task>/<cell>/lr<lr>-<hash>
-        runs = f"lr*-{config.name.rsplit('-', 1)[1]}"
-        for path in sorted(config.parent.glob(f"{runs}/seed*.json")):
-            old = _read_results(path)[1].get("data")
-            if old is not None and old != data:
-                raise TrainingError(f"the results store holds this config's results on other data ({path}: "
-                                    f"{checkpoint.data_changes(old, data)}); keep both with variant=<name> or "
-                                    f"results.store=<dir>, or remove {config.parent / runs} to train it again here")
-
-    def _continue_shorter_run(self) -> None:
-        """``train.extend=true``, no checkpoint here yet: the longest shorter run of this config (beside this one in
-        the same outputs tree: same learning rate, seed and every other key but the epochs) lends its last
-        checkpoint, copied here, and this run continues from it (``Trainer._extend``). The shorter run is left as
-        it is."""
-        epochs, lr_dir = int(self.cfg.train.epochs), self.run_dir.parent.name.rsplit("-", 1)[0]
-        found = []
-        for other in self.run_dir.parent.parent.glob(f"{lr_dir}-*/{self.run_dir.name}"):
-            if other == self.run_dir or not checkpoint.exists(other):
-                continue
-            try:
-                path, state = checkpoint.read_state(other, self.fp, self.key)
-            except TrainingError:  # another config (a different hash is not only another length), or damaged
-                continue
-            if state["epoch"] < epochs:
-                found.append((state["epoch"], str(path)))
-        if not found:
-            log.warning("train.extend=true: no shorter run of this config beside %s; training %d epochs from the "
-                        "start", self.run_dir, epochs)
-            return
-        other = Path(max(found)[1]).parent
-        try:
-            with checkpoint.RunLock(other):  # never while it trains: a checkpoint being swapped would copy mixed
-                path, state = checkpoint.read_state(other, self.fp, self.key)
-                checkpoint.copy_into(path, self.run_dir)
-        except RunInUseError as e:
-            raise RunInUseError(f"train.extend=true: {e}") from None
-        log.info("extending %s (%d epochs trained) to %d epochs in %s; that run is left as it is",
-                 other, state["epoch"], epochs, self.run_dir)
-
-    def _finished(self) -> bool:
-        """A finished run (its results file, and a checkpoint at its last epoch made with this config and on this
-        data, or none kept: ``train.keep_checkpoint=none``) is left as it is: running its command again does not
-        train it again nor rewrite its results (train.resume=false does); with ``train.export=true`` and no adapter
-        yet, its adapter is exported from its final checkpoint (``export_only``). A checkpoint made for another
-        length continues to ``train.epochs`` only with ``train.extend=true`` (``Trainer._extend``); one that has
-        trained more epochs than asked is refused."""
-        if not self.cfg.train.resume:
-            return False
-        epochs, results = int(self.cfg.train.epochs), self.run_dir / "results.json"
-        done, finished = _read_results(results)
-        if not checkpoint.exists(self.run_dir):  # finished without keeping its checkpoint: its results say so
-            if done != epochs or finished.get("run_id") != self.id:
-                return False
-            checkpoint.check_data(str(results), finished.get("data"), self.data()["data"])
-            return self._left_as_it_is(finished)
-        path, state = checkpoint.read_state(self.run_dir, self.fp, self.key)
-        if state["epoch"] > epochs:
-            raise TrainingError(f"the checkpoint in {path} has trained {state['epoch']} epochs, more than "
-                                f"train.epochs={epochs}; set train.epochs={state['epoch']} or more to keep it, or "
-                                f"{checkpoint.START_OVER}")
-        planned = checkpoint.planned_epochs(state)
-        if planned is not None and planned != epochs and not self.cfg.train.get("extend"):
-            raise TrainingError(f"the checkpoint in {path} is of a {planned}-epoch run and train.epochs={epochs}: "
-                                f"add train.extend=true to continue it to {epochs} epochs (its schedules then span "
-                                f"{epochs} epochs from step {state['step']}: README, More epochs), or "
-                                f"{checkpoint.START_OVER}")
-        # no results of that epoch (missing, damaged, or a shorter run's): finishing from the checkpoint writes them
-        if state["epoch"] < epochs or done != state["epoch"]:
-            return False
-        checkpoint.check_data(f"the checkpoint in {path}", checkpoint.recorded_data(state), self.data()["data"])
-        return self._left_as_it_is(finished)
-
-    def _left_as_it_is(self, finished: dict) -> bool:
-        results = self.run_dir / "results.json"
-        self.results = finished
-        if _read_results(self.out_path)[0] != finished["final"]["epoch"]:  # another results store gets its copy
-            write_json(self.out_path, self.results)
-        if self.cfg.train.get("export") and not (self.run_dir / "adapter").exists():
-            if not checkpoint.exists(self.run_dir):
-                raise TrainingError(f"{results} is of a run that kept no checkpoint (train.keep_checkpoint=none): "
-                                    "there is no adapter to export; add train.resume=false to train it again with "
-                                    "train.export=true")
-            self.export_only = True
-            log.info("finished already: %s; its adapter is exported from its final checkpoint", results)
-            return True
-        log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
-        return True
 
 
 class Trainer:
@@ -317,18 +160,17 @@ class Trainer:
             self.optimizer.load_run_state_dict(k, got.optimizer)
             self.method.load_run_state_dict(k, got.method)
         except (KeyError, RuntimeError, ValueError) as e:  # tensors of another shape or name: not this model's
-            raise checkpoint.damaged(got.path, e) from None
+            raise checkpoint.damaged(got.state.path, e) from None
         if k == 0:
             checkpoint.restore_rng(got.rng)
         state = got.state
-        run.history, run.start_epoch, run.step = state["history"], state["epoch"], state["step"]
-        run.resumed, run.position = True, state.get("position") or {}
-        run.start_batch = int(run.position.get("batch", 0))
-        run.past_attempts_s = list(state["extra"].get("wall_time_s", []))
-        run.schedule = list(state["extra"].get("schedule") or run.schedule)
+        run.history, run.start_epoch, run.step = state.history, state.epoch, state.step
+        run.resumed, run.position, run.start_batch = True, state.position or {}, state.batch
+        run.past_attempts_s = list(state.extra.get("wall_time_s", []))
+        run.schedule = list(state.extra.get("schedule") or run.schedule)
         where = (f"within epoch {run.start_epoch + 1}, after batch {run.start_batch}" if run.start_batch else
                  f"at epoch {run.start_epoch}")
-        log.info("resumed from %s %s (step %d)", got.path, where, run.step)
+        log.info("resumed from %s %s (step %d)", state.path, where, run.step)
         if run.schedule[-1]["epochs"] != self.epochs:
             self._extend(run)
 
@@ -500,33 +342,10 @@ class Trainer:
         return str(adapter.resolve())
 
 
-def _read_results(results_path) -> tuple[int | None, dict]:
-    """The epochs a results file holds and its contents ((None, {}): no readable results file)."""
-    try:
-        results = json.loads(Path(results_path).read_text())
-        return int(results["final"]["epoch"]), results
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, {}
-
-
 def log_run_dir(run_dir) -> None:
     """The run directory and what it holds (log, TensorBoard, checkpoint, figure, adapter): the last line of a run."""
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(run_dir).iterdir() if not p.name.startswith("."))
     log.info("run directory: %s (%s)", run_dir, ", ".join(entries))
-
-
-def remove_if_empty(run_dir, run_id: str) -> None:
-    """A run stopped before it wrote anything leaves no directory: ``run_dir`` if it is empty, then (where it ends
-    with the run id, as ``outputs/<run id>``) the parents the run id made, while they are empty."""
-    d, parts = Path(run_dir).absolute(), Path(run_id).parts
-    for _ in range(len(parts) if d.parts[-len(parts):] == parts else 1):
-        if d == Path.cwd():  # hydra.run.dir=. : never the directory the command runs in
-            return
-        try:
-            d.rmdir()
-        except OSError:  # not empty (or gone): left as it is
-            return
-        d = d.parent
 
 
 def data_identity(train_set, eval_sets: dict) -> dict:

@@ -119,6 +119,15 @@ def git_commit() -> str | None:
         return None
 
 
+def read_results(results_path) -> tuple[int | None, dict]:
+    """The epochs a results file holds and its contents ((None, {}): no readable results file)."""
+    try:
+        results = json.loads(Path(results_path).read_text())
+        return int(results["final"]["epoch"]), results
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, {}
+
+
 def store_path(store, run_id: str) -> Path:
     """``<store>/<model>/<task>/<method>-<budget>[-<variant>]/seed<k>.json``."""
     return Path(store) / (run_id + ".json")

@@ -70,11 +70,12 @@ def event_files(tb_dir) -> list[str]:
     return sorted(p.name for p in Path(tb_dir).glob("events.out.tfevents.*"))
 
 
-def settle(tb_dir, checkpoint: dict | None) -> None:
-    """``tb_dir`` as the checkpoint on disk (its state; None: none) left it: the event files it lists (every file,
-    for a checkpoint from before they were listed; none without a checkpoint), with their events up to its step."""
-    step = checkpoint["step"] if checkpoint else 0
-    listed = (checkpoint.get("extra") or {}).get("tb_files") if checkpoint else []
+def settle(tb_dir, checkpoint) -> None:
+    """``tb_dir`` as the checkpoint on disk (its ``checkpoint.State``; None: none) left it: the event files it lists
+    (every file, for a checkpoint from before they were listed; none without a checkpoint), with their events up to
+    its step."""
+    step = checkpoint.step if checkpoint else 0
+    listed = checkpoint.extra.get("tb_files") if checkpoint else []
     if listed is not None:
         keep_only(tb_dir, listed)
     trim(tb_dir, step)

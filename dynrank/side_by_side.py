@@ -9,7 +9,7 @@ stacks, also stepped side by side.
 
 However a command ends, its runs stay whole: SIGTERM checkpoints every run where it stands and ends the command
 (``preempt``); an error, Ctrl-C or a full disk leaves each run at its last checkpoint, and no directory behind that
-holds nothing (``loop.remove_if_empty``).
+holds nothing (``resume.remove_if_empty``).
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from . import preempt
 from .config import run_id
 from .config.run_identity import _flat
 from .errors import ConfigError, TrainingError
-from .loop import Run, Trainer, pick_device, progress, remove_if_empty
+from .loop import Trainer, pick_device, progress
+from .resume import Run, remove_if_empty
 from .methods import method_class
 from .step import GraphedStep
 

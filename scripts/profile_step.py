@@ -363,7 +363,8 @@ def timed_epoch(t, epoch: int, clock: Stopwatch) -> list[float]:
 
 
 def real_run(args, device) -> dict:
-    from dynrank.loop import Run, Trainer
+    from dynrank.loop import Trainer
+    from dynrank.resume import Run
 
     with tempfile.TemporaryDirectory(prefix="dynrank-profile-") as tmp:  # data cache, checkpoint, results
         overrides = real_overrides(args, device, Path(tmp))

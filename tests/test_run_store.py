@@ -1,7 +1,7 @@
 """What a run keeps, and whose it is: a results store holds a config's runs on one data (other data is refused);
 train.extend never copies a run being trained; a finished run exports its adapter when asked; and
 train.keep_checkpoint=none keeps a finished run's results only. In process, on stacked runs (two seeds as one model):
-each run's bookkeeping is its own, as a run alone's (``loop.Run``)."""
+each run's bookkeeping is its own, as a run alone's (``resume.Run``)."""
 import fcntl
 import os
 

@@ -1,0 +1,194 @@
+"""One run's bookkeeping and the resume policy: what a command does with a run it is asked to train.
+
+``Run`` opens a run: its identity and home (``config.run_id``, the results store), its directory's lock, and the one
+decision (``Run._decide``) of what this command does with it, from its checkpoint's state (``checkpoint.State``) and
+its results file: fresh, resume (at an epoch's end, or within one after SIGTERM or ``train.checkpoint_every``),
+extend a shorter run (``train.extend``, README: More epochs), or finished (left as it is, its adapter exported if
+asked). ``loop.Trainer`` then trains the opened runs; ``side_by_side`` opens a command's runs and drives them.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from . import checkpoint, runlog
+from .config import resume_key, run_id, validate
+from .data.cache import fingerprint
+from .errors import RunInUseError, TrainingError
+from .loop import load_data
+from .results import read_results, store_path, write_json
+
+log = logging.getLogger("dynrank")
+
+
+class Run:
+    """One run's bookkeeping: its config, directory and lock, what it resumes from, its history and results files.
+
+    Opening a run decides what this command does with it (``_decide``: the resume policy in one place, from one read
+    of its checkpoint's state and of its results file): skip it (``train.skip_done`` and its results exist, or it
+    finished already; a finished run asked for its adapter exports it, ``export_only``), continue a shorter run
+    (``train.extend``), resume it from its checkpoint (at an epoch's end or within an epoch), or start it. A run to
+    train holds its directory's lock until ``close``."""
+
+    def __init__(self, cfg, run_dir, shared: dict | None = None):
+        validate(cfg)
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.seed = int(cfg.seed)
+        self.id = run_id(cfg)
+        self.out_path = store_path(cfg.results.store, self.id)
+        self.results = {}  # a run skipped as finished: its results
+        self.shared = shared
+        self.failed = None  # why training of this run stopped (a NaN loss) while its stack went on
+        self.export_only = False  # finished, and train.export=true asks for the adapter it does not have yet
+        self.key = resume_key(cfg)  # what a checkpoint of this run must have been made with
+        self.fp = fingerprint(self.key)
+        self.skip = bool(cfg.train.skip_done) and read_results(self.out_path)[0] == int(cfg.train.epochs)
+        if self.skip:
+            self._check_store()  # results of other data are refused, not skipped
+            log.info("results exist, skipping: %s", self.out_path)
+            return
+        self.lock = checkpoint.RunLock(self.run_dir)  # a second process on this run stops here
+        try:
+            self._decide()
+        except BaseException:
+            self.close()
+            raise
+        if self.skip and not self.export_only:
+            self.lock.release()
+
+    def close(self) -> None:
+        """Release the run's lock; a directory holding nothing but the lock (a run stopped before it wrote
+        anything) loses it, and ``side_by_side`` removes the emptied directory."""
+        if hasattr(self, "lock"):
+            self.lock.release(tidy=True)
+
+    def data(self) -> dict:
+        if self.shared is None:
+            self.shared = load_data(self.cfg)
+        return self.shared
+
+    # --- what this command does with the run: the resume decisions ------------------------------------------
+    def _decide(self) -> None:
+        """Fresh, resume, extend or finished, from one read of the checkpoint's state (checked against this config)
+        and of the results file: ``skip`` (finished), ``export_only``, and where training starts (``start_epoch``,
+        ``start_batch``: the epochs the checkpoint completed and the batches it did of the next one, a checkpoint
+        made within an epoch by SIGTERM or ``train.checkpoint_every``; (0, 0): it starts)."""
+        resume = bool(self.cfg.train.resume)
+        if resume and (recovered := checkpoint.recover(self.run_dir)):
+            log.warning("%s: a checkpoint save was stopped during its swap; its complete checkpoint (epoch %d, step "
+                        "%d) was put in place", self.run_dir, recovered.epoch, recovered.step)
+        if self.cfg.train.get("extend") and resume and not checkpoint.exists(self.run_dir):
+            self._continue_shorter_run()
+        self._check_store()
+        state = checkpoint.read_state(self.run_dir, self.fp, self.key) if resume and checkpoint.exists(
+            self.run_dir) else None
+        self.skip = self._finished(state)
+        # TensorBoard as the checkpoint on disk left it (a start-over's own events replace it at its first checkpoint)
+        runlog.settle(self.run_dir / runlog.TB_DIR, state if state is not None else checkpoint.peek(self.run_dir))
+        self.start_epoch, self.start_batch = (state.epoch, state.batch) if state is not None else (0, 0)
+
+    def _check_store(self) -> None:
+        """The run id does not name the data (a ``data.dir`` of other content gives the same one): the results store
+        holds a config's runs on one data only. Results of this config (any learning rate and seed) recorded on other
+        data are refused before training, rather than overwritten, skipped as done, or averaged with."""
+        data, config = self.data()["data"], self.out_path.parent  # <store>/<model>/<task>/<cell>/lr<lr>-<hash>
+        runs = f"lr*-{config.name.rsplit('-', 1)[1]}"
+        for path in sorted(config.parent.glob(f"{runs}/seed*.json")):
+            old = read_results(path)[1].get("data")
+            if old is not None and old != data:
+                raise TrainingError(f"the results store holds this config's results on other data ({path}: "
+                                    f"{checkpoint.data_changes(old, data)}); keep both with variant=<name> or "
+                                    f"results.store=<dir>, or remove {config.parent / runs} to train it again here")
+
+    def _continue_shorter_run(self) -> None:
+        """``train.extend=true``, no checkpoint here yet: the longest shorter run of this config (beside this one in
+        the same outputs tree: same learning rate, seed and every other key but the epochs) lends its last
+        checkpoint, copied here, and this run continues from it (``Trainer._extend``). The shorter run is left as
+        it is."""
+        epochs, lr_dir = int(self.cfg.train.epochs), self.run_dir.parent.name.rsplit("-", 1)[0]
+        found = []
+        for other in self.run_dir.parent.parent.glob(f"{lr_dir}-*/{self.run_dir.name}"):
+            if other == self.run_dir or not checkpoint.exists(other):
+                continue
+            try:
+                state = checkpoint.read_state(other, self.fp, self.key)
+            except TrainingError:  # another config (a different hash is not only another length), or damaged
+                continue
+            if state.epoch < epochs:
+                found.append((state.epoch, str(state.path)))
+        if not found:
+            log.warning("train.extend=true: no shorter run of this config beside %s; training %d epochs from the "
+                        "start", self.run_dir, epochs)
+            return
+        other = Path(max(found)[1]).parent
+        try:
+            with checkpoint.RunLock(other):  # never while it trains: a checkpoint being swapped would copy mixed
+                state = checkpoint.read_state(other, self.fp, self.key)
+                checkpoint.copy_into(state.path, self.run_dir)
+        except RunInUseError as e:
+            raise RunInUseError(f"train.extend=true: {e}") from None
+        log.info("extending %s (%d epochs trained) to %d epochs in %s; that run is left as it is",
+                 other, state.epoch, epochs, self.run_dir)
+
+    def _finished(self, state: checkpoint.State | None) -> bool:
+        """A finished run (its results file, and a checkpoint at its last epoch made with this config and on this
+        data, or none kept: ``train.keep_checkpoint=none``) is left as it is: running its command again does not
+        train it again nor rewrite its results (train.resume=false does); with ``train.export=true`` and no adapter
+        yet, its adapter is exported from its final checkpoint (``export_only``). A checkpoint made for another
+        length continues to ``train.epochs`` only with ``train.extend=true`` (``Trainer._extend``); one that has
+        trained more epochs than asked is refused."""
+        if not self.cfg.train.resume:
+            return False
+        epochs, results = int(self.cfg.train.epochs), self.run_dir / "results.json"
+        done, finished = read_results(results)
+        if state is None:  # finished without keeping its checkpoint: its results say so
+            if done != epochs or finished.get("run_id") != self.id:
+                return False
+            checkpoint.check_data(str(results), finished.get("data"), self.data()["data"])
+            return self._left_as_it_is(finished)
+        path = state.path
+        if state.epoch > epochs:
+            raise TrainingError(f"the checkpoint in {path} has trained {state.epoch} epochs, more than "
+                                f"train.epochs={epochs}; set train.epochs={state.epoch} or more to keep it, or "
+                                f"{checkpoint.START_OVER}")
+        planned = state.planned_epochs
+        if planned is not None and planned != epochs and not self.cfg.train.get("extend"):
+            raise TrainingError(f"the checkpoint in {path} is of a {planned}-epoch run and train.epochs={epochs}: "
+                                f"add train.extend=true to continue it to {epochs} epochs (its schedules then span "
+                                f"{epochs} epochs from step {state.step}: README, More epochs), or "
+                                f"{checkpoint.START_OVER}")
+        # no results of that epoch (missing, damaged, or a shorter run's): finishing from the checkpoint writes them
+        if state.epoch < epochs or done != state.epoch:
+            return False
+        checkpoint.check_data(f"the checkpoint in {path}", state.data, self.data()["data"])
+        return self._left_as_it_is(finished)
+
+    def _left_as_it_is(self, finished: dict) -> bool:
+        results = self.run_dir / "results.json"
+        self.results = finished
+        if read_results(self.out_path)[0] != finished["final"]["epoch"]:  # another results store gets its copy
+            write_json(self.out_path, self.results)
+        if self.cfg.train.get("export") and not (self.run_dir / "adapter").exists():
+            if not checkpoint.exists(self.run_dir):
+                raise TrainingError(f"{results} is of a run that kept no checkpoint (train.keep_checkpoint=none): "
+                                    "there is no adapter to export; add train.resume=false to train it again with "
+                                    "train.export=true")
+            self.export_only = True
+            log.info("finished already: %s; its adapter is exported from its final checkpoint", results)
+            return True
+        log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
+        return True
+
+
+def remove_if_empty(run_dir, run_id: str) -> None:
+    """A run stopped before it wrote anything leaves no directory: ``run_dir`` if it is empty, then (where it ends
+    with the run id, as ``outputs/<run id>``) the parents the run id made, while they are empty."""
+    d, parts = Path(run_dir).absolute(), Path(run_id).parts
+    for _ in range(len(parts) if d.parts[-len(parts):] == parts else 1):
+        if d == Path.cwd():  # hydra.run.dir=. : never the directory the command runs in
+            return
+        try:
+            d.rmdir()
+        except OSError:  # not empty (or gone): left as it is
+            return
+        d = d.parent
