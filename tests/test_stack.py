@@ -49,7 +49,10 @@ def checkpoint_tensors(run_dir):
     return load_file(str(run_dir / "checkpoint/tensors.safetensors"))
 
 
-def assert_same_runs(stacked_dirs, solo_dirs, stacked, solo, atol=1e-6):
+def assert_same_runs(stacked_dirs, solo_dirs, stacked, solo, atol=1e-5):
+    """Losses to float rounding; tensors to 1e-5 absolute: a batched GEMM over R runs rounds differently from R=1,
+    and AdamW's g / sqrt(v) turns that rounding in a near-zero gradient into a difference of up to ~1e-6 (DyLoRA's
+    B at lr 4e-3, torch 2.13 CPU), far below one step (the learning rate)."""
     for a, b, da, db in zip(stacked, solo, stacked_dirs, solo_dirs):
         la, lb = [h["train_loss"] for h in a["epochs"]], [h["train_loss"] for h in b["epochs"]]
         assert la == pytest.approx(lb, rel=1e-5, abs=1e-6), (a["run_id"], la, lb)
@@ -83,7 +86,7 @@ def test_stacked_runs_equal_solo_runs(method, tmp_path, no_dropout):
 
 
 def _opened(c, d):
-    from dynrank.loop import Run
+    from dynrank.resume import Run
 
     run = Run(c, d)
     run.close()
