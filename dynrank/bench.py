@@ -70,7 +70,7 @@ def dynrank_runner(method_name: str, mode: str, device, total_steps: int, model_
     model = method.wrap(model)
     method.init_runs(list(range(1, runs + 1)))
     bf16 = "bf16" in mode
-    step_model = prepare_model(model, method, device, bf16, mode.startswith("compile"))
+    step_model = prepare_model(model, method, device, bf16, "compile" in mode)
     method.setup(total_steps)
     optimizer = make_optimizer(cfg.train, method, [float(cfg.train.lr)] * runs, total_steps)
     stepper = make_stepper(step_model, method, partial(classification_losses, runs=runs), optimizer, 1.0, bf16,

@@ -64,11 +64,13 @@ class GraphedStep:
     (warm-up), the second is captured and replayed, later ones replay.
     """
 
-    def __init__(self, model, method, losses, optimizer: RunAdamW, clip: float | None, amp: bool, device):
+    def __init__(self, model, method, losses, optimizer: RunAdamW, clip: float | None, amp: bool, device,
+                 warmup: int = 1):
         self.model, self.method, self.losses, self.optimizer = model, method, losses, optimizer
         self.clip, self.amp, self.device = clip, amp, device
         self.graphs: dict = {}
-        self.warm: set = set()
+        self.warmup = warmup  # eager steps of a key before its capture (a compiled model compiles in them)
+        self.warm: dict = {}
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream()  # warm-up steps
         # Capture on a stream of our own, not torch's shared default capture stream: cuBLAS keys its
@@ -91,9 +93,9 @@ class GraphedStep:
         prepare(self.method, self.optimizer, step)
         mkey = self.method.graph_key(step)
         key = (tuple((k, tuple(v.shape)) for k, v in sorted(batch.items())), mkey)
-        if mkey == EAGER or key not in self.graphs and key not in self.warm:
+        if mkey == EAGER or key not in self.graphs and self.warm.get(key, 0) < self.warmup:
             if mkey != EAGER:
-                self.warm.add(key)
+                self.warm[key] = self.warm.get(key, 0) + 1
             self.stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.stream):
                 out = self._body(batch, step)
@@ -124,7 +126,8 @@ class GraphedStep:
 def make_stepper(model, method, losses, optimizer: RunAdamW, clip: float | None, amp: bool, device, graphs: bool):
     """``stepper(batch, step) -> (task losses (R,), total losses (R,))``: graphed on a GPU when ``graphs``."""
     if graphs and device.type == "cuda":
-        return GraphedStep(model, method, losses, optimizer, clip, amp, device)
+        compiled = hasattr(model, "_orig_mod")  # torch.compile: forward and backward compile in the warm-up steps
+        return GraphedStep(model, method, losses, optimizer, clip, amp, device, warmup=3 if compiled else 1)
     return partial(train_step, model, method, losses, optimizer, clip=clip, amp=amp, device=device)
 
 

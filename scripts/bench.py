@@ -77,7 +77,7 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(DYNRANK + PEFT))
     ap.add_argument("--modes", default="eager-fp32,eager-bf16,graph-bf16",
                     help="dynrank modes: eager-fp32, eager-bf16, graph-fp32, graph-bf16 (CUDA graphs: the loop's "
-                         "train.cuda_graphs=true), compile-bf16 (torch.compile); PEFT runs the eager ones")
+                         "train.cuda_graphs=true), compile-bf16 (torch.compile, eager step), graph-compile-bf16 (torch.compile inside the CUDA graph); PEFT runs the eager ones")
     ap.add_argument("--peft-modes", help="modes of the PEFT rows (default: the eager ones of --modes)")
     ap.add_argument("--settings", default="fixed,cola")
     ap.add_argument("--steps", type=int, default=120)
