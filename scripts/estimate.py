@@ -156,6 +156,12 @@ def newest(pattern: str, keep=lambda doc: True) -> Path:
     return Path(files[-1][1])
 
 
+def step_bench() -> Path:
+    """The newest bench with the default path (graph-bf16) measured in both settings (other benches try options)."""
+    return newest("bench-*.json", lambda d: {"fixed", "cola"} <= {r.get("setting") for r in d["rows"]
+                                                                   if r.get("mode") == "graph-bf16"})
+
+
 def fit_rates(bench: Path) -> dict[tuple[str, int], Rate]:
     """Per (method, runs stacked), a + b x tokens through (L=128 x 32 per run) and (CoLA lengths x 16 per run, padded as
     bench.py pads: the longest of all the runs' sequences)."""
@@ -218,9 +224,9 @@ class Device:
 
 
 def measured_device() -> Device:
-    """Step costs from the newest bench; start-up, captures and the check from the newest stacked seeds run of a
+    """Step costs from the newest bench with graph-bf16 rows in both settings (the default path); start-up, captures and the check from the newest stacked seeds run of a
     RoBERTa-base-sized encoder (not the small real MiniLM: another step cost)."""
-    bench = newest("bench-*.json")
+    bench = step_bench()
     stacked = newest("seeds-*.json", lambda d: "MiniLM" not in d.get("model", "") and d.get("stacked_runs", 1) > 1)
     b, s = (json.loads(p.read_text()) for p in (bench, stacked))
     rates = fit_rates(bench)

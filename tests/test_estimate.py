@@ -76,7 +76,7 @@ def test_makespan():
 # --- the device model reproduces what was measured ---------------------------------------------------------
 def test_fit_goes_through_both_bench_points(device):
     """Per method and number of runs stacked (1, 5): the line through the bench's two settings."""
-    bench = json.loads(est.newest("bench-*.json").read_text())
+    bench = json.loads(est.step_bench().read_text())
     rows = {(r["method"], r.get("runs", 1), r["setting"]): r["median_step_ms"] for r in bench["rows"]
             if r["impl"] == "dynrank" and r["mode"] == "graph-bf16" and "error" not in r}
     cola = est.load_lengths("cola_train")
