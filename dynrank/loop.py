@@ -1,101 +1,36 @@
 """The training loop of one stack of runs: setup, epochs (steps, evaluation, checkpoints), results.
 
-A stack is R runs of one cell (seeds, the learning rates of a grid) trained as ONE model (``methods/layers.py``):
-each step sees the runs' batches concatenated, each run keeping its own data order, initialisation, learning rate,
-clipping and AdamW state (``dynrank.optim``) and method state; the dev set is evaluated for all runs at once. A run
-alone is a stack of one. Each run writes its own checkpoint and results file, exactly as it would alone.
-
-AdamW (weight decay 0.01), linear schedule with 6% warm-up, grad-norm clip 1.0 (each from the method's config),
-optional bf16 on GPU, dev evaluation after every epoch, a checkpoint after every epoch and within one where asked
-(``Trainer.checkpoint``: SIGTERM, ``train.checkpoint_every``; resume), one results JSON per run at the end. The
-method's hooks: ``extra_loss`` before backward, ``after_step`` after the optimizer step (where DoRA prunes, as in the
-authors' code). The step itself (eager or as a CUDA graph) is ``step.py``; a command's runs (one, or several grouped
-into stacks or side by side) are driven by ``side_by_side.py`` (``run``, ``run_side_by_side``); ``Run`` is one
-run's bookkeeping (its directory, lock, resume decisions and history).
+A stack is R runs of one cell (seeds, the learning rates of a grid) trained as ONE model (``methods/layers.py``),
+each run with its own data order, initialisation, learning rate, schedule, clipping, AdamW state (``optim.py``) and
+method state; a run alone is a stack of one. Setup in the order config -> data (``inputs.py``) -> model + method ->
+optimizer -> stepper (``step.py``: eager or a CUDA graph), then the epochs; each run writes its own checkpoints and
+results file, exactly as it would alone. Where a run starts from (fresh, resumed, extended) is ``resume.py``'s
+decision; a command's runs are grouped into stacks by ``side_by_side.py``.
 """
 from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from . import checkpoint, export, gpus, methods, runlog, tasks
+from . import checkpoint, export, gpus, methods, runlog
 from .config import config_hash, run_id
 from .errors import TrainingError
-from .models import load_tokenizer
 from .results import SCHEMA, git_commit, versions, write_json
+from .device import fast_path, pick_device, seed_everything
+from .inputs import batches
 from .step import make_optimizer, make_stepper, prepare_model
 
 if TYPE_CHECKING:
     from .resume import Run
 
 log = logging.getLogger("dynrank")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("train.device=cuda but no GPU is visible; use train.device=cpu")
-    return torch.device(name)
-
-
-def fast_path(cfg, device: torch.device) -> dict:
-    """The fast path's settings resolved for ``device``: ``train.bf16``, ``train.cuda_graphs`` (``auto``: on a GPU,
-    unless ``train.exact``) and ``train.pad_to_multiple`` (``auto``: on a GPU a multiple that bounds the number of
-    padded lengths, and so of CUDA graphs, to 16 per length budget: 8 for GLUE's 128 tokens; 1 on a CPU)."""
-    t = cfg.train
-    gpu = device.type == "cuda" and not bool(t.get("exact", False))
-
-    def choice(key):
-        v = t.get(key, False)
-        return gpu if v == "auto" else bool(v)
-
-    pad = t.get("pad_to_multiple", 1)
-    if pad == "auto":
-        pad = max(8, -(-int(cfg.task.max_length) // 16 // 8) * 8) if gpu else 1
-    return {"bf16": choice("bf16") and device.type == "cuda", "cuda_graphs": choice("cuda_graphs")
-            and device.type == "cuda", "pad_to_multiple": int(pad)}
-
-
-def batches(dataset, batch_size: int, seed: int, epoch: int, group_by_length: bool):
-    """Shuffled index batches for one epoch; the order depends only on (seed, epoch): resumable."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(len(dataset), generator=g).tolist()
-    if group_by_length:  # sort within chunks of 50 batches, then shuffle the batches
-        lengths = dataset.lengths()
-        chunk = batch_size * 50
-        order = [i for s in range(0, len(order), chunk)
-                 for i in sorted(order[s:s + chunk], key=lambda j: -lengths[j])]
-    out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if group_by_length:
-        perm = torch.randperm(len(out), generator=g).tolist()
-        out = [out[i] for i in perm]
-    return out
-
-
-def load_data(cfg) -> dict:
-    """Tokenizer, task and encoded data: the same for every run of a cell (shared by the runs of one process)."""
-    tokenizer = load_tokenizer(cfg.model)
-    task = tasks.build(cfg, tokenizer)
-    task.pad_to_multiple = fast_path(cfg, pick_device(str(cfg.train.device)))["pad_to_multiple"]
-    shared = {"task": task, "train_set": task.train_set(), "eval_sets": task.eval_sets()}
-    shared["data"] = data_identity(shared["train_set"], shared["eval_sets"])
-    return shared
 
 
 class Trainer:
@@ -346,17 +281,6 @@ def log_run_dir(run_dir) -> None:
     """The run directory and what it holds (log, TensorBoard, checkpoint, figure, adapter): the last line of a run."""
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(run_dir).iterdir() if not p.name.startswith("."))
     log.info("run directory: %s (%s)", run_dir, ", ".join(entries))
-
-
-def data_identity(train_set, eval_sets: dict) -> dict:
-    """The data a run trains and is evaluated on, as its checkpoints record it: per split the number of
-    examples and a digest of the encoded examples and, for SQuAD and XSum, of the references (so resuming on
-    edited or cut data is refused)."""
-    out = {"train": {"examples": len(train_set), "sha256": train_set.digest()}}
-    for name, ds in eval_sets.items():
-        features = getattr(ds, "features", ds)
-        out[name] = {"examples": len(features), "sha256": features.digest(getattr(ds, "rows", None))}
-    return out
 
 
 def _total_times(results: dict, past_attempts_s: list, started: float) -> None:

@@ -15,7 +15,8 @@ from . import checkpoint, runlog
 from .config import resume_key, run_id, validate
 from .data.cache import fingerprint
 from .errors import RunInUseError, TrainingError
-from .loop import load_data
+from .lock import RunLock
+from .inputs import load_data
 from .results import read_results, store_path, write_json
 
 log = logging.getLogger("dynrank")
@@ -47,7 +48,7 @@ class Run:
             self._check_store()  # results of other data are refused, not skipped
             log.info("results exist, skipping: %s", self.out_path)
             return
-        self.lock = checkpoint.RunLock(self.run_dir)  # a second process on this run stops here
+        self.lock = RunLock(self.run_dir)  # a second process on this run stops here
         try:
             self._decide()
         except BaseException:
@@ -122,7 +123,7 @@ class Run:
             return
         other = Path(max(found)[1]).parent
         try:
-            with checkpoint.RunLock(other):  # never while it trains: a checkpoint being swapped would copy mixed
+            with RunLock(other):  # never while it trains: a checkpoint being swapped would copy mixed
                 state = checkpoint.read_state(other, self.fp, self.key)
                 checkpoint.copy_into(state.path, self.run_dir)
         except RunInUseError as e:

@@ -24,7 +24,8 @@ from . import preempt
 from .config import run_id
 from .config.run_identity import _flat
 from .errors import ConfigError, TrainingError
-from .loop import Trainer, pick_device, progress
+from .device import pick_device
+from .loop import Trainer, progress
 from .resume import Run, remove_if_empty
 from .methods import method_class
 from .step import GraphedStep

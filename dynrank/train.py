@@ -65,18 +65,15 @@ def main(cfg: DictConfig) -> float | None:
 
 def runs_of(cfg) -> list[DictConfig]:
     """The runs one process trains side by side: ``seeds=[...]`` x (``lr_search=true``: the method's lr grid)."""
-    from .config import lr_grid
+    from .config import run_grid
 
-    seeds = [int(s) for s in cfg.seeds] if cfg.get("seeds") else [int(cfg.seed)]
-    lrs = lr_grid(cfg) if cfg.get("lr_search") else [None]
     out = []
-    for lr in lrs:
-        for seed in seeds:
-            c = cfg.copy()
-            c.seed = seed
-            if lr is not None:
-                c.train.lr = lr
-            out.append(c)
+    for seed, lr in run_grid(cfg):
+        c = cfg.copy()
+        c.seed = seed
+        if lr is not None:
+            c.train.lr = lr
+        out.append(c)
     return out
 
 

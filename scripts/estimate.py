@@ -45,10 +45,10 @@ sys.path.insert(0, str(ROOT))
 BENCH = ROOT / "benchmarks"
 SHARED = ROOT.parent / "shared"
 
+from dynrank.config.presets import PAPER  # noqa: E402
 from dynrank.errors import ConfigError, DynrankError  # noqa: E402
 
-PRESETS = ["table2_r8", "table2_r2", "table3_r8", "table3_r2", "table4_r8", "table4_r2", "table5_dem",
-           "table5_nodem", "table6", "table9", "lr_search"]
+PRESETS = [*PAPER, "lr_search"]
 EVAL_FRACTION = 1 / 3      # an evaluation batch costs a third of a training step (forward only)
 CKPT_BYTES_PER_PARAM = 12  # fp32 parameter + AdamW's two moments
 CKPT_GB_PER_S = 1.0
@@ -304,8 +304,9 @@ def workload(cfg) -> Workload:
 
 
 def cell_of(cfg) -> str:
-    cell = f"{cfg.method.name}-{cfg.budget.name}"
-    return cell + (f"-{cfg.variant}" if cfg.get("variant") else "")
+    from dynrank.config import cell_of as cell
+
+    return cell(cfg.method.name, cfg.budget.name, cfg.get("variant"))
 
 
 @dataclass
@@ -368,10 +369,10 @@ def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
 
 
 def gpu_pad_multiple(cfg) -> int:
-    """``train.pad_to_multiple`` as a run on the GPU resolves it (``auto``: ``dynrank.loop.fast_path``)."""
+    """``train.pad_to_multiple`` as a run on the GPU resolves it (``auto``: ``dynrank.device.fast_path``)."""
     import torch
 
-    from dynrank.loop import fast_path
+    from dynrank.device import fast_path
 
     return fast_path(cfg, torch.device("cuda"))["pad_to_multiple"]
 
@@ -412,11 +413,10 @@ def compose_jobs(jobs: list[list[str]]) -> dict[tuple[str, ...], object]:
 
 
 def runs_in(cfg) -> int:
-    """How many runs one job trains side by side: ``len(dynrank.train.runs_of(cfg))`` (seeds x lr grid),
-    counted without copying the config for each."""
-    from dynrank.config import lr_grid
+    """How many runs one job trains: ``len(dynrank.train.runs_of(cfg))``, counted without copying the config."""
+    from dynrank.config import run_grid
 
-    return (len(cfg.seeds) if cfg.get("seeds") else 1) * (len(lr_grid(cfg)) if cfg.get("lr_search") else 1)
+    return len(run_grid(cfg))
 
 
 def makespan(times: list[float], gpus: int) -> float:

@@ -31,17 +31,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-PRESETS = {
-    "table2": ["table2_r8", "table2_r2"],
-    "table3": ["table3_r8", "table3_r2"],
-    "table4": ["table4_r8", "table4_r2"],
-    "table5": ["table5_dem", "table5_nodem"],
-    "table6": ["table6"],
-    "table9": ["table9"],
-    "smoke": ["smoke"],
-}
-ALL = ["table2", "table5", "table6", "table3", "table4", "table9"]  # GLUE first; Table 9 (timings) last
+from dynrank.config.presets import BY_TABLE, ORDER  # noqa: E402
+
+PRESETS = {**BY_TABLE, "smoke": ["smoke"]}
+ALL = ORDER
 SMOKE_STORE = "results/smoke/runs"  # conf/experiment/smoke.yaml's results.store
 SMOKE_TABLES = "results/smoke/tables"
 SMOKE_MODEL = "minilm"  # conf/experiment/smoke.yaml's model

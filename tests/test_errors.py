@@ -445,14 +445,14 @@ def test_a_second_process_on_a_run_in_use_stops(finished, tmp_path):
 
 @pytest.mark.slow
 def test_the_lock_goes_with_a_killed_process(tmp_path):
-    code = ("import sys, time; from dynrank.checkpoint import RunLock; lock = RunLock(sys.argv[1]); "
+    code = ("import sys, time; from dynrank.lock import RunLock; lock = RunLock(sys.argv[1]); "
             "print('locked', flush=True); time.sleep(60)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True,
                               env=env)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        from dynrank.checkpoint import RunLock
+        from dynrank.lock import RunLock
         from dynrank.errors import RunInUseError
 
         with pytest.raises(RunInUseError, match=rf"in use by another process \(pid {holder.pid}\)"):

@@ -45,8 +45,8 @@ def test_epoch_tokens_counts_the_short_last_batch():
 
 
 def test_epoch_tokens_match_the_trainers_shuffled_batches():
-    """The closed form against the loop's own batching (dynrank.loop.batches), simulated over many epochs."""
-    from dynrank.loop import batches
+    """The closed form against the loop's own batching (dynrank.inputs.batches), simulated over many epochs."""
+    from dynrank.inputs import batches
 
     rng = random.Random(0)
     lengths = [min(128, int(rng.lognormvariate(3.0, 0.6))) + 2 for _ in range(3000)]

@@ -254,3 +254,12 @@ def test_new_training_keys_are_checked(override, message):
     validate(compose(["method=lora", "train.max_grad_norm=null"]))  # null: no clipping
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(compose(["method=lora", override]))
+
+
+def test_one_preset_list_names_every_experiment_file():
+    """dynrank.config.presets (read by make reproduce-tables and the estimate) and conf/experiment/ agree."""
+    from dynrank.config.presets import BY_TABLE, ORDER, OTHER, PAPER
+
+    files = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+    assert sorted(PAPER + OTHER) == files
+    assert sorted(ORDER) == sorted(BY_TABLE)

@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 
 from .. import runlog  # noqa: F401  (registers ${dynrank_tty:}, train.progress's default in conf/config.yaml)
 from .command_line import CONF_DIR, GROUPS, check_command_line, check_overrides, choices, compose
-from .hparams import ALL_TASKS, _method_value_resolver, hparams_of, initial_budget, lr_grid
-from .run_identity import (LENGTH, NOT_IN_IDENTITY, _run_id_resolver, config_hash, identity, lr_tag, resume_key,
-                           run_id)
+from .hparams import ALL_TASKS, _method_value_resolver, hparams_of, initial_budget, lr_grid, run_grid
+from .run_identity import (LENGTH, NOT_IN_IDENTITY, _run_id_resolver, cell_of, config_hash, identity, lr_tag,
+                           resume_key, run_id)
 from .schema import SCHEMA, conforms, describe
 from .validation import check_name_lengths, check_writable, validate
 

@@ -21,6 +21,14 @@ def lr_grid(cfg) -> list[float]:
     return [float(x) for x in hparams_of(cfg).grid]
 
 
+def run_grid(cfg) -> list[tuple[int, float | None]]:
+    """The (seed, lr) of each run one job trains: ``seeds=[...]`` x (``lr_search=true``: the method's lr grid; else
+    None: the configured rate), lr-major. ``dynrank.train.runs_of`` makes them; ``scripts/estimate.py`` counts them."""
+    seeds = [int(s) for s in cfg.seeds] if cfg.get("seeds") else [int(cfg.seed)]
+    lrs = lr_grid(cfg) if cfg.get("lr_search") else [None]
+    return [(seed, lr) for lr in lrs for seed in seeds]
+
+
 # conf/hparams/<method>.yaml: the entry whose values hold for every task of the method (a task's own entry beats it)
 ALL_TASKS = "all_tasks"
 

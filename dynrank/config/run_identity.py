@@ -69,6 +69,12 @@ def lr_tag(lr) -> str:
     return f"{mantissa}e{int(exp)}"
 
 
+def cell_of(method: str, budget: str, variant: str | None = None) -> str:
+    """``<method>-<budget>[-<variant>]``: a cell of a table (its runs differ by seed and lr), as run ids, the
+    results store, the estimate and the report name it."""
+    return f"{method}-{budget}" + (f"-{variant}" if variant else "")
+
+
 def run_id(cfg) -> str:
     """``<model>/<task>/<method>-<budget>[-<variant>]/lr<lr>-<hash>/seed<k>``: one run, one place.
 
@@ -76,9 +82,7 @@ def run_id(cfg) -> str:
     method options, data subsets...) through ``config_hash``; two runs that would compute different things never
     share a directory or a results file. (A run extended from a shorter one, ``train.extend=true``, lives in the
     home of its final length; its results file's ``config_hash`` also covers its ``schedule``.)"""
-    cell = f"{cfg.method.name}-{cfg.budget.name}"
-    if cfg.get("variant"):
-        cell += f"-{cfg.variant}"
+    cell = cell_of(cfg.method.name, cfg.budget.name, cfg.get("variant"))
     return f"{cfg.model.id}/{cfg.task.name}/{cell}/lr{lr_tag(cfg.train.lr)}-{config_hash(cfg)}/seed{cfg.seed}"
 
 

@@ -7,6 +7,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
+from ..config import cell_of
 from .selection import AUTO, PAPER_CODE, PER_METRIC, Choice, choose, for_metric, lr_text
 from .tables import Column, Row, Run, Table, Value, _finite
 
@@ -47,7 +48,7 @@ def index_runs(runs: list[Run]) -> dict[tuple, list[Run]]:
 
 def cell_name(key: tuple) -> str:
     model, task, method, budget, variant = key
-    return f"{model}/{task}/{method}-{budget}" + (f"-{variant}" if variant else "")
+    return f"{model}/{task}/{cell_of(method, budget, variant)}"
 
 
 def choose_all(index, protocol: str = AUTO) -> dict[tuple, Choice]:

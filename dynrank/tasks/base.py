@@ -15,7 +15,7 @@ class Task:
         self.tokenizer = tokenizer
         self.name = cfg.task.name
         self.metric = cfg.task.metric
-        pad = cfg.train.get("pad_to_multiple", 1)  # "auto": loop.load_data sets it for the device (loop.fast_path)
+        pad = cfg.train.get("pad_to_multiple", 1)  # "auto": inputs.load_data sets it for the device (device.fast_path)
         self.pad_to_multiple = pad if isinstance(pad, int) else 1  # batches are padded to a multiple of it
 
     def build_model(self):
