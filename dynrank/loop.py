@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,8 +42,9 @@ class Trainer:
     ``run`` drives one trainer; ``side_by_side.run_side_by_side`` drives several side by side on one GPU.
     ``logs=False``: no TensorBoard writers (a finished run whose adapter is exported, ``export_adapter``)."""
 
-    def __init__(self, runs: list[Run], shared: dict, logs: bool = True):
+    def __init__(self, runs: list[Run], shared: dict, logs: bool = True, timer=None):
         self.runs, self.R = runs, len(runs)
+        self.timer = timer or (lambda label: nullcontext())  # ``timer(label)``: a context timing evaluation, checkpoints
         self.cfg = cfg = runs[0].cfg
         self.shared = shared
         self.task, self.train_set, self.eval_sets = shared["task"], shared["train_set"], shared["eval_sets"]
@@ -186,7 +188,8 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         train_time = time.time() - self.t0
         t1 = time.time()
-        devs = self.task.evaluate(self.model, self.eval_sets, self.device, self.amp, runs=self.R)
+        with self.timer("eval"):
+            devs = self.task.evaluate(self.model, self.eval_sets, self.device, self.amp, runs=self.R)
         eval_time = time.time() - t1
         losses = (self.loss_sum / max(1, len(self.plan))).tolist()
         for k, run in self.active():
@@ -221,11 +224,13 @@ class Trainer:
             position = None if epoch_done else {"batch": self.batch, "train_loss_sum": losses[k], "train_time_s": spent}
             if run.writer:
                 run.writer.flush()  # the events up to this step, on disk with it
-            checkpoint.save(run.run_dir, params=self.method.run_params(k), optimizer=self.optimizer.run_state_dict(k),
-                            scheduler=self.optimizer.run_schedule_state(k, self.step),
-                            method=self.method.run_state_dict(k), epoch=self.epoch + int(epoch_done), step=self.step,
-                            history=run.history, fingerprint=run.fp, extra=self._checkpoint_extra(run),
-                            position=position)
+            with self.timer("checkpoint"):
+                checkpoint.save(run.run_dir, params=self.method.run_params(k),
+                                optimizer=self.optimizer.run_state_dict(k),
+                                scheduler=self.optimizer.run_schedule_state(k, self.step),
+                                method=self.method.run_state_dict(k), epoch=self.epoch + int(epoch_done),
+                                step=self.step, history=run.history, fingerprint=run.fp,
+                                extra=self._checkpoint_extra(run), position=position)
             runlog.keep_only(run.run_dir / runlog.TB_DIR, run.tb_files)  # a start-over's events replace the old
         self.saved_step = self.step
 
@@ -237,8 +242,11 @@ class Trainer:
     def finish(self) -> list[dict]:
         """Each finished run's results (written to its run directory and the store), in the runs' order."""
         method = self.method
-        extra_evals = method.final_evaluation(
-            lambda: self.task.evaluate(self.model, self.eval_sets, self.device, self.amp, runs=self.R))
+        def evaluate():
+            with self.timer("eval"):
+                return self.task.evaluate(self.model, self.eval_sets, self.device, self.amp, runs=self.R)
+
+        extra_evals = method.final_evaluation(evaluate)
         out = []
         for run in self.runs:
             if run.writer:

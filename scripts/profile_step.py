@@ -38,7 +38,6 @@ from collections import defaultdict
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -321,16 +320,6 @@ class Stopwatch:
         finally:
             self.s[label] += time.perf_counter() - t0
 
-    def wrap(self, obj, name: str, label: str):
-        """Patch ``obj.name`` for the block so that every call of it is timed under ``label``."""
-        inner = getattr(obj, name)
-
-        def timed(*a, **kw):
-            with self(label):
-                return inner(*a, **kw)
-
-        return mock.patch.object(obj, name, timed)
-
 
 def real_overrides(args, device, work: Path) -> list[str]:
     fast = device.type == "cuda"
@@ -373,7 +362,7 @@ def real_run(args, device) -> dict:
         with clock("setup"):
             runs = [Run(compose([*overrides, f"seed={s}"]), Path(tmp) / f"run{s}")
                     for s in range(1, args.real_seeds + 1)]
-            t = Trainer(runs, runs[0].data())
+            t = Trainer(runs, runs[0].data(), timer=clock)  # evaluation and checkpoints timed apart
         marks, epochs_s, window = timed_run(t, args, clock)
     report = {"overrides": overrides, "method": str(cfg.method.name), "model": str(cfg.model.id),
               "batch_size": int(cfg.train.batch_size), "runs_stacked": t.R, "epochs_run": len(t.runs[0].history),
@@ -385,9 +374,7 @@ def real_run(args, device) -> dict:
 def timed_run(t, args, clock: Stopwatch):
     """--real-epochs epochs, then the profiled window, then finish, with evaluation and checkpoints timed apart.
     Returns each epoch's step timestamps, the seconds per label over the epochs, and the window's profile."""
-    from dynrank import checkpoint
-
-    with ExitStack() as locks, clock.wrap(t.task, "evaluate", "eval"), clock.wrap(checkpoint, "save", "checkpoint"):
+    with ExitStack() as locks:
         for run in t.runs:
             locks.callback(run.close)
         marks = [timed_epoch(t, epoch, clock) for epoch in range(args.real_epochs)]
