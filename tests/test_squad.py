@@ -11,8 +11,9 @@ from dynrank.errors import ConfigError, DataError
 from dynrank.metrics.squad import (exact_match_score_v1, f1_score_v1, normalize_answer, paper_code_references,
                                    squad_v1_metrics, squad_v1_paper_code, squad_v2_metrics, squad_v2_paper_code)
 from dynrank.models import load_tokenizer
-from dynrank.tasks.squad import (answer_windows, paper_code_scores, postprocess, prepare_features, standard_scores,
-                                 window_golds, window_predictions)
+from dynrank.tasks.squad import answer_windows, prepare_features
+from dynrank.tasks.squad_answers import (paper_code_scores, postprocess, standard_scores, window_golds,
+                                         window_predictions)
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "squad"
 SHARED = ROOT.parent / "shared"
