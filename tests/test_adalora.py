@@ -148,6 +148,7 @@ def _train(m, model, batches, start, opt):
         opt.zero_grad()
 
 
+@pytest.mark.slow
 def test_resume_mid_pruning_through_a_checkpoint_matches_uninterrupted(tmp_path):
     from dynrank import checkpoint
 

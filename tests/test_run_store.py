@@ -48,6 +48,7 @@ def train(cfgs, root):
     return run_side_by_side(cfgs, [root / run_id(c) for c in cfgs])
 
 
+@pytest.mark.slow
 def test_the_store_refuses_a_config_on_other_data(tmp_path):
     """The same config on a data.dir of other content has the same run id and results path: it overwrote the first
     one's results, train.skip_done skipped it as done, the report averaged both. Now: refused, naming the file and
@@ -78,6 +79,7 @@ def test_runs_trained_together_differ_only_in_seed_and_lr(tmp_path):
         train(cfgs, tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_extend_never_copies_a_run_in_use(tmp_path):
     """train.extend=true copied the shorter run's live checkpoint without its lock (mixed states were resumed)."""
     shorter = cfgs_of(tmp_path, "train.epochs=1")
@@ -95,6 +97,7 @@ def test_extend_never_copies_a_run_in_use(tmp_path):
     assert [r["schedule"][0]["epochs"] for r in done] == [1] * len(done) and all(len(r["epochs"]) == 2 for r in done)
 
 
+@pytest.mark.slow
 def test_a_finished_run_exports_its_adapter_when_asked(tmp_path, caplog):
     """A finished run rerun with train.export=true exited 0 without an adapter; now it is exported from the final
     checkpoint (as the run would have at its end), its results left as they are; the tiny base saved beside it gets
@@ -118,6 +121,7 @@ def test_a_finished_run_exports_its_adapter_when_asked(tmp_path, caplog):
         assert base.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
+@pytest.mark.slow
 def test_keep_checkpoint_none_keeps_the_results_only(tmp_path, caplog):
     cfgs = cfgs_of(tmp_path, "train.keep_checkpoint=none")
     first = train(cfgs, tmp_path / "runs")

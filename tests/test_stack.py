@@ -93,6 +93,7 @@ def _opened(c, d):
     return run
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_runs_side_by_side(tmp_path):
     cfgs = [cfg(tmp_path, "full", s, 1e-4, "s") for s in (1, 2)]
     assert [len(g) for g in stacks([_opened(c, tmp_path / f"r{i}") for i, c in enumerate(cfgs)])] == [1, 1]

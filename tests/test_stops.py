@@ -81,6 +81,7 @@ def assert_same_runs(a_root, b_root):
         assert sorted(s for s, _ in scalars(b_root / name / "tb")["train/loss"]) == list(range(1, 7))  # each once
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_sigterm_checkpoints_every_run_mid_epoch_and_the_rerun_continues_exactly(tmp_path, monkeypatch, whole,
                                                                                   mode, caplog):
@@ -101,6 +102,7 @@ def test_sigterm_checkpoints_every_run_mid_epoch_and_the_rerun_continues_exactly
     assert len(res["wall_time_per_attempt_s"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["alone", "stacked"])
 def test_ctrl_c_during_a_checkpoint_swap_after_checkpoint_every(tmp_path, monkeypatch, whole, mode, caplog):
     """train.checkpoint_every=2 checkpoints at step 2 and 4 (step 3 ends epoch 1); Ctrl-C at step 5 leaves each run
@@ -122,6 +124,7 @@ def test_ctrl_c_during_a_checkpoint_swap_after_checkpoint_every(tmp_path, monkey
     assert not list(tmp_path.glob("seed*/checkpoint.tmp"))
 
 
+@pytest.mark.slow
 def test_a_start_over_killed_before_its_first_checkpoint_leaves_the_finished_run_as_it_was(tmp_path, monkeypatch,
                                                                                            caplog):
     mode = "stacked"
@@ -140,6 +143,7 @@ def test_a_start_over_killed_before_its_first_checkpoint_leaves_the_finished_run
     assert {d: (scalars(d / "tb"), (d / "results.json").read_text()) for d in runs} == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["store", "checkpoint"])
 def test_a_full_disk_is_one_line_and_the_rerun_completes(tmp_path, monkeypatch, where):
     """ENOSPC at the results store (after the whole training; stacked runs), or in safetensors at a checkpoint
