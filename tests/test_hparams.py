@@ -263,3 +263,19 @@ def test_one_preset_list_names_every_experiment_file():
     files = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
     assert sorted(PAPER + OTHER) == files
     assert sorted(ORDER) == sorted(BY_TABLE)
+
+
+@pytest.mark.parametrize("method, override, message", [
+    ("adalora", "method.beta1=0", "method.beta1 must be a number in (0, 1)"),
+    ("adalora", "method.deltaT=0", "method.deltaT must be an integer >= 1"),
+    ("adalora", "method.orth_reg_weight=-1", "method.orth_reg_weight must be a number >= 0"),
+    ("dora", "method.pruning_interval=0", "method.pruning_interval must be an integer >= 1"),
+    ("houlsby", "method.bottleneck=0", "method.bottleneck must be an integer >= 1"),
+])
+def test_a_methods_key_is_checked_in_one_place_before_training(method, override, message):
+    """Each key's range lives in config.schema only (the methods keep the checks that span keys or steps)."""
+    from dynrank.config import validate
+    from dynrank.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose([f"method={method}", override]))

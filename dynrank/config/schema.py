@@ -86,8 +86,8 @@ SCHEMA = {
     "method.tinit_fraction": "number in [0, 1]",
     "method.tfinal_fraction": "number in [0, 1]",
     "method.beta": "number in [0, 1)",
-    "method.beta1": "number in [0, 1)",
-    "method.beta2": "number in [0, 1)",
+    "method.beta1": "number in (0, 1)",      # AdaLoRA's EMAs of sensitivity and uncertainty (Eq. 8-9)
+    "method.beta2": "number in (0, 1)",
     "method.eps": "number > 0",
     "method.kaiming_a": "number",
     "method.dem": "bool",

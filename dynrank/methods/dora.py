@@ -79,10 +79,7 @@ class DoRA(Method):
         self.warmup_frac = float(cfg.get("warmup_frac", 0.15))
         self.final_frac = float(cfg.get("final_frac", 0.5))
         self.kaiming_a = float(cfg.get("kaiming_a", 0.0))
-        self.interval = int(cfg.get("pruning_interval", 1))
-        if self.interval < 1:
-            raise ConfigError(f"method.pruning_interval must be >= 1 (got {self.interval}); "
-                              "set task.pruning_interval")
+        self.interval = int(cfg.get("pruning_interval", 1))  # (each key's range: config.schema; their sum: below)
         if not (0 <= self.warmup_frac and 0 <= self.final_frac and self.warmup_frac + self.final_frac < 1):
             raise ConfigError(f"method.warmup_frac + method.final_frac must be in [0, 1) "
                               f"(got {self.warmup_frac} + {self.final_frac})")
