@@ -31,6 +31,15 @@ def compose(overrides: list[str]):
     return dynrank_compose(overrides)
 
 
+def method_config(name: str, r: int = 8, **over):
+    """``conf/method/<name>.yaml`` as a CoLA run at budget ``r`` resolves it, ``over`` on top: the methods take
+    their values from there only (no defaults in the code)."""
+    from omegaconf import OmegaConf
+
+    cfg = compose([f"method={name}", "task=cola", "budget=r2" if r == 2 else "budget=r8", f"budget.r={r}"])
+    return OmegaConf.create({**OmegaConf.to_container(cfg.method, resolve=True), **over})
+
+
 def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
     return ["model=tiny", f"data.dir={SHARED_GLUE}", f"data.cache_dir={tmp_path / 'cache'}",
             f"results.store={tmp_path / 'store'}", "train.progress=false", "train.epochs=1",

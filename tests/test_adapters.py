@@ -6,6 +6,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import BartConfig, BartForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
+from conftest import method_config
 from dynrank.errors import ConfigError
 from dynrank.methods import build
 from dynrank.methods.adapters import AdapterLinear, SublayerAdapter
@@ -13,7 +14,7 @@ from dynrank.methods.adapters import AdapterLinear, SublayerAdapter
 
 def _method(name, r=2, **kw):
     per_rank = {"houlsby": 4, "pfeiffer": 8}[name]
-    m = {"name": name, "bottleneck_per_rank": per_rank, "bottleneck": None, "activation": "relu", **kw}
+    m = method_config(name, r, **{"bottleneck_per_rank": per_rank, "bottleneck": None, "activation": "relu", **kw})
     return build(OmegaConf.create({"method": m, "budget": {"name": f"r{r}", "r": r}}), "roberta")
 
 
@@ -115,11 +116,11 @@ def test_bart_encoder_and_decoder_no_cross_attention():
                      num_labels=2, pad_token_id=1, bos_token_id=0, eos_token_id=2)
     model = BartForSequenceClassification(cfg)
     ref = copy.deepcopy(model).eval()
-    method = {"name": "houlsby", "bottleneck_per_rank": 4, "bottleneck": None}
+    method = method_config("houlsby", 2, activation="relu")  # placement: source, the default
     with pytest.raises(ConfigError, match="placement=before_dropout"):  # BART's layers add the residual inline
         build(OmegaConf.create({"method": method, "budget": {"name": "r2", "r": 2}}), "bart").wrap(copy.deepcopy(model))
-    m = build(OmegaConf.create({"method": {**method, "placement": "before_dropout"}, "budget": {"name": "r2", "r": 2}}),
-              "bart")
+    method.placement = "before_dropout"
+    m = build(OmegaConf.create({"method": method, "budget": {"name": "r2", "r": 2}}), "bart")
     m.wrap(model)
     names = _wrapped(model)
     assert len(names) == 8  # (self_attn.out_proj + fc2) x 2 layers x (encoder, decoder)

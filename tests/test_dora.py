@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from conftest import SHARED_GLUE, cli, compose, result_file, tiny_overrides
+from conftest import SHARED_GLUE, cli, compose, method_config, result_file, tiny_overrides
 from dynrank.methods.dora import DoRA
 from dynrank.models import build_tiny_config, load_model, load_tokenizer
 
@@ -31,7 +31,7 @@ def _one_thread():
 def make_method(family="roberta", r=2, **kw):
     cfg = {"alpha": 8, "dropout": 0.0, "pruning_interval": 2, "reg_coef": 0.3, "dem": True, "initial_budget": None}
     cfg.update(kw)
-    return DoRA(OmegaConf.create(cfg), OmegaConf.create({"r": r}), family)
+    return DoRA(method_config("dora", r, **cfg), OmegaConf.create({"r": r}), family)
 
 
 def tiny_roberta(seed=0):

@@ -4,11 +4,13 @@ import torch
 from omegaconf import OmegaConf
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
+from conftest import method_config
 from dynrank.methods import build
 
 
 def _lora(r):
-    cfg = OmegaConf.create({"method": {"name": "lora", "alpha": 8, "dropout": 0.1}, "budget": {"name": f"r{r}", "r": r}})
+    cfg = OmegaConf.create({"method": method_config("lora", r, alpha=8, dropout=0.1, kaiming_a=5 ** 0.5),
+                            "budget": {"name": f"r{r}", "r": r}})
     return build(cfg, "roberta")
 
 

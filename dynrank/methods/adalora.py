@@ -77,10 +77,10 @@ class AdaLoRA(Method):
         cfg = self.cfg
         self.target_r = int(self.budget.r)
         self.init_r = initial_budget(cfg, self.target_r)
-        self.orth_reg_weight = float(cfg.get("orth_reg_weight", 0.1))
-        self.beta1, self.beta2 = float(cfg.get("beta1", 0.85)), float(cfg.get("beta2", 0.85))
-        self.deltaT = int(cfg.get("deltaT", 10))  # (each key's range: config.schema, checked before training)
-        alpha, p = float(cfg.get("alpha", 8)), float(cfg.get("dropout", 0.1))
+        self.orth_reg_weight = float(cfg.orth_reg_weight)
+        self.beta1, self.beta2 = float(cfg.beta1), float(cfg.beta2)
+        self.deltaT = int(cfg.deltaT)  # (values: conf/method/adalora.yaml; ranges: config.schema)
+        alpha, p = float(cfg.alpha), float(cfg.dropout)
         freeze_all_but_head(model)
         self.layers = replace_targets(model, self.family,
                                       lambda t: SVDLinear(t.module, self.runs, self.init_r, alpha, p))
@@ -106,8 +106,8 @@ class AdaLoRA(Method):
         """Schedule (PEFT total_step, tinit, tfinal) and the device state: EMA banks and the mask, per run."""
         super().setup(total_steps)
         T = int(total_steps)
-        self.tinit = int(float(self.cfg.get("tinit_fraction", 0.15)) * T)
-        self.tfinal = int(float(self.cfg.get("tfinal_fraction", 0.5)) * T)
+        self.tinit = int(float(self.cfg.tinit_fraction) * T)
+        self.tfinal = int(float(self.cfg.tfinal_fraction) * T)
         if T < 1 or self.tinit >= T - self.tfinal:
             raise ConfigError(f"AdaLoRA schedule leaves no budgeting phase: tinit={self.tinit}, tfinal={self.tfinal}, "
                               f"T={T} steps; lower method.tinit_fraction / method.tfinal_fraction or train longer")

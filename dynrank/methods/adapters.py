@@ -106,16 +106,16 @@ class BottleneckAdapters(Method):
     pfeiffer = False  # source placement: the adapter reads LN(h + x) (Pfeiffer) or h (Houlsby)
 
     def bottleneck(self) -> int:
-        m = self.cfg.get("bottleneck")
+        m = self.cfg.bottleneck
         if m is None:
             m = int(self.cfg.bottleneck_per_rank) * int(self.budget.r)
         return int(m)  # >= 1: both keys' ranges are config.schema's
 
     def wrap(self, model):
-        act = str(self.cfg.get("activation", "relu"))
+        act = str(self.cfg.activation)
         if act not in ACTIVATIONS:
             raise ConfigError(f"unknown method.activation '{act}'; choose one of: {', '.join(ACTIVATIONS)}")
-        placement = str(self.cfg.get("placement", "source"))
+        placement = str(self.cfg.placement)
         if placement not in ("source", "before_dropout"):
             raise ConfigError(f"unknown method.placement '{placement}'; choose source or before_dropout")
         if placement == "source" and self.family == "bart":
@@ -161,4 +161,4 @@ class BottleneckAdapters(Method):
 
     def summary(self, k: int = 0) -> dict:
         return {"bottleneck": self.m, "positions": list(self.positions), "n_adapters": len(self.layers),
-                "activation": str(self.cfg.get("activation", "relu")), "placement": self.placement}
+                "activation": str(self.cfg.activation), "placement": self.placement}

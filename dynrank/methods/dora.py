@@ -72,18 +72,18 @@ class DoRA(Method):
         super().__init__(cfg, budget, family, runs)
         self.r = int(budget.r)
         self.r0 = initial_budget(cfg, self.r)
-        self.alpha = float(cfg.get("alpha", 8))
-        self.dropout = float(cfg.get("dropout", 0.1))
-        self.beta = float(cfg.get("beta", 0.9))
-        self.eps = float(cfg.get("eps", 1e-8))
-        self.warmup_frac = float(cfg.get("warmup_frac", 0.15))
-        self.final_frac = float(cfg.get("final_frac", 0.5))
-        self.kaiming_a = float(cfg.get("kaiming_a", 0.0))
-        self.interval = int(cfg.get("pruning_interval", 1))  # (each key's range: config.schema; their sum: below)
+        self.alpha = float(cfg.alpha)
+        self.dropout = float(cfg.dropout)
+        self.beta = float(cfg.beta)
+        self.eps = float(cfg.eps)
+        self.warmup_frac = float(cfg.warmup_frac)
+        self.final_frac = float(cfg.final_frac)
+        self.kaiming_a = float(cfg.kaiming_a)
+        self.interval = int(cfg.pruning_interval)  # (values: conf/method/dora.yaml; ranges: config.schema; a sum: below)
         if not (0 <= self.warmup_frac and 0 <= self.final_frac and self.warmup_frac + self.final_frac < 1):
             raise ConfigError(f"method.warmup_frac + method.final_frac must be in [0, 1) "
                               f"(got {self.warmup_frac} + {self.final_frac})")
-        self.reg_coef = float(cfg.get("reg_coef", 0.0)) if bool(cfg.get("dem", True)) else 0.0
+        self.reg_coef = float(cfg.reg_coef) if bool(cfg.dem) else 0.0
         self.done = False  # the final mask (made at p = P) exists (the same step for every run)
 
     # --- wrap ---------------------------------------------------------------------------------

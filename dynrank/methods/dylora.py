@@ -108,12 +108,12 @@ class DyLoRA(Method):
         if not 1 <= self.r_min <= self.r_max:
             raise ConfigError(f"DyLoRA needs 1 <= method.r_min <= method.r_max (got r_min={self.r_min}, "
                               f"r_max={self.r_max}); r_max defaults to budget.r")
-        mode = str(cfg.get("mode", "frozen"))
+        mode = str(cfg.mode)
         if mode not in ("frozen", "full"):
             raise ConfigError(f"unknown method.mode '{mode}' for dylora; choose frozen or full")
         self.alpha = float(cfg.alpha)
         self.state = RankState(self.runs, self.r_max, self.alpha, frozen=mode == "frozen")
-        self.seeds = [int(cfg.get("seed", 0))] * self.runs  # the rank schedules' seeds (init_runs: the runs')
+        self.seeds = [int(cfg.seed)] * self.runs  # the rank schedules' seeds (init_runs: the runs')
         self.schedule: list[list[int]] = [[] for _ in range(self.runs)]  # per run, the rank of every step
         self.step = 0
 
@@ -127,7 +127,7 @@ class DyLoRA(Method):
     def init_runs(self, seeds, method_cfgs=None):
         """Each run draws its ranks from its own ``method.seed`` (by default the run's seed), as it would alone."""
         super().init_runs(seeds, method_cfgs)
-        self.seeds = [int(c.get("seed", s)) for c, s in zip(method_cfgs, seeds)] if method_cfgs else list(seeds)
+        self.seeds = [int(c.seed) for c in method_cfgs] if method_cfgs else list(seeds)
 
     def setup(self, total_steps: int) -> None:
         super().setup(total_steps)
@@ -156,7 +156,7 @@ class DyLoRA(Method):
             self._set_step(int(state["step"].max()))
 
     def eval_ranks(self) -> list[int]:
-        ranks = sorted({int(r) for r in self.cfg.get("eval_ranks", []) if 1 <= int(r) <= self.r_max} | {self.r_max})
+        ranks = sorted({int(r) for r in self.cfg.eval_ranks if 1 <= int(r) <= self.r_max} | {self.r_max})
         return ranks
 
     def final_evaluation(self, evaluate):
@@ -177,7 +177,7 @@ class DyLoRA(Method):
                 "sampled_ranks": {str(b): hist.get(b, 0) for b in range(self.r_min, self.r_max + 1)}}
 
     def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls", k: int = 0):
-        b = int(self.cfg.get("export_rank") or self.r_max)
+        b = int(self.cfg.export_rank or self.r_max)
         if not 1 <= b <= self.r_max:
             raise ConfigError(f"method.export_rank must be in [1, {self.r_max}] (got {b})")
         adapters = {t.name: dict(zip("AB", m.truncated(b, k)), alpha=self.alpha) for t, m in self.layers}

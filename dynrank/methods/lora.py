@@ -42,11 +42,12 @@ class LoRALinear(LowRankLinear):
 class LoRA(Method):
     name = "lora"
     layer = LoRALinear  # dora_wd swaps in its own layer with the same (base, runs, r, alpha, dropout, a) signature
+    kaiming_a = math.sqrt(5)  # A's init where the method's YAML sets none (dora_wd: nn.Linear's and PEFT's)
 
     def wrap(self, model):
         freeze_all_but_head(model)
         r, alpha, p = int(self.budget.r), float(self.cfg.alpha), float(self.cfg.dropout)
-        a = float(self.cfg.get("kaiming_a", math.sqrt(5)))
+        a = float(self.cfg.kaiming_a if "kaiming_a" in self.cfg else self.kaiming_a)
         self.layers = replace_targets(model, self.family, lambda t: self.layer(t.module, self.runs, r, alpha, p, a))
         self.finish_wrap(model)
         return model
