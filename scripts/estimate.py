@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 BENCH = ROOT / "benchmarks"
 SHARED = ROOT.parent / "shared"
 
+from dynrank.config.command_line import sweep_jobs  # noqa: E402
 from dynrank.config.presets import PAPER  # noqa: E402
 from dynrank.errors import ConfigError, DynrankError  # noqa: E402
 
@@ -377,25 +378,7 @@ def gpu_pad_multiple(cfg) -> int:
     return fast_path(cfg, torch.device("cuda"))["pad_to_multiple"]
 
 
-# --- a preset: Hydra's sweep, expanded ----------------------------------------------------------------------
-def sweep_jobs(argv: list[str]) -> list[list[str]]:
-    """The jobs of ``python -m dynrank.train -m <argv>``, as Hydra's basic sweeper builds them: the preset's
-    ``hydra.sweeper.params`` then the command line, a later key replacing an earlier one in its place, the
-    cartesian product with the first key outermost. Call inside ``initialize_config_dir``."""
-    from hydra import compose
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(argv) if not o.is_sweep_override()]
-    params = compose(config_name="config", overrides=fixed, return_hydra_config=True).hydra.sweeper.get("params")
-    axes: dict[str, list[str]] = {}
-    for o in parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()] + list(argv)):
-        key = o.get_key_element()
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        axes[key] = [f"{key}={v}" for v in values]
-    return [list(job) for job in itertools.product(*axes.values())]
-
-
+# --- a preset's jobs: dynrank.config.command_line.sweep_jobs (Hydra's basic sweeper) ------------------------------
 def _not_seed(job: list[str]) -> tuple[str, ...]:
     return tuple(o for o in job if not o.startswith("seed="))
 
@@ -447,7 +430,7 @@ def estimate(argv: list[str], dev: Device) -> Estimate:
     config.check_overrides(argv)
     try:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            jobs = sweep_jobs(argv)
+            jobs = sweep_jobs(argv)  # as the training command's own check expands them
             cfgs = compose_jobs(jobs)
     except DynrankError:
         raise

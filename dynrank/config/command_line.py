@@ -66,7 +66,6 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
     (the config's ``hydra.sweeper.params``, then the command line's). What this cannot compose is left to Hydra,
     which reports it as it always does."""
     from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # private: no public sweep -> jobs expansion
     from hydra._internal.utils import get_args_parser  # private: Hydra's own argv parser has no public entry
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, MissingConfigException
@@ -95,11 +94,8 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             if hydra_groups := [o.input_line for o in everything if o.key_or_group.startswith("hydra/")]:
                 compose(config_name, overrides=hydra_groups, return_hydra_config=True)  # e.g. hydra/launcher=...
-            if multirun:  # the preset's sweep (an experiment's hydra.sweeper.params), then the command line's
-                groups = [o.input_line for o in overrides if not o.is_sweep_override() and _is_group(o.input_line)]
-                primary = compose(config_name, overrides=groups, return_hydra_config=True)
-                params = [f"{k}={v}" for k, v in (primary.hydra.sweeper.get("params") or {}).items()]
-                jobs = BasicSweeper.split_arguments(parser.parse_overrides(params) + overrides, None)[0]
+            if multirun:
+                jobs = _sweep(compose, parser, overrides, config_name)
             else:
                 jobs = [[o.input_line for o in overrides]]
             composer = _Jobs(compose, parser, config_name)
@@ -115,6 +111,28 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
         raise ConfigError(f"unknown {group} '{name}'{options}" if group else str(e).splitlines()[0]) from None
     except (HydraException, OmegaConfBaseException):  # Hydra reports these as it always does
         return
+
+
+def sweep_jobs(argv: list[str], config_name: str = "config") -> list[list[str]]:
+    """The jobs of ``python -m dynrank.train -m <argv>`` (``hydra.*`` overrides left out), as ``check_command_line``
+    and Hydra's basic sweeper make them. Call inside ``initialize_config_dir`` (``scripts/estimate.py``)."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    overrides = [o for o in parser.parse_overrides(argv) if not o.key_or_group.startswith(("hydra.", "hydra/"))]
+    return _sweep(compose, parser, overrides, config_name)
+
+
+def _sweep(compose, parser, overrides: list, config_name: str) -> list[list[str]]:
+    """A multirun's jobs: the config's sweep (a preset's ``hydra.sweeper.params``), then the command line's
+    overrides, a later key replacing an earlier one in its place; the product with the first key outermost."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # private: no public sweep -> jobs expansion
+
+    groups = [o.input_line for o in overrides if not o.is_sweep_override() and _is_group(o.input_line)]
+    primary = compose(config_name, overrides=groups, return_hydra_config=True)
+    params = [f"{k}={v}" for k, v in (primary.hydra.sweeper.get("params") or {}).items()]
+    return BasicSweeper.split_arguments(parser.parse_overrides(params) + overrides, None)[0]
 
 
 def _parsed(parser, overrides: list[str]) -> list:
