@@ -23,7 +23,9 @@ warnings.filterwarnings("ignore", message="grad and param do not obey the gradie
 
 
 def _update(model, method, losses, optimizer: RunAdamW, batch, step: int, clip: float | None, precision):
-    """Forward, the method's extra loss, backward, per-run clip, per-run AdamW: what every training step does."""
+    """Zeroed gradients, forward, the method's extra loss, backward, per-run clip, per-run AdamW, the method's hooks:
+    what every training step does, eager or captured."""
+    optimizer.flat.zero_grad()
     with precision:
         loss = losses(model, batch)  # (R,)
         extra = method.extra_loss(step)
@@ -32,6 +34,8 @@ def _update(model, method, losses, optimizer: RunAdamW, batch, step: int, clip: 
     if clip:
         clip_per_run(optimizer.flat.grad, clip)
     optimizer.step()
+    method.before_zero_grad(step)  # gradients still there (AdaLoRA's sensitivity |w * grad|)
+    method.after_step(step + 1)
     return loss.detach(), total.detach()
 
 
@@ -47,11 +51,7 @@ def train_step(model, method, losses, optimizer: RunAdamW, batch, step: int, cli
 
     No host-device synchronisation happens here: the losses come back as a device tensor (R,)."""
     prepare(method, optimizer, step)
-    optimizer.flat.zero_grad()
-    out = _update(model, method, losses, optimizer, batch, step, clip, autocast(device, amp))
-    method.before_zero_grad(step)  # gradients still there (AdaLoRA's sensitivity |w * grad|)
-    method.after_step(step + 1)
-    return out
+    return _update(model, method, losses, optimizer, batch, step, clip, autocast(device, amp))
 
 
 class GraphedStep:
@@ -60,8 +60,8 @@ class GraphedStep:
     Fine-tuning RoBERTa-base with adapters is launch-bound: a step is ~2,000 small kernels whose launch
     (and PEFT's Python per module) costs far more than the math. Replaying a captured graph costs one launch.
     The math is the same as ``train_step``: AdamW reads each run's learning rate from a device tensor that
-    ``prepare`` fills, and dropout draws from the same generator. The first step of each key runs eagerly
-    (warm-up), the second is captured and replayed, later ones replay.
+    ``prepare`` fills, and dropout draws from the same generator. The first ``warmup`` steps of each key run eagerly
+    (one; three for a compiled model, which compiles in them), the next is captured and replayed, later ones replay.
     """
 
     def __init__(self, model, method, losses, optimizer: RunAdamW, clip: float | None, amp: bool, device,
@@ -79,13 +79,9 @@ class GraphedStep:
         self.capture_stream = torch.cuda.Stream()
 
     def _body(self, batch, step):
-        self.optimizer.flat.zero_grad()
         # autocast's weight cache must be off while capturing
         precision = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False)
-        out = _update(self.model, self.method, self.losses, self.optimizer, batch, step, self.clip, precision)
-        self.method.before_zero_grad(step)
-        self.method.after_step(step + 1)
-        return out
+        return _update(self.model, self.method, self.losses, self.optimizer, batch, step, self.clip, precision)
 
     def __call__(self, batch, step: int):
         from .methods.base import EAGER
