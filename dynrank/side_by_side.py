@@ -23,11 +23,11 @@ from omegaconf import OmegaConf
 from . import preempt
 from .config import run_id
 from .config.run_identity import _flat
+from .device import fast_path, pick_device
 from .errors import ConfigError, TrainingError
-from .device import pick_device
 from .loop import Trainer, progress
-from .resume import Run, remove_if_empty
 from .methods import method_class
+from .resume import Run, remove_if_empty
 from .step import GraphedStep
 
 log = logging.getLogger("dynrank")
@@ -119,14 +119,18 @@ def _one_cell(cfgs: list) -> None:
                               f"{', '.join(differ[:6])} too: train them apart")
 
 
+def stacking(cfg, device) -> bool:
+    """Whether the runs of ``cfg``'s cell train as one model on ``device``: the method stacks and ``train.stack``
+    (resolved with the rest of the fast path, ``device.fast_path``) says so."""
+    return method_class(cfg.method.name).stacks and fast_path(cfg, device)["stack"]
+
+
 def stacks(runs: list[Run]) -> list[list[Run]]:
     """The runs grouped into stacks: each group trains as one model (``train.stack``: ``auto`` on a GPU for a method
     that stacks, ``true`` on any device, ``false`` never; at most ``stack_size`` runs per stack), runs resumed
     from different points (epoch, batch) in different stacks. A group of one is a run alone."""
     cfg = runs[0].cfg
-    mode = cfg.train.get("stack", "auto")
-    gpu = pick_device(str(cfg.train.device)).type == "cuda" and not cfg.train.get("exact", False)
-    if not method_class(cfg.method.name).stacks or not (gpu if mode == "auto" else bool(mode)):
+    if not stacking(cfg, pick_device(str(cfg.train.device))):
         return [[r] for r in runs]
     size = stack_size(cfg)
     by_point: dict[tuple[int, int], list[Run]] = {}

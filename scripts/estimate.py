@@ -335,12 +335,11 @@ class JobEstimate:
 def stacks(cfg, k: int) -> int:
     """How many of the job's k runs train as one model on a GPU (``train.stack``, the method's ``stacks``,
     ``side_by_side.stack_size``); 1: side by side."""
-    from dynrank.methods import method_class
-    from dynrank.side_by_side import stack_size
+    import torch
 
-    mode = cfg.train.get("stack", "auto")
-    on = (not cfg.train.get("exact", False)) if mode == "auto" else bool(mode)
-    return min(k, stack_size(cfg)) if on and method_class(cfg.method.name).stacks else 1
+    from dynrank.side_by_side import stack_size, stacking
+
+    return min(k, stack_size(cfg)) if stacking(cfg, torch.device("cuda")) else 1
 
 
 def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
