@@ -266,11 +266,11 @@ class Restored:
     rng: dict
 
 
-def load(run_dir, *, fingerprint: str, device, config: dict | None = None, data: dict | None = None) -> Restored:
-    """Everything ``save`` wrote, checked first (``read_state``, ``check_data``): a refused or damaged checkpoint
-    changes nothing. The caller puts the tensors where the run trains (``loop.Trainer``) and, for the first run of
-    a stack, the RNG states back (``restore_rng``)."""
-    state = read_state(run_dir, fingerprint, config)
+def load(state: State, *, device, data: dict | None = None) -> Restored:
+    """Everything ``save`` wrote beside the ``state`` that ``read_state`` read and checked against the config,
+    its data checked first (``check_data``): a refused or damaged checkpoint changes nothing. The caller puts the
+    tensors where the run trains (``loop.Trainer``) and, for the first run of a stack, the RNG states back
+    (``restore_rng``)."""
     path, raw = state.path, state.raw
     if data is not None:
         check_data(f"the checkpoint in {path}", state.data, data)

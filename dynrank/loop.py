@@ -22,10 +22,10 @@ from omegaconf import OmegaConf
 
 from . import checkpoint, export, gpus, methods, runlog
 from .config import config_hash, run_id
-from .errors import TrainingError
-from .results import SCHEMA, git_commit, versions, write_json
 from .device import fast_path, pick_device, seed_everything
+from .errors import TrainingError
 from .inputs import batches
+from .results import SCHEMA, git_commit, versions, write_json
 from .step import make_optimizer, make_stepper, prepare_model
 
 if TYPE_CHECKING:
@@ -88,10 +88,9 @@ class Trainer:
         run.history, run.step, run.past_attempts_s = [], 0, []  # wall time of earlier attempts (killed, resumed)
         run.schedule = [{"epochs": self.epochs, "from_step": 0}]  # the length each schedule was made for
         run.resumed, run.position = False, {}  # position: where a checkpoint made within an epoch stands
-        if not (run.cfg.train.resume and checkpoint.exists(run.run_dir)):
+        if run.state is None:  # (train.resume=false, or no checkpoint: Run._decide)
             return
-        got = checkpoint.load(run.run_dir, fingerprint=run.fp, config=run.key, data=self.shared["data"],
-                              device=self.device)
+        got = checkpoint.load(run.state, data=self.shared["data"], device=self.device)
         try:
             self.method.load_run_params(k, got.params)
             self.optimizer.load_run_state_dict(k, got.optimizer)
@@ -188,8 +187,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         train_time = time.time() - self.t0
         t1 = time.time()
-        with self.timer("eval"):
-            devs = self.task.evaluate(self.model, self.eval_sets, self.device, self.amp, runs=self.R)
+        devs = self.evaluate()
         eval_time = time.time() - t1
         losses = (self.loss_sum / max(1, len(self.plan))).tolist()
         for k, run in self.active():
@@ -203,6 +201,11 @@ class Trainer:
                 for key, v in dev.items():
                     run.writer.add_scalar(f"dev/{key}", v, self.step)
         self.checkpoint(epoch_done=True)
+
+    def evaluate(self) -> list[dict]:
+        """Every run's dev metrics (one pass over the dev set for the whole stack)."""
+        with self.timer("eval"):
+            return self.task.evaluate(self.model, self.eval_sets, self.device, self.amp, runs=self.R)
 
     def checkpoint_due(self) -> bool:
         """``train.checkpoint_every=N``: a checkpoint every N steps within an epoch (its end makes one anyway)."""
@@ -242,19 +245,14 @@ class Trainer:
     def finish(self) -> list[dict]:
         """Each finished run's results (written to its run directory and the store), in the runs' order."""
         method = self.method
-        def evaluate():
-            with self.timer("eval"):
-                return self.task.evaluate(self.model, self.eval_sets, self.device, self.amp, runs=self.R)
-
-        extra_evals = method.final_evaluation(evaluate)
+        extra_evals = method.final_evaluation(self.evaluate)
         out = []
         for run in self.runs:
             if run.writer:
                 run.writer.close()
         for k, run in self.active():
             cfg, run_dir = run.cfg, run.run_dir
-            results = _results(cfg, self.resolved[k], self.task, method, run.history, self.device, self.started,
-                               run.schedule, k)
+            results = _results(cfg, self.resolved[k], self.task, method, run.history, self.device, run.schedule, k)
             results["data"] = self.shared["data"]  # what the store keys a config's runs on (Run._check_store)
             results["training"] = {"stacked_runs": self.R, "precision": "bf16" if self.amp else "fp32",
                                    "cuda_graphs": self.fast["cuda_graphs"],
@@ -299,7 +297,8 @@ def _total_times(results: dict, past_attempts_s: list, started: float) -> None:
     results["train_time_s"] = sum(results["time_per_epoch_s"])
 
 
-def _results(cfg, resolved, task, method, history, device, started, schedule, k: int = 0) -> dict:
+def _results(cfg, resolved, task, method, history, device, schedule, k: int = 0) -> dict:
+    """Run k's results file, but for its times over all attempts (``_total_times``)."""
     metric = task.metric
     best = max(history, key=lambda h: h["dev"].get(metric, float("-inf")))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -318,7 +317,6 @@ def _results(cfg, resolved, task, method, history, device, started, schedule, k:
         "peak_gpu_memory_mib": peak,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "gpu": gpus.identity(device),  # which GPU of the host (local_gpus sweeps): claimed id, visible, UUID
-        "wall_time_s": time.time() - started,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": resolved, "versions": versions(), "git_commit": git_commit(),
     }

@@ -15,8 +15,8 @@ from . import checkpoint, runlog
 from .config import resume_key, run_id, validate
 from .data.cache import fingerprint
 from .errors import RunInUseError, TrainingError
-from .lock import RunLock
 from .inputs import load_data
+from .lock import RunLock
 from .results import read_results, store_path, write_json
 
 log = logging.getLogger("dynrank")
@@ -41,6 +41,7 @@ class Run:
         self.shared = shared
         self.failed = None  # why training of this run stopped (a NaN loss) while its stack went on
         self.export_only = False  # finished, and train.export=true asks for the adapter it does not have yet
+        self.state = None  # the checkpoint it resumes from (``_decide``), read and checked once
         self.key = resume_key(cfg)  # what a checkpoint of this run must have been made with
         self.fp = fingerprint(self.key)
         self.skip = bool(cfg.train.skip_done) and read_results(self.out_path)[0] == int(cfg.train.epochs)
@@ -83,7 +84,7 @@ class Run:
         self._check_store()
         state = checkpoint.read_state(self.run_dir, self.fp, self.key) if resume and checkpoint.exists(
             self.run_dir) else None
-        self.skip = self._finished(state)
+        self.state, self.skip = state, self._finished(state)
         # TensorBoard as the checkpoint on disk left it (a start-over's own events replace it at its first checkpoint)
         runlog.settle(self.run_dir / runlog.TB_DIR, state if state is not None else checkpoint.peek(self.run_dir))
         self.start_epoch, self.start_batch = (state.epoch, state.batch) if state is not None else (0, 0)

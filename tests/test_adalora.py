@@ -172,7 +172,7 @@ def test_resume_mid_pruning_through_a_checkpoint_matches_uninterrupted(tmp_path)
             model, m, opt, sched = fresh(0)  # the loop rebuilds the same backbone from the seed
             with torch.no_grad():  # other adapter weights, until the checkpoint is loaded
                 torch._foreach_add_(m.params, [torch.randn_like(p) for p in m.params])
-            got = checkpoint.load(tmp_path, fingerprint="f", device=torch.device("cpu"))
+            got = checkpoint.load(checkpoint.read_state(tmp_path, "f"), device=torch.device("cpu"))
             with torch.no_grad():
                 for name, p in m.run_params(0).items():
                     p.copy_(got.params[name])
