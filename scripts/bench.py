@@ -60,7 +60,7 @@ def measure(name, mode, setting, device, args, lengths, runs: int = 1):
     warm_s = time.time() - t_build
     dt, per_step, samples, last = timed_steps(step, batches, args.steps, device)
     # The median is the steady state; the mean also carries the steps that ran eagerly or were captured
-    # (each new graph key costs two such steps).
+    # (each new graph key costs its eager warm-up steps and its capture).
     median_ms = sorted(per_step)[len(per_step) // 2]
     bs = batches[0]["input_ids"].shape[0]  # every run's samples
     last = float(last.float().mean())
