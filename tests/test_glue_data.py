@@ -111,3 +111,21 @@ def test_bad_local_parquet_is_named_by_file_and_row(tmp_path, case, message):
         f.write_bytes(f.read_bytes()[:100])
     with pytest.raises(DataError, match=message.format(f=f)):
         load_split("sst2", "train", str(tmp_path / "glue"))
+
+
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_a_gathered_batch_is_pad_batchs(multiple):
+    """GLUE batches come from ``Encoded.padded`` (one gather for a stacked step): the tensors ``pad_batch`` makes."""
+    import random
+
+    import torch
+
+    from dynrank.data.cache import Encoded, pad_batch
+
+    rng = random.Random(0)
+    ds = Encoded({"input_ids": [[rng.randrange(3, 99) for _ in range(rng.randrange(1, 40))] for _ in range(50)],
+                  "labels": [rng.randrange(2) for _ in range(50)]})
+    for _ in range(5):
+        idx = rng.sample(range(50), 12)
+        got, want = ds.padded(idx, 1, multiple), pad_batch([ds[j] for j in idx], 1, multiple)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

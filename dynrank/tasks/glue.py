@@ -7,7 +7,7 @@ from torch.nn import functional as F
 from transformers import AutoModelForSequenceClassification
 
 from ..data import glue as glue_data
-from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
+from ..data.cache import Encoded, cached, fingerprint, source_id, tokenizer_id
 from ..metrics.glue import glue_metrics
 from ..models import load_model
 from .base import Task, autocast, evaluating, mean_per_run, repeat_runs
@@ -56,14 +56,8 @@ class GlueTask(Task):
     def eval_sets(self):
         return {s: self._encode(s, self.cfg.data.max_eval_samples) for s in self.spec.eval_splits}
 
-    def collate(self, batch):
-        out = pad_batch(batch, self.tokenizer.pad_token_id, self.pad_to_multiple)
-        dtype = torch.float32 if self.regression else torch.long
-        out["labels"] = torch.tensor([b["labels"] for b in batch], dtype=dtype)
-        return out
-
     def batch(self, dataset, indices):
-        """``collate`` of the examples ``indices``, gathered at once (``Encoded.padded``): the same tensors."""
+        """The examples ``indices`` padded as ``pad_batch`` pads them, gathered at once (``Encoded.padded``)."""
         out = dataset.padded(indices, self.tokenizer.pad_token_id, self.pad_to_multiple)
         labels = dataset.columns["labels"]
         out["labels"] = torch.tensor([labels[j] for j in indices], dtype=torch.float32 if self.regression else torch.long)
