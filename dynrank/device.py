@@ -24,7 +24,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def fast_path(cfg, device: torch.device) -> dict:
-    """The fast path's settings resolved for ``device``: ``train.bf16``, ``train.cuda_graphs``, ``train.stack``
+    """The fast path's settings resolved for ``device``: ``train.bf16``, ``train.cuda_graphs``, ``train.stack``,
+    ``train.pack`` (``auto``: on a GPU, unless ``train.exact``: packed steps, ``dynrank.packing``)
     (``auto``: on a GPU, unless ``train.exact``; ``stack=true`` stacks on a CPU too) and ``train.pad_to_multiple`` (``auto``: on a GPU a multiple that bounds the number of
     padded lengths, and so of CUDA graphs, to 16 per length budget: 8 for GLUE's 128 tokens; 1 on a CPU)."""
     t = cfg.train
@@ -38,4 +39,4 @@ def fast_path(cfg, device: torch.device) -> dict:
     if pad == "auto":
         pad = max(8, -(-int(cfg.task.max_length) // 16 // 8) * 8) if gpu else 1
     return {"bf16": choice("bf16") and device.type == "cuda", "cuda_graphs": choice("cuda_graphs")
-            and device.type == "cuda", "stack": choice("stack"), "pad_to_multiple": int(pad)}
+            and device.type == "cuda", "stack": choice("stack"), "pad_to_multiple": int(pad), "pack": choice("pack")}

@@ -51,11 +51,12 @@ class Trainer:
         self.device = device = pick_device(str(cfg.train.device))
         self.fast = fast_path(cfg, device)
         self.amp = self.fast["bf16"]
-        seed_everything(runs[0].seed)  # the stack's dropout stream; each run's initialisation is its own seed's
+        seed_everything(runs[0].seed)  # the global generators; each run's initialisation and dropout are its own seed's
         self.method = method = methods.build(cfg, cfg.model.family, runs=self.R)
         self.model = model = method.wrap(self.task.build_model())
         method.init_runs([r.seed for r in runs], [r.cfg.method for r in runs])
-        step_model = prepare_model(model, method, device, self.amp, bool(cfg.train.get("compile", False)))
+        step_model = prepare_model(model, method, device, self.amp, bool(cfg.train.get("compile", False)),
+                                   seeds=[r.seed for r in runs])
 
         self.bs, self.epochs = int(cfg.train.batch_size), int(cfg.train.epochs)
         self.total_steps = math.ceil(len(self.train_set) / self.bs) * self.epochs
@@ -147,7 +148,7 @@ class Trainer:
         return self.plan
 
     def train_step(self, i: int, idx: tuple[list[int], ...]) -> None:
-        batch = self.task.batch(self.train_set, [j for run_idx in idx for j in run_idx])  # run-major
+        batch = self.task.train_batch(self.train_set, idx, packed=self.fast["pack"])  # run-major
         if self.device.type == "cuda":  # pinned + non-blocking: the host never waits for the GPU here
             batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
         loss, total = self.stepper(batch, self.step)
@@ -256,7 +257,8 @@ class Trainer:
             results["data"] = self.shared["data"]  # what the store keys a config's runs on (Run._check_store)
             results["training"] = {"stacked_runs": self.R, "precision": "bf16" if self.amp else "fp32",
                                    "cuda_graphs": self.fast["cuda_graphs"],
-                                   "pad_to_multiple": self.fast["pad_to_multiple"]}
+                                   "pad_to_multiple": self.fast["pad_to_multiple"],
+                                   "packed": self.fast["pack"] and self.task.packs}
             _total_times(results, run.past_attempts_s, self.started)
             results["method_summary"] = method.summary(k)
             method.artifacts(run_dir, f"{cfg.model.id}, {cfg.task.name}, budget {cfg.budget.name}, seed {run.seed}", k)

@@ -13,7 +13,9 @@ from functools import partial
 
 import torch
 
+from . import attention, dropout
 from .optim import Flat, RunAdamW, clip_per_run
+from .packing import encoder_of
 from .precision import bf16_backbone
 from .tasks.base import autocast
 
@@ -39,18 +41,21 @@ def _update(model, method, losses, optimizer: RunAdamW, batch, step: int, clip: 
     return loss.detach(), total.detach()
 
 
-def prepare(method, optimizer: RunAdamW, step: int) -> None:
-    """Host side, before step ``step`` (0-based), graphed or not: the method's device scalars and the learning
-    rates of every run (no sync)."""
+def prepare(model, method, optimizer: RunAdamW, step: int) -> None:
+    """Host side, before step ``step`` (0-based), graphed or not: the method's device scalars, the learning
+    rates of every run and the step of the runs' dropout streams (no sync)."""
     method.prepare_step(step)
     optimizer.set_step(step)
+    stream = getattr(model, "dropout_stream", None)
+    if stream is not None:
+        stream.set_step(step)
 
 
 def train_step(model, method, losses, optimizer: RunAdamW, batch, step: int, clip: float | None, amp: bool, device):
     """One optimizer step of every run; the benchmark (scripts/bench.py) times exactly this function.
 
     No host-device synchronisation happens here: the losses come back as a device tensor (R,)."""
-    prepare(method, optimizer, step)
+    prepare(model, method, optimizer, step)
     return _update(model, method, losses, optimizer, batch, step, clip, autocast(device, amp))
 
 
@@ -60,7 +65,7 @@ class GraphedStep:
     Fine-tuning RoBERTa-base with adapters is launch-bound: a step is ~2,000 small kernels whose launch
     (and PEFT's Python per module) costs far more than the math. Replaying a captured graph costs one launch.
     The math is the same as ``train_step``: AdamW reads each run's learning rate from a device tensor that
-    ``prepare`` fills, and dropout draws from the same generator. The first ``warmup`` steps of each key run eagerly
+    ``prepare`` fills, and dropout masks are keyed by the step that ``prepare`` writes (``dynrank.dropout``). The first ``warmup`` steps of each key run eagerly
     (one; three for a compiled model, which compiles in them), the next is captured and replayed, later ones replay.
     """
 
@@ -86,7 +91,7 @@ class GraphedStep:
     def __call__(self, batch, step: int):
         from .methods.base import EAGER
 
-        prepare(self.method, self.optimizer, step)
+        prepare(self.model, self.method, self.optimizer, step)
         mkey = self.method.graph_key(step)
         key = (tuple((k, tuple(v.shape)) for k, v in sorted(batch.items())), mkey)
         if mkey == EAGER or key not in self.graphs and self.warm.get(key, 0) < self.warmup:
@@ -137,11 +142,16 @@ def make_optimizer(cfg_train, method, lrs: list[float], total_steps: int) -> Run
                     schedule=str(cfg_train.get("schedule") or "linear"))
 
 
-def prepare_model(model, method, device, bf16: bool, compile_model: bool):
-    """Move to the device; with bf16, the frozen weights in bf16 and bf16 layer-norm outputs
-    (``precision.bf16_backbone``; trainable weights and the optimizer state stay fp32); the trainable parameters into
-    one flat buffer (``method.flat``, ``dynrank.optim.Flat``); optionally torch.compile."""
+def prepare_model(model, method, device, bf16: bool, compile_model: bool, seeds: list[int] | None = None):
+    """Move to the device; for an encoder (RoBERTa, BERT), one dropout stream per run (``seeds``: each run's; every
+    ``nn.Dropout`` a ``dropout.KeyedDropout``, attention through ``attention.attend``); with bf16, the frozen weights
+    in bf16 and bf16 layer-norm outputs (``precision.bf16_backbone``; trainable weights and the optimizer state stay
+    fp32); the trainable parameters into one flat buffer (``method.flat``, ``dynrank.optim.Flat``); optionally
+    torch.compile."""
     model = model.to(device)
+    if encoder_of(model) is not None:
+        dropout.install(model, seeds or [0] * method.runs, device)
+        attention.use_for(model)
     if bf16 and device.type == "cuda":
         bf16_backbone(model)
     method.trainable = [p for p in model.parameters() if p.requires_grad]

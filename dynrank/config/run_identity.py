@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 NOT_IN_IDENTITY = {
     "": ("seed", "seeds", "lr_search", "variant", "results", "hparams", "protocol", "launcher", "hydra"),
     "train": ("lr", "resume", "extend", "skip_done", "progress", "log_every", "eval_batch_size", "num_workers",
-              "export", "device", "compile", "cuda_graphs", "pad_to_multiple", "stack", "max_stack",
+              "export", "device", "compile", "cuda_graphs", "pad_to_multiple", "pack", "stack", "max_stack",
               "checkpoint_every", "keep_checkpoint"),
     "data": ("dir", "cache_dir"),
     "model": ("path",),

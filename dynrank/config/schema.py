@@ -37,6 +37,7 @@ SCHEMA = {
     "train.cuda_graphs": "bool or auto",
     "train.pad_to_multiple": "int >= 1 or auto",
     "train.stack": "bool or auto",
+    "train.pack": "bool or auto",
     "train.max_stack": "int >= 1 or auto",
     "train.device": "device",
     "train.group_by_length": "bool",

@@ -9,6 +9,7 @@ import torch
 class Task:
     task_type = "seq_cls"  # PEFT task type for exports: seq_cls | qa | seq2seq
     metric = "accuracy"  # the number the paper's table reports (higher is better)
+    packs = False  # train batches can be packed (``packed_batch``, dynrank/packing.py)
 
     def __init__(self, cfg, tokenizer):
         self.cfg = cfg
@@ -33,6 +34,20 @@ class Task:
     def batch(self, dataset, indices: list[int]) -> dict[str, torch.Tensor]:
         """The batch of ``dataset``'s examples ``indices`` (a stacked step: every run's, run-major)."""
         return self.collate([dataset[j] for j in indices])
+
+    def train_batch(self, dataset, per_run: tuple[list[int], ...], packed: bool) -> dict[str, torch.Tensor]:
+        """A training step's batch of every run (``per_run[k]``: run k's example indices): packed where the task
+        packs and ``packed`` (``train.pack``), else padded (``batch``), run-major either way."""
+        if packed and self.packs:
+            return self.packed_batch(dataset, per_run)
+        return self.batch(dataset, [j for run in per_run for j in run])
+
+    def packed_batch(self, dataset, per_run) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def position_offset(self) -> int:
+        """The position id of a sequence's first token: RoBERTa's count from padding_idx + 1, BERT's from 0."""
+        return self.tokenizer.pad_token_id + 1 if self.cfg.model.family == "roberta" else 0
 
     def run_losses(self, model, batch: dict[str, torch.Tensor], runs: int) -> torch.Tensor:
         """The task loss of each of ``runs`` stacked runs (R,): ``batch`` holds their batches concatenated, run-major

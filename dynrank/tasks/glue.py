@@ -10,6 +10,7 @@ from ..data import glue as glue_data
 from ..data.cache import Encoded, cached, fingerprint, source_id, tokenizer_id
 from ..metrics.glue import glue_metrics
 from ..models import load_model
+from ..packing import PACKED, classification_logits, pack, set_dropout_rows
 from .base import Task, autocast, evaluating, mean_per_run, repeat_runs
 
 # MNLI reports both dev sets; keys get a suffix for every split after the first.
@@ -26,6 +27,7 @@ class GlueTask(Task):
             raise ConfigError(f"unknown GLUE task '{self.name}'; known: {', '.join(glue_data.GLUE)}")
         self.spec = glue_data.GLUE[self.name]
         self.regression = self.name == "stsb"
+        self.packs = cfg.model.family in ("roberta", "bert")
 
     def build_model(self):
         kw = {"num_labels": int(self.cfg.task.num_labels)}
@@ -63,6 +65,16 @@ class GlueTask(Task):
         out["labels"] = torch.tensor([labels[j] for j in indices], dtype=torch.float32 if self.regression else torch.long)
         return out
 
+    def packed_batch(self, dataset, per_run):
+        """Every run's examples packed (``packing.pack``), with their labels."""
+        idx = [j for run in per_run for j in run]
+        ids = dataset.columns["input_ids"]
+        out = pack([ids[j] for j in idx], len(per_run), self.tokenizer.pad_token_id, self.position_offset(),
+                   self.pad_to_multiple)
+        labels = dataset.columns["labels"]
+        out["labels"] = torch.tensor([labels[j] for j in idx], dtype=torch.float32 if self.regression else torch.long)
+        return out
+
     def run_losses(self, model, batch, runs: int):
         return classification_losses(model, batch, runs, self.regression,
                                      float(self.cfg.train.get("label_smoothing") or 0.0))
@@ -93,9 +105,14 @@ class GlueTask(Task):
 
 def classification_losses(model, batch, runs: int, regression: bool = False, label_smoothing: float = 0.0):
     """Cross-entropy (regression: squared error) per example, averaged per run (R,): a sequence classifier's own loss
-    of each of the ``runs`` stacked runs (``label_smoothing`` as torch's ``cross_entropy``)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits, labels = model(**inputs).logits.float(), batch["labels"]
+    of each of the ``runs`` stacked runs (``label_smoothing`` as torch's ``cross_entropy``); ``batch`` padded or
+    packed (``packing.py``)."""
+    set_dropout_rows(model, batch, runs)
+    if PACKED in batch:
+        logits = classification_logits(model, batch).float()
+    else:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+    labels = batch["labels"]
     if regression:
         per = (logits.squeeze(-1) - labels.float()).pow(2)
     else:

@@ -22,6 +22,7 @@ from ..data import squad as squad_data
 from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
 from ..errors import ConfigError
 from ..models import load_model
+from ..packing import PACKED, pack, set_dropout_rows, token_logits
 from .base import Task, autocast, evaluating, mean_per_run, repeat_runs
 from .squad_answers import paper_code_scores, standard_scores
 
@@ -133,6 +134,7 @@ class SquadTask(Task):
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError("SQuAD needs a fast tokenizer (offset mapping); the model's tokenizer is not one")
         self.token_types = cfg.model.family == "bert"  # RoBERTa has one token type; BERT uses segment ids
+        self.packs = cfg.model.family in ("roberta", "bert")
 
     def build_model(self):
         return load_model(self.cfg.model, AutoModelForQuestionAnswering, self.tokenizer)
@@ -178,16 +180,34 @@ class SquadTask(Task):
             out["end_positions"] = torch.tensor([b["end_positions"] for b in batch], dtype=torch.long)
         return out
 
+    def packed_batch(self, dataset, per_run):
+        """Every run's windows packed (``packing.pack``), with their answer positions."""
+        idx = [j for run in per_run for j in run]
+        cols = dataset.columns
+        out = pack([cols["input_ids"][j] for j in idx], len(per_run), self.tokenizer.pad_token_id,
+                   self.position_offset(), self.pad_to_multiple,
+                   [cols["token_type_ids"][j] for j in idx] if self.token_types else None)
+        for key in ("start_positions", "end_positions"):
+            out[key] = torch.tensor([cols[key][j] for j in idx], dtype=torch.long)
+        return out
+
     def run_losses(self, model, batch, runs: int):
-        """(start cross-entropy + end cross-entropy) / 2 per run, positions outside the window ignored: the loss of
-        transformers' QA models, of each run."""
-        inputs = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")}
-        out = model(**inputs)
+        """(start cross-entropy + end cross-entropy) / 2 per run over each window's own tokens, positions outside
+        the window ignored: the loss of transformers' QA models, of each run, but that padding positions do not
+        enter the softmax (padded or packed, a window's loss is the same whatever the longest window beside it)."""
+        set_dropout_rows(model, batch, runs)
+        if PACKED in batch:
+            logits, valid = token_logits(model, batch).float(), batch["valid"]
+        else:
+            out = model(**{k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")})
+            logits = torch.stack((out.start_logits, out.end_logits), -1).float()
+            valid = batch["attention_mask"].bool()
+        logits = logits.masked_fill(~valid.unsqueeze(-1), torch.finfo(logits.dtype).min)
         total = 0.0
-        for logits, positions in ((out.start_logits, batch["start_positions"]), (out.end_logits, batch["end_positions"])):
+        for i, positions in enumerate((batch["start_positions"], batch["end_positions"])):
             ignored = logits.shape[1]
             positions = positions.clamp(0, ignored)
-            per = F.cross_entropy(logits.float(), positions, ignore_index=ignored, reduction="none")
+            per = F.cross_entropy(logits[..., i], positions, ignore_index=ignored, reduction="none")
             total = total + mean_per_run(per, runs, positions != ignored)
         return total / 2
 

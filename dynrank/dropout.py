@@ -1,0 +1,176 @@
+"""One dropout stream per run: masks that depend on the run's seed, the step and the element, not on the stack.
+
+``torch.nn.Dropout`` draws its masks from one generator, in the order the kernels run: in a stack of R runs (one
+model, ``methods/layers.py``) every run's mask would depend on the runs beside it and on how the batch is laid out
+(padded or packed). Here a mask is a function of its coordinates (counter-based, as Philox is, Salmon et al. 2011):
+
+    keep(run k, step s, site i, element) = u >= p,
+    u = hash(hash(counter) ^ K(seed_k, s, i)) / 2^32,     counter = row key * width + column,
+
+where the row key names the row by what it is, not where it sits: a token is (its sequence's index in run k's
+batch) * ``MAX_POSITIONS`` + its position; an attention-probability row is that of its query token and head; a
+head's input row (one per sequence) is its ``<s>`` token's. A site is one dropout module of the model (its index
+in model order). So run k draws the same masks for the same step whether it trains alone or stacked, padded or
+packed, and resumes without a generator state to restore: seed 3 inside ``seeds=[1,2,3,4,5]`` is seed 3 alone.
+
+The hash is ``lowbias32`` (Chris Wellons' integer hash, a murmur3-style finaliser). A CPU (and reference)
+implementation in torch integer ops, and on a GPU a Triton kernel (``_keyed_kernel``) that applies the mask in one
+pass and recomputes it in the backward pass (no mask is stored); ``tests/test_gpu.py`` checks they agree bit for bit.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MAX_POSITIONS = 512  # counter stride of a sequence: RoBERTa/BERT's position embeddings (514 / 512 rows)
+M32 = 0xFFFFFFFF
+_C1, _C2, _GOLDEN = 0x7FEB352D, 0x846CA68B, 0x9E3779B9
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on int64 tensors holding uint32 values (products wrap in int64; the low 32 bits are exact)."""
+    x = x ^ (x >> 16)
+    x = (x * _C1) & M32
+    x = x ^ (x >> 15)
+    x = (x * _C2) & M32
+    return x ^ (x >> 16)
+
+
+def stream_keys(seeds: torch.Tensor, step: torch.Tensor, site: int) -> torch.Tensor:
+    """K(seed_k, s, i) for every run (R,) int64: the key of run k's masks at step ``step`` and site ``site``."""
+    k = _mix(seeds & M32)
+    k = _mix(k ^ (step & M32))
+    return _mix(k ^ ((site * _GOLDEN) & M32))
+
+
+def keep_mask(rows: int, width: int, row_keys: torch.Tensor, counter_width: int, seeds: torch.Tensor,
+              step: torch.Tensor, site: int, p: float) -> torch.Tensor:
+    """The keep mask (rows, width) bool, rows run-major (rows // R of each run, in order): the reference
+    implementation (CPU, tests). ``row_keys`` (rows,) int64; column j's counter is ``row_key * counter_width + j``."""
+    R = seeds.numel()
+    K = stream_keys(seeds, step, site).repeat_interleave(rows // R)  # (rows,)
+    counter = (row_keys.unsqueeze(1) * counter_width + torch.arange(width, device=row_keys.device)) & M32
+    u = _mix(_mix(counter) ^ K.unsqueeze(1))
+    return (u >> 8) >= _threshold(p)
+
+
+def _threshold(p: float) -> int:
+    """Keep where the top 24 bits of the hash are >= this: probability 1 - p, to 2^-24."""
+    return int(round(p * (1 << 24)))
+
+
+def keyed_dropout(x: torch.Tensor, row_keys: torch.Tensor, counter_width: int, seeds: torch.Tensor,
+                  step: torch.Tensor, site: int, p: float) -> torch.Tensor:
+    """Dropout of ``x`` (..., width; rows = x.numel() // width, run-major) with the keyed masks, scaled by 1/(1-p)."""
+    if x.is_cuda and _triton() is not None:
+        return _KeyedDropoutFn.apply(x, row_keys, counter_width, seeds, step, site, p)
+    width = x.shape[-1]
+    mask = keep_mask(x.numel() // width, width, row_keys, counter_width, seeds, step, site, p)
+    return x * mask.view(x.shape).to(x.dtype) * (1.0 / (1.0 - p))
+
+
+class DropoutStream:
+    """What every ``KeyedDropout`` of one model reads: each run's seed and the step (device tensors, so a captured
+    CUDA graph reads the step ``set_step`` wrote before its replay) and the row keys of the current forward pass
+    (``set_rows``: the task sets them from the batch's layout before it calls the model)."""
+
+    def __init__(self, seeds: list[int], device):
+        self.seeds = torch.tensor(seeds, dtype=torch.int64, device=device)
+        self.step = torch.zeros((), dtype=torch.int64, device=device)
+        self.runs = len(seeds)
+        self.rows: dict[int, torch.Tensor] = {}
+        self.seq_keys: torch.Tensor | None = None
+
+    def set_step(self, step: int) -> None:
+        self.step.fill_(int(step))
+
+    def set_rows(self, seq_keys: torch.Tensor, token_keys: torch.Tensor) -> None:
+        """Row keys of this forward pass: ``seq_keys`` (N,) each sequence's index in its run's batch, run-major;
+        ``token_keys`` (T,) each token row's key (``seq_key * MAX_POSITIONS + position``; padding and filler rows
+        any key). A dropout input with N rows (a head's input) takes the sequences' ``<s>`` keys, one with T rows the
+        tokens'."""
+        self.seq_keys = seq_keys
+        self.rows = {token_keys.numel(): token_keys, seq_keys.numel(): seq_keys * MAX_POSITIONS}
+
+    def apply(self, x: torch.Tensor, site: int, p: float) -> torch.Tensor:
+        width = x.shape[-1]
+        keys = self.rows.get(x.numel() // width)
+        if keys is None:
+            raise RuntimeError(f"dropout site {site}: no row keys for {x.numel() // width} rows "
+                               f"(the task sets them: DropoutStream.set_rows)")
+        return keyed_dropout(x, keys, width, self.seeds, self.step, site, p)
+
+    def attention(self, probs: torch.Tensor, site: int, p: float) -> torch.Tensor:
+        """Dropout of attention probabilities (N, heads, Lq, Lk): row (n, h, i) has key
+        ``(seq_key_n * heads + h) * MAX_POSITIONS + i``, column j counter ``row_key * MAX_POSITIONS + j``."""
+        N, H, Lq, _ = probs.shape
+        keys = ((self.seq_keys.view(N, 1, 1) * H + torch.arange(H, device=probs.device).view(1, H, 1))
+                * MAX_POSITIONS + torch.arange(Lq, device=probs.device).view(1, 1, Lq)).reshape(-1)
+        return keyed_dropout(probs, keys, MAX_POSITIONS, self.seeds, self.step, site, p)
+
+
+class KeyedDropout(nn.Module):
+    """``nn.Dropout(p)`` whose masks come from the model's ``DropoutStream`` (site ``site``)."""
+
+    def __init__(self, p: float, site: int, stream: DropoutStream):
+        super().__init__()
+        self.p, self.site = float(p), site
+        self._stream = [stream]  # a list: not a submodule, not in the state dict
+
+    @property
+    def stream(self) -> DropoutStream:
+        return self._stream[0]
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        return self.stream.apply(x, self.site, self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, site={self.site}"
+
+
+def install(model: nn.Module, seeds: list[int], device) -> DropoutStream:
+    """Every ``nn.Dropout`` of ``model`` becomes a ``KeyedDropout`` reading one ``DropoutStream`` (sites numbered in
+    model order, the same for every model of one architecture and method); ``model.dropout_stream`` is it."""
+    stream = DropoutStream(seeds, device)
+    site = 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.Dropout:
+                setattr(module, child_name, KeyedDropout(child.p, site, stream))
+                site += 1
+    model.dropout_stream = stream
+    return stream
+
+
+# --- the GPU kernel ----------------------------------------------------------------------------------------------
+_TRITON = None
+
+
+def _triton():
+    """The Triton kernel's module, or None where Triton is not installed (CPU builds of torch)."""
+    global _TRITON
+    if _TRITON is None:
+        try:
+            from ._triton_dropout import launch
+            _TRITON = launch
+        except ImportError:
+            _TRITON = False
+    return _TRITON or None
+
+
+class _KeyedDropoutFn(torch.autograd.Function):
+    """The Triton kernel's forward and backward: the backward recomputes the mask (nothing saved but the keys)."""
+
+    @staticmethod
+    def forward(ctx, x, keys, counter_width, seeds, step, site, p):
+        ctx.save_for_backward(keys, seeds, step)
+        ctx.args = (counter_width, site, p)
+        return _triton()(x, keys, counter_width, seeds, step, site, p)
+
+    @staticmethod
+    def backward(ctx, grad):
+        keys, seeds, step = ctx.saved_tensors
+        counter_width, site, p = ctx.args
+        return _triton()(grad, keys, counter_width, seeds, step, site, p), None, None, None, None, None, None

@@ -1,0 +1,170 @@
+"""Packed steps (``dynrank/packing.py``) and one dropout stream per run (``dynrank/dropout.py``).
+
+- packed = padded: every method's task losses and gradients, GLUE and SQuAD, RoBERTa and BERT, with dropout ON
+  (the masks are keyed by a token's sequence and position, not by where it sits in the batch) and off;
+- the keyed masks: the integer hash against plain Python ints, the keep rate, a run's masks independent of the
+  runs beside it;
+- the encoder walk against transformers' own forward (evaluation mode).
+On a GPU, tests/test_gpu.py checks the Triton kernel against the reference bit for bit and graphed packed steps.
+"""
+import pytest
+import torch
+
+from conftest import ROOT, compose, tiny_overrides
+from dynrank import dropout, inputs, methods
+from dynrank.packing import bucket, pack
+from dynrank.step import prepare_model
+
+STACKING = ["lora", "dora", "adalora", "dora_wd", "dylora", "bitfit", "houlsby", "pfeiffer"]
+SQUAD = ROOT / "tests" / "fixtures" / "squad"
+MINILM = ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2"
+
+
+def build(tmp_path, method, *extra, runs=2, seeds=None):
+    over = [f"method={method}", *extra]
+    if method not in ("bitfit", "full", "houlsby", "pfeiffer"):
+        over.append("method.dropout=0.1")
+    cfg = compose(tiny_overrides(tmp_path, *over))
+    shared = inputs.load_data(cfg)
+    m = methods.build(cfg, cfg.model.family, runs=runs)
+    model = m.wrap(shared["task"].build_model())
+    seeds = seeds or list(range(1, runs + 1))
+    m.init_runs(seeds)
+    model = prepare_model(model, m, torch.device("cpu"), False, False, seeds=seeds)
+    return shared["task"], shared["train_set"], model
+
+
+def losses_and_grads(task, ds, model, per_run, packed, step=5):
+    model.zero_grad()
+    model.dropout_stream.set_step(step)
+    loss = task.run_losses(model, task.train_batch(ds, per_run, packed), len(per_run))
+    loss.sum().backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def assert_packed_equals_padded(task, ds, model, per_run):
+    model.train()
+    (la, ga), (lb, gb) = (losses_and_grads(task, ds, model, per_run, packed) for packed in (False, True))
+    assert torch.allclose(la, lb, rtol=1e-5, atol=1e-6), (la, lb)
+    for n in ga:
+        assert torch.allclose(ga[n], gb[n], rtol=1e-4, atol=1e-6), n
+    return la
+
+
+@pytest.mark.parametrize("method", STACKING + ["full"])
+def test_packed_equals_padded_glue_dropout_on(method, tmp_path):
+    runs = 1 if method == "full" else 2
+    task, ds, model = build(tmp_path, method, runs=runs)
+    per_run = ([0, 3, 5, 7, 30], [1, 2, 9, 11, 40])[:runs]
+    loss = assert_packed_equals_padded(task, ds, model, per_run)
+    model.eval()  # dropout was on: the training loss is not the evaluation loss
+    with torch.no_grad():
+        plain = task.run_losses(model, task.train_batch(ds, per_run, True), runs)
+    assert not torch.allclose(loss, plain)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "houlsby"])
+def test_packed_equals_padded_squad(method, tmp_path):
+    """SQuAD windows (several per question, different lengths), the QA head on every token."""
+    task, ds, model = build(tmp_path, method, "task=squad_v1", f"data.dir={SQUAD}", "data.max_train_samples=null")
+    n = len(ds)
+    assert n >= 6
+    assert_packed_equals_padded(task, ds, model, ([0, n - 1, 2], [1, 3, n - 2]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MINILM.exists(), reason="no MiniLM weights in ../shared/models")
+@pytest.mark.parametrize("task_name", ["mrpc", "squad_v1"])
+def test_packed_equals_padded_bert(task_name, tmp_path):
+    """BERT's family (MiniLM, real weights): position ids from 0, its pooler, segment ids for SQuAD."""
+    extra = ["model=minilm", f"model.path={MINILM}", f"task={task_name}"]
+    if task_name == "squad_v1":
+        extra += [f"data.dir={SQUAD}", "data.max_train_samples=null"]
+    task, ds, model = build(tmp_path, "lora", *extra)
+    assert_packed_equals_padded(task, ds, model, ([0, 2, 4], [1, 3, 5]))
+
+
+def test_encoder_walk_equals_transformers_forward(tmp_path):
+    """Evaluation mode: the packed forward's logits are transformers' own (padded) forward's."""
+    from dynrank.packing import classification_logits
+
+    task, ds, model = build(tmp_path, "lora", runs=2)
+    for p in model.parameters():  # B = 0 at init: give the adapters something to add
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    model.eval()
+    per_run = ([0, 3, 5], [1, 2, 9])
+    padded = task.train_batch(ds, per_run, False)
+    with torch.no_grad():
+        want = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        got = classification_logits(model, task.train_batch(ds, per_run, True))
+    assert torch.allclose(want, got, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "houlsby"])
+def test_a_run_draws_the_same_masks_alone_and_stacked(method, tmp_path):
+    """Seed 3's losses and gradients with dropout on: stacked beside seed 1 (run 1 of 2) = alone."""
+    task, ds, stacked = build(tmp_path, method, runs=2, seeds=[1, 3])
+    _, _, alone = build(tmp_path, method, runs=1, seeds=[3])
+    batch3 = [4, 8, 15]
+    for packed in (False, True):
+        ls, gs = losses_and_grads(task, ds, stacked, ([0, 1, 2], batch3), packed)
+        la, ga = losses_and_grads(task, ds, alone, (batch3,), packed)
+        assert torch.allclose(ls[1], la[0], rtol=1e-5), (packed, ls, la)
+        for n, g in ga.items():
+            assert torch.allclose(gs[n][1], g[0], rtol=1e-4, atol=1e-7), (packed, n)
+
+
+def test_keyed_hash_is_lowbias32_on_plain_ints():
+    M = 0xFFFFFFFF
+
+    def mix(x):
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & M
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & M
+        return x ^ (x >> 16)
+
+    seeds, step, site, p = torch.tensor([3, 2**31 + 5]), torch.tensor(123456), 9, 0.3
+    K = [mix(mix(mix(s) ^ 123456) ^ ((site * 0x9E3779B9) & M)) for s in seeds.tolist()]
+    keys = torch.tensor([0, 1, 700, 4_000_000])
+    mask = dropout.keep_mask(4, 10, keys, 10, seeds, step, site, p)
+    want = [[(mix(mix((k * 10 + j) & M) ^ K[r // 2]) >> 8) >= round(p * 2**24) for j in range(10)]
+            for r, k in enumerate(keys.tolist())]
+    assert mask.tolist() == want
+
+
+def test_keyed_masks_keep_one_minus_p_and_differ_by_step_site_and_seed():
+    keys = torch.arange(2000) * 7
+    one = torch.tensor([5])
+
+    def m(seed=one, step=1, site=0):
+        return dropout.keep_mask(2000, 256, keys, 256, seed, torch.tensor(step), site, 0.1)
+    assert abs(m().float().mean().item() - 0.9) < 0.003
+    for other in (m(step=2), m(site=1), m(seed=torch.tensor([6]))):
+        agree = (m() == other).float().mean().item()
+        assert abs(agree - (0.9 ** 2 + 0.1 ** 2)) < 0.005  # independent masks agree 82% of the time
+
+
+def test_pack_layout():
+    rows = [[0, 5, 2], [0, 6, 7, 2], [0, 9, 2], [0, 4, 4, 4, 4, 2]]  # two runs of two sequences
+    b = pack(rows, 2, pad_id=1, position_offset=2, multiple=8)
+    block = bucket(9)
+    assert b["input_ids"].shape == (2 * block,)
+    assert b["seq_start"].tolist() == [0, 3, block, block + 3]
+    assert b["input_ids"][:7].tolist() == [0, 5, 2, 0, 6, 7, 2] and (b["input_ids"][7:block] == 1).all()
+    assert b["position_ids"][3:7].tolist() == [2, 3, 4, 5]
+    assert b["valid"].shape == (4, 8) and b["valid"].sum(1).tolist() == [3, 4, 3, 6]
+    assert b["token_keys"][block + 3:block + 5].tolist() == [512, 513]  # run 1's second sequence, in its run
+    x = torch.arange(2 * block)
+    assert x[b["gather"]].view(4, 8)[1, :4].tolist() == [3, 4, 5, 6]  # sequence 1's rows, then padding slots
+    slots = x[b["gather"]]  # the way there and back is the identity on real rows
+    back = slots[b["scatter"]]
+    real = b["input_ids"] != 1
+    assert torch.equal(back[real], x[real])
+
+
+def test_bucket_bounds_filler_and_sizes():
+    sizes = {bucket(n) for n in range(1, 5000)}
+    assert all(bucket(n) >= n and bucket(n) - n <= max(16, n / 8) for n in range(1, 5000))
+    assert len(sizes) < 120
