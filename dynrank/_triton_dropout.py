@@ -29,7 +29,7 @@ def kernel(x_ptr, out_ptr, keys_ptr, seeds_ptr, step_ptr, rows, width, rows_per_
     k = mix(k ^ site_key.to(tl.uint64))
     rk = tl.load(keys_ptr + r, mask=rmask, other=0)
     counter = (rk[:, None] * counter_width + c[None, :]).to(tl.uint64) & 0xFFFFFFFF
-    u = mix(mix(counter) ^ k[:, None])
+    u = mix(counter ^ k[:, None])
     keep = (u >> 8) >= threshold.to(tl.uint64)
     m = rmask[:, None] & (c[None, :] < width)
     offs = r[:, None].to(tl.int64) * width + c[None, :]

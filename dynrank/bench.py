@@ -26,6 +26,49 @@ def cola_lengths() -> list[int]:
     return json.loads((BENCHMARKS / "cola_train_lengths.json").read_text())["lengths"]
 
 
+# Real length distributions (benchmarks/*_lengths.json: MiniLM's WordPiece as RoBERTa's stand-in) and each task's
+# training batch per run (conf/task: the paper's Table 8); squad: SQuAD v1.1 dev windows (its train set is not here).
+REAL = {"cola": ("cola_train", 16), "sst2": ("sst2_train", 64), "mrpc": ("mrpc_train", 16), "rte": ("rte_train", 16),
+        "stsb": ("stsb_train", 16), "qnli": ("qnli_dev", 16), "squad": ("squad_v1_dev", 16)}
+
+
+def real_lengths(setting: str) -> list[int]:
+    """The recorded token counts of ``setting`` (a key of ``REAL``), expanded from their histogram."""
+    d = json.loads((BENCHMARKS / f"{REAL[setting][0]}_lengths.json").read_text())
+    if "lengths" in d:
+        return d["lengths"]
+    return [int(n) for n, count in d["histogram"].items() for _ in range(int(count))]
+
+
+def real_batches(setting: str, n: int, device, vocab: int, runs: int, packed: bool, pad_multiple: int = 8,
+                 batch_size: int | None = None, seed: int = 0):
+    """``n`` steps of ``runs`` runs, each run its own batch of the task's size drawn from its real lengths, laid out
+    as the loop lays them out: packed (``packing.pack``) or padded to the longest of the stack. Each batch also
+    says how many tokens are real (``real_tokens``) and how many the step multiplies (``step_tokens``)."""
+    from .packing import pack
+
+    lengths = real_lengths(setting)
+    bs = batch_size or REAL[setting][1]
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        lens = [lengths[int(i)] for i in torch.randint(len(lengths), (runs * bs,), generator=g)]
+        rows = [[0, *torch.randint(3, vocab, (m - 2,), generator=g).tolist(), 2] for m in lens]
+        labels = torch.randint(0, 2, (runs * bs,), generator=g)
+        if packed:
+            b = pack(rows, runs, pad_id=1, position_offset=2, multiple=pad_multiple)
+        else:
+            L = -(-max(lens) // pad_multiple) * pad_multiple
+            ids = torch.full((len(rows), L), 1, dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, :len(r)] = torch.tensor(r)
+            b = {"input_ids": ids, "attention_mask": (ids != 1).long()}
+        b = {k: v.to(device) for k, v in b.items()}
+        b["labels"] = labels.to(device)
+        out.append((b, sum(lens), b["input_ids"].numel()))
+    return out
+
+
 def make_batches(setting: str, n: int, device, vocab: int, lengths: list[int], pad_multiple: int,
                  batch_size: int | None = None):
     """``n`` random batches: ``fixed`` = L=128, batch 32; ``cola`` = CoLA's lengths, batch 16 (or ``batch_size``)."""
@@ -70,7 +113,7 @@ def dynrank_runner(method_name: str, mode: str, device, total_steps: int, model_
     model = method.wrap(model)
     method.init_runs(list(range(1, runs + 1)))
     bf16 = "bf16" in mode
-    step_model = prepare_model(model, method, device, bf16, "compile" in mode)
+    step_model = prepare_model(model, method, device, bf16, "compile" in mode, seeds=list(range(1, runs + 1)))
     method.setup(total_steps)
     optimizer = make_optimizer(cfg.train, method, [float(cfg.train.lr)] * runs, total_steps)
     stepper = make_stepper(step_model, method, partial(classification_losses, runs=runs), optimizer, 1.0, bf16,

@@ -5,7 +5,7 @@ model, ``methods/layers.py``) every run's mask would depend on the runs beside i
 (padded or packed). Here a mask is a function of its coordinates (counter-based, as Philox is, Salmon et al. 2011):
 
     keep(run k, step s, site i, element) = u >= p,
-    u = hash(hash(counter) ^ K(seed_k, s, i)) / 2^32,     counter = row key * width + column,
+    u = hash(counter ^ K(seed_k, s, i)) / 2^32,     counter = row key * width + column,
 
 where the row key names the row by what it is, not where it sits: a token is (its sequence's index in run k's
 batch) * ``MAX_POSITIONS`` + its position; an attention-probability row is that of its query token and head; a
@@ -50,7 +50,7 @@ def keep_mask(rows: int, width: int, row_keys: torch.Tensor, counter_width: int,
     R = seeds.numel()
     K = stream_keys(seeds, step, site).repeat_interleave(rows // R)  # (rows,)
     counter = (row_keys.unsqueeze(1) * counter_width + torch.arange(width, device=row_keys.device)) & M32
-    u = _mix(_mix(counter) ^ K.unsqueeze(1))
+    u = _mix(counter ^ K.unsqueeze(1))
     return (u >> 8) >= _threshold(p)
 
 

@@ -15,6 +15,11 @@ time the plain loop a PEFT user writes (autocast, backward, clip, AdamW, and Ada
 median step (CUDA events on the GPU timeline), which leaves out the few steps where the CUDA-graph path
 meets a new graph key (a new padded length, or DoRA/AdaLoRA entering a new schedule phase) and runs
 eagerly or captures: a long training run is almost all steady steps.
+Real-length settings (``--settings sst2,cola,mrpc,rte,stsb,qnli,squad``, ``dynrank.bench.REAL``): each run draws its
+task's batch (Table 8's size) from the task's recorded lengths, laid out as the loop lays them out, ``--layouts
+padded,packed`` (``train.pack``); a row gives ``real_tokens_per_s`` (tokens of the sequences themselves),
+``step_tokens_per_s`` (what the GEMMs multiply: padding or filler included) and the real-token MFU against this
+GPU's measured bf16 GEMM rate (``FLOP_PER_TOKEN``).
 Writes ``benchmarks/bench-<device>-<date>.json`` and prints a table.
 """
 from __future__ import annotations
@@ -35,10 +40,69 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dynrank.bench import cola_lengths, dynrank_runner, make_batches, peft_runner, timed_steps  # noqa: E402
+from dynrank.bench import (REAL, cola_lengths, dynrank_runner, make_batches, peft_runner, real_batches,  # noqa: E402
+                           synchronize, timed_steps)
 from dynrank.results import versions, write_json  # noqa: E402
 
 DYNRANK = ["full", "bitfit", "lora", "adalora", "dora", "dora_wd", "houlsby", "pfeiffer"]
+# FLOPs of one real token of a RoBERTa-base training step (issue 26): the frozen backbone's forward and input-gradient
+# GEMMs, 12 layers x 2 x 2 x (4 x 768^2 + 2 x 768 x 3072) = 0.340 G, plus attention and adapters at GLUE's lengths:
+# 0.354 G; full fine-tuning adds the weight gradients: 0.51 G.
+FLOP_PER_TOKEN = {"full": 0.51e9}
+FLOP_PER_TOKEN_FROZEN = 0.354e9
+
+
+def matmul_peak(device) -> float:
+    """This GPU's bf16 GEMM rate (FLOP/s) on 8192^3 random matrices, measured here: MFU's denominator."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 10 * 2 * 8192 ** 3 / (start.elapsed_time(end) / 1000)
+
+
+def measure_real(name, mode, setting, device, args, runs: int, layout: str, peak: float):
+    """One row on a real length distribution: the loop's batches (packed or padded), real tokens per second."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    packed = layout == "packed"
+    n = args.batches
+    t_build = time.time()
+    if name.startswith("peft_"):
+        step, adapter_params = peft_runner(name, mode, device, 2 * n + args.steps)
+    else:
+        step, adapter_params = dynrank_runner(name, mode, device, 2 * n + args.steps, runs=runs)
+    batches = real_batches(setting, n, device, 50265, runs, packed, args.pad_multiple)
+    for i in range(2 * n):  # every shape: its eager warm-up, then its capture
+        step(batches[i % n][0])
+    synchronize(device)
+    warm_s = time.time() - t_build
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    real = step_tokens = samples = 0
+    for i in range(args.steps):
+        b, r, t = batches[i % n]
+        last = step(b)
+        real, step_tokens, samples = real + r, step_tokens + t, samples + len(b["labels"])
+    end.record()
+    synchronize(device)
+    dt = start.elapsed_time(end) / 1000
+    last = float(last.float().mean())
+    flop = FLOP_PER_TOKEN.get(name, FLOP_PER_TOKEN_FROZEN)
+    return {"impl": "peft" if name.startswith("peft_") else "dynrank", "method": name, "mode": mode,
+            "setting": setting, "layout": layout, "runs": runs, "batch_per_run": REAL[setting][1],
+            "samples_per_s": samples / dt, "real_tokens_per_s": real / dt, "step_tokens_per_s": step_tokens / dt,
+            "real_share": real / step_tokens, "step_ms": 1000 * dt / args.steps,
+            "mfu_real": real / dt * flop / peak, "flop_per_token": flop, "peak_flops": peak,
+            "peak_mem_mib": torch.cuda.max_memory_allocated(device) / 2**20, "adapter_params": adapter_params,
+            "warmup_s": warm_s, "final_loss": last, "finite": bool(math.isfinite(last))}
 PEFT = ["peft_lora", "peft_adalora", "peft_dora"]
 
 
@@ -85,6 +149,9 @@ def main(argv=None):
     ap.add_argument("--pad-multiple", type=int, default=8)
     ap.add_argument("--runs", default="1", help="dynrank rows: runs stacked in one step, e.g. 1,5 (a row per number; "
                                                 "each run has the setting's batch, 32 or 16; PEFT rows: 1)")
+    ap.add_argument("--layouts", default="padded", help="real-length settings (" + ",".join(REAL) + "): padded, "
+                    "packed (train.pack), or both; PEFT rows: padded")
+    ap.add_argument("--batches", type=int, default=24, help="real-length settings: distinct random steps, cycled")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -92,6 +159,8 @@ def main(argv=None):
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32
     lengths = cola_lengths()
+    peak = matmul_peak(device)
+    print(f"bf16 GEMM peak (8192^3): {peak / 1e12:.0f} TFLOP/s", flush=True)
     rows = []
     for setting in args.settings.split(","):
         for name in args.methods.split(","):
@@ -100,18 +169,25 @@ def main(argv=None):
                 if peft and not mode.startswith("eager"):
                     continue
                 for runs in [1] if peft or name == "full" else [int(k) for k in args.runs.split(",")]:
-                    try:
-                        r = measure(name, mode, setting, device, args, lengths, runs)
-                    except Exception as e:  # a missing method or a failed compile is reported, not fatal
-                        r = {"impl": "peft" if peft else "dynrank", "method": name, "mode": mode, "runs": runs,
-                             "setting": setting, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
-                    gc.collect()
-                    torch._dynamo.reset()
-                    torch.cuda.empty_cache()
+                    layouts = args.layouts.split(",") if setting in REAL else ["padded"]
+                    for layout in ["padded"] if peft else layouts:
+                        try:
+                            if setting in REAL:
+                                r = measure_real(name, mode, setting, device, args, runs, layout, peak)
+                            else:
+                                r = measure(name, mode, setting, device, args, lengths, runs)
+                        except Exception as e:  # a missing method or a failed compile is reported, not fatal
+                            r = {"impl": "peft" if peft else "dynrank", "method": name, "mode": mode, "runs": runs,
+                                 "setting": setting, "layout": layout,
+                                 "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                        rows.append(r)
+                        print(json.dumps(r), flush=True)
+                        gc.collect()
+                        torch._dynamo.reset()
+                        torch.cuda.empty_cache()
     device_name = torch.cuda.get_device_name(device)
     report = {"device": device_name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "bf16_gemm_peak_flops": peak,
               "command": "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "versions": versions(), "python": platform.python_version(), "rows": rows}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
@@ -127,7 +203,10 @@ def print_table(rows):
           f"{'step ms':>8} {'peak MiB':>9}")
     for r in rows:
         head = f"{r['setting']:7} {r['method']:14} {r['mode']:11} {r.get('runs', 1):4d}"
-        if "error" in r:
+        if "real_tokens_per_s" in r:
+            print(f"{head} {r['layout']:7} real tok/s {r['real_tokens_per_s']:9.0f} real share {r['real_share']:.2f} "
+                  f"MFU {100 * r['mfu_real']:4.1f}% step {r['step_ms']:7.2f} ms peak {r['peak_mem_mib']:7.0f} MiB")
+        elif "error" in r:
             print(f"{head} {'error: ' + r['error'][:60]}")
         else:
             print(f"{head} {r['samples_per_s']:9.0f} {r['steady_samples_per_s']:9.0f} "

@@ -1,8 +1,9 @@
 """GPU-only checks (skipped without CUDA; run them on a GPU machine: pytest tests/test_gpu.py).
 
-The CUDA-graph step must do the same math as the eager step: with dropout off, the loss trajectories of
-eager and graphed training agree to float rounding, for every method that declares itself graph-safe, for one
-run and for stacked runs; and stacked runs equal the same runs trained alone (tests/test_stack.py, on the GPU).
+The CUDA-graph step must do the same math as the eager step: the loss trajectories of eager and graphed training
+agree to float rounding, for every method that declares itself graph-safe, for one run and for stacked runs; stacked
+runs equal the same runs trained alone (tests/test_stack.py, on the GPU); packed steps equal padded ones and the
+dropout kernel equals its reference (dynrank/packing.py, dynrank/dropout.py).
 """
 from functools import partial
 
@@ -16,39 +17,52 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 METHODS = ["full", "bitfit", "lora", "houlsby", "pfeiffer", "dora_wd", "dylora", "adalora", "dora"]
 
 
-def _trajectory(method_name, graphs: bool, steps=24, bf16=False, seeds=(1,), device="cuda"):
+def _trajectory(method_name, graphs: bool, steps=24, bf16=False, seeds=(1,), device="cuda", packed=False,
+                dropout=0.0):
     """Losses (steps, runs) and final trainable numbers (runs, P) of the runs ``seeds`` stacked (run k: seed
-    seeds[k], learning rate (seed) x the method's, its own three batches), dropout off."""
+    seeds[k], learning rate (seed) x the method's, its own three batches of 8 sequences of 4-16 tokens), padded or
+    packed, dropout ``dropout`` (hidden, attention and the adapters': each run's own stream, dynrank.dropout)."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     from dynrank import methods
+    from dynrank.packing import pack
     from dynrank.step import make_optimizer, make_stepper, prepare_model
     from dynrank.tasks.glue import classification_losses
 
     device, runs = torch.device(device), len(seeds)
     cfg = compose([f"method={method_name}", "task=cola"])
     if "dropout" in cfg.method:
-        cfg.method.dropout = 0.0
+        cfg.method.dropout = dropout
     torch.manual_seed(0)
     model = RobertaForSequenceClassification(RobertaConfig(num_labels=2, hidden_size=128, num_hidden_layers=2,
                                                            num_attention_heads=2, intermediate_size=256,
-                                                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                                           vocab_size=1000))
+                                                           hidden_dropout_prob=dropout,
+                                                           attention_probs_dropout_prob=dropout, vocab_size=1000))
     method = methods.build(cfg, "roberta", runs=runs)
     model = method.wrap(model)
     method.init_runs(list(seeds))
-    model = prepare_model(model, method, device, bf16, False)
+    model = prepare_model(model, method, device, bf16, False, seeds=list(seeds))
     method.setup(steps)
     opt = make_optimizer(cfg.train, method, [float(cfg.train.lr) * s for s in seeds], steps)
     step = make_stepper(model, method, partial(classification_losses, runs=runs), opt, 1.0, bf16, device, graphs)
     per_run = []
     for seed in seeds:  # each run's own batches, whatever it is stacked with
         g = torch.Generator().manual_seed(100 + seed)
-        per_run.append([(torch.randint(3, 1000, (8, 16), generator=g), torch.randint(0, 2, (8,), generator=g))
-                        for _ in range(3)])
-    batches = [{"input_ids": torch.cat([r[i][0] for r in per_run]).to(device),
-                "attention_mask": torch.ones(8 * runs, 16, dtype=torch.long, device=device),
-                "labels": torch.cat([r[i][1] for r in per_run]).to(device)} for i in range(3)]
+        per_run.append([([[0, *torch.randint(3, 1000, (int(n),), generator=g).tolist(), 2]
+                          for n in torch.randint(2, 15, (8,), generator=g)],
+                         torch.randint(0, 2, (8,), generator=g)) for _ in range(3)])
+    batches = []
+    for i in range(3):
+        rows = [r for run in per_run for r in run[i][0]]
+        if packed:
+            b = pack(rows, runs, pad_id=1, position_offset=2, multiple=8)
+        else:
+            ids = torch.ones(len(rows), 16, dtype=torch.long)
+            for j, r in enumerate(rows):
+                ids[j, :len(r)] = torch.tensor(r)
+            b = {"input_ids": ids, "attention_mask": (ids != 1).long()}
+        b["labels"] = torch.cat([run[i][1] for run in per_run])
+        batches.append({k: v.to(device) for k, v in b.items()})
     losses = []
     for s in range(steps):
         loss, _ = step(batches[s % 3], s)
@@ -86,6 +100,39 @@ def test_stacked_runs_equal_solo_runs_on_gpu(name):
         # parameters: AdamW turns rounding in near-zero gradients (AdaLoRA's masked triplets) into lr-sized
         # steps, so they agree less closely than the losses (H200, 2026-12-04: adalora's losses to 1.2e-7)
         assert torch.allclose(params[k], alone_params[0], rtol=1e-4, atol=1e-4), seed
+
+
+@pytest.mark.parametrize("name", ["lora", "dora", "adalora", "houlsby", "bitfit"])
+def test_packed_graphed_steps(name):
+    """Packed steps as CUDA graphs, dropout ON (each run's keyed stream): graphed = eager, packed = padded (fp32, to
+    rounding), and a run stacked beside two others = the run alone (bf16, the fast path: to bf16 rounding)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    eager, _ = _trajectory(name, False, packed=True, dropout=0.1, seeds=(1, 2))
+    graphed, _ = _trajectory(name, True, packed=True, dropout=0.1, seeds=(1, 2))
+    padded, _ = _trajectory(name, True, packed=False, dropout=0.1, seeds=(1, 2))
+    assert torch.allclose(eager, graphed, rtol=1e-4, atol=1e-5), (eager, graphed)
+    assert torch.allclose(padded, graphed, rtol=1e-4, atol=1e-5), (padded, graphed)
+    stacked, _ = _trajectory(name, True, packed=True, dropout=0.1, seeds=(1, 2, 3), bf16=True)
+    alone, _ = _trajectory(name, True, packed=True, dropout=0.1, seeds=(2,), bf16=True)
+    assert torch.allclose(stacked[:, 1], alone[:, 0], rtol=2e-2, atol=2e-2), (stacked[:, 1], alone[:, 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_dropout_kernel_equals_the_reference(dtype):
+    """The GPU kernel keeps exactly the elements the reference (torch integer ops) keeps, scales by 1/(1-p), and
+    its backward applies the same mask."""
+    from dynrank import dropout
+
+    assert dropout._triton() is not None, "Triton is not importable on this GPU machine"
+    seeds, step = torch.tensor([3, 2**31 + 5], device="cuda"), torch.tensor(987, device="cuda")
+    x = torch.randn(2 * 300, 1000, device="cuda", dtype=dtype, requires_grad=True)
+    keys = torch.arange(600, device="cuda") * 13
+    y = dropout.keyed_dropout(x, keys, 1000, seeds, step, 7, 0.1)
+    want = dropout.keep_mask(600, 1000, keys, 1000, seeds, step, 7, 0.1)
+    assert torch.equal(y != 0, want & (x != 0))
+    assert torch.allclose(y[want].float(), (x[want].float() / 0.9), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, want)
 
 
 def test_bf16_layer_norm_keeps_the_residual_stream_bf16():

@@ -129,7 +129,7 @@ def test_keyed_hash_is_lowbias32_on_plain_ints():
     K = [mix(mix(mix(s) ^ 123456) ^ ((site * 0x9E3779B9) & M)) for s in seeds.tolist()]
     keys = torch.tensor([0, 1, 700, 4_000_000])
     mask = dropout.keep_mask(4, 10, keys, 10, seeds, step, site, p)
-    want = [[(mix(mix((k * 10 + j) & M) ^ K[r // 2]) >> 8) >= round(p * 2**24) for j in range(10)]
+    want = [[(mix(((k * 10 + j) & M) ^ K[r // 2]) >> 8) >= round(p * 2**24) for j in range(10)]
             for r, k in enumerate(keys.tolist())]
     assert mask.tolist() == want
 
