@@ -53,3 +53,65 @@ def use_for(model) -> None:
         config = getattr(m, "config", None)
         if config is not None and hasattr(config, "_attn_implementation"):
             config._attn_implementation = NAME
+
+
+def packed_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
+                     lens: torch.Tensor, width: int, dropout_p: float, scaling: float):
+    """Attention of a packed batch on a GPU with Triton, each (sequence, head) one tile read from and written to
+    the packed rows (``_triton_attention``); None where the kernel does not apply (no Triton, a CPU, sequences over
+    128 tokens, a head size that is not a power of two from 16 to 128): the caller then gathers a padded view."""
+    heads, dh = module.num_attention_heads, module.attention_head_size
+    if not (q.is_cuda or _interpreting()) or width > 128 or dh not in (16, 32, 64, 128) or _kernels() is None:
+        return None
+    drop = module.dropout
+    p = dropout_p if module.training else 0.0
+    return _PackedAttention.apply(q, k, v, start, lens, drop.stream.seeds, drop.stream.step, drop.site, p, scaling,
+                                  heads, dh, max(16, 1 << (width - 1).bit_length()))
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+_KERNELS = None
+
+
+def _kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            from . import _triton_attention
+            _KERNELS = _triton_attention
+        except ImportError:
+            _KERNELS = False
+    return _KERNELS or None
+
+
+class _PackedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, start, lens, seeds, step, site, p, scale, heads, dh, block):
+        from .dropout import _GOLDEN, M32, _threshold
+
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        T, H = q.shape[-2], q.shape[-1]
+        n = start.numel()
+        o = torch.zeros_like(q)
+        lse = torch.empty(n * heads * block, dtype=torch.float32, device=q.device)
+        args = (start, lens, seeds, step, n // seeds.numel(), heads, H, scale, (site * _GOLDEN) & M32,
+                _threshold(p), 1.0 / (1.0 - p))
+        meta = dict(DROPOUT=p > 0, IEEE=q.dtype == torch.float32, BLOCK=block, DH=dh,
+                    num_warps=4 if block <= 64 else 8)
+        _kernels()._fwd[(n, heads)](q, k, v, o, lse, *args, **meta)
+        ctx.save_for_backward(q, k, v, lse, start, lens, seeds, step)
+        ctx.args, ctx.meta = args[4:], meta  # per_run, heads, stride, scale, site key, threshold, drop scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, lse, start, lens, seeds, step = ctx.saved_tensors
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        _kernels()._bwd[(start.numel(), ctx.args[1])](q, k, v, do.contiguous(), lse, dq, dk, dv, start, lens, seeds,
+                                                       step, *ctx.args, **ctx.meta)
+        return dq, dk, dv, *([None] * 10)

@@ -8,8 +8,9 @@ those tokens are real (issue 26's table). A packed batch is one flat tensor of t
 every run's block the same size (its real tokens, then filler up to ``bucket``(the largest run's count)), so the
 rows of each run stay contiguous and equal in number and the per-run products of ``methods/layers.py`` stay batched
 GEMMs (``by_run``). Every linear layer (frozen and adapter), layer norm, GELU, dropout and residual add of the
-encoder runs over these rows; attention runs per sequence, on a padded view gathered around it
-(``attention.attend``), so it sees exactly the sequence's own tokens. The filler rows are computed and never read.
+encoder runs over these rows; attention runs per sequence, so it sees exactly the sequence's own tokens: on a GPU a
+Triton kernel reads each sequence's rows in place (``attention.packed_attention``, sequences up to 128 tokens),
+elsewhere a padded view is gathered around ``attention.attend``. The filler rows are computed and never read.
 The number of shapes (and so of CUDA graphs) is bounded by the buckets: the block size rounded up to at most 16
 steps per doubling, the longest sequence to the task's ``pad_to_multiple``.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import attend
+from .attention import attend, packed_attention
 from .dropout import MAX_POSITIONS
 
 PACKED = "seq_start"  # the key that marks a packed batch
@@ -111,7 +112,7 @@ def encode(model, batch: dict) -> torch.Tensor:
     base = encoder_of(model)
     h = base.embeddings(input_ids=batch["input_ids"][None], token_type_ids=batch["token_type_ids"][None],
                         position_ids=batch["position_ids"][None])
-    view = (batch["gather"], batch["valid"], batch["scatter"])
+    view = (batch["gather"], batch["valid"], batch["scatter"], batch[PACKED], batch["seq_len"])
     for layer in base.encoder.layer:
         h = _layer(layer, h, view)
     return h[0]
@@ -119,18 +120,20 @@ def encode(model, batch: dict) -> torch.Tensor:
 
 def _layer(layer, h: torch.Tensor, view) -> torch.Tensor:
     """One encoder layer on rows (1, T, hidden): attention per sequence, the rest row-wise."""
-    gather, valid, scatter = view
+    gather, valid, scatter, start, lens = view
     sa = layer.attention.self
     heads, dh = sa.num_attention_heads, sa.attention_head_size
     N, width = valid.shape
-
-    def seqs(x):  # (1, T, heads * dh) -> (N, heads, width, dh)
-        return x[0].index_select(0, gather).view(N, width, heads, dh).transpose(1, 2)
-
-    q, k, v = seqs(sa.query(h)), seqs(sa.key(h)), seqs(sa.value(h))
+    q, k, v = sa.query(h), sa.key(h), sa.value(h)
     p = sa.dropout.p if sa.training else 0.0
-    ctx = attend(sa, q, k, v, valid[:, None, None, :], p, sa.scaling)  # (N, heads, width, dh)
-    ctx = ctx.transpose(1, 2).reshape(N * width, heads * dh).index_select(0, scatter)[None]
+    ctx = packed_attention(sa, q, k, v, start, lens, width, p, sa.scaling)  # a GPU kernel on the rows, or None
+    if ctx is None:  # a padded view of each sequence around attention
+
+        def seqs(x):  # (1, T, heads * dh) -> (N, heads, width, dh)
+            return x[0].index_select(0, gather).view(N, width, heads, dh).transpose(1, 2)
+
+        ctx = attend(sa, seqs(q), seqs(k), seqs(v), valid[:, None, None, :], p, sa.scaling)  # (N, heads, width, dh)
+        ctx = ctx.transpose(1, 2).reshape(N * width, heads * dh).index_select(0, scatter)[None]
     h = layer.attention.output(ctx, h)
     return layer.output(layer.intermediate(h), h)
 

@@ -168,3 +168,17 @@ def test_bucket_bounds_filler_and_sizes():
     sizes = {bucket(n) for n in range(1, 5000)}
     assert all(bucket(n) >= n and bucket(n) - n <= max(16, n / 8) for n in range(1, 5000))
     assert len(sizes) < 120
+
+
+def test_packed_attention_kernel_in_triton_interpreter():
+    """The GPU attention kernel (Triton, run by its interpreter on a CPU) equals ``attention.attend`` on the padded
+    view, forward and backward, with the keyed attention dropout and without; filler rows get no gradient."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    code = ROOT / "tests" / "triton_attention_check.py"
+    out = subprocess.run([sys.executable, str(code)], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ok" in out.stdout
