@@ -1,9 +1,10 @@
 """Stacked runs (``train.stack``): several runs of one cell trained as one model equal the same runs trained alone.
 
-With every dropout off, each stacked run's losses, dev metrics and final trainable tensors (its checkpoint: the
-parameters, AdamW's moments, the method's state: DoRA's importance and masks, AdaLoRA's EMAs and rank pattern)
-equal its solo run's to float rounding, for every method that stacks, for seeds and for a learning-rate grid,
-through DoRA's and AdaLoRA's pruning. Also: per-run clipping, one run's NaN, resume, runs finished already.
+With dropout on (each run its own keyed stream, dynrank/dropout.py), each stacked run's losses, dev metrics and
+final trainable tensors (its checkpoint: the parameters, AdamW's moments, the method's state: DoRA's importance and
+masks, AdaLoRA's EMAs and rank pattern) equal its solo run's to float rounding, for every method that stacks, for
+seeds and for a learning-rate grid, through DoRA's and AdaLoRA's pruning; the stack packed (train.pack), the solo
+runs padded. Also: per-run clipping, one run's NaN, resume, runs finished already.
 On a GPU, tests/test_gpu.py runs the same comparison.
 """
 import json
@@ -13,31 +14,16 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli, compose, tiny_overrides
-from dynrank import models
 from dynrank.errors import TrainingError
 from dynrank.side_by_side import run_side_by_side, stacks
 
 STACKING = ["lora", "dora", "adalora", "dora_wd", "dylora", "bitfit", "houlsby", "pfeiffer"]
 
 
-@pytest.fixture
-def no_dropout(monkeypatch):
-    """The tiny backbone without dropout: a stacked run's dropout masks are drawn for the whole stack."""
-    build = models.build_tiny_config
-
-    def quiet(*a, **k):
-        c = build(*a, **k)
-        c.hidden_dropout_prob = c.attention_probs_dropout_prob = 0.0
-        return c
-    monkeypatch.setattr(models, "build_tiny_config", quiet)
-
-
 def cfg(tmp_path, method, seed, lr, store, *extra, device="cpu"):
     over = [f"method={method}", f"seed={seed}", f"train.lr={lr}", f"results.store={tmp_path / store}",
             "data.max_train_samples=48", "train.batch_size=8", "train.log_every=1", f"train.device={device}",
             "train.stack=true", *extra]
-    if method not in ("bitfit", "full", "houlsby", "pfeiffer"):
-        over.append("method.dropout=0.0")
     return compose(tiny_overrides(tmp_path, *over))
 
 
@@ -67,15 +53,15 @@ def assert_same_runs(stacked_dirs, solo_dirs, stacked, solo, atol=1e-5):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", STACKING)
-def test_stacked_runs_equal_solo_runs(method, tmp_path, no_dropout):
-    """Runs of two seeds and two learning rates, stacked, against each alone (DoRA and AdaLoRA prune inside the 12
-    steps); tests/test_gpu.py stacks three on a GPU."""
+def test_stacked_runs_equal_solo_runs(method, tmp_path):
+    """Runs of two seeds and two learning rates, stacked and packed, against each alone and padded, dropout on
+    (DoRA and AdaLoRA prune inside the 12 steps); tests/test_gpu.py stacks three on a GPU."""
     grid = [(1, 1e-3), (2, 4e-3)]
-    cfgs = [cfg(tmp_path, method, s, lr, "stacked", "train.epochs=2") for s, lr in grid]
+    cfgs = [cfg(tmp_path, method, s, lr, "stacked", "train.epochs=2", "train.pack=true") for s, lr in grid]
     dirs = [tmp_path / "stacked" / f"run{i}" for i in range(len(grid))]
     assert [len(g) for g in stacks([_opened(c, d) for c, d in zip(cfgs, dirs)])] == [2]
     stacked = train(cfgs, dirs)
-    assert all(r["training"]["stacked_runs"] == 2 for r in stacked)
+    assert all(r["training"]["stacked_runs"] == 2 and r["training"]["packed"] for r in stacked)
     solo_dirs = [tmp_path / "solo" / f"run{i}" for i in range(len(grid))]
     solo = [train([cfg(tmp_path, method, s, lr, "solo", "train.epochs=2")], [d])[0]
             for (s, lr), d in zip(grid, solo_dirs)]
@@ -100,7 +86,7 @@ def test_full_fine_tuning_runs_side_by_side(tmp_path):
 
 
 @pytest.mark.slow
-def test_each_run_clips_its_own_gradients(tmp_path, no_dropout):
+def test_each_run_clips_its_own_gradients(tmp_path):
     """One run at an absurd learning rate (its gradients explode) beside a sane one: the sane run trains exactly
     as alone, and the other stops with the NaN error once the sane run has finished and written its results."""
     sane = cfg(tmp_path, "lora", 1, 1e-3, "st")
