@@ -35,6 +35,7 @@ import heapq
 import itertools
 import json
 import math
+import random
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -136,6 +137,32 @@ def sorted_batches(hist: Hist, n: int, batch: int, multiple: int = 1) -> tuple[i
     return math.ceil(n / batch), float(tokens)
 
 
+_PACKED_CACHE: dict = {}
+
+
+def packed_step_tokens(hist: Hist, k: int, batch: int, samples: int = 200) -> float:
+    """E[rows a packed step multiplies] (``train.pack``, dynrank/packing.py): k x bucket(the most real tokens of the
+    k runs' batches), each run's batch drawn at random from ``hist``; by simulation (a fixed seed)."""
+    from dynrank.packing import bucket
+
+    key = (id(hist), k, batch)
+    if key not in _PACKED_CACHE:
+        rng = random.Random(0)
+        lengths, weights = zip(*sorted(hist.items()))
+        cum = list(itertools.accumulate(weights))
+        total = 0
+        for _ in range(samples):
+            most = max(sum(rng.choices(lengths, cum_weights=cum, k=batch)) for _ in range(k))
+            total += k * bucket(most)
+        _PACKED_CACHE[key] = total / samples
+    return _PACKED_CACHE[key]
+
+
+def real_step_tokens(hist: Hist, k: int, batch: int) -> float:
+    """E[real tokens of a step of k runs of ``batch`` examples]."""
+    return k * batch * sum(n * c for n, c in hist.items()) / sum(hist.values())
+
+
 # --- the device: step cost fitted from the bench, start-up and side-by-side from the seeds run ---------
 @dataclass
 class Rate:
@@ -187,6 +214,42 @@ def fit_rates(bench: Path) -> dict[tuple[str, int], Rate]:
     return rates
 
 
+def packed_bench() -> Path | None:
+    """The newest bench with packed rows of the default path (graph-bf16) on real GLUE lengths, or None."""
+    try:
+        return newest("bench-*.json", lambda d: sum(1 for r in d["rows"] if r.get("layout") == "packed" and
+                                                    r.get("mode") == "graph-bf16" and "error" not in r
+                                                    and r.get("setting") != "squad") >= 2)
+    except ConfigError:
+        return None
+
+
+def fit_packed_rates(bench: Path) -> dict[tuple[str, int, str], Rate]:
+    """Packed steps (``train.pack``): per (method, runs stacked, family), a + b x (rows a step multiplies), least
+    squares through the bench's real-length GLUE settings (sst2, cola, mrpc, rte, stsb: 13 to 67 tokens a
+    sequence); SQuAD's windows (384 tokens: attention on a gathered padded view, not the kernel) through its own row,
+    b alone."""
+    doc = json.loads(bench.read_text())
+    points: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
+    for r in doc["rows"]:
+        if r.get("layout") != "packed" or r.get("mode") != "graph-bf16" or "error" in r:
+            continue
+        family = "squad" if r["setting"] == "squad" else "glue"
+        tokens = r["step_tokens_per_s"] * r["step_ms"] / 1000
+        points.setdefault((r["method"], int(r["runs"]), family), []).append((tokens, r["step_ms"]))
+    rates = {}
+    for key, pts in points.items():
+        if len(pts) >= 2:
+            n, sx, sy = len(pts), sum(x for x, _ in pts), sum(y for _, y in pts)
+            sxx, sxy = sum(x * x for x, _ in pts), sum(x * y for x, y in pts)
+            b = (n * sxy - sx * sy) / (n * sxx - sx * sx)
+            a = (sy - b * sx) / n
+        else:
+            a, b = 0.0, pts[0][1] / pts[0][0]
+        rates[key] = Rate(a, 1000 * b, f"{bench.name}: {key[1]} run(s) packed, {len(pts)} setting(s)")
+    return rates
+
+
 def rate_of(method: str, k: int, rates: dict[tuple[str, int], Rate], notes: set) -> Rate:
     """The step cost of ``k`` runs of ``method`` stacked: a and b interpolated linearly in k between the bench's
     1-run and 5-run rows (beyond 5: extrapolated); a method without rows takes lora's, without 5-run rows its own
@@ -218,6 +281,7 @@ class Device:
     fixed_s: float          # per job: start-up (imports, model, data, final writes) and graph captures
     check: str              # the model against the measured stacked training run
     sources: list[str]
+    packed: dict = field(default_factory=dict)  # (method, runs, family) -> step cost of packed steps, if measured
 
     def ckpt_s(self, method: str) -> float:
         params = self.params.get(method, self.params.get("lora", 0)) + HEAD_PARAMS
@@ -233,6 +297,9 @@ def measured_device() -> Device:
     rates = fit_rates(bench)
     params = {r["method"]: int(r["adapter_params"]) for r in b["rows"] if r["impl"] == "dynrank" and "error" not in r}
     dev = Device(b["device"], rates, params, 0.0, "", [bench.name, stacked.name])
+    if (pb := packed_bench()) is not None:
+        dev.packed = fit_packed_rates(pb)
+        dev.sources.append(pb.name)
     # The stacked seeds run: the real CLI, real RTE (2,490 / 277 pairs, lengths benchmarks/rte_*_lengths.json),
     # batch 16 per run, eval batch 128, the fast path's padding (8), one job of k runs stacked and one run alone.
     notes: set = set()
@@ -356,16 +423,39 @@ def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
     bs, epochs, multiple = int(cfg.train.batch_size), int(cfg.train.epochs), gpu_pad_multiple(cfg)
     steps = math.ceil(w.n_train / bs)
     train_s = eval_s = tokens = 0.0
+    packed = packs(cfg, dev, notes)
     for j in sizes:  # one stack after another
         rate = rate_of(cfg.method.name, j, dev.rates, notes)
-        t = epoch_tokens(w.train, w.n_train * j, bs * j, multiple) + j * w.n_train * w.target_tokens
-        train_s, tokens = train_s + rate.time_s(steps, t) * epochs, tokens + t * epochs
+        if packed:  # the rows a packed step multiplies, at the packed steps' cost
+            step_rate = rate_of(cfg.method.name, j, packed, notes)
+            t = steps * packed_step_tokens(w.train, j, bs)
+        else:
+            step_rate = rate
+            t = epoch_tokens(w.train, w.n_train * j, bs * j, multiple) + j * w.n_train * w.target_tokens
+        train_s, tokens = train_s + step_rate.time_s(steps, t) * epochs, tokens + t * epochs
         for n, hist in w.evals:
             batches, eval_tokens = sorted_batches(hist, n, int(cfg.train.eval_batch_size), multiple)
             eval_s += epochs * (EVAL_FRACTION * rate.time_s(batches, j * eval_tokens)
                                 + batches * w.gen_steps * GEN_MS_PER_STEP / 1000)
     return JobEstimate(cfg.task.name, cell_of(cfg), k, size > 1, w.n_train, bs, epochs, steps * epochs * len(sizes),
                        tokens, train_s, eval_s, k * dev.ckpt_s(cfg.method.name) * epochs, dev.fixed_s)
+
+
+def packs(cfg, dev: Device, notes: set) -> dict[tuple[str, int], Rate] | None:
+    """The packed steps' costs of ``cfg``'s task family where its runs train packed on a GPU (``train.pack``: GLUE
+    and SQuAD), by (method, runs stacked); None: padded steps."""
+    import torch
+
+    from dynrank.device import fast_path
+
+    family = cfg.task.family
+    if family not in ("glue", "squad") or not fast_path(cfg, torch.device("cuda"))["pack"]:
+        return None
+    rates = {(m, k): r for (m, k, f), r in dev.packed.items() if f == family}
+    if ("lora", 1) not in rates:
+        notes.add(f"{family}: packed steps not in the newest bench; projected at the padded steps' cost")
+        return None
+    return rates
 
 
 def gpu_pad_multiple(cfg) -> int:

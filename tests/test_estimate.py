@@ -170,3 +170,53 @@ def test_bad_override_is_one_line_error(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown experiment 'table2_r8x'") and "\n" not in err
+
+
+# --- packed steps (train.pack) ---------------------------------------------------------------------------------
+def test_packed_step_tokens_match_the_packed_batches():
+    """The simulated rows of a packed step against dynrank.packing.pack on batches drawn the same way."""
+    from dynrank.packing import pack
+
+    rng = random.Random(1)
+    lengths = [min(128, int(rng.lognormvariate(2.5, 0.6))) + 2 for _ in range(2000)]
+    hist = {}
+    for n in lengths:
+        hist[n] = hist.get(n, 0) + 1
+    got = est.packed_step_tokens(hist, 5, 32, samples=400)
+    draws = []
+    for _ in range(300):
+        rows = [[0] * rng.choice(lengths) for _ in range(5 * 32)]
+        draws.append(pack(rows, 5, pad_id=1, position_offset=2)["input_ids"].numel())
+    assert got == pytest.approx(sum(draws) / len(draws), rel=0.02)
+    real = est.real_step_tokens(hist, 5, 32)
+    assert real < got < 1.25 * real  # filler: the bucket and the longest run's excess (~18% here), not padding
+    assert got < 5 * 32 * est.expected_padded_max(hist, 5 * 32, 8)
+
+
+def test_packed_rates_fit_the_bench_rows(tmp_path):
+    """a + b x rows through the packed GLUE rows of a bench file; SQuAD through its own row."""
+    rows = [{"impl": "dynrank", "method": "lora", "mode": "graph-bf16", "layout": "packed", "runs": 1,
+             "setting": s, "step_ms": 1.0 + 0.002 * t, "step_tokens_per_s": t / ((1.0 + 0.002 * t) / 1000)}
+            for s, t in (("sst2", 900), ("rte", 1200), ("cola", 400))]
+    rows.append({"impl": "dynrank", "method": "lora", "mode": "graph-bf16", "layout": "packed", "runs": 1,
+                 "setting": "squad", "step_ms": 12.0, "step_tokens_per_s": 6000 / 0.012})
+    path = tmp_path / "bench-X-20990101-0000.json"
+    path.write_text(json.dumps({"device": "X", "date": "2099", "rows": rows}))
+    rates = est.fit_packed_rates(path)
+    glue, squad = rates["lora", 1, "glue"], rates["lora", 1, "squad"]
+    assert (glue.a_ms, glue.b_us) == (pytest.approx(1.0), pytest.approx(2.0))
+    assert squad.time_s(1, 6000) == pytest.approx(0.012)
+
+
+def test_a_packed_job_costs_its_rows_not_its_padding(device):
+    """Where packed steps are measured, a GLUE job is costed at the rows packing multiplies (fewer than padding's)."""
+    cfg = compose(["task=sst2", "method=lora", "seeds=[1,2,3,4,5]"])
+    notes = set()
+    rate = est.Rate(1.0, 2.0, "test")
+    dev = est.Device(device.name, device.rates, device.params, 0.0, "", [],
+                     {(m, k, "glue"): rate for m in ("lora",) for k in (1, 5)})
+    packed = est.estimate_job(cfg, 5, dev, notes)
+    padded = est.estimate_job(cfg, 5, est.Device(device.name, device.rates, device.params, 0.0, "", []), set())
+    assert packed.tokens < 0.5 * padded.tokens
+    steps = packed.steps
+    assert packed.train_s == pytest.approx(rate.time_s(steps, packed.tokens), rel=1e-6)
