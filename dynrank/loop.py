@@ -53,7 +53,9 @@ class Trainer:
         self.amp = self.fast["bf16"]
         seed_everything(runs[0].seed)  # the global generators; each run's initialisation and dropout are its own seed's
         self.method = method = methods.build(cfg, cfg.model.family, runs=self.R)
-        self.model = model = method.wrap(self.task.build_model())
+        backbone = self.task.build_model()
+        self.task.check_positions(backbone)
+        self.model = model = method.wrap(backbone)
         method.init_runs([r.seed for r in runs], [r.cfg.method for r in runs])
         step_model = prepare_model(model, method, device, self.amp, bool(cfg.train.get("compile", False)),
                                    seeds=[r.seed for r in runs])

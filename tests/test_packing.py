@@ -182,3 +182,22 @@ def test_packed_attention_kernel_in_triton_interpreter():
                          env={**__import__("os").environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok" in out.stdout
+
+
+def test_max_length_past_the_positions_is_one_line(tmp_path):
+    """task.max_length over the model's positions (RoBERTa: 514 - 2) is refused before training, naming the bound."""
+    from dynrank.errors import ConfigError
+    from dynrank.side_by_side import run
+
+    cfg = compose(tiny_overrides(tmp_path, "task.max_length=600"))
+    with pytest.raises(ConfigError, match=r"task.max_length=600 is longer than the 512 positions .*task.max_length=512"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_an_empty_sentence_packs_as_its_special_tokens(tmp_path):
+    """An empty sentence is <s></s> (2 tokens): packed = padded with it in the batch."""
+    task, ds, model = build(tmp_path, "lora")
+    ds.columns["input_ids"][5] = [0, 2]
+    ds.__dict__.pop("_flat", None)
+    assert_packed_equals_padded(task, ds, model, ([5, 3, 0], [1, 2, 9]))

@@ -49,6 +49,18 @@ class Task:
         """The position id of a sequence's first token: RoBERTa's count from padding_idx + 1, BERT's from 0."""
         return self.tokenizer.pad_token_id + 1 if self.cfg.model.family == "roberta" else 0
 
+    def check_positions(self, model) -> None:
+        """Refuse a ``task.max_length`` past the model's position embeddings (a longer sequence would index past
+        them: a CUDA assert or an IndexError deep in the embedding)."""
+        n = getattr(model.config, "max_position_embeddings", None)
+        if n is None:
+            return
+        room = n - self.position_offset() if self.cfg.model.family == "roberta" else n
+        if int(self.cfg.task.max_length) > room:
+            from ..errors import ConfigError
+            raise ConfigError(f"task.max_length={self.cfg.task.max_length} is longer than the {room} positions of "
+                              f"model={self.cfg.model.id}; set task.max_length={room} or less")
+
     def run_losses(self, model, batch: dict[str, torch.Tensor], runs: int) -> torch.Tensor:
         """The task loss of each of ``runs`` stacked runs (R,): ``batch`` holds their batches concatenated, run-major
         (``collate`` of run 0's examples, then run 1's, ...); each run's loss is the mean over its own examples, as
