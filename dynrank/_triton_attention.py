@@ -8,19 +8,30 @@ with TRITON_INTERPRET=1, on a CPU: tests/test_packing.py)."""
 import triton
 import triton.language as tl
 
-from ._triton_dropout import mix
+from ._triton_dropout import mix, stream_key
 from .dropout import MAX_POSITIONS
 
 
 @triton.jit
-def _keep(seed, step, site_key, seq_key, head, heads, offs_m, offs_n, threshold):
-    """The keep mask (BLOCK, BLOCK) of one (sequence, head): dropout._mix over the attention counters."""
-    k = mix(seed)
-    k = mix(k ^ step)
-    k = mix(k ^ site_key)
-    row = (seq_key * heads + head) * MAX_POSITIONS + offs_m
-    counter = (row[:, None] * MAX_POSITIONS + offs_n[None, :]).to(tl.uint64) & 0xFFFFFFFF
-    return (mix(counter ^ k) >> 8) >= threshold
+def _keep(seeds_ptr, step_ptr, n, per_run, site_key, head, heads, offs, threshold):
+    """The keep mask (BLOCK, BLOCK) of sequence n's head ``head``: dropout._mix over the attention counters, keyed by
+    its run's seed, the step and the site."""
+    k = stream_key(seeds_ptr, step_ptr, n // per_run, site_key, True)
+    row = ((n % per_run) * heads + head) * MAX_POSITIONS + offs
+    counter = (row[:, None] * MAX_POSITIONS + offs[None, :]).to(tl.uint64) & 0xFFFFFFFF
+    return (mix(counter ^ k) >> 8) >= threshold.to(tl.uint64)
+
+
+@triton.jit
+def _tile(ptr, start_ptr, len_ptr, n, h, stride, BLOCK: tl.constexpr, DH: tl.constexpr):
+    """Sequence n's head h: its rows' offsets in the packed (T, stride) tensors, which of them it holds, its
+    length, and the tile of ``ptr`` there (BLOCK, DH), zeros past the sequence."""
+    start = tl.load(start_ptr + n)
+    L = tl.load(len_ptr + n)
+    offs = tl.arange(0, BLOCK)
+    rows = (start + offs).to(tl.int64)[:, None] * stride + h * DH + tl.arange(0, DH)[None, :]
+    inside = offs[:, None] < L
+    return rows, inside, L, offs, tl.load(ptr + rows, mask=inside, other=0.0)
 
 
 @triton.jit
@@ -29,13 +40,7 @@ def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, len_ptr, seeds_ptr, ste
          DH: tl.constexpr):
     n = tl.program_id(0)
     h = tl.program_id(1)
-    start = tl.load(start_ptr + n)
-    L = tl.load(len_ptr + n)
-    offs_m = tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, DH)
-    rows = (start + offs_m).to(tl.int64)[:, None] * stride + h * DH + offs_d[None, :]
-    inside = offs_m[:, None] < L
-    q = tl.load(q_ptr + rows, mask=inside, other=0.0)
+    rows, inside, L, offs_m, q = _tile(q_ptr, start_ptr, len_ptr, n, h, stride, BLOCK, DH)
     k = tl.load(k_ptr + rows, mask=inside, other=0.0)
     v = tl.load(v_ptr + rows, mask=inside, other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision="ieee" if IEEE else "tf32") * scale
@@ -46,10 +51,7 @@ def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, len_ptr, seeds_ptr, ste
     p = p / den[:, None]
     tl.store(lse_ptr + (n * heads + h) * BLOCK + offs_m, m + tl.log(den))
     if DROPOUT:
-        seed = tl.load(seeds_ptr + n // per_run).to(tl.uint64) & 0xFFFFFFFF
-        step = tl.load(step_ptr).to(tl.uint64) & 0xFFFFFFFF
-        keep = _keep(seed, step, site_key.to(tl.uint64), n % per_run, h, heads, offs_m, offs_m,
-                     threshold.to(tl.uint64))
+        keep = _keep(seeds_ptr, step_ptr, n, per_run, site_key, h, heads, offs_m, threshold)
         p = tl.where(keep, p * drop_scale, 0.0)
     o = tl.dot(p.to(v.dtype), v, input_precision="ieee" if IEEE else "tf32")
     tl.store(o_ptr + rows, o.to(o_ptr.dtype.element_ty), mask=inside)
@@ -61,13 +63,7 @@ def _bwd(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, start_ptr
          BLOCK: tl.constexpr, DH: tl.constexpr):
     n = tl.program_id(0)
     h = tl.program_id(1)
-    start = tl.load(start_ptr + n)
-    L = tl.load(len_ptr + n)
-    offs_m = tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, DH)
-    rows = (start + offs_m).to(tl.int64)[:, None] * stride + h * DH + offs_d[None, :]
-    inside = offs_m[:, None] < L
-    q = tl.load(q_ptr + rows, mask=inside, other=0.0)
+    rows, inside, L, offs_m, q = _tile(q_ptr, start_ptr, len_ptr, n, h, stride, BLOCK, DH)
     k = tl.load(k_ptr + rows, mask=inside, other=0.0)
     v = tl.load(v_ptr + rows, mask=inside, other=0.0)
     do = tl.load(do_ptr + rows, mask=inside, other=0.0)
@@ -77,10 +73,7 @@ def _bwd(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, start_ptr
     p = tl.where((offs_m[None, :] < L) & (offs_m[:, None] < L), tl.exp(s - lse[:, None]), 0.0)
     dpd = tl.dot(do, tl.trans(v), input_precision=prec)  # d(dropped p)
     if DROPOUT:
-        seed = tl.load(seeds_ptr + n // per_run).to(tl.uint64) & 0xFFFFFFFF
-        step = tl.load(step_ptr).to(tl.uint64) & 0xFFFFFFFF
-        keep = _keep(seed, step, site_key.to(tl.uint64), n % per_run, h, heads, offs_m, offs_m,
-                     threshold.to(tl.uint64))
+        keep = _keep(seeds_ptr, step_ptr, n, per_run, site_key, h, heads, offs_m, threshold)
         pd = tl.where(keep, p * drop_scale, 0.0)
         dp = tl.where(keep, dpd * drop_scale, 0.0)
     else:

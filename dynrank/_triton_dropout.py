@@ -17,16 +17,20 @@ def mix(x):  # lowbias32 on uint64 holding 32-bit values (a product of two of th
 
 
 @triton.jit
+def stream_key(seeds_ptr, step_ptr, run, site_key, mask):
+    """K(seed of ``run``, step, site): ``dropout.stream_keys`` for each lane's run."""
+    seed = tl.load(seeds_ptr + run, mask=mask, other=0).to(tl.uint64) & 0xFFFFFFFF
+    step = tl.load(step_ptr).to(tl.uint64) & 0xFFFFFFFF
+    return mix(mix(mix(seed) ^ step) ^ site_key.to(tl.uint64))
+
+
+@triton.jit
 def kernel(x_ptr, out_ptr, keys_ptr, seeds_ptr, step_ptr, rows, width, rows_per_run, counter_width,
            site_key, threshold, scale, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rmask = r < rows
-    seed = tl.load(seeds_ptr + r // rows_per_run, mask=rmask, other=0).to(tl.uint64) & 0xFFFFFFFF
-    step = tl.load(step_ptr).to(tl.uint64) & 0xFFFFFFFF
-    k = mix(seed)
-    k = mix(k ^ step)
-    k = mix(k ^ site_key.to(tl.uint64))
+    k = stream_key(seeds_ptr, step_ptr, r // rows_per_run, site_key, rmask)
     rk = tl.load(keys_ptr + r, mask=rmask, other=0)
     counter = (rk[:, None] * counter_width + c[None, :]).to(tl.uint64) & 0xFFFFFFFF
     u = mix(counter ^ k[:, None])

@@ -75,18 +75,10 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-_KERNELS = None
-
-
 def _kernels():
-    global _KERNELS
-    if _KERNELS is None:
-        try:
-            from . import _triton_attention
-            _KERNELS = _triton_attention
-        except ImportError:
-            _KERNELS = False
-    return _KERNELS or None
+    from .dropout import triton_kernels
+
+    return triton_kernels("_triton_attention")
 
 
 class _PackedAttention(torch.autograd.Function):

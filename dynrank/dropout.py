@@ -19,6 +19,9 @@ pass and recomputes it in the backward pass (no mask is stored); ``tests/test_gp
 """
 from __future__ import annotations
 
+import functools
+import importlib
+
 import torch
 from torch import nn
 
@@ -144,20 +147,20 @@ def install(model: nn.Module, seeds: list[int], device) -> DropoutStream:
     return stream
 
 
-# --- the GPU kernel ----------------------------------------------------------------------------------------------
-_TRITON = None
+# --- the GPU kernels ---------------------------------------------------------------------------------------------
+@functools.cache
+def triton_kernels(name: str):
+    """``dynrank.<name>`` (a module of Triton kernels), or None where Triton is not installed (CPU builds of torch)."""
+    try:
+        return importlib.import_module(f"dynrank.{name}")
+    except ImportError:
+        return None
 
 
 def _triton():
-    """The Triton kernel's module, or None where Triton is not installed (CPU builds of torch)."""
-    global _TRITON
-    if _TRITON is None:
-        try:
-            from ._triton_dropout import launch
-            _TRITON = launch
-        except ImportError:
-            _TRITON = False
-    return _TRITON or None
+    """The dropout kernel's launcher, or None without Triton."""
+    kernels = triton_kernels("_triton_dropout")
+    return kernels.launch if kernels else None
 
 
 class _KeyedDropoutFn(torch.autograd.Function):

@@ -188,11 +188,12 @@ def _on(stream):
 
 @contextmanager
 def _own_rng(t, several: bool):
-    """Each trainer draws dropout masks from its own generator state, as if it ran alone (nothing to swap for one).
+    """Each trainer draws from its own generator state, as if it ran alone (nothing to swap for one): what is not
+    keyed by the run (the encoders' dropout is: dynrank/dropout.py; BART's functional dropout is not).
 
     Not for the CUDA generator when steps are CUDA graphs: captured graphs hold on to the generator's
-    state, so swapping it would break them; the trainers then share one CUDA dropout stream (each run is
-    still a correct run of its seed, but its dropout masks differ from the same seed run alone)."""
+    state, so swapping it would break them; the trainers then share one CUDA generator (each run is still a correct
+    run of its seed, but BART's dropout masks differ from the same seed run alone)."""
     if not several:
         yield
         return
