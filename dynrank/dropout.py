@@ -14,7 +14,7 @@ in model order). So run k draws the same masks for the same step whether it trai
 packed, and resumes without a generator state to restore: seed 3 inside ``seeds=[1,2,3,4,5]`` is seed 3 alone.
 
 The hash is ``lowbias32`` (Chris Wellons' integer hash, a murmur3-style finaliser). A CPU (and reference)
-implementation in torch integer ops, and on a GPU a Triton kernel (``_keyed_kernel``) that applies the mask in one
+implementation in numpy's uint32, and on a GPU a Triton kernel (``_keyed_kernel``) that applies the mask in one
 pass and recomputes it in the backward pass (no mask is stored); ``tests/test_gpu.py`` checks they agree bit for bit.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,13 +49,20 @@ def stream_keys(seeds: torch.Tensor, step: torch.Tensor, site: int) -> torch.Ten
 
 def keep_mask(rows: int, width: int, row_keys: torch.Tensor, counter_width: int, seeds: torch.Tensor,
               step: torch.Tensor, site: int, p: float) -> torch.Tensor:
-    """The keep mask (rows, width) bool, rows run-major (rows // R of each run, in order): the reference
-    implementation (CPU, tests). ``row_keys`` (rows,) int64; column j's counter is ``row_key * counter_width + j``."""
+    """The keep mask (rows, width) bool, rows run-major (rows // R of each run, in order), on ``row_keys``' device:
+    the CPU implementation and the reference of the GPU kernel. ``row_keys`` (rows,) int64; column j's counter is
+    ``row_key * counter_width + j``. Computed in numpy's uint32, whose products wrap modulo 2^32 by definition."""
     R = seeds.numel()
-    K = stream_keys(seeds, step, site).repeat_interleave(rows // R)  # (rows,)
-    counter = (row_keys.unsqueeze(1) * counter_width + torch.arange(width, device=row_keys.device)) & M32
-    u = _mix(counter ^ K.unsqueeze(1))
-    return (u >> 8) >= _threshold(p)
+    K = stream_keys(seeds, step, site).cpu().numpy().astype(np.uint32).repeat(rows // R)
+    u = row_keys.cpu().numpy().astype(np.uint32)[:, None] * np.uint32(counter_width)
+    u = u + np.arange(width, dtype=np.uint32)
+    u ^= K[:, None]
+    u ^= u >> 16
+    u *= np.uint32(_C1)
+    u ^= u >> 15
+    u *= np.uint32(_C2)
+    u ^= u >> 16
+    return torch.from_numpy((u >> 8) >= _threshold(p)).to(row_keys.device)
 
 
 def _threshold(p: float) -> int:
@@ -69,7 +77,7 @@ def keyed_dropout(x: torch.Tensor, row_keys: torch.Tensor, counter_width: int, s
         return _KeyedDropoutFn.apply(x, row_keys, counter_width, seeds, step, site, p)
     width = x.shape[-1]
     mask = keep_mask(x.numel() // width, width, row_keys, counter_width, seeds, step, site, p)
-    return x * mask.view(x.shape).to(x.dtype) * (1.0 / (1.0 - p))
+    return x * mask.view(x.shape) * (1.0 / (1.0 - p))
 
 
 class DropoutStream:
