@@ -49,18 +49,24 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+# The errno in a Rust I/O error as safetensors words it: ``IoError(Os { code: 28, ... })`` (its Debug form, safetensors
+# < 0.5) or ``I/O error: No space left on device (os error 28)`` (its Display form, 0.5 and later).
+_RUST_ERRNO = re.compile(r"Os \{ code: (\d+)|\(os error (\d+)\)")
+
+
 def save_tensors(tensors: dict, path) -> None:
     """``safetensors.torch.save_file``, the file then given the mode any new file gets (safetensors writes 0600).
-    An error of the system inside safetensors' own (``IoError(Os { code: 28, ... })``, a full disk) is raised as
-    the ``OSError`` it is, naming the file."""
+    An error of the system inside safetensors' own (a full disk: errno 28, whatever the words around it) is raised
+    as the ``OSError`` of its errno, naming the file."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
         save_file(tensors, str(path))
     except SafetensorError as e:
-        if code := re.search(r"Os \{ code: (\d+)", str(e)):
-            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e
+        if found := _RUST_ERRNO.search(str(e)):
+            code = int(found[1] or found[2])
+            raise OSError(code, os.strerror(code), str(path)) from e
         raise
     umask_mode(path)
 
