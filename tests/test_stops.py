@@ -176,6 +176,32 @@ def test_a_full_disk_is_one_line_and_the_rerun_completes(tmp_path, monkeypatch, 
         assert json.loads(next(tmp_path.glob(f"store/**/{d.name}.json")).read_text()) == mine
 
 
+@pytest.mark.slow
+def test_a_store_made_read_only_while_runs_train_is_one_line_and_the_rerun_completes(tmp_path, monkeypatch):
+    """The store refuses writes once the runs have trained (as ``chmod -w`` or a read-only remount; the tests run as
+    root, so refused by hand): one line saying where the runs are, and the same command then completes them."""
+    import tempfile
+
+    store, mkstemp = f"{tmp_path}/store", tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if str(dir).startswith(store):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+        return mkstemp(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(TrainingError) as e:
+        job(tmp_path, "stacked")
+    assert re.fullmatch(f"the results store {store} cannot be written \\(Permission denied: {store}/tiny/cola/"
+                        "lora-r8/lr[^/]+\\); the runs are safe in their run directories: make the store writable and "
+                        "run the command again, which completes them", str(e.value)), str(e.value)
+    monkeypatch.undo()
+    done = job(tmp_path, "stacked")
+    assert [r["seed"] for r in done] == [1, 2, 3]
+    for d in tmp_path.glob("seed*"):
+        assert json.loads(next(tmp_path.glob(f"store/**/{d.name}.json")).read_text()) == \
+            json.loads((d / "results.json").read_text())
+
+
 @pytest.mark.parametrize("message", [
     'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })',
     'Error while serializing: I/O error: No space left on device (os error 28) at path "{tmp}/.tmpAbC12"',
