@@ -12,7 +12,8 @@ question answering, seq2seq LM) and the number of labels is read from the saved 
 ``--out`` must not exist yet (or be an empty directory): the merged model is written to a hidden directory beside
 it, ``.<out>.merging-<pid>``, and renamed to ``--out`` once complete, so a killed merge leaves no half-written
 ``--out``; what a killed merge left behind is removed by the next merge to the same ``--out``. A damaged adapter
-(its config not JSON, its weights truncated) or ``--out`` an existing file is one line before anything is merged.
+(its config not JSON, its weights truncated) or ``--out`` an existing file is one line before anything is merged;
+Ctrl-C is one line and exit status 130, as in training, with nothing left at or beside ``--out``.
 
 From Python (tests, in-memory bases): ``merge_adapter(adapter_dir, base_model)`` returns the merged model.
 """
@@ -33,6 +34,7 @@ from .config import check_writable
 from .errors import ConfigError, DynrankError
 from .models import quiet_transformers
 from .results import umask_mode
+from .train import INTERRUPTED
 from .weights import check_file, check_model_dir
 
 WEIGHTS = "adapter_model.safetensors"
@@ -209,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     except DynrankError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # what was written so far went with the staged directory (``staged``)
+        print(f"interrupted (Ctrl-C): nothing was written to {args.out}; run the command again to merge",
+              file=sys.stderr, flush=True)
+        return INTERRUPTED
     print(f"merged model written to {args.out}")
     return 0
 

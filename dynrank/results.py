@@ -49,18 +49,24 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+# The errno in a Rust I/O error as safetensors words it: ``IoError(Os { code: 28, ... })`` (its Debug form, safetensors
+# < 0.5) or ``I/O error: No space left on device (os error 28)`` (its Display form, 0.5 and later).
+_RUST_ERRNO = re.compile(r"Os \{ code: (\d+)|\(os error (\d+)\)")
+
+
 def save_tensors(tensors: dict, path) -> None:
     """``safetensors.torch.save_file``, the file then given the mode any new file gets (safetensors writes 0600).
-    An error of the system inside safetensors' own (``IoError(Os { code: 28, ... })``, a full disk) is raised as
-    the ``OSError`` it is, naming the file."""
+    An error of the system inside safetensors' own (a full disk: errno 28, whatever the words around it) is raised
+    as the ``OSError`` of its errno, naming the file."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
         save_file(tensors, str(path))
     except SafetensorError as e:
-        if code := re.search(r"Os \{ code: (\d+)", str(e)):
-            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e
+        if found := _RUST_ERRNO.search(str(e)):
+            code = int(found[1] or found[2])
+            raise OSError(code, os.strerror(code), str(path)) from e
         raise
     umask_mode(path)
 
@@ -138,14 +144,55 @@ KINDS = {"seed": (int, "an integer"), "model": (str, "a string"), "task": (str, 
          "method": (str, "a string"), "budget": (str, "a string")}  # what each part of a run's place must be
 
 
+def recorded_lr(run: dict):
+    """The learning rate a results file records: ``results["lr"]``; older files: the resolved ``config.train.lr``
+    (``None``: neither)."""
+    lr = run.get("lr")
+    if lr is None:
+        config = run.get("config")
+        train = config.get("train") if isinstance(config, dict) else None
+        lr = train.get("lr") if isinstance(train, dict) else None
+    return lr
+
+
+def run_lr(run: dict) -> float | None:
+    """The run's learning rate as a number: a finite one > 0, else ``None`` (none recorded, or malformed)."""
+    lr = recorded_lr(run)
+    ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
+    return float(lr) if ok else None
+
+
+def run_key(run: dict) -> tuple:
+    """What makes a run one run in the store: its cell, config hash, learning rate and seed."""
+    return (run["model"], run["task"], run["method"], run["budget"], run.get("variant") or None,
+            run.get("config_hash"), run_lr(run), run["seed"])
+
+
+def _not_its_own(path: Path, run: dict, store: Path) -> str | None:
+    """Why a results file is not its run's own (``None``: it is): the run's own file is ``store_path(<store>,
+    run_id)``; a file without a run id (the oldest) must at least be named ``seed<k>.json`` after its seed."""
+    rid = run.get("run_id")
+    if rid is None:
+        own = f"seed{run['seed']}.json"
+        return None if path.name == own else f"a duplicate: seed {run['seed']}'s file is named {own}"
+    if not isinstance(rid, str):
+        return f"not a results file: run_id is {json.dumps(rid, default=str)}, not a string"
+    own = store_path(Path(), rid)
+    if path.parts[-len(own.parts):] == own.parts:  # (the store given may be a directory above the runs' own)
+        return None
+    return f"a duplicate of run {rid}, whose own file is {store_path(store, rid)}"
+
+
 def load_runs(store, skipped: list | None = None) -> list[dict]:
-    """Every results JSON under the store (for reports), in path order.
+    """Every run's results file under the store (for reports), in path order: one per run, from its own path.
 
     A file that is not a results file (truncated, not JSON, not an object, ``{}``, without ``schema`` or the
-    run's identity, or with an identity of the wrong type, e.g. ``"seed": "one"``) is skipped with a one-line
-    warning naming it, and appended to ``skipped`` as ``(path, reason)`` so that a caller can refuse to go on
-    (``python -m dynrank.report --strict``)."""
-    runs = []
+    run's identity, with an identity of the wrong type, e.g. ``"seed": "one"``, or a learning rate that is not a
+    number > 0, e.g. ``"lr": "abc"``) is skipped with a one-line warning naming it, and so is a duplicate: a file
+    that is not at its run's own path (``seed1_old.json`` beside ``seed1.json``), or a second file of a run (same
+    cell, config hash, learning rate and seed) read already. Each is appended to ``skipped`` as ``(path,
+    reason)`` so that a caller can refuse to go on (``python -m dynrank.report --strict``)."""
+    runs, read = [], {}
     for p in sorted(Path(store).rglob("seed*.json")):
         reason = None
         try:
@@ -162,6 +209,12 @@ def load_runs(store, skipped: list | None = None) -> list[dict]:
                            if not isinstance(run[k], kind) or isinstance(run[k], bool)]:
                 reason = "not a results file: " + ", ".join(f"{k} is {json.dumps(run[k])}, not {KINDS[k][1]}"
                                                             for k in wrong)
+            elif (lr := recorded_lr(run)) is not None and run_lr(run) is None:
+                reason = f"its learning rate is {json.dumps(lr, default=str)}, not a number > 0"
+            elif (not_own := _not_its_own(p, run, Path(store))) is not None:
+                reason = not_own
+            elif (first := read.setdefault(run_key(run), p)) != p:
+                reason = f"a duplicate of {first} (the same config hash, learning rate and seed)"
         if reason is None:
             runs.append(run)
             continue

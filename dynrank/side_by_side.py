@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from contextlib import ExitStack, contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -32,6 +34,7 @@ from .step import GraphedStep
 
 log = logging.getLogger("dynrank")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a store made read-only (or remounted so) while runs train
 
 
 def run(cfg, run_dir, on_start=None) -> dict:
@@ -60,7 +63,15 @@ def run_side_by_side(cfgs: list, run_dirs: list, on_start=None) -> list[dict]:
             where = f" writing {e.filename}" if e.filename else ""
             raise TrainingError(f"no space left on the device{where}; free some and run the command again: it "
                                 "continues from the last checkpoint and completes the runs") from None
+        if isinstance(e, OSError) and e.errno in READ_ONLY and _under(e.filename, cfgs[0].results.store):
+            raise TrainingError(f"the results store {cfgs[0].results.store} cannot be written ({e.strerror}: "
+                                f"{e.filename}); the runs are safe in their run directories: make the store "
+                                "writable and run the command again, which completes them") from None
         raise
+
+
+def _under(path, directory) -> bool:
+    return path is not None and Path(os.path.abspath(path)).is_relative_to(os.path.abspath(str(directory)))
 
 
 def _open_and_train(cfgs: list, run_dirs: list, on_start) -> list[dict]:

@@ -74,7 +74,7 @@ def _cola(root: Path, n: int = 12, bad: dict | None = None) -> Path:
     ("train.lr=-1", "error: train.lr must be a number > 0 (got -1)"),
     ("train.batch_size=abc", "error: train.batch_size must be an integer >= 1 (got 'abc')"),
     ("budget.r=abc", "error: budget.r must be an integer >= 1 (got 'abc')"),
-    ("seed=-1", "error: seed must be an integer >= 0 (got -1)"),
+    ("seed=-1", "error: seed must be an integer in [0, 4294967295] (got -1)"),
     ("train.warmup_ratio=1.5", "error: train.warmup_ratio must be a number in [0, 1) (got 1.5)"),
     ("train.device=gpu", "error: train.device must be auto, cpu, cuda or cuda:<n> (got 'gpu')"),
     ("train.epoch=1", "error: unknown key train.epoch; did you mean train.epochs?"),
@@ -87,7 +87,7 @@ def _cola(root: Path, n: int = 12, bad: dict | None = None) -> Path:
     ("budget.name=../../x", "error: budget.name must be a name of letters, digits, '.', '_', '-' (no path "
                             "separator, no '..') (got '../../x')"),
     ("model.id=a/b", "error: model.id must be a name of letters"),
-    ("seeds=[1,abc]", "error: seeds must be a list of integers >= 0, or null (got [1, \"abc\"])"),
+    ("seeds=[1,abc]", "error: seeds must be a list of integers in [0, 4294967295], or null (got [1, \"abc\"])"),
     ("seeds=[1,2,1]", "error: seeds lists seed 1 more than once (got [1, 2, 1]); list each seed once"),
     ("~train.epochs", "error: train.epochs is needed (an integer >= 1), but ~train.epochs removes it; drop that "
                       "override, or set train.epochs=<value>"),
@@ -233,7 +233,7 @@ def test_initial_budget_is_checked_for_dora(finished, tmp_path):
 @pytest.mark.parametrize("sweep, message", [
     ("train.lr=0.002,-1", "train.lr must be a number > 0 (got -1) (in the job train.lr=-1)"),
     ("train.lr=1e-3,abc", "train.lr must be a number > 0 (got 'abc') (in the job train.lr=abc)"),
-    ("seeds=[1,2],[1,abc]", 'seeds must be a list of integers >= 0, or null (got [1, "abc"]) (in the job '
+    ("seeds=[1,2],[1,abc]", 'seeds must be a list of integers in [0, 4294967295], or null (got [1, "abc"]) (in the job '
                             'seeds=[1,abc])'),
 ])
 def test_a_bad_sweep_value_stops_the_multirun_before_its_first_job(tmp_path, sweep, message):

@@ -279,3 +279,69 @@ def test_a_methods_key_is_checked_in_one_place_before_training(method, override,
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(compose([f"method={method}", override]))
+
+
+# --- issue 28: the lr_search grid checked before Hydra starts; every method and task resolves ---------------
+
+@pytest.mark.parametrize("override, message", [
+    ("hparams.cola.grid=[]", "hparams.cola.grid=[] lists no learning rate; list the rates to search (e.g. "
+                             "hparams.cola.grid=[2e-4,4e-4]), or drop lr_search=true"),  # was an IndexError
+    ("~hparams.cola.grid", "lr_search=true trains the rates of hparams.cola.grid, which is not set "
+                           "(conf/hparams/lora.yaml, or an override removed it); set hparams.cola.grid=[<lr>,...] "
+                           "or drop lr_search=true"),  # was a ConfigAttributeError
+    ("hparams.cola.grid=[4e-4,8e-4,0.0004]", "hparams.cola.grid lists learning rate 4e-4 more than once (got "
+                                            "[0.0004, 0.0008, 0.0004]); list each rate once"),  # "in use by ..."
+    ("hparams.cola.grid=[4e-4,abc]", 'hparams.cola.grid must be a list of numbers > 0 (got [0.0004, "abc"])'),
+    ("hparams.cola.grid=[4e-4,0]", "hparams.cola.grid must be a list of numbers > 0 (got [0.0004, 0])"),
+], ids=["empty", "removed", "twice", "not-a-number", "zero"])
+def test_the_lr_search_grid_is_checked_before_hydra_starts(tmp_path, override, message):
+    from dynrank.config import check_command_line
+    from dynrank.errors import ConfigError
+
+    args = ["method=lora", "task=cola", "lr_search=true", f"results.store={tmp_path / 'store'}"]
+    with pytest.raises(ConfigError) as e:
+        check_command_line([*args, override])
+    assert str(e.value) == message
+    check_command_line(args)  # the method's own grid
+    check_command_line([a for a in args if a != "lr_search=true"] + [override])  # without it the grid is not read
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=4294967296", "seed must be an integer in [0, 4294967295] (got 4294967296)"),  # numpy: 32 bits
+    ("seeds=[1,4294967296]", "seeds must be a list of integers in [0, 4294967295], or null (got [1, 4294967296])"),
+    ("seed=-1", "seed must be an integer in [0, 4294967295] (got -1)"),
+])
+def test_a_seed_beyond_32_bits_is_refused_before_hydra_starts(tmp_path, override, message):
+    from dynrank.config import check_command_line
+    from dynrank.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        check_command_line([f"results.store={tmp_path / 'store'}", override])
+    assert str(e.value) == message
+    check_command_line([f"results.store={tmp_path / 'store'}", "seed=4294967295"])
+
+
+def test_every_method_and_task_resolves():
+    """``OmegaConf.resolve`` as ``--cfg job --resolve`` does: every method with a GLUE and a generation task, and
+    every task with dora (whose ``${hparams:adam_betas,[0.9,0.999]}`` default was a Python list: a crash)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dynrank.config import CONF_DIR
+
+    pairs = sorted({(m, t) for m in METHODS for t in ("cola", "xsum")} | {("dora", t) for t in TASKS})
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for method, task in pairs:
+            cfg = hydra_compose("config", overrides=[f"method={method}", f"task={task}"])
+            OmegaConf.resolve(cfg)
+            assert len(cfg.train.adam_betas) == 2, (method, task)
+
+
+@pytest.mark.slow
+def test_cfg_job_resolve_prints_the_resolved_config(tmp_path):
+    """Hydra's documented way to see the resolved config, through the CLI."""
+    from conftest import cli
+
+    p = cli(["task=cola", "method=dora", "--cfg", "job", "--resolve"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert yaml.safe_load(p.stdout)["train"]["adam_betas"] == [0.9, 0.999]

@@ -98,6 +98,21 @@ def test_bad_inputs_are_one_line_before_the_merge(adapter, tmp_path, capsys, mon
         assert (out.read_text() if out.is_file() else (out / "notes.txt").read_text()) == "keep me"
 
 
+def test_ctrl_c_during_a_merge_is_one_line_and_leaves_nothing(adapter, tmp_path, capsys, monkeypatch):
+    """Ctrl-C once the weights are written (before the rename): exit status 130 and one line, as training, and
+    neither ``--out`` nor its staged directory left."""
+    import dynrank.merge as m
+
+    def ctrl_c(path):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(m, "umask_mode", ctrl_c)
+    out = tmp_path / "merged"
+    assert merge_main([str(adapter), "--out", str(out)]) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"interrupted (Ctrl-C): nothing was written to {out}; run the command again to merge"]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_a_killed_merge_leaves_no_out_and_its_leftovers_go_with_the_next(adapter, tmp_path):
     """Killed (SIGKILL) while writing: no ``--out`` at all; the rerun completes it and removes what was left."""

@@ -434,19 +434,149 @@ def test_select_lr_tie_goes_to_the_smaller_rate(tmp_path):
     assert c.tuned and c.lr == 4e-4 and [p.mean for p in c.grid][1] == c.grid[2].mean
 
 
-def test_cell_uses_the_largest_config_hash_group_and_warns(tmp_path, caplog):
+def test_cell_uses_the_config_hash_with_the_most_seeds_and_says_so(tmp_path, caplog):
+    """By distinct seeds, not files: 2 seeds at 3 rates (6 files) do not outnumber 3 seeds (issue 28: the cell took
+    the smaller group); the warning and the table's note name the hash used."""
     store, out = tmp_path / "store", tmp_path / "tables"
     for s in (1, 2, 3):
         _write_run(store, "tiny", "cola", "lora", "r8", s, {"matthews": 0.5}, "matthews", config_hash="aaaa0000")
-    _write_run(store, "tiny", "cola", "lora", "r8", 1, {"matthews": 0.9}, "matthews", config_hash="bbbb1111",
-               lr=8e-4)
+    for lr in LRS:
+        for s in (1, 2):
+            _write_run(store, "tiny", "cola", "lora", "r8", s, {"matthews": 0.9}, "matthews", config_hash="bbbb1111",
+                       lr=lr)
     with caplog.at_level("WARNING", logger="dynrank"):
         assert report.main(["--store", str(store), "--out", str(out), "--model", "tiny", "--tables", "table2",
                             "--no-figures"]) == 0
-    assert "tiny/cola/lora-r8: runs under several config hashes; using aaaa0000 (3 runs), leaving out " \
-           "bbbb1111 (1 runs)" in caplog.text
+    assert "tiny/cola/lora-r8: runs under several config hashes; using aaaa0000 (3 seeds), leaving out " \
+           "bbbb1111 (2 seeds)" in caplog.text
     r = {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}["r8 lora", "cola"]
     assert (r["n"], float(r["mean"]), r["lr_source"]) == ("3", 50.0, "fixed")
+    assert "- config hash: a cell's runs are those of one config hash, the one with the most seeds (ties: the hash " \
+           "the current code gives their config); cells with runs under several here: r8 lora cola: using " \
+           "aaaa0000 (3 seeds), leaving out bbbb1111 (2 seeds)." in (out / "table2.md").read_text()
+
+
+def _recorded(method: str, seed: int = 1) -> tuple[dict, str]:
+    """A tiny CoLA run's recorded config (resolved, as results files hold it) and its config hash."""
+    from omegaconf import OmegaConf
+
+    from dynrank.config import config_hash
+
+    cfg = compose(["model=tiny", "task=cola", f"method={method}", f"seed={seed}"])
+    return OmegaConf.to_container(cfg, resolve=True), config_hash(cfg)
+
+
+@pytest.mark.parametrize("method", ["lora", "dylora"])  # dylora: method.seed is ${seed}
+def test_the_current_codes_hash_of_a_recorded_config(method):
+    from dynrank.report.selection import current_hash
+
+    config, h = _recorded(method, seed=3)
+    assert current_hash({"method": method, "config": config, "schedule": None}) == h
+    config["train"]["epochs"] += 1
+    assert current_hash({"method": method, "config": config}) != h
+    assert current_hash({"method": method, "config": {"train": {"lr": 1e-3}}}) is None  # older files
+
+
+def test_equal_seeds_go_to_the_hash_the_current_code_gives(tmp_path, caplog):
+    """Two hashes of two seeds each: the one the current code gives the runs' config, not the first by name."""
+    store, out = tmp_path / "store", tmp_path / "tables"
+    config, h = _recorded("lora")
+    for s in (1, 2):
+        _write_run(store, "tiny", "cola", "lora", "r8", s, {"matthews": 0.5}, "matthews", config_hash="00000000",
+                   config=config)  # what older code hashed otherwise
+        _write_run(store, "tiny", "cola", "lora", "r8", s, {"matthews": 0.7}, "matthews", config_hash=h,
+                   config=config)
+    with caplog.at_level("WARNING", logger="dynrank"):
+        assert report.main(["--store", str(store), "--out", str(out), "--model", "tiny", "--tables", "table2",
+                            "--no-figures"]) == 0
+    assert f"using {h} (2 seeds, the current code's hash), leaving out 00000000 (2 seeds)" in caplog.text
+    r = {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}["r8 lora", "cola"]
+    assert (r["n"], float(r["mean"])) == ("2", 70.0)
+
+
+def test_a_stray_copy_is_a_duplicate_never_a_run(tmp_path, capsys, caplog):
+    """``seed1_old.json`` beside ``seed1.json``, a copy in a subdirectory, and a second file of one run (same
+    hash, rate and seed: an old-layout file) are never read: each a warning naming it, and ``--strict`` exit 2
+    (issue 28: the copy replaced seed 1, and --strict exited 0)."""
+    store, out = tmp_path / "store", tmp_path / "tables"
+    values = [0.30, 0.32, 0.34, 0.31, 0.33]
+    own = [_write_run(store, "tiny", "cola", "lora", "r8", s, {"matthews": v}, "matthews")
+           for s, v in enumerate(values, 1)]
+    stray = json.loads(own[0].read_text())
+    stray["best"]["dev"]["matthews"] = stray["epochs"][0]["dev"]["matthews"] = 0.99
+    copies = [own[0].parent / "seed1_old.json", own[0].parent / "old" / "seed1.json"]
+    for c in copies:
+        c.parent.mkdir(exist_ok=True)
+        c.write_text(json.dumps(stray))
+    second = json.loads(own[1].read_text())
+    second["run_id"] = "tiny/cola/lora-r8/seed2"  # the old layout's own path: a run of the same identity
+    (store / "tiny/cola/lora-r8/seed2.json").write_text(json.dumps(second))
+    args = ["--store", str(store), "--out", str(out), "--model", "tiny", "--tables", "table2", "--no-figures"]
+    with caplog.at_level("WARNING", logger="dynrank"):
+        assert report.main([*args, "--strict"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"error: 3 results files in {store} the report cannot use (unreadable, or a duplicate "
+                          "of a run; --strict): ") and not out.exists()
+    rid = "tiny/cola/lora-r8/lr4e-4-0123abcd/seed1"
+    for c in copies:
+        assert f"skipping {c}: a duplicate of run {rid}, whose own file is {store / rid}.json" in caplog.messages
+    assert f"skipping {store / 'tiny/cola/lora-r8/seed2.json'}: a duplicate of {own[1]} (the same config hash, " \
+           "learning rate and seed)" in caplog.messages
+    assert report.main(args) == 0
+    r = {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}["r8 lora", "cola"]
+    assert (r["n"], float(r["mean"]), float(r["std"])) == ("5", *map(pytest.approx, mean_std([100 * v for v in values])))
+
+
+def test_rates_are_compared_over_the_seeds_they_share(tmp_path, caplog):
+    """A killed search left one rate with seed 4 alone: it is compared with the others on seed 4, not its one
+    run's number against their five-seed mean (issue 28: the one-seed rate won)."""
+    from dynrank.report import choose_all, index_runs
+    from dynrank.report.lr_search import lr_grids, lr_search_markdown
+    from dynrank.results import load_runs
+
+    store = tmp_path / "store"
+    for s, v in enumerate([0.60, 0.62, 0.61, 0.70, 0.66], 1):
+        _write_run(store, "tiny", "cola", "lora", "r8", s, {"matthews": v}, "matthews", lr=4e-4)
+    _write_run(store, "tiny", "cola", "lora", "r8", 4, {"matthews": 0.68}, "matthews", lr=8e-4)  # > 0.638, < 0.70
+    with caplog.at_level("WARNING", logger="dynrank"):
+        choices = choose_all(index_runs(load_runs(store)))
+    (c,) = choices.values()
+    assert c.tuned and c.lr == 4e-4 and c.compared == (4,) and [int(r["seed"]) for r in c.runs] == [1, 2, 3, 4, 5]
+    assert "tiny/cola/lora-r8: learning rates compared over the 1 seed every rate has (4): 4e-4 has 5, 8e-4 has 1" \
+        in caplog.messages
+    assert "chosen lr 4e-4 of 2, compared over seeds 4 (those every rate has)" in lr_search_markdown(lr_grids(choices))
+
+
+def test_rates_that_share_no_seed_are_not_compared(tmp_path, caplog):
+    from dynrank.report import choose_all, index_runs
+    from dynrank.results import load_runs
+
+    store = tmp_path / "store"
+    _write_run(store, "tiny", "cola", "lora", "r8", 1, {"matthews": 0.5}, "matthews", lr=4e-4)
+    _write_run(store, "tiny", "cola", "lora", "r8", 2, {"matthews": 0.9}, "matthews", lr=8e-4)
+    _write_run(store, "tiny", "cola", "lora", "r8", 3, {"matthews": 0.9}, "matthews", lr=8e-4)
+    with caplog.at_level("WARNING", logger="dynrank"):
+        assert choose_all(index_runs(load_runs(store))) == {}
+    assert "tiny/cola/lora-r8: no learning rate chosen: no seed has runs at every learning rate (4e-4: seed 1; " \
+           "8e-4: seeds 2, 3), so the rates cannot be compared; train the missing seeds; the cell is left out" \
+        in caplog.messages
+
+
+def test_a_malformed_rate_is_skipped_with_a_warning(tmp_path, caplog):
+    """A hand-edited ``"lr": "abc"`` formed a rate of its own and won (issue 28)."""
+    from dynrank.report import choose_all, index_runs
+    from dynrank.results import load_runs
+
+    store = tmp_path / "store"
+    _plant_grid(store)
+    bad = _write_run(store, "tiny", "cola", "lora", "r8", 4, {"matthews": 0.99}, "matthews", lr=8e-4)
+    bad.write_text(bad.read_text().replace('"lr": 0.0008', '"lr": "abc"'))
+    skipped = []
+    with caplog.at_level("WARNING", logger="dynrank"):
+        (c,) = choose_all(index_runs(load_runs(store, skipped))).values()
+    assert c.lr == 4e-4 and [p.lr for p in c.grid] == list(LRS)
+    assert skipped == [(bad, 'its learning rate is "abc", not a number > 0')]
+    assert f'skipping {bad}: its learning rate is "abc", not a number > 0' in caplog.messages
 
 
 def test_old_results_files_still_load(tmp_path):
@@ -519,7 +649,7 @@ def test_strict_report_exits_2_naming_the_bad_files(tmp_path):
     p = run("--strict")
     assert p.returncode == 2, p.stderr
     err = p.stderr.strip().splitlines()
-    assert len(err) == len(bad) + 1 and err[-1].startswith("error: 5 unreadable results files")
+    assert len(err) == len(bad) + 1 and err[-1].startswith("error: 5 results files")
     assert all(str(b) in err[-1] for b in bad) and not out.exists()  # nothing written
     for b, line in zip(bad, err):
         assert line.startswith(f"warning: skipping {b}: ")
@@ -564,8 +694,8 @@ def test_a_results_file_with_a_seed_that_is_no_integer_is_named(tmp_path, capsys
     with caplog.at_level("WARNING", logger="dynrank"):
         assert report.main([*args, "--strict"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"error: 1 unreadable results file in {store} (--strict): {bad}; fix or remove them, or drop --strict to "
-        "skip them")
+        f"error: 1 results file in {store} the report cannot use (unreadable, or a duplicate of a run; --strict): "
+        f"{bad}; fix or remove them, or drop --strict to skip them")
     assert not out.exists()
     assert f'skipping {bad}: not a results file: seed is "one", not an integer' in caplog.messages
     assert report.main(args) == 0

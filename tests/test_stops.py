@@ -159,8 +159,8 @@ def test_a_full_disk_is_one_line_and_the_rerun_completes(tmp_path, monkeypatch, 
         monkeypatch.setattr(os, "fsync", full)
     else:
         def full(tensors, path):
-            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
-                                  '"No space left on device" })')
+            raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28) at '
+                                  f'path "{path}.tmp"')  # as safetensors 0.8 words it
         monkeypatch.setattr("safetensors.torch.save_file", full)
     with pytest.raises(TrainingError) as e:
         job(tmp_path, mode)
@@ -174,6 +174,54 @@ def test_a_full_disk_is_one_line_and_the_rerun_completes(tmp_path, monkeypatch, 
     for d in tmp_path.glob("seed*"):
         mine = json.loads((d / "results.json").read_text())
         assert json.loads(next(tmp_path.glob(f"store/**/{d.name}.json")).read_text()) == mine
+
+
+@pytest.mark.slow
+def test_a_store_made_read_only_while_runs_train_is_one_line_and_the_rerun_completes(tmp_path, monkeypatch):
+    """The store refuses writes once the runs have trained (as ``chmod -w`` or a read-only remount; the tests run as
+    root, so refused by hand): one line saying where the runs are, and the same command then completes them."""
+    import tempfile
+
+    store, mkstemp = f"{tmp_path}/store", tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if str(dir).startswith(store):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+        return mkstemp(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(TrainingError) as e:
+        job(tmp_path, "stacked")
+    assert re.fullmatch(f"the results store {store} cannot be written \\(Permission denied: {store}/tiny/cola/"
+                        "lora-r8/lr[^/]+\\); the runs are safe in their run directories: make the store writable and "
+                        "run the command again, which completes them", str(e.value)), str(e.value)
+    monkeypatch.undo()
+    done = job(tmp_path, "stacked")
+    assert [r["seed"] for r in done] == [1, 2, 3]
+    for d in tmp_path.glob("seed*"):
+        assert json.loads(next(tmp_path.glob(f"store/**/{d.name}.json")).read_text()) == \
+            json.loads((d / "results.json").read_text())
+
+
+@pytest.mark.parametrize("message", [
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })',
+    'Error while serializing: I/O error: No space left on device (os error 28) at path "{tmp}/.tmpAbC12"',
+], ids=["debug-form", "display-form"])  # safetensors < 0.5, and 0.5 and later (the issue's traceback)
+def test_a_full_disk_in_safetensors_is_the_oserror_of_its_errno(tmp_path, monkeypatch, message):
+    """``save_tensors`` (every checkpoint, exported adapter) raises an error of the system as the ``OSError`` of
+    its errno, naming the file, whichever way safetensors words it: a full disk is then the one line above."""
+    from dynrank.results import save_tensors
+
+    path = tmp_path / "tensors.safetensors"
+    with pytest.raises(OSError) as e:  # the installed safetensors' own words: no such directory, errno 2
+        save_tensors({"w": torch.zeros(2)}, tmp_path / "missing" / "x.safetensors")
+    assert (e.value.errno, e.value.filename) == (errno.ENOENT, str(tmp_path / "missing" / "x.safetensors"))
+
+    def full(tensors, where):
+        raise SafetensorError(message.replace("{tmp}", str(tmp_path)))
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    with pytest.raises(OSError) as e:
+        save_tensors({"w": torch.zeros(2)}, path)
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(path))
 
 
 @pytest.mark.parametrize("mode", ["alone", "stacked"])

@@ -2,9 +2,13 @@
 docs/hyperparameters.md), its learning-rate grid, and the adaptive methods' initial budget r0."""
 from __future__ import annotations
 
+import json
 import math
 
+from omegaconf import OmegaConf
+
 from ..errors import ConfigError
+
 
 def hparams_of(cfg):
     """The method's hyperparameters for this task: ``conf/hparams/<method>.yaml`` under the task's name."""
@@ -17,8 +21,28 @@ def hparams_of(cfg):
 
 
 def lr_grid(cfg) -> list[float]:
-    """The learning rates ``lr_search=true`` trains side by side: the method's grid for this task."""
-    return [float(x) for x in hparams_of(cfg).grid]
+    """The learning rates ``lr_search=true`` trains side by side: the method's grid for this task
+    (``hparams.<task>.grid``), each rate once and > 0; anything else is a ``ConfigError`` naming the key."""
+    from .run_identity import lr_tag
+    from .schema import conforms
+
+    key = f"hparams.{cfg.task.name}.grid"
+    grid = hparams_of(cfg).get("grid")
+    grid = OmegaConf.to_container(grid, resolve=True) if OmegaConf.is_config(grid) else grid
+    if grid is None:
+        raise ConfigError(f"lr_search=true trains the rates of {key}, which is not set (conf/hparams/"
+                          f"{cfg.method.name}.yaml, or an override removed it); set {key}=[<lr>,...] or drop "
+                          "lr_search=true")
+    if not conforms("list of number > 0", grid):
+        raise ConfigError(f"{key} must be a list of numbers > 0 (got {json.dumps(grid, default=str)})")
+    if not grid:
+        raise ConfigError(f"{key}=[] lists no learning rate; list the rates to search (e.g. {key}=[2e-4,4e-4]), "
+                          "or drop lr_search=true")
+    tags = [lr_tag(x) for x in grid]  # one run id per rate: rates equal as a run id names them are one rate
+    if twice := sorted({t for t in tags if tags.count(t) > 1}, key=float):
+        raise ConfigError(f"{key} lists learning rate {', '.join(twice)} more than once (got "
+                          f"{json.dumps(grid)}); list each rate once")
+    return [float(x) for x in grid]
 
 
 def run_grid(cfg) -> list[tuple[int, float | None]]:
@@ -45,7 +69,10 @@ def _method_value_resolver(key: str, default=None, *, _root_):
     every = _root_.hparams.get(ALL_TASKS) or {}
     if key in every:
         return every[key]
-    return _root_.task.get(key, default)
+    value = _root_.task.get(key, default)
+    # a list or dict default (``${hparams:adam_betas,[0.9,0.999]}``) as a config node: a plain Python list cannot
+    # stand in a config's place (``OmegaConf.resolve``, ``--cfg job --resolve``: UnsupportedValueType)
+    return OmegaConf.create(value) if isinstance(value, (list, dict)) else value
 
 
 def initial_budget(method_cfg, r: int) -> int:

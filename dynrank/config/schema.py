@@ -12,8 +12,8 @@ import re
 SCHEDULES = ("linear", "constant")  # train.schedule's choices: the learning-rate schedules of optim.lr_factor
 
 SCHEMA = {
-    "seed": "int >= 0",
-    "seeds": "list of int >= 0 or null",
+    "seed": "int in [0, 4294967295]",          # numpy's seeding (device.seed_everything) takes 32 bits
+    "seeds": "list of int in [0, 4294967295] or null",
     "lr_search": "bool",
     "variant": "tag or null",
     "data.dir": "str or null",

@@ -11,7 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError, DynrankError
 from ..weights import check_model_dir
-from .hparams import initial_budget
+from .hparams import initial_budget, lr_grid
 from .run_identity import run_id
 from .schema import SCHEDULES, SCHEMA, conforms, describe
 
@@ -68,6 +68,8 @@ def validate(cfg: DictConfig) -> None:
         twice = sorted({s for s in seeds if seeds.count(s) > 1})
         raise ConfigError(f"seeds lists seed {', '.join(map(str, twice))} more than once (got {_shown(seeds)}); "
                           "list each seed once")
+    if values.get("lr_search"):
+        lr_grid(cfg)  # the grid it trains: set, not empty, each rate > 0 and once
     if cfg.method.get("initial_budget") is not None:
         initial_budget(cfg.method, int(cfg.budget.r))
     (_, rank), (_, r_max) = _get(values, "method.export_rank"), _get(values, "method.r_max")

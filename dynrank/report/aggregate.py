@@ -51,22 +51,35 @@ def cell_name(key: tuple) -> str:
     return f"{model}/{task}/{cell_of(method, budget, variant)}"
 
 
+def hash_text(c: Choice) -> str:
+    """The config hash a cell uses and the ones it leaves out, by distinct seeds (for warnings and table notes)."""
+    name = lambda h: h or "no hash (older files)"  # noqa: E731
+    seeds = lambda n: f"{n} seed{'s' if n != 1 else ''}"  # noqa: E731
+    others = ", ".join(f"{name(h)} ({seeds(n)})" for h, n in sorted(c.other_hashes.items(), key=lambda hn: str(hn[0])))
+    mark = ", the current code's hash" if c.current else ""
+    return f"using {name(c.config_hash)} ({seeds(c.seeds)}{mark}), leaving out {others}"
+
+
 def choose_all(index, protocol: str = AUTO) -> dict[tuple, Choice]:
-    """The runs of every cell (``selection.choose``), warning once per cell about what was left out."""
+    """The runs of every cell (``selection.choose``), warning once per cell about what was left out; a cell whose
+    learning rates cannot be compared (no seed at every rate) is left out, saying why."""
     choices = {}
     for key, runs in index.items():
         c = choose(runs, protocol)
         if c is None:
             continue
         if c.other_hashes:
-            others = ", ".join(f"{h or 'no hash (older files)'} ({n} runs)" for h, n in sorted(
-                c.other_hashes.items(), key=lambda hn: str(hn[0])))
-            log.warning("%s: runs under several config hashes; using %s (%d runs), leaving out %s",
-                        cell_name(key), c.config_hash or "no hash (older files)",
-                        sum(len(p.runs) for p in c.grid), others)
+            log.warning("%s: runs under several config hashes; %s", cell_name(key), hash_text(c))
         if protocol == AUTO and len(c.protocols) > 1:
             log.warning("%s: runs trained under several protocols (%s); selecting by %s, the most common",
                         cell_name(key), ", ".join(f"{p} {n}" for p, n in sorted(c.protocols.items())), c.rule.name)
+        if c.refused:
+            log.warning("%s: no learning rate chosen: %s; the cell is left out", cell_name(key), c.refused)
+            continue
+        if c.tuned and any(len(p.values) > len(c.compared) for p in c.grid):
+            log.warning("%s: learning rates compared over the %d seed%s every rate has (%s): %s", cell_name(key),
+                        len(c.compared), "s" if len(c.compared) != 1 else "", " ".join(map(str, c.compared)),
+                        ", ".join(f"{lr_text(p.lr)} has {p.n}" for p in c.grid))
         choices[key] = c
     return choices
 
@@ -87,11 +100,15 @@ def aggregate_cell(choices: list[Choice], value: Value) -> Cell:
 
 
 def compute(table: Table, choices: dict[tuple, Choice]) -> dict[tuple[int, str], Cell]:
-    """(row number, column key) -> Cell, including the ``avg`` column when the table has one."""
-    cells = {}
+    """(row number, column key) -> Cell, including the ``avg`` column when the table has one; a note on the table
+    names the config hash of each cell whose runs are under several (``hash_note``)."""
+    cells, several = {}, {}
     for i, row in enumerate(table.rows):
         for col in table.columns:
             variant, chosen = cell_choices(table, choices, row, col)
+            for c in chosen:
+                if c.other_hashes:
+                    several.setdefault(f"{' '.join(row.labels)} {c.runs[0]['task']}", hash_text(c))
             cell = aggregate_cell(chosen, col.value) if chosen else Cell()
             if cell.n:
                 cell.variant = variant
@@ -108,7 +125,16 @@ def compute(table: Table, choices: dict[tuple, Choice]) -> dict[tuple[int, str],
                 p = row.paper.get(table.paper_avg_key)
                 avg.paper = float(p) if _finite(p) else None
             cells[i, "avg"] = avg
+    if several:
+        table.notes.append(hash_note(several))
     return cells
+
+
+def hash_note(several: dict[str, str]) -> str:
+    """The table note on cells whose runs are under several config hashes: which one each uses."""
+    return ("config hash: a cell's runs are those of one config hash, the one with the most seeds (ties: the hash "
+            "the current code gives their config); cells with runs under several here: "
+            + "; ".join(f"{cell}: {text}" for cell, text in several.items()) + ".")
 
 
 # --- the runs of a cell, per seed ----------------------------------------------------------------------------

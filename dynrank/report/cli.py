@@ -113,7 +113,8 @@ def main(argv=None) -> int:
                          "under the paper_code rule each metric's own best rate, as the authors' summary (SQuAD EM "
                          "and F1, ROUGE-1/2/L apart)")
     ap.add_argument("--strict", action="store_true",
-                    help="refuse unreadable results files (exit 2) instead of skipping them with a warning")
+                    help="refuse unreadable results files and duplicates of a run (exit 2) instead of skipping them "
+                         "with a warning")
     a = ap.parse_args(argv)
     _warnings_to_stderr()
     names = [t.strip() for t in a.tables.split(",") if t.strip()]
@@ -136,9 +137,9 @@ def main(argv=None) -> int:
     else:
         print(f"note: results store {a.store} does not exist yet: every cell is missing", file=sys.stderr)
     if bad and a.strict:
-        print(f"error: {len(bad)} unreadable results file{'s' if len(bad) > 1 else ''} in {a.store} (--strict): "
-              f"{', '.join(str(p) for p, _ in bad)}; fix or remove them, or drop --strict to skip them",
-              file=sys.stderr)
+        print(f"error: {len(bad)} results file{'s' if len(bad) > 1 else ''} in {a.store} the report cannot use "
+              f"(unreadable, or a duplicate of a run; --strict): {', '.join(str(p) for p, _ in bad)}; fix or remove "
+              "them, or drop --strict to skip them", file=sys.stderr)
         return 2
     if a.select_lr:
         select_lr(a.store, a.out, a.model, a.protocol, runs=runs)

@@ -32,8 +32,9 @@ def lr_search_markdown(grids, protocol: str = AUTO) -> str:
     out = ["# Learning-rate search: the grid of every cell with several rates", "",
            f"Per rate: mean ± std over seeds of the task's selection metric (GLUE x100), under the cell's rule "
            f"({'--protocol auto: the protocol its runs were trained under' if protocol == AUTO else '--protocol ' + protocol}"
-           f"; std: standard ddof=1, paper_code ddof=0); n = seeds. `*` = the chosen rate: the best mean; "
-           f"ties: the smaller rate. The tables use the chosen rate's runs (marked {TUNED}).", ""]
+           f"; std: standard ddof=1, paper_code ddof=0); n = seeds. `*` = the chosen rate: the best mean over the "
+           f"seeds every rate has (a cell whose rates have different seeds says which); ties: the smaller rate. The "
+           f"tables use the chosen rate's runs (marked {TUNED}).", ""]
     if not grids:
         out.append("No cell has results at several learning rates.")
     for key, c in grids:
@@ -41,7 +42,9 @@ def lr_search_markdown(grids, protocol: str = AUTO) -> str:
         sc = _scale(key[1])
         out += [f"## {cell_name(key)}", "",
                 f"metric `{metric}`{' x100' if sc != 1 else ''}; selection `{c.rule.name}`; config hash "
-                f"{c.config_hash or '—'}; chosen lr {lr_text(c.lr)} of {len(c.grid)}", "",
+                f"{c.config_hash or '—'}; chosen lr {lr_text(c.lr)} of {len(c.grid)}"
+                + (f", compared over seeds {' '.join(map(str, c.compared))} (those every rate has)"
+                   if any(p.n > len(c.compared) for p in c.grid) else ""), "",
                 "| lr | mean ± std | n | chosen |", "|---:|---:|---:|:---:|"]
         for p in c.grid:
             ms = MISSING if p.mean is None else f"{p.mean * sc:.2f}" + (

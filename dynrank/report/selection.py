@@ -6,8 +6,9 @@ off the best epoch by the task's selection metric, sample std (ddof=1). ``paper_
 ``Summarize_Results.py``): each metric's own maximum over the epochs after pruning ended (dora; every epoch for the
 other methods), ``<key>@paper_code`` where stored, population std (ddof=0). One seed: no spread.
 
-``choose``: a cell's runs are the config-hash group with the most runs, at one rate ("fixed") or the best mean of
-several ("tuned", the smaller rate on a tie); ``for_metric``: under paper_code, each metric its own best rate.
+``choose``: a cell's runs are the config-hash group with the most distinct seeds (ties: the current code's hash), at
+one rate ("fixed") or the best of several by their means over the seeds they share ("tuned", the smaller rate on a
+tie); ``for_metric``: under paper_code, each metric its own best rate.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from ..config import lr_tag
+from ..results import run_lr
 
 PAPER_SUFFIX = "@paper_code"
 AUTO = "auto"
@@ -122,17 +124,6 @@ def trained_under(run: Run) -> str:
 
 
 # --- the learning rate of a cell ----------------------------------------------------------------------
-def run_lr(run: Run) -> float | None:
-    """``results["lr"]``; older files: the resolved ``config.train.lr``."""
-    lr = run.get("lr")
-    if lr is None:
-        lr = ((run.get("config") or {}).get("train") or {}).get("lr")
-    try:
-        return float(lr)
-    except (TypeError, ValueError):
-        return None
-
-
 def lr_text(lr: float | None) -> str:
     """``4e-4``, ``2.5e-3``: as in the run ids; ``?`` for a file without a rate."""
     return "?" if lr is None else lr_tag(lr)
@@ -161,8 +152,12 @@ class Choice:
     rule: Rule
     grid: list[LrPoint]          # every rate of the chosen group, ascending
     config_hash: str | None
-    other_hashes: dict = field(default_factory=dict)   # hash -> runs, the groups left out
+    other_hashes: dict = field(default_factory=dict)   # hash -> distinct seeds, the groups left out
     protocols: dict = field(default_factory=dict)      # trained-under protocol -> runs of the chosen group
+    seeds: int = 0               # distinct seeds of the chosen config-hash group
+    current: bool = False        # several hashes: the chosen one is what the current code gives its runs' config
+    compared: tuple = ()         # tuned: the seeds the rates were compared over (those every rate has)
+    refused: str = ""            # why no rate could be picked (the cell is left out)
 
     @property
     def tuned(self) -> bool:
@@ -171,7 +166,7 @@ class Choice:
 
 def _one_per_seed(runs: list[Run]) -> list[Run]:
     by_seed = {}
-    for r in runs:  # the last one read wins (load_runs reads in path order)
+    for r in runs:  # one file per run: load_runs skips duplicates
         by_seed[int(r["seed"])] = r
     return [by_seed[s] for s in sorted(by_seed)]
 
@@ -187,16 +182,56 @@ def _best(means: list[float | None]) -> int:
     return best
 
 
+def _best_shared(grid: list[LrPoint], score: Callable[[Run], "float | None"]) -> tuple[int | None, tuple]:
+    """The best rate by its mean of ``score`` over the seeds every rate with a value has (a rate of one seed, a
+    killed search, is compared with the others on that seed alone), and those seeds; ``(None, ())`` when the rates
+    share no seed (nothing to compare them on)."""
+    scored = [{int(r["seed"]): v for r in p.runs if (v := score(r)) is not None} for p in grid]
+    having = [set(s) for s in scored if s]
+    shared = set.intersection(*having) if having else set()
+    if len(having) > 1 and not shared:
+        return None, ()
+    return _best([statistics.fmean(s[k] for k in shared) if s else None for s in scored]), tuple(sorted(shared))
+
+
+def current_hash(run: Run) -> str | None:
+    """The config hash the current code gives the run's recorded config (``results["config"]``, resolved) and
+    schedule: equal to its ``config_hash`` unless the code that trained it hashed configs otherwise. The keys of
+    the method's file that interpolate the seed (``${seed}``: dylora's ``method.seed``) count at seed 0, as
+    ``config.identity`` counts them."""
+    from omegaconf import OmegaConf
+
+    from ..config import CONF_DIR, config_hash
+
+    recorded = run.get("config")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("method"), dict):
+        return None
+    try:
+        cfg = OmegaConf.create(recorded)
+        method = CONF_DIR / "method" / f"{run.get('method')}.yaml"
+        for key, value in (OmegaConf.to_container(OmegaConf.load(method)).items() if method.is_file() else ()):
+            if value == "${seed}" and key in cfg.method:
+                cfg.method[key] = 0
+        return config_hash(cfg, run.get("schedule"))
+    except Exception:  # noqa: BLE001 - a recorded config the current code cannot read is not the current code's
+        return None
+
+
 def choose(runs: list[Run], protocol: str = AUTO) -> Choice | None:
-    """The config-hash group with the most runs (ties: the first hash in sorted order), then its rule
-    (``auto``: the protocol most of the group was trained under) and its learning rate: the only one
-    ("fixed"), or the one with the best mean selection metric over seeds ("tuned"; ties: the smaller)."""
+    """The config-hash group with the most distinct seeds (ties: the hash the current code gives its runs' config,
+    ``current_hash``; then the first hash in sorted order), then its rule (``auto``: the protocol most of the group
+    was trained under) and its learning rate: the only one ("fixed"), or the one with the best mean selection
+    metric over the seeds every rate has ("tuned"; ties: the smaller). Rates that share no seed are not compared:
+    the choice is ``refused``."""
     if not runs:
         return None
     groups: dict = defaultdict(list)
     for r in runs:
         groups[r.get("config_hash")].append(r)
-    main = min(groups, key=lambda h: (-len(groups[h]), h is None, str(h)))
+    seeds = {h: len({int(r["seed"]) for r in g}) for h, g in groups.items()}
+    current = {h for h, g in groups.items() if h is not None and current_hash(g[0]) == h} if len(groups) > 1 \
+        else set()
+    main = min(groups, key=lambda h: (-seeds[h], h not in current, h is None, str(h)))
     group = groups[main]
     protocols = Counter(trained_under(r) for r in group)
     rule = RULES[protocols.most_common(1)[0][0] if protocol == AUTO else protocol]
@@ -209,10 +244,16 @@ def choose(runs: list[Run], protocol: str = AUTO) -> Choice | None:
         rs = _one_per_seed(by_lr[lr])
         vals = [v for r in rs if (v := rule.value(r)) is not None]
         grid.append(LrPoint(lr, rs, vals, statistics.fmean(vals) if vals else None, rule.std(vals)))
-    best = grid[_best([p.mean for p in grid])]
-    return Choice(runs=best.runs, lr=best.lr, source="tuned" if len(grid) > 1 else "fixed", rule=rule, grid=grid,
-                  config_hash=main, other_hashes={h: len(g) for h, g in groups.items() if h != main},
-                  protocols=dict(protocols))
+    best, compared = _best_shared(grid, rule.value)
+    refused = "" if best is not None else (
+        "no seed has runs at every learning rate (" + "; ".join(
+            f"{lr_text(p.lr)}: seed{'s' if len(p.runs) > 1 else ''} {', '.join(str(int(r['seed'])) for r in p.runs)}"
+            for p in grid) + "), so the rates cannot be compared; train the missing seeds")
+    chosen = grid[best or 0]
+    return Choice(runs=chosen.runs if not refused else [], lr=chosen.lr,
+                  source="tuned" if len(grid) > 1 else "fixed", rule=rule, grid=grid, config_hash=main,
+                  other_hashes={h: seeds[h] for h in groups if h != main}, protocols=dict(protocols),
+                  seeds=seeds[main], current=main in current, compared=compared, refused=refused)
 
 
 # --- one rate per metric (the authors' summary) -------------------------------------------------------------
@@ -224,12 +265,10 @@ def for_metric(choice: Choice, score: Callable[[Run], "float | None"]) -> Choice
     """The rate the authors' ``Summarize_Results.py`` would report for one metric: it lists every configuration's
     mean per metric, so SQuAD EM and F1, ROUGE-1/2/L can each come from their own best configuration. Among the
     choice's rates (its config-hash group), the one with the best mean of ``score`` (one run's number for that
-    metric) over its seeds, ties to the smaller; a choice of one rate is returned as it is."""
+    metric) over the seeds every rate has, ties to the smaller; a choice of one rate is returned as it is."""
     if len(choice.grid) < 2:
         return choice
-    means = []
-    for p in choice.grid:
-        vals = [v for r in p.runs if (v := score(r)) is not None]
-        means.append(statistics.fmean(vals) if vals else None)
-    best = choice.grid[_best(means)]
-    return replace(choice, runs=best.runs, lr=best.lr)
+    best, compared = _best_shared(choice.grid, score)
+    if best is None:  # no seed with the metric at every rate: the joint choice stands
+        return choice
+    return replace(choice, runs=choice.grid[best].runs, lr=choice.grid[best].lr, compared=compared)
