@@ -8,6 +8,7 @@ asked). ``loop.Trainer`` then trains the opened runs; ``side_by_side`` opens a c
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .lock import RunLock
 from .results import read_results, store_path, write_json
 
 log = logging.getLogger("dynrank")
+DIVERGED = "diverged.json"  # in a run directory: the run's loss turned NaN/inf, and when (``Run.diverged``)
 
 
 class Run:
@@ -64,6 +66,15 @@ class Run:
         if hasattr(self, "lock"):
             self.lock.release(tidy=True)
 
+    def diverged(self, why: str) -> None:
+        """Its loss turned NaN/inf (``why``: when, its seed and learning rate): the run stops while the runs beside it
+        train on, and its directory records it (``diverged.json``) until a later attempt's checkpoint replaces its
+        state (``train.resume=false``): the command run again says so and leaves the run as it is (``_decide``),
+        rather than training it into the same NaN again."""
+        self.failed = (f"{why}; lower train.lr, check the data, or turn off train.bf16; the last epoch's checkpoint is "
+                       "kept, and the command run again leaves the run as it is (train.resume=false trains it again)")
+        write_json(self.run_dir / DIVERGED, {"diverged": why, "seed": self.seed, "lr": float(self.cfg.train.lr)})
+
     def data(self) -> dict:
         if self.shared is None:
             self.shared = load_data(self.cfg)
@@ -79,6 +90,12 @@ class Run:
         if resume and (recovered := checkpoint.recover(self.run_dir)):
             log.warning("%s: a checkpoint save was stopped during its swap; its complete checkpoint (epoch %d, step "
                         "%d) was put in place", self.run_dir, recovered.epoch, recovered.step)
+        if resume and (why := _diverged_before(self.run_dir)):
+            self.skip = True
+            self.failed = (f"it diverged in an earlier attempt ({why}) and is left as it is: add train.resume=false to "
+                           "train it again, or lower train.lr (another run)")
+            log.warning("%s: %s", self.run_dir, self.failed)
+            return
         if self.cfg.train.get("extend") and resume and not checkpoint.exists(self.run_dir):
             self._continue_shorter_run()
         self._check_store()
@@ -180,6 +197,16 @@ class Run:
             return True
         log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
         return True
+
+
+def _diverged_before(run_dir) -> str | None:
+    """When an earlier attempt at the run diverged (``Run.diverged``): its ``diverged.json``'s account, else None."""
+    try:
+        return str(json.loads((Path(run_dir) / DIVERGED).read_text(encoding="utf-8"))["diverged"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: it diverged all the same
+        return "its diverged.json is unreadable"
 
 
 def remove_if_empty(run_dir, run_id: str) -> None:
