@@ -38,7 +38,8 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 def run(cfg, run_dir, on_start=None) -> dict:
     """Train ``cfg.method`` on ``cfg.task``; returns the results dict (also written to disk).
 
-    ``on_start()`` is called once the run is set up and about to train (the CLI writes Hydra's files then)."""
+    ``on_start(run_dirs)`` is called with the directories of the runs to train once they are set up and about to
+    train (the CLI writes Hydra's files and opens the logs then)."""
     results = run_side_by_side([cfg], [run_dir], on_start=on_start)
     return results[0] if results else {}
 
@@ -80,7 +81,7 @@ def _open_and_train(cfgs: list, run_dirs: list, on_start) -> list[dict]:
             for t in trainers:
                 stack.callback(t.close_logs)
             if on_start:
-                on_start()
+                on_start([r.run_dir for r in todo])
             _train_side_by_side(trainers)
         failed = [r for r in runs if r.failed]  # (stopped by a NaN loss, now or in an earlier attempt)
         if failed:
