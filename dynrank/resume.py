@@ -75,7 +75,7 @@ class Run:
         rather than training it into the same NaN again."""
         self.failed = (f"{why}; lower train.lr, check the data, or turn off train.bf16; the last epoch's checkpoint is "
                        "kept, and the command run again leaves the run as it is (train.resume=false trains it again)")
-        write_json(self.run_dir / DIVERGED, {"diverged": why, "seed": self.seed, "lr": float(self.cfg.train.lr)})
+        write_json(self.run_dir / DIVERGED, {"diverged": why, "run_id": self.id})
 
     def data(self) -> dict:
         if self.shared is None:
@@ -92,7 +92,7 @@ class Run:
         if resume and (recovered := checkpoint.recover(self.run_dir)):
             log.warning("%s: a checkpoint save was stopped during its swap; its complete checkpoint (epoch %d, step "
                         "%d) was put in place", self.run_dir, recovered.epoch, recovered.step)
-        if resume and (why := _diverged_before(self.run_dir)):
+        if resume and (why := _diverged_before(self.run_dir, self.id)):
             self.skip = True
             self.failed = (f"it diverged in an earlier attempt ({why}) and is left as it is: add train.resume=false to "
                            "train it again, or lower train.lr (another run)")
@@ -260,14 +260,17 @@ class Run:
         return True
 
 
-def _diverged_before(run_dir) -> str | None:
-    """When an earlier attempt at the run diverged (``Run.diverged``): its ``diverged.json``'s account, else None."""
+def _diverged_before(run_dir, run_id: str) -> str | None:
+    """When an earlier attempt at the run ``run_id`` diverged in ``run_dir`` (``Run.diverged``): its
+    ``diverged.json``'s account, else None (another run's, in a run directory set by hand: the checkpoint's checks
+    then say what it holds)."""
     try:
-        return str(json.loads((Path(run_dir) / DIVERGED).read_text(encoding="utf-8"))["diverged"])
+        record = json.loads((Path(run_dir) / DIVERGED).read_text(encoding="utf-8"))
+        return str(record["diverged"]) if record.get("run_id") in (run_id, None) else None
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):  # unreadable: it diverged all the same
-        return "its diverged.json is unreadable"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable: it diverged all the same
+        return f"{DIVERGED} is unreadable"
 
 
 def remove_if_empty(run_dir, run_id: str) -> None:

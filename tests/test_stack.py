@@ -140,6 +140,7 @@ def test_a_diverging_run_stops_alone_and_is_left_as_it_is_when_run_again(tmp_pat
                                             r"run\)$"):
         train(runs, dirs)
     assert {p: p.read_bytes() for p in (tmp_path / "st").rglob("*") if p.is_file()} == files  # nothing trained
+    assert _opened(runs[0], dirs[1]).failed is None  # (another run's record, as in a run directory set by hand)
 
 
 def test_clip_per_run_scales_each_row_to_its_own_norm():
