@@ -172,7 +172,8 @@ class Run:
         if not checkpoint.exists(other):
             if not results:
                 return None
-            return (done, True, 0), other, "kept no checkpoint (train.keep_checkpoint=none): there is nothing to continue"
+            return ((done, True, 0), other,
+                    "kept no checkpoint (train.keep_checkpoint=none): there is nothing to continue")
         try:
             state = checkpoint.read_state(other, None)
             checkpoint.check_tensors(state.path)

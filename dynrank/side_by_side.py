@@ -8,9 +8,9 @@ and with its own random state. Runs resumed from different points (epochs, or ba
 stacks, also stepped side by side.
 
 A run whose loss turns NaN stops alone (``Run.diverged``): the runs beside it, in its stack or side by side, finish,
-and the command then ends with the error. However a command ends, its runs stay whole: SIGTERM checkpoints every run where it stands and ends the command
-(``preempt``); an error, Ctrl-C or a full disk leaves each run at its last checkpoint, and no directory behind that
-holds nothing (``resume.remove_if_empty``).
+and the command then ends with the error. However a command ends, its runs stay whole: SIGTERM checkpoints every run
+where it stands and ends the command (``preempt``); an error, Ctrl-C or a full disk leaves each run at its last
+checkpoint, and no directory behind that holds nothing (``resume.remove_if_empty``).
 """
 from __future__ import annotations
 

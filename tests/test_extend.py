@@ -144,11 +144,12 @@ def test_extend_refuses_a_shorter_run_without_a_whole_checkpoint(tmp_path):
     the start ("no shorter run"): now refused in one line naming the run and why, leaving nothing behind."""
     _train(tmp_path, "train.epochs=1", "train.keep_checkpoint=none")
     short, longer = _home(tmp_path, "train.epochs=1"), ["train.epochs=2", "train.extend=true"]
-    drop = f"drop train.extend=true to train 2 epochs from the start, or move {short} away to continue another shorter run"
+    drop = (f"drop train.extend=true to train 2 epochs from the start, or move {short} away to continue another "
+            "shorter run")
     with pytest.raises(TrainingError) as e:
         _train(tmp_path, *longer)
-    assert str(e.value) == (f"train.extend=true: the shorter run {short} kept no checkpoint (train.keep_checkpoint=none): "
-                            f"there is nothing to continue; {drop}")
+    assert str(e.value) == (f"train.extend=true: the shorter run {short} kept no checkpoint "
+                            f"(train.keep_checkpoint=none): there is nothing to continue; {drop}")
     assert not _home(tmp_path, *longer).parent.exists()
     _train(tmp_path, "train.epochs=1", "train.resume=false")  # again, keeping its checkpoint
     tensors = short / "checkpoint/tensors.safetensors"
@@ -165,8 +166,8 @@ def test_extend_refuses_a_shorter_run_without_a_whole_checkpoint(tmp_path):
     with pytest.raises(TrainingError) as e:
         _train(tmp_path, *longer, "seed=2")
     assert str(e.value) == ("train.extend=true: no shorter run of this config (the same learning rate, seed and every "
-                            f"key but train.epochs) beside {_home(tmp_path, *longer, 'seed=2')} to continue to 2 epochs; "
-                            "drop train.extend=true to train 2 epochs from the start")
+                            f"key but train.epochs) beside {_home(tmp_path, *longer, 'seed=2')} to continue to 2 "
+                            "epochs; drop train.extend=true to train 2 epochs from the start")
     assert not _home(tmp_path, *longer).parent.exists()
 
 

@@ -145,7 +145,8 @@ def test_a_multi_seed_command_logs_in_each_run_directory_and_makes_no_other(tmp_
     assert sorted(d.name for d in lr_dir.iterdir()) == ["seed2", "seed3"]
     for seed in (2, 3):
         run = lr_dir / f"seed{seed}"
-        assert sorted(f.name for f in run.iterdir() if f.name.startswith((".hydra", "train"))) == [".hydra", "train.log"]
+        assert sorted(f.name for f in run.iterdir() if f.name.startswith((".hydra", "train"))) == [".hydra",
+                                                                                                 "train.log"]
         assert f"| seed 2 lr 0.0004 | 2 steps" in (run / "train.log").read_text()  # (the command's log: both runs')
         assert compose_seed(run) == seed
     p = cli(["-m", *over, "seeds=[1,2],[3]", f"hydra.sweep.dir={tmp_path / 'multirun'}"], cwd=tmp_path)
