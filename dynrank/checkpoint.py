@@ -209,10 +209,30 @@ def copy_into(path, run_dir) -> None:
     os.replace(tmp, target)
 
 
-def damaged(path, e: Exception) -> TrainingError:
+def check_tensors(path) -> None:
+    """The checkpoint at ``path`` has a whole tensors file (its header read, the file as long as it says): before a
+    copy of it is made another run's checkpoint (``train.extend``). A damaged one is ``damaged``'s error."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(Path(path) / "tensors.safetensors"), "pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise damaged(path, e) from None
+
+
+class Damaged(TrainingError):
+    """A checkpoint whose files cannot be read back: ``path`` (its directory) and ``cause`` (what is wrong)."""
+
+    def __init__(self, path, cause: str):
+        super().__init__(f"the checkpoint in {path} is damaged ({cause}); {START_OVER} (or move {path} away first "
+                         "to keep it)")
+        self.path, self.cause = path, cause
+
+
+def damaged(path, e: Exception) -> Damaged:
     detail = str(e).splitlines()[0] if str(e) else ""
-    return TrainingError(f"the checkpoint in {path} is damaged ({type(e).__name__}: {detail}); {START_OVER} "
-                         f"(or move {path} away first to keep it)")
+    return Damaged(path, f"{type(e).__name__}: {detail}")
 
 
 def _diff(old: dict, new: dict, shown: int = 6) -> str:

@@ -23,9 +23,9 @@ from omegaconf import OmegaConf
 from . import checkpoint, export, gpus, methods, runlog
 from .config import config_hash, run_id
 from .device import fast_path, pick_device, seed_everything
-from .errors import TrainingError
 from .inputs import batches
 from .results import SCHEMA, git_commit, versions, write_json
+from .resume import DIVERGED
 from .step import make_optimizer, make_stepper, prepare_model
 
 if TYPE_CHECKING:
@@ -170,22 +170,21 @@ class Trainer:
                         run.writer.add_scalar(f"{self.method.name}/{name}", value, self.step)
 
     def _check_finite(self) -> None:
-        """A run whose loss turned NaN/inf stops (its last epoch's checkpoint kept); the other runs of its stack
-        train on, and the command ends with the error once they are done (``side_by_side``)."""
+        """A run whose loss turned NaN/inf stops (its last epoch's checkpoint kept, its directory saying why:
+        ``Run.diverged``); the other runs of its stack, and the stacks beside it, train on, and the command ends with
+        the error once they are done (``side_by_side``)."""
         for k, ok in enumerate(self.finite.tolist()):
             run = self.runs[k]
             if not ok and run.failed is None:
-                which = f"seed {run.seed}" + (f", lr {float(run.cfg.train.lr):g}" if self.R > 1 else "")
-                run.failed = (f"loss became NaN/inf by step {self.step} (epoch {self.epoch + 1}, {which}); lower "
-                              "train.lr, check the data, or turn off train.bf16; the last epoch's checkpoint is kept")
+                run.diverged(f"loss became NaN/inf by step {self.step} (epoch {self.epoch + 1}, seed {run.seed}, lr "
+                             f"{float(run.cfg.train.lr):g})")
                 log.error("%s: %s", run.run_dir, run.failed)
-        if not self.active():
-            raise TrainingError(self.runs[0].failed if self.R == 1 else
-                                "every run's loss became NaN/inf: " + "; ".join(r.failed for r in self.runs))
 
     def end_epoch(self) -> None:
         epoch = self.epoch
         self._check_finite()
+        if not self.active():  # every run of the stack diverged: nothing to evaluate or keep
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         train_time = time.time() - self.t0
@@ -238,6 +237,7 @@ class Trainer:
                                 step=self.step, history=run.history, fingerprint=run.fp,
                                 extra=self._checkpoint_extra(run), position=position)
             runlog.keep_only(run.run_dir / runlog.TB_DIR, run.tb_files)  # a start-over's events replace the old
+            (run.run_dir / DIVERGED).unlink(missing_ok=True)  # (a start-over's: its state replaces the diverged one)
         self.saved_step = self.step
 
     def close_logs(self) -> None:

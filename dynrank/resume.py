@@ -8,8 +8,11 @@ asked). ``loop.Trainer`` then trains the opened runs; ``side_by_side`` opens a c
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from . import checkpoint, runlog
 from .config import resume_key, run_id, validate
@@ -20,6 +23,7 @@ from .lock import RunLock
 from .results import read_results, store_path, write_json
 
 log = logging.getLogger("dynrank")
+DIVERGED = "diverged.json"  # in a run directory: the run's loss turned NaN/inf, and when (``Run.diverged``)
 
 
 class Run:
@@ -64,6 +68,15 @@ class Run:
         if hasattr(self, "lock"):
             self.lock.release(tidy=True)
 
+    def diverged(self, why: str) -> None:
+        """Its loss turned NaN/inf (``why``: when, its seed and learning rate): the run stops while the runs beside it
+        train on, and its directory records it (``diverged.json``) until a later attempt's checkpoint replaces its
+        state (``train.resume=false``): the command run again says so and leaves the run as it is (``_decide``),
+        rather than training it into the same NaN again."""
+        self.failed = (f"{why}; lower train.lr, check the data, or turn off train.bf16; the last epoch's checkpoint is "
+                       "kept, and the command run again leaves the run as it is (train.resume=false trains it again)")
+        write_json(self.run_dir / DIVERGED, {"diverged": why, "run_id": self.id})
+
     def data(self) -> dict:
         if self.shared is None:
             self.shared = load_data(self.cfg)
@@ -79,6 +92,12 @@ class Run:
         if resume and (recovered := checkpoint.recover(self.run_dir)):
             log.warning("%s: a checkpoint save was stopped during its swap; its complete checkpoint (epoch %d, step "
                         "%d) was put in place", self.run_dir, recovered.epoch, recovered.step)
+        if resume and (why := _diverged_before(self.run_dir, self.id)):
+            self.skip = True
+            self.failed = (f"it diverged in an earlier attempt ({why}) and is left as it is: add train.resume=false to "
+                           "train it again, or lower train.lr (another run)")
+            log.warning("%s: %s", self.run_dir, self.failed)
+            return
         if self.cfg.train.get("extend") and resume and not checkpoint.exists(self.run_dir):
             self._continue_shorter_run()
         self._check_store()
@@ -106,23 +125,25 @@ class Run:
         """``train.extend=true``, no checkpoint here yet: the longest shorter run of this config (beside this one in
         the same outputs tree: same learning rate, seed and every other key but the epochs) lends its last
         checkpoint, copied here, and this run continues from it (``Trainer._extend``). The shorter run is left as
-        it is."""
-        epochs, lr_dir = int(self.cfg.train.epochs), self.run_dir.parent.name.rsplit("-", 1)[0]
-        found = []
-        for other in self.run_dir.parent.parent.glob(f"{lr_dir}-*/{self.run_dir.name}"):
-            if other == self.run_dir or not checkpoint.exists(other):
-                continue
-            try:
-                state = checkpoint.read_state(other, self.fp, self.key)
-            except TrainingError:  # another config (a different hash is not only another length), or damaged
-                continue
-            if state.epoch < epochs:
-                found.append((state.epoch, str(state.path)))
+        it is. Shorter means planned shorter: a longer run stopped early does not lend (its epochs followed its own
+        length's schedules). Of runs that trained as many epochs, one that ended as planned lends before one stopped
+        early, one trained from the start before an extended one; runs alike in all that are refused, as are a
+        shorter run that kept no checkpoint (``train.keep_checkpoint=none``) or whose checkpoint is damaged, and
+        none at all: each a ``TrainingError`` naming the run and why, before anything is copied."""
+        epochs = int(self.cfg.train.epochs)
+        found = [c for c in map(self._shorter, self._beside()) if c is not None]
         if not found:
-            log.warning("train.extend=true: no shorter run of this config beside %s; training %d epochs from the "
-                        "start", self.run_dir, epochs)
-            return
-        other = Path(max(found)[1]).parent
+            raise TrainingError(f"train.extend=true: no shorter run of this config (the same learning rate, seed and "
+                                f"every key but train.epochs) beside {self.run_dir} to continue to {epochs} epochs; "
+                                f"drop train.extend=true to train {epochs} epochs from the start")
+        found.sort(key=lambda c: c[0], reverse=True)
+        (rank, other, why), ties = found[0], [c[1] for c in found[1:] if c[0] == found[0][0]]
+        if why:
+            raise TrainingError(f"train.extend=true: the shorter run {other} {why}; drop train.extend=true to train "
+                                f"{epochs} epochs from the start, or move {other} away to continue another shorter run")
+        if ties:
+            raise TrainingError(f"train.extend=true: {other} and {', '.join(map(str, ties))} are shorter runs of "
+                                f"this config alike (epochs trained: {rank[0]}); move all but the one to continue away")
         try:
             with RunLock(other):  # never while it trains: a checkpoint being swapped would copy mixed
                 state = checkpoint.read_state(other, self.fp, self.key)
@@ -131,6 +152,47 @@ class Run:
             raise RunInUseError(f"train.extend=true: {e}") from None
         log.info("extending %s (%d epochs trained) to %d epochs in %s; that run is left as it is",
                  other, state.epoch, epochs, self.run_dir)
+
+    def _beside(self) -> list[Path]:
+        """The run directories this run's extension looks at: its own and those of the same learning rate and seed
+        under the other hashes of its cell (``lr<lr>-*/seed<k>``)."""
+        lr_dir = self.run_dir.parent.name.rsplit("-", 1)[0]
+        return sorted({self.run_dir, *self.run_dir.parent.parent.glob(f"{lr_dir}-*/{self.run_dir.name}")})
+
+    def _shorter(self, other: Path) -> tuple[tuple, Path, str | None] | None:
+        """``other`` as a run this one may continue: ``(rank, other, why not)`` (the highest rank lends; ``why``
+        None: its checkpoint can be copied), or None where it is not a planned-shorter run of this config."""
+        epochs = int(self.cfg.train.epochs)
+        done, results = read_results(other / "results.json")
+        schedule = results.get("schedule")
+        planned = schedule[-1].get("epochs") if isinstance(schedule, list) and schedule and isinstance(
+            schedule[-1], dict) else done
+        if results and (not isinstance(planned, int) or planned >= epochs or not self._same_config(results)):
+            return None  # finished: not a shorter run of this config
+        if not checkpoint.exists(other):
+            if not results:
+                return None
+            return ((done, True, 0), other,
+                    "kept no checkpoint (train.keep_checkpoint=none): there is nothing to continue")
+        try:
+            state = checkpoint.read_state(other, None)
+            checkpoint.check_tensors(state.path)
+        except checkpoint.Damaged as e:  # (no results to say whose it is: refused rather than passed over)
+            return (float("inf"), True, 0), other, f"has a damaged checkpoint ({e.path}: {e.cause})"
+        if state.raw.get("fingerprint") != self.fp or state.planned_epochs is None or state.planned_epochs >= epochs:
+            return None  # another config; a run planned as long or longer (stopped early or not); or unknown
+        segments = len(state.extra.get("schedule") or [])
+        return (state.epoch, state.epoch == state.planned_epochs and not state.batch, -segments), other, None
+
+    def _same_config(self, results: dict) -> bool:
+        """Whether a results file is of a run of this config but for its length."""
+        made = results.get("config")
+        if not isinstance(made, dict):
+            return False
+        try:
+            return resume_key(OmegaConf.create(made)) == self.key
+        except Exception:  # noqa: BLE001  (a config of another version of dynrank: not comparable)
+            return False
 
     def _finished(self, state: checkpoint.State | None) -> bool:
         """A finished run (its results file, and a checkpoint at its last epoch made with this config and on this
@@ -153,17 +215,34 @@ class Run:
             raise TrainingError(f"the checkpoint in {path} has trained {state.epoch} epochs, more than "
                                 f"train.epochs={epochs}; set train.epochs={state.epoch} or more to keep it, or "
                                 f"{checkpoint.START_OVER}")
-        planned = state.planned_epochs
-        if planned is not None and planned != epochs and not self.cfg.train.get("extend"):
+        planned, extend = state.planned_epochs, bool(self.cfg.train.get("extend"))
+        if planned is not None and planned != epochs and not extend:
             raise TrainingError(f"the checkpoint in {path} is of a {planned}-epoch run and train.epochs={epochs}: "
                                 f"add train.extend=true to continue it to {epochs} epochs (its schedules then span "
                                 f"{epochs} epochs from step {state.step}: README, More epochs), or "
                                 f"{checkpoint.START_OVER}")
-        # no results of that epoch (missing, damaged, or a shorter run's): finishing from the checkpoint writes them
-        if state.epoch < epochs or done != state.epoch:
+        self._check_extended(state, extend)
+        # no results of that epoch (missing, damaged, a shorter run's, or another run's: its run id not this one's):
+        # finishing from the checkpoint writes them
+        if state.epoch < epochs or done != state.epoch or finished.get("run_id") != self.id:
             return False
         checkpoint.check_data(f"the checkpoint in {path}", state.data, self.data()["data"])
         return self._left_as_it_is(finished)
+
+    def _check_extended(self, state: checkpoint.State, extend: bool) -> None:
+        """A checkpoint of a run extended from a shorter one (its schedule lists two lengths or more) is another run
+        than one trained for its length from the start, and the other way round (``config.identity``): in a run
+        directory set by hand, neither is resumed or left as finished in the other's name."""
+        schedule, epochs = state.extra.get("schedule") or [], int(self.cfg.train.epochs)
+        if len(schedule) > 1 and not extend:
+            raise TrainingError(f"the checkpoint in {state.path} is of a run extended from "
+                                f"{schedule[0].get('epochs')} to {state.planned_epochs} epochs (train.extend=true), "
+                                f"not one trained {epochs} epochs from the start: add train.extend=true to continue "
+                                f"or keep it, or {checkpoint.START_OVER}")
+        if len(schedule) == 1 and extend and state.planned_epochs == epochs:
+            raise TrainingError(f"the checkpoint in {state.path} is of a run trained {epochs} epochs from the start, "
+                                f"not an extended one: drop train.extend=true to continue or keep it, or "
+                                f"{checkpoint.START_OVER}")
 
     def _left_as_it_is(self, finished: dict) -> bool:
         results = self.run_dir / "results.json"
@@ -180,6 +259,19 @@ class Run:
             return True
         log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
         return True
+
+
+def _diverged_before(run_dir, run_id: str) -> str | None:
+    """When an earlier attempt at the run ``run_id`` diverged in ``run_dir`` (``Run.diverged``): its
+    ``diverged.json``'s account, else None (another run's, in a run directory set by hand: the checkpoint's checks
+    then say what it holds)."""
+    try:
+        record = json.loads((Path(run_dir) / DIVERGED).read_text(encoding="utf-8"))
+        return str(record["diverged"]) if record.get("run_id") in (run_id, None) else None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable: it diverged all the same
+        return f"{DIVERGED} is unreadable"
 
 
 def remove_if_empty(run_dir, run_id: str) -> None:

@@ -15,12 +15,17 @@ one (``keep_only``): killed before it, the run is as it was, its events included
 once, whatever TensorBoard version reads the directory (a start-over's first steps are shown beside the old ones
 until its first checkpoint).
 
+A command that trains several runs (``seeds=[...]``, ``lr_search=true``) writes the log in each run directory it
+trains instead of Hydra's (``per_run``).
+
 ``${dynrank_tty:}`` (``train.progress``'s default): a progress bar only where stderr is a terminal, never in a log.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -39,6 +44,62 @@ def log_file(run_dir) -> str:
 
 def _log_name(n: int) -> str:
     return "train.log" if n == 1 else f"train.{n}.log"
+
+
+class RunLogs(logging.Handler):
+    """The log of a command that trains several runs (``seeds=[...]``, ``lr_search=true``), in each run directory it
+    trains (``log_file``), as a run alone's is in its own: its lines are held until the runs are about to train
+    (``open``), then written to each, so that a command refused before writes no file and a run it does not train
+    (finished already, refused) gets none."""
+
+    def __init__(self, formatter: logging.Formatter | None):
+        super().__init__()
+        self.setFormatter(formatter)
+        self.held: list[logging.LogRecord] | None = []
+        self.files: list[logging.FileHandler] = []
+
+    def open(self, run_dirs) -> None:
+        self.files = [logging.FileHandler(log_file(d), delay=True, encoding="utf-8") for d in run_dirs]
+        for f in self.files:
+            f.setFormatter(self.formatter)
+            for record in self.held or []:
+                f.handle(record)
+        self.held = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held is not None:
+            self.held.append(record)
+        for f in self.files:
+            f.handle(record)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        super().close()
+
+
+@contextmanager
+def per_run(output_dir):
+    """While a command trains several runs: Hydra's log file handler, which would write the log in the Hydra
+    directory (``hydra.runtime.output_dir``: the directory of the default seed's run, ``seed1``, whatever the seeds
+    trained), is replaced by ``RunLogs`` (yielded: ``open`` it with the run directories it trains). Where logging
+    has no such handler (``hydra/job_logging`` set otherwise), the command's log is left as it is."""
+    root = logging.getLogger()
+    hydra_files = [h for h in root.handlers if isinstance(h, logging.FileHandler)
+                   and Path(h.baseFilename).parent == Path(output_dir).absolute()]
+    logs = RunLogs(hydra_files[0].formatter if hydra_files else None)
+    if not hydra_files:
+        yield logs
+        return
+    for h in hydra_files:
+        root.removeHandler(h)
+        h.close()
+    root.addHandler(logs)
+    try:
+        yield logs
+    finally:
+        root.removeHandler(logs)
+        logs.close()
 
 
 def on_terminal() -> bool:

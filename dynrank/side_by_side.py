@@ -7,9 +7,10 @@ all of them, ``train.stack``); full fine-tuning, whose every weight differs per 
 and with its own random state. Runs resumed from different points (epochs, or batches within one) form different
 stacks, also stepped side by side.
 
-However a command ends, its runs stay whole: SIGTERM checkpoints every run where it stands and ends the command
-(``preempt``); an error, Ctrl-C or a full disk leaves each run at its last checkpoint, and no directory behind that
-holds nothing (``resume.remove_if_empty``).
+A run whose loss turns NaN stops alone (``Run.diverged``): the runs beside it, in its stack or side by side, finish,
+and the command then ends with the error. However a command ends, its runs stay whole: SIGTERM checkpoints every run
+where it stands and ends the command (``preempt``); an error, Ctrl-C or a full disk leaves each run at its last
+checkpoint, and no directory behind that holds nothing (``resume.remove_if_empty``).
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a store made read-only (
 def run(cfg, run_dir, on_start=None) -> dict:
     """Train ``cfg.method`` on ``cfg.task``; returns the results dict (also written to disk).
 
-    ``on_start()`` is called once the run is set up and about to train (the CLI writes Hydra's files then)."""
+    ``on_start(run_dirs)`` is called with the directories of the runs to train once they are set up and about to
+    train (the CLI writes Hydra's files and opens the logs then)."""
     results = run_side_by_side([cfg], [run_dir], on_start=on_start)
     return results[0] if results else {}
 
@@ -90,9 +92,9 @@ def _open_and_train(cfgs: list, run_dirs: list, on_start) -> list[dict]:
             for t in trainers:
                 stack.callback(t.close_logs)
             if on_start:
-                on_start()
+                on_start([r.run_dir for r in todo])
             _train_side_by_side(trainers)
-        failed = [r for r in todo if r.failed]
+        failed = [r for r in runs if r.failed]  # (stopped by a NaN loss, now or in an earlier attempt)
         if failed:
             raise TrainingError(failed[0].failed if len(failed) == 1 else f"{len(failed)} runs stopped: "
                                 + "; ".join(f"{r.run_dir}: {r.failed}" for r in failed))
@@ -156,7 +158,9 @@ def _train_side_by_side(trainers: list[Trainer]) -> None:
         torch.cuda.reset_peak_memory_stats(dev)
     with preempt.deferred():  # a SIGTERM is honoured at the checks below: every run checkpointed where it stands
         for epoch in range(min(t.start_epoch for t in trainers), max(t.epochs for t in trainers)):
-            active = [t for t in trainers if t.start_epoch <= epoch < t.epochs]
+            active = [t for t in trainers if t.start_epoch <= epoch < t.epochs and t.active()]  # (NaN: stopped)
+            if not active:
+                continue
             plans = []
             for t in active:  # per-epoch tensors are made on the trainer's own stream (no cross-stream race)
                 with _on(t.stream):
@@ -165,7 +169,7 @@ def _train_side_by_side(trainers: list[Trainer]) -> None:
             first = trainers[0]
             for i in progress(first.cfg, range(min(t.batch for t in active), steps), epoch, first.epochs):
                 for t, plan in zip(active, plans):
-                    if t.batch <= i < len(plan):  # (resumed within this epoch: from its batch)
+                    if t.batch <= i < len(plan) and t.active():  # (resumed within this epoch: from its batch)
                         with _on(t.stream), _own_rng(t, several):
                             t.train_step(i, plan[i])
                             if t.checkpoint_due():
@@ -177,7 +181,7 @@ def _train_side_by_side(trainers: list[Trainer]) -> None:
                     t.end_epoch()
             if preempt.requested():
                 _stop(trainers)
-    for t in trainers:
+    for t in (t for t in trainers if t.active()):
         with _on(t.stream), _own_rng(t, several):
             t.finish()
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from . import config  # noqa: F401  (registers the ${run_id:} resolver used by conf/config.yaml)
 from . import gpus  # (registers ${dynrank_gpus:}, used by conf/hydra/launcher/local_gpus.yaml)
-from . import runlog  # noqa: F401  (registers ${dynrank_log:}, used by conf/hydra/job_logging/dynrank.yaml)
+from . import runlog  # (registers ${dynrank_log:}, used by conf/hydra/job_logging/dynrank.yaml)
 from .errors import DynrankError
 from .preempt import EXIT_CODE as PREEMPTED, Preempted
 
@@ -52,10 +52,12 @@ def main(cfg: DictConfig) -> float | None:
     from .side_by_side import run
 
     def work():
-        gpus.claim_if_asked()  # hydra/launcher=local_gpus: this job's own GPU, before CUDA starts
         if cfg.get("seeds") or cfg.get("lr_search"):
-            return _run_side_by_side(cfg)
-        return run(cfg, HydraConfig.get().runtime.output_dir, on_start=lambda: _save_hydra_files(cfg))
+            with runlog.per_run(HydraConfig.get().runtime.output_dir) as logs:  # each run directory its own log
+                gpus.claim_if_asked()  # hydra/launcher=local_gpus: this job's own GPU, before CUDA starts
+                return _run_side_by_side(cfg, logs)
+        gpus.claim_if_asked()
+        return run(cfg, HydraConfig.get().runtime.output_dir, on_start=lambda _: _save_hydra_files(cfg))
 
     results = guarded(work)
     if results:
@@ -77,24 +79,40 @@ def runs_of(cfg) -> list[DictConfig]:
     return out
 
 
-def _run_side_by_side(cfg) -> dict:
+def _run_side_by_side(cfg, logs: runlog.RunLogs) -> dict:
     """One process, several runs (own streams on a GPU); each run gets the directory a single run with its
-    seed and lr would get (``outputs/<run id>``), or ``<hydra.run.dir>/<run id>`` when that was set by hand."""
+    seed and lr would get (``outputs/<run id>``), or ``<hydra.run.dir>/<run id>`` when that was set by hand, and in
+    it, once it is about to train, its log (``logs``) and Hydra's files (its own config). Hydra's own directory
+    (the default seed's run's, as ``hydra.run.dir`` names it) is removed unless it is one of the runs' or was set by
+    hand: a command's jobs (``-m 'seeds=[1,2],[3]'``) share nothing, and no directory is named after a run it does
+    not train."""
     from .config import run_id
+    from .resume import remove_if_empty
     from .side_by_side import run_side_by_side
 
     root = Path(HydraConfig.get().runtime.output_dir)
     own = Path(run_id(cfg)).parts
     base = root.parents[len(own) - 1] if root.parts[-len(own):] == own else root
     cfgs = runs_of(cfg)
-    all_results = run_side_by_side(cfgs, [base / run_id(c) for c in cfgs], on_start=lambda: _save_hydra_files(cfg))
+    dirs = [base / run_id(c) for c in cfgs]
+    if base != root and root not in dirs:
+        remove_if_empty(root, run_id(cfg))  # (made by Hydra at job start, holding nothing)
+    config_of = {d: c for d, c in zip(dirs, cfgs)}
+
+    def on_start(trained: list) -> None:
+        for d in trained:
+            _save_hydra_files(config_of[d], d)
+        logs.open(trained)
+
+    all_results = run_side_by_side(cfgs, dirs, on_start=on_start)
     return all_results[0] if all_results else {}
 
 
-def _save_hydra_files(cfg) -> None:
-    """Hydra's ``<output dir>/.hydra/{config,hydra,overrides}.yaml``, written once the run has started rather than
-    at job start (``hydra.output_subdir: null`` in conf/config.yaml): a command that stops with an error (a run in
-    use, changed data, a damaged checkpoint) leaves a finished run's ``.hydra/`` as it was."""
+def _save_hydra_files(cfg, run_dir=None) -> None:
+    """Hydra's ``<output dir>/.hydra/{config,hydra,overrides}.yaml`` (``run_dir``: in that run's directory, with
+    its own config), written once the run has started rather than at job start (``hydra.output_subdir: null`` in
+    conf/config.yaml): a command that stops with an error (a run in use, changed data, a damaged checkpoint) leaves a
+    finished run's ``.hydra/`` as it was."""
     from omegaconf import OmegaConf
 
     from .results import atomic_write_text
@@ -102,7 +120,7 @@ def _save_hydra_files(cfg) -> None:
     hydra_cfg = HydraConfig.instance().cfg
     if hydra_cfg.hydra.output_subdir is not None:  # set on the command line: Hydra wrote them at job start
         return
-    out = Path(hydra_cfg.hydra.runtime.output_dir) / ".hydra"
+    out = Path(run_dir or hydra_cfg.hydra.runtime.output_dir) / ".hydra"
     files = {"config.yaml": cfg, "hydra.yaml": hydra_cfg, "overrides.yaml": hydra_cfg.hydra.overrides.task}
     for name, node in files.items():
         atomic_write_text(out / name, OmegaConf.to_yaml(node))

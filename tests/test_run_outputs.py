@@ -129,3 +129,40 @@ def test_what_the_readme_writes_is_ignored_by_git():
         pytest.skip("not a git checkout")
     p = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
     assert p.stdout.split() == paths
+
+
+@pytest.mark.slow
+def test_a_multi_seed_command_logs_in_each_run_directory_and_makes_no_other(tmp_path):
+    """``seeds=[2,3]`` created ``.../seed1/`` holding only ``.hydra/`` and the log of seeds 2 and 3 (a directory
+    named after a run never trained), and the jobs of ``-m 'seeds=[1,2],[3]'`` shared it. Now each run directory
+    the command trains has its own log and ``.hydra/`` (its own config), as a run alone's, and no other is made."""
+    from conftest import cli
+
+    over = tiny_overrides(tmp_path, "data.max_train_samples=16", "data.max_eval_samples=16", "train.batch_size=8")
+    p = cli([*over, "seeds=[2,3]"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    lr_dir = next((tmp_path / "outputs").rglob("seed2")).parent
+    assert sorted(d.name for d in lr_dir.iterdir()) == ["seed2", "seed3"]
+    for seed in (2, 3):
+        run = lr_dir / f"seed{seed}"
+        assert sorted(f.name for f in run.iterdir() if f.name.startswith((".hydra", "train"))) == [".hydra",
+                                                                                                 "train.log"]
+        assert f"| seed 2 lr 0.0004 | 2 steps" in (run / "train.log").read_text()  # (the command's log: both runs')
+        assert compose_seed(run) == seed
+    p = cli(["-m", *over, "seeds=[1,2],[3]", f"hydra.sweep.dir={tmp_path / 'multirun'}"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    runs = {d.name: d for d in (tmp_path / "multirun").rglob("seed*") if d.is_dir()}
+    assert sorted(runs) == ["seed1", "seed2", "seed3"]
+    for seed, run in runs.items():
+        logs = sorted(f.name for f in run.glob("train*.log"))
+        assert logs == ["train.log"], (seed, logs)  # one attempt each: no job wrote in another's run directory
+        text = (run / "train.log").read_text()
+        assert f"seed {seed[4:]} lr" in text and ("seed 3 lr" in text) == (seed == "seed3"), seed
+        assert compose_seed(run) == int(seed[4:])
+
+
+def compose_seed(run_dir) -> int:
+    """The seed of the config in a run directory's ``.hydra/config.yaml``."""
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.load(run_dir / ".hydra/config.yaml").seed)

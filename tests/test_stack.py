@@ -100,6 +100,35 @@ def test_each_run_clips_its_own_gradients(tmp_path):
     assert not (dirs[1] / "results.json").exists() and not (dirs[1] / "checkpoint").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stack", ["false", "true"])
+def test_a_diverging_run_stops_alone_and_is_left_as_it_is_when_run_again(tmp_path, stack):
+    """An lr grid whose largest rate diverges, side by side (a CPU's default): the NaN ended the command at once, the
+    other run stopped mid-epoch with no checkpoint and no results, the error named the seed but not the rate, and the
+    same command failed at the same step every time. Now the other run finishes (results, checkpoint), the command
+    ends with the error naming seed and rate, and run again it says once that the run diverged and trains nothing."""
+    runs = [cfg(tmp_path, "lora", 1, lr, "st", "train.epochs=2", f"train.stack={stack}") for lr in (1e-3, 1e6)]
+    dirs = [tmp_path / "st/a", tmp_path / "st/b"]
+    assert [len(group) for group in stacks([_opened(c, d) for c, d in zip(runs, dirs)])] == (
+        [1, 1] if stack == "false" else [2])
+    nan = r"loss became NaN/inf by step \d+ \(epoch 1, seed 1, lr 1e\+06\)"
+    with pytest.raises(TrainingError, match=rf"^{nan}; lower train.lr, .* the command run again leaves the run as "
+                                            r"it is \(train.resume=false trains it again\)$"):
+        train(runs, dirs)
+    sane = json.loads((dirs[0] / "results.json").read_text())
+    assert [h["epoch"] for h in sane["epochs"]] == [1, 2] and json.loads(
+        (dirs[0] / "checkpoint/state.json").read_text())["epoch"] == 2
+    assert (tmp_path / "st" / f"{sane['run_id']}.json").exists()
+    assert not (dirs[1] / "results.json").exists() and (dirs[1] / "diverged.json").exists()
+    files = {p: p.read_bytes() for p in (tmp_path / "st").rglob("*") if p.is_file()}
+    with pytest.raises(TrainingError, match=rf"^it diverged in an earlier attempt \({nan}\) and is left as it is: "
+                                            r"add train.resume=false to train it again, or lower train.lr \(another "
+                                            r"run\)$"):
+        train(runs, dirs)
+    assert {p: p.read_bytes() for p in (tmp_path / "st").rglob("*") if p.is_file()} == files  # nothing trained
+    assert _opened(runs[0], dirs[1]).failed is None  # (another run's record, as in a run directory set by hand)
+
+
 def test_clip_per_run_scales_each_row_to_its_own_norm():
     from dynrank.optim import clip_per_run
 

@@ -113,7 +113,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     before = (tmp_path / "run/checkpoint/state.json").read_text()
     cfg = compose(tiny_overrides(tmp_path, "method=full", "train.epochs=2", "train.lr=1e30",
                                  "data.max_train_samples=32", "train.log_every=1", "seed=2"))
-    with pytest.raises(TrainingError, match=r"loss became NaN/inf by step \d+ \(epoch 1, seed 2\); lower train.lr"):
+    with pytest.raises(TrainingError, match=r"loss became NaN/inf by step \d+ \(epoch 1, seed 2, lr 1e\+30\); "
+                                            r"lower train.lr"):
         run(cfg, tmp_path / "run2")
     assert not (tmp_path / "run2/checkpoint").exists()
     assert (tmp_path / "run/checkpoint/state.json").read_text() == before

@@ -21,7 +21,9 @@ NOT_IN_IDENTITY = {
 
 
 # A run's length: part of what it computes and of where it lives (``run_id``), but not of what its checkpoint must
-# match (``resume_key``): ``train.extend=true`` continues a shorter run of the same config to more epochs.
+# match (``resume_key``): ``train.extend=true`` continues a shorter run of the same config to more epochs. So is
+# ``train.extend=true`` itself (``identity``): an extended run is another run than one trained for its length from
+# the start, with a home of its own.
 LENGTH = {"train": ("epochs",), "task": ("epochs",)}
 
 
@@ -30,7 +32,9 @@ def identity(cfg, length: bool = True) -> dict:
     without its length: ``LENGTH``).
 
     The protocol group is left out as a whole: its training-time parts reach a run through the keys that read
-    them (``method.kaiming_a``, ``task.train_windows``); the rest only picks epochs at report time."""
+    them (``method.kaiming_a``, ``task.train_windows``); the rest only picks epochs at report time. A run extended
+    from a shorter one (``train.extend=true``) counts it with its length (``extend: true``; false is left out, so
+    that no other run's hash changes)."""
     c = cfg.copy()
     c.seed = 0  # interpolations of the seed (dylora's method.seed) must not make seeds differ here
     out = {}
@@ -42,6 +46,8 @@ def identity(cfg, length: bool = True) -> dict:
             left_out = NOT_IN_IDENTITY.get(key, ()) + (() if length else LENGTH.get(key, ()))
             val = {k: v for k, v in val.items() if k not in left_out}
         out[key] = val
+    if length and c.train.get("extend"):
+        out["train"]["extend"] = True
     return out
 
 
@@ -80,8 +86,9 @@ def run_id(cfg) -> str:
 
     Every key that changes results is in it: the learning rate readably, everything else (epochs, batch size,
     method options, data subsets...) through ``config_hash``; two runs that would compute different things never
-    share a directory or a results file. (A run extended from a shorter one, ``train.extend=true``, lives in the
-    home of its final length; its results file's ``config_hash`` also covers its ``schedule``.)"""
+    share a directory or a results file. (A run extended from a shorter one, ``train.extend=true``, has a home of its
+    own, beside the run of its length trained from the start; its results file's ``config_hash`` also covers its
+    ``schedule``.)"""
     cell = cell_of(cfg.method.name, cfg.budget.name, cfg.get("variant"))
     return f"{cfg.model.id}/{cfg.task.name}/{cell}/lr{lr_tag(cfg.train.lr)}-{config_hash(cfg)}/seed{cfg.seed}"
 
