@@ -120,15 +120,25 @@ class XsumTask(Task):
 
     @torch.no_grad()
     def generate(self, model, features: Encoded, device, amp, runs: int = 1) -> list[list[str]]:
-        """Summaries of every source by each run (``out[k][i]``) with ``task.generate``'s settings, in length-sorted
-        batches (every run generates from each batch at once): by ``dynrank.tasks.beam`` (the same tokens, fast;
-        batches as large as the GPU's memory allows) unless ``eval.beam_search=generate`` or it cannot reproduce
-        the settings (then ``model.generate`` in batches of ``train.eval_batch_size`` sources, the reason logged)."""
+        """Summaries of every source by each run (``out[k][i]``) with ``task.generate``'s settings (``token_ids``)."""
+        out: list[list[str | None]] = [[None] * len(features) for _ in range(runs)]
+        self.gen_tokens = [0] * runs
+        for idx, seqs in self.token_ids(model, features, device, amp, runs):
+            for k in range(runs):
+                self.gen_tokens[k] += int((seqs[k] != self.tokenizer.pad_token_id).sum())
+                for j, text in zip(idx, self.tokenizer.batch_decode(seqs[k], skip_special_tokens=True)):
+                    out[k][j] = text.strip()
+        return out
+
+    @torch.no_grad()
+    def token_ids(self, model, features: Encoded, device, amp, runs: int = 1):
+        """(sources, generated ids (runs, len(sources), length)) per batch of length-sorted sources, every run
+        generating from each batch at once: by ``dynrank.tasks.beam`` (the same tokens, fast; batches as large as the
+        GPU's memory allows) unless ``eval.beam_search=generate`` or it cannot reproduce the settings (then
+        ``model.generate`` in batches of ``train.eval_batch_size`` sources, the reason logged)."""
         bs = int(self.cfg.train.eval_batch_size)
         fast = self.beam_search(model, device, amp)
         order = np.argsort(features.lengths(), kind="stable")[::-1]  # longest first: an OOM shows at once
-        out: list[list[str | None]] = [[None] * len(features) for _ in range(runs)]
-        self.gen_tokens = [0] * runs
         i = 0
         while i < len(order):
             n = bs if fast is None else fast.docs_per_batch(len(features.columns["input_ids"][order[i]]), runs,
@@ -141,12 +151,7 @@ class XsumTask(Task):
             else:
                 with autocast(device, amp):
                     seqs = model.generate(**repeat_runs(batch, runs), **self.generate_kwargs)
-            seqs = seqs.cpu().view(runs, len(idx), -1)
-            for k in range(runs):
-                self.gen_tokens[k] += int((seqs[k] != self.tokenizer.pad_token_id).sum())
-                for j, text in zip(idx, self.tokenizer.batch_decode(seqs[k], skip_special_tokens=True)):
-                    out[k][j] = text.strip()
-        return out
+            yield idx, seqs.cpu().view(runs, len(idx), -1)
 
     def beam_search(self, model, device, amp) -> beam.FastBeamSearch | None:
         """The fast beam search for this evaluation (CUDA graphs where the training graphs are on), or None."""
