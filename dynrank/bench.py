@@ -165,7 +165,7 @@ def timed_steps(step, batches, n: int, device):
 # offline here; BPE splits rarer words). Each side adds BART's <s> and </s>, and is truncated as XsumTask truncates
 # (task.max_length 768, task.max_target_length 64).
 XSUM_WORDS = {"document": (431.07, 0.75), "summary": (23.26, 0.25)}  # (mean words, coefficient of variation)
-XSUM_SOURCE = "Narayan et al. 2018, Table 1 (means); log-normal shape and 1.2 BPE tokens per word assumed"
+XSUM_SOURCE = "Narayan et al. 2018, Table 1 (means); log-normal shape and BPE tokens per word assumed"
 TOKENS_PER_WORD = 1.2
 
 
