@@ -117,6 +117,8 @@ def beam_row(impl, runs, device, args, sources) -> dict:
                                            args.quick)
     model = step.model.eval()
     task = XsumTask(cfg, SimpleNamespace(pad_token_id=1))
+    if (task.beam_search(model, device, bf16) is None) != (impl == "generate"):
+        raise RuntimeError("the fast beam search fell back to generate() (see the warning above)")
     g = torch.Generator().manual_seed(1)
     vocab = model.config.vocab_size
     feats = Encoded({"input_ids": [[0] + torch.randint(3, vocab, (n - 2,), generator=g).tolist() + [2]

@@ -634,9 +634,9 @@ def assumptions(dev: Device, notes: list[str]) -> list[str]:
     if dev.seq2seq is not None:
         m = dev.seq2seq
         cost = "; ".join(f"{t} {meth} x{k} {us:.3f} us/token" for (t, meth, k), us in sorted(m.us_per_token.items()))
-        out += [f"- Table 3 and 4 measured (`benchmarks/{m.name}`): a training step of SQuAD (RoBERTa-base on the recorded "
-                f"windows) and of XSum (BART-base on the XSum length model, source + summary tokens) costs its padded "
-                f"tokens x the measured cost per token of its stack (graph-bf16, the timed steps' mean), piecewise "
+        out += [f"- Table 3 and 4 measured (`benchmarks/{m.name}`): a training step of SQuAD (RoBERTa-base on the "
+                f"recorded windows) and of XSum (BART-base on the XSum length model, source + summary tokens) costs its "
+                f"padded tokens x the measured cost per token of its stack (graph-bf16, the timed steps' mean), piecewise "
                 f"linear in the runs stacked: {cost}.",
                 "- XSum evaluation after every epoch: the dev documents at the measured beam-search rate of the fast "
                 "search (dynrank/tasks/beam.py; encoder included), per runs stacked: "

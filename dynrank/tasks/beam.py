@@ -51,8 +51,9 @@ ENCODER_CHUNK = 64  # documents (x runs) per encoder call: bounds the encoder's 
 
 @dataclass(frozen=True)
 class Settings:
-    """What ``generate`` resolves from the model's generation config and ``task.generate`` (``_prepare_generation_config``,
-    ``_prepare_special_tokens``, ``_prepare_generated_length``) that the search reads."""
+    """What ``generate`` resolves from the model's generation config and ``task.generate`` (its
+    ``_prepare_generation_config``, ``_prepare_special_tokens``, ``_prepare_generated_length``) that the search
+    reads."""
     num_beams: int
     max_length: int  # decoder tokens in all, the start token included (max_new_tokens + 1)
     min_length: int  # EOS banned while the sequence is shorter (MinLength / MinNewTokensLength processors)
@@ -98,9 +99,10 @@ def resolve(model, kwargs: dict) -> Settings | str:
     min_length = int(gc.min_length or 0)
     if gc.min_new_tokens:
         min_length = max(min_length, int(gc.min_new_tokens) + 1)
+    bos = None if gc.forced_bos_token_id is None else int(gc.forced_bos_token_id)
     return Settings(int(gc.num_beams), max_length, min_length if eos else 0, gc.early_stopping or False,
-                    float(gc.length_penalty), int(gc.no_repeat_ngram_size or 0), eos, int(fill), int(start),
-                    None if gc.forced_bos_token_id is None else int(gc.forced_bos_token_id), _ids(gc.forced_eos_token_id))
+                    float(gc.length_penalty), int(gc.no_repeat_ngram_size or 0), eos, int(fill), int(start), bos,
+                    _ids(gc.forced_eos_token_id))
 
 
 # --- the logits processors XSum turns on, as tensor operations ---------------------------------------------------
@@ -227,7 +229,7 @@ class BartDecoder:
         self.pos = torch.zeros(1, dtype=torch.long, device=k.device)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits (N, V) of the next token after ``tokens`` (N,) at position ``self.pos``: shapes fixed, no host sync."""
+        """Logits (N, V) of the token after ``tokens`` (N,) at position ``self.pos``: fixed shapes, no host sync."""
         x = tokens[:, None]
         h = self.dec.embed_tokens(x) + self.dec.embed_positions(x, 0, position_ids=self.pos)
         h = self.dec.layernorm_embedding(h)
@@ -306,7 +308,7 @@ class FastBeamSearch:
 
     @classmethod
     def build(cls, model, kwargs: dict, device, amp: bool, graphs: bool) -> FastBeamSearch | str:
-        """The fast search for ``model`` with ``generate``'s ``kwargs``, or why it cannot be used (``generate`` then)."""
+        """The fast search for ``model`` with ``generate``'s ``kwargs``, or why not (``generate`` is used then)."""
         from transformers import BartForConditionalGeneration
 
         model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the modules are the same
