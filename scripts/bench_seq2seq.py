@@ -156,7 +156,8 @@ def run_row(fn, head: dict, rows: list, device):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="lora,dora", help="dynrank methods timed on XSum and SQuAD")
+    ap.add_argument("--methods", default="dora,lora", help="dynrank methods timed on XSum and SQuAD (lora last: "
+                                                               "its XSum batch of 64 needs the most memory)")
     ap.add_argument("--runs", default="1,5", help="runs stacked in one step (training rows) and one evaluation")
     ap.add_argument("--mode", default="graph-bf16", help="dynrank's mode (scripts/bench.py --modes)")
     ap.add_argument("--peft-mode", default="eager-bf16")
@@ -185,34 +186,38 @@ def main(argv=None):
     pairs = bench.xsum_lengths(4096, 0, args.tokens_per_word, caps[0], caps[1])
     sources = [s for s, _ in bench.xsum_lengths(args.eval_docs, 1, args.tokens_per_word, caps[0], caps[1])]
     methods, runs, parts = args.methods.split(","), [int(k) for k in args.runs.split(",")], args.parts.split(",")
-    rows: list[dict] = []
-    for r in runs:
-        for m in methods if "xsum" in parts else []:
-            run_row(lambda: xsum_train_row("dynrank", m, args.mode, r, device, args, pairs),
-                    {"kind": "train", "task": "xsum", "impl": "dynrank", "method": m, "mode": args.mode, "runs": r},
-                    rows, device)
-        for m in methods if "squad" in parts else []:
-            run_row(lambda: squad_train_row(m, args.mode, r, device, args, squad_window_lengths(caps[2])),
-                    {"kind": "train", "task": "squad_v1", "impl": "dynrank", "method": m, "mode": args.mode,
-                     "runs": r}, rows, device)
-    if "xsum" in parts:
-        run_row(lambda: xsum_train_row("peft", "lora", args.peft_mode, 1, device, args, pairs),
-                {"kind": "train", "task": "xsum", "impl": "peft", "method": "peft_lora", "mode": args.peft_mode,
-                 "runs": 1}, rows, device)
-    for r in runs if "beam" in parts else []:
-        for impl, n in (("generate", args.generate_docs), ("fast", args.eval_docs)):
-            run_row(lambda: beam_row(impl, r, device, args, sources[:n]),
-                    {"kind": "beam", "task": "xsum", "impl": impl, "method": "lora", "runs": r}, rows, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report = {"device": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "python scripts/bench_seq2seq.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "versions": versions(), "python": platform.python_version(), "quick": args.quick,
               "xsum_lengths": {"source": bench.XSUM_SOURCE, "words": bench.XSUM_WORDS,
                                "tokens_per_word": args.tokens_per_word, "max_source": caps[0], "max_target": caps[1]},
-              "rows": rows}
+              "rows": []}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
     out = Path(args.out) / f"seq2seq-{name.replace(' ', '_')}-{stamp}.json"
-    write_json(out, report)
+    rows = report["rows"]
+
+    def measure(fn, head):  # the file is rewritten after every row: a crash keeps what was measured
+        run_row(fn, head, rows, device)
+        write_json(out, report)
+
+    # The smallest memory first: PEFT's single run, the evaluations, then training by runs stacked (SQuAD, XSum)
+    if "xsum" in parts:
+        measure(lambda: xsum_train_row("peft", "lora", args.peft_mode, 1, device, args, pairs),
+                {"kind": "train", "task": "xsum", "impl": "peft", "method": "peft_lora", "mode": args.peft_mode,
+                 "runs": 1})
+    for r in runs if "beam" in parts else []:
+        for impl, n in (("generate", args.generate_docs), ("fast", args.eval_docs)):
+            measure(lambda: beam_row(impl, r, device, args, sources[:n]),
+                    {"kind": "beam", "task": "xsum", "impl": impl, "method": "lora", "runs": r})
+    for r in runs:
+        for m in methods if "squad" in parts else []:
+            measure(lambda: squad_train_row(m, args.mode, r, device, args, squad_window_lengths(caps[2])),
+                    {"kind": "train", "task": "squad_v1", "impl": "dynrank", "method": m, "mode": args.mode,
+                     "runs": r})
+        for m in methods if "xsum" in parts else []:
+            measure(lambda: xsum_train_row("dynrank", m, args.mode, r, device, args, pairs),
+                    {"kind": "train", "task": "xsum", "impl": "dynrank", "method": m, "mode": args.mode, "runs": r})
     print_table(rows)
     print(f"wrote {out}")
     return report
