@@ -12,7 +12,9 @@ word are assumptions, dynrank/bench.py XSUM_WORDS); SQuAD's windows are the reco
 (benchmarks/squad_v1_dev_lengths.json). Training rows time the loop's own step (dynrank.step.make_stepper, graph-bf16
 by default: the GPU's default path) for 1 and several runs stacked (each run its own batch of the method's batch
 size), and PEFT's LoRA as its users train it (eager, bf16 autocast); ``real_tokens_per_s`` counts source and summary
-tokens without padding, over timed steps that cycle through the batches after every batch shape has been captured.
+tokens without padding, over timed steps that cycle through the batches after every batch shape has been captured
+(``steady_real_tokens_per_s`` and ``us_per_padded_token``, which scripts/estimate.py reads: without the steps that
+met a new schedule phase, eager and captured; ``us_per_padded_token_all_steps``: with them).
 Beam rows run XsumTask.token_ids as the evaluation does (beam 3, 64 new tokens, no_repeat_ngram_size 3,
 length-sorted batches, every run of a stack at once): ``eval.beam_search=generate`` (model.generate, batches of
 train.eval_batch_size) and ``fast``; random weights never choose EOS, so every summary runs to 64 tokens, the
@@ -53,18 +55,25 @@ def reset(device):
 
 
 def timed(step, batches, counts, args, device) -> dict:
-    """Warm-up (each batch twice: its graph's eager step and capture), then ``args.steps`` timed steps."""
+    """Warm-up (each batch twice: its graph's eager step and capture), then ``args.steps`` timed steps. "Steady":
+    the steps whose time per padded token is within twice the median's (a method entering a new schedule phase
+    meets a new graph key: its eager step and capture are left out, as a long run amortises them)."""
     for i in range(2 * len(batches)):
         step(batches[i % len(batches)])
     bench.synchronize(device)
     dt, per_step, _, last = bench.timed_steps(step, batches, args.steps, device)
-    real = sum(counts[i % len(counts)][0] for i in range(args.steps))
-    padded = sum(counts[i % len(counts)][1] for i in range(args.steps))
+    tok = [counts[i % len(counts)] for i in range(args.steps)]
+    real, padded = sum(r for r, _ in tok), sum(p for _, p in tok)
+    per_token = [ms / p for ms, (_, p) in zip(per_step, tok)]
+    keep = [i for i, x in enumerate(per_token) if x <= 2 * sorted(per_token)[len(per_token) // 2]]
+    steady_ms = sum(per_step[i] for i in keep)
     last = float(last.float().mean())
     return {"steps": args.steps, "real_tokens_per_s": real / dt, "padded_tokens_per_s": padded / dt,
+            "steady_real_tokens_per_s": 1000 * sum(tok[i][0] for i in keep) / steady_ms,
             "step_ms": 1000 * dt / args.steps, "median_step_ms": sorted(per_step)[len(per_step) // 2],
             "mean_real_tokens_per_step": real / args.steps, "mean_padded_tokens_per_step": padded / args.steps,
-            "us_per_padded_token": 1000 * 1000 * dt / padded, "peak_mem_mib": peak_mib(device),
+            "us_per_padded_token": 1000 * steady_ms / sum(tok[i][1] for i in keep), "steady_steps": len(keep),
+            "us_per_padded_token_all_steps": 1000 * 1000 * dt / padded, "peak_mem_mib": peak_mib(device),
             "final_loss": last, "finite": bool(math.isfinite(last))}
 
 
