@@ -104,27 +104,34 @@ def dynrank_runner(method_name: str, mode: str, device, total_steps: int, model_
                    runs: int = 1):
     """dynrank's own step (``dynrank.step.make_stepper``: eager, or a CUDA graph in the graph modes) for ``runs``
     stacked runs of ``method_name`` (seeds 1..runs, the method's CoLA learning rate); a batch holds every run's."""
-    from dynrank import methods
     from dynrank.tasks.glue import classification_losses
 
     cfg = compose([f"method={method_name}", "task=cola", "budget=r8"])
-    model = build_model(device, model_config)
-    method = methods.build(cfg, "roberta", runs=runs)
+    return stepper(cfg, build_model(device, model_config), "roberta", partial(classification_losses, runs=runs),
+                   mode, device, total_steps, runs)
+
+
+def stepper(cfg, model, family: str, losses, mode: str, device, total_steps: int, runs: int):
+    """``(step(batch) -> loss, adapter parameters)``: ``cfg``'s method wrapped around ``model`` for ``runs`` stacked
+    runs, prepared and stepped as the training loop does (bf16 and CUDA graphs as ``mode`` says)."""
+    from dynrank import methods
+
+    method = methods.build(cfg, family, runs=runs)
     model = method.wrap(model)
     method.init_runs(list(range(1, runs + 1)))
     bf16 = "bf16" in mode
     step_model = prepare_model(model, method, device, bf16, "compile" in mode, seeds=list(range(1, runs + 1)))
     method.setup(total_steps)
     optimizer = make_optimizer(cfg.train, method, [float(cfg.train.lr)] * runs, total_steps)
-    stepper = make_stepper(step_model, method, partial(classification_losses, runs=runs), optimizer, 1.0, bf16,
-                           device, graphs=mode.startswith("graph"))
+    step_fn = make_stepper(step_model, method, losses, optimizer, 1.0, bf16, device, graphs=mode.startswith("graph"))
     state = {"step": 0}
 
     def step(batch):
-        loss, _ = stepper(batch, state["step"])
+        loss, _ = step_fn(batch, state["step"])
         state["step"] += 1
         return loss
 
+    step.model = step_model
     return step, method.param_counts()["adapter"]
 
 
@@ -191,3 +198,115 @@ def timed_steps(step, batches, n: int, device):
     synchronize(device)
     dt = time.perf_counter() - t0
     return dt, [marks[i].elapsed_time(marks[i + 1]) for i in range(n)], samples, last
+
+
+# --- BART-base on XSum-shaped data (scripts/bench_seq2seq.py, and scripts/estimate.py's Table 4 workload) ----------
+# XSum's published lengths: Narayan et al. 2018 ("Don't Give Me the Details, Just the Summary!", EMNLP), Table 1:
+# documents 431.07 words on average, summaries 23.26 words (one sentence). Table 1 gives means only, so the shape
+# is assumed: log-normal, coefficient of variation 0.75 for documents (news articles: long right tail) and 0.25
+# for the one-sentence summaries. BART's BPE tokens per word: 1.2, assumed (BART's tokenizer is not readable
+# offline here; BPE splits rarer words). Each side adds BART's <s> and </s>, and is truncated as XsumTask truncates
+# (task.max_length 768, task.max_target_length 64).
+XSUM_WORDS = {"document": (431.07, 0.75), "summary": (23.26, 0.25)}  # (mean words, coefficient of variation)
+XSUM_SOURCE = "Narayan et al. 2018, Table 1 (means); log-normal shape and BPE tokens per word assumed"
+TOKENS_PER_WORD = 1.2
+
+
+def xsum_lengths(n: int, seed: int = 0, tokens_per_word: float = TOKENS_PER_WORD, max_source: int = 768,
+                 max_target: int = 64) -> list[tuple[int, int]]:
+    """``n`` (source tokens, summary tokens) pairs drawn from the XSum length model above (specials included)."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+
+    def draw(mean, cv, cap):
+        sigma = math.sqrt(math.log(1 + cv * cv))
+        words = rng.lognormvariate(math.log(mean) - sigma * sigma / 2, sigma)
+        return min(cap, max(1, round(words * tokens_per_word)) + 2)
+
+    return [(draw(*XSUM_WORDS["document"], max_source), draw(*XSUM_WORDS["summary"], max_target)) for _ in range(n)]
+
+
+def bart_base_config(tiny: bool = False):
+    """BART-base's architecture (facebook/bart-base's config.json: 6+6 layers, d_model 768, 12 heads, FFN 3,072,
+    50,265 tokens, 1,024 positions, ids bos 0 / pad 1 / eos 2, decoder start 2, forced BOS 0 and EOS 2); ``tiny``:
+    the same with 2+2 layers of width 32 and 1,000 tokens (CPU runs of the benchmark)."""
+    from transformers import BartConfig
+
+    size = (dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                 encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=1000) if tiny else
+            dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                 decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, vocab_size=50265))
+    return BartConfig(**size, max_position_embeddings=1024, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                      decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2)
+
+
+def build_bart(device, tiny: bool = False):
+    """BartForConditionalGeneration with random weights (speed does not depend on them), generation config as
+    bart-base's (forced BOS 0; task.generate's settings are passed to each search)."""
+    from transformers import BartForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(bart_base_config(tiny))
+    model.generation_config.forced_bos_token_id = 0
+    return model.to(device)
+
+
+def seq2seq_batches(pairs: list[tuple[int, int]], batch_size: int, n: int, device, vocab: int, multiple: int):
+    """``n`` batches of ``batch_size`` (source, summary) length pairs taken in turn from ``pairs``, as XsumTask.collate
+    builds them: sources padded (pad 1) to a multiple of ``multiple``, labels padded with -100 likewise; and per
+    batch its (real, padded) token counts, source + summary."""
+    g = torch.Generator().manual_seed(0)
+    out, counts = [], []
+    for b in range(n):
+        chunk = [pairs[(b * batch_size + i) % len(pairs)] for i in range(batch_size)]
+        S = -(-max(s for s, _ in chunk) // multiple) * multiple
+        T = -(-max(t for _, t in chunk) // multiple) * multiple
+        ids = torch.full((batch_size, S), 1, dtype=torch.long)
+        mask = torch.zeros(batch_size, S, dtype=torch.long)
+        labels = torch.full((batch_size, T), -100, dtype=torch.long)
+        for i, (s, t) in enumerate(chunk):
+            ids[i, :s] = torch.randint(3, vocab, (s,), generator=g)
+            mask[i, :s] = 1
+            labels[i, :t] = torch.randint(3, vocab, (t,), generator=g)
+        out.append({"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)})
+        counts.append((sum(s + t for s, t in chunk), batch_size * (S + T)))
+    return out, counts
+
+
+def dynrank_seq2seq_runner(method_name: str, mode: str, device, total_steps: int, runs: int = 1, tiny: bool = False):
+    """dynrank's step for ``runs`` stacked runs of ``method_name`` on BART-base (XSum's config: the method's XSum
+    learning rate), with XsumTask's loss."""
+    from dynrank.tasks.xsum import XsumTask
+
+    cfg = compose([f"method={method_name}", "task=xsum", "model=bart_base", "budget=r8"])
+    task = XsumTask(cfg, None)
+    return stepper(cfg, build_bart(device, tiny), "bart", partial(task.run_losses, runs=runs), mode, device,
+                   total_steps, runs)
+
+
+def peft_seq2seq_runner(mode: str, device, tiny: bool = False):
+    """PEFT's LoRA on BART-base as a PEFT user trains it: r 8, q/k/v/out_proj/fc1/fc2 (dynrank's targets), autocast,
+    backward, clip, AdamW."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build_bart(device, tiny), LoraConfig(
+        r=8, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        task_type="SEQ_2_SEQ_LM"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    bf16 = "bf16" in mode and device.type == "cuda"
+
+    def step(batch):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    step.model = model
+    return step, sum(p.numel() for p in params)

@@ -20,6 +20,10 @@ Time of one job on the measured device, with the defaults on a GPU (bf16, CUDA g
     check is printed;
   * evaluation after every epoch: the dev set in length-sorted batches of ``train.eval_batch_size``, every run at
     once, at 1/3 of a training step's cost (forward only); XSum adds beam search, an assumed cost per decoding step;
+  * Table 3 and 4, where ``benchmarks/seq2seq-*.json`` exists (``scripts/bench_seq2seq.py`` on the GPU; newest, or
+    ``--seq2seq FILE``): SQuAD's and XSum's steps at their measured cost per padded token (SQuAD's windows, XSum's
+    length model: source + summary, each padded per batch) for the runs stacked, and XSum's evaluation at the
+    measured beam-search documents per second instead of the assumptions above;
   * a checkpoint of every run after every epoch: trainable parameters + AdamW state (12 bytes per parameter) at
     1 GB/s;
   * per job, start-up and graph capture: measured in the same stacked run.
@@ -281,14 +285,16 @@ class Device:
     fixed_s: float          # per job: start-up (imports, model, data, final writes) and graph captures
     check: str              # the model against the measured stacked training run
     sources: list[str]
+    seq2seq: Seq2seq | None = None  # Table 3 and 4's workloads measured (scripts/bench_seq2seq.py), when there are
     packed: dict = field(default_factory=dict)  # (method, runs, family) -> step cost of packed steps, if measured
+
 
     def ckpt_s(self, method: str) -> float:
         params = self.params.get(method, self.params.get("lora", 0)) + HEAD_PARAMS
         return params * CKPT_BYTES_PER_PARAM / (CKPT_GB_PER_S * 1e9)
 
 
-def measured_device() -> Device:
+def measured_device(seq2seq: Path | None = None) -> Device:
     """Step costs from the newest bench with graph-bf16 rows in both settings (the default path); start-up, captures and the check from the newest stacked seeds run of a
     RoBERTa-base-sized encoder (not the small real MiniLM: another step cost)."""
     bench = step_bench()
@@ -317,7 +323,93 @@ def measured_device() -> Device:
                  f"epochs): {k} runs stacked, training projected {epochs * epoch_many:.1f} s, measured "
                  f"{s['train_time_s_side_by_side']:.1f} s (graph captures included); one run alone, an epoch "
                  f"projected {epoch_one:.2f} s, measured {steady:.2f} s (the fastest epoch after the first)")
+    path = seq2seq or newest_seq2seq()
+    if path is not None:
+        dev.seq2seq = load_seq2seq(path)
+        dev.sources.append(path.name)
     return dev
+
+
+# --- Table 3 and 4 measured: scripts/bench_seq2seq.py ----------------------------------------------------------------
+@dataclass
+class Seq2seq:
+    """Per-token training cost per (task, method, runs stacked) measured at the task's own lengths (XSum: BART-base on
+    the XSum length model, source + summary tokens; SQuAD v1.1: RoBERTa-base on the recorded windows), and beam
+    search documents per second per runs stacked (the fast search, dynrank/tasks/beam.py)."""
+    us_per_token: dict[tuple[str, str, int], float]  # padded tokens, the timed steps' mean (graph replays)
+    docs_per_s: dict[int, float]
+    lengths: dict          # the XSum length model the bench drew from (its tokens per word, truncation)
+    gen_len: float         # mean generated tokens per summary in the beam rows (random weights: all to the maximum)
+    name: str
+
+    def token_cost(self, task: str, method: str, k: int, dev: Device, notes: set) -> Rate | None:
+        """The cost of a padded token of ``task`` for ``k`` runs of ``method`` stacked (None: not measured for the
+        task): piecewise linear in k between the measured stacks; a method not measured takes lora's, scaled by
+        the two methods' per-token costs in the encoder bench at k runs."""
+        rows = {k_: v for (t, m, k_), v in self.us_per_token.items() if t == task and m == method}
+        if not rows:
+            lora = {k_: v for (t, m, k_), v in self.us_per_token.items() if t == task and m == "lora"}
+            if not lora:
+                return None
+            one, other = rate_of("lora", k, dev.rates, notes), rate_of(method, k, dev.rates, notes)
+            notes.add(f"{task} {method}: not in {self.name}; lora's measured cost x {method}/lora in the encoder "
+                      f"bench ({other.b_us / one.b_us:.2f} at {k} runs)")
+            return Rate(0.0, interpolate(lora, k, notes, f"{task} lora") * other.b_us / one.b_us, self.name)
+        return Rate(0.0, interpolate(rows, k, notes, f"{task} {method}"), self.name)
+
+    def seconds_per_doc(self, k: int, notes: set) -> float:
+        """Beam-search evaluation seconds per document for a stack of ``k`` runs (every run summarises it)."""
+        return interpolate({k_: 1 / v for k_, v in self.docs_per_s.items()}, k, notes, "beam search")
+
+
+def interpolate(points: dict[int, float], k: int, notes: set, what: str) -> float:
+    """``points`` (runs stacked -> value) at ``k``: linear between the nearest measured stacks, extrapolated along
+    the last segment beyond them (said in the notes)."""
+    ks = sorted(points)
+    if k in points or len(ks) == 1:
+        if k not in points:
+            notes.add(f"{what}: measured at {ks[0]} run(s) only; used for {k}")
+        return points.get(k, points[ks[0]])
+    lo = max([x for x in ks if x < k], default=ks[0])
+    hi = min([x for x in ks if x > k], default=ks[-1])
+    if lo == hi:  # beyond the measured stacks
+        lo, hi = (ks[-2], ks[-1]) if k > ks[-1] else (ks[0], ks[1])
+        notes.add(f"{what}: {k} runs stacked extrapolated from the measured {lo} and {hi}")
+    return points[lo] + (k - lo) * (points[hi] - points[lo]) / (hi - lo)
+
+
+def seq2seq_json(m: Seq2seq | None) -> dict | None:
+    if m is None:
+        return None
+    return {"name": m.name, "us_per_token": {f"{t} {meth} x{k}": v for (t, meth, k), v in m.us_per_token.items()},
+            "docs_per_s": {str(k): v for k, v in m.docs_per_s.items()}, "gen_len": m.gen_len, "lengths": m.lengths}
+
+
+def newest_seq2seq() -> Path | None:
+    """The newest GPU ``benchmarks/seq2seq-*.json`` (not a --quick run), or None."""
+    try:
+        return newest("seq2seq-*.json", lambda d: not d.get("quick") and d.get("device") != "cpu")
+    except ConfigError:
+        return None
+
+
+def load_seq2seq(path: Path) -> Seq2seq:
+    """The dynrank rows of a ``scripts/bench_seq2seq.py`` JSON in the default mode (graph-bf16) and its fast beam
+    rows."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the seq2seq bench {path}: {e}") from None
+    rows = [r for r in doc["rows"] if "error" not in r]
+    cost = {(r["task"], r["method"], int(r["runs"])): float(r["us_per_padded_token"]) for r in rows
+            if r["kind"] == "train" and r["impl"] == "dynrank" and r["mode"] == "graph-bf16"}
+    beam = [r for r in rows if r["kind"] == "beam" and r["impl"] == "fast"]
+    if not cost or not beam:
+        raise ConfigError(f"{Path(path).name} has no graph-bf16 training rows or no fast beam-search rows")
+    return Seq2seq(cost, {int(r["runs"]): float(r["docs_per_s"]) for r in beam}, doc.get("xsum_lengths", {}),
+                   sum(r["gen_len"] for r in beam) / len(beam), Path(path).name)
+
+
 
 
 # --- one run ---------------------------------------------------------------------------------------------
@@ -325,17 +417,18 @@ def measured_device() -> Device:
 class Workload:
     n_train: int
     train: Hist                     # lengths of the training examples, clipped to task.max_length
-    target_tokens: int              # XSum: summary (decoder) tokens per example; else 0
+    target_tokens: int              # XSum (assumed lengths): summary (decoder) tokens per example; else 0
     evals: list[tuple[int, Hist]]   # the dev sets scored after each epoch: (examples, lengths)
-    gen_steps: int                  # XSum: beam-search decoding steps per eval batch; else 0
+    gen_steps: int                  # XSum (assumed cost): beam-search decoding steps per eval batch; else 0
     notes: list[str] = field(default_factory=list)
+    target: Hist | None = None      # XSum (measured): summary lengths, padded per batch as the sources are
 
 
 def _limit(n: int, *limits) -> int:
     return min([n] + [int(x) for x in limits if x is not None])
 
 
-def workload(cfg) -> Workload:
+def workload(cfg, seq2seq: Seq2seq | None = None) -> Workload:
     task, L = cfg.task, int(cfg.task.max_length)
     max_train, max_eval = cfg.data.get("max_train_samples"), cfg.data.get("max_eval_samples")
     if task.family == "glue":
@@ -362,6 +455,19 @@ def workload(cfg) -> Workload:
         return Workload(n_train, hist, 0, [(round(q_dev * per_q), hist)], 0, notes)
     if task.family == "xsum":
         n_dev = _limit(XSUM[str(task.eval_split)], max_eval, cfg.eval.get("max_samples"))
+        if seq2seq is not None:  # the lengths the step cost was measured on: dynrank.bench's XSum length model
+            from dynrank.bench import TOKENS_PER_WORD, XSUM_SOURCE, xsum_lengths
+
+            tpw = float(seq2seq.lengths.get("tokens_per_word", TOKENS_PER_WORD))
+            pairs = xsum_lengths(20000, 0, tpw, L, int(task.max_target_length))
+            source: Hist = {}
+            target: Hist = {}
+            for a, b in pairs:
+                source[a], target[b] = source.get(a, 0) + 1, target.get(b, 0) + 1
+            notes = [f"XSum: official sizes 204,045 train / 11,332 validation / 11,334 test; lengths from the length "
+                     f"model of {seq2seq.name} ({XSUM_SOURCE}: {tpw} BPE tokens per word), sources truncated at {L}, "
+                     f"summaries at {task.max_target_length}, both padded per batch"]
+            return Workload(_limit(XSUM["train"], max_train), source, 0, [(n_dev, source)], 0, notes, target)
         notes = [f"XSum: official sizes 204,045 train / 11,332 validation / 11,334 test; every batch assumed padded "
                  f"to the source truncation {L} and the summary length {task.max_target_length} (XSum not here); "
                  f"BART-base (6+6 layers) at RoBERTa-base's (12 layers) step cost per token; beam search assumed "
@@ -414,7 +520,8 @@ def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
     alone: a stack of one; full fine-tuning: k of them side by side, each step its own, since a graphed RoBERTa-base
     step keeps the GPU busy): a step of a stack of j runs costs a_j + b_j x (padded tokens of every run's batch,
     padded to the longest of them), its evaluation every run's dev batches at once."""
-    w = workload(cfg)
+    s2s = dev.seq2seq if cfg.task.family in ("xsum", "squad") else None
+    w = workload(cfg, s2s)
     notes.update(w.notes)
     if cfg.model.id not in ("roberta_base", "bart_base"):
         notes.add(f"model={cfg.model.id}: projected at RoBERTa-base's measured step cost (no measurement of its own)")
@@ -425,15 +532,21 @@ def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
     train_s = eval_s = tokens = 0.0
     packed = packs(cfg, dev, notes)
     for j in sizes:  # one stack after another
-        rate = rate_of(cfg.method.name, j, dev.rates, notes)
+        measured = s2s and s2s.token_cost(cfg.task.name if cfg.task.family == "xsum" else "squad_v1",
+                                          cfg.method.name, j, dev, notes)
+        rate = measured or rate_of(cfg.method.name, j, dev.rates, notes)  # padded steps (and evaluation)
         if packed:  # the rows a packed step multiplies, at the packed steps' cost
             step_rate = rate_of(cfg.method.name, j, packed, notes)
             t = steps * packed_step_tokens(w.train, j, bs)
         else:
             step_rate = rate
-            t = epoch_tokens(w.train, w.n_train * j, bs * j, multiple) + j * w.n_train * w.target_tokens
+            t = epoch_tokens(w.train, w.n_train * j, bs * j, multiple) + (
+                epoch_tokens(w.target, w.n_train * j, bs * j, multiple) if w.target else j * w.n_train * w.target_tokens)
         train_s, tokens = train_s + step_rate.time_s(steps, t) * epochs, tokens + t * epochs
         for n, hist in w.evals:
+            if measured and cfg.task.family == "xsum":  # beam search as measured, the encoder included
+                eval_s += epochs * n * s2s.seconds_per_doc(j, notes)
+                continue
             batches, eval_tokens = sorted_batches(hist, n, int(cfg.train.eval_batch_size), multiple)
             eval_s += epochs * (EVAL_FRACTION * rate.time_s(batches, j * eval_tokens)
                                 + batches * w.gen_steps * GEN_MS_PER_STEP / 1000)
@@ -608,6 +721,18 @@ def assumptions(dev: Device, notes: list[str]) -> list[str]:
            "(`benchmarks/*_lengths.json`); padding to train.pad_to_multiple; expected padded length of a "
            "random batch in closed form.",
            "- Rank budget (r2 vs r8) and ablation variants run at the measured r8 step cost."]
+    if dev.seq2seq is not None:
+        m = dev.seq2seq
+        cost = "; ".join(f"{t} {meth} x{k} {us:.3f} us/token" for (t, meth, k), us in sorted(m.us_per_token.items()))
+        out += [f"- Table 3 and 4 measured (`benchmarks/{m.name}`): a training step of SQuAD (RoBERTa-base on the "
+                f"recorded windows) and of XSum (BART-base on the XSum length model, source + summary tokens) costs its "
+                f"padded tokens x the measured cost per token of its stack (graph-bf16, the timed steps' mean), piecewise "
+                f"linear in the runs stacked: {cost}.",
+                "- XSum evaluation after every epoch: the dev documents at the measured beam-search rate of the fast "
+                "search (dynrank/tasks/beam.py; encoder included), per runs stacked: "
+                + "; ".join(f"x{k} {v:.1f} docs/s" for k, v in sorted(m.docs_per_s.items()))
+                + f", measured with random weights: every summary ran to {m.gen_len - 1:.0f} new tokens, the longest "
+                  "search (trained summaries end sooner: an upper bound)."]
     return out + [f"- {n}" for n in notes]
 
 
@@ -679,11 +804,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--all-presets", action="store_true", help="every paper preset (and lr_search) in one report")
     ap.add_argument("--json", help="also write the numbers to this JSON file")
     ap.add_argument("--record", action="store_true", help="re-record benchmarks/*_lengths.json from ../shared")
+    ap.add_argument("--seq2seq", help="the scripts/bench_seq2seq.py JSON to project Table 3 and 4 from "
+                                      "(default: the newest benchmarks/seq2seq-*.json, if any)")
     args = ap.parse_args(argv)
     try:
         if args.record:
             return record()
-        dev = measured_device()
+        dev = measured_device(Path(args.seq2seq) if args.seq2seq else None)
         if args.all_presets:
             ests = {p: estimate([f"experiment={p}", *args.overrides], dev) for p in PRESETS}
         else:
@@ -696,6 +823,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.json).write_text(json.dumps({"device": dev.name, "sources": dev.sources,
                                                "rates": {f"{m} x{k}": asdict(r) for (m, k), r in dev.rates.items()},
                                                "fixed_s_per_job": dev.fixed_s,
+                                               "seq2seq": seq2seq_json(dev.seq2seq),
                                                "presets": {k: asdict(e) for k, e in ests.items()}}, indent=1))
 
 

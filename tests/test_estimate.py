@@ -214,9 +214,97 @@ def test_a_packed_job_costs_its_rows_not_its_padding(device):
     notes = set()
     rate = est.Rate(1.0, 2.0, "test")
     dev = est.Device(device.name, device.rates, device.params, 0.0, "", [],
-                     {(m, k, "glue"): rate for m in ("lora",) for k in (1, 5)})
+                     packed={(m, k, "glue"): rate for m in ("lora",) for k in (1, 5)})
     packed = est.estimate_job(cfg, 5, dev, notes)
     padded = est.estimate_job(cfg, 5, est.Device(device.name, device.rates, device.params, 0.0, "", []), set())
     assert packed.tokens < 0.5 * padded.tokens
     steps = packed.steps
     assert packed.train_s == pytest.approx(rate.time_s(steps, packed.tokens), rel=1e-6)
+
+
+# --- Table 3 and 4 from scripts/bench_seq2seq.py's measurements (a hand-made bench) -------------------------------
+def _seq2seq_json(path, quick=False, device="NVIDIA H200", date="2026-12-07T06:00:00+00:00"):
+    def train(task, method, runs, us, impl="dynrank", mode="graph-bf16"):
+        return {"kind": "train", "task": task, "impl": impl, "method": method, "mode": mode, "runs": runs,
+                "us_per_padded_token": us}
+
+    def beam(impl, runs, docs_per_s):
+        return {"kind": "beam", "task": "xsum", "impl": impl, "method": "lora", "runs": runs, "docs_per_s": docs_per_s,
+                "gen_len": 65.0}
+
+    rows = [train("xsum", "lora", 1, 0.5), train("xsum", "lora", 5, 0.3), train("squad_v1", "lora", 1, 0.2),
+            train("squad_v1", "lora", 5, 0.12), train("xsum", "peft_lora", 1, 9.0, impl="peft", mode="eager-bf16"),
+            train("xsum", "lora", 1, 7.0, mode="eager-bf16"), {**train("xsum", "dora", 1, 1.0), "error": "OOM"},
+            beam("fast", 1, 200.0), beam("fast", 5, 60.0), beam("generate", 1, 3.0)]
+    path.write_text(json.dumps({"device": device, "date": date, "quick": quick, "rows": rows,
+                                "xsum_lengths": {"tokens_per_word": 1.2}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def s2s_device(tmp_path_factory):
+    return est.measured_device(_seq2seq_json(tmp_path_factory.mktemp("s2s") / "seq2seq-hand.json"))
+
+
+def test_seq2seq_bench_is_read_as_measured(s2s_device):
+    m = s2s_device.seq2seq
+    assert m.us_per_token == {("xsum", "lora", 1): 0.5, ("xsum", "lora", 5): 0.3, ("squad_v1", "lora", 1): 0.2,
+                              ("squad_v1", "lora", 5): 0.12}  # graph-bf16 dynrank rows only, errors left out
+    assert m.docs_per_s == {1: 200.0, 5: 60.0} and "seq2seq-hand.json" in s2s_device.sources
+    notes = set()
+    assert m.token_cost("xsum", "lora", 3, s2s_device, notes).b_us == pytest.approx(0.4)  # halfway from 1 to 5
+    assert m.seconds_per_doc(3, notes) == pytest.approx((1 / 200 + 1 / 60) / 2) and not notes
+    assert m.token_cost("xsum", "lora", 7, s2s_device, notes).b_us == pytest.approx(0.2) and notes  # said so
+    assert m.token_cost("glue", "lora", 1, s2s_device, notes) is None
+
+
+def test_xsum_job_from_the_measured_costs(s2s_device):
+    """XSum lora r8, one run: training = the length model's padded source + summary tokens x 0.5 us; evaluation =
+    epochs x 11,332 documents / 200 docs/s; the assumptions' notes are gone."""
+    from dynrank.bench import xsum_lengths
+
+    e = est.estimate(["task=xsum", "model=bart_base", "method=lora"], s2s_device)
+    (row,) = e.rows
+    cfg = compose(["task=xsum", "model=bart_base", "method=lora"])
+    bs, epochs, n = int(cfg.train.batch_size), int(cfg.train.epochs), 204_045
+    src, tgt = {}, {}
+    for a, b in xsum_lengths(20000, 0, 1.2):
+        src[a], tgt[b] = src.get(a, 0) + 1, tgt.get(b, 0) + 1
+    mult = est.gpu_pad_multiple(cfg)
+    tokens = epochs * (est.epoch_tokens(src, n, bs, mult) + est.epoch_tokens(tgt, n, bs, mult))
+    assert row["tokens"] == pytest.approx(tokens)
+    assert row["train_s"] == pytest.approx(tokens * 0.5e-6)
+    assert row["eval_s"] == pytest.approx(epochs * 11_332 / 200)
+    assert not any("assumed padded" in x or "not measured" in x for x in e.notes)
+    assert any("seq2seq-hand.json" in x for x in e.notes)
+
+
+def test_squad_and_unmeasured_methods_from_the_seq2seq_bench(s2s_device, device):
+    """SQuAD's windows at the measured 0.2 us per padded token; dora (no XSum row: its row errored) at lora's cost x
+    dora/lora of the encoder bench, said in the notes; without the seq2seq bench, XSum keeps the assumptions."""
+    e = est.estimate(["task=squad_v1", "method=lora"], s2s_device)
+    (row,) = e.rows
+    assert row["train_s"] == pytest.approx(row["tokens"] * 0.2e-6)
+    d = est.estimate(["task=xsum", "model=bart_base", "method=dora"], s2s_device)
+    notes = set()
+    ratio = est.rate_of("dora", 1, device.rates, notes).b_us / est.rate_of("lora", 1, device.rates, notes).b_us
+    assert d.rows[0]["train_s"] == pytest.approx(d.rows[0]["tokens"] * 0.5e-6 * ratio)
+    assert any("xsum dora: not in seq2seq-hand.json" in x for x in d.notes)
+    old = est.estimate(["task=xsum", "model=bart_base", "method=lora"], device)
+    assert any("assumed 25 ms per decoding step" in x for x in old.notes)
+
+
+def test_newest_seq2seq_skips_quick_and_cpu_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(est, "BENCH", tmp_path)
+    assert est.newest_seq2seq() is None
+    gpu = _seq2seq_json(tmp_path / "seq2seq-a.json", date="2026-12-07T01:00:00+00:00")
+    _seq2seq_json(tmp_path / "seq2seq-b.json", quick=True, device="cpu", date="2026-12-07T09:00:00+00:00")
+    assert est.newest_seq2seq() == gpu
+
+
+def test_unreadable_seq2seq_bench_is_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        est.main(["task=xsum", "model=bart_base", "--seq2seq", str(tmp_path / "missing.json")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot read the seq2seq bench") and "\n" not in err

@@ -168,3 +168,62 @@ def test_rank_padding_on_gpu(r):
         res.append((out.detach(), A.grad, B.grad))
     for plain, padded in zip(*res):
         assert torch.allclose(plain, padded, rtol=1e-4, atol=1e-4)
+
+
+# --- XSum's fast beam search (dynrank/tasks/beam.py) on the GPU: CUDA graphs, bf16 ----------------------------------
+GPU_LENGTHS = [3, 250, 17, 64, 120, 9, 33, 200, 5, 90, 41, 12]  # a sample of documents of very different lengths
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+def test_fast_beam_search_equals_generate_on_gpu(runs):
+    """fp32 (no TF32), the decoder step replayed as a CUDA graph: generate()'s token ids, one run and three LoRA runs
+    stacked (the CPU test, tests/test_xsum.py, runs the same search eagerly)."""
+    from test_xsum import GEN, documents, peaked_bart
+
+    from dynrank.tasks import beam
+    from dynrank.tasks.base import repeat_runs
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = peaked_bart("lora" if runs > 1 else None, runs, device="cuda", d_model=64)
+    batch = documents(GPU_LENGTHS, device="cuda")
+    kw = {**GEN, "max_new_tokens": 64}
+    fast = beam.FastBeamSearch.build(model, kw, torch.device("cuda"), amp=False, graphs=True)
+    assert not isinstance(fast, str) and fast.graphs, fast
+    with torch.no_grad():
+        want = model.generate(**repeat_runs(batch, runs), **kw)
+    got = fast(batch, runs)
+    assert got.shape == want.shape and torch.equal(got, want), (got != want).any(1).nonzero().flatten().tolist()
+
+
+def test_fast_beam_search_bf16_graphs_on_gpu():
+    """The evaluation's own precision (bf16 backbone, autocast) with three LoRA runs stacked: the graphed search gives
+    the eager fast search's tokens (the same kernels: all of them expected, 90% required), and generate()'s for most
+    documents (bf16 rounds the two differently shaped computations differently, which can flip a near-tie; a broken
+    path agrees on almost none)."""
+    from test_xsum import GEN, documents, peaked_bart
+
+    from dynrank.precision import bf16_backbone
+    from dynrank.tasks import beam
+    from dynrank.tasks.base import repeat_runs
+
+    runs, dev = 3, torch.device("cuda")
+    model = bf16_backbone(peaked_bart("lora", runs, device="cuda", d_model=64))
+    batch = documents(GPU_LENGTHS, device="cuda")
+    kw = {**GEN, "max_new_tokens": 64}
+    graphed = beam.FastBeamSearch.build(model, kw, dev, amp=True, graphs=True)
+    eager = beam.FastBeamSearch.build(model, kw, dev, amp=True, graphs=False)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        want = model.generate(**repeat_runs(batch, runs), **kw)
+    got = graphed(batch, runs)
+    as_eager, same = _same_rows(got, eager(batch, runs)), _same_rows(got, want)
+    print(f"bf16: graphed = eager for {as_eager:.0%}, = generate() for {same:.0%} of {len(want)} summaries")
+    assert as_eager >= 0.9 and same >= 0.5
+
+
+def _same_rows(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The fraction of rows (summaries) equal token for token, both filled with pad (1) to one width."""
+    width = max(a.shape[1], b.shape[1])
+    pad = torch.nn.functional.pad
+    same = pad(a, (0, width - a.shape[1]), value=1) == pad(b, (0, width - b.shape[1]), value=1)
+    return same.all(1).float().mean().item()

@@ -201,3 +201,168 @@ def test_generation_uses_the_pinned_settings(tmp_path):
     assert task.generate(Model(), ev.features, torch.device("cpu"), False) == [["", "", ""]]  # one run
     assert seen and all(s == {"num_beams": 2, "max_new_tokens": 8, "no_repeat_ngram_size": 3,
                               "early_stopping": True, "length_penalty": 1.0} for s in seen)
+
+
+# --- the fast beam search (dynrank/tasks/beam.py): generate()'s summaries, token for token --------------------------
+GEN = {"num_beams": 3, "max_new_tokens": 24, "no_repeat_ngram_size": 3, "early_stopping": True, "length_penalty": 1.0}
+
+
+def peaked_bart(method: str | None = None, runs: int = 1, device="cpu", d_model: int = 32, layers: int = 2,
+                vocab: int = 1000):
+    """A random BART whose beam search is a real test: weights drawn wide (std 1: peaked next-token distributions
+    that depend on the document, unlike the near-uniform ones of a standard init) and EOS favoured (summaries of
+    different lengths, so hypotheses finish at different steps); forced BOS as BART-base. ``method``: its adapters
+    for ``runs`` stacked runs, each run's drawn at random (a freshly initialised LoRA adds nothing)."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    cfg = BartConfig(vocab_size=vocab, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=2 * d_model,
+                     decoder_ffn_dim=2 * d_model, max_position_embeddings=1026, pad_token_id=1, bos_token_id=0,
+                     eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2, init_std=1.0)
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(cfg)
+    model.generation_config.forced_bos_token_id = 0
+    with torch.no_grad():
+        model.final_logits_bias[0, 2] = 10.0
+    if method:
+        from dynrank import methods
+
+        mcfg = compose([f"method={method}", "task=xsum", "model=tiny_bart"])
+        m = methods.build(mcfg, "bart", runs=runs)
+        model = m.wrap(model)
+        m.init_runs(list(range(1, runs + 1)))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.requires_grad and "lora_" in name:
+                    p.normal_(0, 0.1)
+    return model.to(device).eval()
+
+
+def documents(lengths, vocab=1000, seed=1, device="cpu"):
+    """Random documents of the given lengths, right-padded (pad 1) as XsumTask pads them."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((len(lengths), max(lengths)), 1)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(3, vocab, (n,), generator=g)
+        mask[i, :n] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+LENGTHS = [5, 17, 40, 9, 33, 3, 60, 12]
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+def test_fast_beam_search_equals_generate(runs):
+    """Eight documents of 3 to 60 tokens, one run and three LoRA runs stacked (each run's own adapters): the fast
+    search's token ids are generate()'s, shape included; the summaries differ by document and run and end at
+    different lengths, and the no-repeat rule changes them (so each part of the search is exercised)."""
+    from dynrank.tasks import beam
+    from dynrank.tasks.base import repeat_runs
+
+    model = peaked_bart("lora" if runs > 1 else None, runs)
+    batch = documents(LENGTHS)
+    fast = beam.FastBeamSearch.build(model, GEN, torch.device("cpu"), amp=False, graphs=False)
+    assert not isinstance(fast, str), fast
+    with torch.no_grad():
+        want = model.generate(**repeat_runs(batch, runs), **GEN)
+        free = model.generate(**repeat_runs(batch, runs), **{**GEN, "no_repeat_ngram_size": 0})
+    got = fast(batch, runs)
+    assert got.shape == want.shape and torch.equal(got, want)
+    assert len({tuple(r.tolist()) for r in want}) >= 0.75 * len(want)  # (run, document): mostly its own summary
+    assert len(set((want != 1).sum(1).tolist())) > 2 and (want[:, 1] == 0).all()  # lengths differ; forced BOS
+    assert want.shape != free.shape or not torch.equal(want, free)
+
+
+def test_fast_beam_search_length_penalty_and_min_length():
+    """The length-penalised scores of finished hypotheses and the minimum length (EOS banned before it): other
+    settings, still generate()'s tokens."""
+    from dynrank.tasks import beam
+
+    model = peaked_bart()
+    batch = documents(LENGTHS[:5], seed=2)
+    with torch.no_grad():
+        base = model.generate(**batch, **GEN)
+    for kw in ({**GEN, "length_penalty": 2.0, "min_new_tokens": 6}, {**GEN, "length_penalty": 0.5, "min_length": 9},
+               {**GEN, "early_stopping": False, "num_beams": 4}):
+        fast = beam.FastBeamSearch.build(model, kw, torch.device("cpu"), amp=False, graphs=False)
+        with torch.no_grad():
+            want = model.generate(**batch, **kw)
+        assert want.shape != base.shape or not torch.equal(want, base)  # the setting matters here
+        assert torch.equal(fast(batch, 1), want), kw
+
+
+def test_no_repeat_ngram_matches_transformers():
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    from dynrank.tasks import beam
+
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 3, 4):
+        seqs = torch.randint(0, 5, (16, 12), generator=g)  # a small alphabet: many repeated n-grams
+        scores = torch.randn(16, 7, generator=g)
+        s = beam.Settings(3, 64, 0, True, 1.0, n, (2,), 1, 2, None, None)
+        assert torch.equal(beam.process(s, seqs, scores.clone()), NoRepeatNGramLogitsProcessor(n)(seqs, scores))
+
+
+def test_fast_beam_search_falls_back_for_what_it_does_not_port():
+    """Settings and models it does not reproduce are named (XsumTask then generates with model.generate())."""
+    from dynrank.tasks import beam
+
+    model, cpu = peaked_bart(), torch.device("cpu")
+    assert "greedy" in beam.FastBeamSearch.build(model, {**GEN, "num_beams": 1}, cpu, False, False)
+    assert "repetition_penalty" in beam.FastBeamSearch.build(model, {**GEN, "repetition_penalty": 1.2}, cpu, False,
+                                                            False)
+    assert "training" in beam.FastBeamSearch.build(model.train(), GEN, cpu, False, False)
+    assert "not BartForConditionalGeneration" in beam.FastBeamSearch.build(torch.nn.Linear(1, 1), GEN, cpu, False,
+                                                                          False)
+
+
+def test_fast_beam_search_halves_a_batch_out_of_memory(monkeypatch):
+    """Out of GPU memory a batch is split in halves, and the merged summaries are the whole batch's (run-major,
+    filled to one width)."""
+    from dynrank.tasks import beam
+
+    model = peaked_bart("lora", 2)
+    batch = documents(LENGTHS)
+    fast = beam.FastBeamSearch.build(model, GEN, torch.device("cpu"), amp=False, graphs=False)
+    want = fast(batch, 2)
+    search = fast._search
+
+    def small_only(b, runs):
+        if b["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("test")
+        return search(b, runs)
+    monkeypatch.setattr(fast, "_search", small_only)
+    assert torch.equal(fast(batch, 2), want)
+
+
+def test_xsum_evaluation_fast_and_generate_agree(tmp_path, caplog):
+    """Through XsumTask.generate, a stack of two LoRA runs on the fixture's documents: eval.beam_search=fast and
+    =generate give the same summaries and generated-token counts; settings it cannot port fall back, logged."""
+    import logging
+
+    from dynrank import tasks
+    from dynrank.models import load_tokenizer
+
+    cfg = _cfg(tmp_path, "eval.max_samples=6", "task.generate.max_new_tokens=16", "train.eval_batch_size=4")
+    tok = load_tokenizer(cfg.model)
+    ev = tasks.build(cfg, tok).eval_sets()["validation"]
+    model = peaked_bart("lora", 2, vocab=len(tok))
+    out = {}
+    for mode in ("fast", "generate"):
+        task = tasks.build(_cfg(tmp_path, "eval.max_samples=6", "task.generate.max_new_tokens=16",
+                                "train.eval_batch_size=4", f"eval.beam_search={mode}"), tok)
+        calls = []
+        real = model.generate
+        model.generate = lambda **kw: calls.append(1) or real(**kw)
+        out[mode] = (task.generate(model, ev.features, torch.device("cpu"), False, runs=2), task.gen_tokens)
+        del model.generate
+        assert bool(calls) == (mode == "generate")
+    assert out["fast"] == out["generate"] and out["fast"][0][0] != out["fast"][0][1]
+    task = tasks.build(_cfg(tmp_path, "task.generate.num_beams=1"), tok)
+    with caplog.at_level(logging.WARNING):
+        assert task.beam_search(model, torch.device("cpu"), False) is None
+    assert "greedy" in caplog.text
+    with pytest.raises(ConfigError, match="eval.beam_search"):
+        tasks.build(_cfg(tmp_path, "eval.beam_search=hf"), tok)

@@ -16,6 +16,7 @@ NOT_IN_IDENTITY = {
               "export", "device", "compile", "cuda_graphs", "pad_to_multiple", "pack", "stack", "max_stack",
               "checkpoint_every", "keep_checkpoint"),
     "data": ("dir", "cache_dir"),
+    "eval": ("beam_search",),  # the fast beam search generates generate()'s summaries
     "model": ("path",),
 }
 

@@ -51,6 +51,7 @@ SCHEMA = {
     "train.checkpoint_every": "int >= 1 or null",
     "train.keep_checkpoint": "str",            # last | none: checked in validate
     "eval.max_samples": "int >= 1 or null",
+    "eval.beam_search": "str",                # fast | generate: checked by the XSum task
     "results.store": "str",
     "budget.name": "tag",
     "budget.r": "int >= 1",

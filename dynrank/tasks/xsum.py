@@ -6,8 +6,10 @@ Documents and summaries ``strip()``ped (as the authors' Dataset_Tokenize.py), so
 ``task.generate`` (beam search: ``num_beams`` 3, ``max_new_tokens`` 64, ``no_repeat_ngram_size`` 3,
 ``early_stopping``, ``length_penalty`` 1.0; only the token ids come from the checkpoint's generation config) and
 scores ROUGE-1/2/L F-measure with stemming against the raw gold summaries (``dynrank.metrics.rouge``).
-Generation is slow, so ``eval.max_samples`` evaluates the first n documents; the dev metrics record
-how many in ``n_eval``. ``task.metric`` (rougeL) picks the best epoch.
+The search itself is ``dynrank.tasks.beam``'s (``eval.beam_search=fast``: generate()'s summaries token for token,
+with shared encoder states, a static cache and CUDA graphs), or ``model.generate`` (``eval.beam_search=generate``,
+and for settings the fast one does not port). ``eval.max_samples`` evaluates the first n documents; the dev
+metrics record how many in ``n_eval``. ``task.metric`` (rougeL) picks the best epoch.
 
 The same summaries are also scored as the authors' code scores them (github.com/MIkumikumi0116/DoRA @235e21f,
 ``summarization_eval_forward_func`` + ``evaluate.load('rouge')`` with its defaults): no stemming, against the
@@ -17,6 +19,7 @@ as ``rouge1@paper_code``, ``rouge2@paper_code``, ``rougeL@paper_code``. Their bo
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,10 +31,14 @@ from transformers import AutoModelForSeq2SeqLM
 from ..data import xsum as xsum_data
 from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
 from ..errors import ConfigError
+from ..device import fast_path
 from ..metrics.rouge import rouge
 from ..models import load_model
+from . import beam
 from .base import Task, autocast, evaluating, limit, mean_per_run, repeat_runs
 from .squad import eval_limit
+
+log = logging.getLogger(__name__)
 
 
 def prepare_features(tokenizer, rows: list[dict], max_length: int, max_target_length: int) -> dict[str, list]:
@@ -56,6 +63,9 @@ class XsumTask(Task):
         self.max_length, self.max_target_length = int(t.max_length), int(t.max_target_length)
         self.eval_split = str(t.get("eval_split") or "validation")
         self.generate_kwargs = OmegaConf.to_container(t.generate, resolve=True)  # validated by config.SCHEMA
+        self.beam_mode = str(cfg.get("eval", {}).get("beam_search") or "fast")
+        if self.beam_mode not in ("fast", "generate"):
+            raise ConfigError(f"eval.beam_search must be fast or generate (got {self.beam_mode})")
         if self.eval_split not in ("validation", "test"):
             raise ConfigError(f"task.eval_split must be validation or test (got {self.eval_split})")
         if min(self.max_length, self.max_target_length) < 1:
@@ -110,25 +120,49 @@ class XsumTask(Task):
 
     @torch.no_grad()
     def generate(self, model, features: Encoded, device, amp, runs: int = 1) -> list[list[str]]:
-        """Summaries of every source by each run (``out[k][i]``) with ``task.generate``'s settings, in length-sorted
-        batches of ``train.eval_batch_size`` sources (every run generates from each batch at once)."""
-        bs = int(self.cfg.train.eval_batch_size)
-        order = np.argsort(features.lengths(), kind="stable")[::-1]  # longest first: an OOM shows at once
+        """Summaries of every source by each run (``out[k][i]``) with ``task.generate``'s settings (``token_ids``)."""
         out: list[list[str | None]] = [[None] * len(features) for _ in range(runs)]
         self.gen_tokens = [0] * runs
-        for i in range(0, len(order), bs):
-            idx = order[i:i + bs]
-            batch = pad_batch([{"input_ids": features.columns["input_ids"][j]} for j in idx],
-                              self.tokenizer.pad_token_id)
-            with autocast(device, amp):
-                seqs = model.generate(**repeat_runs({k: v.to(device) for k, v in batch.items()}, runs),
-                                      **self.generate_kwargs)
-            seqs = seqs.cpu().view(runs, len(idx), -1)
+        for idx, seqs in self.token_ids(model, features, device, amp, runs):
             for k in range(runs):
                 self.gen_tokens[k] += int((seqs[k] != self.tokenizer.pad_token_id).sum())
                 for j, text in zip(idx, self.tokenizer.batch_decode(seqs[k], skip_special_tokens=True)):
                     out[k][j] = text.strip()
         return out
+
+    @torch.no_grad()
+    def token_ids(self, model, features: Encoded, device, amp, runs: int = 1):
+        """(sources, generated ids (runs, len(sources), length)) per batch of length-sorted sources, every run
+        generating from each batch at once: by ``dynrank.tasks.beam`` (the same tokens, fast; batches as large as the
+        GPU's memory allows) unless ``eval.beam_search=generate`` or it cannot reproduce the settings (then
+        ``model.generate`` in batches of ``train.eval_batch_size`` sources, the reason logged)."""
+        bs = int(self.cfg.train.eval_batch_size)
+        fast = self.beam_search(model, device, amp)
+        order = np.argsort(features.lengths(), kind="stable")[::-1]  # longest first: an OOM shows at once
+        i = 0
+        while i < len(order):
+            n = bs if fast is None else fast.docs_per_batch(len(features.columns["input_ids"][order[i]]), runs,
+                                                             device, bs)
+            idx, i = order[i:i + n], i + n
+            batch = {k: v.to(device) for k, v in pad_batch([{"input_ids": features.columns["input_ids"][j]}
+                                                             for j in idx], self.tokenizer.pad_token_id).items()}
+            if fast is not None:
+                seqs = fast(batch, runs)
+            else:
+                with autocast(device, amp):
+                    seqs = model.generate(**repeat_runs(batch, runs), **self.generate_kwargs)
+            yield idx, seqs.cpu().view(runs, len(idx), -1)
+
+    def beam_search(self, model, device, amp) -> beam.FastBeamSearch | None:
+        """The fast beam search for this evaluation (CUDA graphs where the training graphs are on), or None."""
+        if self.beam_mode == "generate":
+            return None
+        fast = beam.FastBeamSearch.build(model, self.generate_kwargs, device, amp,
+                                         graphs=fast_path(self.cfg, device)["cuda_graphs"])
+        if isinstance(fast, str):
+            log.warning("XSum evaluation with model.generate(): the fast beam search cannot reproduce it: %s", fast)
+            return None
+        return fast
 
     def label_texts(self, features: Encoded) -> list[str]:
         """The authors' ROUGE references: the tokenised (truncated) labels decoded back to text."""
