@@ -133,11 +133,13 @@ CLAIMS = (
 
 
 def verdict(marks: list[str]) -> str:
-    """A claim made of several comparisons: supported if every one is, contradicted if any is, else not resolved
-    (a degenerate comparison among them: not resolved, it gives no verdict); ``""`` when none could be tested."""
+    """A claim made of several comparisons: supported if every one is, contradicted if any is, else degenerate (no
+    verdict) if any comparison is degenerate, else not resolved; ``""`` when none could be tested."""
     tested = [m for m in marks if m]
     if not tested:
         return ""
     if any(m == CONTRADICTED for m in tested):
         return CONTRADICTED
+    if any(m == DEGENERATE for m in tested):
+        return DEGENERATE
     return SUPPORTED if len(tested) == len(marks) and all(m == SUPPORTED for m in tested) else UNRESOLVED

@@ -8,6 +8,7 @@ import io
 from . import paired as stats
 from .aggregate import Cell
 from .compare import Comparison, _metric_columns, reference_row
+from .scoring import ceiling_notes
 from .selection import AUTO, PER_METRIC, RULES
 from .tables import Table, paper_model
 
@@ -69,7 +70,7 @@ def _legend(table, cells) -> list[str]:
            f"rate tuned; {MISSING} no runs (or the paper has no number); {diff}",
            f"model: {table.model}; runs on: {', '.join(devices) if devices else MISSING}."]
     return out + _selection_notes(cells, table.protocol) + _lr_notes(table, cells) + [_lr_choice_note(table)] \
-        + table.notes
+        + table.notes + ceiling_notes(table)
 
 
 def _selection_notes(cells, protocol: str) -> list[str]:
@@ -141,7 +142,7 @@ def to_latex(table, cells) -> str:
 
 
 CSV_FIELDS = ("table", "model", "row", "method", "budget", "variant", "column", "task", "n", "seeds", "mean", "std",
-              "paper", "diff", "expected_seeds", "lr", "lr_source", "n_lrs", "selection")
+              "paper", "diff", "expected_seeds", "lr", "lr_source", "n_lrs", "selection", "scoring", "ceiling")
 
 
 def to_csv(table, cells) -> str:
@@ -154,10 +155,13 @@ def to_csv(table, cells) -> str:
         for key, _, _, _ in _columns(table):
             c = cells[i, key]
             variant = c.variant if c.n else row.variants[0]
+            ceils = table.ceilings.get((i, key), [])  # SQuAD cells: the scoring read and a perfect model's score
             w.writerow([table.name, table.model, " ".join(row.labels), row.method, row.budget, variant or "", key,
                         tasks.get(key, ""), c.n, " ".join(map(str, c.seeds)), num(c.mean), num(c.std),
                         num(c.paper), num(c.diff if table.compares else None), table.expected_seeds, c.lr,
-                        c.lr_source, c.n_lrs or "", c.selection])
+                        c.lr_source, c.n_lrs or "", c.selection,
+                        " ".join(x.scoring + (f" batch {x.batch}" if x.batch else "") for x in ceils),
+                        " ".join(num(x.value) for x in ceils)])
     return buf.getvalue()
 
 
@@ -246,7 +250,8 @@ def claims_markdown(found) -> str:
     out = ["# The paper's claims, tested on our runs", "",
            "Each claim as a difference dora - baseline, paired by seed (the tables' runs and rules); "
            f"{stats.LEVEL:.0%} interval, Student t; a claim over several baselines or metrics is supported only if "
-           "every comparison is, contradicted if any is. Paper: the claimed difference (SQuAD/XSum: its table's).", "",
+           "every comparison is, contradicted if any is, degenerate (no verdict) if a comparison has zero variance. "
+           "Paper: the claimed difference (SQuAD/XSum: its table's).", "",
            "| claim | baseline | column | ours: dora - baseline | paper | verdict |", "|---|---|---|---:|---:|---|"]
     for claim, comps, verdict in found:
         if not comps:
