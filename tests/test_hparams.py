@@ -326,7 +326,8 @@ def test_paper_code_lora_is_the_authors_lora():
     """protocol=paper_code: alpha 8, dropout 0.1, A kaiming a=0, their optimizer settings (Build_Finetune_Config_List
     .py); the rate, batch and epochs stay LoRA's own (their code publishes none for LoRA); the command line wins."""
     for task in ("cola", "squad_v1"):
-        std, pc = compose(["method=lora", f"task={task}"]), compose(["method=lora", f"task={task}", "protocol=paper_code"])
+        std = compose(["method=lora", f"task={task}"])
+        pc = compose(["method=lora", f"task={task}", "protocol=paper_code"])
         assert (pc.method.alpha, pc.method.dropout, pc.method.kaiming_a) == (8, 0.1, 0.0)
         assert (pc.train.weight_decay, pc.train.warmup_ratio, pc.train.no_decay, pc.train.max_grad_norm) == \
             (0.01, 0.06, "none", 1.0)

@@ -842,7 +842,8 @@ def test_report_on_a_hand_made_store_shows_ceilings_paper_best_baseline_and_dege
 
     # (2) the CoLA claim's best baseline: the best of the paper's own rows (lora, not dylora); dylora beside as an
     # extra, outside the verdict
-    claims = [r for r in csv_rows(out / "claims.csv") if r["claim"] == "CoLA: DoRA over the best baseline by 1.48 (r=8)"]
+    cola = "CoLA: DoRA over the best baseline by 1.48 (r=8)"
+    claims = [r for r in csv_rows(out / "claims.csv") if r["claim"] == cola]
     assert [(r["baseline"], r["extra"]) for r in claims] == [("lora", ""), ("dylora", "yes")]
     assert claims[1]["paper_diff"] == "" and claims[1]["mark"] == "" and claims[1]["verdict"] == ""
     assert "| dylora (extra) | cola |" in (out / "claims.md").read_text()

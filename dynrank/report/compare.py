@@ -107,8 +107,8 @@ def claim_comparisons(claim: stats.Claim, table: Table, choices) -> list[Compari
             paper_diff = claim.paper if claim.paper is not None else _paper_diff(table, ref, r, key)
             out.append(Comparison(r.method, key, stats.paired(series(table, choices, ref, key),
                                                               series(table, choices, r, key), paper_diff)))
-        out += [Comparison(r.method, key, stats.paired(series(table, choices, ref, key), series(table, choices, r, key)),
-                           extra=True) for r in extras]
+        out += [Comparison(r.method, key, stats.paired(series(table, choices, ref, key),
+                                                       series(table, choices, r, key)), extra=True) for r in extras]
     return out
 
 
