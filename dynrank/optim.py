@@ -7,7 +7,10 @@ numbers, and each parameter (R, ...) is a view into it (its ``.grad`` a view int
 - AdamW is torch's fused kernel (the one ``torch.optim.AdamW(fused=True)`` runs) once per run, over row k with run
   k's learning rate (``RunAdamW``); with one run it is exactly ``torch.optim.AdamW``;
 - the learning rate of run k at step t is base_k * f(t), f the schedule (``lr_factor``: linear warm-up, then linear
-  decay to 0 or constant) made for the run's total steps.
+  decay to 0 or constant) made for the run's total steps;
+- weight decay falls on the parameters the run's source decays (``decays``, ``train.no_decay``): every trainable one
+  (the DoRA authors' code, fairseq), or all but biases and LayerNorm weights (HF Trainer, as the LoRA, DyLoRA and
+  AdaLoRA scripts train). Then AdamW runs once per run and group, as ``torch.optim.AdamW`` with two parameter groups.
 A method that does not stack (full fine-tuning) has one run and parameters without the run dimension; the buffer
 is the same (1, P).
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config.schema import SCHEDULES  # train.schedule's choices: one list, here and in config.validate
+from .config.schema import NO_DECAY_RULES, SCHEDULES  # train.no_decay's, train.schedule's choices (config.validate)
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str = "linear") -> float:
@@ -66,6 +69,24 @@ class Flat:
         self.grad.zero_()
 
 
+def decays(model: nn.Module, params: list[nn.Parameter], rule: str = "none") -> list[bool]:
+    """Whether AdamW decays each of ``params`` (a model's trainable parameters, in order) under ``train.no_decay``:
+
+    * ``none``: every one: the DoRA authors' ``torch.optim.AdamW(model.trainable_param(), weight_decay=...)``
+      (``Finetune_And_Benchmark.py``), fairseq's adam (full fine-tuning);
+    * ``hf_trainer``: all but the parameters of ``nn.LayerNorm`` modules and every parameter whose name contains
+      "bias": ``Trainer.create_optimizer`` of the transformers 4.4.2 fork the LoRA, DyLoRA and AdaLoRA scripts train
+      with (``decay_parameters = get_parameter_names(self.model, [torch.nn.LayerNorm])``, then ``[name for name in
+      decay_parameters if "bias" not in name]``; the other group ``weight_decay: 0.0``)."""
+    if rule not in NO_DECAY_RULES:
+        raise ValueError(f"unknown no-decay rule '{rule}'; choose one of: {', '.join(NO_DECAY_RULES)}")
+    if rule == "none":
+        return [True] * len(params)
+    in_norm = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)}
+    exempt = {id(p) for n, p in model.named_parameters() if "bias" in n or id(p) in in_norm}
+    return [id(p) not in exempt for p in params]
+
+
 @torch.no_grad()
 def clip_per_run(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     """Scale each run's gradients (row k of ``grad``) to norm at most ``max_norm``, as
@@ -81,10 +102,12 @@ class RunAdamW:
 
     ``lr`` is a device tensor (R,) that ``set_step`` fills before every step (base_k * f(step), host side, no sync),
     so a CUDA graph that captured ``step`` reads each step's rates. Moments and step counts per run; the update is
-    torch's fused AdamW kernel on row k."""
+    torch's fused AdamW kernel on row k. ``decay`` (one flag per parameter, ``decays``): the parameters weight decay
+    falls on; the others take AdamW without it (None: every parameter decays)."""
 
     def __init__(self, flat: Flat, lrs: list[float], *, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
-                 total_steps: int = 1, warmup_steps: int = 0, schedule: str = "linear"):
+                 total_steps: int = 1, warmup_steps: int = 0, schedule: str = "linear",
+                 decay: list[bool] | None = None):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule '{schedule}'; choose one of: {', '.join(SCHEDULES)}")
         self.flat = flat
@@ -97,7 +120,32 @@ class RunAdamW:
         self.lr = self._base.clone()
         self.weight_decay, self.betas, self.eps = float(weight_decay), tuple(float(b) for b in betas), float(eps)
         self.total_steps, self.warmup_steps, self.schedule = int(total_steps), int(warmup_steps), schedule
+        if decay is not None and len(decay) != len(flat.params):
+            raise ValueError(f"decay has {len(decay)} flags for {len(flat.params)} parameters")
+        self.decay = None if decay is None or all(decay) else [bool(d) for d in decay]
+        self._groups = self._split() if self.decay is not None else None
         self.set_step(0)
+
+    def _split(self) -> list[list[tuple]]:
+        """Per run, the (weight decay, parameter, gradient, moment 1, moment 2 views) of each group: the columns of
+        row k in contiguous stretches of parameters with the same flag (views into the fixed buffers, made once)."""
+        f, stretches = self.flat, []
+        for i, d in enumerate(self.decay):
+            start, end = f.offsets[i], f.offsets[i] + f.sizes[i]
+            if stretches and stretches[-1][0] == d and stretches[-1][2] == start:
+                stretches[-1][2] = end
+            else:
+                stretches.append([d, start, end])
+        runs = []
+        for k in range(f.runs):
+            groups = []
+            for wd, flag in ((self.weight_decay, True), (0.0, False)):
+                parts = [(a, b) for d, a, b in stretches if d == flag]
+                if parts:
+                    groups.append((wd, *([buf[k, a:b] for a, b in parts]
+                                         for buf in (f.data, f.grad, self.exp_avg, self.exp_avg_sq))))
+            runs.append(groups)
+        return runs
 
     def factor(self, step: int) -> float:
         return lr_factor(step, self.total_steps, self.warmup_steps, self.schedule)
@@ -115,9 +163,14 @@ class RunAdamW:
         self.steps.add_(1)
         b1, b2 = self.betas
         for k in range(self.flat.runs):
-            torch._fused_adamw_([self.flat.data[k]], [self.flat.grad[k]], [self.exp_avg[k]], [self.exp_avg_sq[k]], [],
-                                [self.steps[k]], lr=self.lr[k], beta1=b1, beta2=b2, weight_decay=self.weight_decay,
-                                eps=self.eps, amsgrad=False, maximize=False)
+            if self._groups is None:
+                torch._fused_adamw_([self.flat.data[k]], [self.flat.grad[k]], [self.exp_avg[k]], [self.exp_avg_sq[k]],
+                                    [], [self.steps[k]], lr=self.lr[k], beta1=b1, beta2=b2,
+                                    weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
+                continue
+            for wd, data, grad, m1, m2 in self._groups[k]:  # each group as a param group of torch.optim.AdamW
+                torch._fused_adamw_(data, grad, m1, m2, [], [self.steps[k]] * len(data), lr=self.lr[k], beta1=b1,
+                                    beta2=b2, weight_decay=wd, eps=self.eps, amsgrad=False, maximize=False)
 
     # --- one run's state, as torch.optim.AdamW / LambdaLR write it (checkpoints are per run) ----------------
     def run_state_dict(self, k: int) -> dict:

@@ -129,7 +129,7 @@ def test_resolved_rate_is_the_cited_one(method, task):
 
 # --- the rule: what the lr was tuned with comes from the lr's source (docs/hyperparameters.md) -------------------
 TRAIN_KEYS = ("batch_size", "epochs", "weight_decay", "warmup_ratio", "schedule", "adam_betas", "adam_eps",
-              "max_grad_norm", "label_smoothing")
+              "max_grad_norm", "label_smoothing", "no_decay")
 METHOD_KEYS = ("alpha", "dropout", "activation")
 
 
@@ -240,6 +240,8 @@ def test_budget_stays_equal_whatever_the_source():
 def test_dora_wd_copies_loras_configuration():
     body = lambda m: (CONF / "hparams" / f"{m}.yaml").read_text().split("all_tasks:", 1)[1]  # noqa: E731
     assert body("dora_wd") == body("lora")
+    # lora's paper_code entry (the DoRA authors' own LoRA) is not LoRA's configuration that NVlabs points to
+    assert "paper_code" in _file("lora") and "paper_code" not in _file("dora_wd")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -346,3 +348,59 @@ def test_cfg_job_resolve_prints_the_resolved_config(tmp_path):
     p = cli(["task=cola", "method=dora", "--cfg", "job", "--resolve"], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert yaml.safe_load(p.stdout)["train"]["adam_betas"] == [0.9, 0.999]
+
+
+# --- issue 30: weight decay where the source puts it; protocol=paper_code's LoRA is the authors' LoRA ------------
+@pytest.mark.parametrize("method, rule", [("lora", "hf_trainer"), ("dylora", "hf_trainer"), ("adalora", "hf_trainer"),
+                                          ("dora_wd", "hf_trainer"), ("dora", "none"), ("full", "none"),
+                                          ("bitfit", "none")])
+def test_no_decay_rule_follows_the_source(method, rule):
+    assert compose([f"method={method}", "task=cola"]).train.no_decay == rule
+
+
+def test_the_tiny_lora_optimizer_spares_the_heads_biases():
+    """lora's HF Trainer rule reaches the optimizer: the classifier's biases take no weight decay, the adapters do."""
+    from dynrank import methods
+    from dynrank.models import load_model, load_tokenizer
+    from dynrank.step import make_optimizer, prepare_model
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = compose(["method=lora", "task=cola", "model=tiny"])
+    tok = load_tokenizer(cfg.model)
+    method = methods.build(cfg, cfg.model.family, runs=2)
+    model = method.wrap(load_model(cfg.model, AutoModelForSequenceClassification, tok, num_labels=2))
+    prepare_model(model, method, torch.device("cpu"), bf16=False, compile_model=False)
+    opt = make_optimizer(cfg.train, method, [1e-3, 1e-3], total_steps=10)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    spared = {n for n, d in zip(names, opt.decay) if not d}
+    assert spared and spared == {n for n in names if n.endswith("bias")} and all("classifier" in n for n in spared)
+    cfg = compose(["method=dora", "task=cola", "model=tiny"])
+    method = methods.build(cfg, cfg.model.family, runs=1)
+    prepare_model(method.wrap(load_model(cfg.model, AutoModelForSequenceClassification, tok, num_labels=2)), method,
+                  torch.device("cpu"), bf16=False, compile_model=False)
+    assert make_optimizer(cfg.train, method, [1e-3], total_steps=10).decay is None  # the authors': all decay
+
+
+def test_no_decay_leaves_the_hash_of_runs_it_does_not_change():
+    from dynrank.config import identity
+
+    assert "no_decay" not in identity(compose(["method=dora", "task=cola"]))["train"]          # none
+    assert "no_decay" not in identity(compose(["method=lora", "task=squad_v1"]))["train"]      # weight decay 0
+    assert identity(compose(["method=lora", "task=cola"]))["train"]["no_decay"] == "hf_trainer"  # 0.1: it acts
+
+
+def test_paper_code_lora_is_the_authors_lora():
+    """protocol=paper_code: alpha 8, dropout 0.1, A kaiming a=0, their optimizer settings (Build_Finetune_Config_List
+    .py); the rate, batch and epochs stay LoRA's own (their code publishes none for LoRA); the command line wins."""
+    for task in ("cola", "squad_v1"):
+        std = compose(["method=lora", f"task={task}"])
+        pc = compose(["method=lora", f"task={task}", "protocol=paper_code"])
+        assert (pc.method.alpha, pc.method.dropout, pc.method.kaiming_a) == (8, 0.1, 0.0)
+        assert (pc.train.weight_decay, pc.train.warmup_ratio, pc.train.no_decay, pc.train.max_grad_norm) == \
+            (0.01, 0.06, "none", 1.0)
+        assert (pc.train.lr, pc.train.batch_size, pc.train.epochs) == (std.train.lr, std.train.batch_size,
+                                                                     std.train.epochs)
+        assert (std.method.alpha, std.method.dropout) == (16, 0.0)
+    assert compose(["method=lora", "protocol=paper_code", "method.alpha=16"]).method.alpha == 16
+    # the other methods are untouched by the protocol
+    assert compose(["method=dora_wd", "protocol=paper_code"]).method.alpha == 16

@@ -898,3 +898,90 @@ def test_per_metric_learning_rate_needs_paper_code(tmp_path, capsys):
                         "--lr-choice", "per_metric"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --lr-choice per_metric") and "--protocol paper_code" in err[0]
+
+
+# --- issue 30: per-cell SQuAD ceilings, the paper's own best baseline, degenerate differences ------------------------
+def test_zero_variance_difference_is_degenerate_no_verdict():
+    from dynrank.report.paired import CONTRADICTED, DEGENERATE, SUPPORTED, UNRESOLVED, paired, text, verdict
+
+    # every seed the same difference (both runs stuck at constant values): sd 0, scipy's interval is nan
+    p = paired({s: 0.70 for s in range(1, 6)}, {s: 0.69 for s in range(1, 6)}, paper=1.48)
+    assert (p.n, p.low, p.high, p.mark) == (5, None, None, DEGENERATE) and p.mean == pytest.approx(0.01)
+    assert text(p) == "+0.01 (n=5, zero variance: no interval) ∅"
+    assert paired({1: 1.0, 2: 1.0}, {1: 1.0, 2: 1.0}, paper=None).mark == DEGENERATE  # no difference at all, too
+    # float noise of two metric reads is still zero variance; a real spread is not
+    assert paired({1: 0.61, 2: 0.71}, {1: 0.60, 2: 0.70}, paper=1.0).mark == DEGENERATE
+    assert paired({1: 0.62, 2: 0.71}, {1: 0.60, 2: 0.70}, paper=1.0).mark == UNRESOLVED
+    # in a claim it gives no verdict (unless another comparison contradicts the claim)
+    assert verdict([SUPPORTED, DEGENERATE]) == DEGENERATE and verdict([DEGENERATE]) == DEGENERATE
+    assert verdict([DEGENERATE, CONTRADICTED]) == CONTRADICTED
+
+
+def _squad_run(store, method, seed, exact, f1, batch=None, ceiling=None, paper_code=True, lr=1e-3):
+    """A SQuAD v1.1 run under paper_code: the official scores, the authors' (exact - 2, f1 - 2), and, where given,
+    the scoring batch and a perfect model's score there (what tasks/squad.py stores since issue 30)."""
+    dev = {"exact": exact, "f1": f1, "n_eval": 10570}
+    if paper_code:
+        dev.update({"exact@paper_code": exact - 2, "f1@paper_code": f1 - 2})
+        if ceiling is not None:
+            dev.update({"ceiling_exact@paper_code": ceiling[0], "ceiling_f1@paper_code": ceiling[1],
+                        "batch@paper_code": batch})
+    p = _write_run(store, "roberta_base", "squad_v1", method, "r8", seed, dev, "f1", lr=lr, protocol="paper_code")
+    res = json.loads(p.read_text())
+    res["config"]["train"]["batch_size"] = batch
+    p.write_text(json.dumps(res))
+
+
+def test_report_on_a_hand_made_store_shows_ceilings_paper_best_baseline_and_degenerate(tmp_path):
+    store, out = tmp_path / "store", tmp_path / "tables"
+    # Table 3 under paper_code: dora (batch 16) and full (batch 48) read the authors' scores; bitfit stored them too
+    # but its number was made by the official script; lora's runs predate the stored ceiling
+    for s in (1, 2):
+        _squad_run(store, "dora", s, 86.0 + s, 92.0 + s, batch=16, ceiling=(96.96, 96.97), lr=5e-3)
+        _squad_run(store, "full", s, 85.0 + s, 91.0 + s, batch=48, ceiling=(94.49, 94.57), lr=1.5e-5)
+        _squad_run(store, "bitfit", s, 82.0 + s, 89.0 + s, batch=16, ceiling=(96.96, 96.97))
+        _squad_run(store, "lora", s, 84.0 + s, 90.0 + s, batch=16)
+    # Table 2 CoLA r8: dylora (not in the paper) ahead of every paper row; lora behind dora by exactly 1.0 (x100) on
+    # every seed (a degenerate difference); bitfit behind by a spread
+    for s in (1, 2, 3):
+        _write_run(store, "roberta_base", "cola", "dora", "r8", s, {"matthews": 0.60 + s / 100}, "matthews", lr=2e-3)
+        _write_run(store, "roberta_base", "cola", "lora", "r8", s, {"matthews": 0.59 + s / 100}, "matthews")
+        _write_run(store, "roberta_base", "cola", "bitfit", "r8", s, {"matthews": 0.50 + s * s / 100}, "matthews",
+                   lr=1e-3)
+        _write_run(store, "roberta_base", "cola", "dylora", "r8", s, {"matthews": 0.70}, "matthews")
+    assert report.main(["--store", str(store), "--out", str(out), "--tables", "table2,table3", "--no-figures"]) == 0
+
+    # (1) each cell read as its row's number was made, its ceiling per cell in the CSV and the note
+    rows = {(r["row"], r["column"]): r for r in csv_rows(out / "table3.csv")}
+    assert float(rows["r8 dora", "squad_v1_em"]["mean"]) == pytest.approx(85.5)     # the authors' (exact - 2)
+    assert float(rows["r8 bitfit", "squad_v1_em"]["mean"]) == pytest.approx(83.5)   # the official exact
+    assert (rows["r8 dora", "squad_v1_em"]["scoring"], rows["r8 dora", "squad_v1_em"]["ceiling"]) == \
+        ("the authors' loop batch 16", "96.96")
+    assert (rows["r8 full", "squad_v1_f1"]["scoring"], rows["r8 full", "squad_v1_f1"]["ceiling"]) == \
+        ("the authors' loop batch 48", "94.57")
+    assert (rows["r8 bitfit", "squad_v1_em"]["scoring"], rows["r8 bitfit", "squad_v1_em"]["ceiling"]) == \
+        ("official script", "100.0")
+    assert rows["r8 lora", "squad_v1_em"]["ceiling"] == "" and rows["r8 adalora", "squad_v1_em"]["scoring"] == ""
+    note = next(line for line in (out / "table3.md").read_text().splitlines()
+                if line.startswith("- perfect-model ceiling per cell"))
+    assert "SQuAD v1.1 EM 96.96 (the authors' loop, batch 16): r8 dora" in note
+    assert "SQuAD v1.1 EM 94.49 (the authors' loop, batch 48): r8 full" in note
+    assert "SQuAD v1.1 F1 100.00 (official script): r8 bitfit" in note
+    assert "SQuAD v1.1 EM not stored (runs from before issue 30) (the authors' loop, batch 16): r8 lora" in note
+    assert "EM 96.96 / F1 96.97 there on v1.1 dev" not in (out / "table3.md").read_text()  # one number for all
+
+    # (2) the CoLA claim's best baseline: the best of the paper's own rows (lora, not dylora); dylora beside as an
+    # extra, outside the verdict
+    cola = "CoLA: DoRA over the best baseline by 1.48 (r=8)"
+    claims = [r for r in csv_rows(out / "claims.csv") if r["claim"] == cola]
+    assert [(r["baseline"], r["extra"]) for r in claims] == [("lora", ""), ("dylora", "yes")]
+    assert claims[1]["paper_diff"] == "" and claims[1]["mark"] == "" and claims[1]["verdict"] == ""
+    assert "| dylora (extra) | cola |" in (out / "claims.md").read_text()
+
+    # (3) lora - dora is -1.00 on every seed: degenerate, no interval, no verdict
+    assert (claims[0]["mark"], claims[0]["low"], claims[0]["verdict"]) == ("degenerate", "", "degenerate")
+    paired = {(r["row"], r["column"]): r for r in csv_rows(out / "table2_paired.csv")}
+    assert paired["r8 lora", "cola"]["mark"] == "degenerate" and paired["r8 bitfit", "cola"]["mark"] != "degenerate"
+    md = (out / "table2.md").read_text()
+    assert "-1.00 (n=3, zero variance: no interval) ∅" in md and "∅ degenerate" in md
+    assert "$\\emptyset$" in (out / "table2.tex").read_text()

@@ -342,6 +342,28 @@ def test_real_dev_paper_code_scores_a_perfect_model_as_the_authors_code(real_dev
     assert squad_v1_paper_code(qids, golds, stated, batch_size=1)["total"] == len(stated)
 
 
+# the batches the authors' scoring runs at under protocol=paper_code: the runs' own training batch, for the rows their
+# code trained (dora: Table 8's 16; lora: conf/hparams/lora.yaml's 16; full: conf/hparams/full.yaml's 48)
+PAPER_CODE_CEILINGS = {16: (96.96, 96.97), 48: (94.49, 94.57)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", sorted(PAPER_CODE_CEILINGS))
+def test_real_dev_perfect_model_ceiling_per_scoring_batch(real_dev, batch):
+    """What a perfect model scores under the authors' scoring at each batch in use (issue 30: the table notes print
+    it per cell): paper_code_ceiling against the loop transcribed on its own above, on the real v1.1 dev file."""
+    from dynrank.tasks.squad_answers import WRONG_SPAN, paper_code_ceiling
+
+    rows, ev, *_ = real_dev
+    m = paper_code_ceiling(rows, ev, batch_size=batch, version=1)
+    stated = [rows[ei]["answers"][0] if inside else WRONG_SPAN
+              for ei, inside in zip(ev["example_idx"], ev["answer_in_window"])]
+    assert (m["exact"], m["f1"], m["total"]) == pytest.approx(_authors_loop(rows, ev, stated, batch))
+    assert (round(m["exact"], 2), round(m["f1"], 2)) == PAPER_CODE_CEILINGS[batch]
+    # the larger the batch, the more windows of one question share it: the pairing defect grows
+    assert m["exact"] < paper_code_ceiling(rows, ev, batch_size=batch // 2, version=1)["exact"]
+
+
 def test_stride_too_large_is_a_config_error(tok):
     with pytest.raises(ConfigError, match="doc_stride"):
         prepare_features(tok, [{"question": Q * 6, "context": CONTEXT}], 32, 28, train=False)
@@ -404,6 +426,10 @@ def _check_v2(res):
     assert dev["exact"] == pytest.approx((8 * dev["HasAns_exact"] + 3 * dev["NoAns_exact"]) / 11)
     # the authors' window-level scores from the same pass: one per question (its last window)
     assert dev["n_eval@paper_code"] == 11 and 0 <= dev["exact@paper_code"] <= dev["f1@paper_code"] <= 100
+    # v2.0: a perfect model abstains in every window without the answer, where their gold is "": no loss at all
+    # unless a batch pairs an id with another window's gold
+    assert dev["batch@paper_code"] == res["config"]["train"]["batch_size"]
+    assert 0 < dev["ceiling_exact@paper_code"] <= 100
 
 
 @pytest.mark.slow
@@ -423,11 +449,16 @@ def test_squad_v2_lora_end_to_end_with_export(tmp_path):
 def test_squad_v1_full_end_to_end(tmp_path):
     res = _run(tmp_path, "task=squad_v1", "method=full", "eval.max_samples=5")
     dev = res["final"]["dev"]
-    assert set(dev) == {"exact", "f1", "n_eval", "exact@paper_code", "f1@paper_code", "n_eval@paper_code"}
+    assert set(dev) == {"exact", "f1", "n_eval", "exact@paper_code", "f1@paper_code", "n_eval@paper_code",
+                        "ceiling_exact@paper_code", "ceiling_f1@paper_code", "batch@paper_code"}
     assert dev["n_eval"] == 5
     assert 0 <= dev["exact"] <= dev["f1"] <= 100 and 0 <= dev["exact@paper_code"] <= dev["f1@paper_code"] <= 100
     # paper_code: full's batch of 48 holds every window of the 5 questions: one reference per question
     assert res["config"]["train"]["batch_size"] == 48 and dev["n_eval@paper_code"] == 5
+    # the scoring batch and a perfect model's score at it, stored beside (the table notes print them per cell)
+    # (here 0: the 8 windows of the 5 questions share one batch, and the k-th id meets the k-th window's gold, each
+    # another window's than its prediction's: even a perfect model scores nothing)
+    assert dev["batch@paper_code"] == 48 and dev["ceiling_exact@paper_code"] == dev["ceiling_f1@paper_code"] == 0.0
     assert res["params"]["trainable"] == res["params"]["total"]
 
 

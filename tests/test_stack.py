@@ -265,3 +265,58 @@ def test_stack_size_bounds_a_steps_tokens():
     assert stack_size(compose(["task=squad_v1", "method=dora", "train.batch_size=16"])) == 65_536 // (16 * 384)
     assert stack_size(compose(["task=xsum", "method=lora", "model=bart_base", "train.batch_size=64"])) == 1
     assert stack_size(compose(["task=cola", "method=dora", "train.max_stack=3"])) == 3
+
+
+def test_run_adamw_spares_the_no_decay_group_as_torch_adamw_param_groups():
+    """With a no-decay group (train.no_decay: hf_trainer), each row steps exactly as torch.optim.AdamW with two
+    parameter groups, the decayed ones and the rest at weight decay 0, as HF Trainer.create_optimizer builds it."""
+    from torch import nn
+
+    from dynrank.optim import Flat, RunAdamW
+
+    torch.manual_seed(0)
+    ps = [nn.Parameter(torch.randn(2, 4, 3)), nn.Parameter(torch.randn(2, 3)), nn.Parameter(torch.randn(2, 5)),
+          nn.Parameter(torch.randn(2, 2, 2))]
+    decay = [True, False, False, True]  # a weight, two biases side by side, a weight
+    init = [p.detach().clone() for p in ps]
+    flat = Flat(ps, 2, stacked=True)
+    opt = RunAdamW(flat, [1e-2, 1e-1], weight_decay=0.5, total_steps=6, warmup_steps=0, decay=decay)
+    grads = [[torch.randn_like(p) for p in ps] for _ in range(3)]
+    for step, gs in enumerate(grads):
+        opt.set_step(step)
+        for i, g in enumerate(gs):
+            flat.view(flat.grad, i).copy_(g)
+        opt.step()
+    for k, lr in enumerate([1e-2, 1e-1]):
+        qs = [nn.Parameter(x[k].clone()) for x in init]
+        ref = torch.optim.AdamW([{"params": [q for q, d in zip(qs, decay) if d], "weight_decay": 0.5},
+                                 {"params": [q for q, d in zip(qs, decay) if not d], "weight_decay": 0.0}], lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(ref, lambda s: (6 - s) / 6)
+        for gs in grads:
+            for q, g in zip(qs, gs):
+                q.grad = g[k].clone()
+            ref.step()
+            sched.step()
+        for p, q in zip(ps, qs):
+            assert torch.allclose(p[k], q, atol=1e-7)
+    # the biases moved by Adam alone: with every parameter decayed they would not be where they are
+    every = RunAdamW(Flat([nn.Parameter(init[1].clone())], 2, stacked=True), [1e-2, 1e-1], weight_decay=0.5,
+                     total_steps=6)
+    for step, gs in enumerate(grads):
+        every.set_step(step)
+        every.flat.grad.copy_(gs[1])
+        every.step()
+    assert not torch.allclose(every.flat.data, ps[1].detach())
+
+
+def test_no_decay_rule_spares_biases_and_layer_norms_as_hf_trainer():
+    from torch import nn
+
+    from dynrank.optim import decays
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2, bias=False))
+    params = list(model.parameters())  # 0.weight, 0.bias, 1.weight, 1.bias, 2.weight
+    assert decays(model, params, "none") == [True] * 5
+    assert decays(model, params, "hf_trainer") == [True, False, False, False, True]
+    with pytest.raises(ValueError, match="no-decay rule"):
+        decays(model, params, "bias_only")

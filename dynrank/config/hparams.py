@@ -58,9 +58,15 @@ ALL_TASKS = "all_tasks"
 
 
 def _method_value_resolver(key: str, default=None, *, _root_):
-    """``${hparams:epochs}``: the method's own value for this task (conf/hparams/<method>.yaml under the task's
-    name), else the method's value for every task (under ``all_tasks``), else the task's (the DoRA paper's
-    Table 8), else ``default``. The learning rate never falls back: every method has its own."""
+    """``${hparams:epochs}``: the method's value under the run's protocol where its file has an entry for it (e.g.
+    lora.yaml's ``paper_code``: the DoRA authors' own LoRA), else its own value for this task (conf/hparams/
+    <method>.yaml under the task's name), else the method's value for every task (under ``all_tasks``), else the
+    task's (the DoRA paper's Table 8), else ``default``. The learning rate never falls back: every method has its
+    own."""
+    protocol = _root_.get("protocol")
+    section = (_root_.get("hparams") or {}).get(protocol.get("name")) if protocol is not None else None
+    if section is not None and key in section:
+        return section[key]
     h = hparams_of(_root_)
     if key in h:
         return h[key]

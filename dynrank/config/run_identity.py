@@ -21,6 +21,14 @@ NOT_IN_IDENTITY = {
 }
 
 
+# Keys added after runs were made, left out where their value changes nothing, so that those runs keep their hash:
+# ``train.no_decay`` (issue 30) spares some parameters weight decay, which matters only with weight decay > 0.
+def _inert(section: str, values: dict) -> tuple[str, ...]:
+    if section == "train" and (values.get("no_decay") in (None, "none") or not values.get("weight_decay")):
+        return ("no_decay",)
+    return ()
+
+
 # A run's length: part of what it computes and of where it lives (``run_id``), but not of what its checkpoint must
 # match (``resume_key``): ``train.extend=true`` continues a shorter run of the same config to more epochs. So is
 # ``train.extend=true`` itself (``identity``): an extended run is another run than one trained for its length from
@@ -44,7 +52,7 @@ def identity(cfg, length: bool = True) -> dict:
             continue
         val = OmegaConf.to_container(c[key], resolve=True) if OmegaConf.is_config(c[key]) else c[key]
         if isinstance(val, dict):
-            left_out = NOT_IN_IDENTITY.get(key, ()) + (() if length else LENGTH.get(key, ()))
+            left_out = NOT_IN_IDENTITY.get(key, ()) + (() if length else LENGTH.get(key, ())) + _inert(key, val)
             val = {k: v for k, v in val.items() if k not in left_out}
         out[key] = val
     if length and c.train.get("extend"):

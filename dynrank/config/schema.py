@@ -10,6 +10,7 @@ import re
 # path: letters, digits, '.', '_', '-', no '..'), device (auto, cpu, cuda, cuda:<n>), "list of <rule>", each
 # possibly "or null" or "or auto". Keys of other tasks and methods than the run's are simply absent.
 SCHEDULES = ("linear", "constant")  # train.schedule's choices: the learning-rate schedules of optim.lr_factor
+NO_DECAY_RULES = ("none", "hf_trainer")  # train.no_decay's choices: optim.decays
 
 SCHEMA = {
     "seed": "int in [0, 4294967295]",          # numpy's seeding (device.seed_everything) takes 32 bits
@@ -28,6 +29,7 @@ SCHEMA = {
     "train.warmup_ratio": "number in [0, 1)",
     "train.max_grad_norm": "number > 0 or null",
     "train.schedule": "str",                   # one of SCHEDULES: checked by validate
+    "train.no_decay": "str",                   # one of NO_DECAY_RULES: checked by validate
     "train.adam_betas": "list of number in [0, 1)",
     "train.adam_eps": "number > 0",
     "train.label_smoothing": "number in [0, 1)",

@@ -13,7 +13,7 @@ from ..errors import ConfigError, DynrankError
 from ..weights import check_model_dir
 from .hparams import initial_budget, lr_grid
 from .run_identity import run_id
-from .schema import SCHEDULES, SCHEMA, conforms, describe
+from .schema import NO_DECAY_RULES, SCHEDULES, SCHEMA, conforms, describe
 
 
 class _NeedsHydra(Exception):
@@ -59,6 +59,8 @@ def validate(cfg: DictConfig) -> None:
     (_, schedule), (_, betas) = _get(values, "train.schedule"), _get(values, "train.adam_betas")
     if schedule is not None and schedule not in SCHEDULES:
         raise ConfigError(f"train.schedule must be {' or '.join(SCHEDULES)} (got {_shown(schedule)})")
+    if (rule := _get(values, "train.no_decay")[1]) is not None and rule not in NO_DECAY_RULES:
+        raise ConfigError(f"train.no_decay must be {' or '.join(NO_DECAY_RULES)} (got {_shown(rule)})")
     if (keep := _get(values, "train.keep_checkpoint")[1]) not in (None, "last", "none"):
         raise ConfigError(f"train.keep_checkpoint must be last or none (got {_shown(keep)})")
     if betas is not None and len(betas) != 2:

@@ -20,13 +20,14 @@ from .compare import claims, paired_comparisons
 from .figures import figure2
 from .lr_search import select_lr
 from .render import claims_csv, claims_markdown, paired_csv, to_csv, to_latex, to_markdown
+from .scoring import as_scored, ceilings
 from .selection import AUTO, JOINT, LR_CHOICES, PER_METRIC, PROTOCOLS
 from .tables import BUILDERS, TABLES, Run, default_model
 
 
 def build_tables(runs: list[Run], model: str | None = None, names: Sequence[str] = TABLES, protocol: str = AUTO,
                  lr_choice: str = JOINT):
-    index = index_runs(runs)
+    index = index_runs([as_scored(r) for r in runs])  # each SQuAD row scored as its number was made (scoring.py)
     choices = choose_all(index, protocol)
     out = []
     for name in names:
@@ -34,6 +35,7 @@ def build_tables(runs: list[Run], model: str | None = None, names: Sequence[str]
         table.protocol, table.lr_choice = protocol, lr_choice
         out.append((table, compute(table, choices)))
         table.paired = paired_comparisons(table, choices)
+        table.ceilings = ceilings(table, choices)
     return out, choices
 
 
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
               "them, or drop --strict to skip them", file=sys.stderr)
         return 2
     if a.select_lr:
-        select_lr(a.store, a.out, a.model, a.protocol, runs=runs)
+        select_lr(a.store, a.out, a.model, a.protocol, runs=[as_scored(r) for r in runs])
     else:
         report(a.store, a.out, a.model, names, figures=not a.no_figures, protocol=a.protocol, runs=runs,
                lr_choice=a.lr_choice)

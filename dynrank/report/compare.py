@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from typing import NamedTuple
 
 from . import paired as stats
 from .aggregate import cell_choices, seed_values
@@ -69,34 +70,55 @@ def _rows_of(table: Table, budget: str, methods) -> list[tuple[int, Row]]:
             and r.variants == (None,)]
 
 
-def claim_comparisons(claim: stats.Claim, table: Table, choices) -> list[tuple[str, str, stats.Paired]]:
-    """(baseline, column, dora - baseline paired by seed) for every comparison the claim makes."""
+class Comparison(NamedTuple):
+    """One comparison of a claim: dora - ``baseline`` on ``column``, paired by seed. ``extra``: a method the paper's
+    table does not have at that budget, shown beside the claim and left out of its verdict."""
+    baseline: str
+    column: str
+    paired: stats.Paired
+    extra: bool = False
+
+
+def _best(table: Table, choices, rows: list[Row], key: str) -> list[Row]:
+    """The row with the best mean over seeds of ``key`` among ``rows`` (ours), as a list of one (none: no runs)."""
+    means = [(statistics.fmean(v.values()), r) for r in rows if (v := series(table, choices, r, key))]
+    return [max(means, key=lambda mr: mr[0])[1]] if means else []
+
+
+def claim_comparisons(claim: stats.Claim, table: Table, choices) -> list[Comparison]:
+    """Every comparison the claim makes (dora - baseline paired by seed), then, for ``BEST``, the best of the methods
+    the paper does not have at that budget beside it (``extra``; no paper difference to test)."""
     ref = next((r for _, r in _rows_of(table, claim.budget, ("dora",))), None)
     if ref is None:
         return []
     others = [r for _, r in _rows_of(table, claim.budget, {r.method for r in table.rows} - {"dora"})]
+    own = [r for r in others if r.paper is not None]  # the paper's own rows at this budget
     out = []
     for key in claim.columns:
+        extras = []
         if claim.versus == (stats.PEFT,):
-            versus = [r for r in others if r.method in stats.PEFT_METHODS]
-        elif claim.versus == (stats.BEST,):  # ours: the best baseline by our mean
-            means = [(statistics.fmean(v.values()), r) for r in others if (v := series(table, choices, r, key))]
-            versus = [max(means, key=lambda mr: mr[0])[1]] if means else []
+            versus = [r for r in own if r.method in stats.PEFT_METHODS]
+        elif claim.versus == (stats.BEST,):  # the paper's claim is over its own rows: their best by our mean
+            versus = _best(table, choices, own, key)
+            extras = _best(table, choices, [r for r in others if r.paper is None], key)
         else:
-            versus = [r for r in others if r.method in claim.versus]
+            versus = [r for r in own if r.method in claim.versus]
         for r in versus:
             paper_diff = claim.paper if claim.paper is not None else _paper_diff(table, ref, r, key)
-            out.append((r.method, key, stats.paired(series(table, choices, ref, key),
-                                                    series(table, choices, r, key), paper_diff)))
+            out.append(Comparison(r.method, key, stats.paired(series(table, choices, ref, key),
+                                                              series(table, choices, r, key), paper_diff)))
+        out += [Comparison(r.method, key, stats.paired(series(table, choices, ref, key),
+                                                       series(table, choices, r, key)), extra=True) for r in extras]
     return out
 
 
-def claims(tables: list[Table], choices) -> list[tuple[stats.Claim, list, str]]:
-    """Every claim of ``paired.CLAIMS`` whose table is among ``tables``: its comparisons and its verdict."""
+def claims(tables: list[Table], choices) -> list[tuple[stats.Claim, list[Comparison], str]]:
+    """Every claim of ``paired.CLAIMS`` whose table is among ``tables``: its comparisons and its verdict (over the
+    paper's own rows; extras are shown, not judged)."""
     by_name = {t.name: t for t in tables}
     out = []
     for claim in stats.CLAIMS:
         if claim.table in by_name:
             comps = claim_comparisons(claim, by_name[claim.table], choices)
-            out.append((claim, comps, stats.verdict([p.mark for _, _, p in comps])))
+            out.append((claim, comps, stats.verdict([c.paired.mark for c in comps if not c.extra])))
     return out

@@ -5,7 +5,9 @@ A method is compared with the paper's method (dora) paired by seed (two runs of 
 the initialisation of what both train): the mean of the differences d_s = method_s - reference_s over the seeds both
 have, with its 95% Student-t interval (mean ± t_{0.975, n-1} · sd / sqrt(n)); one pair: no interval. ``mark``
 against the paper's own difference: ``supported`` (the interval lies wholly on its side of 0), ``contradicted``
-(wholly on the other), ``not resolved`` (it contains 0, or one pair), ``""`` (nothing to test).
+(wholly on the other), ``not resolved`` (it contains 0, or one pair), ``degenerate`` (every pair has the same
+difference: sd 0, a zero-width "interval" that is no interval, scipy's t interval is undefined there; e.g. both runs
+stuck at constant predictions), ``""`` (nothing to test). A degenerate comparison gives no verdict.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from scipy.stats import t as student_t
 
 LEVEL = 0.95
 SUPPORTED, CONTRADICTED, UNRESOLVED = "supported", "contradicted", "not resolved"
-MARKS = {SUPPORTED: "✓", CONTRADICTED: "✗", UNRESOLVED: "~", "": ""}
+DEGENERATE = "degenerate"  # every seed the same difference: sd 0, no interval, no verdict
+MARKS = {SUPPORTED: "✓", CONTRADICTED: "✗", UNRESOLVED: "~", DEGENERATE: "∅", "": ""}
 
 
 @dataclass(frozen=True)
@@ -27,16 +30,26 @@ class Paired:
     seeds: tuple = ()
     unpaired: tuple = ()          # seeds only one side has
     mean: float | None = None     # mean difference
-    low: float | None = None      # the 95% interval (None: fewer than two pairs)
+    low: float | None = None      # the 95% interval (None: fewer than two pairs, or degenerate)
     high: float | None = None
     paper: float | None = None    # the paper's difference, same rows
-    mark: str = ""                # supported | contradicted | not resolved | "" (nothing to test)
+    mark: str = ""                # supported | contradicted | not resolved | degenerate | "" (nothing to test)
+
+    @property
+    def degenerate(self) -> bool:
+        return self.mark == DEGENERATE
+
+
+def zero_variance(diffs: list[float]) -> bool:
+    """Two or more differences, all the same (within 1e-9, float noise of metrics read off two runs): the spread is
+    0 and a t interval is undefined (scipy's ``t.interval`` gives nan)."""
+    return len(diffs) >= 2 and all(math.isclose(d, diffs[0], rel_tol=1e-9, abs_tol=1e-9) for d in diffs)
 
 
 def interval(diffs: list[float], level: float = LEVEL) -> tuple[float | None, float | None]:
-    """The Student-t interval of the mean of ``diffs``; ``(None, None)`` for fewer than two."""
+    """The Student-t interval of the mean of ``diffs``; ``(None, None)`` for fewer than two, or zero variance."""
     n = len(diffs)
-    if n < 2:
+    if n < 2 or zero_variance(diffs):
         return None, None
     half = student_t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
     m = statistics.fmean(diffs)
@@ -65,16 +78,22 @@ def paired(method: dict[int, float], reference: dict[int, float], paper: float |
     if not diffs:
         return Paired(unpaired=unpaired, paper=paper)
     low, high = interval(diffs)
-    return Paired(len(diffs), seeds, unpaired, statistics.fmean(diffs), low, high, paper,
-                  mark(low, high, paper, len(diffs)))
+    m = DEGENERATE if zero_variance(diffs) else mark(low, high, paper, len(diffs))
+    return Paired(len(diffs), seeds, unpaired, statistics.fmean(diffs), low, high, paper, m)
 
 
 def text(p: Paired, digits: int = 2) -> str:
-    """``-0.84 [-1.50, -0.18] ✓ (n=5)``; one pair: ``+0.40 (n=1, no interval) ~``; no pair: ``—``."""
+    """``-0.84 [-1.50, -0.18] ✓ (n=5)``; one pair: ``+0.40 (n=1, no interval) ~``; every pair the same difference:
+    ``+0.40 (n=5, zero variance: no interval) ∅``; no pair: ``—``."""
     if not p.n:
         return "—"
     s = f"{p.mean:+.{digits}f}"
-    s += f" [{p.low:+.{digits}f}, {p.high:+.{digits}f}] (n={p.n})" if p.low is not None else f" (n={p.n}, no interval)"
+    if p.low is not None:
+        s += f" [{p.low:+.{digits}f}, {p.high:+.{digits}f}] (n={p.n})"
+    elif p.degenerate:
+        s += f" (n={p.n}, zero variance: no interval)"
+    else:
+        s += f" (n={p.n}, no interval)"
     return s + (f" {MARKS[p.mark]}" if p.mark else "")
 
 
@@ -82,8 +101,10 @@ def text(p: Paired, digits: int = 2) -> str:
 @dataclass(frozen=True)
 class Claim:
     """``dora - each of versus`` on ``column`` of ``table`` at ``budget`` is positive (by ``paper`` where given):
-    the paper's sentence, tested on our runs paired by seed. ``versus``: method names, or ``BEST`` (the best
-    baseline by our mean, the paper's by its own), or ``PEFT`` (every PEFT baseline with a row in the table)."""
+    the paper's sentence, tested on our runs paired by seed. ``versus``: method names, or ``BEST`` (the best of the
+    paper's own baseline rows at that budget by our mean, the paper's by its own; methods the paper does not have,
+    e.g. dylora and dora_wd, are shown beside as extras and left out of the verdict), or ``PEFT`` (every PEFT
+    baseline with a row in the paper's table)."""
     sentence: str
     table: str
     budget: str
@@ -112,11 +133,13 @@ CLAIMS = (
 
 
 def verdict(marks: list[str]) -> str:
-    """A claim made of several comparisons: supported if every one is, contradicted if any is, else not resolved
-    (``""`` when none could be tested)."""
+    """A claim made of several comparisons: supported if every one is, contradicted if any is, else degenerate (no
+    verdict) if any comparison is degenerate, else not resolved; ``""`` when none could be tested."""
     tested = [m for m in marks if m]
     if not tested:
         return ""
     if any(m == CONTRADICTED for m in tested):
         return CONTRADICTED
+    if any(m == DEGENERATE for m in tested):
+        return DEGENERATE
     return SUPPORTED if len(tested) == len(marks) and all(m == SUPPORTED for m in tested) else UNRESOLVED

@@ -7,7 +7,8 @@ import io
 
 from . import paired as stats
 from .aggregate import Cell
-from .compare import _metric_columns, reference_row
+from .compare import Comparison, _metric_columns, reference_row
+from .scoring import ceiling_notes
 from .selection import AUTO, PER_METRIC, RULES
 from .tables import Table, paper_model
 
@@ -69,7 +70,7 @@ def _legend(table, cells) -> list[str]:
            f"rate tuned; {MISSING} no runs (or the paper has no number); {diff}",
            f"model: {table.model}; runs on: {', '.join(devices) if devices else MISSING}."]
     return out + _selection_notes(cells, table.protocol) + _lr_notes(table, cells) + [_lr_choice_note(table)] \
-        + table.notes
+        + table.notes + ceiling_notes(table)
 
 
 def _selection_notes(cells, protocol: str) -> list[str]:
@@ -141,7 +142,7 @@ def to_latex(table, cells) -> str:
 
 
 CSV_FIELDS = ("table", "model", "row", "method", "budget", "variant", "column", "task", "n", "seeds", "mean", "std",
-              "paper", "diff", "expected_seeds", "lr", "lr_source", "n_lrs", "selection")
+              "paper", "diff", "expected_seeds", "lr", "lr_source", "n_lrs", "selection", "scoring", "ceiling")
 
 
 def to_csv(table, cells) -> str:
@@ -154,10 +155,13 @@ def to_csv(table, cells) -> str:
         for key, _, _, _ in _columns(table):
             c = cells[i, key]
             variant = c.variant if c.n else row.variants[0]
+            ceils = table.ceilings.get((i, key), [])  # SQuAD cells: the scoring read and a perfect model's score
             w.writerow([table.name, table.model, " ".join(row.labels), row.method, row.budget, variant or "", key,
                         tasks.get(key, ""), c.n, " ".join(map(str, c.seeds)), num(c.mean), num(c.std),
                         num(c.paper), num(c.diff if table.compares else None), table.expected_seeds, c.lr,
-                        c.lr_source, c.n_lrs or "", c.selection])
+                        c.lr_source, c.n_lrs or "", c.selection,
+                        " ".join(x.scoring + (f" batch {x.batch}" if x.batch else "") for x in ceils),
+                        " ".join(num(x.value) for x in ceils)])
     return buf.getvalue()
 
 
@@ -186,7 +190,9 @@ def _paired_lines(table: Table):
 
 MARKS_LEGEND = (f"{stats.MARKS[stats.SUPPORTED]} the interval lies on the side of 0 of the paper's difference, "
                 f"{stats.MARKS[stats.CONTRADICTED]} on the other side, {stats.MARKS[stats.UNRESOLVED]} not resolved "
-                f"(it contains 0, or one pair)")
+                f"(it contains 0, or one pair), {stats.MARKS[stats.DEGENERATE]} degenerate: every seed gives the same "
+                f"difference (zero variance, e.g. both runs stuck at constant predictions), so there is no interval "
+                f"and no verdict: the spread over seeds says nothing about the difference")
 PAIRED_LEGEND = (f"each row minus the reference row (dora at the same budget; Table 5: with DEM; Table 6: r0 = 3), "
                  f"paired by seed over the seeds both have: mean difference [{stats.LEVEL:.0%} interval, Student t "
                  f"over the per-seed differences] (n = pairs; one pair: no interval); the `paper` line: the same two "
@@ -209,7 +215,8 @@ def paired_latex(table: Table) -> list[str]:
         return []
     cols = [label for k, label, _, _ in _columns(table) if k in _metric_columns(table)]
     marks = {stats.MARKS[stats.SUPPORTED]: "$\\surd$", stats.MARKS[stats.CONTRADICTED]: "$\\times$",
-             stats.MARKS[stats.UNRESOLVED]: "$\\sim$"}  # after _tex, which leaves these three alone
+             stats.MARKS[stats.UNRESOLVED]: "$\\sim$", stats.MARKS[stats.DEGENERATE]: "$\\emptyset$"}
+    # (after _tex, which leaves these four alone)
     out = ["\\begin{table*}[t]", "\\centering", "\\small",
            "\\begin{tabular}{" + "l" * (len(table.label_names) + 1) + "r" * len(cols) + "}", "\\toprule",
            " & ".join([_tex(n) for n in table.label_names] + [""] + [_tex(c) for c in cols]) + " \\\\", "\\midrule"]
@@ -243,18 +250,30 @@ def claims_markdown(found) -> str:
     out = ["# The paper's claims, tested on our runs", "",
            "Each claim as a difference dora - baseline, paired by seed (the tables' runs and rules); "
            f"{stats.LEVEL:.0%} interval, Student t; a claim over several baselines or metrics is supported only if "
-           "every comparison is, contradicted if any is. Paper: the claimed difference (SQuAD/XSum: its table's).", "",
+           "every comparison is, contradicted if any is, degenerate (no verdict) if a comparison has zero variance. "
+           "Paper: the claimed difference (SQuAD/XSum: its table's).", "",
            "| claim | baseline | column | ours: dora - baseline | paper | verdict |", "|---|---|---|---:|---:|---|"]
     for claim, comps, verdict in found:
         if not comps:
             out.append(f"| {claim.sentence} | — | — | no runs | {fmt_num(claim.paper, 2, signed=True)} | — |")
-        for j, (base, key, p) in enumerate(comps):
-            out.append(f"| {claim.sentence if j == 0 else ''} | {base} | {key} | {stats.text(p)} | "
-                       f"{fmt_num(p.paper, 2, signed=True)} | {(verdict or '—') if j == 0 else ''} |")
-    return "\n".join(out + ["", f"- {MARKS_LEGEND}."]) + "\n"
+        for j, c in enumerate(comps):
+            out.append(f"| {claim.sentence if j == 0 else ''} | {_baseline(c)} | {c.column} | {stats.text(c.paired)} | "
+                       f"{fmt_num(c.paired.paper, 2, signed=True)} | {(verdict or '—') if j == 0 else ''} |")
+    return "\n".join(out + ["", f"- {MARKS_LEGEND}.", f"- {CLAIMS_BASELINES}."]) + "\n"
 
 
-CLAIM_FIELDS = ("claim", "baseline", "column", "n", "mean_diff", "low", "high", "paper_diff", "mark", "verdict")
+CLAIMS_BASELINES = ("the baselines of a claim are the paper's own rows at that budget (Table 2 r=8: full, bitfit, "
+                    "houlsby, pfeiffer, lora, adalora; r=2: houlsby, pfeiffer, lora, adalora), \"the best baseline\" "
+                    "the best of them by our mean; a method the paper does not have (dylora, dora_wd) is shown "
+                    "beside as `(extra)`, the best of them, with no paper difference and outside the verdict")
+
+
+def _baseline(c) -> str:
+    return f"{c.baseline} (extra)" if c.extra else c.baseline
+
+
+CLAIM_FIELDS = ("claim", "baseline", "column", "n", "mean_diff", "low", "high", "paper_diff", "mark", "verdict",
+                "extra")
 
 
 def claims_csv(found) -> str:
@@ -263,7 +282,8 @@ def claims_csv(found) -> str:
     w.writerow(CLAIM_FIELDS)
     num = lambda v: "" if v is None else repr(float(v))  # noqa: E731
     for claim, comps, verdict in found:
-        for base, key, p in comps or [("", "", stats.Paired(paper=claim.paper))]:
-            w.writerow([claim.sentence, base, key, p.n, num(p.mean), num(p.low), num(p.high), num(p.paper), p.mark,
-                        verdict])
+        for c in comps or [Comparison("", "", stats.Paired(paper=claim.paper))]:
+            p = c.paired
+            w.writerow([claim.sentence, c.baseline, c.column, p.n, num(p.mean), num(p.low), num(p.high), num(p.paper),
+                        p.mark, "" if c.extra else verdict, "yes" if c.extra else ""])
     return buf.getvalue()

@@ -10,7 +10,7 @@ one forward pass (``squad_answers.py``).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..models import load_model
 from ..packing import PACKED, pack, set_dropout_rows, token_logits
 from .base import Task, autocast, evaluating, mean_per_run, repeat_runs
-from .squad_answers import paper_code_scores, standard_scores
+from .squad_answers import paper_code_ceiling, paper_code_scores, standard_scores
 
 
 def prepare_features(tokenizer, rows: list[dict], max_length: int, stride: int, *, train: bool,
@@ -106,6 +106,7 @@ def answer_windows(columns: dict[str, list]) -> dict[str, list]:
 class SquadEval:
     rows: list[dict]  # examples (question, context, gold answers)
     features: Encoded  # windows of those examples
+    ceilings: dict = field(default_factory=dict)  # batch size -> paper_code_ceiling (the same every epoch)
 
 
 def eval_limit(cfg):
@@ -248,11 +249,17 @@ class SquadTask(Task):
         spans = dict(version=self.version, n_best=self.n_best, max_answer_length=self.max_answer_length,
                      null_threshold=self.null_threshold)
         m = standard_scores(ev.rows, ev.features.columns, starts, ends, **spans)
-        # the authors' loop batches the dev windows as their dev loader does: the run's batch size
-        paper = paper_code_scores(ev.rows, ev.features.columns, starts, ends,
-                                  batch_size=int(self.cfg.train.batch_size), **spans)
+        # the authors' loop batches the dev windows as their dev loader does (Finetune_And_Benchmark.py init_data:
+        # DataLoader(dev_dataset, batch_size=self.config.batch_size)): the run's batch size
+        batch = int(self.cfg.train.batch_size)
+        paper = paper_code_scores(ev.rows, ev.features.columns, starts, ends, batch_size=batch, **spans)
+        if batch not in ev.ceilings:
+            ev.ceilings[batch] = paper_code_ceiling(ev.rows, ev.features.columns, batch_size=batch,
+                                                    version=self.version)
+        ceiling = ev.ceilings[batch]
         m.update({"exact@paper_code": paper["exact"], "f1@paper_code": paper["f1"],
-                  "n_eval@paper_code": paper["total"]})
+                  "n_eval@paper_code": paper["total"], "ceiling_exact@paper_code": ceiling["exact"],
+                  "ceiling_f1@paper_code": ceiling["f1"], "batch@paper_code": batch})
         suffix = "" if split == "validation" else "_" + split
         return {k + suffix: float(v) for k, v in m.items()}
 

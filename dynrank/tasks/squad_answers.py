@@ -13,7 +13,9 @@ search per window) with its own gold (the answers where it holds the first one, 
 through their evaluation loop's per-batch dict and zip, batches of the run's ``train.batch_size`` (their dev
 loader's), then ``evaluate``'s squad/squad_v2 metrics (``paper_code_scores``;
 ``dynrank.metrics.squad.paper_code_references`` says what that loop does). Those scores are stored beside the
-standard ones as ``exact@paper_code``, ``f1@paper_code``, ``n_eval@paper_code`` (the references scored).
+standard ones as ``exact@paper_code``, ``f1@paper_code``, ``n_eval@paper_code`` (the references scored), with
+what a perfect model scores there at that batch (``paper_code_ceiling``: ``ceiling_exact@paper_code``,
+``ceiling_f1@paper_code``) and the batch itself (``batch@paper_code``).
 """
 from __future__ import annotations
 
@@ -115,6 +117,23 @@ def window_golds(rows: list[dict], features) -> tuple[list[str], list[list[str]]
         qids.append(row["id"])
         golds.append(list(row["answers"]) if inside else [""])
     return qids, golds
+
+
+# What a perfect v1.1 model states in a window without the question's first answer: it must give some span, and no
+# span there is the answer (any text that matches no gold serves; this one is issue 20's, which measured the ceiling)
+WRONG_SPAN = "a wrong answer"
+
+
+def paper_code_ceiling(rows: list[dict], features, *, batch_size: int, version: int) -> dict:
+    """A perfect model's ``{"exact", "f1", "total"}`` under the authors' scoring at ``batch_size``: every window that
+    holds the question's first answer states it; the others state a wrong span (v1.1: a model always answers) or
+    abstain, ``""`` (v2.0: their gold there is ``""``). Below 100 only through their evaluation loop's pairing of ids
+    with other windows' golds (``paper_code_references``), which grows with the batch (more windows of one question
+    share a batch): the table notes print it per cell (issue 30)."""
+    qids, golds = window_golds(rows, features)
+    miss = "" if version == 2 else WRONG_SPAN
+    texts = [g[0] if inside else miss for g, inside in zip(golds, features["answer_in_window"])]
+    return (squad_v1_paper_code if version == 1 else squad_v2_paper_code)(qids, golds, texts, batch_size)
 
 
 def paper_code_scores(rows: list[dict], features, start_logits, end_logits, *, batch_size: int, version: int,
