@@ -287,6 +287,7 @@ class Device:
     sources: list[str]
     seq2seq: Seq2seq | None = None  # Table 3 and 4's workloads measured (scripts/bench_seq2seq.py), when there are
     packed: dict = field(default_factory=dict)  # (method, runs, family) -> step cost of packed steps, if measured
+    check_ratio: float = 1.0  # projected / measured training time of the checked stacked run
 
 
     def ckpt_s(self, method: str) -> float:
@@ -306,28 +307,36 @@ def measured_device(seq2seq: Path | None = None) -> Device:
     if (pb := packed_bench()) is not None:
         dev.packed = fit_packed_rates(pb)
         dev.sources.append(pb.name)
-    # The stacked seeds run: the real CLI, real RTE (2,490 / 277 pairs, lengths benchmarks/rte_*_lengths.json),
-    # batch 16 per run, eval batch 128, the fast path's padding (8), one job of k runs stacked and one run alone.
-    notes: set = set()
-    method, k, epochs = s["method"], int(s["stacked_runs"]), int(s["epochs"])
-    train, dev_set = clip(load_lengths("rte_train"), 128), clip(load_lengths("rte_dev"), 128)
-    steps = math.ceil(2490 / 16)
-    one, many = rate_of(method, 1, rates, notes), rate_of(method, k, rates, notes)
-    epoch_one = one.time_s(steps, epoch_tokens(train, 2490, 16, 8))
-    epoch_many = many.time_s(steps, epoch_tokens(train, 2490 * k, 16 * k, 8))
-    batches, tokens = sorted_batches(dev_set, 277, 128, 8)
-    evaluation = EVAL_FRACTION * many.time_s(batches, k * tokens)
-    dev.fixed_s = s["wall_all_seeds_s"] - epochs * (epoch_many + evaluation + k * dev.ckpt_s(method))
-    steady = min(s["time_per_epoch_s_one_seed"][1:])  # (later epochs can still meet new shapes: captures)
-    dev.check = (f"model check against {stacked.name} ({method}, {s['data']}, {s['model']}, batch 16, {epochs} "
-                 f"epochs): {k} runs stacked, training projected {epochs * epoch_many:.1f} s, measured "
-                 f"{s['train_time_s_side_by_side']:.1f} s (graph captures included); one run alone, an epoch "
-                 f"projected {epoch_one:.2f} s, measured {steady:.2f} s (the fastest epoch after the first)")
     path = seq2seq or newest_seq2seq()
     if path is not None:
         dev.seq2seq = load_seq2seq(path)
         dev.sources.append(path.name)
+    check_against(dev, s, stacked.name)
     return dev
+
+
+def check_against(dev: Device, s: dict, name: str) -> None:
+    """Start-up and graph captures (``fixed_s``) and the model's check from a stacked seeds run
+    (scripts/bench_seeds.py: the real CLI on a real GLUE task, one job of k runs stacked and one run alone), each
+    projected here with that job's own config (task, method, epochs, batch, the fast path's parts it set)."""
+    from dynrank.config import compose
+
+    notes: set = set()
+    method, k, epochs, task = s["method"], int(s["stacked_runs"]), int(s["epochs"]), s.get("task", "rte")
+    extra = [o for o in s.get("overrides", []) if o.split("=")[0] in ("train.pack", "train.stack", "train.exact",
+                                                                    "train.batch_size", "train.max_stack")]
+    cfg = compose([f"task={task}", f"method={method}", f"train.epochs={epochs}", *extra])
+    many, one = estimate_job(cfg, k, dev, notes), estimate_job(cfg, 1, dev, notes)
+    dev.fixed_s = s["wall_all_seeds_s"] - (many.train_s + many.eval_s + many.ckpt_s)
+    measured = s["train_time_s_side_by_side"]
+    dev.check_ratio = many.train_s / measured
+    steady = min(s["time_per_epoch_s_one_seed"][1:] or s["time_per_epoch_s_one_seed"])
+    packed = (s.get("training") or {}).get("packed")
+    dev.check = (f"model check against {name} ({method}, {s['data']}, {s['model']}, batch {many.batch}, {epochs} "
+                 f"epoch(s){', packed' if packed else ''}): {k} runs stacked, training projected {many.train_s:.1f} s, "
+                 f"measured {measured:.1f} s (graph captures included; projected / measured "
+                 f"{dev.check_ratio:.2f}); one run alone, an epoch projected {one.train_s / epochs:.2f} s, measured "
+                 f"{steady:.2f} s ({'the fastest epoch after the first' if epochs > 1 else 'its one epoch'})")
 
 
 # --- Table 3 and 4 measured: scripts/bench_seq2seq.py ----------------------------------------------------------------
