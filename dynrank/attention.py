@@ -65,8 +65,14 @@ def packed_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         return None
     drop = module.dropout
     p = dropout_p if module.training else 0.0
-    return _PackedAttention.apply(q, k, v, start, lens, drop.stream.seeds, drop.stream.step, drop.site, p, scaling,
-                                  heads, dh, max(16, 1 << (width - 1).bit_length()))
+    try:
+        return _PackedAttention.apply(q, k, v, start, lens, drop.stream.seeds, drop.stream.step, drop.site, p,
+                                      scaling, heads, dh, max(16, 1 << (width - 1).bit_length()))
+    except Exception as e:  # a Triton that cannot build the kernel here: the gathered view instead
+        from .dropout import kernel_failed
+
+        kernel_failed("_triton_attention", e)
+        return None
 
 
 def _interpreting() -> bool:
@@ -76,9 +82,9 @@ def _interpreting() -> bool:
 
 
 def _kernels():
-    from .dropout import triton_kernels
+    from .dropout import _FAILED, triton_kernels
 
-    return triton_kernels("_triton_attention")
+    return None if "_triton_attention" in _FAILED else triton_kernels("_triton_attention")
 
 
 class _PackedAttention(torch.autograd.Function):

@@ -50,19 +50,28 @@ def stream_keys(seeds: torch.Tensor, step: torch.Tensor, site: int) -> torch.Ten
 def keep_mask(rows: int, width: int, row_keys: torch.Tensor, counter_width: int, seeds: torch.Tensor,
               step: torch.Tensor, site: int, p: float) -> torch.Tensor:
     """The keep mask (rows, width) bool, rows run-major (rows // R of each run, in order), on ``row_keys``' device:
-    the CPU implementation and the reference of the GPU kernel. ``row_keys`` (rows,) int64; column j's counter is
-    ``row_key * counter_width + j``. Computed in numpy's uint32, whose products wrap modulo 2^32 by definition."""
+    the implementation without Triton and the reference of the GPU kernel. ``row_keys`` (rows,) int64; column j's
+    counter is ``row_key * counter_width + j``. On a CPU in numpy's uint32, whose products wrap modulo 2^32 by
+    definition; on a GPU in torch's int64 (the low 32 bits of a wrapped product are exact), graph-safe."""
     R = seeds.numel()
-    K = stream_keys(seeds, step, site).cpu().numpy().astype(np.uint32).repeat(rows // R)
-    u = row_keys.cpu().numpy().astype(np.uint32)[:, None] * np.uint32(counter_width)
+    K = stream_keys(seeds, step, site)
+    if row_keys.is_cuda:
+        return _keep_mask_torch(width, row_keys, counter_width, K.repeat_interleave(rows // R), p)
+    u = row_keys.numpy().astype(np.uint32)[:, None] * np.uint32(counter_width)
     u = u + np.arange(width, dtype=np.uint32)
-    u ^= K[:, None]
+    u ^= K.numpy().astype(np.uint32).repeat(rows // R)[:, None]
     u ^= u >> 16
     u *= np.uint32(_C1)
     u ^= u >> 15
     u *= np.uint32(_C2)
     u ^= u >> 16
-    return torch.from_numpy((u >> 8) >= _threshold(p)).to(row_keys.device)
+    return torch.from_numpy((u >> 8) >= _threshold(p))
+
+
+def _keep_mask_torch(width: int, row_keys: torch.Tensor, counter_width: int, K: torch.Tensor, p: float):
+    """``keep_mask`` in torch's int64 ops on the keys' device (each row's stream key ``K`` given)."""
+    u = (row_keys.unsqueeze(1) * counter_width + torch.arange(width, device=row_keys.device)) & M32
+    return (_mix(u ^ K.unsqueeze(1)) >> 8) >= _threshold(p)
 
 
 def _threshold(p: float) -> int:
@@ -74,7 +83,10 @@ def keyed_dropout(x: torch.Tensor, row_keys: torch.Tensor, counter_width: int, s
                   step: torch.Tensor, site: int, p: float) -> torch.Tensor:
     """Dropout of ``x`` (..., width; rows = x.numel() // width, run-major) with the keyed masks, scaled by 1/(1-p)."""
     if x.is_cuda and _triton() is not None:
-        return _KeyedDropoutFn.apply(x, row_keys, counter_width, seeds, step, site, p)
+        try:
+            return _KeyedDropoutFn.apply(x, row_keys, counter_width, seeds, step, site, p)
+        except Exception as e:  # a Triton that cannot build the kernel here: the same masks in torch's ops
+            kernel_failed("_triton_dropout", e)
     width = x.shape[-1]
     mask = keep_mask(x.numel() // width, width, row_keys, counter_width, seeds, step, site, p)
     return x * mask.view(x.shape) * (1.0 / (1.0 - p))
@@ -165,8 +177,23 @@ def triton_kernels(name: str):
         return None
 
 
+def kernel_failed(name: str, e: Exception) -> None:
+    """A Triton kernel that fails here (at its first, eager call: compile errors) is not used again in this process;
+    the torch implementation computes the same masks (one warning)."""
+    import logging
+
+    logging.getLogger("dynrank").warning("the Triton kernels of %s failed (%s: %s); using torch's ops instead", name,
+                                         type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    _FAILED.add(name)
+
+
+_FAILED: set = set()
+
+
 def _triton():
-    """The dropout kernel's launcher, or None without Triton."""
+    """The dropout kernel's launcher, or None without Triton (or where it failed)."""
+    if "_triton_dropout" in _FAILED:
+        return None
     kernels = triton_kernels("_triton_dropout")
     return kernels.launch if kernels else None
 

@@ -201,3 +201,11 @@ def test_an_empty_sentence_packs_as_its_special_tokens(tmp_path):
     ds.columns["input_ids"][5] = [0, 2]
     ds.__dict__.pop("_flat", None)
     assert_packed_equals_padded(task, ds, model, ([5, 3, 0], [1, 2, 9]))
+
+
+def test_keyed_masks_in_numpy_and_in_torch_ops_agree():
+    """The CPU implementation (numpy uint32) and the GPU one without Triton (torch int64, graph-safe) agree."""
+    seeds, step, keys = torch.tensor([3, 2**31 + 5]), torch.tensor(77), torch.arange(600) * 13
+    K = dropout.stream_keys(seeds, step, 7).repeat_interleave(300)
+    assert torch.equal(dropout.keep_mask(600, 1000, keys, 1000, seeds, step, 7, 0.1),
+                       dropout._keep_mask_torch(1000, keys, 1000, K, 0.1))
