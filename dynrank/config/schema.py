@@ -51,6 +51,13 @@ SCHEMA = {
     "train.keep_checkpoint": "str",            # last | none: checked in validate
     "eval.max_samples": "int >= 1 or null",
     "results.store": "str",
+    "logger.name": "str",                      # a conf/logger/ choice
+    "logger.tracking_uri": "str or null",
+    "logger.dir": "str",
+    "logger.experiment": "str",
+    "logger.project": "str",
+    "logger.entity": "str or null",
+    "logger.mode": "str or null",              # online | offline | disabled: checked by validate
     "budget.name": "tag",
     "budget.r": "int >= 1",
     "model.id": "tag",
