@@ -184,7 +184,7 @@ def fast_claims() -> list[tuple[str, str, object, float | None]]:
     majority = _measured(majority_class)
     rows.append(("make demo's majority class (quick start)", r"learns SST-2 \([\d.]+ vs ([\d.]+)\)",
                  _each(majority), 0.005))
-    rows.append(("make demo's majority class (Models)", r"demo: sst2 dev accuracy [\d.]+ vs majority class ([\d.]+)",
+    rows.append(("make demo's majority class (Models)", r"demo: sst2 dev accuracy [\d.]+ vs majority class\s+([\d.]+)",
                  _each(majority), 0.0005))
     rows.append(("smoke: majority class", r"against ([\d.]+) for the majority class", _each(_measured(_smoke_majority), 100),
                  0.05))
@@ -226,7 +226,7 @@ def slow_claims(tmp: Path) -> list[tuple[str, str, object, float | None]]:
     rows.append(("make demo's accuracy (quick start)", r"learns SST-2 \(([\d.]+) vs", _pick(d, "accuracy"), 0.005))
     rows.append(("make demo's accuracy (Models)", r"demo: sst2 dev accuracy ([\d.]+) vs majority", _pick(d, "accuracy"),
                  0.005))
-    rows.append(("make demo's wall time (Models)", r"\(cold tokenisation cache\): ([\d a-z]+?) in all",
+    rows.append(("make demo's wall time (Models)", r"majority class\s+0\.\d+`, [\d a-z]+? of CPU, ([\d a-z]+?) wall",
                  _pick(d, "wall", "cpu"), None))
     e = _shown("dora example", _measured(dora_example, tmp))
     rows.append(("MiniLM dora example's accuracy", r"dev accuracy ([\d.]+); the adapter loads", _pick(e, "accuracy"),
@@ -238,9 +238,9 @@ def slow_claims(tmp: Path) -> list[tuple[str, str, object, float | None]]:
         rows.append((f"smoke: {m} mean, std", rf"([\d.]+) ± ([\d.]+)\s+\({m}\)", s if isinstance(s, Exception) else list(s[m]), 0.05))
     rows.append(("smoke: wall time", r"keeps its runs[\s\S]*?measured here: ([\d a-z]+?), SST-2", _pick(s, "wall", "cpu"), None))
     t = _shown("make test-fast", _measured(test_fast))
-    rows.append(("make test-fast's time (quick start)", r"make test-fast +# the tests not marked slow, ([~\d a-z]+)",
+    rows.append(("make test-fast's time (quick start)", r"make test-fast +# the tests not marked slow, ~(\d+ s) of CPU",
                  _pick(t, "wall", "cpu"), None))
-    rows.append(("make test-fast's time (Tests)", r"no training, no subprocess \(([~\d a-z]+)\)", _pick(t, "wall", "cpu"), None))
+    rows.append(("make test-fast's time (Tests)", r"no training, no subprocess \(~(\d+ s) of CPU\)", _pick(t, "wall", "cpu"), None))
     return rows
 
 
@@ -259,7 +259,7 @@ def compare(text: str, rows) -> int:
             continue
         claimed = [_minutes(g) if tol is None else _num(g) for g in m.groups()]
         shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else f"{v:,}" for v in measured)
-        if tol is None:  # a wall time: measured = [wall, CPU] seconds
+        if tol is None:  # a time: measured = [wall, CPU] seconds
             print(f"info     {name}: README {', '.join(m.groups())} ({claimed[0]:.0f} s) | measured "
                   f"{_clock(measured[0])} ({measured[0]:.0f} s wall, {measured[1]:.0f} s CPU)")
             continue
