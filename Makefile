@@ -8,7 +8,7 @@ TORCH ?= torch
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 INDEX_TIMEOUT ?= 10
 
-.PHONY: help install install-cpu demo test test-fast train tables reproduce-tables bench clean
+.PHONY: help install install-cpu demo test test-fast check-readme train tables reproduce-tables bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -27,8 +27,11 @@ demo: ## a CPU run that visibly learns in ~2 min (LoRA on MiniLM, 6,000 SST-2 se
 test: ## run the CPU test suite (what CI runs)
 	$(PYTHON) -m pytest -p no:cacheprovider -n 2
 
-test-fast: ## the tests not marked slow (no training, no subprocess), in one process: ~30 s on 2 cores, for a quick loop
+test-fast: ## the tests not marked slow (no training, no subprocess), in one process: ~26 s on 2 idle cores (README: Tests), for a quick loop
 	$(PYTHON) -m pytest -p no:cacheprovider -m "not slow"
+
+check-readme: ## the README's numbers re-measured, each beside its claim (no training: ~30 s of CPU); SLOW=1 also trains (make demo, the dora example, the smoke preset, make test-fast: ~10 min)
+	$(PYTHON) scripts/check_readme.py $(if $(SLOW),--slow)
 
 train: ## one run, e.g. make train ARGS="task=cola method=dora"
 	$(PYTHON) -m dynrank.train $(ARGS)

@@ -49,6 +49,11 @@ def reachable() -> bool:
         return False
 
 
+def model_source(mcfg) -> str:
+    """Where a model config loads from: ``model.path`` (a local directory), else ``model.name`` (a Hub id)."""
+    return str(mcfg.path) if mcfg.get("path") else str(mcfg.name)
+
+
 def _is_repo_id(src: str) -> bool:
     """``roberta-base``, ``org/name``: a Hub id (a path that does not exist is left to transformers' own error)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -82,6 +87,36 @@ def pretrained_kwargs(src: str, hint: str = "pass model.path=/local/model/dir (m
                       f"{hint}, or run once where the Hub answers to cache it")
 
 
+def _dataset_cached(repo_id: str) -> bool:
+    """Whether ``datasets`` holds a copy of the Hub dataset ``repo_id`` (its own cache, or the Hub's download cache):
+    what ``HF_HUB_OFFLINE=1`` can load it from."""
+    from huggingface_hub import constants
+
+    ds_cache = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets")  # as datasets has
+    return (ds_cache / repo_id.replace("/", "___")).is_dir() or \
+        (Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}").is_dir()
+
+
+def check_sources(models: list[str], datasets: dict[str, str]) -> None:
+    """Every model (a local directory or a Hub id) and Hub dataset (repo id -> what to pass instead) a command
+    will load, checked at once: a ``ConfigError`` or ``DataError`` for the first that cannot load, in seconds where
+    the Hub does not answer (``make reproduce-tables`` before its first preset; ``scripts/reproduce_tables.py``)."""
+    for src in dict.fromkeys(models):
+        pretrained_kwargs(src)
+    for repo_id, hint in datasets.items():
+        if offline("HF_DATASETS_OFFLINE"):
+            if not _dataset_cached(repo_id):
+                raise DataError(f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {hint}, or "
+                                "run once where the Hub answers to cache it")
+        elif not reachable():
+            raise _unanswered(repo_id, hint)
+
+
+def _unanswered(where: str, hint: str) -> DataError:
+    return DataError(f"could not load {where}: the Hub ({endpoint()}) does not answer; {hint}, or set "
+                     "HF_HUB_OFFLINE=1 to use a copy already in your Hugging Face cache")
+
+
 def load_dataset(repo_id: str, split: str, hint: str, name: str | None = None):
     """``datasets.load_dataset(repo_id, name, split=split)``; a ``DataError`` ending in ``hint`` (what to pass
     instead, e.g. ``pass data.dir=...``) when it fails, at once when the Hub does not answer."""
@@ -89,8 +124,7 @@ def load_dataset(repo_id: str, split: str, hint: str, name: str | None = None):
 
     where = f"{repo_id}{'/' + name if name else ''}/{split}"
     if not offline("HF_DATASETS_OFFLINE") and not reachable():
-        raise DataError(f"could not load {where}: the Hub ({endpoint()}) does not answer; {hint}, or set "
-                        "HF_HUB_OFFLINE=1 to use a copy already in your Hugging Face cache")
+        raise _unanswered(where, hint)
     try:
         return datasets.load_dataset(repo_id, name, split=split)
     except Exception as e:  # offline, no cache, Hub error: say how to run from local files

@@ -76,7 +76,7 @@ class Trainer:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
         for run in runs:
-            run.writer, run.tb_files = runlog.tensorboard(run.run_dir, run.resumed) if logs else (None, [])
+            run.writer, run.tb_files = runlog.writers(run.run_dir, run.resumed, run.cfg) if logs else (None, [])
         if device.type == "cuda":  # setup ran on the default stream; steps may run on self.stream
             torch.cuda.synchronize(device)
         counts = method.param_counts()
@@ -270,6 +270,8 @@ class Trainer:
                 results["export_dir"] = self.export_adapter(k, run)
             write_json(run_dir / "results.json", results)
             write_json(run.out_path, results)
+            if run.writer:
+                run.writer.results(results)  # to the tracker (logger=mlflow, wandb, csv), which ends its run
             if cfg.train.get("keep_checkpoint") == "none":  # what a finished run keeps: its results (and adapter)
                 checkpoint.remove(run_dir)
             run.results = results

@@ -89,16 +89,12 @@ def is_head(param_name: str) -> bool:
     return param_name.split(".")[0] in HEAD_PREFIXES
 
 
-def _source(mcfg) -> str:
-    return str(mcfg.path) if mcfg.get("path") else str(mcfg.name)
-
-
 def load_tokenizer(mcfg):
     from transformers import AutoTokenizer
 
     if mcfg.get("tiny"):
         return AutoTokenizer.from_pretrained(str(TINY_TOKENIZER))
-    src = _source(mcfg)
+    src = hub.model_source(mcfg)
     try:
         return AutoTokenizer.from_pretrained(src, **hub.pretrained_kwargs(src))
     except (OSError, ValueError) as e:
@@ -137,7 +133,7 @@ def load_model(mcfg, auto_class, tokenizer=None, **config_kwargs) -> nn.Module:
         with torch.random.fork_rng(devices=[]):  # the same random backbone for every seed, as a pre-trained one is
             torch.manual_seed(0)
             return auto_class.from_config(config)
-    src = _source(mcfg)
+    src = hub.model_source(mcfg)
     safe = {"use_safetensors": True} if mcfg.get("path") else {}  # a local directory: never a pickle (weights.py)
     try:
         with quiet_transformers():

@@ -127,6 +127,44 @@ def tensorboard(run_dir, resumed: bool):
     return writer, (kept if resumed else []) + sorted(set(event_files(tb)) - set(kept))
 
 
+def writers(run_dir, resumed: bool, cfg):
+    """What an attempt logs its scalars to: TensorBoard (``tensorboard``) and the tracker of ``cfg.logger``
+    (``dynrank/trackers.py``: mlflow, wandb, csv), behind one writer (None where neither is there), and the event
+    files its checkpoints list."""
+    from .trackers import open_tracker
+
+    tb, files = tensorboard(run_dir, resumed)
+    tracker = open_tracker(cfg, run_dir, resumed)
+    return (Writer(tb, tracker) if tb is not None or tracker is not None else None), files
+
+
+class Writer:
+    """``add_scalar``, ``flush`` and ``close`` as a ``SummaryWriter`` has them, to TensorBoard and the tracker;
+    ``results(results)`` after ``close``: the run's final results to the tracker, which then ends its run."""
+
+    def __init__(self, tb, tracker):
+        self.tb, self.tracker = tb, tracker
+
+    def add_scalar(self, tag: str, value, step: int) -> None:
+        for w in (self.tb, self.tracker):
+            if w is not None:
+                w.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        for w in (self.tb, self.tracker):
+            if w is not None:
+                w.flush()
+
+    def close(self) -> None:
+        for w in (self.tb, self.tracker):
+            if w is not None:
+                w.close()
+
+    def results(self, results: dict) -> None:
+        if self.tracker is not None:
+            self.tracker.results(results)
+
+
 def event_files(tb_dir) -> list[str]:
     return sorted(p.name for p in Path(tb_dir).glob("events.out.tfevents.*"))
 

@@ -79,8 +79,45 @@ def parse(argv):
     return args, list(dict.fromkeys(tables)), overrides
 
 
+SOURCE_KEYS = ("experiment", "task", "model", "data")  # what decides a job's model and data sources
+
+
+def check_sources(presets: list[str], overrides: list[str]) -> None:
+    """The models and Hub datasets of every job of ``presets`` checked once, before the first preset runs: where the
+    Hub does not answer (or ``HF_HUB_OFFLINE=1``) and one is not cached, a ``DynrankError`` in seconds instead of
+    the same error from every preset after it has composed its jobs. Each distinct (task, model, data) is composed
+    once; the other keys of a job (methods, seeds, ...) load nothing."""
+    from hydra import compose, initialize_config_dir
+
+    from dynrank import hub
+    from dynrank.config import CONF_DIR
+    from dynrank.config.command_line import sweep_jobs
+    from dynrank.data import hub_dataset
+
+    models, datasets = [], {}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        jobs = {tuple(o for o in job if o.split("=", 1)[0].lstrip("+~").split(".")[0].split("/")[0] in SOURCE_KEYS)
+                for preset in presets for job in sweep_jobs([f"experiment={preset}", *overrides])}
+        for job in jobs:
+            cfg = compose("config", overrides=list(job))
+            if not cfg.model.get("tiny"):
+                models.append(hub.model_source(cfg.model))
+            if cfg.data.dir is None:
+                repo_id, hint = hub_dataset(cfg.task)
+                datasets.setdefault(repo_id, hint)
+    hub.check_sources(models, datasets)
+
+
 def main(argv=None) -> int:
     args, tables, overrides = parse(sys.argv[1:] if argv is None else argv)
+    if not args.dry_run:
+        from dynrank.errors import DynrankError
+
+        try:
+            check_sources([p for t in tables for p in PRESETS[t]], overrides)
+        except DynrankError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     failed = []

@@ -25,10 +25,24 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-def compose(overrides: list[str]):
-    from dynrank.config import compose as dynrank_compose
+_BASES: dict = {}
 
-    return dynrank_compose(overrides)
+
+def compose(overrides: list[str]):
+    """``dynrank.config.compose(overrides)``, each choice of config groups composed once per session (Hydra takes
+    ~85 ms of CPU a compose; the suite composes hundreds): a copy of it, the key overrides applied as Hydra applies
+    them (``command_line._Jobs``, which the command line's check uses the same way)."""
+    import copy
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dynrank.config.command_line import _Jobs, compose as dynrank_compose
+
+    jobs = _BASES.get("jobs")
+    if jobs is None:
+        jobs = _BASES["jobs"] = _Jobs(lambda _name, overrides: dynrank_compose(overrides), OverridesParser.create(),
+                                      "config")
+    return jobs.config(list(overrides))
 
 
 def method_config(name: str, r: int = 8, **over):

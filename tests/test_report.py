@@ -285,6 +285,36 @@ def test_script_dry_run_lists_presets(capsys):
         reproduce_tables.main(["--tables", "table7"])
 
 
+@pytest.mark.slow
+def test_script_offline_checks_sources_once_and_stops_before_the_first_preset(tmp_path, monkeypatch, capsys):
+    """No Hub and nothing cached: one line and exit 2 before any preset runs (all tables, or narrowed), whether the
+    model (roberta-base, bart-base) or the data (the Hub's GLUE, with model=minilm) is missing; the smoke preset,
+    local model and data, passes the check."""
+    import time
+
+    from huggingface_hub import constants
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import reproduce_tables
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(reproduce_tables.subprocess, "run", lambda *a, **k: pytest.fail(f"a preset ran: {a}"))
+    for argv, missing in ((["--tables", "all"], "'roberta-base' is not in the Hugging Face cache"),
+                          (["--tables", "table4"], "'facebook/bart-base' is not in the Hugging Face cache"),
+                          (["--tables", "table2,table6", "model=minilm"],
+                           "nyu-mll/glue is not in the Hugging Face cache and HF_HUB_OFFLINE is set; pass data.dir=")):
+        t = time.process_time()  # CPU time: the wall time of a loaded machine says little
+        assert reproduce_tables.main(argv) == 2
+        assert time.process_time() - t < 15  # composes each (task, model) once: ~2 s
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {missing}"), err
+    reproduce_tables.check_sources(["smoke"], [])  # MiniLM and SST-2 from ../shared: nothing to fetch
+
+
 # --- selection rules on hand-made per-epoch histories -----------------------------------------------------
 def _epochs(*devs, steps=None):
     return [{"epoch": i + 1, "step": (steps[i] if steps else 10 * (i + 1)), "dev": d} for i, d in enumerate(devs)]

@@ -165,12 +165,13 @@ class _Jobs:
             self.bases[groups] = base, set(_keys(base))
         return self.bases[groups]
 
-    def check(self, job: list[str]) -> None:
+    def config(self, job: list[str]):
+        """The job's config: a copy of its groups' (``base``), its key overrides applied as Hydra applies them."""
         # private: the public way, hydra.compose per job, recomposes every job from the files (slow for large sweeps)
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra.errors import HydraException
 
-        base, known = self.base(job)
+        base, _ = self.base(job)
         cfg = copy.deepcopy(base)
         try:
             ConfigLoaderImpl._apply_overrides_to_config(self.parser.parse_overrides(
@@ -178,6 +179,11 @@ class _Jobs:
         except (HydraException, OmegaConfBaseException):  # e.g. a key not in the config: say which, and the closest
             _check_keys(base, job)
             raise
+        return cfg
+
+    def check(self, job: list[str]) -> None:
+        cfg = self.config(job)
+        base, known = self.base(job)
         if any(o.startswith("+") for o in job):  # '+key=' adds a key: one that nothing reads is a typo
             _check_keys(base, job)
         _check_required(known, cfg, job)

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 # Keys that do not change what a run computes (speed, logging, paths, bookkeeping): left out of its identity.
 # ``train.lr`` and ``seed`` are left out of the hash because they are readable parts of the path.
 NOT_IN_IDENTITY = {
-    "": ("seed", "seeds", "lr_search", "variant", "results", "hparams", "protocol", "launcher", "hydra"),
+    "": ("seed", "seeds", "lr_search", "variant", "results", "hparams", "protocol", "launcher", "hydra",
+         "logger"),
     "train": ("lr", "resume", "extend", "skip_done", "progress", "log_every", "eval_batch_size", "num_workers",
               "export", "device", "compile", "cuda_graphs", "pad_to_multiple", "pack", "stack", "max_stack",
               "checkpoint_every", "keep_checkpoint"),

@@ -55,6 +55,13 @@ SCHEMA = {
     "eval.max_samples": "int >= 1 or null",
     "eval.beam_search": "str",                # fast | generate: checked by the XSum task
     "results.store": "str",
+    "logger.name": "str",                      # a conf/logger/ choice
+    "logger.tracking_uri": "str or null",
+    "logger.dir": "str",
+    "logger.experiment": "str",
+    "logger.project": "str",
+    "logger.entity": "str or null",
+    "logger.mode": "str or null",              # online | offline | disabled: checked by validate
     "budget.name": "tag",
     "budget.r": "int >= 1",
     "model.id": "tag",

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError, DynrankError
+from ..trackers import check_installed
 from ..weights import check_model_dir
 from .hparams import initial_budget, lr_grid
 from .run_identity import run_id
@@ -63,6 +64,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.no_decay must be {' or '.join(NO_DECAY_RULES)} (got {_shown(rule)})")
     if (keep := _get(values, "train.keep_checkpoint")[1]) not in (None, "last", "none"):
         raise ConfigError(f"train.keep_checkpoint must be last or none (got {_shown(keep)})")
+    if (logger := _get(values, "logger.name")[1]) is not None:
+        check_installed(logger)  # logger=mlflow without mlflow: now, not after the model has loaded
+    if (mode := _get(values, "logger.mode")[1]) not in (None, "online", "offline", "disabled"):
+        raise ConfigError(f"logger.mode must be online, offline or disabled (got {_shown(mode)})")
     if betas is not None and len(betas) != 2:
         raise ConfigError(f"train.adam_betas must be two numbers [beta1, beta2] (got {_shown(betas)})")
     seeds = values.get("seeds") or []

@@ -53,6 +53,9 @@ _TSV_NAMES = {"train": "train", "validation": "dev", "validation_matched": "dev_
               "validation_mismatched": "dev_mismatched"}
 
 
+HUB, HINT = "nyu-mll/glue", "pass data.dir=/path/to/glue_data"  # the Hub's GLUE; what to pass without it
+
+
 def load_split(task: str, split: str, data_dir: str | None) -> list[dict]:
     spec = GLUE[task]
     if data_dir is None:
@@ -61,7 +64,7 @@ def load_split(task: str, split: str, data_dir: str | None) -> list[dict]:
 
 
 def _from_hub(task, split, spec) -> list[dict]:
-    ds = hub.load_dataset("nyu-mll/glue", split, "pass data.dir=/path/to/glue_data", name=task)
+    ds = hub.load_dataset(HUB, split, HINT, name=task)
     return [{"text_a": r[spec.text_a], "text_b": r[spec.text_b] if spec.text_b else None, "label": r["label"]}
             for r in ds]
 
