@@ -147,10 +147,18 @@ def peft_runner(method_name: str, mode: str, device, total_steps: int):
         config = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.1, target_modules=TARGET_REGEX, task_type="SEQ_CLS",
                             use_dora=method_name == "peft_dora")
     model = get_peft_model(model, config)
+    after = (lambda step: model.base_model.update_and_allocate(step)) if method_name == "peft_adalora" else None
+    step = peft_loop(model, mode, device, after)
+    return step, sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n)
+
+
+def peft_loop(model, mode: str, device, after=None):
+    """The loop a PEFT user writes: autocast (bf16 modes on a GPU), backward, clip at 1, AdamW, ``after(step)``
+    before zero_grad (AdaLoRA's ``update_and_allocate``); ``step(batch) -> loss``."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-    bf16 = "bf16" in mode
+    bf16 = "bf16" in mode and device.type == "cuda"
     state = {"step": 0}
 
     def step(batch):
@@ -159,13 +167,14 @@ def peft_runner(method_name: str, mode: str, device, total_steps: int):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if method_name == "peft_adalora":
-            model.base_model.update_and_allocate(state["step"])
+        if after is not None:
+            after(state["step"])
         opt.zero_grad(set_to_none=True)
         state["step"] += 1
         return loss.detach()
 
-    return step, sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n)
+    step.model = model
+    return step
 
 
 class _HostMark:
@@ -294,19 +303,5 @@ def peft_seq2seq_runner(mode: str, device, tiny: bool = False):
     model = get_peft_model(build_bart(device, tiny), LoraConfig(
         r=8, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
         task_type="SEQ_2_SEQ_LM"))
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-    bf16 = "bf16" in mode and device.type == "cuda"
-
-    def step(batch):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    step.model = model
-    return step, sum(p.numel() for p in params)
+    step = peft_loop(model, mode, device)
+    return step, sum(p.numel() for p in model.parameters() if p.requires_grad)
