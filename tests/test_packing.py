@@ -51,6 +51,7 @@ def assert_packed_equals_padded(task, ds, model, per_run):
     return la
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", STACKING + ["full"])
 def test_packed_equals_padded_glue_dropout_on(method, tmp_path):
     runs = 1 if method == "full" else 2
@@ -63,6 +64,7 @@ def test_packed_equals_padded_glue_dropout_on(method, tmp_path):
     assert not torch.allclose(loss, plain)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "dora", "houlsby"])
 def test_packed_equals_padded_squad(method, tmp_path):
     """SQuAD windows (several per question, different lengths), the QA head on every token."""
