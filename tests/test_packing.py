@@ -172,6 +172,7 @@ def test_bucket_bounds_filler_and_sizes():
     assert len(sizes) < 120
 
 
+@pytest.mark.slow
 def test_packed_attention_kernel_in_triton_interpreter():
     """The GPU attention kernel (Triton, run by its interpreter on a CPU) equals ``attention.attend`` on the padded
     view, forward and backward, with the keyed attention dropout and without; filler rows get no gradient."""
