@@ -16,10 +16,19 @@ from .dropout import MAX_POSITIONS
 def _keep(seeds_ptr, step_ptr, n, per_run, site_key, head, heads, offs, threshold):
     """The keep mask (BLOCK, BLOCK) of sequence n's head ``head``: dropout._mix over the attention counters, keyed by
     its run's seed, the step and the site."""
-    k = stream_key(seeds_ptr, step_ptr, n // per_run, site_key, True)
+    k = stream_key(tl.load(seeds_ptr + n // per_run), step_ptr, site_key)
     row = ((n % per_run) * heads + head) * MAX_POSITIONS + offs
     counter = (row[:, None] * MAX_POSITIONS + offs[None, :]).to(tl.uint64) & 0xFFFFFFFF
     return (mix(counter ^ k) >> 8) >= threshold.to(tl.uint64)
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """tl.dot, in full fp32 (no TF32) for fp32 inputs: the fp32 path checks against the reference to rounding."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
 
 
 @triton.jit
@@ -43,7 +52,7 @@ def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, len_ptr, seeds_ptr, ste
     rows, inside, L, offs_m, q = _tile(q_ptr, start_ptr, len_ptr, n, h, stride, BLOCK, DH)
     k = tl.load(k_ptr + rows, mask=inside, other=0.0)
     v = tl.load(v_ptr + rows, mask=inside, other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision="ieee" if IEEE else "tf32") * scale
+    s = _dot(q, tl.trans(k), IEEE) * scale
     s = tl.where(offs_m[None, :] < L, s, float("-inf"))
     m = tl.max(s, 1)
     p = tl.exp(s - m[:, None])
@@ -53,7 +62,7 @@ def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, len_ptr, seeds_ptr, ste
     if DROPOUT:
         keep = _keep(seeds_ptr, step_ptr, n, per_run, site_key, h, heads, offs_m, threshold)
         p = tl.where(keep, p * drop_scale, 0.0)
-    o = tl.dot(p.to(v.dtype), v, input_precision="ieee" if IEEE else "tf32")
+    o = _dot(p.to(v.dtype), v, IEEE)
     tl.store(o_ptr + rows, o.to(o_ptr.dtype.element_ty), mask=inside)
 
 
@@ -68,10 +77,9 @@ def _bwd(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, start_ptr
     v = tl.load(v_ptr + rows, mask=inside, other=0.0)
     do = tl.load(do_ptr + rows, mask=inside, other=0.0)
     lse = tl.load(lse_ptr + (n * heads + h) * BLOCK + offs_m)
-    prec: tl.constexpr = "ieee" if IEEE else "tf32"
-    s = tl.dot(q, tl.trans(k), input_precision=prec) * scale
+    s = _dot(q, tl.trans(k), IEEE) * scale
     p = tl.where((offs_m[None, :] < L) & (offs_m[:, None] < L), tl.exp(s - lse[:, None]), 0.0)
-    dpd = tl.dot(do, tl.trans(v), input_precision=prec)  # d(dropped p)
+    dpd = _dot(do, tl.trans(v), IEEE)  # d(dropped p)
     if DROPOUT:
         keep = _keep(seeds_ptr, step_ptr, n, per_run, site_key, h, heads, offs_m, threshold)
         pd = tl.where(keep, p * drop_scale, 0.0)
@@ -79,10 +87,10 @@ def _bwd(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, start_ptr
     else:
         pd = p
         dp = dpd
-    dv = tl.dot(tl.trans(pd.to(do.dtype)), do, input_precision=prec)
+    dv = _dot(tl.trans(pd.to(do.dtype)), do, IEEE)
     ds = p * (dp - tl.sum(p * dp, 1)[:, None])
-    dq = tl.dot(ds.to(k.dtype), k, input_precision=prec) * scale
-    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * scale
+    dq = _dot(ds.to(k.dtype), k, IEEE) * scale
+    dk = _dot(tl.trans(ds.to(q.dtype)), q, IEEE) * scale
     tl.store(dq_ptr + rows, dq.to(dq_ptr.dtype.element_ty), mask=inside)
     tl.store(dk_ptr + rows, dk.to(dk_ptr.dtype.element_ty), mask=inside)
     tl.store(dv_ptr + rows, dv.to(dv_ptr.dtype.element_ty), mask=inside)

@@ -17,11 +17,10 @@ def mix(x):  # lowbias32 on uint64 holding 32-bit values (a product of two of th
 
 
 @triton.jit
-def stream_key(seeds_ptr, step_ptr, run, site_key, mask):
-    """K(seed of ``run``, step, site): ``dropout.stream_keys`` for each lane's run."""
-    seed = tl.load(seeds_ptr + run, mask=mask, other=0).to(tl.uint64) & 0xFFFFFFFF
+def stream_key(seed, step_ptr, site_key):
+    """K(seed, step, site): ``dropout.stream_keys`` for the runs' seeds ``seed`` (loaded by the caller)."""
     step = tl.load(step_ptr).to(tl.uint64) & 0xFFFFFFFF
-    return mix(mix(mix(seed) ^ step) ^ site_key.to(tl.uint64))
+    return mix(mix(mix(seed.to(tl.uint64) & 0xFFFFFFFF) ^ step) ^ site_key.to(tl.uint64))
 
 
 @triton.jit
@@ -30,7 +29,7 @@ def kernel(x_ptr, out_ptr, keys_ptr, seeds_ptr, step_ptr, rows, width, rows_per_
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rmask = r < rows
-    k = stream_key(seeds_ptr, step_ptr, r // rows_per_run, site_key, rmask)
+    k = stream_key(tl.load(seeds_ptr + r // rows_per_run, mask=rmask, other=0), step_ptr, site_key)
     rk = tl.load(keys_ptr + r, mask=rmask, other=0)
     counter = (rk[:, None] * counter_width + c[None, :]).to(tl.uint64) & 0xFFFFFFFF
     u = mix(counter ^ k[:, None])
@@ -38,7 +37,7 @@ def kernel(x_ptr, out_ptr, keys_ptr, seeds_ptr, step_ptr, rows, width, rows_per_
     m = rmask[:, None] & (c[None, :] < width)
     offs = r[:, None].to(tl.int64) * width + c[None, :]
     x = tl.load(x_ptr + offs, mask=m, other=0.0)
-    y = tl.where(keep, x * scale, 0.0)
+    y = tl.where(keep, x.to(tl.float32) * scale, 0.0)  # in fp32, as torch scales a bf16 tensor
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
 
 

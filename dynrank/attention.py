@@ -66,6 +66,8 @@ def packed_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     drop = module.dropout
     p = dropout_p if module.training else 0.0
     try:
+        if not _kernel_agrees(q.dtype, q.device, dh):
+            raise RuntimeError("the kernel disagrees with attention.attend on a check batch")
         return _PackedAttention.apply(q, k, v, start, lens, drop.stream.seeds, drop.stream.step, drop.site, p,
                                       scaling, heads, dh, max(16, 1 << (width - 1).bit_length()))
     except Exception as e:  # a Triton that cannot build the kernel here: the gathered view instead
@@ -73,6 +75,51 @@ def packed_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
         kernel_failed("_triton_attention", e)
         return None
+
+
+_AGREES: set = set()
+
+
+def _kernel_agrees(dtype, device, dh: int) -> bool:
+    """Once per process, dtype and head size, before the kernel's first use: its output and input gradients against
+    ``attend`` on the gathered view of a small packed batch (4 sequences of 2 runs, attention dropout 0.3), to the
+    dtype's rounding. A kernel that disagrees is not used (``kernel_failed``: the gathered view instead)."""
+    key = (dtype, str(device), dh)
+    if key in _AGREES:
+        return True
+    import types
+
+    from .dropout import DropoutStream, KeyedDropout
+    from .packing import pack
+
+    g = torch.Generator().manual_seed(0)
+    heads, H = 2, 2 * dh
+    b = {k: v.to(device) for k, v in pack([[1] * n for n in (3, 9, 1, 6)], 2, pad_id=0, position_offset=0).items()}
+    N, width = b["valid"].shape
+    T, real = b["input_ids"].numel(), b["input_ids"] != 0
+    stream = DropoutStream([1, 7], device)
+    stream.set_step(3)
+    stream.set_rows(torch.arange(N, device=device) % 2, b["token_keys"])
+    module = types.SimpleNamespace(num_attention_heads=heads, attention_head_size=dh, training=True,
+                                   dropout=KeyedDropout(0.3, 0, stream))
+    q, k, v, w = (torch.randn(T, H, generator=g).to(device, dtype) for _ in range(4))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+
+    def seqs(x):
+        return x.index_select(0, b["gather"]).view(N, width, heads, dh).transpose(1, 2)
+
+    with torch.autocast(device.type, enabled=False), torch.enable_grad():
+        out = _PackedAttention.apply(q, k, v, b["seq_start"], b["seq_len"], stream.seeds, stream.step, 0, 0.3,
+                                     dh ** -0.5, heads, dh, max(16, 1 << (width - 1).bit_length()))
+        ref = attend(module, seqs(q), seqs(k), seqs(v), b["valid"][:, None, None, :], 0.3, dh ** -0.5)
+        ref = ref.transpose(1, 2).reshape(N * width, H).index_select(0, b["scatter"])
+        got = [out, *torch.autograd.grad((out.float() * w.float())[real].sum(), (q, k, v))]
+        want = [ref, *torch.autograd.grad((ref.float() * w.float())[real].sum(), (q, k, v))]
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    if all(torch.allclose(a.float()[real], c.float()[real], rtol=tol, atol=tol) for a, c in zip(got, want)):
+        _AGREES.add(key)
+        return True
+    return False
 
 
 def _interpreting() -> bool:

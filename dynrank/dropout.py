@@ -84,6 +84,8 @@ def keyed_dropout(x: torch.Tensor, row_keys: torch.Tensor, counter_width: int, s
     """Dropout of ``x`` (..., width; rows = x.numel() // width, run-major) with the keyed masks, scaled by 1/(1-p)."""
     if x.is_cuda and _triton() is not None:
         try:
+            if not _kernel_agrees(x.dtype, x.device):
+                raise RuntimeError("its masks differ from keep_mask's on a check tensor")
             return _KeyedDropoutFn.apply(x, row_keys, counter_width, seeds, step, site, p)
         except Exception as e:  # a Triton that cannot build the kernel here: the same masks in torch's ops
             kernel_failed("_triton_dropout", e)
@@ -175,6 +177,26 @@ def triton_kernels(name: str):
         return importlib.import_module(f"dynrank.{name}")
     except ImportError:
         return None
+
+
+_AGREES: set = set()
+
+
+def _kernel_agrees(dtype, device) -> bool:
+    """Once per process and dtype, before the kernel's first use: it keeps exactly the elements ``keep_mask`` keeps
+    (torch's ops on the device) on a check tensor of 2 runs, and scales them by 1/(1-p)."""
+    if (dtype, str(device)) in _AGREES:
+        return True
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(64, 300, generator=g) + 0.5).to(device, dtype)  # no zeros: a zero is dropped or kept alike
+    keys, seeds = (torch.arange(64) * 7).to(device), torch.tensor([5, 2**31 + 9]).to(device)
+    step = torch.tensor(11).to(device)
+    y = _triton()(x, keys, 300, seeds, step, 3, 0.1)
+    mask = _keep_mask_torch(300, keys, 300, stream_keys(seeds, step, 3).repeat_interleave(32), 0.1)
+    ok = torch.equal(y != 0, mask) and torch.allclose(y[mask].float(), x[mask].float() / 0.9, rtol=1e-2)
+    if ok:
+        _AGREES.add((dtype, str(device)))
+    return ok
 
 
 def kernel_failed(name: str, e: Exception) -> None:

@@ -38,3 +38,8 @@ for p in (0.0, 0.3):
         assert torch.allclose(a[real], w[real], atol=1e-5), p
         assert not a[~real].any()
 print("ok")
+
+# the self-checks each kernel passes before its first use (fp32: the interpreter's bf16 is not the GPU's)
+assert attention._kernel_agrees(torch.float32, torch.device("cpu"), 16)
+assert dropout._kernel_agrees(torch.float32, torch.device("cpu"))
+print("self-checks ok")
