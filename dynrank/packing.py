@@ -79,18 +79,23 @@ def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, mu
     types = torch.zeros(T, dtype=torch.long)
     if token_types is not None:
         types[rows_real] = torch.tensor([t for r in token_types for t in r], dtype=torch.long)
-    seq_keys = torch.arange(n) % per_run
     keys = torch.zeros(T, dtype=torch.long)
-    keys[rows_real] = (seq_keys.unsqueeze(1) * MAX_POSITIONS + pos)[valid]
+    keys[rows_real] = (seq_keys(n, runs).unsqueeze(1) * MAX_POSITIONS + pos)[valid]
     return {"input_ids": ids, "position_ids": positions, "token_type_ids": types, "token_keys": keys,
             PACKED: start, "seq_len": lens, "gather": gather, "valid": valid, "scatter": scatter}
+
+
+def seq_keys(n: int, runs: int, device=None) -> torch.Tensor:
+    """Each of ``n`` sequences' index in its run's batch (the runs' batches run-major, n // runs each): the key of
+    its rows' dropout masks (``dropout.DropoutStream``)."""
+    return torch.arange(n, device=device) % (n // runs)
 
 
 def padded_keys(input_ids: torch.Tensor, runs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The dropout row keys of a padded batch (N, L), run-major: each sequence's index in its run's batch, and each
     position's token key."""
     N, L = input_ids.shape
-    seq = torch.arange(N, device=input_ids.device) % (N // runs)
+    seq = seq_keys(N, runs, input_ids.device)
     tokens = seq.unsqueeze(1) * MAX_POSITIONS + torch.arange(L, device=input_ids.device)
     return seq, tokens.reshape(-1)
 
@@ -101,8 +106,7 @@ def set_dropout_rows(model, batch: dict, runs: int) -> None:
     if stream is None:
         return
     if PACKED in batch:
-        n = batch[PACKED].numel()
-        stream.set_rows(torch.arange(n, device=batch[PACKED].device) % (n // runs), batch["token_keys"])
+        stream.set_rows(seq_keys(batch[PACKED].numel(), runs, batch[PACKED].device), batch["token_keys"])
     else:
         stream.set_rows(*padded_keys(batch["input_ids"], runs))
 
