@@ -96,8 +96,9 @@ def check_sources(presets: list[str], overrides: list[str]) -> None:
 
     models, datasets = [], {}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        jobs = {tuple(o for o in job if o.split("=", 1)[0].lstrip("+~").split(".")[0].split("/")[0] in SOURCE_KEYS)
-                for preset in presets for job in sweep_jobs([f"experiment={preset}", *overrides])}
+        jobs = dict.fromkeys(  # in the presets' order (a set's order changes with PYTHONHASHSEED: so would the error)
+            tuple(o for o in job if o.split("=", 1)[0].lstrip("+~").split(".")[0].split("/")[0] in SOURCE_KEYS)
+            for preset in presets for job in sweep_jobs([f"experiment={preset}", *overrides]))
         for job in jobs:
             cfg = compose("config", overrides=list(job))
             if not cfg.model.get("tiny"):
