@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import compose
-from .step import make_optimizer, make_stepper, prepare_model
+from .step import build_stack
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 TARGET_REGEX = r".*layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
@@ -114,16 +114,10 @@ def dynrank_runner(method_name: str, mode: str, device, total_steps: int, model_
 def stepper(cfg, model, family: str, losses, mode: str, device, total_steps: int, runs: int):
     """``(step(batch) -> loss, adapter parameters)``: ``cfg``'s method wrapped around ``model`` for ``runs`` stacked
     runs, prepared and stepped as the training loop does (bf16 and CUDA graphs as ``mode`` says)."""
-    from dynrank import methods
-
-    method = methods.build(cfg, family, runs=runs)
-    model = method.wrap(model)
-    method.init_runs(list(range(1, runs + 1)))
-    bf16 = "bf16" in mode
-    step_model = prepare_model(model, method, device, bf16, "compile" in mode, seeds=list(range(1, runs + 1)))
-    method.setup(total_steps)
-    optimizer = make_optimizer(cfg.train, method, [float(cfg.train.lr)] * runs, total_steps)
-    step_fn = make_stepper(step_model, method, losses, optimizer, 1.0, bf16, device, graphs=mode.startswith("graph"))
+    stack = build_stack(cfg, model, family=family, seeds=list(range(1, runs + 1)), lrs=[float(cfg.train.lr)] * runs,
+                        losses=losses, device=device, total_steps=total_steps, amp="bf16" in mode,
+                        graphs=mode.startswith("graph"), compile_model="compile" in mode, clip=1.0)
+    step_fn = stack.stepper
     state = {"step": 0}
 
     def step(batch):
@@ -131,8 +125,8 @@ def stepper(cfg, model, family: str, losses, mode: str, device, total_steps: int
         state["step"] += 1
         return loss
 
-    step.model = step_model
-    return step, method.param_counts()["adapter"]
+    step.model = stack.step_model
+    return step, stack.method.param_counts()["adapter"]
 
 
 def peft_runner(method_name: str, mode: str, device, total_steps: int):

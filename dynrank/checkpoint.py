@@ -18,7 +18,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +54,26 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+@dataclass(frozen=True)
+class Extra:
+    """What the loop records in a checkpoint beside the tensors (``state.json``'s ``extra``), what resume checks and
+    continues. Every field may be missing from a checkpoint of an older version (its default)."""
+
+    config: dict | None = None  # the flat config it was made with (``config.resume_key``): names what differs
+    data: dict | None = None  # the data identity (``inputs.data_identity``): resuming on other data is refused
+    schedule: list = field(default_factory=list)  # [{"epochs", "from_step"}]: the length each schedule was made for
+    tb_files: list | None = None  # the run's TensorBoard event files as of this checkpoint (None: not listed, keep all)
+    wall_time_s: list = field(default_factory=list)  # the wall time of each attempt up to this checkpoint
+
+    @classmethod
+    def of(cls, raw: dict | None) -> "Extra":
+        raw = raw or {}
+        return cls(raw.get("config"), raw.get("data"), list(raw.get("schedule") or []),
+                   raw.get("tb_files"), list(raw.get("wall_time_s") or []))
+
+
 def save(run_dir, *, params: dict, optimizer: dict, scheduler: dict, method: dict, epoch: int, step: int,
-         history: list, fingerprint: str, extra: dict | None = None, position: dict | None = None) -> Path:
+         history: list, fingerprint: str, extra: Extra | None = None, position: dict | None = None) -> Path:
     """One run's checkpoint: its trainable tensors by parameter name (``params``), its optimizer state in
     ``torch.optim.AdamW.state_dict()``'s form, its schedule in ``LambdaLR.state_dict()``'s, its method state, and the
     process's RNG states. A run of a stack writes exactly what it would write alone. ``epoch``: the epochs completed;
@@ -79,7 +97,7 @@ def save(run_dir, *, params: dict, optimizer: dict, scheduler: dict, method: dic
         "epoch": epoch, "step": step, "history": history, "fingerprint": fingerprint,
         "optimizer": opt_meta, "scheduler": scheduler,
         "rng_python": random.getstate(), "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "extra": extra or {}, "position": position,
+        "extra": asdict(extra) if extra is not None else {}, "position": position,
     }
     atomic_write_text(tmp / "state.json", json.dumps(state, default=_jsonable))  # last: the temporary is complete
     return _swap(run_dir)
@@ -104,7 +122,7 @@ class State:
     ``epoch``: epochs completed; ``step``: optimizer steps done; ``position``: within an epoch (a checkpoint made
     there: SIGTERM, ``train.checkpoint_every``), ``{"batch", "train_loss_sum", "train_time_s"}`` of the next epoch,
     else None; ``history``: the per-epoch records so far; ``extra``: what the loop records beside the tensors
-    (``config``, ``data``, ``schedule``, ``wall_time_s``, ``tb_files``); ``raw``: the whole JSON (scheduler,
+    (``Extra``); ``raw``: the whole JSON (scheduler,
     optimizer metadata, RNG); ``path``: the directory it was read from (``checkpoint``, or ``checkpoint.old`` after a
     kill between the renames)."""
 
@@ -113,13 +131,13 @@ class State:
     step: int
     position: dict | None
     history: list
-    extra: dict
+    extra: Extra
     raw: dict
 
     @classmethod
     def of(cls, path: Path, raw: dict) -> "State":
         return cls(path, int(raw["epoch"]), int(raw["step"]), raw.get("position"), list(raw.get("history") or []),
-                   dict(raw.get("extra") or {}), raw)
+                   Extra.of(raw.get("extra")), raw)
 
     @property
     def batch(self) -> int:
@@ -129,13 +147,13 @@ class State:
     @property
     def planned_epochs(self) -> int | None:
         """The number of epochs the checkpoint's schedules were made for (None: from before it was kept)."""
-        schedule = self.extra.get("schedule") or []
+        schedule = self.extra.schedule
         return int(schedule[-1]["epochs"]) if schedule else None
 
     @property
     def data(self) -> dict | None:
         """The data identity the checkpoint was made on (None: from before it was recorded)."""
-        return self.extra.get("data")
+        return self.extra.data
 
 
 def recover(run_dir) -> State | None:
@@ -188,7 +206,7 @@ def read_state(run_dir, fingerprint: str | None, config: dict | None = None) -> 
     except (ValueError, KeyError, TypeError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise damaged(path, e) from None
     if fingerprint is not None and made_with != fingerprint:
-        old = state.extra.get("config")
+        old = state.extra.config
         diff = _diff(old, config) if isinstance(old, dict) and config is not None else ""
         changed = f" ({diff})" if diff else ""
         raise TrainingError(f"the checkpoint in {path} was made with a different config{changed}; rerun with "

@@ -2,6 +2,9 @@
 and each run's batches of an epoch (``batches``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from . import tasks
@@ -25,14 +28,23 @@ def batches(dataset, batch_size: int, seed: int, epoch: int, group_by_length: bo
     return out
 
 
-def load_data(cfg) -> dict:
+@dataclass(frozen=True)
+class CellData:
+    """What every run of a cell trains and is evaluated on, loaded once per process (``load_data``)."""
+
+    task: Any  # ``tasks.base.Task``: the task's model, batches, losses and evaluation (the tokenizer inside)
+    train_set: Any  # the encoded training examples
+    eval_sets: dict  # name -> the encoded evaluation examples (GLUE dev, MNLI's two, SQuAD's windows, XSum's)
+    identity: dict  # ``data_identity``: what checkpoints and results files record, and resume checks
+
+
+def load_data(cfg) -> CellData:
     """Tokenizer, task and encoded data: the same for every run of a cell (shared by the runs of one process)."""
     tokenizer = load_tokenizer(cfg.model)
     task = tasks.build(cfg, tokenizer)
     task.pad_to_multiple = fast_path(cfg, pick_device(str(cfg.train.device)))["pad_to_multiple"]
-    shared = {"task": task, "train_set": task.train_set(), "eval_sets": task.eval_sets()}
-    shared["data"] = data_identity(shared["train_set"], shared["eval_sets"])
-    return shared
+    train_set, eval_sets = task.train_set(), task.eval_sets()
+    return CellData(task, train_set, eval_sets, data_identity(train_set, eval_sets))
 
 
 def data_identity(train_set, eval_sets: dict) -> dict:

@@ -13,25 +13,42 @@ import logging
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import OmegaConf
 
-from . import checkpoint, export, gpus, methods, runlog
+from . import checkpoint, export, gpus, runlog
 from .config import config_hash, run_id
 from .device import fast_path, pick_device, seed_everything
 from .inputs import batches
 from .results import SCHEMA, git_commit, versions, write_json
 from .resume import DIVERGED
-from .step import make_optimizer, make_stepper, prepare_model
+from .step import build_stack
 
 if TYPE_CHECKING:
+    from .inputs import CellData
     from .resume import Run
 
 log = logging.getLogger("dynrank")
+
+
+@dataclass
+class RunState:
+    """What the trainer keeps of one run of its stack while it trains (``Trainer.states[k]``, run k of
+    ``Trainer.runs``): fresh, or as its checkpoint left it (``Trainer._resume``)."""
+
+    schedule: list  # [{"epochs", "from_step"}]: the length each schedule was made for (two or more: extended)
+    history: list = field(default_factory=list)  # one record per epoch trained: step, loss, dev metrics, times
+    step: int = 0  # optimizer steps done
+    resumed: bool = False  # from a checkpoint of an earlier attempt
+    position: dict = field(default_factory=dict)  # where a checkpoint made within an epoch stands (its loss so far)
+    past_attempts_s: list = field(default_factory=list)  # wall time of earlier attempts (killed, resumed)
+    writer: Any = None  # its logs (``runlog.writers``: TensorBoard and the tracker); None: no logs
+    tb_files: list = field(default_factory=list)  # its TensorBoard event files (the checkpoint lists them)
 
 
 class Trainer:
@@ -42,41 +59,36 @@ class Trainer:
     ``run`` drives one trainer; ``side_by_side.run_side_by_side`` drives several side by side on one GPU.
     ``logs=False``: no TensorBoard writers (a finished run whose adapter is exported, ``export_adapter``)."""
 
-    def __init__(self, runs: list[Run], shared: dict, logs: bool = True, timer=None):
+    def __init__(self, runs: list[Run], shared: CellData, logs: bool = True, timer=None):
         self.runs, self.R = runs, len(runs)
         self.timer = timer or (lambda label: nullcontext())  # ``timer(label)``: a context timing evaluation, checkpoints
         self.cfg = cfg = runs[0].cfg
         self.shared = shared
-        self.task, self.train_set, self.eval_sets = shared["task"], shared["train_set"], shared["eval_sets"]
+        self.task, self.train_set, self.eval_sets = shared.task, shared.train_set, shared.eval_sets
         self.device = device = pick_device(str(cfg.train.device))
         self.fast = fast_path(cfg, device)
         self.amp = self.fast["bf16"]
         seed_everything(runs[0].seed)  # the global generators; each run's initialisation and dropout are its own seed's
-        self.method = method = methods.build(cfg, cfg.model.family, runs=self.R)
         backbone = self.task.build_model()
         self.task.check_positions(backbone)
-        self.model = model = method.wrap(backbone)
-        method.init_runs([r.seed for r in runs], [r.cfg.method for r in runs])
-        step_model = prepare_model(model, method, device, self.amp, bool(cfg.train.get("compile", False)),
-                                   seeds=[r.seed for r in runs])
-
         self.bs, self.epochs = int(cfg.train.batch_size), int(cfg.train.epochs)
         self.total_steps = math.ceil(len(self.train_set) / self.bs) * self.epochs
-        method.setup(self.total_steps)
-        self.optimizer = make_optimizer(cfg.train, method, [float(r.cfg.train.lr) for r in runs], self.total_steps)
         clip = cfg.train.max_grad_norm
+        stack = build_stack(cfg, backbone, family=cfg.model.family, seeds=[r.seed for r in runs],
+                            lrs=[float(r.cfg.train.lr) for r in runs], losses=partial(self.task.run_losses, runs=self.R),
+                            device=device, total_steps=self.total_steps, amp=self.amp,
+                            graphs=self.fast["cuda_graphs"], compile_model=bool(cfg.train.get("compile", False)),
+                            clip=None if clip is None else float(clip), method_cfgs=[r.cfg.method for r in runs])
+        self.model, self.method, self.optimizer, self.stepper = stack.model, stack.method, stack.optimizer, stack.stepper
+        method = self.method
         self.resolved = [OmegaConf.to_container(r.cfg, resolve=True) for r in runs]
-        for k, run in enumerate(runs):
-            self._resume(k, run)
-        self.start_epoch, self.step, self.start_batch = runs[0].start_epoch, runs[0].step, runs[0].start_batch
+        self.states = [self._resume(k, run) for k, run in enumerate(runs)]
+        self.start_epoch, self.step, self.start_batch = runs[0].start_epoch, self.states[0].step, runs[0].start_batch
         self.epoch, self.batch, self.saved_step = self.start_epoch, self.start_batch, self.step
-        losses = partial(self.task.run_losses, runs=self.R)
-        self.stepper = make_stepper(step_model, method, losses, self.optimizer, None if clip is None else float(clip),
-                                    self.amp, device, self.fast["cuda_graphs"])
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-        for run in runs:
-            run.writer, run.tb_files = runlog.writers(run.run_dir, run.resumed, run.cfg) if logs else (None, [])
+        for run, st in zip(runs, self.states):
+            st.writer, st.tb_files = runlog.writers(run.run_dir, st.resumed, run.cfg) if logs else (None, [])
         if device.type == "cuda":  # setup ran on the default stream; steps may run on self.stream
             torch.cuda.synchronize(device)
         counts = method.param_counts()
@@ -85,15 +97,13 @@ class Trainer:
                  self.total_steps, counts, f" per run, {self.R} runs stacked" if self.R > 1 else "")
         self.started = time.time()
 
-    def _resume(self, k: int, run: Run) -> None:
+    def _resume(self, k: int, run: Run) -> RunState:
         """Run k's checkpoint (if any) into slice k of the stack: its tensors, optimizer and method state; the first
-        run's RNG states become the stack's."""
-        run.history, run.step, run.past_attempts_s = [], 0, []  # wall time of earlier attempts (killed, resumed)
-        run.schedule = [{"epochs": self.epochs, "from_step": 0}]  # the length each schedule was made for
-        run.resumed, run.position = False, {}  # position: where a checkpoint made within an epoch stands
+        run's RNG states become the stack's. Returns the run's state (fresh without a checkpoint)."""
+        fresh = RunState(schedule=[{"epochs": self.epochs, "from_step": 0}])
         if run.state is None:  # (train.resume=false, or no checkpoint: Run._decide)
-            return
-        got = checkpoint.load(run.state, data=self.shared["data"], device=self.device)
+            return fresh
+        got = checkpoint.load(run.state, data=self.shared.identity, device=self.device)
         try:
             self.method.load_run_params(k, got.params)
             self.optimizer.load_run_state_dict(k, got.optimizer)
@@ -103,32 +113,30 @@ class Trainer:
         if k == 0:
             checkpoint.restore_rng(got.rng)
         state = got.state
-        run.history, run.start_epoch, run.step = state.history, state.epoch, state.step
-        run.resumed, run.position, run.start_batch = True, state.position or {}, state.batch
-        run.past_attempts_s = list(state.extra.get("wall_time_s", []))
-        run.schedule = list(state.extra.get("schedule") or run.schedule)
-        where = (f"within epoch {run.start_epoch + 1}, after batch {run.start_batch}" if run.start_batch else
-                 f"at epoch {run.start_epoch}")
-        log.info("resumed from %s %s (step %d)", state.path, where, run.step)
-        if run.schedule[-1]["epochs"] != self.epochs:
-            self._extend(run)
+        st = RunState(schedule=list(state.extra.schedule or fresh.schedule), history=state.history, step=state.step,
+                      resumed=True, position=state.position or {}, past_attempts_s=list(state.extra.wall_time_s))
+        where = (f"within epoch {state.epoch + 1}, after batch {state.batch}" if state.batch else
+                 f"at epoch {state.epoch}")
+        log.info("resumed from %s %s (step %d)", state.path, where, st.step)
+        if st.schedule[-1]["epochs"] != self.epochs:
+            self._extend(st, state.epoch)
+        return st
 
-    def _extend(self, run: Run) -> None:
+    def _extend(self, st: RunState, epoch: int) -> None:
         """The run continues to ``train.epochs`` from a checkpoint planned for another length (an extension): the
         learning-rate schedule (a function of the step and the total, ``dynrank.optim.lr_factor``) and the method's
         schedules (DoRA's and AdaLoRA's budgets) were made for the new total steps in setup; the optimizer takes the
         new schedule's rate at this step at once."""
-        old = run.schedule[-1]["epochs"]
-        run.schedule.append({"epochs": self.epochs, "from_step": run.step})
+        old = st.schedule[-1]["epochs"]
+        st.schedule.append({"epochs": self.epochs, "from_step": st.step})
         log.info("the run's length changes from %d to %d epochs at epoch %d (step %d of %d): the learning-rate and "
                  "budget schedules now span %d epochs (README: More epochs); train.resume=false trains %d epochs "
-                 "from the start", old, self.epochs, run.start_epoch, run.step, self.total_steps, self.epochs,
-                 self.epochs)
+                 "from the start", old, self.epochs, epoch, st.step, self.total_steps, self.epochs, self.epochs)
 
-    def _checkpoint_extra(self, run: Run) -> dict:
+    def _checkpoint_extra(self, run: Run, st: RunState) -> checkpoint.Extra:
         """What resume checks and continues besides the tensors: the config, the data, the time spent so far."""
-        return {"config": run.key, "data": self.shared["data"], "schedule": run.schedule, "tb_files": run.tb_files,
-                "wall_time_s": [*run.past_attempts_s, time.time() - self.started]}
+        return checkpoint.Extra(config=run.key, data=self.shared.identity, schedule=st.schedule,
+                                tb_files=st.tb_files, wall_time_s=[*st.past_attempts_s, time.time() - self.started])
 
     def active(self) -> list[tuple[int, Run]]:
         """The runs still training (a run whose loss turned NaN stops; its stack goes on)."""
@@ -139,7 +147,7 @@ class Trainer:
         """Each run's batches of this epoch (its own data order); the stack steps through them together from batch
         ``self.batch``: 0, or in the epoch a checkpoint made within it resumes, where it stood (its loss so far)."""
         within = epoch == self.start_epoch and self.start_batch > 0
-        carried = [run.position if within else {} for run in self.runs]
+        carried = [st.position if within else {} for st in self.states]
         self.epoch, self.batch = epoch, self.start_batch if within else 0
         self.t0 = time.time() - carried[0].get("train_time_s", 0.0)
         self.loss_sum = torch.tensor([p.get("train_loss_sum", 0.0) for p in carried], device=self.device)
@@ -155,19 +163,19 @@ class Trainer:
             batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
         loss, total = self.stepper(batch, self.step)
         self.step, self.batch = self.step + 1, i + 1
-        for _, run in self.active():
-            run.step = self.step
+        for k, _ in self.active():
+            self.states[k].step = self.step
         self.loss_sum += loss.float()
         self.finite &= torch.isfinite(total)
         if self.step % int(self.cfg.train.log_every) == 0 or i == len(self.plan) - 1:
             self._check_finite()
             losses, lrs = loss.tolist(), self.optimizer.lrs(self.step)  # the rate of the next step (LambdaLR's last)
-            for k, run in self.active():
-                if run.writer:
-                    run.writer.add_scalar("train/loss", losses[k], self.step)
-                    run.writer.add_scalar("train/lr", lrs[k], self.step)
+            for k, _ in self.active():
+                if writer := self.states[k].writer:
+                    writer.add_scalar("train/loss", losses[k], self.step)
+                    writer.add_scalar("train/lr", lrs[k], self.step)
                     for name, value in self.method.scalars(self.step, k).items():
-                        run.writer.add_scalar(f"{self.method.name}/{name}", value, self.step)
+                        writer.add_scalar(f"{self.method.name}/{name}", value, self.step)
 
     def _check_finite(self) -> None:
         """A run whose loss turned NaN/inf stops (its last epoch's checkpoint kept, its directory saying why:
@@ -193,15 +201,15 @@ class Trainer:
         eval_time = time.time() - t1
         losses = (self.loss_sum / max(1, len(self.plan))).tolist()
         for k, run in self.active():
-            dev = devs[k]
-            run.history.append({"epoch": epoch + 1, "step": self.step, "train_loss": losses[k], "dev": dev,
+            dev, st = devs[k], self.states[k]
+            st.history.append({"epoch": epoch + 1, "step": self.step, "train_loss": losses[k], "dev": dev,
                                 "train_time_s": train_time, "eval_time_s": eval_time})
             log.info("seed %d%s epoch %d/%d  loss %.4f  dev %s  (%.1fs)", run.seed,
                      f" lr {float(run.cfg.train.lr):g}" if self.R > 1 else "", epoch + 1, self.epochs, losses[k],
                      {key: round(v, 4) for key, v in dev.items()}, train_time)
-            if run.writer:
+            if st.writer:
                 for key, v in dev.items():
-                    run.writer.add_scalar(f"dev/{key}", v, self.step)
+                    st.writer.add_scalar(f"dev/{key}", v, self.step)
         self.checkpoint(epoch_done=True)
 
     def evaluate(self) -> list[dict]:
@@ -226,42 +234,41 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         losses, spent = self.loss_sum.tolist(), time.time() - self.t0
         for k, run in self.active():
+            st = self.states[k]
             position = None if epoch_done else {"batch": self.batch, "train_loss_sum": losses[k], "train_time_s": spent}
-            if run.writer:
-                run.writer.flush()  # the events up to this step, on disk with it
+            if st.writer:
+                st.writer.flush()  # the events up to this step, on disk with it
             with self.timer("checkpoint"):
                 checkpoint.save(run.run_dir, params=self.method.run_params(k),
                                 optimizer=self.optimizer.run_state_dict(k),
                                 scheduler=self.optimizer.run_schedule_state(k, self.step),
                                 method=self.method.run_state_dict(k), epoch=self.epoch + int(epoch_done),
-                                step=self.step, history=run.history, fingerprint=run.fp,
-                                extra=self._checkpoint_extra(run), position=position)
-            runlog.keep_only(run.run_dir / runlog.TB_DIR, run.tb_files)  # a start-over's events replace the old
+                                step=self.step, history=st.history, fingerprint=run.fp,
+                                extra=self._checkpoint_extra(run, st), position=position)
+            runlog.keep_only(run.run_dir / runlog.TB_DIR, st.tb_files)  # a start-over's events replace the old
             (run.run_dir / DIVERGED).unlink(missing_ok=True)  # (a start-over's: its state replaces the diverged one)
         self.saved_step = self.step
 
     def close_logs(self) -> None:
-        for run in self.runs:
-            if getattr(run, "writer", None):
-                run.writer.close()
+        for st in self.states:
+            if st.writer:
+                st.writer.close()
 
     def finish(self) -> list[dict]:
         """Each finished run's results (written to its run directory and the store), in the runs' order."""
         method = self.method
         extra_evals = method.final_evaluation(self.evaluate)
         out = []
-        for run in self.runs:
-            if run.writer:
-                run.writer.close()
+        self.close_logs()
         for k, run in self.active():
-            cfg, run_dir = run.cfg, run.run_dir
-            results = _results(cfg, self.resolved[k], self.task, method, run.history, self.device, run.schedule, k)
-            results["data"] = self.shared["data"]  # what the store keys a config's runs on (Run._check_store)
+            cfg, run_dir, st = run.cfg, run.run_dir, self.states[k]
+            results = _results(cfg, self.resolved[k], self.task, method, st.history, self.device, st.schedule, k)
+            results["data"] = self.shared.identity  # what the store keys a config's runs on (Run._check_store)
             results["training"] = {"stacked_runs": self.R, "precision": "bf16" if self.amp else "fp32",
                                    "cuda_graphs": self.fast["cuda_graphs"],
                                    "pad_to_multiple": self.fast["pad_to_multiple"],
                                    "packed": self.fast["pack"] and self.task.packs}
-            _total_times(results, run.past_attempts_s, self.started)
+            _total_times(results, st.past_attempts_s, self.started)
             results["method_summary"] = method.summary(k)
             method.artifacts(run_dir, f"{cfg.model.id}, {cfg.task.name}, budget {cfg.budget.name}, seed {run.seed}", k)
             if extra_evals[k]:
@@ -270,8 +277,8 @@ class Trainer:
                 results["export_dir"] = self.export_adapter(k, run)
             write_json(run_dir / "results.json", results)
             write_json(run.out_path, results)
-            if run.writer:
-                run.writer.results(results)  # to the tracker (logger=mlflow, wandb, csv), which ends its run
+            if st.writer:
+                st.writer.results(results)  # to the tracker (logger=mlflow, wandb, csv), which ends its run
             if cfg.train.get("keep_checkpoint") == "none":  # what a finished run keeps: its results (and adapter)
                 checkpoint.remove(run_dir)
             run.results = results

@@ -1,15 +1,18 @@
 """One run's bookkeeping and the resume policy: what a command does with a run it is asked to train.
 
 ``Run`` opens a run: its identity and home (``config.run_id``, the results store), its directory's lock, and the one
-decision (``Run._decide``) of what this command does with it, from its checkpoint's state (``checkpoint.State``) and
-its results file: fresh, resume (at an epoch's end, or within one after SIGTERM or ``train.checkpoint_every``),
-extend a shorter run (``train.extend``, README: More epochs), or finished (left as it is, its adapter exported if
-asked). ``loop.Trainer`` then trains the opened runs; ``side_by_side`` opens a command's runs and drives them.
+decision of what this command does with it. The decision is a value (``plan``, from what was read of its checkpoint's
+state, ``checkpoint.State``, and of its results file; no file is touched): ``Fresh``, ``Resume`` (at an epoch's end,
+or within one after SIGTERM or ``train.checkpoint_every``), ``Extend`` (a checkpoint planned for fewer epochs,
+``train.extend``, README: More epochs), ``Finished`` (left as it is, its adapter exported if asked) or ``Diverged``
+(an earlier attempt's loss turned NaN). ``Run`` reads the files, copies what a decision needs copied and keeps the
+decision; ``loop.Trainer`` then trains the opened runs; ``side_by_side`` opens a command's runs and drives them.
 """
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -18,7 +21,7 @@ from . import checkpoint, runlog
 from .config import resume_key, run_id, validate
 from .data.cache import fingerprint
 from .errors import RunInUseError, TrainingError
-from .inputs import load_data
+from .inputs import CellData, load_data
 from .lock import RunLock
 from .results import read_results, store_path, write_json
 
@@ -26,16 +29,128 @@ log = logging.getLogger("dynrank")
 DIVERGED = "diverged.json"  # in a run directory: the run's loss turned NaN/inf, and when (``Run.diverged``)
 
 
+# --- what a command does with a run: the decisions ------------------------------------------------------------
+@dataclass(frozen=True)
+class Fresh:
+    """Train from the start (``train.resume=false``, no checkpoint, or one that left no results to keep)."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Continue from ``state``: after its epoch, or within the next one at its batch; at the last epoch with no results
+    of it, finishing writes them."""
+
+    state: checkpoint.State
+
+
+@dataclass(frozen=True)
+class Extend(Resume):
+    """Continue from ``state``, a checkpoint whose schedules were made for fewer epochs (``train.extend=true``): the
+    schedules now span ``train.epochs`` from its step (``Trainer._extend``)."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Done: its results (``results``, from its results file) are left as they are; ``export``: its adapter is asked
+    for (``train.export=true``) and not there yet, so it is exported from the final checkpoint."""
+
+    results: dict = field(default_factory=dict)
+    export: bool = False
+
+
+@dataclass(frozen=True)
+class Diverged:
+    """An earlier attempt's loss turned NaN/inf (``why``): left as it is, rather than trained into the same NaN."""
+
+    why: str
+
+
+Decision = Fresh | Resume | Extend | Finished | Diverged
+
+
+def plan(cfg, run_id: str, state: checkpoint.State | None, results: tuple[int, dict], *, diverged: str | None = None,
+         data: dict | None = None, has_adapter: bool = False, has_checkpoint: bool = False,
+         where: str = "results.json") -> Decision:
+    """What this command does with the run ``run_id`` of ``cfg``, from what was read of its directory: ``state`` (its
+    checkpoint's, checked against this config; None: none, or ``train.resume=false``), ``results`` (its results
+    file's ``(epochs done, contents)``, ``results.read_results``; ``where``: that file, named in errors),
+    ``diverged`` (an earlier attempt's account, ``diverged.json``), ``data`` (the data identity it trains on now),
+    whether its adapter and a checkpoint exist. No file is read or written here: a configuration that cannot go on
+    is a ``TrainingError`` saying what to do.
+
+    A finished run (its results file, and a checkpoint at its last epoch made with this config and on this data, or
+    none kept: ``train.keep_checkpoint=none``) is left as it is: running its command again does not train it again
+    nor rewrite its results (``train.resume=false`` does). A checkpoint made for another length continues to
+    ``train.epochs`` only with ``train.extend=true``; one that has trained more epochs than asked is refused."""
+    if not cfg.train.resume:
+        return Fresh()
+    if diverged is not None:
+        return Diverged(f"it diverged in an earlier attempt ({diverged}) and is left as it is: add train.resume=false "
+                        "to train it again, or lower train.lr (another run)")
+    epochs, extend = int(cfg.train.epochs), bool(cfg.train.get("extend"))
+    done, finished = results
+    if state is None:  # finished without keeping its checkpoint: its results say so
+        if done != epochs or finished.get("run_id") != run_id:
+            return Fresh()
+        checkpoint.check_data(where, finished.get("data"), data)
+        return _finished(cfg, finished, has_adapter, has_checkpoint, where)
+    path = state.path
+    if state.epoch > epochs:
+        raise TrainingError(f"the checkpoint in {path} has trained {state.epoch} epochs, more than "
+                            f"train.epochs={epochs}; set train.epochs={state.epoch} or more to keep it, or "
+                            f"{checkpoint.START_OVER}")
+    planned = state.planned_epochs
+    if planned is not None and planned != epochs and not extend:
+        raise TrainingError(f"the checkpoint in {path} is of a {planned}-epoch run and train.epochs={epochs}: "
+                            f"add train.extend=true to continue it to {epochs} epochs (its schedules then span "
+                            f"{epochs} epochs from step {state.step}: README, More epochs), or "
+                            f"{checkpoint.START_OVER}")
+    _check_extended(state, epochs, extend)
+    # no results of that epoch (missing, damaged, a shorter run's, or another run's: its run id not this one's):
+    # finishing from the checkpoint writes them
+    if state.epoch < epochs or done != state.epoch or finished.get("run_id") != run_id:
+        return Extend(state) if planned is not None and planned != epochs else Resume(state)
+    checkpoint.check_data(f"the checkpoint in {path}", state.data, data)
+    return _finished(cfg, finished, has_adapter, has_checkpoint, where)
+
+
+def _finished(cfg, results: dict, has_adapter: bool, has_checkpoint: bool, where: str) -> Finished:
+    """Finished; with ``train.export=true`` and no adapter yet, its adapter is to be exported from its final
+    checkpoint (refused where none was kept)."""
+    if not cfg.train.get("export") or has_adapter:
+        return Finished(results)
+    if not has_checkpoint:
+        raise TrainingError(f"{where} is of a run that kept no checkpoint (train.keep_checkpoint=none): there is no "
+                            "adapter to export; add train.resume=false to train it again with train.export=true")
+    return Finished(results, export=True)
+
+
+def _check_extended(state: checkpoint.State, epochs: int, extend: bool) -> None:
+    """A checkpoint of a run extended from a shorter one (its schedule lists two lengths or more) is another run
+    than one trained for its length from the start, and the other way round (``config.identity``): in a run
+    directory set by hand, neither is resumed or left as finished in the other's name."""
+    schedule = state.extra.schedule
+    if len(schedule) > 1 and not extend:
+        raise TrainingError(f"the checkpoint in {state.path} is of a run extended from "
+                            f"{schedule[0].get('epochs')} to {state.planned_epochs} epochs (train.extend=true), "
+                            f"not one trained {epochs} epochs from the start: add train.extend=true to continue "
+                            f"or keep it, or {checkpoint.START_OVER}")
+    if len(schedule) == 1 and extend and state.planned_epochs == epochs:
+        raise TrainingError(f"the checkpoint in {state.path} is of a run trained {epochs} epochs from the start, "
+                            f"not an extended one: drop train.extend=true to continue or keep it, or "
+                            f"{checkpoint.START_OVER}")
+
+
 class Run:
     """One run's bookkeeping: its config, directory and lock, what it resumes from, its history and results files.
 
-    Opening a run decides what this command does with it (``_decide``: the resume policy in one place, from one read
-    of its checkpoint's state and of its results file): skip it (``train.skip_done`` and its results exist, or it
-    finished already; a finished run asked for its adapter exports it, ``export_only``), continue a shorter run
+    Opening a run decides what this command does with it (``decision``: ``plan``'s value, from one read of its
+    checkpoint's state and of its results file): skip it (``train.skip_done`` and its results exist, or it finished
+    already; a finished run asked for its adapter exports it, ``export_only``), continue a shorter run
     (``train.extend``), resume it from its checkpoint (at an epoch's end or within an epoch), or start it. A run to
     train holds its directory's lock until ``close``."""
 
-    def __init__(self, cfg, run_dir, shared: dict | None = None):
+    def __init__(self, cfg, run_dir, shared: CellData | None = None):
         validate(cfg)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.seed = int(cfg.seed)
@@ -45,7 +160,9 @@ class Run:
         self.shared = shared
         self.failed = None  # why training of this run stopped (a NaN loss) while its stack went on
         self.export_only = False  # finished, and train.export=true asks for the adapter it does not have yet
-        self.state = None  # the checkpoint it resumes from (``_decide``), read and checked once
+        self.decision: Decision = Fresh()  # what this command does with it (``_decide``)
+        self.state = None  # the checkpoint it resumes from (``Resume.state``), read and checked once
+        self.start_epoch, self.start_batch = 0, 0  # where its training starts: epochs done, batches of the next
         self.key = resume_key(cfg)  # what a checkpoint of this run must have been made with
         self.fp = fingerprint(self.key)
         self.skip = bool(cfg.train.skip_done) and read_results(self.out_path)[0] == int(cfg.train.epochs)
@@ -77,42 +194,50 @@ class Run:
                        "kept, and the command run again leaves the run as it is (train.resume=false trains it again)")
         write_json(self.run_dir / DIVERGED, {"diverged": why, "run_id": self.id})
 
-    def data(self) -> dict:
+    def data(self) -> CellData:
         if self.shared is None:
             self.shared = load_data(self.cfg)
         return self.shared
 
-    # --- what this command does with the run: the resume decisions ------------------------------------------
+    # --- what this command does with the run: read, decide (``plan``), apply -----------------------------------
     def _decide(self) -> None:
-        """Fresh, resume, extend or finished, from one read of the checkpoint's state (checked against this config)
-        and of the results file: ``skip`` (finished), ``export_only``, and where training starts (``start_epoch``,
-        ``start_batch``: the epochs the checkpoint completed and the batches it did of the next one, a checkpoint
-        made within an epoch by SIGTERM or ``train.checkpoint_every``; (0, 0): it starts)."""
-        resume = bool(self.cfg.train.resume)
+        """Read what ``plan`` decides on (a checkpoint save stopped during its swap completed first; with
+        ``train.extend=true`` and no checkpoint here, a shorter run's copied in), decide, and apply the decision:
+        ``skip`` (finished, or diverged before), ``export_only``, ``failed``, and where training starts
+        (``start_epoch``, ``start_batch``: the epochs the checkpoint completed and the batches it did of the next
+        one, a checkpoint made within an epoch by SIGTERM or ``train.checkpoint_every``; (0, 0): it starts)."""
+        resume, results = bool(self.cfg.train.resume), self.run_dir / "results.json"
         if resume and (recovered := checkpoint.recover(self.run_dir)):
             log.warning("%s: a checkpoint save was stopped during its swap; its complete checkpoint (epoch %d, step "
                         "%d) was put in place", self.run_dir, recovered.epoch, recovered.step)
-        if resume and (why := _diverged_before(self.run_dir, self.id)):
-            self.skip = True
-            self.failed = (f"it diverged in an earlier attempt ({why}) and is left as it is: add train.resume=false to "
-                           "train it again, or lower train.lr (another run)")
+        why = _diverged_before(self.run_dir, self.id) if resume else None
+        state = None
+        if why is None:
+            if self.cfg.train.get("extend") and resume and not checkpoint.exists(self.run_dir):
+                self._continue_shorter_run()
+            self._check_store()
+            if resume and checkpoint.exists(self.run_dir):
+                state = checkpoint.read_state(self.run_dir, self.fp, self.key)
+        self.decision = d = plan(self.cfg, self.id, state, read_results(results), diverged=why,
+                                 data=None if why else self.data().identity,
+                                 has_adapter=(self.run_dir / "adapter").exists(),
+                                 has_checkpoint=checkpoint.exists(self.run_dir), where=str(results))
+        if isinstance(d, Diverged):
+            self.skip, self.failed = True, d.why
             log.warning("%s: %s", self.run_dir, self.failed)
             return
-        if self.cfg.train.get("extend") and resume and not checkpoint.exists(self.run_dir):
-            self._continue_shorter_run()
-        self._check_store()
-        state = checkpoint.read_state(self.run_dir, self.fp, self.key) if resume and checkpoint.exists(
-            self.run_dir) else None
-        self.state, self.skip = state, self._finished(state)
         # TensorBoard as the checkpoint on disk left it (a start-over's own events replace it at its first checkpoint)
         runlog.settle(self.run_dir / runlog.TB_DIR, state if state is not None else checkpoint.peek(self.run_dir))
-        self.start_epoch, self.start_batch = (state.epoch, state.batch) if state is not None else (0, 0)
+        if isinstance(d, Resume):
+            self.state, self.start_epoch, self.start_batch = d.state, d.state.epoch, d.state.batch
+        if isinstance(d, Finished):
+            self._left_as_it_is(d)
 
     def _check_store(self) -> None:
         """The run id does not name the data (a ``data.dir`` of other content gives the same one): the results store
         holds a config's runs on one data only. Results of this config (any learning rate and seed) recorded on other
         data are refused before training, rather than overwritten, skipped as done, or averaged with."""
-        data, config = self.data()["data"], self.out_path.parent  # <store>/<model>/<task>/<cell>/lr<lr>-<hash>
+        data, config = self.data().identity, self.out_path.parent  # <store>/<model>/<task>/<cell>/lr<lr>-<hash>
         runs = f"lr*-{config.name.rsplit('-', 1)[1]}"
         for path in sorted(config.parent.glob(f"{runs}/seed*.json")):
             old = read_results(path)[1].get("data")
@@ -181,7 +306,7 @@ class Run:
             return (float("inf"), True, 0), other, f"has a damaged checkpoint ({e.path}: {e.cause})"
         if state.raw.get("fingerprint") != self.fp or state.planned_epochs is None or state.planned_epochs >= epochs:
             return None  # another config; a run planned as long or longer (stopped early or not); or unknown
-        segments = len(state.extra.get("schedule") or [])
+        segments = len(state.extra.schedule)
         return (state.epoch, state.epoch == state.planned_epochs and not state.batch, -segments), other, None
 
     def _same_config(self, results: dict) -> bool:
@@ -194,71 +319,16 @@ class Run:
         except Exception:  # noqa: BLE001  (a config of another version of dynrank: not comparable)
             return False
 
-    def _finished(self, state: checkpoint.State | None) -> bool:
-        """A finished run (its results file, and a checkpoint at its last epoch made with this config and on this
-        data, or none kept: ``train.keep_checkpoint=none``) is left as it is: running its command again does not
-        train it again nor rewrite its results (train.resume=false does); with ``train.export=true`` and no adapter
-        yet, its adapter is exported from its final checkpoint (``export_only``). A checkpoint made for another
-        length continues to ``train.epochs`` only with ``train.extend=true`` (``Trainer._extend``); one that has
-        trained more epochs than asked is refused."""
-        if not self.cfg.train.resume:
-            return False
-        epochs, results = int(self.cfg.train.epochs), self.run_dir / "results.json"
-        done, finished = read_results(results)
-        if state is None:  # finished without keeping its checkpoint: its results say so
-            if done != epochs or finished.get("run_id") != self.id:
-                return False
-            checkpoint.check_data(str(results), finished.get("data"), self.data()["data"])
-            return self._left_as_it_is(finished)
-        path = state.path
-        if state.epoch > epochs:
-            raise TrainingError(f"the checkpoint in {path} has trained {state.epoch} epochs, more than "
-                                f"train.epochs={epochs}; set train.epochs={state.epoch} or more to keep it, or "
-                                f"{checkpoint.START_OVER}")
-        planned, extend = state.planned_epochs, bool(self.cfg.train.get("extend"))
-        if planned is not None and planned != epochs and not extend:
-            raise TrainingError(f"the checkpoint in {path} is of a {planned}-epoch run and train.epochs={epochs}: "
-                                f"add train.extend=true to continue it to {epochs} epochs (its schedules then span "
-                                f"{epochs} epochs from step {state.step}: README, More epochs), or "
-                                f"{checkpoint.START_OVER}")
-        self._check_extended(state, extend)
-        # no results of that epoch (missing, damaged, a shorter run's, or another run's: its run id not this one's):
-        # finishing from the checkpoint writes them
-        if state.epoch < epochs or done != state.epoch or finished.get("run_id") != self.id:
-            return False
-        checkpoint.check_data(f"the checkpoint in {path}", state.data, self.data()["data"])
-        return self._left_as_it_is(finished)
-
-    def _check_extended(self, state: checkpoint.State, extend: bool) -> None:
-        """A checkpoint of a run extended from a shorter one (its schedule lists two lengths or more) is another run
-        than one trained for its length from the start, and the other way round (``config.identity``): in a run
-        directory set by hand, neither is resumed or left as finished in the other's name."""
-        schedule, epochs = state.extra.get("schedule") or [], int(self.cfg.train.epochs)
-        if len(schedule) > 1 and not extend:
-            raise TrainingError(f"the checkpoint in {state.path} is of a run extended from "
-                                f"{schedule[0].get('epochs')} to {state.planned_epochs} epochs (train.extend=true), "
-                                f"not one trained {epochs} epochs from the start: add train.extend=true to continue "
-                                f"or keep it, or {checkpoint.START_OVER}")
-        if len(schedule) == 1 and extend and state.planned_epochs == epochs:
-            raise TrainingError(f"the checkpoint in {state.path} is of a run trained {epochs} epochs from the start, "
-                                f"not an extended one: drop train.extend=true to continue or keep it, or "
-                                f"{checkpoint.START_OVER}")
-
-    def _left_as_it_is(self, finished: dict) -> bool:
-        results = self.run_dir / "results.json"
-        self.results = finished
-        if read_results(self.out_path)[0] != finished["final"]["epoch"]:  # another results store gets its copy
+    def _left_as_it_is(self, d: Finished) -> None:
+        """A finished run: skipped, its results copied to this command's results store if it lacks them."""
+        self.skip, self.results, self.export_only = True, d.results, d.export
+        if read_results(self.out_path)[0] != d.results["final"]["epoch"]:  # another results store gets its copy
             write_json(self.out_path, self.results)
-        if self.cfg.train.get("export") and not (self.run_dir / "adapter").exists():
-            if not checkpoint.exists(self.run_dir):
-                raise TrainingError(f"{results} is of a run that kept no checkpoint (train.keep_checkpoint=none): "
-                                    "there is no adapter to export; add train.resume=false to train it again with "
-                                    "train.export=true")
-            self.export_only = True
+        results = self.run_dir / "results.json"
+        if d.export:
             log.info("finished already: %s; its adapter is exported from its final checkpoint", results)
-            return True
-        log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
-        return True
+        else:
+            log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)
 
 
 def _diverged_before(run_dir, run_id: str) -> str | None:

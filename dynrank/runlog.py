@@ -174,7 +174,7 @@ def settle(tb_dir, checkpoint) -> None:
     (every file, for a checkpoint from before they were listed; none without a checkpoint), with their events up to
     its step."""
     step = checkpoint.step if checkpoint else 0
-    listed = checkpoint.extra.get("tb_files") if checkpoint else []
+    listed = checkpoint.extra.tb_files if checkpoint else []
     if listed is not None:
         keep_only(tb_dir, listed)
     trim(tb_dir, step)

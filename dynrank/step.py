@@ -1,6 +1,7 @@
 """One training step of a stack of runs, eager (``train_step``) or captured as a CUDA graph and replayed
-(``GraphedStep``), and what it steps: the model on its device (``prepare_model``), the optimizer (``make_optimizer``).
-Both forms run the same body, ``_update``; ``tests/test_gpu.py`` checks that they compute the same step.
+(``GraphedStep``), and what it steps: the model on its device (``prepare_model``), the optimizer (``make_optimizer``),
+all built in one place (``build_stack``: the trainer's and the benchmark's). Both forms run the same body,
+``_update``; ``tests/test_gpu.py`` checks that they compute the same step.
 
 A step sees the R runs' batches concatenated (run-major) and returns each run's task loss and total loss (R,).
 The backward pass is of the sum over runs: run k's parameters only meet run k's rows, so each gets exactly the
@@ -9,9 +10,12 @@ gradient of its own loss; clipping and AdamW are per run (``dynrank.optim``).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from functools import partial
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from . import attention, dropout
 from .optim import Flat, RunAdamW, clip_per_run, decays
@@ -132,33 +136,65 @@ def make_stepper(model, method, losses, optimizer: RunAdamW, clip: float | None,
     return partial(train_step, model, method, losses, optimizer, clip=clip, amp=amp, device=device)
 
 
-def make_optimizer(cfg_train, method, lrs: list[float], total_steps: int) -> RunAdamW:
-    """Per-run AdamW over the method's trainable parameters (``method.flat``: set by ``prepare_model``), weight decay
-    on those its source decays (``train.no_decay``, ``optim.decays``), the schedule of ``train.schedule`` with
+def make_optimizer(cfg_train, method, flat: Flat, lrs: list[float], total_steps: int) -> RunAdamW:
+    """Per-run AdamW over the method's trainable parameters (``flat``: ``prepare_model``'s), weight decay on those its
+    source decays (``train.no_decay``, ``optim.decays``), the schedule of ``train.schedule`` with
     ``train.warmup_ratio`` warm-up."""
     betas = cfg_train.get("adam_betas") or (0.9, 0.999)
-    return RunAdamW(method.flat, lrs, weight_decay=float(cfg_train.weight_decay), betas=tuple(betas),
+    return RunAdamW(flat, lrs, weight_decay=float(cfg_train.weight_decay), betas=tuple(betas),
                     eps=float(cfg_train.get("adam_eps") or 1e-8), total_steps=total_steps,
                     warmup_steps=int(float(cfg_train.warmup_ratio) * total_steps),
                     schedule=str(cfg_train.get("schedule") or "linear"),
-                    decay=decays(method.model, method.flat.params, str(cfg_train.get("no_decay") or "none")))
+                    decay=decays(method.model, flat.params, str(cfg_train.get("no_decay") or "none")))
 
 
-def prepare_model(model, method, device, bf16: bool, compile_model: bool, seeds: list[int] | None = None):
-    """Move to the device; for an encoder (RoBERTa, BERT), one dropout stream per run (``seeds``: each run's; every
-    ``nn.Dropout`` a ``dropout.KeyedDropout``, attention through ``attention.attend``); with bf16, the frozen weights
-    in bf16 and bf16 layer-norm outputs (``precision.bf16_backbone``; trainable weights and the optimizer state stay
-    fp32); the trainable parameters into one flat buffer (``method.flat``, ``dynrank.optim.Flat``); optionally
-    torch.compile."""
+def prepare_model(model, method, device, bf16: bool, compile_model: bool,
+                  seeds: list[int] | None = None) -> tuple[nn.Module, Flat]:
+    """``(the model that steps, its trainable parameters' flat buffer)``: moved to the device; for an encoder
+    (RoBERTa, BERT), one dropout stream per run (``seeds``: each run's; every ``nn.Dropout`` a
+    ``dropout.KeyedDropout``, attention through ``attention.attend``); with bf16, the frozen weights in bf16 and bf16
+    layer-norm outputs (``precision.bf16_backbone``; trainable weights and the optimizer state stay fp32); the
+    trainable parameters into one flat buffer (``dynrank.optim.Flat``); optionally torch.compile."""
     model = model.to(device)
     if encoder_of(model) is not None:
         dropout.install(model, seeds or [0] * method.runs, device)
         attention.use_for(model)
     if bf16 and device.type == "cuda":
         bf16_backbone(model)
-    method.trainable = [p for p in model.parameters() if p.requires_grad]
-    method.flat = Flat(method.trainable, method.runs, method.stacks)
+    flat = Flat([p for p in model.parameters() if p.requires_grad], method.runs, method.stacks)
     model.train()
     if compile_model and device.type == "cuda":
-        return torch.compile(model)
-    return model
+        return torch.compile(model), flat
+    return model, flat
+
+
+@dataclass
+class Stack:
+    """What trains a stack of runs (``build_stack``): the wrapped model and the one that steps (compiled or not),
+    the method, the flat buffer of the trainable parameters, the per-run optimizer and the stepper."""
+
+    model: nn.Module  # ``method.wrap(backbone)``: evaluation, export and checkpoints read it
+    step_model: nn.Module  # what the stepper runs (``torch.compile(model)`` with ``train.compile``)
+    method: Any  # ``methods.base.Method``
+    flat: Flat
+    optimizer: RunAdamW
+    stepper: Callable  # ``stepper(batch, step) -> (task losses (R,), total losses (R,))``
+
+
+def build_stack(cfg, backbone: nn.Module, *, family: str, seeds: list[int], lrs: list[float], losses, device,
+                total_steps: int, amp: bool, graphs: bool, compile_model: bool = False, clip: float | None = None,
+                method_cfgs: list | None = None) -> Stack:
+    """``cfg``'s method around ``backbone`` for ``len(seeds)`` stacked runs (run k: seed ``seeds[k]``, learning rate
+    ``lrs[k]``, method group ``method_cfgs[k]``), in the order every part needs: the method wraps the model, each
+    run takes its own seed's initialisation, the model goes to the device (``prepare_model``), the method's
+    schedules learn the total steps, then the optimizer and the stepper (graphed where ``graphs`` on a GPU)."""
+    from . import methods
+
+    method = methods.build(cfg, family, runs=len(seeds))
+    model = method.wrap(backbone)
+    method.init_runs(list(seeds), method_cfgs)
+    step_model, flat = prepare_model(model, method, device, amp, compile_model, seeds=list(seeds))
+    method.setup(total_steps)
+    optimizer = make_optimizer(cfg.train, method, flat, lrs, total_steps)
+    stepper = make_stepper(step_model, method, losses, optimizer, clip, amp, device, graphs)
+    return Stack(model, step_model, method, flat, optimizer, stepper)

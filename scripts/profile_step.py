@@ -365,7 +365,7 @@ def real_run(args, device) -> dict:
             t = Trainer(runs, runs[0].data(), timer=clock)  # evaluation and checkpoints timed apart
         marks, epochs_s, window = timed_run(t, args, clock)
     report = {"overrides": overrides, "method": str(cfg.method.name), "model": str(cfg.model.id),
-              "batch_size": int(cfg.train.batch_size), "runs_stacked": t.R, "epochs_run": len(t.runs[0].history),
+              "batch_size": int(cfg.train.batch_size), "runs_stacked": t.R, "epochs_run": len(t.states[0].history),
               "epochs_in_schedule": t.epochs, "schedule_steps": t.total_steps, "train_examples": len(t.train_set),
               "fast_path": bool(t.amp and isinstance(t.stepper, GraphedStep))}
     return {**report, **real_times(epochs_s, clock.s["finish"], marks), "profile": window}

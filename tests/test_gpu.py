@@ -24,9 +24,8 @@ def _trajectory(method_name, graphs: bool, steps=24, bf16=False, seeds=(1,), dev
     packed, dropout ``dropout`` (hidden, attention and the adapters': each run's own stream, dynrank.dropout)."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from dynrank import methods
     from dynrank.packing import pack
-    from dynrank.step import make_optimizer, make_stepper, prepare_model
+    from dynrank.step import build_stack
     from dynrank.tasks.glue import classification_losses
 
     device, runs = torch.device(device), len(seeds)
@@ -38,13 +37,10 @@ def _trajectory(method_name, graphs: bool, steps=24, bf16=False, seeds=(1,), dev
                                                            num_attention_heads=2, intermediate_size=256,
                                                            hidden_dropout_prob=dropout,
                                                            attention_probs_dropout_prob=dropout, vocab_size=1000))
-    method = methods.build(cfg, "roberta", runs=runs)
-    model = method.wrap(model)
-    method.init_runs(list(seeds))
-    model = prepare_model(model, method, device, bf16, False, seeds=list(seeds))
-    method.setup(steps)
-    opt = make_optimizer(cfg.train, method, [float(cfg.train.lr) * s for s in seeds], steps)
-    step = make_stepper(model, method, partial(classification_losses, runs=runs), opt, 1.0, bf16, device, graphs)
+    stack = build_stack(cfg, model, family="roberta", seeds=list(seeds), lrs=[float(cfg.train.lr) * s for s in seeds],
+                        losses=partial(classification_losses, runs=runs), device=device, total_steps=steps, amp=bf16,
+                        graphs=graphs, clip=1.0)
+    step = stack.stepper
     per_run = []
     for seed in seeds:  # each run's own batches, whatever it is stacked with
         g = torch.Generator().manual_seed(100 + seed)
@@ -67,7 +63,7 @@ def _trajectory(method_name, graphs: bool, steps=24, bf16=False, seeds=(1,), dev
     for s in range(steps):
         loss, _ = step(batches[s % 3], s)
         losses.append(loss.float().cpu())
-    return torch.stack(losses), method.flat.data.detach().cpu()
+    return torch.stack(losses), stack.flat.data.detach().cpu()
 
 
 @pytest.mark.parametrize("runs", [1, 3])

@@ -369,16 +369,16 @@ def test_the_tiny_lora_optimizer_spares_the_heads_biases():
     tok = load_tokenizer(cfg.model)
     method = methods.build(cfg, cfg.model.family, runs=2)
     model = method.wrap(load_model(cfg.model, AutoModelForSequenceClassification, tok, num_labels=2))
-    prepare_model(model, method, torch.device("cpu"), bf16=False, compile_model=False)
-    opt = make_optimizer(cfg.train, method, [1e-3, 1e-3], total_steps=10)
+    _, flat = prepare_model(model, method, torch.device("cpu"), bf16=False, compile_model=False)
+    opt = make_optimizer(cfg.train, method, flat, [1e-3, 1e-3], total_steps=10)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     spared = {n for n, d in zip(names, opt.decay) if not d}
     assert spared and spared == {n for n in names if n.endswith("bias")} and all("classifier" in n for n in spared)
     cfg = compose(["method=dora", "task=cola", "model=tiny"])
     method = methods.build(cfg, cfg.model.family, runs=1)
-    prepare_model(method.wrap(load_model(cfg.model, AutoModelForSequenceClassification, tok, num_labels=2)), method,
-                  torch.device("cpu"), bf16=False, compile_model=False)
-    assert make_optimizer(cfg.train, method, [1e-3], total_steps=10).decay is None  # the authors': all decay
+    _, flat = prepare_model(method.wrap(load_model(cfg.model, AutoModelForSequenceClassification, tok, num_labels=2)),
+                            method, torch.device("cpu"), bf16=False, compile_model=False)
+    assert make_optimizer(cfg.train, method, flat, [1e-3], total_steps=10).decay is None  # the authors': all decay
 
 
 def test_no_decay_leaves_the_hash_of_runs_it_does_not_change():

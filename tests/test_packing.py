@@ -27,11 +27,11 @@ def build(tmp_path, method, *extra, runs=2, seeds=None):
     cfg = compose(tiny_overrides(tmp_path, *over))
     shared = inputs.load_data(cfg)
     m = methods.build(cfg, cfg.model.family, runs=runs)
-    model = m.wrap(shared["task"].build_model())
+    model = m.wrap(shared.task.build_model())
     seeds = seeds or list(range(1, runs + 1))
     m.init_runs(seeds)
-    model = prepare_model(model, m, torch.device("cpu"), False, False, seeds=seeds)
-    return shared["task"], shared["train_set"], model
+    model, _ = prepare_model(model, m, torch.device("cpu"), False, False, seeds=seeds)
+    return shared.task, shared.train_set, model
 
 
 def losses_and_grads(task, ds, model, per_run, packed, step=5):

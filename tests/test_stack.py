@@ -240,8 +240,8 @@ def test_each_methods_optimizer_settings_reach_the_optimizer(tmp_path):
         c = compose(["task=rte", f"method={method}", "model=tiny"])
         m = methods.build(c, "roberta")
         model = m.wrap(torch.nn.Sequential(torch.nn.Linear(2, 2)))
-        prepare_model(model, m, torch.device("cpu"), False, False)
-        opt = make_optimizer(c.train, m, [1e-3], 10)
+        _, flat = prepare_model(model, m, torch.device("cpu"), False, False)
+        opt = make_optimizer(c.train, m, flat, [1e-3], 10)
         assert all(getattr(opt, k) == v for k, v in want.items()), (method, want)
     assert compose(["task=rte", "method=full"]).train.max_grad_norm is None  # fairseq: no clipping
     logits, labels = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
