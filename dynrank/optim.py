@@ -10,11 +10,18 @@ numbers, and each parameter (R, ...) is a view into it (its ``.grad`` a view int
   decay to 0 or constant) made for the run's total steps;
 - weight decay falls on the parameters the run's source decays (``decays``, ``train.no_decay``): every trainable one
   (the DoRA authors' code, fairseq), or all but biases and LayerNorm weights (HF Trainer, as the LoRA, DyLoRA and
-  AdaLoRA scripts train). Then AdamW runs once per run and group, as ``torch.optim.AdamW`` with two parameter groups.
+  AdaLoRA scripts train). Then AdamW runs once per run and group, as ``torch.optim.AdamW`` with two parameter groups;
+- a method may put a parameter in a group of its own (``ParamGroup``, ``Method.param_group``): a learning-rate scale
+  (run k's rate for it is base_k * f(t) * scale: LoRA+'s larger rate for B) and a weight-decay flag that overrides
+  ``train.no_decay``'s. AdamW then runs once per run and distinct (scale, decay), as ``torch.optim.AdamW`` with
+  those parameter groups.
 A method that does not stack (full fine-tuning) has one run and parameters without the run dimension; the buffer
 is the same (1, P).
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -69,6 +76,43 @@ class Flat:
         self.grad.zero_()
 
 
+@dataclass(frozen=True)
+class ParamGroup:
+    """A parameter's optimizer group, as a method wants it (``Method.param_group``): ``lr_scale`` multiplies each
+    run's learning rate for it (base_k * f(t) * lr_scale), ``decay`` says whether weight decay falls on it (None:
+    ``train.no_decay``'s rule decides, ``decays``). The default is every parameter's group unless a method says
+    otherwise."""
+    lr_scale: float = 1.0
+    decay: bool | None = None
+
+    def __post_init__(self):
+        if isinstance(self.lr_scale, bool) or not isinstance(self.lr_scale, (int, float)) \
+                or not math.isfinite(self.lr_scale) or self.lr_scale < 0:
+            raise ValueError(f"a parameter group's lr_scale must be a finite number >= 0 (got {self.lr_scale!r})")
+        if self.decay is not None and not isinstance(self.decay, bool):
+            raise ValueError(f"a parameter group's decay must be True, False or None (got {self.decay!r})")
+
+
+def param_groups(model: nn.Module, params: list[nn.Parameter], rule: str = "none", group=None) -> list[ParamGroup]:
+    """Each of ``params``' (a model's trainable parameters, in order) group: ``group(name, parameter)`` (a method's
+    ``param_group``; None: the default group), its ``decay`` None filled in by ``train.no_decay``'s ``rule``
+    (``decays``). Names are ``model.named_parameters()``'s."""
+    rule_says = decays(model, params, rule)
+    if group is None:
+        return [ParamGroup(1.0, d) for d in rule_says]
+    names = {id(p): n for n, p in model.named_parameters()}
+    missing = [i for i, p in enumerate(params) if id(p) not in names]
+    if missing:
+        raise ValueError(f"trainable parameters {missing} are not parameters of the model")
+    out = []
+    for p, d in zip(params, rule_says):
+        g = group(names[id(p)], p)
+        if not isinstance(g, ParamGroup):
+            raise TypeError(f"param_group({names[id(p)]!r}) returned {type(g).__name__}, not a ParamGroup")
+        out.append(ParamGroup(float(g.lr_scale), d if g.decay is None else g.decay))
+    return out
+
+
 def decays(model: nn.Module, params: list[nn.Parameter], rule: str = "none") -> list[bool]:
     """Whether AdamW decays each of ``params`` (a model's trainable parameters, in order) under ``train.no_decay``:
 
@@ -103,11 +147,13 @@ class RunAdamW:
     ``lr`` is a device tensor (R,) that ``set_step`` fills before every step (base_k * f(step), host side, no sync),
     so a CUDA graph that captured ``step`` reads each step's rates. Moments and step counts per run; the update is
     torch's fused AdamW kernel on row k. ``decay`` (one flag per parameter, ``decays``): the parameters weight decay
-    falls on; the others take AdamW without it (None: every parameter decays)."""
+    falls on; the others take AdamW without it (None: every parameter decays). ``lr_scale`` (one number per
+    parameter, ``ParamGroup.lr_scale``; None: all 1): parameter i steps at run k's rate times lr_scale[i], each
+    distinct scale's rates a device tensor (``_scaled_lr``) that ``set_step`` fills beside ``lr``."""
 
     def __init__(self, flat: Flat, lrs: list[float], *, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
                  total_steps: int = 1, warmup_steps: int = 0, schedule: str = "linear",
-                 decay: list[bool] | None = None):
+                 decay: list[bool] | None = None, lr_scale: list[float] | None = None):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule '{schedule}'; choose one of: {', '.join(SCHEDULES)}")
         self.flat = flat
@@ -123,27 +169,40 @@ class RunAdamW:
         if decay is not None and len(decay) != len(flat.params):
             raise ValueError(f"decay has {len(decay)} flags for {len(flat.params)} parameters")
         self.decay = None if decay is None or all(decay) else [bool(d) for d in decay]
-        self._groups = self._split() if self.decay is not None else None
+        if lr_scale is not None and len(lr_scale) != len(flat.params):
+            raise ValueError(f"lr_scale has {len(lr_scale)} numbers for {len(flat.params)} parameters")
+        self.lr_scale = None if lr_scale is None or all(s == 1 for s in lr_scale) else [float(s) for s in lr_scale]
+        # the learning rates of each scale but 1 (row j: scale scales[j + 1]), filled by set_step beside lr
+        self._scales = [1.0] + sorted(set(self.lr_scale or []) - {1.0})
+        self._scaled_base = torch.tensor([[b * s for b in self.base_lrs] for s in self._scales[1:]],
+                                         dtype=torch.float32, device=dev).view(len(self._scales) - 1, flat.runs)
+        self._scaled_lr = self._scaled_base.clone()
+        self._groups = self._split() if self.decay is not None or self.lr_scale is not None else None
         self.set_step(0)
 
     def _split(self) -> list[list[tuple]]:
-        """Per run, the (weight decay, parameter, gradient, moment 1, moment 2 views) of each group: the columns of
-        row k in contiguous stretches of parameters with the same flag (views into the fixed buffers, made once)."""
+        """Per run, the (learning rate, weight decay, parameter, gradient, moment 1, moment 2 views) of each group:
+        the columns of row k in contiguous stretches of parameters with the same (scale, decay flag) (views into the
+        fixed buffers, made once); the groups in the order of the scales, the decayed group of a scale first."""
         f, stretches = self.flat, []
-        for i, d in enumerate(self.decay):
+        decay = self.decay or [True] * len(f.params)
+        scale = self.lr_scale or [1.0] * len(f.params)
+        for i, key in enumerate(zip(scale, decay)):
             start, end = f.offsets[i], f.offsets[i] + f.sizes[i]
-            if stretches and stretches[-1][0] == d and stretches[-1][2] == start:
+            if stretches and stretches[-1][0] == key and stretches[-1][2] == start:
                 stretches[-1][2] = end
             else:
-                stretches.append([d, start, end])
+                stretches.append([key, start, end])
         runs = []
         for k in range(f.runs):
             groups = []
-            for wd, flag in ((self.weight_decay, True), (0.0, False)):
-                parts = [(a, b) for d, a, b in stretches if d == flag]
-                if parts:
-                    groups.append((wd, *([buf[k, a:b] for a, b in parts]
-                                         for buf in (f.data, f.grad, self.exp_avg, self.exp_avg_sq))))
+            for j, s in enumerate(self._scales):
+                lr = self.lr[k] if j == 0 else self._scaled_lr[j - 1, k]
+                for wd, flag in ((self.weight_decay, True), (0.0, False)):
+                    parts = [(a, b) for key, a, b in stretches if key == (s, flag)]
+                    if parts:
+                        groups.append((lr, wd, *([buf[k, a:b] for a, b in parts]
+                                                 for buf in (f.data, f.grad, self.exp_avg, self.exp_avg_sq))))
             runs.append(groups)
         return runs
 
@@ -153,6 +212,8 @@ class RunAdamW:
     def set_step(self, step: int) -> None:
         """The learning rates of 0-based optimizer step ``step`` into ``lr`` (an asynchronous device op)."""
         torch.mul(self._base, self.factor(step), out=self.lr)
+        if len(self._scales) > 1:
+            torch.mul(self._scaled_base, self.factor(step), out=self._scaled_lr)
 
     def lrs(self, step: int) -> list[float]:
         """The learning rates of step ``step`` as numbers (for logs; no device sync)."""
@@ -168,8 +229,8 @@ class RunAdamW:
                                     [], [self.steps[k]], lr=self.lr[k], beta1=b1, beta2=b2,
                                     weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
                 continue
-            for wd, data, grad, m1, m2 in self._groups[k]:  # each group as a param group of torch.optim.AdamW
-                torch._fused_adamw_(data, grad, m1, m2, [], [self.steps[k]] * len(data), lr=self.lr[k], beta1=b1,
+            for lr, wd, data, grad, m1, m2 in self._groups[k]:  # each group as a param group of torch.optim.AdamW
+                torch._fused_adamw_(data, grad, m1, m2, [], [self.steps[k]] * len(data), lr=lr, beta1=b1,
                                     beta2=b2, weight_decay=wd, eps=self.eps, amsgrad=False, maximize=False)
 
     # --- one run's state, as torch.optim.AdamW / LambdaLR write it (checkpoints are per run) ----------------

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import attention, dropout
-from .optim import Flat, RunAdamW, clip_per_run, decays
+from .optim import Flat, RunAdamW, clip_per_run, param_groups
 from .packing import encoder_of
 from .precision import bf16_backbone
 from .tasks.base import autocast
@@ -137,15 +137,17 @@ def make_stepper(model, method, losses, optimizer: RunAdamW, clip: float | None,
 
 
 def make_optimizer(cfg_train, method, flat: Flat, lrs: list[float], total_steps: int) -> RunAdamW:
-    """Per-run AdamW over the method's trainable parameters (``flat``: ``prepare_model``'s), weight decay on those its
-    source decays (``train.no_decay``, ``optim.decays``), the schedule of ``train.schedule`` with
-    ``train.warmup_ratio`` warm-up."""
+    """Per-run AdamW over the method's trainable parameters (``flat``: ``prepare_model``'s), weight decay on those
+    its source decays (``train.no_decay``, ``optim.decays``) unless the method's ``param_group`` says otherwise, each
+    parameter at its group's learning-rate scale, the schedule of ``train.schedule`` with ``train.warmup_ratio``
+    warm-up."""
     betas = cfg_train.get("adam_betas") or (0.9, 0.999)
+    groups = param_groups(method.model, flat.params, str(cfg_train.get("no_decay") or "none"), method.param_group)
     return RunAdamW(flat, lrs, weight_decay=float(cfg_train.weight_decay), betas=tuple(betas),
                     eps=float(cfg_train.get("adam_eps") or 1e-8), total_steps=total_steps,
                     warmup_steps=int(float(cfg_train.warmup_ratio) * total_steps),
                     schedule=str(cfg_train.get("schedule") or "linear"),
-                    decay=decays(method.model, flat.params, str(cfg_train.get("no_decay") or "none")))
+                    decay=[g.decay for g in groups], lr_scale=[g.lr_scale for g in groups])
 
 
 def prepare_model(model, method, device, bf16: bool, compile_model: bool,

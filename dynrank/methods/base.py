@@ -15,6 +15,8 @@ A method
   6. ``export(out_dir, k=...)``: run k's trained adapter in a portable format, where one exists (``head(k)``: the
      head it carries).
 CUDA graphs (``graph_key``, ``prepare_step``) and accounting (``param_counts``, ``pruning_end_step``) complete it.
+``param_group(name, param)`` puts a trainable parameter in an optimizer group of its own (``ParamGroup``: a
+learning-rate scale, a weight-decay flag over ``train.no_decay``'s rule): LoRA+'s rate for B, no decay on biases.
 
 **Runs.** A method trains ``runs`` = R runs of one cell at once (``methods/layers.py``): every trainable tensor has
 a leading run dimension and run k only meets its slice ``[k]``; R = 1 is a run alone. Per-run values (losses,
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from ..models import Target, find_targets, is_head
+from ..optim import ParamGroup
 from .layers import RunLinear, head_std
 
 
@@ -96,6 +99,14 @@ class Method:
         """Called once the loop knows the number of optimizer steps (schedules need it) and the parameters are
         where they train (the device, the flat buffer of ``dynrank.optim``)."""
         self.total_steps = total_steps
+
+    def param_group(self, name: str, param: nn.Parameter) -> ParamGroup:
+        """The optimizer group of the trainable parameter ``name`` (``self.model.named_parameters()``'s name;
+        ``param`` with the run dimension first where the method stacks), the same for every run: ``lr_scale``
+        multiplies each run's learning rate for it, ``decay`` True / False overrides ``train.no_decay``'s rule for
+        it (None: the rule decides). Asked once, when the optimizer is made (``step.make_optimizer``); the
+        default group leaves every parameter to the run's learning rate and the rule."""
+        return ParamGroup()
 
     # --- 2-3. loss and hooks ----------------------------------------------------------------
     def extra_loss(self, step: int) -> torch.Tensor | None:
