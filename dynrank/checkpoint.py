@@ -7,7 +7,7 @@ fingerprint and the wall time of each attempt under ``extra``). A checkpoint is 
 within one (SIGTERM, ``train.checkpoint_every``) with its ``position`` in the epoch. A kill at any moment leaves the
 previous checkpoint or the new one, never a mix: the new one is written to ``checkpoint.tmp/`` (``state.json``
 last) and swapped in (``_swap``); a complete temporary left by a kill during the swap is swapped in by the next
-command (``recover``). A run trained in a stack (``loop.Trainer``) writes what it would write alone: its own slices
+command (``recover``). A run trained in a stack (``trainer.Trainer``) writes what it would write alone: its own slices
 of the stacked tensors, shaped as in a model of one run.
 
 One process at a time trains a run: ``lock.RunLock``.
@@ -307,7 +307,7 @@ class Restored:
 def load(state: State, *, device, data: dict | None = None) -> Restored:
     """Everything ``save`` wrote beside the ``state`` that ``read_state`` read and checked against the config,
     its data checked first (``check_data``): a refused or damaged checkpoint changes nothing. The caller puts the
-    tensors where the run trains (``loop.Trainer``) and, for the first run of a stack, the RNG states back
+    tensors where the run trains (``trainer.Trainer``) and, for the first run of a stack, the RNG states back
     (``restore_rng``)."""
     path, raw = state.path, state.raw
     if data is not None:

@@ -6,7 +6,7 @@ state, ``checkpoint.State``, and of its results file; no file is touched): ``Fre
 or within one after SIGTERM or ``train.checkpoint_every``), ``Extend`` (a checkpoint planned for fewer epochs,
 ``train.extend``, README: More epochs), ``Finished`` (left as it is, its adapter exported if asked) or ``Diverged``
 (an earlier attempt's loss turned NaN). ``Run`` reads the files, copies what a decision needs copied and keeps the
-decision; ``loop.Trainer`` then trains the opened runs; ``side_by_side`` opens a command's runs and drives them.
+decision; ``trainer.Trainer`` then trains the opened runs; ``driver`` opens a command's runs and drives them.
 """
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ class Run:
 
     def close(self) -> None:
         """Release the run's lock; a directory holding nothing but the lock (a run stopped before it wrote
-        anything) loses it, and ``side_by_side`` removes the emptied directory."""
+        anything) loses it, and ``driver`` removes the emptied directory."""
         if hasattr(self, "lock"):
             self.lock.release(tidy=True)
 

@@ -1,6 +1,6 @@
 """Entry point: ``python -m dynrank.train task=cola method=dora [budget=r2] [seed=3]``.
 
-Only wires: Hydra composes ``conf/``, ``side_by_side.run`` trains. A user error (unknown task or method,
+Only wires: Hydra composes ``conf/``, ``driver.run`` trains. A user error (unknown task or method,
 missing data, malformed rows, NaN loss...) ends with one line ``error: ...`` and exit status 2; SIGTERM
 (``preempt``) with one line and 143, Ctrl-C with one line and 130, each run at its last checkpoint.
 The config of every job is checked before Hydra starts (``config.check_command_line``), and Hydra's
@@ -49,7 +49,7 @@ def guarded(work):
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from .side_by_side import run
+    from .driver import run
 
     def work():
         if cfg.get("seeds") or cfg.get("lr_search"):
@@ -88,7 +88,7 @@ def _run_side_by_side(cfg, logs: runlog.RunLogs) -> dict:
     not train."""
     from .config import run_id
     from .resume import remove_if_empty
-    from .side_by_side import run_side_by_side
+    from .driver import run_side_by_side
 
     root = Path(HydraConfig.get().runtime.output_dir)
     own = Path(run_id(cfg)).parts

@@ -516,10 +516,10 @@ class JobEstimate:
 
 def stacks(cfg, k: int) -> int:
     """How many of the job's k runs train as one model on a GPU (``train.stack``, the method's ``stacks``,
-    ``side_by_side.stack_size``); 1: side by side."""
+    ``driver.stack_size``); 1: side by side."""
     import torch
 
-    from dynrank.side_by_side import stack_size, stacking
+    from dynrank.driver import stack_size, stacking
 
     return min(k, stack_size(cfg)) if stacking(cfg, torch.device("cuda")) else 1
 

@@ -12,7 +12,7 @@ and a real short MiniLM run on CoLA with its evaluation and checkpoint timed apa
     an analytic estimate beside it. ``dora@end``: measured past the end of its schedule (allocation final:
     no DEM, no importance EMA); plain ``dora``: in its first phase (DEM and the importance EMA every step).
 (b) batch scaling: samples/s of --scale-methods at --batches, L=128, graph-bf16 (mean and steady = median step).
-(c) real run: dynrank's own Trainer (dynrank/loop.py) on real CoLA with MiniLM, batch 16,
+(c) real run: dynrank's own Trainer (dynrank/trainer.py) on real CoLA with MiniLM, batch 16,
     train.bf16=true train.cuda_graphs=true, for --real-epochs epochs of the configured schedule; training
     steps, evaluation, checkpoint writing and the rest are timed apart (the Trainer's own methods, with
     timers wrapped around Task.evaluate and checkpoint.save), then --real-profile-steps steps of the next
@@ -352,7 +352,7 @@ def timed_epoch(t, epoch: int, clock: Stopwatch) -> list[float]:
 
 
 def real_run(args, device) -> dict:
-    from dynrank.loop import Trainer
+    from dynrank.trainer import Trainer
     from dynrank.resume import Run
 
     with tempfile.TemporaryDirectory(prefix="dynrank-profile-") as tmp:  # data cache, checkpoint, results

@@ -4,10 +4,10 @@ import os
 import runpy
 import sys
 
-from dynrank import loop
+from dynrank import trainer
 
 N = int(sys.argv.pop(1))
-end_epoch = loop.Trainer.end_epoch
+end_epoch = trainer.Trainer.end_epoch
 
 
 def end_epoch_then_die(self):
@@ -16,5 +16,5 @@ def end_epoch_then_die(self):
         os._exit(137)
 
 
-loop.Trainer.end_epoch = end_epoch_then_die
+trainer.Trainer.end_epoch = end_epoch_then_die
 runpy.run_module("dynrank.train", run_name="__main__", alter_sys=True)  # as python -m (Hydra finds conf/ from it)

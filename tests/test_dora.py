@@ -380,7 +380,7 @@ def test_cli_end_to_end_with_export(tmp_path):
 
 @pytest.mark.slow
 def test_low_budget_without_dem_runs(tmp_path):
-    from dynrank.side_by_side import run
+    from dynrank.driver import run
 
     cfg = compose(tiny_overrides(tmp_path, "method=dora", "budget=r2", "method.dem=false", "variant=nodem",
                                  "data.max_train_samples=128", "train.epochs=2"))

@@ -11,8 +11,8 @@ from conftest import SHARED_GLUE, cli, compose, tiny_overrides
 from test_run_outputs import scalars
 from dynrank.config import run_id
 from dynrank.errors import TrainingError
-from dynrank.loop import Trainer
-from dynrank.side_by_side import run
+from dynrank.trainer import Trainer
+from dynrank.driver import run
 
 ARGS = ["task=cola", "method=lora", "model=tiny", f"data.dir={SHARED_GLUE}", "data.max_train_samples=64",
         "data.max_eval_samples=64", "train.batch_size=32", "train.progress=false",  # 2 steps an epoch

@@ -127,8 +127,8 @@ def shared_cache(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", E2E)
 def test_end_to_end_tiny_cola(name, tmp_path, shared_cache):
-    """model=tiny on a CoLA subset: trains, evaluates, writes the results JSON (in-process side_by_side.run)."""
-    from dynrank.side_by_side import run
+    """model=tiny on a CoLA subset: trains, evaluates, writes the results JSON (in-process driver.run)."""
+    from dynrank.driver import run
 
     cfg = compose(tiny_overrides(tmp_path, "task=cola", f"method={name}", f"data.cache_dir={shared_cache}",
                                  "data.max_train_samples=128", "data.max_eval_samples=64"))

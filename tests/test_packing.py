@@ -190,7 +190,7 @@ def test_packed_attention_kernel_in_triton_interpreter():
 def test_max_length_past_the_positions_is_one_line(tmp_path):
     """task.max_length over the model's positions (RoBERTa: 514 - 2) is refused before training, naming the bound."""
     from dynrank.errors import ConfigError
-    from dynrank.side_by_side import run
+    from dynrank.driver import run
 
     cfg = compose(tiny_overrides(tmp_path, "task.max_length=600"))
     with pytest.raises(ConfigError, match=r"task.max_length=600 is longer than the 512 positions .*task.max_length=512"):

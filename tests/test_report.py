@@ -110,7 +110,7 @@ def test_preset_variants_keep_ablation_runs_apart():
 # --- report on synthetic results (exact numbers) ------------------------------------------------------
 def _write_run(store, model, task, method, budget, seed, dev, metric, variant=None, lr=4e-4, config_hash="0123abcd",
                protocol="standard", epochs=None, pruning_end_step=None, **extra):
-    """A results file as dynrank.loop writes it now (per-epoch history, lr, config hash, protocol), under its
+    """A results file as dynrank.trainer writes it now (per-epoch history, lr, config hash, protocol), under its
     run id ``<model>/<task>/<cell>/lr<lr>-<hash>/seed<k>``; ``epochs`` defaults to one epoch with ``dev``."""
     from dynrank.config import lr_tag
 

@@ -52,7 +52,7 @@ def test_trim_cuts_later_steps_and_empty_files(tmp_path):
 def test_budget_scalars_and_rank_map_figure(tmp_path, monkeypatch, method, final):
     """DoRA: 12 matrices x r0 = 12 components, budget 144 -> 96 (r = 8); AdaLoRA logs its rank budget the same way."""
     from dynrank import rankmap
-    from dynrank.side_by_side import run
+    from dynrank.driver import run
 
     drawn, draw = {}, rankmap.draw_rank_map
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import compose, tiny_overrides
 from dynrank.config import run_id
 from dynrank.errors import ConfigError, RunInUseError, TrainingError
-from dynrank.side_by_side import run_side_by_side
+from dynrank.driver import run_side_by_side
 from dynrank.train import runs_of
 
 STACKED = ["seeds=[1,2]", "train.stack=true"]

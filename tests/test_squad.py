@@ -406,7 +406,7 @@ def test_hub_unreachable_says_pass_data_dir(monkeypatch):
 # --- end to end ------------------------------------------------------------------------------------
 
 def _run(tmp_path, *extra):
-    from dynrank.side_by_side import run
+    from dynrank.driver import run
 
     cfg = compose(["model=tiny", f"data.dir={FIX}", f"data.cache_dir={tmp_path / 'cache'}",
                    f"results.store={tmp_path / 'store'}", "train.progress=false", "train.epochs=1",

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import cli, compose, tiny_overrides
 from dynrank.errors import TrainingError
-from dynrank.side_by_side import run_side_by_side, stacks
+from dynrank.driver import run_side_by_side, stacks
 
 STACKING = ["lora", "dora", "adalora", "dora_wd", "dylora", "bitfit", "houlsby", "pfeiffer"]
 
@@ -259,7 +259,7 @@ def test_each_methods_optimizer_settings_reach_the_optimizer(tmp_path):
 
 def test_stack_size_bounds_a_steps_tokens():
     """train.max_stack=auto: as many runs as keep a stacked step within 65,536 padded tokens at the task's length."""
-    from dynrank.side_by_side import stack_size
+    from dynrank.driver import stack_size
 
     assert stack_size(compose(["task=cola", "method=dora", "train.batch_size=32"])) == 65_536 // (32 * 128)  # 16
     assert stack_size(compose(["task=squad_v1", "method=dora", "train.batch_size=16"])) == 65_536 // (16 * 384)

@@ -18,9 +18,9 @@ from conftest import compose, tiny_overrides
 from test_run_outputs import scalars
 from dynrank.config import run_id
 from dynrank.errors import DataError, TrainingError
-from dynrank.loop import Trainer
+from dynrank.trainer import Trainer
 from dynrank.preempt import Preempted
-from dynrank.side_by_side import run_side_by_side
+from dynrank.driver import run_side_by_side
 from dynrank.train import runs_of
 
 # 24 examples in batches of 8: 3 steps an epoch, 2 epochs

@@ -8,7 +8,7 @@ import torch
 
 from conftest import SHARED_GLUE, cli, compose, result_file, tiny_overrides
 from dynrank.errors import ConfigError, DataError, TrainingError
-from dynrank.side_by_side import run
+from dynrank.driver import run
 
 
 def _cli_args(tmp_path, *extra):
@@ -150,7 +150,7 @@ def test_dynamic_padding_pads_to_batch_max():
 
 @pytest.mark.slow
 def test_seeds_side_by_side_equal_separate_runs(tmp_path):
-    from dynrank.side_by_side import run_side_by_side
+    from dynrank.driver import run_side_by_side
     from dynrank.train import runs_of
 
     over = tiny_overrides(tmp_path, "train.epochs=2", "data.max_train_samples=48")

@@ -148,7 +148,7 @@ def _check(res, n):
 
 @pytest.mark.slow
 def test_xsum_lora_end_to_end(tmp_path):
-    from dynrank.side_by_side import run
+    from dynrank.driver import run
 
     res = run(_cfg(tmp_path, "method=lora", "train.export=true"), tmp_path / "run")
     _check(res, 3)
@@ -165,7 +165,7 @@ def test_xsum_lora_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_xsum_full_end_to_end_csv(tmp_path):
-    from dynrank.side_by_side import run
+    from dynrank.driver import run
 
     res = run(_cfg(tmp_path, "method=full", f"data.dir={FIX / 'xsum_csv'}", "eval.max_samples=2"), tmp_path / "run")
     _check(res, 2)

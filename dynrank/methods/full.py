@@ -1,7 +1,7 @@
 """Full fine-tuning: every parameter of the backbone and the head trains (Table 2, 'Full FT').
 
 Every weight differs per run, so runs of full fine-tuning are not stacked (``stacks = False``: one run per model;
-several seeds train side by side, ``dynrank.side_by_side``)."""
+several seeds train side by side, ``dynrank.driver``)."""
 from .base import Method
 
 

@@ -1,11 +1,13 @@
-"""The training loop of one stack of runs: setup, epochs (steps, evaluation, checkpoints), results.
+"""The trainer of one stack of runs (``Trainer``): setup, epochs (steps, evaluation, checkpoints), results. The epochs
+of a command's stacks are driven by ``driver.py``.
 
 A stack is R runs of one cell (seeds, the learning rates of a grid) trained as ONE model (``methods/layers.py``),
 each run with its own data order, initialisation, learning rate, schedule, clipping, AdamW state (``optim.py``) and
-method state; a run alone is a stack of one. Setup in the order config -> data (``inputs.py``) -> model + method ->
-optimizer -> stepper (``step.py``: eager or a CUDA graph), then the epochs; each run writes its own checkpoints and
+method state; a run alone is a stack of one. Setup: the data (``inputs.py``), then model + method + optimizer +
+stepper in one place (``step.build_stack``: eager or a CUDA graph), each run's state (``RunState``) fresh or from its
+checkpoint; then the epochs (begun, stepped and ended by the driver); each run writes its own checkpoints and
 results file, exactly as it would alone. Where a run starts from (fresh, resumed, extended) is ``resume.py``'s
-decision; a command's runs are grouped into stacks by ``side_by_side.py``.
+decision; a command's runs are grouped into stacks by ``driver.py``.
 """
 from __future__ import annotations
 
@@ -180,7 +182,7 @@ class Trainer:
     def _check_finite(self) -> None:
         """A run whose loss turned NaN/inf stops (its last epoch's checkpoint kept, its directory saying why:
         ``Run.diverged``); the other runs of its stack, and the stacks beside it, train on, and the command ends with
-        the error once they are done (``side_by_side``)."""
+        the error once they are done (``driver``)."""
         for k, ok in enumerate(self.finite.tolist()):
             run = self.runs[k]
             if not ok and run.failed is None:

@@ -1,7 +1,7 @@
 """A command's runs: one (``run``), or several of one cell in one process (``seeds=[...]``, ``lr_search=true``:
 ``run_side_by_side``), stacked into one model or side by side.
 
-On a GPU the runs of a method that stacks train as ONE model (``loop.Trainer`` with R runs: one set of kernels for
+On a GPU the runs of a method that stacks train as ONE model (``trainer.Trainer`` with R runs: one set of kernels for
 all of them, ``train.stack``); full fine-tuning, whose every weight differs per run, a CPU by default, or
 ``train.stack=false`` train them side by side: one ``Trainer`` per run, stepped in turn, each on its own CUDA stream
 and with its own random state. Runs resumed from different points (epochs, or batches within one) form different
@@ -28,7 +28,7 @@ from .config import run_id
 from .config.run_identity import _flat
 from .device import fast_path, pick_device
 from .errors import ConfigError, TrainingError
-from .loop import Trainer, progress
+from .trainer import Trainer, progress
 from .methods import method_class
 from .resume import Run, remove_if_empty
 from .step import GraphedStep
