@@ -63,7 +63,7 @@ def test_schedule_prunes_the_formula_fraction():
     # p = int(t - 0.15 T), P = int(T (1 - 0.15 - 0.5)): warm-up 30 steps, pruning over 70, then fixed
     assert [m.schedule(t) for t in (1, 30, 31, 100, 101)] == [(-29, 70), (0, 70), (1, 70), (70, 70), (71, 70)]
     # the authors' code logs 'prune finished' after the step with p = P (t = 100); paper_code picks epochs after it
-    assert m.pruning_end_step() == 100 and m.phase(100) == "prune" and m.phase(101) == "fixed"
+    assert m.pruning_end_step() == 100 and m.schedule.phase(100) == "prune" and m.schedule.phase(101) == "fixed"
     gen = torch.Generator().manual_seed(0)
     checked = 0
     for t in range(1, 101):
@@ -77,7 +77,7 @@ def test_schedule_prunes_the_formula_fraction():
         else:
             assert zeros(m) == 0, t  # no pruning in warm-up and between pruning steps
     assert checked == 15
-    assert m.pruned_fraction(100) == pytest.approx((r0 - r) / r0) and m.done
+    assert m.schedule.pruned_fraction(100) == pytest.approx((r0 - r) / r0) and m.done
 
 
 def test_final_budget_and_fixed_mask():
@@ -98,14 +98,14 @@ def test_final_budget_and_fixed_mask():
     assert m.schedule(end)[0] == P and m.done
     want = N - int(N * (5 - 2) / 5)
     assert sum(m.surviving()) == want == N - zeros(m)
-    mask, zero_pos = m.mask.clone(), torch.cat([c == 0 for c in m._c], 1)  # (1 run, N)
+    mask, zero_pos = m.pruning.mask.clone(), torch.cat([c == 0 for c in m._c], 1)  # (1 run, N)
     assert torch.equal(mask, zero_pos)
     for t in range(end + 1, T + 1):  # afterwards the mask is fixed: re-applied after every step
         with torch.no_grad():
             for c in m._c:
                 c.add_(0.05 * torch.randn(c.shape, generator=gen))
         m.after_step(t)
-        assert torch.equal(m.mask, mask)
+        assert torch.equal(m.pruning.mask, mask)
         assert torch.equal(torch.cat([c == 0 for c in m._c], 1), zero_pos)
     s = m.summary()
     assert s["surviving"] == want and s["components"] == N and s["pruning_done"]
@@ -128,8 +128,8 @@ def test_pruned_component_revives_when_its_importance_rises():
         m._c[i1][0, j1] = 10 * max(float(c.abs().max()) for c in m._c)
     for t in range(71, 76):  # next pruning step at p = 45
         m.after_step(t)
-    assert m._c[i1][0, j1] != 0 and not m.mask[0, i1 * 6 + j1]  # survived the next pruning step
-    assert m._c[i2][0, j2] == 0 and m.mask[0, i2 * 6 + j2]  # the one left at zero stays pruned
+    assert m._c[i1][0, j1] != 0 and not m.pruning.mask[0, i1 * 6 + j1]  # survived the next pruning step
+    assert m._c[i2][0, j2] == 0 and m.pruning.mask[0, i2 * 6 + j2]  # the one left at zero stays pruned
 
 
 def test_cuda_graph_protocol_same_ops_per_key():
@@ -152,7 +152,7 @@ def test_cuda_graph_protocol_same_ops_per_key():
     m.wrap(model)
     T = 200
     m.setup(T)
-    ptrs = [t.data_ptr() for t in (m.importance_ema, m.mask, m._keep, m._kidx)]
+    ptrs = [t.data_ptr() for t in (m.importance.ema, m.pruning.mask, m.pruning.keep, m.pruning.kidx)]
     gen = torch.Generator().manual_seed(7)
     seen: dict = {}
     for s in range(T):
@@ -171,7 +171,7 @@ def test_cuda_graph_protocol_same_ops_per_key():
         else:
             seen[key] = rec.ops
     assert set(seen) == {(True, "ema"), (True, "prune"), (False, "fixed")}
-    assert [t.data_ptr() for t in (m.importance_ema, m.mask, m._keep, m._kidx)] == ptrs
+    assert [t.data_ptr() for t in (m.importance.ema, m.pruning.mask, m.pruning.keep, m.pruning.kidx)] == ptrs
     assert m.done and sum(m.surviving()) == 72 - int(72 * 4 / 6)
 
 
@@ -209,9 +209,10 @@ def test_importance_and_dem_equal_hand_computation():
             a, b = A[i], B[:, i]
             hand_dem += float(((a - a.mean()) ** 2).sum() / (a.numel() - 1) + ((b - b.mean()) ** 2).sum() / (b.numel() - 1))
     hand_s = torch.stack(hand_s).float()
-    torch.testing.assert_close(m.importance()[0], hand_s, rtol=1e-5, atol=1e-7)
+    s = m.importance.scores(m.factor_groups(m._A, m._B, m._c))
+    torch.testing.assert_close(s[0], hand_s, rtol=1e-5, atol=1e-7)
     m.after_step(1)  # warm-up step: S = 0.9 * 0 + 0.1 * s, no pruning
-    torch.testing.assert_close(m.importance_ema[0], 0.1 * hand_s, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(m.importance.ema[0], 0.1 * hand_s, rtol=1e-5, atol=1e-8)
     hand_dem /= 2 * 2 * 4
     assert float(m.extra_loss(0).detach()) == pytest.approx(0.3 * hand_dem, rel=1e-5)
     assert m.extra_loss(int(0.15 * 100) + 35 - 1) is not None  # the step with p = P still has DEM
@@ -304,9 +305,9 @@ def test_state_dict_round_trip_through_safetensors(tmp_path):
     m2.wrap(model2)
     m2.setup(20)
     m2.load_state_dict(load_file(str(tmp_path / "s.safetensors")))
-    assert torch.equal(m2.importance_ema, m.importance_ema) and torch.equal(m2.mask, m.mask)
+    assert torch.equal(m2.importance.ema, m.importance.ema) and torch.equal(m2.pruning.mask, m.pruning.mask)
     assert m2.done == m.done and m.done  # T=20: pruning ends at step 10
-    assert torch.equal(m2._keep, (~m.mask).float())
+    assert torch.equal(m2.pruning.keep, (~m.pruning.mask).float())
 
 
 def test_param_counts_roberta_base():

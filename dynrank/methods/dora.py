@@ -19,9 +19,11 @@ equation to the code, with the schedule's pseudo-code and the derivations. Per r
   reg_coef * DEM (Table 8's ``task.reg_coef``) while p <= P (the code's 1-based step); ``method.dem=false`` is
   Table 5's ablation.
 
-Parameter counts follow the paper (components at the final budget, d_in + d_out + 1 each); ``export`` drops pruned
-components and folds c into B, as a PEFT LoRA adapter with ``rank_pattern`` and ``alpha_pattern``. A step is a fixed
-number of batched ops, without ``.item()``; with CUDA graphs, ``graph_key`` = (DEM on, phase ema | prune | fixed).
+The pruning (Eq. 7-10: ``BudgetSchedule``, ``ImportanceEMA``, ``ComponentMask``, ``dem``) is plain tensor objects in
+``dora_pruning``; the class here builds the layers and wires those objects into the method's hooks. Parameter counts
+follow the paper (components at the final budget, d_in + d_out + 1 each); ``export`` drops pruned components and
+folds c into B, as a PEFT LoRA adapter with ``rank_pattern`` and ``alpha_pattern``. A step is a fixed number of
+batched ops, without ``.item()``; with CUDA graphs, ``graph_key`` = (DEM on, phase ema | prune | fixed).
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ from ..export import save_peft_lora
 from ..rankmap import build_rank_map, draw_rank_map
 from ..results import write_json
 from .base import Method, freeze_all_but_head, replace_targets
+from . import dora_pruning
+from .dora_pruning import BudgetSchedule, ComponentMask, ImportanceEMA
 from .layers import LowRankLinear, init_slice, kaiming
 
 
@@ -109,82 +113,30 @@ class DoRA(Method):
         return model
 
     def _alloc(self, device, importance: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> None:
-        """Method state per run: S (EMA importance, Eq. 8), the latest pruning mask, c's keep-multipliers."""
-        R = self.runs
-        self.importance_ema = torch.zeros(R, self.n_components, device=device)
-        self.mask = torch.zeros(R, self.n_components, dtype=torch.bool, device=device)
-        if importance is not None:
-            self.importance_ema.copy_(importance)
-            self.mask.copy_(mask)
-        self._keep = (~self.mask).float()
-        self._keep_views = list(self._keep.view(R, self.n_modules, self.r0).unbind(1))  # per module (R, r0)
-        self._kidx = torch.zeros(1, dtype=torch.long, device=device)  # max(k, 1) - 1, filled by prepare_step
+        """Method state per run: S (EMA importance, Eq. 8) and the latest pruning mask (Eq. 9)."""
+        self.importance = ImportanceEMA(self.runs, self.n_components, self.beta, self.eps, device, importance)
+        self.pruning = ComponentMask(self.runs, self.n_modules, self.r0, device, mask)
         self._prepared = None
 
     def setup(self, total_steps: int) -> None:
         super().setup(total_steps)
+        self.schedule = BudgetSchedule(total_steps, self.warmup_frac, self.final_frac, self.interval,
+                                       self.n_components, self.r0, self.r)
         device = self._A[0].device
-        if self.importance_ema.device != device:
-            self._alloc(device, self.importance_ema, self.mask)
-
-    # --- Eq. 9: the budget schedule ------------------------------------------------------------
-    def schedule(self, step: int) -> tuple[int, int]:
-        """(p, P) for the 1-based ``step``: p = int(step - T*warmup_frac), P = int(T*(1-warmup_frac-final_frac))."""
-        T = self.total_steps
-        return int(step - T * self.warmup_frac), int(T * (1 - self.warmup_frac - self.final_frac))
-
-    def phase(self, step: int) -> str:
-        """What ``after_step(step)`` (1-based) does: "ema" (update S), "prune" (update S, prune), "fixed" (mask)."""
-        p, P = self.schedule(step)
-        if p > P:
-            return "fixed"
-        return "prune" if p >= 0 and (p % self.interval == 0 or p == P) else "ema"
+        if self.importance.ema.device != device:
+            self._alloc(device, self.importance.ema, self.pruning.mask)
 
     def pruning_end_step(self) -> int:
-        """The step where p = P: the last pruning step, after which the code logs 'prune finished'."""
-        return next(s for s in range(1, self.total_steps + 1) if self.schedule(s)[0] >= self.schedule(s)[1])
+        return self.schedule.end_step()
 
-    def is_pruning_step(self, step: int) -> bool:
-        return self.phase(step) == "prune"
-
-    def pruned_fraction(self, step: int) -> float:
-        """((r0 - r) / r0) * (p / P)^3 at a pruning step (Eq. 9)."""
-        p, P = self.schedule(step)
-        ratio = 1.0 if P <= 0 else min(max(p, 0) / P, 1.0)
-        return ((self.r0 - self.r) / self.r0) * ratio ** 3
-
-    def n_pruned(self, step: int) -> int:
-        """k = int(N * fraction); the threshold uses max(k, 1) as the authors' code."""
-        return int(self.n_components * self.pruned_fraction(step))
-
-    # --- Eq. 7-8: importance ---------------------------------------------------------------------
-    def _stacked(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A (R, G, r0, d_in), B (R, G, d_out, r0), c (R, G, r0) of the matrices a..b (one shape group)."""
-        return torch.stack(self._A[a:b], 1), torch.stack(self._B[a:b], 1), torch.stack(self._c[a:b], 1)
-
-    @torch.no_grad()
-    def importance(self) -> torch.Tensor:
-        """s_i = |c_i| ||B_i|| ||A_i|| / (||Delta W||_F + eps) for all N components of every run (Eq. 7): (R, N),
-        batched per shape group over the runs and the group's matrices."""
-        out = []
+    def factor_groups(self, *factors: list[torch.Tensor]):
+        """Per shape group, each of ``factors`` (per-module lists: ``_A``, ``_B``, ``_c``) stacked: (R, G, ...)."""
         for a, b in self._groups:
-            A, B, c = (t.float() for t in self._stacked(a, b))
-            own = c.abs() * A.norm(dim=3) * B.norm(dim=2)  # (R, G, r0)
-            A2, B2 = A.flatten(0, 1), B.flatten(0, 1)
-            gram = (torch.bmm(A2, A2.transpose(1, 2)) * torch.bmm(B2.transpose(1, 2), B2)).view(*own.shape, -1)
-            total = torch.einsum("rgi,rgij,rgj->rg", c, gram, c).clamp_min(0).sqrt()  # ||Delta W||_F
-            out.append((own / (total + self.eps).unsqueeze(-1)).flatten(1))
-        return torch.cat(out, 1)
+            yield tuple(torch.stack(f[a:b], 1) for f in factors)
 
     # --- Eq. 10: DEM --------------------------------------------------------------------------
     def dem(self) -> torch.Tensor:
-        """(sum over modules [sum_i Var(A_i) + sum_i Var(B_i)]) / (n_modules * 2 * r0) per run: (R,)."""
-        total = None
-        for a, b in self._groups:
-            A, B = torch.stack(self._A[a:b], 1), torch.stack(self._B[a:b], 1)
-            v = A.var(dim=3).sum((1, 2)) + B.var(dim=2).sum((1, 2))
-            total = v if total is None else total + v
-        return total / (self.n_modules * 2 * self.r0)
+        return dora_pruning.dem(self.factor_groups(self._A, self._B), self.n_modules, self.r0)
 
     def extra_loss(self, step: int) -> torch.Tensor | None:
         if not self._dem_on(step):
@@ -193,20 +145,19 @@ class DoRA(Method):
 
     def _dem_on(self, step: int) -> bool:
         """DEM for 0-based ``step``: p is the code's, from its 1-based counter of the step being computed."""
-        p, P = self.schedule(step + 1)
-        return self.reg_coef != 0.0 and p <= P
+        return self.reg_coef != 0.0 and self.schedule.pruning(step + 1)
 
-    # --- after each optimizer step: EMA, pruning, fixed mask --------------------------------------
+    # --- after each optimizer step: EMA (Eq. 8), pruning (Eq. 9), fixed mask ----------------------
     def graph_key(self, step: int):
         """CUDA graphs: steps with the same DEM on/off and the same phase replay one graph."""
-        return (self._dem_on(step), self.phase(step + 1))
+        return (self._dem_on(step), self.schedule.phase(step + 1))
 
     def prepare_step(self, step: int) -> None:
         """Host side, before 0-based ``step``: the pruning step's k goes to a device scalar (no sync)."""
         self._prepared = step
         t = step + 1
-        if self.phase(t) == "prune":
-            self._kidx.fill_(max(self.n_pruned(t), 1) - 1)
+        if self.schedule.phase(t) == "prune":
+            self.pruning.set_k(self.schedule.n_pruned(t))
         p, P = self.schedule(t)
         if p >= P:
             self.done = True  # the final mask is made by this step (p = P) or already exists
@@ -215,44 +166,32 @@ class DoRA(Method):
     def after_step(self, step: int) -> None:
         if self._prepared != step - 1:  # called outside the loop (tests): prepare here
             self.prepare_step(step - 1)
-        phase = self.phase(step)
+        phase = self.schedule.phase(step)
         if phase == "fixed":
-            torch._foreach_mul_(self._c, self._keep_views)  # c_i := 0 for masked components
+            self.pruning.apply(self._c)  # c_i := 0 for masked components
             return
-        self.importance_ema.mul_(self.beta).add_(self.importance(), alpha=1 - self.beta)
+        self.importance.update(self.factor_groups(self._A, self._B, self._c))
         if phase == "prune":
-            self._prune()
-
-    @torch.no_grad()
-    def _prune(self) -> None:
-        """c_i := 0 where S_i <= the max(k, 1)-th smallest S of its run (one global threshold per run; k from
-        ``prepare_step``).
-
-        The k-th smallest is read from each run's sorted S at a device index (= torch.kthvalue), so a captured
-        CUDA graph serves every pruning step."""
-        threshold = torch.sort(self.importance_ema, dim=1).values.index_select(1, self._kidx)  # (R, 1)
-        torch.le(self.importance_ema, threshold, out=self.mask)
-        torch.logical_not(self.mask, out=self._keep)  # writes 0./1. into the float buffer
-        torch._foreach_mul_(self._c, self._keep_views)
+            self.pruning.select(self.importance.ema)
+            self.pruning.apply(self._c)
 
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"importance": self.importance_ema, "mask": self.mask,
+        return {"importance": self.importance.ema, "mask": self.pruning.mask,
                 "pruning_done": torch.full((self.runs,), int(self.done), dtype=torch.uint8)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if "importance" in state:
-            self.importance_ema.copy_(state["importance"])
+            self.importance.ema.copy_(state["importance"])
         if "mask" in state:
-            self.mask.copy_(state["mask"].bool())
-            self._keep.copy_((~self.mask).float())
+            self.pruning.load(state["mask"])
         if "pruning_done" in state:
             self.done = bool(state["pruning_done"].any())
 
     # --- results --------------------------------------------------------------------------------
     def surviving(self, k: int = 0) -> list[int]:
         """Run k's components per matrix not masked by the latest pruning step (all r0 before any pruning)."""
-        return (~self.mask[k]).view(self.n_modules, self.r0).sum(1).tolist()
+        return self.pruning.surviving(k)
 
     def _costs(self) -> list[int]:
         return [m.base.in_features + m.base.out_features + 1 for _, m in self.layers]
@@ -292,8 +231,8 @@ class DoRA(Method):
     def scalars(self, step: int, k: int = 0) -> dict[str, float]:
         """The budget Eq. 9 sets after ``step`` steps (components kept: N - k), the components the latest
         pruning left of run k (not masked), and run k's DEM of the current A and B (Eq. 10, before reg_coef)."""
-        budget = self.n_components - int(self.n_components * self.pruned_fraction(step))
-        return {"budget": budget, "surviving": int((~self.mask[k]).sum()), "dem": float(self.dem()[k])}
+        return {"budget": self.schedule.budget(step), "surviving": int((~self.pruning.mask[k]).sum()),
+                "dem": float(self.dem()[k])}
 
     def artifacts(self, run_dir, run: str = "", k: int = 0) -> list[Path]:
         run_dir = Path(run_dir)
