@@ -1,6 +1,7 @@
-"""Write adapters in HF PEFT's LoRA format, loadable with ``peft.PeftModel.from_pretrained``.
+"""Write adapters in HF PEFT's formats (LoRA; AdaLoRA), loadable with ``peft.PeftModel.from_pretrained``.
 
-Used by lora, dora (with per-module ``rank_pattern``/``alpha_pattern``) and dora_wd (``use_dora``).
+Used by lora, dora (with per-module ``rank_pattern``/``alpha_pattern``) and dora_wd (``use_dora``); adalora writes
+PEFT's AdaLoRA format (``save_peft_adalora``).
 ``base_name`` gives the base model an adapter records (``base_model_name_or_path``) so that it loads from any
 directory: a Hub id, an absolute path, or, for a model that exists nowhere else (``model=tiny``, built from a
 config), the base saved beside the adapter (``<adapter>/base_model``).
@@ -68,24 +69,51 @@ def save_peft_lora(out_dir, model, base_name: str, task_type: str, adapters: dic
             tensors[f"base_model.model.{name}.lora_magnitude_vector"] = a["magnitude"].detach().float().contiguous()
         ranks[name] = int(A.shape[0])
         alphas[name] = float(a["alpha"])
-    if head is None:
-        head = {n: p for n, p in model.named_parameters() if is_head(n)}
-    for n, p in head.items():
-        tensors[f"base_model.model.{n}"] = p.detach().float().contiguous().clone()
+    tensors.update(_head_tensors(model, head))
     ranks_used = sorted(set(ranks.values())) or [0]
     r_default = max(ranks_used)
     config = {
         "peft_type": "LORA", "task_type": TASK_TYPES[task_type], "base_model_name_or_path": base_name,
         "r": r_default, "lora_alpha": alphas[next(iter(alphas))] if alphas else 8,
         "target_modules": sorted(adapters), "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
-        "modules_to_save": [p for p in HEAD_PREFIXES if any(n.startswith(p + ".") for n, _ in model.named_parameters())],
-        "rank_pattern": ranks, "alpha_pattern": alphas,
+        "modules_to_save": _modules_to_save(model), "rank_pattern": ranks, "alpha_pattern": alphas,
         "use_dora": use_dora, "use_rslora": False, "init_lora_weights": True, "inference_mode": True,
     }
     # PEFT rejects rank 0: a module whose components were all pruned is simply not targeted.
     save_tensors(tensors, out / "adapter_model.safetensors")
     atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2))
     return out
+
+
+def save_peft_adalora(out_dir, model, base_name: str, task_type: str, adapters: dict[str, dict], config: dict,
+                      head: dict | None = None) -> Path:
+    """PEFT's AdaLoRA format: ``adapters[module_name] = {"A": Q (r, d_in), "E": lambda (r, 1), "B": P (d_out, r)}``
+    holding the surviving triplets, ``config`` the ``AdaLoraConfig`` fields of the method (``init_r``, ``target_r``,
+    ``lora_alpha``, the schedule, ``rank_pattern``: ``{"<module>.lora_E": [kept] * init_r}`` or None), ``head`` as
+    ``save_peft_lora``'s."""
+    from peft import AdaLoraConfig
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"base_model.model.{name}.lora_{key}": a[key].detach().float().cpu().contiguous()
+               for name, a in adapters.items() for key in ("A", "E", "B")}
+    tensors.update(_head_tensors(model, head))
+    AdaLoraConfig(task_type=TASK_TYPES[task_type], base_model_name_or_path=base_name or None,
+                  target_modules=list(adapters), lora_dropout=0.0, inference_mode=True,
+                  modules_to_save=_modules_to_save(model), **config).save_pretrained(str(out))
+    save_tensors(tensors, out / "adapter_model.safetensors")
+    return out
+
+
+def _head_tensors(model, head: dict | None) -> dict[str, torch.Tensor]:
+    """The task head's tensors under PEFT's names (``head``: one run's; default: the model's own)."""
+    if head is None:
+        head = {n: p for n, p in model.named_parameters() if is_head(n)}
+    return {f"base_model.model.{n}": p.detach().float().cpu().contiguous().clone() for n, p in head.items()}
+
+
+def _modules_to_save(model) -> list[str]:
+    return [p for p in HEAD_PREFIXES if any(n.startswith(p + ".") for n, _ in model.named_parameters())]
 
 
 @torch.no_grad()

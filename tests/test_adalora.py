@@ -56,7 +56,7 @@ def _peft_pair():
     m = _method()
     m.wrap(ours)
     m.setup(T)
-    assert (m.init_r, m.target_r, m.tinit, m.tfinal, m.deltaT) == (R0, R, TINIT, TFINAL, DELTA_T)
+    assert (m.init_r, m.target_r, m.schedule.tinit, m.schedule.tfinal, m.deltaT) == (R0, R, TINIT, TFINAL, DELTA_T)
     pcfg = AdaLoraConfig(init_r=R0, target_r=R, tinit=TINIT, tfinal=TFINAL, deltaT=DELTA_T, beta1=0.85, beta2=0.85,
                          orth_reg_weight=0.1, total_step=T, lora_alpha=8, lora_dropout=0.0, task_type="SEQ_CLS",
                          target_modules=[t.name for t in m.targets])
@@ -79,7 +79,7 @@ def _peft_pair():
 def test_equals_peft_step_by_step():
     m, ours, pm, pairs = _peft_pair()
     alloc = pm.base_model.rankallocator
-    assert [m.budget_schedule(s) for s in range(T)] == [alloc.budget_schedule(s) for s in range(T)]
+    assert [m.schedule(s) for s in range(T)] == [alloc.budget_schedule(s) for s in range(T)]
     opt_o = torch.optim.AdamW([a for a, _ in pairs], lr=1e-2, weight_decay=0.01)
     opt_p = torch.optim.AdamW([b for _, b in pairs], lr=1e-2, weight_decay=0.01)
     ours.train(), pm.train()
@@ -101,13 +101,13 @@ def test_equals_peft_step_by_step():
         m.before_zero_grad(step)
         pm.base_model.update_and_allocate(step)
         if 0 < step < T - TFINAL:  # the importance EMAs agree (PEFT resets them at T - tfinal)
-            where = {id(p): i for i, p in enumerate(m.params)}
+            where = {id(p): i for i, p in enumerate(m.allocator.params)}
             for t, layer in m.layers:
                 for k in ("lora_A", "lora_E", "lora_B"):
                     name = f"{t.name}.{k}.default"
                     i = where[id(getattr(layer, k))]
-                    assert torch.allclose(m.ema["ipt"][i][0], alloc.exp_avg_ipt[name], rtol=1e-4, atol=1e-9)
-                    assert torch.allclose(m.ema["unc"][i][0], alloc.exp_avg_unc[name], rtol=1e-4, atol=1e-9)
+                    assert torch.allclose(m.allocator.ema["ipt"][i][0], alloc.exp_avg_ipt[name], rtol=1e-4, atol=1e-9)
+                    assert torch.allclose(m.allocator.ema["unc"][i][0], alloc.exp_avg_unc[name], rtol=1e-4, atol=1e-9)
         zo = [e[0] == 0 for e in E_o]
         zp = [e == 0 for e in E_p]
         assert all(torch.equal(a, b) for a, b in zip(zo, zp)), f"masks differ at step {step}"
@@ -119,7 +119,7 @@ def test_equals_peft_step_by_step():
         assert (m.graph_key(step) == "eager") == changed, step  # CUDA graphs: masking steps run eagerly
         if pattern is not None:
             theirs = [pattern[f"{t.name}.lora_E.default"] for t in m.targets]
-            assert m.keep[:, 0].view(m.n, R0).bool().tolist() == theirs, step
+            assert m.allocator.keep[:, 0].view(m.n, R0).bool().tolist() == theirs, step
         opt_o.zero_grad(), opt_p.zero_grad()
     # the three phases happened: nothing masked in warm-up, growing masks, then exactly n (r0 - r) fixed
     assert masked_counts[:TINIT + 1] == [0] * (TINIT + 1)
@@ -133,7 +133,7 @@ def test_equals_peft_step_by_step():
     counts = m.param_counts()
     sizes = [layer.lora_A.shape[2] + layer.lora_B.shape[1] + 1 for _, layer in m.layers]
     assert counts["adapter"] == sum(r * s for r, s in zip(ranks, sizes))
-    assert counts["adapter_initial"] == R0 * sum(sizes) == sum(p.numel() for p in m.params)
+    assert counts["adapter_initial"] == R0 * sum(sizes) == sum(p.numel() for p in m.allocator.params)
     s = m.summary()
     assert s["final_pattern_fixed"] and s["rank_map"]["rows"] == list(MATRIX_TYPES) and s["rank_map"]["cols"] == ["0", "1"]
     assert sorted(c for row in s["rank_map"]["counts"] for c in row) == sorted(ranks)
@@ -166,12 +166,12 @@ def test_resume_mid_pruning_through_a_checkpoint_matches_uninterrupted(tmp_path)
         model, m, opt, sched = fresh(0)
         _train(m, model, batches[:14], 0, opt)  # into the budgeting phase: some lambdas are masked
         if interrupted:
-            assert 0 < int((m.keep == 0).sum()) < m.n * (R0 - R)
+            assert 0 < int((m.allocator.keep == 0).sum()) < m.n * (R0 - R)
             checkpoint.save(tmp_path, params=m.run_params(0), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                             method=m.run_state_dict(0), epoch=1, step=14, history=[], fingerprint="f")
             model, m, opt, sched = fresh(0)  # the loop rebuilds the same backbone from the seed
             with torch.no_grad():  # other adapter weights, until the checkpoint is loaded
-                torch._foreach_add_(m.params, [torch.randn_like(p) for p in m.params])
+                torch._foreach_add_(m.allocator.params, [torch.randn_like(p) for p in m.allocator.params])
             got = checkpoint.load(checkpoint.read_state(tmp_path, "f"), device=torch.device("cpu"))
             with torch.no_grad():
                 for name, p in m.run_params(0).items():
@@ -179,7 +179,7 @@ def test_resume_mid_pruning_through_a_checkpoint_matches_uninterrupted(tmp_path)
             opt.load_state_dict(got.optimizer)
             m.load_run_state_dict(0, got.method)
         _train(m, model, batches[14:], 14, opt)
-        runs.append((m.keep.clone(), [p.detach().clone() for p in m.params]))
+        runs.append((m.allocator.keep.clone(), [p.detach().clone() for p in m.allocator.params]))
     assert torch.equal(runs[0][0], runs[1][0])
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
 

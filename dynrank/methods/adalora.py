@@ -15,18 +15,25 @@ has the details and the parameter counts. Per run (the leading run dimension of 
   re-applied after every later step. It runs in ``before_zero_grad`` (after the optimizer and scheduler steps, before
   zero_grad), where PEFT's ``update_and_allocate`` sits: this step's clipped gradients, the updated weights.
 
+The importance, the schedule and the masking (Sec. 3.2-3.3) are the plain tensor objects of ``adalora_allocator``
+(``BudgetSchedule``, ``RankAllocator``); the class here builds the layers, adds the regulariser and wires the allocator
+into its hooks. The rank map is ``rankmap.build_rank_map``'s, the export ``export.save_peft_adalora``'s.
+
 Deviation: PEFT crashes (``kthvalue`` with k = 0) when r0 == budget.r; here nothing is masked then.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..config import initial_budget
 from ..errors import ConfigError
-from ..models import MATRIX_TYPES
+from ..export import save_peft_adalora
+from ..rankmap import build_rank_map, draw_rank_map
+from ..results import write_json
+from .adalora_allocator import BudgetSchedule, RankAllocator, shape_groups
 from .base import Method, freeze_all_but_head, replace_targets
 from .layers import LowRankLinear, init_slice, normal
 
@@ -56,19 +63,6 @@ class SVDLinear(LowRankLinear):
             self.lora_E[k].zero_()
 
 
-def rank_map(targets, counts) -> dict:
-    """Surviving ranks per (matrix type, layer): Figure 2's layout, rows in MATRIX_TYPES order (then BART's
-    cross-attention types), columns the layer labels in model order; ``None`` where a matrix is not adapted."""
-    types = list(MATRIX_TYPES) + ["cross_" + m for m in MATRIX_TYPES]
-    present = {t.matrix_type for t in targets}
-    rows = [m for m in types if m in present] + sorted(present - set(types))
-    cols = list(OrderedDict.fromkeys(t.layer for t in targets))
-    grid = [[None] * len(cols) for _ in rows]
-    for t, c in zip(targets, counts):
-        grid[rows.index(t.matrix_type)][cols.index(t.layer)] = int(c)
-    return {"rows": rows, "cols": cols, "counts": grid}
-
-
 class AdaLoRA(Method):
     name = "adalora"
 
@@ -89,54 +83,27 @@ class AdaLoRA(Method):
         self.n = len(self.modules)
         self.init_bgt = self.init_r * self.n  # PEFT RankAllocator.init_bgt
         self.target_bgt = self.target_r * self.n  # PEFT RankAllocator.target_bgt
-        # shape groups: Q (lora_A) by d_in, P (lora_B) by d_out
-        self.groups_A = self._group(lambda m: m.lora_A.shape[2])
-        self.groups_B = self._group(lambda m: m.lora_B.shape[1])
+        # shape groups of the orthogonal regulariser: Q (lora_A) by d_in, P (lora_B) by d_out
+        self.groups_A = shape_groups([m.lora_A for m in self.modules], 2)
+        self.groups_B = shape_groups([m.lora_B for m in self.modules], 1)
         self.finish_wrap(model)
-        self._ready = False
+        self.schedule = self.allocator = None  # (setup: the step count)
         return model
 
-    def _group(self, key) -> list[tuple[int, list[int]]]:
-        g: dict[int, list[int]] = {}
-        for i, m in enumerate(self.modules):
-            g.setdefault(int(key(m)), []).append(i)
-        return sorted(g.items())
-
     def setup(self, total_steps: int) -> None:
-        """Schedule (PEFT total_step, tinit, tfinal) and the device state: EMA banks and the mask, per run."""
+        """Schedule (PEFT total_step, tinit, tfinal) and the rank allocator's device state, per run."""
         super().setup(total_steps)
         T = int(total_steps)
-        self.tinit = int(float(self.cfg.tinit_fraction) * T)
-        self.tfinal = int(float(self.cfg.tfinal_fraction) * T)
-        if T < 1 or self.tinit >= T - self.tfinal:
-            raise ConfigError(f"AdaLoRA schedule leaves no budgeting phase: tinit={self.tinit}, tfinal={self.tfinal}, "
+        tinit = int(float(self.cfg.tinit_fraction) * T)
+        tfinal = int(float(self.cfg.tfinal_fraction) * T)
+        if T < 1 or tinit >= T - tfinal:
+            raise ConfigError(f"AdaLoRA schedule leaves no budgeting phase: tinit={tinit}, tfinal={tfinal}, "
                               f"T={T} steps; lower method.tinit_fraction / method.tfinal_fraction or train longer")
-        dev, R = self.modules[0].lora_A.device, self.runs
-        self.params_E = [m.lora_E for m in self.modules]
-        self.params_A = [self.modules[i].lora_A for _, idx in self.groups_A for i in idx]
-        self.params_B = [self.modules[i].lora_B for _, idx in self.groups_B for i in idx]
-        self.params = self.params_A + self.params_E + self.params_B
-        # EMA banks (sensitivity Ibar and uncertainty U) with the module first, then the run: E (n, R, r0, 1);
-        # Q per d_in group (G, R, r0, d_in); P per d_out group (G, R, d_out, r0); bank[i] is module i's (R, ...)
-        self.bank = {}
-        for kind in ("ipt", "unc"):
-            self.bank[f"{kind}_E"] = torch.zeros(self.n, R, self.init_r, 1, device=dev)
-            for d, idx in self.groups_A:
-                self.bank[f"{kind}_A{d}"] = torch.zeros(len(idx), R, self.init_r, d, device=dev)
-            for d, idx in self.groups_B:
-                self.bank[f"{kind}_B{d}"] = torch.zeros(len(idx), R, d, self.init_r, device=dev)
-        self.ema = {kind: [v for d, _ in self.groups_A for v in self.bank[f"{kind}_A{d}"].unbind(0)]
-                    + list(self.bank[f"{kind}_E"].unbind(0))
-                    + [v for d, _ in self.groups_B for v in self.bank[f"{kind}_B{d}"].unbind(0)]
-                    for kind in ("ipt", "unc")}
-        self.idx_A = [torch.tensor(idx, device=dev) for _, idx in self.groups_A]
-        self.idx_B = [torch.tensor(idx, device=dev) for _, idx in self.groups_B]
-        # keep[i, k, j] = 1: triplet j of module i survives run k's latest masking (fp32, multiplied into lambda)
-        self.keep = torch.ones(self.n, R, self.init_r, 1, device=dev)
-        self.keep_views = list(self.keep.unbind(0))
-        self.fixed = torch.zeros((), device=dev)  # 1 once the final rank pattern is set (t == T - tfinal)
-        self.eye = torch.eye(self.init_r, device=dev)
-        self._ready = True
+        self.schedule = BudgetSchedule(T, tinit, tfinal, self.deltaT, self.init_bgt, self.target_bgt)
+        self.allocator = RankAllocator(self.schedule, [m.lora_A for m in self.modules],
+                                       [m.lora_E for m in self.modules], [m.lora_B for m in self.modules],
+                                       self.beta1, self.beta2)
+        self.eye = torch.eye(self.init_r, device=self.modules[0].lora_A.device)
 
     # --- the orthogonal regulariser -----------------------------------------------------------------
     def extra_loss(self, step: int):
@@ -157,116 +124,51 @@ class AdaLoRA(Method):
                                                          dim=(1, 2)).view(self.runs, -1).sum(1)
             return self.orth_reg_weight * (total / (2 * self.n))
 
-    # --- the budget ---------------------------------------------------------------------------------
-    def budget_schedule(self, step: int) -> tuple[int, bool]:
-        """PEFT ``RankAllocator.budget_schedule``: (total rank budget, whether to mask) at step index ``step``."""
-        T, tinit, tfinal = self.total_steps, self.tinit, self.tfinal
-        if step <= tinit:
-            return self.init_bgt, False
-        if step > T - tfinal:
-            return self.target_bgt, True
-        mul_coeff = 1 - (step - tinit) / (T - tfinal - tinit)
-        return int((self.init_bgt - self.target_bgt) * (mul_coeff ** 3) + self.target_bgt), step % self.deltaT == 0
-
+    # --- the budget (Sec. 3.2-3.3: ``adalora_allocator``) --------------------------------------------------
     def pruning_end_step(self) -> int:
         """The rank pattern is final after the step of index T - tfinal (0-based), i.e. T - tfinal + 1 steps done."""
-        return self.total_steps - self.tfinal + 1
+        return self.schedule.boundary + 1
 
     def graph_key(self, step: int):
         """CUDA graphs (train.cuda_graphs): steps that only update the importance share one graph, the fixed
         phase another; masking steps (a new k every time) and the finalising step run eagerly ("eager" is
         base.EAGER)."""
-        boundary = self.total_steps - self.tfinal
+        boundary = self.schedule.boundary
         if step < boundary:
-            return "eager" if self.budget_schedule(step)[1] else "importance"
+            return "eager" if self.schedule(step)[1] else "importance"
         return "eager" if step == boundary else "fixed"
 
-    @torch.no_grad()
     def before_zero_grad(self, step: int) -> None:
         """PEFT ``AdaLoraModel.update_and_allocate(step)``; ``step`` = index of the optimizer step just taken."""
-        boundary = self.total_steps - self.tfinal
-        if step < boundary:
-            self._update_importance()
-            budget, mask_ind = self.budget_schedule(step)
-            if mask_ind:
-                self._mask_to_budget(budget)
-        elif step == boundary:  # finalise the rank pattern
-            self._mask_to_budget(self.target_bgt)
-            self.fixed.fill_(1.0)
-            for v in self.bank.values():  # PEFT reset_ipt
-                v.zero_()
-        else:  # mask_using_rank_pattern
-            torch._foreach_mul_(self.params_E, self.keep_views)
-
-    def _update_importance(self) -> None:
-        """I = |w * grad|; Ibar = b1 Ibar + (1 - b1) I; U = b2 U + (1 - b2) |I - Ibar| (PEFT update_ipt)."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        ipt = torch._foreach_mul(self.params, grads)
-        torch._foreach_abs_(ipt)
-        avg, unc = self.ema["ipt"], self.ema["unc"]
-        torch._foreach_mul_(avg, self.beta1)
-        torch._foreach_add_(avg, torch._foreach_mul(ipt, 1 - self.beta1))
-        dev = torch._foreach_sub(ipt, avg)
-        torch._foreach_abs_(dev)
-        torch._foreach_mul_(dev, 1 - self.beta2)
-        torch._foreach_mul_(unc, self.beta2)
-        torch._foreach_add_(unc, dev)
-
-    def scores(self) -> torch.Tensor:
-        """(n, R, r0): S_i = s(lambda_i) + (mean_j s(Q_ij) + mean_j s(P_ji)), s = Ibar * U (PEFT mask_to_budget)."""
-        b = self.bank
-        s_E = (b["ipt_E"] * b["unc_E"]).squeeze(-1)
-        s_A = torch.empty_like(s_E)
-        s_B = torch.empty_like(s_E)
-        for (d, _), idx in zip(self.groups_A, self.idx_A):
-            s_A[idx] = (b[f"ipt_A{d}"] * b[f"unc_A{d}"]).mean(dim=3)
-        for (d, _), idx in zip(self.groups_B, self.idx_B):
-            s_B[idx] = (b[f"ipt_B{d}"] * b[f"unc_B{d}"]).mean(dim=2)
-        return s_E + (s_A + s_B)
-
-    def _mask_to_budget(self, budget: int) -> None:
-        """Each run keeps its triplets scoring above its own (init_bgt - budget)-th smallest score."""
-        k = self.init_bgt - budget
-        if k <= 0:  # r0 == target rank: nothing to prune (PEFT's kthvalue would fail here)
-            return
-        s = self.scores()  # (n, R, r0)
-        threshold = torch.kthvalue(s.transpose(0, 1).reshape(self.runs, -1), k, dim=1).values  # stays on the device
-        self.keep.copy_((s > threshold.view(1, -1, 1)).unsqueeze(-1))
-        torch._foreach_mul_(self.params_E, self.keep_views)
+        self.allocator.update_and_allocate(step)
 
     # --- state, summary, counts ---------------------------------------------------------------------
     def run_state_dict(self, k: int):
-        if not self._ready:
-            return {}
-        return {**{f"ema.{name}": v[:, k] for name, v in self.bank.items()}, "keep": self.keep[:, k],
-                "fixed": self.fixed}
+        return self.allocator.state(k) if self.allocator is not None else {}
 
-    @torch.no_grad()
     def load_run_state_dict(self, k: int, state):
-        if not state:
-            return
-        for name, v in self.bank.items():
-            v[:, k].copy_(state[f"ema.{name}"])
-        self.keep[:, k].copy_(state["keep"])
-        self.fixed.copy_(state["fixed"])
+        if state:
+            self.allocator.load(k, state)
 
     def ranks(self, k: int = 0) -> list[int]:
-        """Run k's surviving triplets per module (the latest mask; the final one once ``fixed``)."""
-        if not self._ready:
-            return [self.init_r] * self.n
-        return [int(c) for c in self.keep[:, k].sum(dim=(1, 2)).round().tolist()]
+        """Run k's surviving triplets per module (the latest mask; the final one once fixed)."""
+        return self.allocator.ranks(k) if self.allocator is not None else [self.init_r] * self.n
+
+    def fixed(self) -> bool:
+        """The final rank pattern is set (t = T - tfinal has been taken)."""
+        return self.allocator is not None and self.allocator.is_fixed()
 
     def summary(self, k: int = 0) -> dict:
         ranks = self.ranks(k)
-        fixed = bool(self._ready and self.fixed.item() > 0)
+        fixed = self.fixed()
         return {
-            "rank_map": rank_map(self.targets, ranks),
+            "rank_map": build_rank_map((t.matrix_type, t.layer, r) for t, r in zip(self.targets, ranks)),
             "rank_pattern": {t.name: r for t, r in zip(self.targets, ranks)},
             "final_pattern_fixed": fixed,
             "initial_rank": self.init_r, "target_rank": self.target_r,
             "budget": {"initial": self.init_bgt, "target": self.target_bgt, "surviving": sum(ranks)},
-            "schedule": {"total_step": self.total_steps, "tinit": getattr(self, "tinit", None),
-                         "tfinal": getattr(self, "tfinal", None), "deltaT": self.deltaT},
+            "schedule": {"total_step": self.total_steps, "tinit": getattr(self.schedule, "tinit", None),
+                         "tfinal": getattr(self.schedule, "tfinal", None), "deltaT": self.deltaT},
             "orth_reg_weight": self.orth_reg_weight,
             "params": self.param_counts(k),
         }
@@ -275,34 +177,25 @@ class AdaLoRA(Method):
     def scalars(self, step: int, k: int = 0) -> dict[str, float]:
         """The total rank budget the schedule sets after ``step`` steps (PEFT's ``budget_schedule`` of the step
         index step - 1), the triplets run k's latest mask keeps, and its orthogonal regulariser (before its weight)."""
-        if not self._ready:
+        if self.allocator is None:
             return {}
         reg = self.extra_loss(step - 1)
-        out = {"budget": self.budget_schedule(step - 1)[0], "surviving": int(self.keep[:, k].sum())}
+        out = {"budget": self.schedule(step - 1)[0], "surviving": int(self.allocator.keep[:, k].sum())}
         if reg is not None and self.orth_reg_weight:
             out["orth_reg"] = float(reg[k]) / self.orth_reg_weight
         return out
 
     def artifacts(self, run_dir, run: str = "", k: int = 0):
-        """``rank_map.json`` (the final rank pattern) and, where ``dynrank.rankmap`` exists, ``rank_map.png``
-        drawn like the paper's Figure 2 (the same drawing as dora's, for side-by-side comparison)."""
-        from pathlib import Path
-
-        from ..results import write_json
-
+        """``rank_map.json`` (the final rank pattern) and ``rank_map.png`` drawn like the paper's Figure 2 (the same
+        drawing as dora's, for side-by-side comparison)."""
         run_dir = Path(run_dir)
         s = self.summary(k)
         write_json(run_dir / "rank_map.json", {key: s[key] for key in ("rank_map", "rank_pattern", "final_pattern_fixed",
                                                                       "initial_rank", "target_rank", "budget")})
-        out = [run_dir / "rank_map.json"]
-        try:
-            from ..rankmap import draw_rank_map
-        except ImportError:  # the drawing helper is optional here
-            return out
         title = (f"AdaLoRA{' on ' + run if run else ''}\nsurviving triplets (r0={self.init_r} -> r={self.target_r}), "
                  f"mean {s['budget']['surviving'] / self.n:.2f} per matrix")
-        out.append(draw_rank_map(s["rank_map"], run_dir / "rank_map.png", title=title, vmax=self.init_r))
-        return out
+        png = draw_rank_map(s["rank_map"], run_dir / "rank_map.png", title=title, vmax=self.init_r)
+        return [run_dir / "rank_map.json", png]
 
     def param_counts(self, k: int = 0) -> dict[str, int]:
         """Paper convention (AdaLoRA's Table 1, copied by DoRA's Table 2): a surviving triplet costs
@@ -312,53 +205,32 @@ class AdaLoRA(Method):
         sizes = [m.lora_A.shape[2] + m.lora_B.shape[1] + 1 for m in self.modules]
         initial = self.init_r * sum(sizes)
         uniform = self.target_r * sum(sizes)
-        fixed = self._ready and self.fixed.item() > 0
+        fixed = self.fixed()
         final = sum(r * s for r, s in zip(self.ranks(k), sizes)) if fixed else uniform
         head = base["head"]
         return {"adapter": final, "adapter_initial": initial, "adapter_uniform": uniform, "head": head,
                 "trainable": final + head, "trainable_initial": base["adapter"] + head, "total": base["total"]}
 
     # --- export ----------------------------------------------------------------------------------------
+    @torch.no_grad()
     def export(self, out_dir, base_name: str = "", task_type: str = "seq_cls", k: int = 0):
         """Run k as a PEFT AdaLoRA adapter (``PeftModel.from_pretrained`` loads it): the surviving triplets of the
         final rank pattern (``rank_pattern`` in the config; all r0 triplets while no final pattern exists) and the
         head."""
-        from pathlib import Path
-
-        from peft import AdaLoraConfig
-
-        from ..export import TASK_TYPES
-        from ..models import HEAD_PREFIXES
-        from ..results import save_tensors
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        fixed = self._ready and self.fixed.item() > 0
-        keep = (self.keep[:, k].view(self.n, self.init_r).bool().cpu() if fixed
+        fixed = self.fixed()
+        keep = (self.allocator.keep[:, k].view(self.n, self.init_r).bool().cpu() if fixed
                 else torch.ones(self.n, self.init_r, dtype=torch.bool))
-        tensors, pattern = {}, {}
+        adapters = {}
         for (t, m), kept in zip(self.layers, keep):
-            pre = f"base_model.model.{t.name}"
-            kept_dev = kept.to(m.lora_A.device)
-            tensors[f"{pre}.lora_A"] = m.lora_A[k].detach()[kept_dev].float().cpu().contiguous()
-            tensors[f"{pre}.lora_E"] = m.lora_E[k].detach()[kept_dev].float().cpu().contiguous()
-            tensors[f"{pre}.lora_B"] = m.lora_B[k].detach()[:, kept_dev].float().cpu().contiguous()
-            pattern[f"{t.name}.lora_E"] = kept.tolist()
-        for n, p in self.head(k).items():
-            tensors[f"base_model.model.{n}"] = p.detach().float().cpu().contiguous().clone()
-        T = max(int(self.total_steps), 1)
-        config = AdaLoraConfig(
-            task_type=TASK_TYPES[task_type], base_model_name_or_path=base_name or None,
-            target_modules=[t.name for t in self.targets], init_r=self.init_r, target_r=self.target_r,
-            lora_alpha=self.modules[0].lora_alpha, lora_dropout=0.0,
-            tinit=getattr(self, "tinit", 0), tfinal=getattr(self, "tfinal", 0), deltaT=self.deltaT,
-            beta1=self.beta1, beta2=self.beta2, orth_reg_weight=self.orth_reg_weight, total_step=T,
-            rank_pattern=pattern if fixed else None, inference_mode=True,
-            modules_to_save=[p for p in HEAD_PREFIXES if any(n.startswith(p + ".") for n, _ in self.model.named_parameters())],
-        )
-        config.save_pretrained(str(out))
-        save_tensors(tensors, out / "adapter_model.safetensors")
-        return out
+            on = kept.to(m.lora_A.device)
+            adapters[t.name] = {"A": m.lora_A[k][on], "E": m.lora_E[k][on], "B": m.lora_B[k][:, on]}
+        config = dict(init_r=self.init_r, target_r=self.target_r, lora_alpha=self.modules[0].lora_alpha,
+                      tinit=getattr(self.schedule, "tinit", 0), tfinal=getattr(self.schedule, "tfinal", 0),
+                      deltaT=self.deltaT, beta1=self.beta1, beta2=self.beta2, orth_reg_weight=self.orth_reg_weight,
+                      total_step=max(int(self.total_steps), 1),
+                      rank_pattern={f"{t.name}.lora_E": kept.tolist() for t, kept in zip(self.targets, keep)}
+                      if fixed else None)
+        return save_peft_adalora(out_dir, self.model, base_name, task_type, adapters, config, head=self.head(k))
 
 
 METHOD = AdaLoRA
