@@ -52,10 +52,11 @@ class Extend(Resume):
 @dataclass(frozen=True)
 class Finished:
     """Done: its results (``results``, from its results file) are left as they are; ``export``: its adapter is asked
-    for (``train.export=true``) and not there yet, so it is exported from the final checkpoint."""
+    for (``train.export=true``) and not there yet, so it is exported from this final checkpoint (None: nothing to
+    export)."""
 
     results: dict = field(default_factory=dict)
-    export: bool = False
+    export: checkpoint.State | None = None
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,12 @@ Decision = Fresh | Resume | Extend | Finished | Diverged
 
 
 def plan(cfg, run_id: str, state: checkpoint.State | None, results: tuple[int, dict], *, diverged: str | None = None,
-         data: dict | None = None, has_adapter: bool = False, has_checkpoint: bool = False,
-         where: str = "results.json") -> Decision:
+         data: dict | None = None, has_adapter: bool = False, where: str = "results.json") -> Decision:
     """What this command does with the run ``run_id`` of ``cfg``, from what was read of its directory: ``state`` (its
     checkpoint's, checked against this config; None: none, or ``train.resume=false``), ``results`` (its results
     file's ``(epochs done, contents)``, ``results.read_results``; ``where``: that file, named in errors),
     ``diverged`` (an earlier attempt's account, ``diverged.json``), ``data`` (the data identity it trains on now),
-    whether its adapter and a checkpoint exist. No file is read or written here: a configuration that cannot go on
+    whether its adapter exists. No file is read or written here: a configuration that cannot go on
     is a ``TrainingError`` saying what to do.
 
     A finished run (its results file, and a checkpoint at its last epoch made with this config and on this data, or
@@ -93,7 +93,7 @@ def plan(cfg, run_id: str, state: checkpoint.State | None, results: tuple[int, d
         if done != epochs or finished.get("run_id") != run_id:
             return Fresh()
         checkpoint.check_data(where, finished.get("data"), data)
-        return _finished(cfg, finished, has_adapter, has_checkpoint, where)
+        return _finished(cfg, finished, state, has_adapter, where)
     path = state.path
     if state.epoch > epochs:
         raise TrainingError(f"the checkpoint in {path} has trained {state.epoch} epochs, more than "
@@ -111,18 +111,18 @@ def plan(cfg, run_id: str, state: checkpoint.State | None, results: tuple[int, d
     if state.epoch < epochs or done != state.epoch or finished.get("run_id") != run_id:
         return Extend(state) if planned is not None and planned != epochs else Resume(state)
     checkpoint.check_data(f"the checkpoint in {path}", state.data, data)
-    return _finished(cfg, finished, has_adapter, has_checkpoint, where)
+    return _finished(cfg, finished, state, has_adapter, where)
 
 
-def _finished(cfg, results: dict, has_adapter: bool, has_checkpoint: bool, where: str) -> Finished:
+def _finished(cfg, results: dict, state: checkpoint.State | None, has_adapter: bool, where: str) -> Finished:
     """Finished; with ``train.export=true`` and no adapter yet, its adapter is to be exported from its final
-    checkpoint (refused where none was kept)."""
+    checkpoint ``state`` (refused where none was kept)."""
     if not cfg.train.get("export") or has_adapter:
         return Finished(results)
-    if not has_checkpoint:
+    if state is None:
         raise TrainingError(f"{where} is of a run that kept no checkpoint (train.keep_checkpoint=none): there is no "
                             "adapter to export; add train.resume=false to train it again with train.export=true")
-    return Finished(results, export=True)
+    return Finished(results, export=state)
 
 
 def _check_extended(state: checkpoint.State, epochs: int, extend: bool) -> None:
@@ -220,8 +220,7 @@ class Run:
                 state = checkpoint.read_state(self.run_dir, self.fp, self.key)
         self.decision = d = plan(self.cfg, self.id, state, read_results(results), diverged=why,
                                  data=None if why else self.data().identity,
-                                 has_adapter=(self.run_dir / "adapter").exists(),
-                                 has_checkpoint=checkpoint.exists(self.run_dir), where=str(results))
+                                 has_adapter=(self.run_dir / "adapter").exists(), where=str(results))
         if isinstance(d, Diverged):
             self.skip, self.failed = True, d.why
             log.warning("%s: %s", self.run_dir, self.failed)
@@ -320,8 +319,10 @@ class Run:
             return False
 
     def _left_as_it_is(self, d: Finished) -> None:
-        """A finished run: skipped, its results copied to this command's results store if it lacks them."""
-        self.skip, self.results, self.export_only = True, d.results, d.export
+        """A finished run: skipped, its results copied to this command's results store if it lacks them; its adapter
+        to export (``export_only``) from its final checkpoint (``state``)."""
+        self.skip, self.results, self.export_only = True, d.results, d.export is not None
+        self.state = d.export
         if read_results(self.out_path)[0] != d.results["final"]["epoch"]:  # another results store gets its copy
             write_json(self.out_path, self.results)
         results = self.run_dir / "results.json"

@@ -58,7 +58,7 @@ def test_from_a_checkpoint_resume_extend_or_finished():
     last = state(3)
     assert plan(cfg(), RUN, last, NONE, data=DATA) == Resume(last)  # no results yet: finishing writes them
     assert plan(cfg(), RUN, last, results(3, run_id="other"), data=DATA) == Resume(last)
-    assert plan(cfg(), RUN, last, results(3), data=DATA, has_checkpoint=True) == Finished(results(3)[1])
+    assert plan(cfg(), RUN, last, results(3), data=DATA) == Finished(results(3)[1])
     shorter = state(2, planned=2)
     got = plan(cfg(extend=True), RUN, shorter, results(2), data=DATA)
     assert got == Extend(shorter) and isinstance(got, Resume)  # the trainer resumes it, then extends the schedules
@@ -68,10 +68,8 @@ def test_from_a_checkpoint_resume_extend_or_finished():
 
 def test_finished_run_asked_for_its_adapter():
     last = state(3)
-    assert plan(cfg(export=True), RUN, last, results(3), data=DATA, has_checkpoint=True) == Finished(
-        results(3)[1], export=True)
-    assert plan(cfg(export=True), RUN, last, results(3), data=DATA, has_checkpoint=True,
-                has_adapter=True) == Finished(results(3)[1])
+    assert plan(cfg(export=True), RUN, last, results(3), data=DATA) == Finished(results(3)[1], export=last)
+    assert plan(cfg(export=True), RUN, last, results(3), data=DATA, has_adapter=True) == Finished(results(3)[1])
     with pytest.raises(TrainingError, match="kept no checkpoint.*train.resume=false"):
         plan(cfg(export=True), RUN, None, results(3), data=DATA, where="run/results.json")
 
