@@ -177,7 +177,7 @@ class RunResults:
                                                # DyLoRA's per rank); not in the file when it has none
     export_dir: str | None = None              # the exported adapter's directory (train.export=true); not in the
                                                # file otherwise
-    other: dict = field(default_factory=dict, compare=False)  # keys of the file this code does not know, as read
+    other: dict = field(default_factory=dict)  # keys of the file this code does not know, as read
     keys: tuple | None = field(default=None, compare=False, repr=False)  # the file's keys in its order (None: a
                                                                           # record built here, ``FIELDS``' order)
 
@@ -252,37 +252,37 @@ KINDS = {"seed": (int, "an integer"), "model": (str, "a string"), "task": (str, 
          "method": (str, "a string"), "budget": (str, "a string")}  # what each part of a run's place must be
 
 
-def recorded_lr(run: dict):
-    """The learning rate a results file records: ``results["lr"]``; older files: the resolved ``config.train.lr``
+def recorded_lr(run: RunResults):
+    """The learning rate a results file records: its ``lr``; older files: the resolved ``config.train.lr``
     (``None``: neither)."""
-    lr = run.get("lr")
+    lr = run.lr
     if lr is None:
-        config = run.get("config")
+        config = run.config
         train = config.get("train") if isinstance(config, dict) else None
         lr = train.get("lr") if isinstance(train, dict) else None
     return lr
 
 
-def run_lr(run: dict) -> float | None:
+def run_lr(run: RunResults) -> float | None:
     """The run's learning rate as a number: a finite one > 0, else ``None`` (none recorded, or malformed)."""
     lr = recorded_lr(run)
     ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
     return float(lr) if ok else None
 
 
-def run_key(run: dict) -> tuple:
+def run_key(run: RunResults) -> tuple:
     """What makes a run one run in the store: its cell, config hash, learning rate and seed."""
-    return (run["model"], run["task"], run["method"], run["budget"], run.get("variant") or None,
-            run.get("config_hash"), run_lr(run), run["seed"])
+    return (run.model, run.task, run.method, run.budget, run.variant or None, run.config_hash, run_lr(run),
+            run.seed)
 
 
-def _not_its_own(path: Path, run: dict, store: Path) -> str | None:
+def _not_its_own(path: Path, run: RunResults, store: Path) -> str | None:
     """Why a results file is not its run's own (``None``: it is): the run's own file is ``store_path(<store>,
     run_id)``; a file without a run id (the oldest) must at least be named ``seed<k>.json`` after its seed."""
-    rid = run.get("run_id")
+    rid = run.run_id
     if rid is None:
-        own = f"seed{run['seed']}.json"
-        return None if path.name == own else f"a duplicate: seed {run['seed']}'s file is named {own}"
+        own = f"seed{run.seed}.json"
+        return None if path.name == own else f"a duplicate: seed {run.seed}'s file is named {own}"
     if not isinstance(rid, str):
         return f"not a results file: run_id is {json.dumps(rid, default=str)}, not a string"
     own = store_path(Path(), rid)
@@ -291,7 +291,7 @@ def _not_its_own(path: Path, run: dict, store: Path) -> str | None:
     return f"a duplicate of run {rid}, whose own file is {store_path(store, rid)}"
 
 
-def load_runs(store, skipped: list | None = None) -> list[dict]:
+def load_runs(store, skipped: list | None = None) -> list[RunResults]:
     """Every run's results file under the store (for reports), in path order: one per run, from its own path.
 
     A file that is not a results file (truncated, not JSON, not an object, ``{}``, without ``schema`` or the
@@ -305,24 +305,26 @@ def load_runs(store, skipped: list | None = None) -> list[dict]:
         reason = None
         try:
             with open(p, encoding="utf-8") as f:
-                run = json.load(f)
+                data = json.load(f)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             reason = f"not readable as JSON ({type(e).__name__}: {e})"
         else:
-            if not isinstance(run, dict):
-                reason = f"not a JSON object ({type(run).__name__})"
-            elif missing := [k for k in REQUIRED if k not in run]:
-                reason = "empty ({})" if not run else f"not a results file: no {', '.join(missing)}"
+            if not isinstance(data, dict):
+                reason = f"not a JSON object ({type(data).__name__})"
+            elif missing := [k for k in REQUIRED if k not in data]:
+                reason = "empty ({})" if not data else f"not a results file: no {', '.join(missing)}"
             elif wrong := [k for k, (kind, _) in KINDS.items()
-                           if not isinstance(run[k], kind) or isinstance(run[k], bool)]:
-                reason = "not a results file: " + ", ".join(f"{k} is {json.dumps(run[k])}, not {KINDS[k][1]}"
+                           if not isinstance(data[k], kind) or isinstance(data[k], bool)]:
+                reason = "not a results file: " + ", ".join(f"{k} is {json.dumps(data[k])}, not {KINDS[k][1]}"
                                                             for k in wrong)
-            elif (lr := recorded_lr(run)) is not None and run_lr(run) is None:
-                reason = f"its learning rate is {json.dumps(lr, default=str)}, not a number > 0"
-            elif (not_own := _not_its_own(p, run, Path(store))) is not None:
-                reason = not_own
-            elif (first := read.setdefault(run_key(run), p)) != p:
-                reason = f"a duplicate of {first} (the same config hash, learning rate and seed)"
+            else:
+                run = RunResults.from_json(data)
+                if (lr := recorded_lr(run)) is not None and run_lr(run) is None:
+                    reason = f"its learning rate is {json.dumps(lr, default=str)}, not a number > 0"
+                elif (not_own := _not_its_own(p, run, Path(store))) is not None:
+                    reason = not_own
+                elif (first := read.setdefault(run_key(run), p)) != p:
+                    reason = f"a duplicate of {first} (the same config hash, learning rate and seed)"
         if reason is None:
             runs.append(run)
             continue
