@@ -130,7 +130,7 @@ def git_commit() -> str | None:
 @dataclass(frozen=True)
 class RunResults:
     """One run's results file (``<run dir>/results.json`` and its copy in the store): what a run computed, how, and
-    where; written by ``dynrank.loop`` (``build_results``), read by the report (``load_runs``).
+    where; written by ``dynrank.trainer`` (``build_results``), read by the report (``load_runs``).
 
     A field holds the value as the file holds it (plain JSON: dicts, lists, numbers, strings): the report checks the
     types of what it reads, since a file may be older or damaged. ``None``: not recorded (a file from before the key

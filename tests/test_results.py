@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, compose
 from dynrank.results import FIELDS, RunResults, build_results
 
-# The keys of a results file as dynrank.loop writes it, in its order (``extra_evals``, ``export_dir``: where set).
+# The keys of a results file as dynrank.trainer writes it, in its order (``extra_evals``, ``export_dir``: where set).
 KEYS = ["schema", "run_id", "model", "task", "method", "budget", "variant", "seed", "lr", "config_hash", "schedule",
         "protocol", "metric", "best", "pruning_end_step", "final", "epochs", "params", "time_per_epoch_s",
         "peak_gpu_memory_mib", "device", "gpu", "finished_at", "config", "versions", "git_commit", "data", "training",
