@@ -9,6 +9,8 @@ import platform
 import re
 import subprocess
 import tempfile
+import time
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 
@@ -125,6 +127,112 @@ def git_commit() -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class RunResults:
+    """One run's results file (``<run dir>/results.json`` and its copy in the store): what a run computed, how, and
+    where; written by ``dynrank.trainer`` (``build_results``), read by the report (``load_runs``).
+
+    A field holds the value as the file holds it (plain JSON: dicts, lists, numbers, strings): the report checks the
+    types of what it reads, since a file may be older or damaged. ``None``: not recorded (a file from before the key
+    existed, or a value that is null). ``from_json(d).to_json() == d`` for every file, its keys' order included:
+    ``other`` keeps the keys this code does not know, ``keys`` the file's own keys in its order."""
+    schema: int | None = SCHEMA                # the results file's schema version (``SCHEMA``)
+    run_id: str | None = None                  # ``config.run_id``: <model>/<task>/<cell>/lr<lr>-<hash>/seed<k>
+    model: str | None = None                   # cfg.model.id
+    task: str | None = None                    # cfg.task.name
+    method: str | None = None                  # cfg.method.name
+    budget: str | None = None                  # cfg.budget.name
+    variant: str | None = None                 # cfg.variant (an ablation's cell suffix; None: none)
+    seed: int | None = None                    # the run's seed
+    lr: float | None = None                    # its learning rate (older files: only in ``config.train.lr``)
+    config_hash: str | None = None             # ``config.config_hash``: what the run computed (the report averages
+                                               # only runs of one hash); an extended run's covers its schedule
+    schedule: list | None = None               # the length each schedule was made for: [{"epochs", "from_step"}...]
+    protocol: str | None = None                # cfg.protocol.name, the protocol it was trained under
+    metric: str | None = None                  # the task's selection metric (a key of ``dev``)
+    best: dict | None = None                   # the epoch with the best ``metric``: {"epoch", "dev"}
+    pruning_end_step: int | None = None        # the step the method's pruning ends (DoRA, AdaLoRA; None: no pruning)
+    final: dict | None = None                  # the last epoch: {"epoch", "dev"}
+    epochs: list | None = None                 # the history, one per epoch: {"epoch", "step", "train_loss", "dev",
+                                               # "train_time_s", "eval_time_s"}
+    params: dict | None = None                 # the method's parameter counts for this run (``param_counts``)
+    time_per_epoch_s: list | None = None       # each epoch's training time (s)
+    peak_gpu_memory_mib: float | None = None   # torch.cuda.max_memory_allocated (MiB); None on CPU
+    device: str | None = None                  # the CUDA device's name, or "cpu"
+    gpu: dict | None = None                    # which GPU of the host (local_gpus sweeps): claimed id, visible, UUID
+    finished_at: str | None = None             # when the run finished (local time, ISO 8601 with its offset)
+    config: dict | None = None                 # the run's config, resolved
+    versions: dict | None = None               # Python's and the packages' versions (``versions``)
+    git_commit: str | None = None              # the code's commit (``-dirty``: with uncommitted changes)
+    data: dict | None = None                   # the data's identity: what the store keys a config's runs on
+                                               # (Run._check_store)
+    training: dict | None = None               # how it trained: stacked_runs, precision, cuda_graphs,
+                                               # pad_to_multiple, packed
+    wall_time_s: float | None = None           # wall time over all attempts (a resumed run's: the sum, each
+                                               # attempt up to its last checkpoint)
+    wall_time_per_attempt_s: list | None = None  # each attempt's wall time (s)
+    train_time_s: float | None = None          # the sum of ``time_per_epoch_s``
+    method_summary: dict | None = None         # the method's facts for this run (``summary``: e.g. DoRA's rank map)
+    extra_evals: dict | None = None            # the method's final evaluations (``final_evaluation``: e.g.
+                                               # DyLoRA's per rank); not in the file when it has none
+    export_dir: str | None = None              # the exported adapter's directory (train.export=true); not in the
+                                               # file otherwise
+    other: dict = field(default_factory=dict)  # keys of the file this code does not know, as read
+    keys: tuple | None = field(default=None, compare=False, repr=False)  # the file's keys in its order (None: a
+                                                                          # record built here, ``FIELDS``' order)
+
+    @classmethod
+    def from_json(cls, d: dict) -> RunResults:
+        """The record of a results file's contents (a JSON object); a key it lacks is ``None``."""
+        return cls(**{k: d.get(k) for k in FIELDS}, other={k: v for k, v in d.items() if k not in FIELDS},
+                   keys=tuple(d))
+
+    def to_json(self) -> dict:
+        """The results file's contents: a file read, its keys in its order; a record built here, every field
+        but ``OPTIONAL``'s unset ones, in ``FIELDS``' order; then any field set since that the file lacked."""
+        keys = self.keys if self.keys is not None else tuple(k for k in FIELDS if k not in OPTIONAL
+                                                             or getattr(self, k) is not None)
+        out = {k: self.other[k] if k in self.other else getattr(self, k) for k in keys}
+        out.update({k: v for k in FIELDS if k not in out and (v := getattr(self, k)) is not None})
+        return out
+
+
+FIELDS = tuple(f.name for f in fields(RunResults) if f.name not in ("other", "keys"))  # the file's keys, in order
+OPTIONAL = ("extra_evals", "export_dir")  # keys a results file has only where set
+
+
+def build_results(cfg, resolved: dict, metric: str, history: list[dict], schedule: list[dict], device, *,
+                  params: dict, pruning_end_step, data, training: dict, attempts_s: list[float], ended: float,
+                  method_summary: dict, extra_evals: dict | None = None, export_dir: str | None = None) -> RunResults:
+    """A finished run's results: ``cfg`` its config (``resolved``: resolved to plain containers), ``metric`` the
+    task's selection metric, ``history`` its epochs, ``schedule`` the lengths its schedules were made for,
+    ``device`` the torch device it trained on; ``params``, ``pruning_end_step``, ``method_summary`` and
+    ``extra_evals`` the method's for it; ``data`` the data's identity; ``training`` how it trained;
+    ``attempts_s`` the wall time of each attempt (a resumed run's earlier ones, each up to its last checkpoint,
+    then this one's up to ``ended``, the ``time.time()`` it finished at); ``export_dir`` its exported adapter."""
+    import torch
+
+    from . import gpus
+    from .config import config_hash, run_id
+
+    best = max(history, key=lambda h: h["dev"].get(metric, float("-inf")))
+    cuda = device.type == "cuda"
+    time_per_epoch = [h["train_time_s"] for h in history]
+    return RunResults(
+        schema=SCHEMA, run_id=run_id(cfg), model=cfg.model.id, task=cfg.task.name, method=cfg.method.name,
+        budget=cfg.budget.name, variant=cfg.get("variant"), seed=int(cfg.seed), lr=float(cfg.train.lr),
+        config_hash=config_hash(cfg, schedule), schedule=schedule, protocol=cfg.protocol.name, metric=metric,
+        best={"epoch": best["epoch"], "dev": best["dev"]}, pruning_end_step=pruning_end_step,
+        final={"epoch": history[-1]["epoch"], "dev": history[-1]["dev"]}, epochs=history, params=params,
+        time_per_epoch_s=time_per_epoch,
+        peak_gpu_memory_mib=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+        device=torch.cuda.get_device_name(device) if cuda else "cpu", gpu=gpus.identity(device),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ended)), config=resolved,
+        versions=versions(), git_commit=git_commit(), data=data, training=training, wall_time_s=sum(attempts_s),
+        wall_time_per_attempt_s=list(attempts_s), train_time_s=sum(time_per_epoch), method_summary=method_summary,
+        extra_evals=extra_evals or None, export_dir=export_dir)
+
+
 def read_results(results_path) -> tuple[int | None, dict]:
     """The epochs a results file holds and its contents ((None, {}): no readable results file)."""
     try:
@@ -144,37 +252,37 @@ KINDS = {"seed": (int, "an integer"), "model": (str, "a string"), "task": (str, 
          "method": (str, "a string"), "budget": (str, "a string")}  # what each part of a run's place must be
 
 
-def recorded_lr(run: dict):
-    """The learning rate a results file records: ``results["lr"]``; older files: the resolved ``config.train.lr``
+def recorded_lr(run: RunResults):
+    """The learning rate a results file records: its ``lr``; older files: the resolved ``config.train.lr``
     (``None``: neither)."""
-    lr = run.get("lr")
+    lr = run.lr
     if lr is None:
-        config = run.get("config")
+        config = run.config
         train = config.get("train") if isinstance(config, dict) else None
         lr = train.get("lr") if isinstance(train, dict) else None
     return lr
 
 
-def run_lr(run: dict) -> float | None:
+def run_lr(run: RunResults) -> float | None:
     """The run's learning rate as a number: a finite one > 0, else ``None`` (none recorded, or malformed)."""
     lr = recorded_lr(run)
     ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
     return float(lr) if ok else None
 
 
-def run_key(run: dict) -> tuple:
+def run_key(run: RunResults) -> tuple:
     """What makes a run one run in the store: its cell, config hash, learning rate and seed."""
-    return (run["model"], run["task"], run["method"], run["budget"], run.get("variant") or None,
-            run.get("config_hash"), run_lr(run), run["seed"])
+    return (run.model, run.task, run.method, run.budget, run.variant or None, run.config_hash, run_lr(run),
+            run.seed)
 
 
-def _not_its_own(path: Path, run: dict, store: Path) -> str | None:
+def _not_its_own(path: Path, run: RunResults, store: Path) -> str | None:
     """Why a results file is not its run's own (``None``: it is): the run's own file is ``store_path(<store>,
     run_id)``; a file without a run id (the oldest) must at least be named ``seed<k>.json`` after its seed."""
-    rid = run.get("run_id")
+    rid = run.run_id
     if rid is None:
-        own = f"seed{run['seed']}.json"
-        return None if path.name == own else f"a duplicate: seed {run['seed']}'s file is named {own}"
+        own = f"seed{run.seed}.json"
+        return None if path.name == own else f"a duplicate: seed {run.seed}'s file is named {own}"
     if not isinstance(rid, str):
         return f"not a results file: run_id is {json.dumps(rid, default=str)}, not a string"
     own = store_path(Path(), rid)
@@ -183,7 +291,7 @@ def _not_its_own(path: Path, run: dict, store: Path) -> str | None:
     return f"a duplicate of run {rid}, whose own file is {store_path(store, rid)}"
 
 
-def load_runs(store, skipped: list | None = None) -> list[dict]:
+def load_runs(store, skipped: list | None = None) -> list[RunResults]:
     """Every run's results file under the store (for reports), in path order: one per run, from its own path.
 
     A file that is not a results file (truncated, not JSON, not an object, ``{}``, without ``schema`` or the
@@ -197,24 +305,26 @@ def load_runs(store, skipped: list | None = None) -> list[dict]:
         reason = None
         try:
             with open(p, encoding="utf-8") as f:
-                run = json.load(f)
+                data = json.load(f)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             reason = f"not readable as JSON ({type(e).__name__}: {e})"
         else:
-            if not isinstance(run, dict):
-                reason = f"not a JSON object ({type(run).__name__})"
-            elif missing := [k for k in REQUIRED if k not in run]:
-                reason = "empty ({})" if not run else f"not a results file: no {', '.join(missing)}"
+            if not isinstance(data, dict):
+                reason = f"not a JSON object ({type(data).__name__})"
+            elif missing := [k for k in REQUIRED if k not in data]:
+                reason = "empty ({})" if not data else f"not a results file: no {', '.join(missing)}"
             elif wrong := [k for k, (kind, _) in KINDS.items()
-                           if not isinstance(run[k], kind) or isinstance(run[k], bool)]:
-                reason = "not a results file: " + ", ".join(f"{k} is {json.dumps(run[k])}, not {KINDS[k][1]}"
+                           if not isinstance(data[k], kind) or isinstance(data[k], bool)]:
+                reason = "not a results file: " + ", ".join(f"{k} is {json.dumps(data[k])}, not {KINDS[k][1]}"
                                                             for k in wrong)
-            elif (lr := recorded_lr(run)) is not None and run_lr(run) is None:
-                reason = f"its learning rate is {json.dumps(lr, default=str)}, not a number > 0"
-            elif (not_own := _not_its_own(p, run, Path(store))) is not None:
-                reason = not_own
-            elif (first := read.setdefault(run_key(run), p)) != p:
-                reason = f"a duplicate of {first} (the same config hash, learning rate and seed)"
+            else:
+                run = RunResults.from_json(data)
+                if (lr := recorded_lr(run)) is not None and run_lr(run) is None:
+                    reason = f"its learning rate is {json.dumps(lr, default=str)}, not a number > 0"
+                elif (not_own := _not_its_own(p, run, Path(store))) is not None:
+                    reason = not_own
+                elif (first := read.setdefault(run_key(run), p)) != p:
+                    reason = f"a duplicate of {first} (the same config hash, learning rate and seed)"
         if reason is None:
             runs.append(run)
             continue

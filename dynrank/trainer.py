@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import OmegaConf
 
-from . import checkpoint, export, gpus, runlog
-from .config import config_hash, run_id
+from . import checkpoint, export, runlog
 from .device import fast_path, pick_device, seed_everything
 from .inputs import batches
-from .results import SCHEMA, git_commit, versions, write_json
+from .results import build_results, write_json
 from .resume import DIVERGED
 from .step import build_stack
 
@@ -264,19 +263,18 @@ class Trainer:
         self.close_logs()
         for k, run in self.active():
             cfg, run_dir, st = run.cfg, run.run_dir, self.states[k]
-            results = _results(cfg, self.resolved[k], self.task, method, st.history, self.device, st.schedule, k)
-            results["data"] = self.shared.identity  # what the store keys a config's runs on (Run._check_store)
-            results["training"] = {"stacked_runs": self.R, "precision": "bf16" if self.amp else "fp32",
-                                   "cuda_graphs": self.fast["cuda_graphs"],
-                                   "pad_to_multiple": self.fast["pad_to_multiple"],
-                                   "packed": self.fast["pack"] and self.task.packs}
-            _total_times(results, st.past_attempts_s, self.started)
-            results["method_summary"] = method.summary(k)
+            ended = time.time()
+            summary = method.summary(k)
             method.artifacts(run_dir, f"{cfg.model.id}, {cfg.task.name}, budget {cfg.budget.name}, seed {run.seed}", k)
-            if extra_evals[k]:
-                results["extra_evals"] = extra_evals[k]
-            if cfg.train.get("export"):
-                results["export_dir"] = self.export_adapter(k, run)
+            results = build_results(
+                cfg, self.resolved[k], self.task.metric, st.history, st.schedule, self.device,
+                params=method.param_counts(k), pruning_end_step=method.pruning_end_step(), data=self.shared.identity,
+                training={"stacked_runs": self.R, "precision": "bf16" if self.amp else "fp32",
+                          "cuda_graphs": self.fast["cuda_graphs"], "pad_to_multiple": self.fast["pad_to_multiple"],
+                          "packed": self.fast["pack"] and self.task.packs},
+                attempts_s=[*st.past_attempts_s, ended - self.started], ended=ended, method_summary=summary,
+                extra_evals=extra_evals[k],
+                export_dir=self.export_adapter(k, run) if cfg.train.get("export") else None).to_json()
             write_json(run_dir / "results.json", results)
             write_json(run.out_path, results)
             if st.writer:
@@ -302,39 +300,6 @@ def log_run_dir(run_dir) -> None:
     """The run directory and what it holds (log, TensorBoard, checkpoint, figure, adapter): the last line of a run."""
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(run_dir).iterdir() if not p.name.startswith("."))
     log.info("run directory: %s (%s)", run_dir, ", ".join(entries))
-
-
-def _total_times(results: dict, past_attempts_s: list, started: float) -> None:
-    """A resumed run's wall time is the sum over its attempts (each up to its last checkpoint), not its last."""
-    attempts = [*past_attempts_s, time.time() - started]
-    results["wall_time_s"] = sum(attempts)
-    results["wall_time_per_attempt_s"] = attempts
-    results["train_time_s"] = sum(results["time_per_epoch_s"])
-
-
-def _results(cfg, resolved, task, method, history, device, schedule, k: int = 0) -> dict:
-    """Run k's results file, but for its times over all attempts (``_total_times``)."""
-    metric = task.metric
-    best = max(history, key=lambda h: h["dev"].get(metric, float("-inf")))
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {
-        "schema": SCHEMA, "run_id": run_id(cfg), "model": cfg.model.id, "task": cfg.task.name,
-        "method": cfg.method.name, "budget": cfg.budget.name, "variant": cfg.get("variant"), "seed": int(cfg.seed),
-        "lr": float(cfg.train.lr), "config_hash": config_hash(cfg, schedule), "schedule": schedule,
-        "protocol": cfg.protocol.name,
-        "metric": metric,
-        "best": {"epoch": best["epoch"], "dev": best["dev"]},
-        "pruning_end_step": method.pruning_end_step(),
-        "final": {"epoch": history[-1]["epoch"], "dev": history[-1]["dev"]},
-        "epochs": history,
-        "params": method.param_counts(k),
-        "time_per_epoch_s": [h["train_time_s"] for h in history],
-        "peak_gpu_memory_mib": peak,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "gpu": gpus.identity(device),  # which GPU of the host (local_gpus sweeps): claimed id, visible, UUID
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": resolved, "versions": versions(), "git_commit": git_commit(),
-    }
 
 
 def progress(cfg, plan, epoch, epochs):

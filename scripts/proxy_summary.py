@@ -42,23 +42,23 @@ def summarise(store: str, data_dir: str) -> str:
     runs = load_runs(store)
     cells = defaultdict(list)
     for r in runs:
-        cells[(r["task"], r["method"])].append(r)
+        cells[(r.task, r.method)].append(r)
     lines = ["| task | metric | method | lr | epochs | seeds | best epoch, mean ± std | per seed | paper_code mean "
              "| majority class | collapsed |",
              "|---|---|---|---:|---:|---:|---:|---|---:|---:|---|"]
     for task in sorted({t for t, _ in cells}):
         base = majority(task, data_dir)
         for method in [m for m in METHODS if (task, m) in cells]:
-            rs = sorted(cells[(task, method)], key=lambda r: r["seed"])
-            metric = rs[0]["metric"]
+            rs = sorted(cells[(task, method)], key=lambda r: r.seed)
+            metric = rs[0].metric
             vals = [STANDARD.value(r) for r in rs]
             paper = statistics.fmean(PAPER_CODE.value(r) for r in rs)
             mean = statistics.fmean(vals)
             std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            lrs = sorted({r["config"]["train"]["lr"] for r in rs})
+            lrs = sorted({r.config["train"]["lr"] for r in rs})
             n_coll = sum(collapsed(task, v, base) for v in vals)
             lines.append(f"| {task} | {metric} | {method} | {', '.join(f'{x:g}' for x in lrs)} | "
-                         f"{rs[0]['config']['train']['epochs']} | {len(rs)} | {100 * mean:.2f} ± {100 * std:.2f} | "
+                         f"{rs[0].config['train']['epochs']} | {len(rs)} | {100 * mean:.2f} ± {100 * std:.2f} | "
                          f"{' '.join(f'{100 * v:.1f}' for v in vals)} | {100 * paper:.2f} | {100 * base[metric]:.2f} | "
                          f"{'**' + str(n_coll) + ' of ' + str(len(vals)) + '**' if n_coll else 'no'} |")
     return "\n".join(lines) + "\n"

@@ -20,17 +20,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dynrank.results import load_runs  # noqa: E402
+from dynrank.results import RunResults, load_runs  # noqa: E402
 
 
-def best(run: dict) -> float:
-    return 100 * float(run["best"]["dev"][run["metric"]])
+def best(run: RunResults) -> float:
+    return 100 * float(run.best["dev"][run.metric])
 
 
 def cells(store) -> dict:
     out = defaultdict(dict)
     for r in load_runs(store):
-        out[(r["task"], r["method"], r["lr"])][r["seed"]] = (best(r), r.get("training", {}).get("stacked_runs", 1))
+        out[(r.task, r.method, r.lr)][r.seed] = (best(r), (r.training or {}).get("stacked_runs", 1))
     return out
 
 

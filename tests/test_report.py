@@ -10,12 +10,14 @@ import statistics
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from conftest import CONF, ROOT, SHARED_GLUE, compose, make_glue
 from dynrank import report
+from dynrank.results import RunResults
 
 PAPER = ROOT / "dynrank" / "paper"
 
@@ -327,11 +329,11 @@ def test_selection_rules_best_epoch_after_pruning():
     from dynrank.report.selection import PAPER_CODE, STANDARD
 
     hist = _epochs({"matthews": 0.70}, {"matthews": 0.65}, {"matthews": 0.60})
-    dora = {"method": "dora", "metric": "matthews", "epochs": hist, "pruning_end_step": 20}
+    dora = RunResults(method="dora", metric="matthews", epochs=hist, pruning_end_step=20)
     assert STANDARD.value(dora) == 0.70
     assert PAPER_CODE.value(dora) == 0.65
-    assert PAPER_CODE.value(dict(dora, pruning_end_step=21)) == 0.60
-    assert PAPER_CODE.value(dict(dora, method="lora", pruning_end_step=None)) == 0.70  # lora & co: all epochs
+    assert PAPER_CODE.value(replace(dora, pruning_end_step=21)) == 0.60
+    assert PAPER_CODE.value(replace(dora, method="lora", pruning_end_step=None)) == 0.70  # lora & co: all epochs
 
 
 def test_paper_code_takes_every_epoch_of_adalora():
@@ -340,33 +342,33 @@ def test_paper_code_takes_every_epoch_of_adalora():
     from dynrank.report.selection import PAPER_CODE, STANDARD, candidate_epochs
 
     hist = _epochs({"matthews": 0.70}, {"matthews": 0.65}, {"matthews": 0.60})
-    adalora = {"method": "adalora", "metric": "matthews", "epochs": hist, "pruning_end_step": 20}
+    adalora = RunResults(method="adalora", metric="matthews", epochs=hist, pruning_end_step=20)
     assert candidate_epochs(adalora) == hist
     assert PAPER_CODE.value(adalora) == STANDARD.value(adalora) == 0.70
-    assert PAPER_CODE.value(dict(adalora, method="dora")) == 0.65
+    assert PAPER_CODE.value(replace(adalora, method="dora")) == 0.65
 
 
 def test_selection_rules_per_metric_maxima_and_paper_code_keys():
     from dynrank.report.selection import PAPER_CODE, STANDARD
 
     # XSum: ROUGE-1, -2, -L peak in three different epochs; standard reads all three off the best ROUGE-L epoch
-    xsum = {"metric": "rougeL", "pruning_end_step": None, "epochs": _epochs(
+    xsum = RunResults(metric="rougeL", pruning_end_step=None, epochs=_epochs(
         {"rouge1": 40.0, "rouge2": 18.0, "rougeL": 33.0},
         {"rouge1": 41.0, "rouge2": 17.0, "rougeL": 32.0},
-        {"rouge1": 39.0, "rouge2": 17.5, "rougeL": 34.0})}
+        {"rouge1": 39.0, "rouge2": 17.5, "rougeL": 34.0}))
     assert [STANDARD.value(xsum, (k,)) for k in ("rouge1", "rouge2", "rougeL")] == [39.0, 17.5, 34.0]
     assert [PAPER_CODE.value(xsum, (k,)) for k in ("rouge1", "rouge2", "rougeL")] == [41.0, 18.0, 34.0]
     # SQuAD: EM and F1 apart; under paper_code the authors' variants `<key>@paper_code` are read where stored
-    squad = {"method": "dora", "metric": "f1", "pruning_end_step": 15, "epochs": _epochs(
+    squad = RunResults(method="dora", metric="f1", pruning_end_step=15, epochs=_epochs(
         {"exact": 85.0, "f1": 90.0, "exact@paper_code": 86.0, "f1@paper_code": 91.0},   # before pruning ended
         {"exact": 80.0, "f1": 88.0, "exact@paper_code": 81.5, "f1@paper_code": 87.0},
-        {"exact": 79.0, "f1": 89.0, "exact@paper_code": 80.5, "f1@paper_code": 89.5})}
+        {"exact": 79.0, "f1": 89.0, "exact@paper_code": 80.5, "f1@paper_code": 89.5}))
     em, f1 = ("exact", "exact_match", "em"), ("f1",)
     assert (STANDARD.value(squad, em), STANDARD.value(squad, f1)) == (85.0, 90.0)  # epoch 1, plain keys
     assert (PAPER_CODE.value(squad, em), PAPER_CODE.value(squad, f1)) == (81.5, 89.5)  # epochs 2 and 3
     # an epoch without the variant falls back to the plain key
-    del squad["epochs"][1]["dev"]["exact@paper_code"]
-    squad["epochs"][1]["dev"]["exact"] = 83.0
+    del squad.epochs[1]["dev"]["exact@paper_code"]
+    squad.epochs[1]["dev"]["exact"] = 83.0
     assert PAPER_CODE.value(squad, em) == 83.0
 
 
@@ -501,10 +503,10 @@ def test_the_current_codes_hash_of_a_recorded_config(method):
     from dynrank.report.selection import current_hash
 
     config, h = _recorded(method, seed=3)
-    assert current_hash({"method": method, "config": config, "schedule": None}) == h
+    assert current_hash(RunResults(method=method, config=config, schedule=None)) == h
     config["train"]["epochs"] += 1
-    assert current_hash({"method": method, "config": config}) != h
-    assert current_hash({"method": method, "config": {"train": {"lr": 1e-3}}}) is None  # older files
+    assert current_hash(RunResults(method=method, config=config)) != h
+    assert current_hash(RunResults(method=method, config={"train": {"lr": 1e-3}})) is None  # older files
 
 
 def test_equal_seeds_go_to_the_hash_the_current_code_gives(tmp_path, caplog):
@@ -571,7 +573,7 @@ def test_rates_are_compared_over_the_seeds_they_share(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="dynrank"):
         choices = choose_all(index_runs(load_runs(store)))
     (c,) = choices.values()
-    assert c.tuned and c.lr == 4e-4 and c.compared == (4,) and [int(r["seed"]) for r in c.runs] == [1, 2, 3, 4, 5]
+    assert c.tuned and c.lr == 4e-4 and c.compared == (4,) and [int(r.seed) for r in c.runs] == [1, 2, 3, 4, 5]
     assert "tiny/cola/lora-r8: learning rates compared over the 1 seed every rate has (4): 4e-4 has 5, 8e-4 has 1" \
         in caplog.messages
     assert "chosen lr 4e-4 of 2, compared over seeds 4 (those every rate has)" in lr_search_markdown(lr_grids(choices))
@@ -647,7 +649,7 @@ def test_bad_results_files_are_skipped_with_a_warning_naming_them(tmp_path, capl
     skipped = []
     with caplog.at_level("WARNING", logger="dynrank"):
         runs = load_runs(store, skipped)
-    assert sorted(r["seed"] for r in runs) == [1, 2]
+    assert sorted(r.seed for r in runs) == [1, 2]
     assert [p for p, _ in skipped] == bad
     lines = [r.getMessage() for r in caplog.records]
     for p in bad:

@@ -39,10 +39,12 @@ def index_runs(runs: list[Run]) -> dict[tuple, list[Run]]:
     index: dict[tuple, list] = defaultdict(list)
     for r in runs:
         try:
-            int(r["seed"])
-            index[r["model"], r["task"], r["method"], r["budget"], r.get("variant") or None].append(r)
-        except (KeyError, TypeError, ValueError):
-            log.warning("skipping a results file without model/task/method/budget/seed: %s", r.get("run_id"))
+            int(r.seed)
+            if None in (r.model, r.task, r.method, r.budget):
+                raise ValueError
+            index[r.model, r.task, r.method, r.budget, r.variant or None].append(r)
+        except (TypeError, ValueError):
+            log.warning("skipping a results file without model/task/method/budget/seed: %s", r.run_id)
     return dict(index)
 
 
@@ -92,7 +94,7 @@ def aggregate_cell(choices: list[Choice], value: Value) -> Cell:
     xs = [v for _, v in vals]
     runs = [r for c in choices for r in c.runs]
     return Cell(n=len(xs), seeds=tuple(s for s, _ in vals), mean=statistics.fmean(xs), std=choices[0].rule.std(xs),
-                devices=tuple(sorted({str(r.get("device")) for r in runs if r.get("device")})),
+                devices=tuple(sorted({str(r.device) for r in runs if r.device})),
                 lr=" ".join(dict.fromkeys(lr_text(c.lr) for c in choices)),
                 lr_source="tuned" if any(c.tuned for c in choices) else "fixed",
                 n_lrs=max(len(c.grid) for c in choices),
@@ -108,7 +110,7 @@ def compute(table: Table, choices: dict[tuple, Choice]) -> dict[tuple[int, str],
             variant, chosen = cell_choices(table, choices, row, col)
             for c in chosen:
                 if c.other_hashes:
-                    several.setdefault(f"{' '.join(row.labels)} {c.runs[0]['task']}", hash_text(c))
+                    several.setdefault(f"{' '.join(row.labels)} {c.runs[0].task}", hash_text(c))
             cell = aggregate_cell(chosen, col.value) if chosen else Cell()
             if cell.n:
                 cell.variant = variant
@@ -140,7 +142,7 @@ def hash_note(several: dict[str, str]) -> str:
 # --- the runs of a cell, per seed ----------------------------------------------------------------------------
 def seed_values(choices: list[Choice], value: Value) -> list[tuple[int, float]]:
     """(seed, number) of every chosen run that has the number."""
-    vals = [(int(r["seed"]), value(r, c.rule)) for c in choices for r in c.runs]
+    vals = [(int(r.seed), value(r, c.rule)) for c in choices for r in c.runs]
     return [(s, v) for s, v in vals if v is not None]
 
 

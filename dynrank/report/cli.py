@@ -60,7 +60,7 @@ def report(store="results/runs", out="results/tables", model: str | None = None,
         total = sum(1 for (i, k) in cells if k != "avg")
         print(f"{table.name} ({table.model}): {filled}/{total} cells with runs -> {out / table.name}.md")
     tabulated = {table.model for table, _ in tables}
-    if model is None and (others := sorted({r["model"] for r in runs} - tabulated)):
+    if model is None and (others := sorted({r.model for r in runs} - tabulated)):
         print(f"note: tables of {', '.join(sorted(tabulated))} (--model not given); the store also holds runs of "
               f"{', '.join(others)}: --model <model> tabulates them")
     if figures:

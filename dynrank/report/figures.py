@@ -22,8 +22,8 @@ def figure2(choices: dict[tuple, Choice], out: Path, models: set[str] | None = N
     for (model, task, method, budget, variant), choice in sorted(choices.items(), key=lambda kv: str(kv[0])):
         if method != "dora" or variant is not None or (models and model not in models):
             continue
-        maps = [r["method_summary"]["rank_map"] for r in choice.runs
-                if isinstance(r.get("method_summary"), dict) and r["method_summary"].get("rank_map")]
+        maps = [r.method_summary["rank_map"] for r in choice.runs
+                if isinstance(r.method_summary, dict) and r.method_summary.get("rank_map")]
         if not maps:
             continue
         try:

@@ -38,7 +38,7 @@ def lr_search_markdown(grids, protocol: str = AUTO) -> str:
     if not grids:
         out.append("No cell has results at several learning rates.")
     for key, c in grids:
-        metric = next((r.get("metric") for p in c.grid for r in p.runs if r.get("metric")), "?")
+        metric = next((r.metric for p in c.grid for r in p.runs if r.metric), "?")
         sc = _scale(key[1])
         out += [f"## {cell_name(key)}", "",
                 f"metric `{metric}`{' x100' if sc != 1 else ''}; selection `{c.rule.name}`; config hash "
@@ -61,10 +61,10 @@ def lr_search_csv(grids) -> str:
     num = lambda v: "" if v is None else repr(float(v))  # noqa: E731
     for (model, task, method, budget, variant), c in grids:
         for p in c.grid:
-            metric = next((r.get("metric") for r in p.runs if r.get("metric")), "")
+            metric = next((r.metric for r in p.runs if r.metric), "")
             w.writerow([model, task, method, budget, variant or "", c.config_hash or "", c.rule.name, metric,
                         _scale(task), num(p.lr), p.n,
-                        " ".join(str(int(r["seed"])) for r in p.runs if c.rule.value(r) is not None),
+                        " ".join(str(int(r.seed)) for r in p.runs if c.rule.value(r) is not None),
                         num(p.mean), num(p.std), int(p.lr == c.lr)])
     return buf.getvalue()
 

@@ -18,11 +18,11 @@ batch 16, 94.49 at 48 with MiniLM's tokenizer, ``tests/test_squad.py``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .aggregate import cell_choices
 from .selection import PAPER_CODE, PAPER_SUFFIX, epochs_of
-from .tables import Table, _finite
+from .tables import Run, Table, _finite
 
 SQUAD_TASKS = ("squad_v1", "squad_v2")
 AUTHORS_CODE = ("full", "lora", "dora")  # the SQuAD rows the DoRA authors' code trained (module docstring)
@@ -30,14 +30,14 @@ OFFICIAL, AUTHORS = "official script", "the authors' loop"
 CEILING_KEYS = {"em": "ceiling_exact", "f1": "ceiling_f1"}  # <key>@paper_code as tasks/squad.py stores them
 
 
-def scored_by_authors(run: dict) -> bool:
-    return run.get("task") in SQUAD_TASKS and run.get("method") in AUTHORS_CODE
+def scored_by_authors(run: Run) -> bool:
+    return run.task in SQUAD_TASKS and run.method in AUTHORS_CODE
 
 
-def as_scored(run: dict) -> dict:
+def as_scored(run: Run) -> Run:
     """The run as its row's number was made: a SQuAD run of a method outside ``AUTHORS_CODE`` without the authors'
     metric variants (``<key>@paper_code``), so every rule reads the official scores; any other run as it is."""
-    if run.get("task") not in SQUAD_TASKS or scored_by_authors(run):
+    if run.task not in SQUAD_TASKS or scored_by_authors(run):
         return run
 
     def official(holder):
@@ -45,10 +45,8 @@ def as_scored(run: dict) -> dict:
             return holder
         return dict(holder, dev={k: v for k, v in holder["dev"].items() if not k.endswith(PAPER_SUFFIX)})
 
-    out = dict(run, best=official(run.get("best")), final=official(run.get("final")))
-    if isinstance(run.get("epochs"), list):
-        out["epochs"] = [official(h) for h in run["epochs"]]
-    return out
+    epochs = [official(h) for h in run.epochs] if isinstance(run.epochs, list) else run.epochs
+    return replace(run, best=official(run.best), final=official(run.final), epochs=epochs)
 
 
 @dataclass(frozen=True)
@@ -65,14 +63,14 @@ class Ceiling:
         return f"{value} ({AUTHORS}, batch {self.batch if self.batch is not None else '?'})"
 
 
-def _run_ceiling(run: dict, rule, metric: str) -> Ceiling:
+def _run_ceiling(run: Run, rule, metric: str) -> Ceiling:
     """One run's scoring and ceiling for ``metric`` (em / f1): the authors' loop where the rule reads the authors'
     scores and the run has them, else the official script (100)."""
     if rule is not PAPER_CODE or not any(("exact" + PAPER_SUFFIX) in h["dev"] for h in epochs_of(run)):
         return Ceiling(OFFICIAL, value=100.0)
     batch = rule.value(run, ("batch",))
     if batch is None:  # a run from before batch@paper_code was stored: its config's batch is the one it scored at
-        batch = ((run.get("config") or {}).get("train") or {}).get("batch_size")
+        batch = ((run.config or {}).get("train") or {}).get("batch_size")
     value = rule.value(run, (CEILING_KEYS[metric],))
     return Ceiling(AUTHORS, int(batch) if _finite(batch) else None, value)
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from ..config import lr_tag
-from ..results import run_lr
+from ..results import RunResults, run_lr
 
 PAPER_SUFFIX = "@paper_code"
 AUTO = "auto"
 
-Run = dict
+Run = RunResults
 
 
 # --- one run's number -------------------------------------------------------------------------------
@@ -35,16 +35,16 @@ def _num(dev: dict, key) -> float | None:
 
 def epochs_of(run: Run) -> list[dict]:
     """The run's per-epoch history; a file without one: its best epoch alone (all that is known of it)."""
-    hist = [h for h in run.get("epochs") or [] if isinstance(h, dict) and isinstance(h.get("dev"), dict)]
+    hist = [h for h in run.epochs or [] if isinstance(h, dict) and isinstance(h.get("dev"), dict)]
     if hist:
         return hist
-    best = run.get("best") or {}
+    best = run.best or {}
     return [best] if isinstance(best, dict) and isinstance(best.get("dev"), dict) else []
 
 
 def best_epoch(run: Run) -> dict | None:
     """standard: the epoch with the highest selection metric over all epochs (the first of equals)."""
-    scored = [(v, h) for h in epochs_of(run) if (v := _num(h["dev"], run.get("metric"))) is not None]
+    scored = [(v, h) for h in epochs_of(run) if (v := _num(h["dev"], run.metric)) is not None]
     return max(scored, key=lambda vh: vh[0])[1] if scored else None
 
 
@@ -68,8 +68,8 @@ def candidate_epochs(run: Run) -> list[dict]:
     """paper_code: for a method of ``AFTER_PRUNING`` the epochs ending at or after its ``pruning_end_step`` (the
     budget allocation is final); for every other method (adalora included) all epochs."""
     hist = epochs_of(run)
-    end = run.get("pruning_end_step")
-    if end is None or run.get("method") not in AFTER_PRUNING:
+    end = run.pruning_end_step
+    if end is None or run.method not in AFTER_PRUNING:
         return hist
     return [h for h in hist if isinstance(h.get("step"), (int, float)) and h["step"] >= end]
 
@@ -96,7 +96,7 @@ class Rule:
 
     def value(self, run: Run, keys: Sequence[str] | None = None) -> float | None:
         """The run's number for the first of ``keys`` it has (``None``: the run's own selection metric)."""
-        return self.pick(run, tuple(keys) if keys else (run.get("metric"),))
+        return self.pick(run, tuple(keys) if keys else (run.metric,))
 
     def std(self, xs: Sequence[float]) -> float | None:
         if len(xs) < 2:
@@ -119,7 +119,7 @@ PROTOCOLS = (AUTO, *RULES)
 
 def trained_under(run: Run) -> str:
     """The protocol a run was trained under (files from before protocols existed: standard)."""
-    p = run.get("protocol")
+    p = run.protocol
     return p if p in RULES else STANDARD.name
 
 
@@ -167,7 +167,7 @@ class Choice:
 def _one_per_seed(runs: list[Run]) -> list[Run]:
     by_seed = {}
     for r in runs:  # one file per run: load_runs skips duplicates
-        by_seed[int(r["seed"])] = r
+        by_seed[int(r.seed)] = r
     return [by_seed[s] for s in sorted(by_seed)]
 
 
@@ -186,7 +186,7 @@ def _best_shared(grid: list[LrPoint], score: Callable[[Run], "float | None"]) ->
     """The best rate by its mean of ``score`` over the seeds every rate with a value has (a rate of one seed, a
     killed search, is compared with the others on that seed alone), and those seeds; ``(None, ())`` when the rates
     share no seed (nothing to compare them on)."""
-    scored = [{int(r["seed"]): v for r in p.runs if (v := score(r)) is not None} for p in grid]
+    scored = [{int(r.seed): v for r in p.runs if (v := score(r)) is not None} for p in grid]
     having = [set(s) for s in scored if s]
     shared = set.intersection(*having) if having else set()
     if len(having) > 1 and not shared:
@@ -203,16 +203,16 @@ def current_hash(run: Run) -> str | None:
 
     from ..config import CONF_DIR, config_hash
 
-    recorded = run.get("config")
+    recorded = run.config
     if not isinstance(recorded, dict) or not isinstance(recorded.get("method"), dict):
         return None
     try:
         cfg = OmegaConf.create(recorded)
-        method = CONF_DIR / "method" / f"{run.get('method')}.yaml"
+        method = CONF_DIR / "method" / f"{run.method}.yaml"
         for key, value in (OmegaConf.to_container(OmegaConf.load(method)).items() if method.is_file() else ()):
             if value == "${seed}" and key in cfg.method:
                 cfg.method[key] = 0
-        return config_hash(cfg, run.get("schedule"))
+        return config_hash(cfg, run.schedule)
     except Exception:  # noqa: BLE001 - a recorded config the current code cannot read is not the current code's
         return None
 
@@ -227,8 +227,8 @@ def choose(runs: list[Run], protocol: str = AUTO) -> Choice | None:
         return None
     groups: dict = defaultdict(list)
     for r in runs:
-        groups[r.get("config_hash")].append(r)
-    seeds = {h: len({int(r["seed"]) for r in g}) for h, g in groups.items()}
+        groups[r.config_hash].append(r)
+    seeds = {h: len({int(r.seed) for r in g}) for h, g in groups.items()}
     current = {h for h, g in groups.items() if h is not None and current_hash(g[0]) == h} if len(groups) > 1 \
         else set()
     main = min(groups, key=lambda h: (-seeds[h], h not in current, h is None, str(h)))
@@ -247,7 +247,7 @@ def choose(runs: list[Run], protocol: str = AUTO) -> Choice | None:
     best, compared = _best_shared(grid, rule.value)
     refused = "" if best is not None else (
         "no seed has runs at every learning rate (" + "; ".join(
-            f"{lr_text(p.lr)}: seed{'s' if len(p.runs) > 1 else ''} {', '.join(str(int(r['seed'])) for r in p.runs)}"
+            f"{lr_text(p.lr)}: seed{'s' if len(p.runs) > 1 else ''} {', '.join(str(int(r.seed)) for r in p.runs)}"
             for p in grid) + "), so the rates cannot be compared; train the missing seeds")
     chosen = grid[best or 0]
     return Choice(runs=chosen.runs if not refused else [], lr=chosen.lr,

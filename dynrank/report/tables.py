@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from .. import paper
-from .selection import AUTO, JOINT, Rule
+from .selection import AUTO, JOINT, Rule, Run
 
 GLUE_TASKS = ("rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli")
 GLUE_LABELS = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA", "sst2": "SST-2", "qnli": "QNLI",
@@ -21,7 +21,6 @@ PAPER_SEEDS = 5
 SQUAD_KEYS = {"em": ("exact", "exact_match", "em"), "f1": ("f1",)}
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
-Run = dict
 Value = Callable[[Run, Rule], "float | None"]  # one run's number under a selection rule
 
 
@@ -91,17 +90,17 @@ def dev_metric(keys: Sequence[str] | None = None, scale: float = 1.0) -> Value:
 
 
 def minutes_per_epoch(run, rule=None):
-    t = [x for x in run.get("time_per_epoch_s") or [] if _finite(x)]
+    t = [x for x in run.time_per_epoch_s or [] if _finite(x)]
     return statistics.fmean(t) / 60 if t else None
 
 
 def peak_memory(run, rule=None):
-    v = run.get("peak_gpu_memory_mib")
+    v = run.peak_gpu_memory_mib
     return float(v) if _finite(v) else None
 
 
 def adapter_params_m(run, rule=None):
-    v = (run.get("params") or {}).get("adapter")
+    v = (run.params or {}).get("adapter")
     return v / 1e6 if _finite(v) else None
 
 
