@@ -57,7 +57,7 @@ class Trainer:
     have a run dimension, one method, one per-run optimizer, one step; each run's data order, history, checkpoint and
     results.
 
-    ``run`` drives one trainer; ``side_by_side.run_side_by_side`` drives several side by side on one GPU.
+    ``driver.run`` drives one trainer; ``driver.run_side_by_side`` drives several side by side on one GPU.
     ``logs=False``: no TensorBoard writers (a finished run whose adapter is exported, ``export_adapter``)."""
 
     def __init__(self, runs: list[Run], shared: CellData, logs: bool = True, timer=None):
@@ -102,7 +102,7 @@ class Trainer:
         """Run k's checkpoint (if any) into slice k of the stack: its tensors, optimizer and method state; the first
         run's RNG states become the stack's. Returns the run's state (fresh without a checkpoint)."""
         fresh = RunState(schedule=[{"epochs": self.epochs, "from_step": 0}])
-        if run.state is None:  # (train.resume=false, or no checkpoint: Run._decide)
+        if run.state is None:  # (Fresh: resume.plan)
             return fresh
         got = checkpoint.load(run.state, data=self.shared.identity, device=self.device)
         try:
