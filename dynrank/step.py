@@ -84,7 +84,7 @@ class GraphedStep:
         self.stream = torch.cuda.Stream()  # warm-up steps
         # Capture on a stream of our own, not torch's shared default capture stream: cuBLAS keys its
         # workspace by stream, so graphs of several trainers captured on one stream would share a workspace
-        # and race when replayed side by side (side_by_side.run_side_by_side).
+        # and race when replayed side by side (driver.run_side_by_side).
         self.capture_stream = torch.cuda.Stream()
 
     def _body(self, batch, step):
