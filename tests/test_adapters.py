@@ -6,10 +6,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import BartConfig, BartForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
-from conftest import method_config
+from conftest import compose, method_config
+from dynrank.config import validate
 from dynrank.errors import ConfigError
 from dynrank.methods import build
-from dynrank.methods.adapters import AdapterLinear, SublayerAdapter
+from dynrank.methods.adapters import ACTIVATIONS, AdapterLinear, SublayerAdapter
 
 
 def _method(name, r=2, **kw):
@@ -63,8 +64,8 @@ def test_placement_roberta():
     assert _wrapped(b) == sorted([f"{l}.attention.output.dense" for l in layers] + [f"{l}.output.dense" for l in layers])
     out = b.roberta.encoder.layer[0].attention.output
     assert isinstance(out.dense, AdapterLinear) and isinstance(out.LayerNorm, torch.nn.LayerNorm)
-    with pytest.raises(ConfigError, match="method.placement"):
-        _method("houlsby", placement="inside").wrap(_tiny_roberta())
+    with pytest.raises(ConfigError, match=r"^method.placement must be source or before_dropout \(got 'inside'\)$"):
+        validate(compose(["method=houlsby", "method.placement=inside"]))  # before training: config.SCHEMA
 
 
 @pytest.mark.parametrize("name", ["houlsby", "pfeiffer"])
@@ -102,9 +103,12 @@ def test_bottleneck_sizes_and_overrides():
     assert m.m == 5 and isinstance(m.layers[0][1].adapter.act, torch.nn.GELU)
     assert m.summary() == {"bottleneck": 5, "positions": ["ffn_down"], "n_adapters": 2, "activation": "gelu",
                            "placement": "source"}
-    with pytest.raises(ConfigError, match="activation"):
-        _method("houlsby", activation="tanh").wrap(_tiny_roberta())
+    with pytest.raises(ConfigError, match=r"^method.activation must be relu, gelu or silu \(got 'tanh'\)$"):
+        validate(compose(["method=houlsby", "method.activation=tanh"]))
     from dynrank.config import SCHEMA, conforms  # a bottleneck < 1 is refused before training, with every range
+    from dynrank.config.schema import options
+
+    assert set(options(SCHEMA["method.activation"])) == set(ACTIVATIONS)  # what the schema lets through, wrap builds
 
     assert not conforms(SCHEMA["method.bottleneck"], 0) and not conforms(SCHEMA["method.bottleneck_per_rank"], 0)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, compose, result_file
+from dynrank.config import validate
 from dynrank.data import squad as squad_data
 from dynrank.errors import ConfigError, DataError
 from dynrank.metrics.squad import (exact_match_score_v1, f1_score_v1, normalize_answer, paper_code_references,
@@ -476,8 +477,8 @@ def test_train_windows_answer_only_drops_answerless_training_windows_paper_code_
     assert len(kept) == sum(std.columns["answer_in_window"]) < len(std)
     assert all(s > 0 for s in kept.columns["start_positions"])  # no window trains towards CLS
     assert compose(["task=squad_v1", "protocol=paper_code"]).task.train_windows == "all"
-    with pytest.raises(ConfigError, match="train_windows"):
-        train_set("task.train_windows=some")
+    with pytest.raises(ConfigError, match="^task.train_windows must be all or answer_only, or null"):
+        validate(compose(["task=squad_v1", "task.train_windows=some"]))
 
 
 @pytest.mark.slow

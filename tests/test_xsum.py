@@ -7,6 +7,7 @@ import torch
 from rouge_score import rouge_scorer
 
 from conftest import compose, result_file
+from dynrank.config import validate
 from dynrank.data import xsum as xsum_data
 from dynrank.errors import ConfigError, DataError
 from dynrank.metrics.rouge import rouge
@@ -364,5 +365,5 @@ def test_xsum_evaluation_fast_and_generate_agree(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert task.beam_search(model, torch.device("cpu"), False) is None
     assert "greedy" in caplog.text
-    with pytest.raises(ConfigError, match="eval.beam_search"):
-        tasks.build(_cfg(tmp_path, "eval.beam_search=hf"), tok)
+    with pytest.raises(ConfigError, match=r"^eval.beam_search must be fast or generate \(got 'hf'\)$"):
+        validate(_cfg(tmp_path, "eval.beam_search=hf"))

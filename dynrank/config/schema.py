@@ -7,10 +7,22 @@ import re
 
 # --- what each key may hold ------------------------------------------------------------------------------------
 # Read "<key> must be <rule>": int or number (with a bound or a range), bool, str, tag (a name for the results
-# path: letters, digits, '.', '_', '-', no '..'), device (auto, cpu, cuda, cuda:<n>), "list of <rule>", each
-# possibly "or null" or "or auto". Keys of other tasks and methods than the run's are simply absent.
+# path: letters, digits, '.', '_', '-', no '..'), device (auto, cpu, cuda, cuda:<n>), "one of <a>, <b>, ..." (those
+# strings only), "list of <rule>", each possibly "or null" or "or auto". Keys of other tasks and methods than the
+# run's are simply absent.
 SCHEDULES = ("linear", "constant")  # train.schedule's choices: the learning-rate schedules of optim.lr_factor
 NO_DECAY_RULES = ("none", "hf_trainer")  # train.no_decay's choices: optim.decays
+
+
+def one_of(*names: str) -> str:
+    """The rule of a key that holds one of ``names``: ``one of linear, constant``."""
+    return "one of " + ", ".join(names)
+
+
+def options(rule: str) -> tuple[str, ...]:
+    """The names a ``one of`` rule allows (``or null`` / ``or auto`` left out)."""
+    rule = rule.removesuffix(" or null").removesuffix(" or auto")
+    return tuple(rule[len("one of "):].split(", ")) if rule.startswith("one of ") else ()
 
 SCHEMA = {
     "seed": "int in [0, 4294967295]",          # numpy's seeding (device.seed_everything) takes 32 bits
@@ -28,8 +40,8 @@ SCHEMA = {
     "train.weight_decay": "number >= 0",
     "train.warmup_ratio": "number in [0, 1)",
     "train.max_grad_norm": "number > 0 or null",
-    "train.schedule": "str",                   # one of SCHEDULES: checked by validate
-    "train.no_decay": "str",                   # one of NO_DECAY_RULES: checked by validate
+    "train.schedule": one_of(*SCHEDULES),
+    "train.no_decay": one_of(*NO_DECAY_RULES),
     "train.adam_betas": "list of number in [0, 1)",
     "train.adam_eps": "number > 0",
     "train.label_smoothing": "number in [0, 1)",
@@ -51,9 +63,9 @@ SCHEMA = {
     "train.progress": "bool",
     "train.export": "bool",
     "train.checkpoint_every": "int >= 1 or null",
-    "train.keep_checkpoint": "str",            # last | none: checked in validate
+    "train.keep_checkpoint": one_of("last", "none"),
     "eval.max_samples": "int >= 1 or null",
-    "eval.beam_search": "str",                # fast | generate: checked by the XSum task
+    "eval.beam_search": one_of("fast", "generate"),
     "results.store": "str",
     "logger.name": "str",                      # a conf/logger/ choice
     "logger.tracking_uri": "str or null",
@@ -61,7 +73,7 @@ SCHEMA = {
     "logger.experiment": "str",
     "logger.project": "str",
     "logger.entity": "str or null",
-    "logger.mode": "str or null",              # online | offline | disabled: checked by validate
+    "logger.mode": one_of("online", "offline", "disabled") + " or null",
     "budget.name": "tag",
     "budget.r": "int >= 1",
     "model.id": "tag",
@@ -88,6 +100,8 @@ SCHEMA = {
     "task.generate.no_repeat_ngram_size": "int >= 0",
     "task.generate.early_stopping": "bool",
     "task.generate.length_penalty": "number",
+    "task.train_windows": one_of("all", "answer_only") + " or null",  # SQuAD; null: all
+    "task.eval_split": one_of("validation", "test") + " or null",     # XSum; null: validation
     "method.name": "tag",
     "method.alpha": "number > 0",
     "method.dropout": "number in [0, 1)",
@@ -108,13 +122,17 @@ SCHEMA = {
     "method.deltaT": "int >= 1",
     "method.bottleneck": "int >= 1 or null",
     "method.bottleneck_per_rank": "int >= 1",
-    "method.placement": "str",                # source | before_dropout: checked where the adapters are placed
+    "method.placement": one_of("source", "before_dropout"),  # adapters: the adapter's input
+    "method.activation": one_of("relu", "gelu", "silu"),     # adapters: methods.adapters.ACTIVATIONS
+    "method.mode": one_of("frozen", "full"),                 # dylora: which rows/columns <= b train
     "method.r_min": "int >= 1",
     "method.r_max": "int >= 1",
     "method.eval_ranks": "list of int >= 1",
     "method.export_rank": "int >= 1 or null",
     "method.seed": "int >= 0",
     "protocol.lora_kaiming_a": "number",
+    "protocol.best_epoch": one_of("all", "after_pruning"),  # the report's selection rule (report.selection.Rule)
+    "protocol.metric_max": one_of("joint", "per_metric"),
     "protocol.std_ddof": "int in [0, 1]",
 }
 
@@ -127,6 +145,8 @@ def conforms(rule: str, value) -> bool:
         return value == "auto" or conforms(rule[: -len(" or auto")], value)
     if rule.startswith("list of "):
         return isinstance(value, list) and all(conforms(rule[len("list of "):], v) for v in value)
+    if rule.startswith("one of "):
+        return isinstance(value, str) and value in options(rule)
     kind, _, bound = rule.partition(" ")
     if kind in ("bool", "str"):
         return isinstance(value, {"bool": bool, "str": str}[kind])
@@ -159,6 +179,9 @@ def describe(rule: str) -> str:
         return describe(rule[: -len(" or auto")]) + ", or auto"
     if rule.startswith("list of "):
         return "a list of " + describe(rule[len("list of "):]).split(" ", 1)[1].replace("integer", "integers")
+    if rule.startswith("one of "):  # "linear or constant", "online, offline or disabled"
+        *first, last = options(rule)
+        return f"{', '.join(first)} or {last}" if first else last
     kind, _, bound = rule.partition(" ")
     words = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
              "tag": "a name of letters, digits, '.', '_', '-' (no path separator, no '..')",

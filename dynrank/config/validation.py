@@ -14,7 +14,7 @@ from ..trackers import check_installed
 from ..weights import check_model_dir
 from .hparams import initial_budget, lr_grid
 from .run_identity import run_id
-from .schema import NO_DECAY_RULES, SCHEDULES, SCHEMA, conforms, describe
+from .schema import SCHEMA, conforms, describe
 
 
 class _NeedsHydra(Exception):
@@ -57,18 +57,9 @@ def validate(cfg: DictConfig) -> None:
     if values.get("seeds") == []:  # else it would train seed=<k> as if seeds were unset
         raise ConfigError("seeds=[] lists no seed; list the seeds to train (e.g. seeds=[1,2,3]), or leave seeds "
                           "unset to train seed=<k>")
-    (_, schedule), (_, betas) = _get(values, "train.schedule"), _get(values, "train.adam_betas")
-    if schedule is not None and schedule not in SCHEDULES:
-        raise ConfigError(f"train.schedule must be {' or '.join(SCHEDULES)} (got {_shown(schedule)})")
-    if (rule := _get(values, "train.no_decay")[1]) is not None and rule not in NO_DECAY_RULES:
-        raise ConfigError(f"train.no_decay must be {' or '.join(NO_DECAY_RULES)} (got {_shown(rule)})")
-    if (keep := _get(values, "train.keep_checkpoint")[1]) not in (None, "last", "none"):
-        raise ConfigError(f"train.keep_checkpoint must be last or none (got {_shown(keep)})")
     if (logger := _get(values, "logger.name")[1]) is not None:
         check_installed(logger)  # logger=mlflow without mlflow: now, not after the model has loaded
-    if (mode := _get(values, "logger.mode")[1]) not in (None, "online", "offline", "disabled"):
-        raise ConfigError(f"logger.mode must be online, offline or disabled (got {_shown(mode)})")
-    if betas is not None and len(betas) != 2:
+    if (betas := _get(values, "train.adam_betas")[1]) is not None and len(betas) != 2:
         raise ConfigError(f"train.adam_betas must be two numbers [beta1, beta2] (got {_shown(betas)})")
     seeds = values.get("seeds") or []
     if len(set(seeds)) < len(seeds):

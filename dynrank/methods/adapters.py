@@ -112,12 +112,7 @@ class BottleneckAdapters(Method):
         return int(m)  # >= 1: both keys' ranges are config.schema's
 
     def wrap(self, model):
-        act = str(self.cfg.activation)
-        if act not in ACTIVATIONS:
-            raise ConfigError(f"unknown method.activation '{act}'; choose one of: {', '.join(ACTIVATIONS)}")
-        placement = str(self.cfg.placement)
-        if placement not in ("source", "before_dropout"):
-            raise ConfigError(f"unknown method.placement '{placement}'; choose source or before_dropout")
+        act, placement = str(self.cfg.activation), str(self.cfg.placement)  # their choices: config.SCHEMA
         if placement == "source" and self.family == "bart":
             raise ConfigError("method.placement=source is built for RoBERTa/BERT sub-layers; BART's layers add the "
                               "residual inline: set method.placement=before_dropout")

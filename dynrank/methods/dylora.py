@@ -108,11 +108,8 @@ class DyLoRA(Method):
         if not 1 <= self.r_min <= self.r_max:
             raise ConfigError(f"DyLoRA needs 1 <= method.r_min <= method.r_max (got r_min={self.r_min}, "
                               f"r_max={self.r_max}); r_max defaults to budget.r")
-        mode = str(cfg.mode)
-        if mode not in ("frozen", "full"):
-            raise ConfigError(f"unknown method.mode '{mode}' for dylora; choose frozen or full")
         self.alpha = float(cfg.alpha)
-        self.state = RankState(self.runs, self.r_max, self.alpha, frozen=mode == "frozen")
+        self.state = RankState(self.runs, self.r_max, self.alpha, frozen=str(cfg.mode) == "frozen")  # or full: SCHEMA
         self.seeds = [int(cfg.seed)] * self.runs  # the rank schedules' seeds (init_runs: the runs')
         self.schedule: list[list[int]] = [[] for _ in range(self.runs)]  # per run, the rank of every step
         self.step = 0

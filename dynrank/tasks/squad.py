@@ -125,9 +125,7 @@ class SquadTask(Task):
         self.max_length, self.stride = int(t.max_length), int(t.doc_stride)
         self.n_best, self.max_answer_length = int(t.n_best), int(t.max_answer_length)
         self.null_threshold = float(t.null_threshold)
-        self.train_windows = str(t.get("train_windows") or "all")
-        if self.train_windows not in ("all", "answer_only"):
-            raise ConfigError(f"task.train_windows must be all or answer_only (got {self.train_windows})")
+        self.train_windows = str(t.get("train_windows") or "all")  # all | answer_only: config.SCHEMA
         if not 0 < self.stride < self.max_length:
             raise ConfigError(f"task.doc_stride must be in (0, task.max_length={self.max_length}) (got {self.stride})")
         if self.n_best < 1 or self.max_answer_length < 1:
