@@ -19,7 +19,10 @@ TABLE8 = Path(__file__).resolve().parent.parent.parent / "shared" / "paper" / "t
 
 
 def _file(method):
-    return yaml.safe_load((CONF / "hparams" / f"{method}.yaml").read_text())
+    """conf/hparams/<method>.yaml as the run gets it: with what its defaults list inherits (dora_wd: lora.yaml)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose([f"method={method}"]).hparams)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -237,11 +240,23 @@ def test_budget_stays_equal_whatever_the_source():
             assert cfg.budget.r == r and cfg.task.max_length == 128
 
 
-def test_dora_wd_copies_loras_configuration():
-    body = lambda m: (CONF / "hparams" / f"{m}.yaml").read_text().split("all_tasks:", 1)[1]  # noqa: E731
-    assert body("dora_wd") == body("lora")
-    # lora's paper_code entry (the DoRA authors' own LoRA) is not LoRA's configuration that NVlabs points to
-    assert "paper_code" in _file("lora") and "paper_code" not in _file("dora_wd")
+def test_dora_wd_inherits_loras_configuration():
+    """conf/hparams/dora_wd.yaml is lora.yaml through Hydra's defaults list: for every task, under both protocols,
+    dora_wd trains with LoRA's standard values (lora's paper_code entry, the DoRA authors' own LoRA, is not LoRA's
+    configuration that NVlabs points to: dora_wd cancels it)."""
+    from omegaconf import OmegaConf
+
+    def values(method, protocol):
+        cfg = OmegaConf.to_container(compose([f"method={method}", f"task={task}", f"protocol={protocol}"]),
+                                     resolve=True)
+        hparams = {k: v for k, v in cfg["hparams"].items() if k != "paper_code"}
+        return cfg["train"], {k: cfg["method"][k] for k in ("alpha", "dropout")}, hparams
+
+    file = yaml.safe_load((CONF / "hparams" / "dora_wd.yaml").read_text())
+    assert file == {"defaults": ["lora", "_self_"], "paper_code": None}
+    for task in TASKS:
+        lora = values("lora", "standard")
+        assert values("dora_wd", "standard") == lora and values("dora_wd", "paper_code") == lora, task
 
 
 @pytest.mark.parametrize("override, message", [
