@@ -408,6 +408,45 @@ def test_report_protocols_from_the_same_files(tmp_path):
     assert cells["auto"] == cells["paper_code"] and cells["auto"]["selection"] == "paper_code"
 
 
+def test_report_reads_the_protocol_files(tmp_path, monkeypatch):
+    """conf/protocol/<name>.yaml's best_epoch, metric_max and std_ddof are the report's rule: the standard file edited
+    to the authors' values (after_pruning, per_metric, ddof 0) turns --protocol standard's cell into paper_code's."""
+    from omegaconf import OmegaConf
+
+    from dynrank.config import CONF_DIR
+    from dynrank.report import selection
+
+    assert selection.RULES == selection.load_rules(CONF_DIR / "protocol")
+    edited = OmegaConf.load(CONF_DIR / "protocol" / "standard.yaml")
+    edited.best_epoch, edited.metric_max, edited.std_ddof = "after_pruning", "per_metric", 0
+    (tmp_path / "protocol").mkdir()
+    OmegaConf.save(edited, tmp_path / "protocol" / "standard.yaml")
+    rule = selection.load_rules(tmp_path / "protocol")["standard"]
+    assert (rule.best_epoch, rule.metric_max, rule.ddof) == ("after_pruning", "per_metric", 0)
+
+    store = tmp_path / "store"
+    vals = {1: (0.70, 0.60), 2: (0.66, 0.62), 3: (0.74, 0.58)}  # per seed: (before, after pruning ended)
+    for s, (before, after) in vals.items():
+        _write_run(store, "roberta_base", "cola", "dora", "r8", s, None, "matthews",
+                   epochs=_epochs({"matthews": before}, {"matthews": after}), pruning_end_step=20)
+
+    def cell():
+        out = tmp_path / "out"
+        assert report.main(["--store", str(store), "--out", str(out), "--tables", "table2", "--no-figures",
+                            "--protocol", "standard"]) == 0
+        text = (out / "table2.md").read_text()
+        return {(r["row"], r["column"]): r for r in csv_rows(out / "table2.csv")}["r8 dora", "cola"], text
+
+    before, text = cell()
+    assert math.isclose(float(before["mean"]), 100 * (0.70 + 0.66 + 0.74) / 3) and "(ddof=1)" in text
+    monkeypatch.setitem(selection.RULES, "standard", rule)
+    after, text = cell()
+    paper = [100 * a for _, a in vals.values()]
+    assert math.isclose(float(after["mean"]), sum(paper) / 3)
+    assert math.isclose(float(after["std"]), statistics.pstdev(paper))
+    assert "each metric's own maximum over the epochs after pruning ended" in text and "(ddof=0, numpy.std)" in text
+
+
 # --- learning rates ------------------------------------------------------------------------------------------
 LRS = (2e-4, 4e-4, 8e-4)
 

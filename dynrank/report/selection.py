@@ -1,7 +1,8 @@
 """The report's selection rules apart from its formatting: which number a run contributes, how seeds spread, and which
 learning rate a table cell's runs come from (docs/reproduce.md: Evaluation protocols, Learning-rate search).
 
-Every results file holds the dev metrics of every epoch, so a rule is a report-time choice. ``standard``: every metric
+Every results file holds the dev metrics of every epoch, so a rule is a report-time choice, read from the protocol's
+file (conf/protocol/<name>.yaml: ``best_epoch``, ``metric_max``, ``std_ddof``; ``Rule``). ``standard``: every metric
 off the best epoch by the task's selection metric, sample std (ddof=1). ``paper_code`` (the authors'
 ``Summarize_Results.py``): each metric's own maximum over the epochs after pruning ended (dora; every epoch for the
 other methods), ``<key>@paper_code`` where stored, population std (ddof=0). One seed: no spread.
@@ -16,6 +17,7 @@ import math
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 from ..config import lr_tag
@@ -42,21 +44,11 @@ def epochs_of(run: Run) -> list[dict]:
     return [best] if isinstance(best, dict) and isinstance(best.get("dev"), dict) else []
 
 
-def best_epoch(run: Run) -> dict | None:
-    """standard: the epoch with the highest selection metric over all epochs (the first of equals)."""
-    scored = [(v, h) for h in epochs_of(run) if (v := _num(h["dev"], run.metric)) is not None]
+def best_epoch(run: Run, epochs: list[dict] | None = None) -> dict | None:
+    """The epoch with the highest selection metric (the first of equals) over ``epochs`` (None: all epochs)."""
+    scored = [(v, h) for h in (epochs_of(run) if epochs is None else epochs)
+              if (v := _num(h["dev"], run.metric)) is not None]
     return max(scored, key=lambda vh: vh[0])[1] if scored else None
-
-
-def standard_value(run: Run, keys: Sequence[str]) -> float | None:
-    """Every metric off the one best epoch: the first of ``keys`` it holds."""
-    epoch = best_epoch(run)
-    if epoch is None:
-        return None
-    for k in keys:
-        if (v := _num(epoch["dev"], k)) is not None:
-            return v
-    return None
 
 
 # The methods whose runs the authors' Summarize_Results.py cuts at 'prune finished': the marker is logged by their
@@ -74,46 +66,68 @@ def candidate_epochs(run: Run) -> list[dict]:
     return [h for h in hist if isinstance(h.get("step"), (int, float)) and h["step"] >= end]
 
 
-def paper_code_value(run: Run, keys: Sequence[str]) -> float | None:
-    """The maximum of the metric itself over the candidate epochs: ``<key>@paper_code`` per epoch where stored."""
-    epochs = candidate_epochs(run)
-    for k in keys:
-        vals = [v for h in epochs
-                if (v := _num(h["dev"], k + PAPER_SUFFIX) if k + PAPER_SUFFIX in h["dev"] else _num(h["dev"], k))
-                is not None]
-        if vals:
-            return max(vals)
-    return None
-
-
 # --- the rules --------------------------------------------------------------------------------------
+# What a conf/protocol/<name>.yaml says of the report (its keys best_epoch, metric_max, std_ddof), in the notes' words
+EPOCHS = {"all": "all epochs",
+          "after_pruning": "the epochs after pruning ended (dora; other methods, adalora included: all epochs)"}
+JOINT_NOTE = ("the best dev epoch over {epochs} by the task's metric (GLUE: the column's metric; SQuAD: F1; XSum: "
+              "ROUGE-L), every number read off that epoch")
+SPREAD = {1: "sample std over seeds (ddof=1)", 0: "population std over seeds (ddof=0, numpy.std)"}
+SOURCES = {"paper_code": " (the authors' Summarize_Results.py)"}  # a protocol's origin, for its note
+VARIANTS = {"paper_code": "the authors' metric variant"}  # the protocols whose `<key>@<name>` the tasks store
+
+
 @dataclass(frozen=True)
 class Rule:
+    """A protocol's selection rule (docs/reproduce.md: Evaluation protocols), as its conf/protocol file says:
+    ``best_epoch`` (``all``; ``after_pruning``: ``candidate_epochs``), ``metric_max`` (``joint``: every metric off
+    the best epoch by the run's selection metric; ``per_metric``: each metric's own maximum) and ``std_ddof``. A
+    run's ``<key>@<name>`` is read where stored (paper_code: the authors' SQuAD windows, ROUGE without stemming)."""
     name: str
-    ddof: int                                                   # of the spread over seeds
-    pick: Callable[[Run, Sequence[str]], "float | None"]        # one run's number for the first key it has
-    note: str                                                   # one line for the tables' notes
+    best_epoch: str = "all"
+    metric_max: str = "joint"
+    ddof: int = 1                                               # of the spread over seeds
 
     def value(self, run: Run, keys: Sequence[str] | None = None) -> float | None:
         """The run's number for the first of ``keys`` it has (``None``: the run's own selection metric)."""
-        return self.pick(run, tuple(keys) if keys else (run.metric,))
+        keys = tuple(keys) if keys else (run.metric,)
+        epochs = candidate_epochs(run) if self.best_epoch == "after_pruning" else epochs_of(run)
+        if self.metric_max == "joint":
+            epochs = [best] if (best := best_epoch(run, epochs)) is not None else []
+        for k in keys:
+            variant = k + "@" + self.name
+            if vals := [v for h in epochs if (v := _num(h["dev"], variant if variant in h["dev"] else k)) is not None]:
+                return max(vals)
+        return None
 
     def std(self, xs: Sequence[float]) -> float | None:
         if len(xs) < 2:
             return None
         return statistics.stdev(xs) if self.ddof == 1 else statistics.pstdev(xs)
 
+    @property
+    def note(self) -> str:
+        """One line for the tables' notes."""
+        epochs = EPOCHS[self.best_epoch]
+        how = JOINT_NOTE.format(epochs=epochs) if self.metric_max == "joint" else \
+            f"each metric's own maximum over {epochs}"
+        variant = f", {VARIANTS[self.name]} (`<key>@{self.name}`) where stored" if self.name in VARIANTS else ""
+        return f"selection `{self.name}`{SOURCES.get(self.name, '')}: {how}{variant}; ± = {SPREAD[self.ddof]}"
 
-STANDARD = Rule("standard", 1, standard_value,
-                "selection `standard`: the best dev epoch over all epochs by the task's metric (GLUE: the "
-                "column's metric; SQuAD: F1; XSum: ROUGE-L), every number read off that epoch; "
-                "± = sample std over seeds (ddof=1)")
-PAPER_CODE = Rule("paper_code", 0, paper_code_value,
-                  "selection `paper_code` (the authors' Summarize_Results.py): each metric's own maximum over the "
-                  "epochs after pruning ended (dora; other methods, adalora included: all epochs), the authors' "
-                  "metric variant (`<key>@paper_code`) where stored; ± = population std over seeds (ddof=0, "
-                  "numpy.std)")
-RULES = {r.name: r for r in (STANDARD, PAPER_CODE)}
+
+def load_rules(protocol_dir: Path | None = None) -> dict[str, Rule]:
+    """Every protocol's rule, as conf/protocol/<name>.yaml says it (editing a file changes the report)."""
+    from omegaconf import OmegaConf
+
+    from ..config import CONF_DIR
+
+    files = sorted((protocol_dir or CONF_DIR / "protocol").glob("*.yaml"))
+    rules = [OmegaConf.load(f) for f in files]
+    return {p.name: Rule(p.name, str(p.best_epoch), str(p.metric_max), int(p.std_ddof)) for p in rules}
+
+
+RULES = load_rules()
+STANDARD, PAPER_CODE = RULES["standard"], RULES["paper_code"]
 PROTOCOLS = (AUTO, *RULES)
 
 
