@@ -42,9 +42,10 @@ sys.path.insert(0, str(ROOT))
 
 from dynrank.bench import (REAL, cola_lengths, dynrank_runner, make_batches, peft_runner, real_batches,  # noqa: E402
                            synchronize, timed_steps)
+from dynrank.methods import names  # noqa: E402
 from dynrank.results import versions, write_json  # noqa: E402
 
-DYNRANK = ["full", "bitfit", "lora", "adalora", "dora", "dora_wd", "houlsby", "pfeiffer"]
+DYNRANK = names()  # every method of conf/method/
 # FLOPs of one real token of a RoBERTa-base training step (issue 26): the frozen backbone's forward and input-gradient
 # GEMMs, 12 layers x 2 x 2 x (4 x 768^2 + 2 x 768 x 3072) = 0.340 G, plus attention and adapters at GLUE's lengths:
 # 0.354 G; full fine-tuning adds the weight gradients: 0.51 G.

@@ -30,6 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 README = ROOT / "README.md"
+
+import yaml  # noqa: E402
+
+from dynrank.config import choices  # noqa: E402
 GLUE = ROOT.parent / "shared" / "data" / "glue"
 
 
@@ -85,7 +89,7 @@ def majority_class() -> float:
     return majority("sst2", train, dev)["accuracy"]
 
 
-METHODS = ("full", "bitfit", "houlsby", "pfeiffer", "lora", "adalora", "dora", "dora_wd", "dylora")
+METHODS = choices("method")
 
 
 def _each(value, scale: float = 1.0):
@@ -147,7 +151,8 @@ def dora_example(tmp: Path) -> dict:
     return {"accuracy": res["final"]["dev"]["accuracy"], "wall": wall, "cpu": cpu}
 
 
-SMOKE_METHODS = ("full", "bitfit", "lora", "dora")
+SMOKE_METHODS = str(yaml.safe_load((ROOT / "conf" / "experiment" / "smoke.yaml").read_text())  # what it trains
+                    ["hydra"]["sweeper"]["params"]["method"]).split(",")
 
 
 def smoke(tmp: Path) -> dict:

@@ -16,12 +16,13 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from dynrank.config import choices
 from dynrank.data.glue import load_split
 from dynrank.metrics.glue import majority_class
 from dynrank.results import load_runs
 from dynrank.report.selection import PAPER_CODE, STANDARD
 
-METHODS = ("full", "bitfit", "houlsby", "pfeiffer", "lora", "adalora", "dora", "dora_wd", "dylora")
+METHODS = choices("method")
 
 
 def majority(task: str, data_dir: str) -> dict[str, float]:

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from conftest import compose
+from dynrank import methods
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-METHODS = ["full", "bitfit", "lora", "houlsby", "pfeiffer", "dora_wd", "dylora", "adalora", "dora"]
+METHODS = methods.names()
 
 
 def _trajectory(method_name, graphs: bool, steps=24, bf16=False, seeds=(1,), device="cuda", packed=False,
@@ -82,7 +83,7 @@ def test_graphed_step_matches_eager(name, bf16, runs):
     assert torch.allclose(eager, graphed, **tol), (eager, graphed)
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m != "full"])
+@pytest.mark.parametrize("name", methods.names(stacks=True))
 def test_stacked_runs_equal_solo_runs_on_gpu(name):
     """Three runs stacked (seeds 1-3, three learning rates) as CUDA graphs in fp32 against each run alone: the same
     losses and final trainable numbers (adapters, heads), through DoRA's and AdaLoRA's pruning (24 steps).

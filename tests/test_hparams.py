@@ -12,8 +12,9 @@ import torch
 import yaml
 
 from conftest import CONF, compose
+from dynrank.config import choices
 
-METHODS = ("full", "bitfit", "houlsby", "pfeiffer", "lora", "adalora", "dora", "dora_wd", "dylora")
+METHODS = tuple(choices("method"))
 TASKS = ("rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli", "squad_v1", "squad_v2", "xsum")
 TABLE8 = Path(__file__).resolve().parent.parent.parent / "shared" / "paper" / "table8_hyperparameters.csv"
 

@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli, compose, tiny_overrides
+from dynrank import methods
 from dynrank.errors import TrainingError
 from dynrank.driver import run_side_by_side, stacks
 
-STACKING = ["lora", "dora", "adalora", "dora_wd", "dylora", "bitfit", "houlsby", "pfeiffer"]
+STACKING = methods.names(stacks=True)  # every method but full fine-tuning
 
 
 def cfg(tmp_path, method, seed, lr, store, *extra, device="cpu"):

@@ -18,6 +18,13 @@ def method_class(name: str):
     return module.METHOD
 
 
+def names(stacks: bool | None = None) -> list[str]:
+    """The methods of the config group (conf/method/), sorted; ``stacks=True``: those that train several runs as one
+    model (``base.Method.stacks``; full fine-tuning does not). Tests and scripts take their methods from here, so a
+    new method is tested stacked and on the GPU without editing a list."""
+    return [m for m in choices("method") if stacks is None or method_class(m).stacks == stacks]
+
+
 def build(cfg, family: str, runs: int = 1):
     """The method named by ``cfg.method.name``, configured with its group and the budget, for ``runs`` stacked
     runs (``base.Method``: the run dimension)."""
