@@ -26,7 +26,8 @@ def test_one_of_rule():
     (["logger=wandb", "logger.mode=online2"],
      "logger.mode must be online, offline or disabled, or null (got 'online2')"),
     (["eval.beam_search=hf"], "eval.beam_search must be fast or generate (got 'hf')"),
-    (["task=squad_v1", "task.train_windows=some"], "task.train_windows must be all or answer_only, or null (got 'some')"),
+    (["task=squad_v1", "task.train_windows=some"],
+     "task.train_windows must be all or answer_only, or null (got 'some')"),
     (["task=xsum", "model=tiny_bart", "task.eval_split=dev"], "task.eval_split must be validation or test, or null "
                                                                "(got 'dev')"),
     (["method=dylora", "method.mode=half"], "method.mode must be frozen or full (got 'half')"),
