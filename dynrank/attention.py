@@ -90,7 +90,7 @@ def _kernel_agrees(dtype, device, dh: int) -> bool:
     import types
 
     from .dropout import DropoutStream, KeyedDropout
-    from .packing import pack
+    from .packed_batch import pack
 
     g = torch.Generator().manual_seed(0)
     heads, H = 2, 2 * dh

@@ -43,9 +43,9 @@ def real_lengths(setting: str) -> list[int]:
 def real_batches(setting: str, n: int, device, vocab: int, runs: int, packed: bool, pad_multiple: int = 8,
                  batch_size: int | None = None, seed: int = 0):
     """``n`` steps of ``runs`` runs, each run its own batch of the task's size drawn from its real lengths, laid out
-    as the loop lays them out: packed (``packing.pack``) or padded to the longest of the stack. Each batch also
+    as the loop lays them out: packed (``packed_batch.pack``) or padded to the longest of the stack. Each batch also
     says how many tokens are real (``real_tokens``) and how many the step multiplies (``step_tokens``)."""
-    from .packing import pack
+    from .packed_batch import pack
 
     lengths = real_lengths(setting)
     bs = batch_size or REAL[setting][1]

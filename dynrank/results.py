@@ -202,9 +202,11 @@ OPTIONAL = ("extra_evals", "export_dir")  # keys a results file has only where s
 
 
 def build_results(cfg, resolved: dict, metric: str, history: list[dict], schedule: list[dict], device, *,
-                  params: dict, pruning_end_step, data, training: dict, attempts_s: list[float], ended: float,
-                  method_summary: dict, extra_evals: dict | None = None, export_dir: str | None = None) -> RunResults:
-    """A finished run's results: ``cfg`` its config (``resolved``: resolved to plain containers), ``metric`` the
+                  run_id: str, config_hash: str, params: dict, pruning_end_step, data, training: dict,
+                  attempts_s: list[float], ended: float, method_summary: dict, extra_evals: dict | None = None,
+                  export_dir: str | None = None) -> RunResults:
+    """A finished run's results: ``cfg`` its config (``resolved``: resolved to plain containers; ``run_id`` and
+    ``config_hash``: ``config.run_id(cfg)``, ``config.config_hash(cfg, schedule)``), ``metric`` the
     task's selection metric, ``history`` its epochs, ``schedule`` the lengths its schedules were made for,
     ``device`` the torch device it trained on; ``params``, ``pruning_end_step``, ``method_summary`` and
     ``extra_evals`` the method's for it; ``data`` the data's identity; ``training`` how it trained;
@@ -213,15 +215,14 @@ def build_results(cfg, resolved: dict, metric: str, history: list[dict], schedul
     import torch
 
     from . import gpus
-    from .config import config_hash, run_id
 
     best = max(history, key=lambda h: h["dev"].get(metric, float("-inf")))
     cuda = device.type == "cuda"
     time_per_epoch = [h["train_time_s"] for h in history]
     return RunResults(
-        schema=SCHEMA, run_id=run_id(cfg), model=cfg.model.id, task=cfg.task.name, method=cfg.method.name,
+        schema=SCHEMA, run_id=run_id, model=cfg.model.id, task=cfg.task.name, method=cfg.method.name,
         budget=cfg.budget.name, variant=cfg.get("variant"), seed=int(cfg.seed), lr=float(cfg.train.lr),
-        config_hash=config_hash(cfg, schedule), schedule=schedule, protocol=cfg.protocol.name, metric=metric,
+        config_hash=config_hash, schedule=schedule, protocol=cfg.protocol.name, metric=metric,
         best={"epoch": best["epoch"], "dev": best["dev"]}, pruning_end_step=pruning_end_step,
         final={"epoch": history[-1]["epoch"], "dev": history[-1]["dev"]}, epochs=history, params=params,
         time_per_epoch_s=time_per_epoch,

@@ -24,6 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from . import checkpoint, export, runlog
+from .config import config_hash
 from .device import fast_path, pick_device, seed_everything
 from .inputs import batches
 from .results import build_results, write_json
@@ -267,7 +268,8 @@ class Trainer:
             summary = method.summary(k)
             method.artifacts(run_dir, f"{cfg.model.id}, {cfg.task.name}, budget {cfg.budget.name}, seed {run.seed}", k)
             results = build_results(
-                cfg, self.resolved[k], self.task.metric, st.history, st.schedule, self.device,
+                cfg, self.resolved[k], self.task.metric, st.history, st.schedule, self.device, run_id=run.id,
+                config_hash=config_hash(cfg, st.schedule),
                 params=method.param_counts(k), pruning_end_step=method.pruning_end_step(), data=self.shared.identity,
                 training={"stacked_runs": self.R, "precision": "bf16" if self.amp else "fp32",
                           "cuda_graphs": self.fast["cuda_graphs"], "pad_to_multiple": self.fast["pad_to_multiple"],

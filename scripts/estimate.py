@@ -147,7 +147,7 @@ _PACKED_CACHE: dict = {}
 def packed_step_tokens(hist: Hist, k: int, batch: int, samples: int = 200) -> float:
     """E[rows a packed step multiplies] (``train.pack``, dynrank/packing.py): k x bucket(the most real tokens of the
     k runs' batches), each run's batch drawn at random from ``hist``; by simulation (a fixed seed)."""
-    from dynrank.packing import bucket
+    from dynrank.packed_batch import bucket
 
     key = (id(hist), k, batch)
     if key not in _PACKED_CACHE:

@@ -174,8 +174,8 @@ def test_bad_override_is_one_line_error(capsys):
 
 # --- packed steps (train.pack) ---------------------------------------------------------------------------------
 def test_packed_step_tokens_match_the_packed_batches():
-    """The simulated rows of a packed step against dynrank.packing.pack on batches drawn the same way."""
-    from dynrank.packing import pack
+    """The simulated rows of a packed step against dynrank.packed_batch.pack on batches drawn the same way."""
+    from dynrank.packed_batch import pack
 
     rng = random.Random(1)
     lengths = [min(128, int(rng.lognormvariate(2.5, 0.6))) + 2 for _ in range(2000)]

@@ -25,7 +25,7 @@ def _trajectory(method_name, graphs: bool, steps=24, bf16=False, seeds=(1,), dev
     packed, dropout ``dropout`` (hidden, attention and the adapters': each run's own stream, dynrank.dropout)."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from dynrank.packing import pack
+    from dynrank.packed_batch import pack
     from dynrank.step import build_stack
     from dynrank.tasks.glue import classification_losses
 

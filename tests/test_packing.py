@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT, compose, tiny_overrides
 from dynrank import dropout, inputs, methods
-from dynrank.packing import bucket, pack
+from dynrank.packed_batch import bucket, pack
 from dynrank.step import prepare_model
 
 STACKING = methods.names(stacks=True)  # every method but full fine-tuning

@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose
+from dynrank.config import config_hash, run_id
 from dynrank.results import FIELDS, RunResults, build_results
 
 # The keys of a results file as dynrank.trainer writes it, in its order (``extra_evals``, ``export_dir``: where set).
@@ -31,8 +32,10 @@ def _built(**over) -> RunResults:
                 training={"stacked_runs": 1, "precision": "fp32", "cuda_graphs": False, "pad_to_multiple": None,
                           "packed": False},
                 attempts_s=[4.0, 6.5], ended=1.7e9, method_summary={"rank_map": {}})
-    return build_results(cfg, OmegaConf.to_container(cfg, resolve=True), "matthews", history,
-                         [{"epochs": 2, "from_step": 0}], torch.device("cpu"), **{**args, **over})
+    schedule = [{"epochs": 2, "from_step": 0}]
+    return build_results(cfg, OmegaConf.to_container(cfg, resolve=True), "matthews", history, schedule,
+                         torch.device("cpu"), run_id=run_id(cfg), config_hash=config_hash(cfg, schedule),
+                         **{**args, **over})
 
 
 def test_a_built_record_has_the_results_files_keys_in_order():

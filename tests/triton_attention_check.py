@@ -5,7 +5,7 @@ import types
 import torch
 
 from dynrank import attention, dropout
-from dynrank.packing import pack
+from dynrank.packed_batch import pack
 
 torch.manual_seed(0)
 heads, dh = 2, 16

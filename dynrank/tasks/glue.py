@@ -10,7 +10,8 @@ from ..data import glue as glue_data
 from ..data.cache import Encoded, cached, fingerprint, source_id, tokenizer_id
 from ..metrics.glue import glue_metrics
 from ..models import load_model
-from ..packing import PACKED, classification_logits, pack, set_dropout_rows
+from ..packed_batch import PACKED, pack
+from ..packing import classification_logits, set_dropout_rows
 from .base import Task, autocast, evaluating, mean_per_run, repeat_runs
 
 # MNLI reports both dev sets; keys get a suffix for every split after the first.
@@ -66,7 +67,7 @@ class GlueTask(Task):
         return out
 
     def packed_batch(self, dataset, per_run):
-        """Every run's examples packed (``packing.pack``), with their labels."""
+        """Every run's examples packed (``packed_batch.pack``), with their labels."""
         idx = [j for run in per_run for j in run]
         ids = dataset.columns["input_ids"]
         out = pack([ids[j] for j in idx], len(per_run), self.tokenizer.pad_token_id, self.position_offset(),

@@ -22,7 +22,8 @@ from ..data import squad as squad_data
 from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
 from ..errors import ConfigError
 from ..models import load_model
-from ..packing import PACKED, pack, set_dropout_rows, token_logits
+from ..packed_batch import PACKED, pack
+from ..packing import set_dropout_rows, token_logits
 from .base import Task, autocast, evaluating, mean_per_run, repeat_runs
 from .squad_answers import paper_code_ceiling, paper_code_scores, standard_scores
 
@@ -180,7 +181,7 @@ class SquadTask(Task):
         return out
 
     def packed_batch(self, dataset, per_run):
-        """Every run's windows packed (``packing.pack``), with their answer positions."""
+        """Every run's windows packed (``packed_batch.pack``), with their answer positions."""
         idx = [j for run in per_run for j in run]
         cols = dataset.columns
         out = pack([cols["input_ids"][j] for j in idx], len(per_run), self.tokenizer.pad_token_id,

@@ -1,0 +1,79 @@
+"""A packed batch: a stack's sequences end to end, one flat tensor of tokens instead of (batch, length).
+
+    [ run 0's sequences, end to end | filler ][ run 1's sequences | filler ] ... [ run R-1's ... | filler ]
+
+Every run's block is the same size (its real tokens, then filler up to ``bucket``(the largest run's count)), so the
+rows of each run stay contiguous and equal in number. ``pack`` lays the batch out with what attention needs to see
+each sequence on its own (each sequence's first row and length; the rows of a padded view, ``gather`` / ``valid``,
+and back, ``scatter``) and each row's dropout key (``seq_keys``; ``padded_keys`` for a padded batch). The encoder's
+forward over such a batch is ``packing.py``'s.
+"""
+from __future__ import annotations
+
+import torch
+
+from .dropout import MAX_POSITIONS
+
+PACKED = "seq_start"  # the key that marks a packed batch
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """``n`` rounded up to a multiple of max(``minimum``, 2^ceil(log2 n) / 16): at most 16 sizes per doubling, at
+    most ~1/16 of filler."""
+    step = max(minimum, (1 << max(0, (n - 1).bit_length())) // 16)
+    return -(-n // step) * step
+
+
+def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, multiple: int = 8,
+         token_types: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """The packed batch of ``rows`` (the token ids of every run's sequences, run-major, the same number per run).
+
+    ``position_offset``: the position id of a sequence's first token (RoBERTa: padding_idx + 1 = 2; BERT: 0);
+    ``multiple``: the longest sequence rounds up to it (the attention view's width). Keys: ``input_ids``,
+    ``position_ids``, ``token_type_ids`` (T,) with T = runs * block; ``token_keys`` (T,) (``dropout``);
+    ``seq_start`` (N,) each sequence's first row (its ``<s>``), ``seq_len`` (N,); ``gather`` (N * width,) the row
+    of each slot of the attention view, ``valid`` (N, width) which slots hold a token; ``scatter`` (T,) the slot of
+    each row (filler rows: slot 0)."""
+    n = len(rows)
+    per_run = n // runs
+    lens = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    run_tokens = lens.view(runs, per_run).sum(1)
+    block = bucket(int(run_tokens.max()))
+    width = -(-int(lens.max()) // multiple) * multiple
+    T = runs * block
+    # each sequence's first row: run k's block starts at k * block, its sequences end to end
+    within = torch.cumsum(lens.view(runs, per_run), 1) - lens.view(runs, per_run)
+    start = (within + torch.arange(runs).unsqueeze(1) * block).view(-1)
+    pos = torch.arange(width)
+    valid = pos.unsqueeze(0) < lens.unsqueeze(1)  # (N, width)
+    gather = torch.where(valid, start.unsqueeze(1) + pos, start.unsqueeze(1)).view(-1)
+    rows_real = (start.unsqueeze(1) + pos)[valid]  # the rows of real tokens, sequence by sequence
+    slots = (torch.arange(n).unsqueeze(1) * width + pos)[valid]
+    scatter = torch.zeros(T, dtype=torch.long)
+    scatter[rows_real] = slots
+    ids = torch.full((T,), pad_id, dtype=torch.long)
+    ids[rows_real] = torch.tensor([t for r in rows for t in r], dtype=torch.long)
+    positions = torch.full((T,), max(position_offset - 1, 0), dtype=torch.long)  # filler: RoBERTa's padding_idx
+    positions[rows_real] = pos.expand(n, width)[valid] + position_offset
+    types = torch.zeros(T, dtype=torch.long)
+    if token_types is not None:
+        types[rows_real] = torch.tensor([t for r in token_types for t in r], dtype=torch.long)
+    keys = torch.zeros(T, dtype=torch.long)
+    keys[rows_real] = (seq_keys(n, runs).unsqueeze(1) * MAX_POSITIONS + pos)[valid]
+    return {"input_ids": ids, "position_ids": positions, "token_type_ids": types, "token_keys": keys,
+            PACKED: start, "seq_len": lens, "gather": gather, "valid": valid, "scatter": scatter}
+
+
+def seq_keys(n: int, runs: int, device=None) -> torch.Tensor:
+    """Each of ``n`` sequences' index in its run's batch (the runs' batches run-major, n // runs each): the key of
+    its rows' dropout masks (``dropout.DropoutStream``)."""
+    return torch.arange(n, device=device) % (n // runs)
+
+
+def padded_keys(input_ids: torch.Tensor, runs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dropout row keys of a padded batch (N, L), run-major: each sequence's index in its run's batch, and each
+    position's token key."""
+    N, L = input_ids.shape
+    seq = seq_keys(N, runs, input_ids.device)
+    tokens = seq.unsqueeze(1) * MAX_POSITIONS + torch.arange(L, device=input_ids.device)
+    return seq, tokens.reshape(-1)
