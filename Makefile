@@ -27,7 +27,7 @@ demo: ## a CPU run that visibly learns in ~2 min (LoRA on MiniLM, 6,000 SST-2 se
 test: ## run the CPU test suite (what CI runs)
 	$(PYTHON) -m pytest -p no:cacheprovider -n 2
 
-test-fast: ## the tests not marked slow (no training, no subprocess), in one process: ~40 s on 2 idle cores (README: Tests), for a quick loop
+test-fast: ## the tests not marked slow (no training, no subprocess), in one process: ~45 s on 2 idle cores (README: Tests), for a quick loop
 	$(PYTHON) -m pytest -p no:cacheprovider -m "not slow"
 
 check-readme: ## the README's numbers re-measured, each beside its claim (no training: ~30 s of CPU); SLOW=1 also trains (make demo, the dora example, the smoke preset, make test-fast: ~10 min)
