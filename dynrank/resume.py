@@ -159,10 +159,7 @@ class Run:
         self.results = {}  # a run skipped as finished: its results
         self.shared = shared
         self.failed = None  # why training of this run stopped (a NaN loss) while its stack went on
-        self.export_only = False  # finished, and train.export=true asks for the adapter it does not have yet
         self.decision: Decision = Fresh()  # what this command does with it (``_decide``)
-        self.state = None  # the checkpoint it resumes from (``Resume.state``), read and checked once
-        self.start_epoch, self.start_batch = 0, 0  # where its training starts: epochs done, batches of the next
         self.key = resume_key(cfg)  # what a checkpoint of this run must have been made with
         self.fp = fingerprint(self.key)
         self.skip = bool(cfg.train.skip_done) and read_results(self.out_path)[0] == int(cfg.train.epochs)
@@ -194,6 +191,28 @@ class Run:
                        "kept, and the command run again leaves the run as it is (train.resume=false trains it again)")
         write_json(self.run_dir / DIVERGED, {"diverged": why, "run_id": self.id})
 
+    @property
+    def state(self) -> checkpoint.State | None:
+        """The checkpoint it resumes from, or (finished) exports its adapter from, read and checked once; None: it
+        starts, or is left as it is."""
+        d = self.decision
+        return d.state if isinstance(d, Resume) else d.export if isinstance(d, Finished) else None
+
+    @property
+    def export_only(self) -> bool:
+        """Finished, and ``train.export=true`` asks for the adapter it does not have yet."""
+        return isinstance(self.decision, Finished) and self.decision.export is not None
+
+    @property
+    def start_epoch(self) -> int:
+        """The epochs its checkpoint completed (0: it starts)."""
+        return self.state.epoch if self.state is not None else 0
+
+    @property
+    def start_batch(self) -> int:
+        """The batches its checkpoint did of the next epoch (made within it by SIGTERM or ``train.checkpoint_every``)."""
+        return self.state.batch if self.state is not None else 0
+
     def data(self) -> CellData:
         if self.shared is None:
             self.shared = load_data(self.cfg)
@@ -202,10 +221,9 @@ class Run:
     # --- what this command does with the run: read, decide (``plan``), apply -----------------------------------
     def _decide(self) -> None:
         """Read what ``plan`` decides on (a checkpoint save stopped during its swap completed first; with
-        ``train.extend=true`` and no checkpoint here, a shorter run's copied in), decide, and apply the decision:
-        ``skip`` (finished, or diverged before), ``export_only``, ``failed``, and where training starts
-        (``start_epoch``, ``start_batch``: the epochs the checkpoint completed and the batches it did of the next
-        one, a checkpoint made within an epoch by SIGTERM or ``train.checkpoint_every``; (0, 0): it starts)."""
+        ``train.extend=true`` and no checkpoint here, a shorter run's copied in), decide (``decision``: ``state``,
+        ``export_only``, ``start_epoch`` and ``start_batch`` follow from it), and apply the decision: ``skip``
+        (finished, or diverged before), ``failed``, the TensorBoard files, a finished run's results copied."""
         resume, results = bool(self.cfg.train.resume), self.run_dir / "results.json"
         if resume and (recovered := checkpoint.recover(self.run_dir)):
             log.warning("%s: a checkpoint save was stopped during its swap; its complete checkpoint (epoch %d, step "
@@ -227,8 +245,6 @@ class Run:
             return
         # TensorBoard as the checkpoint on disk left it (a start-over's own events replace it at its first checkpoint)
         runlog.settle(self.run_dir / runlog.TB_DIR, state if state is not None else checkpoint.peek(self.run_dir))
-        if isinstance(d, Resume):
-            self.state, self.start_epoch, self.start_batch = d.state, d.state.epoch, d.state.batch
         if isinstance(d, Finished):
             self._left_as_it_is(d)
 
@@ -319,14 +335,13 @@ class Run:
             return False
 
     def _left_as_it_is(self, d: Finished) -> None:
-        """A finished run: skipped, its results copied to this command's results store if it lacks them; its adapter
-        to export (``export_only``) from its final checkpoint (``state``)."""
-        self.skip, self.results, self.export_only = True, d.results, d.export is not None
-        self.state = d.export
+        """A finished run: skipped, its results copied to this command's results store if it lacks them (its adapter
+        exported from its final checkpoint where ``d.export``: ``export_only``)."""
+        self.skip, self.results = True, d.results
         if read_results(self.out_path)[0] != d.results["final"]["epoch"]:  # another results store gets its copy
             write_json(self.out_path, self.results)
         results = self.run_dir / "results.json"
-        if d.export:
+        if d.export is not None:
             log.info("finished already: %s; its adapter is exported from its final checkpoint", results)
         else:
             log.info("finished already, left as it is: %s (train.resume=false trains it again)", results)

@@ -28,7 +28,7 @@ from .config import config_hash
 from .device import fast_path, pick_device, seed_everything
 from .inputs import batches
 from .results import build_results, write_json
-from .resume import DIVERGED
+from .resume import DIVERGED, Extend
 from .step import build_stack
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ class Trainer:
         where = (f"within epoch {state.epoch + 1}, after batch {state.batch}" if state.batch else
                  f"at epoch {state.epoch}")
         log.info("resumed from %s %s (step %d)", state.path, where, st.step)
-        if st.schedule[-1]["epochs"] != self.epochs:
+        if isinstance(run.decision, Extend):  # planned for another length (``resume.plan``)
             self._extend(st, state.epoch)
         return st
 
