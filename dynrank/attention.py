@@ -22,13 +22,23 @@ def attend(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     where a query may attend a key (None: all)."""
     if dropout_p == 0.0 or not module.training:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling
-    if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
     drop = module.dropout  # a KeyedDropout (dropout.install): its site and stream
-    probs = drop.stream.attention(probs, drop.site, dropout_p)
+    probs = drop.stream.attention(probabilities(q, k, mask, scaling), drop.site, dropout_p)
     return torch.matmul(probs, v)
+
+
+def probabilities(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, scaling: float,
+                  causal: bool = False) -> torch.Tensor:
+    """softmax(q k^T * scale) (N, heads, Lq, Lk) in q's dtype, as transformers' eager attention computes it (in
+    fp32); ``mask`` bool (True: may attend) or additive, ``causal``: query i sees keys up to i."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling
+    low = torch.finfo(scores.dtype).min
+    if causal:
+        Lq, Lk = scores.shape[-2:]
+        scores = scores.masked_fill(~torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(), low)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, low) if mask.dtype == torch.bool else scores + mask
+    return torch.softmax(scores.float(), dim=-1).to(q.dtype)
 
 
 def _interface(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,

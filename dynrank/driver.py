@@ -204,11 +204,12 @@ def _on(stream):
 @contextmanager
 def _own_rng(t, several: bool):
     """Each trainer draws from its own generator state, as if it ran alone (nothing to swap for one): what is not
-    keyed by the run (the encoders' dropout is: dynrank/dropout.py; BART's functional dropout is not).
+    keyed by the run (every dropout mask is: dynrank/dropout.py; e.g. BART's LayerDrop draw, which it makes even
+    at layerdrop 0).
 
     Not for the CUDA generator when steps are CUDA graphs: captured graphs hold on to the generator's
-    state, so swapping it would break them; the trainers then share one CUDA generator (each run is still a correct
-    run of its seed, but BART's dropout masks differ from the same seed run alone)."""
+    state, so swapping it would break them; the trainers then share one CUDA generator (which no training step
+    draws from: the dropout masks are keyed)."""
     if not several:
         yield
         return

@@ -13,6 +13,12 @@ head's input row (one per sequence) is its ``<s>`` token's. A site is one dropou
 in model order). So run k draws the same masks for the same step whether it trains alone or stacked, padded or
 packed, and resumes without a generator state to restore: seed 3 inside ``seeds=[1,2,3,4,5]`` is seed 3 alone.
 
+An encoder's dropout is its modules' (``install``: every ``nn.Dropout`` a ``KeyedDropout``; attention through
+``attention.attend``). BART calls dropout as a function in every layer (``F.dropout``, and ``dropout_p`` of its
+SDPA attention): ``functional`` routes those calls to the stream while the training forward runs (a
+``TorchFunctionMode``), sites numbered in call order, rows keyed as the encoders' (the position stride
+``positions`` is the model's, 1024 for BART-base, so that a 768-token source keeps distinct keys).
+
 The hash is ``lowbias32`` (Chris Wellons' integer hash, a murmur3-style finaliser). A CPU (and reference)
 implementation in numpy's uint32, and on a GPU a Triton kernel (``_keyed_kernel``) that applies the mask in one
 pass and recomputes it in the backward pass (no mask is stored); ``tests/test_gpu.py`` checks they agree bit for bit.
@@ -25,6 +31,8 @@ import importlib
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 MAX_POSITIONS = 512  # counter stride of a sequence: RoBERTa/BERT's position embeddings (514 / 512 rows)
 M32 = 0xFFFFFFFF
@@ -99,10 +107,11 @@ class DropoutStream:
     CUDA graph reads the step ``set_step`` wrote before its replay) and the row keys of the current forward pass
     (``set_rows``: the task sets them from the batch's layout before it calls the model)."""
 
-    def __init__(self, seeds: list[int], device):
+    def __init__(self, seeds: list[int], device, positions: int = MAX_POSITIONS):
         self.seeds = torch.tensor(seeds, dtype=torch.int64, device=device)
         self.step = torch.zeros((), dtype=torch.int64, device=device)
         self.runs = len(seeds)
+        self.positions = positions  # the counter stride of a sequence's rows (>= its length)
         self.rows: dict[int, torch.Tensor] = {}
         self.seq_keys: torch.Tensor | None = None
 
@@ -115,7 +124,16 @@ class DropoutStream:
         any key). A dropout input with N rows (a head's input) takes the sequences' ``<s>`` keys, one with T rows the
         tokens'."""
         self.seq_keys = seq_keys
-        self.rows = {token_keys.numel(): token_keys, seq_keys.numel(): seq_keys * MAX_POSITIONS}
+        self.rows = {token_keys.numel(): token_keys, seq_keys.numel(): seq_keys * self.positions}
+
+    def set_padded(self, seq_keys: torch.Tensor, lengths: list[int]) -> None:
+        """Row keys of a padded forward pass whose inputs are (N, L) for each L in ``lengths`` (BART: the source's
+        and the summary's): row (n, i) has key ``seq_key_n * positions + i`` at every length."""
+        self.seq_keys = seq_keys
+        pos = {L: torch.arange(L, device=seq_keys.device) for L in lengths}
+        self.rows = {seq_keys.numel() * L: (seq_keys.unsqueeze(1) * self.positions + p).reshape(-1)
+                     for L, p in pos.items()}
+        self.rows.setdefault(seq_keys.numel(), seq_keys * self.positions)
 
     def apply(self, x: torch.Tensor, site: int, p: float) -> torch.Tensor:
         width = x.shape[-1]
@@ -127,11 +145,12 @@ class DropoutStream:
 
     def attention(self, probs: torch.Tensor, site: int, p: float) -> torch.Tensor:
         """Dropout of attention probabilities (N, heads, Lq, Lk): row (n, h, i) has key
-        ``(seq_key_n * heads + h) * MAX_POSITIONS + i``, column j counter ``row_key * MAX_POSITIONS + j``."""
+        ``(seq_key_n * heads + h) * positions + i``, column j counter ``row_key * positions + j``."""
         N, H, Lq, _ = probs.shape
+        P = self.positions
         keys = ((self.seq_keys.view(N, 1, 1) * H + torch.arange(H, device=probs.device).view(1, H, 1))
-                * MAX_POSITIONS + torch.arange(Lq, device=probs.device).view(1, 1, Lq)).reshape(-1)
-        return keyed_dropout(probs, keys, MAX_POSITIONS, self.seeds, self.step, site, p)
+                * P + torch.arange(Lq, device=probs.device).view(1, 1, Lq)).reshape(-1)
+        return keyed_dropout(probs, keys, P, self.seeds, self.step, site, p)
 
 
 class KeyedDropout(nn.Module):
@@ -167,6 +186,74 @@ def install(model: nn.Module, seeds: list[int], device) -> DropoutStream:
                 site += 1
     model.dropout_stream = stream
     return stream
+
+
+def seq_keys(n: int, runs: int, device=None) -> torch.Tensor:
+    """Each of ``n`` sequences' index in its run's batch (the runs' batches run-major, n // runs each): the key of
+    its rows' dropout masks."""
+    return torch.arange(n, device=device) % (n // runs)
+
+
+def install_functional(model: nn.Module, seeds: list[int], device) -> DropoutStream:
+    """A ``DropoutStream`` for a model that calls dropout as a function (BART), position stride its positions;
+    ``model.dropout_stream`` is it, and ``functional`` applies it around each training forward."""
+    positions = max(MAX_POSITIONS, int(getattr(model.config, "max_position_embeddings", 0) or 0))
+    model.dropout_stream = DropoutStream(seeds, device, positions)
+    return model.dropout_stream
+
+
+def functional(model: nn.Module, runs: int, inputs: list[torch.Tensor]):
+    """The context of one training forward of ``model`` over padded ``inputs`` (each (N, L), run-major, e.g. BART's
+    source and decoder ids): every dropout the model calls, module or function, draws from ``model.dropout_stream``.
+    Without a stream (it was not installed: ``step.prepare_model``), nothing changes."""
+    from contextlib import nullcontext
+
+    stream = getattr(model, "dropout_stream", None)
+    if stream is None:
+        return nullcontext()
+    N = inputs[0].shape[0]
+    stream.set_padded(seq_keys(N, runs, inputs[0].device), [int(x.shape[1]) for x in inputs])
+    return _FunctionalDropout(stream)
+
+
+class _FunctionalDropout(TorchFunctionMode):
+    """``F.dropout`` (``nn.Dropout`` calls it too) and SDPA's ``dropout_p`` from the stream, sites in call order (the
+    same order for every model of one architecture and method: stacked or alone). Attention with dropout is computed
+    as transformers' eager attention (``attention.probabilities``), its probabilities dropped with the run's keyed
+    masks; without dropout (evaluation) SDPA runs as it was called."""
+
+    def __init__(self, stream: DropoutStream):
+        super().__init__()
+        self.stream, self.site = stream, 0
+
+    def _next_site(self) -> int:
+        self.site += 1
+        return self.site - 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.dropout:
+            x, p, training = _bind(args, kwargs, ("input", 0), ("p", 0.5), ("training", True))
+            if training and p > 0:
+                site = self._next_site()
+                if x.dim() == 4:  # attention probabilities (transformers' eager attention)
+                    return self.stream.attention(x, site, p)
+                return self.stream.apply(x, site, p)
+        elif func is F.scaled_dot_product_attention:
+            q, k, v, mask, p, causal, scale = _bind(args, kwargs, ("query", 0), ("key", 0), ("value", 0),
+                                                    ("attn_mask", None), ("dropout_p", 0.0), ("is_causal", False),
+                                                    ("scale", None))
+            if p > 0:
+                from .attention import probabilities
+
+                probs = probabilities(q, k, mask, q.shape[-1] ** -0.5 if scale is None else scale, causal)
+                return torch.matmul(self.stream.attention(probs, self._next_site(), p), v)
+        return func(*args, **kwargs)
+
+
+def _bind(args, kwargs, *params):
+    """The values of ``params`` ((name, default), in the signature's order) from a call's args and kwargs."""
+    return [args[i] if i < len(args) else kwargs.get(name, default) for i, (name, default) in enumerate(params)]
 
 
 # --- the GPU kernels ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .dropout import MAX_POSITIONS
+from .dropout import MAX_POSITIONS, seq_keys
 
 PACKED = "seq_start"  # the key that marks a packed batch
 
@@ -62,12 +62,6 @@ def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, mu
     keys[rows_real] = (seq_keys(n, runs).unsqueeze(1) * MAX_POSITIONS + pos)[valid]
     return {"input_ids": ids, "position_ids": positions, "token_type_ids": types, "token_keys": keys,
             PACKED: start, "seq_len": lens, "gather": gather, "valid": valid, "scatter": scatter}
-
-
-def seq_keys(n: int, runs: int, device=None) -> torch.Tensor:
-    """Each of ``n`` sequences' index in its run's batch (the runs' batches run-major, n // runs each): the key of
-    its rows' dropout masks (``dropout.DropoutStream``)."""
-    return torch.arange(n, device=device) % (n // runs)
 
 
 def padded_keys(input_ids: torch.Tensor, runs: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -152,15 +152,18 @@ def make_optimizer(cfg_train, method, flat: Flat, lrs: list[float], total_steps:
 
 def prepare_model(model, method, device, bf16: bool, compile_model: bool,
                   seeds: list[int] | None = None) -> tuple[nn.Module, Flat]:
-    """``(the model that steps, its trainable parameters' flat buffer)``: moved to the device; for an encoder
-    (RoBERTa, BERT), one dropout stream per run (``seeds``: each run's; every ``nn.Dropout`` a
-    ``dropout.KeyedDropout``, attention through ``attention.attend``); with bf16, the frozen weights in bf16 and bf16
+    """``(the model that steps, its trainable parameters' flat buffer)``: moved to the device; one dropout stream
+    per run (``seeds``: each run's): for an encoder (RoBERTa, BERT) every ``nn.Dropout`` a ``dropout.KeyedDropout``
+    and attention through ``attention.attend``, for BART every dropout it calls (``dropout.functional``); with bf16, the frozen weights in bf16 and bf16
     layer-norm outputs (``precision.bf16_backbone``; trainable weights and the optimizer state stay fp32); the
     trainable parameters into one flat buffer (``dynrank.optim.Flat``); optionally torch.compile."""
     model = model.to(device)
+    seeds = seeds or [0] * method.runs
     if encoder_of(model) is not None:
-        dropout.install(model, seeds or [0] * method.runs, device)
+        dropout.install(model, seeds, device)
         attention.use_for(model)
+    elif getattr(model.config, "is_encoder_decoder", False):  # BART: its functional dropout (tasks/xsum.py)
+        dropout.install_functional(model, seeds, device)
     if bf16 and device.type == "cuda":
         bf16_backbone(model)
     flat = Flat([p for p in model.parameters() if p.requires_grad], method.runs, method.stacks)

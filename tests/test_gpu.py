@@ -224,3 +224,12 @@ def _same_rows(a: torch.Tensor, b: torch.Tensor) -> float:
     pad = torch.nn.functional.pad
     same = pad(a, (0, width - a.shape[1]), value=1) == pad(b, (0, width - b.shape[1]), value=1)
     return same.all(1).float().mean().item()
+
+
+def test_bart_dropout_streams_on_gpu():
+    """BART's functional dropout from each run's keyed stream on the GPU (the Triton kernel): run 0 stacked with
+    another run equals run 0 alone (tests/test_xsum.py on the CPU)."""
+    from test_xsum import check_bart_dropout_streams
+
+    check_bart_dropout_streams("cuda", atol=1e-4)
+

@@ -367,3 +367,81 @@ def test_xsum_evaluation_fast_and_generate_agree(tmp_path, caplog):
     assert "greedy" in caplog.text
     with pytest.raises(ConfigError, match=r"^eval.beam_search must be fast or generate \(got 'hf'\)$"):
         validate(_cfg(tmp_path, "eval.beam_search=hf"))
+
+
+def _tiny_bart(**dropouts):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    cfg = BartConfig(vocab_size=50, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=1026,
+                     pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, **dropouts)
+    torch.manual_seed(0)
+    return BartForConditionalGeneration(cfg).train()
+
+
+def test_bart_dropout_masks_are_each_runs_own():
+    """Every dropout BART calls (hidden states, FFN activations, attention probabilities through SDPA's dropout_p)
+    comes from the run's keyed stream: run 0 of a stack of two, its sources padded to the other run's longer ones,
+    equals run 0 alone; two runs of one seed on one batch agree, two seeds do not; evaluation is unchanged.
+    tests/test_gpu.py runs it on the GPU (the Triton dropout kernel)."""
+    check_bart_dropout_streams("cpu", atol=1e-6)
+
+
+def check_bart_dropout_streams(device, atol):
+    from dynrank import dropout
+
+    model = _tiny_bart(dropout=0.1, attention_dropout=0.2, activation_dropout=0.1).to(device)
+
+    def forward(seeds, src, mask, dec):
+        dropout.install_functional(model, seeds, device)
+        with dropout.functional(model, len(seeds), [src, dec]) as mode:
+            logits = model(input_ids=src, attention_mask=mask, decoder_input_ids=dec).logits
+        return logits, mode.site
+
+    g = torch.Generator().manual_seed(1)
+    src, other, dec = (torch.randint(3, 50, shape, generator=g).to(device) for shape in ((3, 7), (3, 9), (3, 4)))
+    mask = torch.ones(3, 7, dtype=torch.long, device=device)
+    mask[1, 5:] = 0
+    alone, sites = forward([1], src, mask, dec)
+    assert sites == 1 + 2 * 4 + 1 + 2 * 6  # embeddings, then per encoder / decoder layer (attention counted)
+    ones, zeros = torch.ones(3, 9, dtype=torch.long, device=device), torch.zeros(3, 2, dtype=torch.long, device=device)
+    padded = torch.cat([src, ones[:, :2]], 1), torch.cat([mask, zeros], 1)
+    stacked, _ = forward([1, 2], torch.cat([padded[0], other]), torch.cat([padded[1], ones]), torch.cat([dec, dec]))
+    assert torch.allclose(stacked[:3], alone, atol=atol)
+    twice = [torch.cat([t, t]) for t in (src, mask, dec)]
+    same, _ = forward([1, 1], *twice)
+    differ, _ = forward([1, 2], *twice)
+    assert torch.equal(same[:3], same[3:]) and not torch.allclose(differ[:3], differ[3:], atol=1e-3)
+    assert not torch.allclose(alone, model.eval()(input_ids=src, attention_mask=mask, decoder_input_ids=dec).logits,
+                              atol=1e-3)  # dropout was on in training
+
+
+@pytest.mark.slow
+def test_stacked_xsum_runs_equal_solo_runs_with_dropout(tmp_path, monkeypatch):
+    """Two seeds of LoRA on XSum stacked in one model (train.stack=true) against each alone, BART's dropout on in
+    every place it has one: losses, ROUGE and the trained tensors agree (tests/test_stack.py's check)."""
+    from test_stack import assert_same_runs
+
+    from dynrank import models
+    from dynrank.driver import run_side_by_side
+
+    build = models.build_tiny_config
+
+    def with_dropout(*args):
+        config = build(*args)
+        config.attention_dropout = config.activation_dropout = 0.1
+        return config
+    monkeypatch.setattr(models, "build_tiny_config", with_dropout)
+
+    def cfgs(where, seeds, *extra):
+        return [_cfg(tmp_path, f"seed={s}", "train.stack=true", "train.log_every=1", "train.batch_size=4",
+                     f"results.store={tmp_path / where}", *extra) for s in seeds]
+
+    dirs = [tmp_path / "stacked" / f"run{s}" for s in (1, 2)]
+    stacked = run_side_by_side(cfgs("stacked", (1, 2)), dirs)
+    assert all(r["training"]["stacked_runs"] == 2 for r in stacked)
+    solo_dirs = [tmp_path / "solo" / f"run{s}" for s in (1, 2)]
+    solo = [run_side_by_side(cfgs("solo", (s,)), [d])[0] for s, d in zip((1, 2), solo_dirs)]
+    assert_same_runs(dirs, solo_dirs, stacked, solo)
+    assert stacked[0]["epochs"][0]["train_loss"] != stacked[1]["epochs"][0]["train_loss"]
+
