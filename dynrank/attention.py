@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .tiled_attention import flash, probabilities
+
 NAME = "dynrank"
 
 
@@ -23,22 +25,19 @@ def attend(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     if dropout_p == 0.0 or not module.training:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
     drop = module.dropout  # a KeyedDropout (dropout.install): its site and stream
-    probs = drop.stream.attention(probabilities(q, k, mask, scaling), drop.site, dropout_p)
-    return torch.matmul(probs, v)
+    return keyed(q, k, v, drop.stream, drop.site, dropout_p, mask, scaling)
 
 
-def probabilities(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, scaling: float,
-                  causal: bool = False) -> torch.Tensor:
-    """softmax(q k^T * scale) (N, heads, Lq, Lk) in q's dtype, as transformers' eager attention computes it (in
-    fp32); ``mask`` bool (True: may attend) or additive, ``causal``: query i sees keys up to i."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling
-    low = torch.finfo(scores.dtype).min
-    if causal:
-        Lq, Lk = scores.shape[-2:]
-        scores = scores.masked_fill(~torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(), low)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, low) if mask.dtype == torch.bool else scores + mask
-    return torch.softmax(scores.float(), dim=-1).to(q.dtype)
+def keyed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stream, site: int, p: float, mask: torch.Tensor | None,
+          scaling: float, causal: bool = False) -> torch.Tensor:
+    """(N, heads, Lq, dh) attention whose probabilities are dropped with the runs' keyed masks (``stream``'s, site
+    ``site``): in tiles on a GPU (``tiled_attention.flash``: no L x L tensor stored), else as transformers' eager
+    attention computes it (``probabilities``), dropped, times v."""
+    out = flash(q, k, v, scale=scaling, seeds=stream.seeds, step=stream.step, site=site, p=p,
+                positions=stream.positions, mask=mask, causal=causal)
+    if out is not None:
+        return out
+    return torch.matmul(stream.attention(probabilities(q, k, mask, scaling, causal), site, p), v)
 
 
 def _interface(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
@@ -71,10 +70,14 @@ def packed_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     the packed rows (``_triton_attention``); None where the kernel does not apply (no Triton, a CPU, sequences over
     128 tokens, a head size that is not a power of two from 16 to 128): the caller then gathers a padded view."""
     heads, dh = module.num_attention_heads, module.attention_head_size
-    if not (q.is_cuda or _interpreting()) or width > 128 or dh not in (16, 32, 64, 128) or _kernels() is None:
-        return None
     drop = module.dropout
     p = dropout_p if module.training else 0.0
+    if width > 128:  # longer than one tile (SQuAD's windows): the tiled kernels, on the packed rows as well
+        s = drop.stream
+        return flash(q, k, v, scale=scaling, seeds=s.seeds, step=s.step, site=drop.site, p=p, positions=s.positions,
+                     packed=(start, lens, heads, width))
+    if not (q.is_cuda or _interpreting()) or dh not in (16, 32, 64, 128) or _kernels() is None:
+        return None
     try:
         if not _kernel_agrees(q.dtype, q.device, dh):
             raise RuntimeError("the kernel disagrees with attention.attend on a check batch")

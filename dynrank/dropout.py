@@ -14,10 +14,9 @@ in model order). So run k draws the same masks for the same step whether it trai
 packed, and resumes without a generator state to restore: seed 3 inside ``seeds=[1,2,3,4,5]`` is seed 3 alone.
 
 An encoder's dropout is its modules' (``install``: every ``nn.Dropout`` a ``KeyedDropout``; attention through
-``attention.attend``). BART calls dropout as a function in every layer (``F.dropout``, and ``dropout_p`` of its
-SDPA attention): ``functional`` routes those calls to the stream while the training forward runs (a
-``TorchFunctionMode``), sites numbered in call order, rows keyed as the encoders' (the position stride
-``positions`` is the model's, 1024 for BART-base, so that a 768-token source keeps distinct keys).
+``attention.attend``). BART calls dropout as a function in every layer: ``functional_dropout`` routes those calls
+to the stream (``install_functional``), rows keyed as the encoders' (the position stride ``positions`` is the
+model's, 1024 for BART-base, so that a 768-token source keeps distinct keys).
 
 The hash is ``lowbias32`` (Chris Wellons' integer hash, a murmur3-style finaliser). A CPU (and reference)
 implementation in numpy's uint32, and on a GPU a Triton kernel (``_keyed_kernel``) that applies the mask in one
@@ -31,8 +30,6 @@ import importlib
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.overrides import TorchFunctionMode
 
 MAX_POSITIONS = 512  # counter stride of a sequence: RoBERTa/BERT's position embeddings (514 / 512 rows)
 M32 = 0xFFFFFFFF
@@ -196,64 +193,10 @@ def seq_keys(n: int, runs: int, device=None) -> torch.Tensor:
 
 def install_functional(model: nn.Module, seeds: list[int], device) -> DropoutStream:
     """A ``DropoutStream`` for a model that calls dropout as a function (BART), position stride its positions;
-    ``model.dropout_stream`` is it, and ``functional`` applies it around each training forward."""
+    ``model.dropout_stream`` is it, and ``functional_dropout.functional`` applies it around each training forward."""
     positions = max(MAX_POSITIONS, int(getattr(model.config, "max_position_embeddings", 0) or 0))
     model.dropout_stream = DropoutStream(seeds, device, positions)
     return model.dropout_stream
-
-
-def functional(model: nn.Module, runs: int, inputs: list[torch.Tensor]):
-    """The context of one training forward of ``model`` over padded ``inputs`` (each (N, L), run-major, e.g. BART's
-    source and decoder ids): every dropout the model calls, module or function, draws from ``model.dropout_stream``.
-    Without a stream (it was not installed: ``step.prepare_model``), nothing changes."""
-    from contextlib import nullcontext
-
-    stream = getattr(model, "dropout_stream", None)
-    if stream is None:
-        return nullcontext()
-    N = inputs[0].shape[0]
-    stream.set_padded(seq_keys(N, runs, inputs[0].device), [int(x.shape[1]) for x in inputs])
-    return _FunctionalDropout(stream)
-
-
-class _FunctionalDropout(TorchFunctionMode):
-    """``F.dropout`` (``nn.Dropout`` calls it too) and SDPA's ``dropout_p`` from the stream, sites in call order (the
-    same order for every model of one architecture and method: stacked or alone). Attention with dropout is computed
-    as transformers' eager attention (``attention.probabilities``), its probabilities dropped with the run's keyed
-    masks; without dropout (evaluation) SDPA runs as it was called."""
-
-    def __init__(self, stream: DropoutStream):
-        super().__init__()
-        self.stream, self.site = stream, 0
-
-    def _next_site(self) -> int:
-        self.site += 1
-        return self.site - 1
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.dropout:
-            x, p, training = _bind(args, kwargs, ("input", 0), ("p", 0.5), ("training", True))
-            if training and p > 0:
-                site = self._next_site()
-                if x.dim() == 4:  # attention probabilities (transformers' eager attention)
-                    return self.stream.attention(x, site, p)
-                return self.stream.apply(x, site, p)
-        elif func is F.scaled_dot_product_attention:
-            q, k, v, mask, p, causal, scale = _bind(args, kwargs, ("query", 0), ("key", 0), ("value", 0),
-                                                    ("attn_mask", None), ("dropout_p", 0.0), ("is_causal", False),
-                                                    ("scale", None))
-            if p > 0:
-                from .attention import probabilities
-
-                probs = probabilities(q, k, mask, q.shape[-1] ** -0.5 if scale is None else scale, causal)
-                return torch.matmul(self.stream.attention(probs, self._next_site(), p), v)
-        return func(*args, **kwargs)
-
-
-def _bind(args, kwargs, *params):
-    """The values of ``params`` ((name, default), in the signature's order) from a call's args and kwargs."""
-    return [args[i] if i < len(args) else kwargs.get(name, default) for i, (name, default) in enumerate(params)]
 
 
 # --- the GPU kernels ---------------------------------------------------------------------------------------------

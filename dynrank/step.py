@@ -154,9 +154,10 @@ def prepare_model(model, method, device, bf16: bool, compile_model: bool,
                   seeds: list[int] | None = None) -> tuple[nn.Module, Flat]:
     """``(the model that steps, its trainable parameters' flat buffer)``: moved to the device; one dropout stream
     per run (``seeds``: each run's): for an encoder (RoBERTa, BERT) every ``nn.Dropout`` a ``dropout.KeyedDropout``
-    and attention through ``attention.attend``, for BART every dropout it calls (``dropout.functional``); with bf16, the frozen weights in bf16 and bf16
-    layer-norm outputs (``precision.bf16_backbone``; trainable weights and the optimizer state stay fp32); the
-    trainable parameters into one flat buffer (``dynrank.optim.Flat``); optionally torch.compile."""
+    and attention through ``attention.attend``, for BART every dropout it calls (``functional_dropout``); with
+    bf16, the frozen weights in bf16 and bf16 layer-norm outputs (``precision.bf16_backbone``; trainable weights
+    and the optimizer state stay fp32); the trainable parameters into one flat buffer (``dynrank.optim.Flat``);
+    optionally torch.compile."""
     model = model.to(device)
     seeds = seeds or [0] * method.runs
     if encoder_of(model) is not None:

@@ -174,8 +174,10 @@ def test_bucket_bounds_filler_and_sizes():
 
 @pytest.mark.slow
 def test_packed_attention_kernel_in_triton_interpreter():
-    """The GPU attention kernel (Triton, run by its interpreter on a CPU) equals ``attention.attend`` on the padded
-    view, forward and backward, with the keyed attention dropout and without; filler rows get no gradient."""
+    """The GPU attention kernels (Triton, run by its interpreter on a CPU) equal their references, forward and
+    backward, with the keyed attention dropout and without: the one-tile kernel and the tiled ones on packed rows
+    (``attention.attend`` on the padded view; filler rows get no gradient), the tiled ones on padded views with a
+    padding mask and causal (``tiled_attention.reference``), and BART's stacked = solo dropout through them."""
     import subprocess
     import sys
 

@@ -388,13 +388,13 @@ def test_bart_dropout_masks_are_each_runs_own():
 
 
 def check_bart_dropout_streams(device, atol):
-    from dynrank import dropout
+    from dynrank import dropout, functional_dropout
 
     model = _tiny_bart(dropout=0.1, attention_dropout=0.2, activation_dropout=0.1).to(device)
 
     def forward(seeds, src, mask, dec):
         dropout.install_functional(model, seeds, device)
-        with dropout.functional(model, len(seeds), [src, dec]) as mode:
+        with functional_dropout.functional(model, len(seeds), [src, dec]) as mode:
             logits = model(input_ids=src, attention_mask=mask, decoder_input_ids=dec).logits
         return logits, mode.site
 

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from torch.nn import functional as F
 from transformers import AutoModelForSeq2SeqLM
 
-from .. import dropout
+from .. import functional_dropout
 from ..data import xsum as xsum_data
 from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
 from ..errors import ConfigError
@@ -108,12 +108,12 @@ class XsumTask(Task):
     def run_losses(self, model, batch, runs: int):
         """Token cross-entropy over each run's summary tokens (labels -100 ignored), the decoder fed the labels
         shifted right: BART's own loss of each run (``train.label_smoothing`` as torch's ``cross_entropy``), every
-        dropout mask from the run's own stream (``dropout.functional``: a run's masks do not depend on the runs
+        dropout mask from the run's own stream (``functional_dropout``: a run's masks do not depend on the runs
         stacked beside it)."""
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
-        with dropout.functional(model, runs, [inputs["input_ids"], decoder_ids]):  # each run's own masks
+        with functional_dropout.functional(model, runs, [inputs["input_ids"], decoder_ids]):
             out = model(**inputs, decoder_input_ids=decoder_ids)
         per = F.cross_entropy(out.logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none",
                               label_smoothing=float(self.cfg.train.get("label_smoothing") or 0.0))

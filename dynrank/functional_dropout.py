@@ -1,0 +1,68 @@
+"""BART's dropout from each run's own stream: BART calls dropout as a function in every layer (``F.dropout`` on
+hidden states and FFN activations, ``dropout_p`` of its SDPA attention), so its masks would come from the global
+generator, drawn for the whole stack. ``functional`` routes each of those calls, while the training forward runs
+(a ``TorchFunctionMode``), to the model's ``dropout.DropoutStream`` (``dropout.install_functional``): sites numbered
+in call order (the same order for every model of one architecture and method, stacked or alone), rows keyed as
+the encoders' (each sequence's index in its run's batch, each position). A run's masks then do not depend on the
+runs stacked beside it, nor on how far the stack pads its batches.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from .attention import keyed
+from .dropout import DropoutStream, seq_keys
+
+
+def functional(model: nn.Module, runs: int, inputs: list[torch.Tensor]):
+    """The context of one training forward of ``model`` over padded ``inputs`` (each (N, L), run-major: BART's
+    source and decoder ids): every dropout the model calls, module or function, draws from ``model.dropout_stream``.
+    Without a stream (none was installed: ``step.prepare_model``), nothing changes."""
+    stream = getattr(model, "dropout_stream", None)
+    if stream is None:
+        return nullcontext()
+    N = inputs[0].shape[0]
+    stream.set_padded(seq_keys(N, runs, inputs[0].device), [int(x.shape[1]) for x in inputs])
+    return _FunctionalDropout(stream)
+
+
+class _FunctionalDropout(TorchFunctionMode):
+    """``F.dropout`` (``nn.Dropout`` calls it too) and SDPA's ``dropout_p`` from the stream. Attention with dropout
+    is ``attention.keyed`` (in tiles on a GPU; elsewhere transformers' eager attention), its probabilities dropped
+    with the run's keyed masks; without dropout (evaluation) SDPA runs as it was called."""
+
+    def __init__(self, stream: DropoutStream):
+        super().__init__()
+        self.stream, self.site = stream, 0
+
+    def _next_site(self) -> int:
+        self.site += 1
+        return self.site - 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.dropout:
+            x, p, training = _bind(args, kwargs, ("input", None), ("p", 0.5), ("training", True))
+            if training and p > 0:
+                site = self._next_site()
+                if x.dim() == 4:  # attention probabilities (transformers' eager attention)
+                    return self.stream.attention(x, site, p)
+                return self.stream.apply(x, site, p)
+        elif func is F.scaled_dot_product_attention:
+            q, k, v, mask, p, causal, scale = _bind(args, kwargs, ("query", None), ("key", None), ("value", None),
+                                                    ("attn_mask", None), ("dropout_p", 0.0), ("is_causal", False),
+                                                    ("scale", None))
+            if p > 0 and not kwargs.get("enable_gqa"):
+                scale = q.shape[-1] ** -0.5 if scale is None else scale
+                return keyed(q, k, v, self.stream, self._next_site(), p, mask, scale, causal)
+        return func(*args, **kwargs)
+
+
+def _bind(args, kwargs, *params):
+    """The values of ``params`` ((name, default), in the signature's order) from a call's args and kwargs."""
+    return [args[i] if i < len(args) else kwargs.get(name, default) for i, (name, default) in enumerate(params)]
