@@ -9,7 +9,10 @@ import triton
 import triton.language as tl
 
 from ._triton_dropout import mix, stream_key
-from .dropout import MAX_POSITIONS
+from . import dropout
+
+MAX_POSITIONS = tl.constexpr(dropout.MAX_POSITIONS)  # a kernel reads only constexpr globals (Triton >= 3.2 refuses
+# a plain int at compile time; its interpreter does not)
 
 
 @triton.jit

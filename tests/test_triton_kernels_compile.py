@@ -1,0 +1,56 @@
+"""Every Triton kernel of dynrank compiles for a GPU (an H100's target, sm_90) on this CPU, in fp32 and bf16.
+
+Triton's interpreter (tests/test_packing.py) checks what the kernels compute but not that Triton's compiler accepts
+them: a plain ``int`` global read inside a kernel runs in the interpreter and is refused by the compiler (Triton >=
+3.2), which a GPU run found on 2026-12-07 (``_triton_attention``'s MAX_POSITIONS). Skipped without Triton (CPU builds
+of torch do not install it: ``pip install triton`` to run this here; about 3 minutes on 2 cores)."""
+import inspect
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+INDEX = {"start_ptr", "len_ptr", "qlen_ptr", "klen_ptr", "seeds_ptr", "step_ptr", "keys_ptr"}
+FLOAT32 = {"lse_ptr", "delta_ptr"}
+
+
+def _signature(fn, constexprs: dict, dtype: str) -> dict:
+    """Argument types by name: data pointers ``dtype``, index pointers int64, the mask uint8, scales fp32."""
+    types = {}
+    for name in inspect.signature(fn.fn).parameters:
+        if name in constexprs:
+            types[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            types[name] = ("*i64" if name in INDEX else "*fp32" if name in FLOAT32 else "*u8" if name == "mask_ptr"
+                           else f"*{dtype}")
+        else:
+            types[name] = "fp32" if name in ("scale", "drop_scale") else "i32"
+    return types
+
+
+def _kernels():
+    from dynrank import _triton_attention, _triton_dropout, _triton_flash
+
+    tiled = dict(HAS_MASK=True, CAUSAL=True, DROPOUT=True, BLOCK=64, DH=64)
+    return [(_triton_dropout.kernel, dict(BLOCK_R=4, BLOCK_C=1024)),
+            (_triton_attention._fwd, dict(DROPOUT=True, BLOCK=128, DH=64)),
+            (_triton_attention._bwd, dict(DROPOUT=True, BLOCK=128, DH=64)),
+            (_triton_flash._fwd, tiled), (_triton_flash._bwd_dq, tiled), (_triton_flash._bwd_dkdv, tiled)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_every_triton_kernel_compiles_for_a_gpu(dtype):
+    target = GPUTarget("cuda", 90, 32)
+    for fn, constexprs in _kernels():
+        params = list(inspect.signature(fn.fn).parameters)
+        constexprs = {**constexprs, **({"IEEE": dtype == "fp32"} if "IEEE" in params else {})}
+        src = ASTSource(fn=fn, signature=_signature(fn, constexprs, dtype),
+                        constexprs={(params.index(k),): v for k, v in constexprs.items()})
+        try:
+            triton.compile(src, target=target)
+        except Exception as e:  # the compiler's message names the line
+            pytest.fail(f"{fn.fn.__module__}.{fn.fn.__name__} ({dtype}) does not compile: {e}")
