@@ -85,23 +85,34 @@ def measure_real(name, mode, setting, device, args, runs: int, layout: str, peak
         step(batches[i % n][0])
     synchronize(device)
     warm_s = time.time() - t_build
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    real = step_tokens = samples = 0
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(args.steps + 1)]
+    marks[0].record()
+    counts = []
     for i in range(args.steps):
         b, r, t = batches[i % n]
         last = step(b)
-        real, step_tokens, samples = real + r, step_tokens + t, samples + len(b["labels"])
-    end.record()
+        marks[i + 1].record()
+        counts.append((r, t, len(b["labels"])))
     synchronize(device)
-    dt = start.elapsed_time(end) / 1000
+    ms = [marks[i].elapsed_time(marks[i + 1]) for i in range(args.steps)]
+    dt = sum(ms) / 1000
+    real, step_tokens, samples = (sum(c[j] for c in counts) for j in range(3))
+    # steady: the steps that replayed a graph (time per step token within twice the median's); a method entering a
+    # new schedule phase meets new graph keys (eager step + capture per shape), which a long run amortises
+    per_token = [m / c[1] for m, c in zip(ms, counts)]
+    keep = [i for i, x in enumerate(per_token) if x <= 2 * sorted(per_token)[len(per_token) // 2]]
+    steady_s = sum(ms[i] for i in keep) / 1000
+    steady_real, steady_tokens = sum(counts[i][0] for i in keep), sum(counts[i][1] for i in keep)
     last = float(last.float().mean())
     flop = FLOP_PER_TOKEN.get(name, FLOP_PER_TOKEN_FROZEN)
     return {"impl": "peft" if name.startswith("peft_") else "dynrank", "method": name, "mode": mode,
             "setting": setting, "layout": layout, "runs": runs, "batch_per_run": REAL[setting][1],
             "samples_per_s": samples / dt, "real_tokens_per_s": real / dt, "step_tokens_per_s": step_tokens / dt,
             "real_share": real / step_tokens, "step_ms": 1000 * dt / args.steps,
-            "mfu_real": real / dt * flop / peak, "flop_per_token": flop, "peak_flops": peak,
+            "steady_steps": len(keep), "steady_step_ms": 1000 * steady_s / len(keep),
+            "steady_real_tokens_per_s": steady_real / steady_s, "steady_step_tokens": steady_tokens / len(keep),
+            "mfu_real": real / dt * flop / peak, "steady_mfu_real": steady_real / steady_s * flop / peak,
+            "flop_per_token": flop, "peak_flops": peak,
             "peak_mem_mib": torch.cuda.max_memory_allocated(device) / 2**20, "adapter_params": adapter_params,
             "warmup_s": warm_s, "final_loss": last, "finite": bool(math.isfinite(last))}
 PEFT = ["peft_lora", "peft_adalora", "peft_dora"]

@@ -231,16 +231,21 @@ def packed_bench() -> Path | None:
 def fit_packed_rates(bench: Path) -> dict[tuple[str, int, str], Rate]:
     """Packed steps (``train.pack``): per (method, runs stacked, family), a + b x (rows a step multiplies), least
     squares through the bench's real-length GLUE settings (sst2, cola, mrpc, rte, stsb: 13 to 67 tokens a
-    sequence); SQuAD's windows (384 tokens: attention on a gathered padded view, not the kernel) through its own row,
-    b alone."""
+    sequence); SQuAD's windows (384 tokens) through its own row, b alone. A row's steady steps where the bench
+    recorded them (``steady_step_ms``: the steps that replayed a CUDA graph); a row marked ``"steady": false`` (its
+    mean carries captures: a schedule phase began inside the timed steps) is left out."""
     doc = json.loads(bench.read_text())
     points: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
     for r in doc["rows"]:
-        if r.get("layout") != "packed" or r.get("mode") != "graph-bf16" or "error" in r:
+        if (r.get("layout") != "packed" or r.get("mode") != "graph-bf16" or "error" in r
+                or r.get("steady") is False):
             continue
         family = "squad" if r["setting"] == "squad" else "glue"
-        tokens = r["step_tokens_per_s"] * r["step_ms"] / 1000
-        points.setdefault((r["method"], int(r["runs"]), family), []).append((tokens, r["step_ms"]))
+        if "steady_step_ms" in r:
+            ms, tokens = r["steady_step_ms"], r["steady_step_tokens"]
+        else:
+            ms, tokens = r["step_ms"], r["step_tokens_per_s"] * r["step_ms"] / 1000
+        points.setdefault((r["method"], int(r["runs"]), family), []).append((tokens, ms))
     rates = {}
     for key, pts in points.items():
         if len(pts) >= 2:
@@ -577,6 +582,15 @@ def packs(cfg, dev: Device, notes: set) -> dict[tuple[str, int], Rate] | None:
     if ("lora", 1) not in rates:
         notes.add(f"{family}: packed steps not in the newest bench; projected at the padded steps' cost")
         return None
+    m = cfg.method.name
+    if (m, 1) not in rates and (m, 1) in dev.rates:  # lora's packed cost, scaled as the method's padded one
+        for k in (1, 5):
+            if ("lora", k) in rates and (m, k) in dev.rates and ("lora", k) in dev.rates:
+                f_a, f_b = (getattr(dev.rates[m, k], x) / getattr(dev.rates["lora", k], x) for x in ("a_ms", "b_us"))
+                lo = rates["lora", k]
+                rates[m, k] = Rate(lo.a_ms * f_a, lo.b_us * f_b, f"lora's packed x {m}'s padded / lora's")
+        notes.add(f"{m}: no steady packed rows in the bench; lora's packed step cost scaled by {m}'s padded one "
+                  "relative to lora's")
     return rates
 
 
