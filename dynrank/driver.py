@@ -26,11 +26,10 @@ from omegaconf import OmegaConf
 from . import preempt
 from .config import run_id
 from .config.run_identity import _flat
-from .device import fast_path, pick_device
 from .errors import ConfigError, TrainingError
 from .trainer import Trainer, progress
-from .methods import method_class
 from .resume import Run, remove_if_empty
+from .stacking import stacks
 from .step import GraphedStep
 
 log = logging.getLogger("dynrank")
@@ -101,21 +100,6 @@ def _open_and_train(cfgs: list, run_dirs: list, on_start) -> list[dict]:
         return [r.results for r in runs]
 
 
-STACK_TOKENS = 65_536  # train.max_stack=auto: at most this many padded tokens in a stacked step (about 32 GB of
-# activations for RoBERTa-base: a dora step of 5 x 32 x 128 tokens peaked at 9.9 GB on an H200)
-
-
-def stack_size(cfg) -> int:
-    """The most runs one model stacks: ``train.max_stack``, or (``auto``) as many as keep a step's batch within
-    ``STACK_TOKENS`` padded tokens at the task's longest (GLUE at 32 x 128: 16 runs; SQuAD at 16 x 384: 10;
-    XSum at 64 x (768 + 64): 1, its own batch is that large already)."""
-    size = cfg.train.get("max_stack", "auto")
-    if size is not None and size != "auto":
-        return int(size)
-    length = int(cfg.task.max_length) + int(cfg.task.get("max_target_length") or 0)
-    return max(1, STACK_TOKENS // (int(cfg.train.batch_size) * length))
-
-
 def _one_cell(cfgs: list) -> None:
     """The runs of one command share their data, model and every setting but the seed and the learning rate
     (``dynrank.train.runs_of``): they train on the first one's data and settings, so runs that differ in more are
@@ -130,26 +114,6 @@ def _one_cell(cfgs: list) -> None:
         if differ := sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k)):
             raise ConfigError(f"runs trained in one process must differ only in seed and train.lr; these differ in "
                               f"{', '.join(differ[:6])} too: train them apart")
-
-
-def stacking(cfg, device) -> bool:
-    """Whether the runs of ``cfg``'s cell train as one model on ``device``: the method stacks and ``train.stack``
-    (resolved with the rest of the fast path, ``device.fast_path``) says so."""
-    return method_class(cfg.method.name).stacks and fast_path(cfg, device)["stack"]
-
-
-def stacks(runs: list[Run]) -> list[list[Run]]:
-    """The runs grouped into stacks: each group trains as one model (``train.stack``: ``auto`` on a GPU for a method
-    that stacks, ``true`` on any device, ``false`` never; at most ``stack_size`` runs per stack), runs resumed
-    from different points (epoch, batch) in different stacks. A group of one is a run alone."""
-    cfg = runs[0].cfg
-    if not stacking(cfg, pick_device(str(cfg.train.device))):
-        return [[r] for r in runs]
-    size = stack_size(cfg)
-    by_point: dict[tuple[int, int], list[Run]] = {}
-    for r in runs:
-        by_point.setdefault((r.start_epoch, r.start_batch), []).append(r)
-    return [group[i:i + size] for group in by_point.values() for i in range(0, len(group), size)]
 
 
 def _train_side_by_side(trainers: list[Trainer]) -> None:

@@ -163,7 +163,7 @@ def prepare_model(model, method, device, bf16: bool, compile_model: bool,
     if encoder_of(model) is not None:
         dropout.install(model, seeds, device)
         attention.use_for(model)
-    elif getattr(model.config, "is_encoder_decoder", False):  # BART: its functional dropout (tasks/xsum.py)
+    elif getattr(getattr(model, "config", None), "is_encoder_decoder", False):  # BART: its functional dropout (tasks/xsum.py)
         dropout.install_functional(model, seeds, device)
     if bf16 and device.type == "cuda":
         bf16_backbone(model)

@@ -519,14 +519,18 @@ class JobEstimate:
         return self.train_s + self.eval_s + self.ckpt_s + self.fixed_s
 
 
-def stacks(cfg, k: int) -> int:
+GPU_FREE_MIB = {"H200": 139 * 1024, "H100": 78 * 1024}  # free memory of an idle GPU of the projected kind (MiB)
+
+
+def stacks(cfg, k: int, device_name: str = "H100") -> int:
     """How many of the job's k runs train as one model on a GPU (``train.stack``, the method's ``stacks``,
-    ``driver.stack_size``); 1: side by side."""
+    ``stacking.stack_size`` with the free memory of the projected GPU); 1: side by side."""
     import torch
 
-    from dynrank.driver import stack_size, stacking
+    from dynrank.stacking import stack_size, stacking
 
-    return min(k, stack_size(cfg)) if stacking(cfg, torch.device("cuda")) else 1
+    free = next((m for kind, m in GPU_FREE_MIB.items() if kind in device_name), GPU_FREE_MIB["H100"])
+    return min(k, stack_size(cfg, free_mib=free)) if stacking(cfg, torch.device("cuda")) else 1
 
 
 def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
@@ -539,7 +543,7 @@ def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
     notes.update(w.notes)
     if cfg.model.id not in ("roberta_base", "bart_base"):
         notes.add(f"model={cfg.model.id}: projected at RoBERTa-base's measured step cost (no measurement of its own)")
-    size = stacks(cfg, k)
+    size = stacks(cfg, k, dev.name)
     sizes = [size] * (k // size) + ([k % size] if k % size else [])
     bs, epochs, multiple = int(cfg.train.batch_size), int(cfg.train.epochs), gpu_pad_multiple(cfg)
     steps = math.ceil(w.n_train / bs)

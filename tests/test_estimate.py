@@ -23,7 +23,22 @@ TASKS = ["rte", "mrpc", "stsb", "cola", "sst2", "qnli", "qqp", "mnli"]
 
 @pytest.fixture(scope="module")
 def device():
-    return est.measured_device()
+    """The measured device with padded steps only (no packed rows, no seq2seq bench): the arithmetic these tests
+    check by hand; ``test_the_checked_in_benchmarks_project_every_preset`` reads everything."""
+    d = est.measured_device()
+    d.packed, d.seq2seq = {}, None
+    return d
+
+
+def test_the_checked_in_benchmarks_project_every_preset():
+    """benchmarks/ as checked in: the packed GLUE rows and the seq2seq bench are read, and every job of every paper
+    preset costs a positive time (a fit through rows that carried captures once gave dora negative costs)."""
+    dev = est.measured_device()
+    assert dev.packed and dev.seq2seq is not None
+    assert any(s.startswith("bench-") and "H100" in s for s in dev.sources)
+    for preset in ("table2_r8", "table3_r8", "table4_r8"):
+        e = est.estimate([f"experiment={preset}"], dev)
+        assert e.rows and all(r["train_s"] > 0 for r in e.rows), preset
 
 
 # --- dynamic padding on a hand-made distribution ----------------------------------------------------------

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from conftest import cli, compose, tiny_overrides
 from dynrank import methods
 from dynrank.errors import TrainingError
-from dynrank.driver import run_side_by_side, stacks
+from dynrank.driver import run_side_by_side
+from dynrank.stacking import stacks
 
 STACKING = methods.names(stacks=True)  # every method but full fine-tuning
 
@@ -258,14 +259,23 @@ def test_each_methods_optimizer_settings_reach_the_optimizer(tmp_path):
     assert torch.allclose(got, want)
 
 
-def test_stack_size_bounds_a_steps_tokens():
-    """train.max_stack=auto: as many runs as keep a stacked step within 65,536 padded tokens at the task's length."""
-    from dynrank.driver import stack_size
+def test_stack_size_follows_the_gpus_free_memory():
+    """train.max_stack=auto: on a GPU as many runs as its free memory holds at the measured MiB per padded token
+    (each run's batch at the task's longest; at most 16); without a GPU, 65,536 padded tokens a step."""
+    from dynrank.stacking import MEMORY_SHARE, MIB_PER_TOKEN, stack_size
 
-    assert stack_size(compose(["task=cola", "method=dora", "train.batch_size=32"])) == 65_536 // (32 * 128)  # 16
-    assert stack_size(compose(["task=squad_v1", "method=dora", "train.batch_size=16"])) == 65_536 // (16 * 384)
-    assert stack_size(compose(["task=xsum", "method=lora", "model=bart_base", "train.batch_size=64"])) == 1
-    assert stack_size(compose(["task=cola", "method=dora", "train.max_stack=3"])) == 3
+    cola = compose(["task=cola", "method=dora", "train.batch_size=32"])
+    xsum = compose(["task=xsum", "method=lora", "model=bart_base", "train.batch_size=64"])
+    assert stack_size(cola) == 65_536 // (32 * 128)  # this CPU: the token bound
+    assert stack_size(xsum) == 1
+    h100 = 78 * 1024
+    assert stack_size(cola, free_mib=h100) == 16  # capped
+    per_run = 64 * (768 + 64) * MIB_PER_TOKEN["xsum"]
+    assert stack_size(xsum, free_mib=h100) == int(MEMORY_SHARE * h100 // per_run) == 3
+    assert stack_size(xsum, free_mib=10_000) == 1  # never below one run
+    assert stack_size(compose(["task=cola", "method=dora_wd", "train.batch_size=32"]), free_mib=20_000) < \
+        stack_size(cola, free_mib=20_000)  # Weight-Decomposed LoRA keeps more a token
+    assert stack_size(compose(["task=cola", "method=dora", "train.max_stack=3"]), free_mib=h100) == 3
 
 
 def test_run_adamw_spares_the_no_decay_group_as_torch_adamw_param_groups():
