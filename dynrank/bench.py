@@ -111,9 +111,18 @@ def dynrank_runner(method_name: str, mode: str, device, total_steps: int, model_
                    mode, device, total_steps, runs)
 
 
+SCHEDULE_STEPS = 1_000_000  # the schedules' length in a benchmark: every timed step inside their first phase
+
+
 def stepper(cfg, model, family: str, losses, mode: str, device, total_steps: int, runs: int):
     """``(step(batch) -> loss, adapter parameters)``: ``cfg``'s method wrapped around ``model`` for ``runs`` stacked
-    runs, prepared and stepped as the training loop does (bf16 and CUDA graphs as ``mode`` says)."""
+    runs, prepared and stepped as the training loop does (bf16 and CUDA graphs as ``mode`` says). The method's
+    schedules (DoRA's and AdaLoRA's phases, the learning rate's) span ``SCHEDULE_STEPS``, not the benchmark's few
+    steps: a phase that began inside the timed steps would bring a new CUDA-graph key per batch shape (eager steps
+    and captures) into them, as the 2026-12-07 rows of dora show (benchmarks/README.md, round four). DoRA's first
+    phase (importance EMA and DEM every step, no pruning) is what most of its steps do; its pruning steps (one in
+    ``task.pruning_interval``, in the middle 35%) cost more, its last half (mask only) less."""
+    total_steps = max(total_steps, SCHEDULE_STEPS)
     stack = build_stack(cfg, model, family=family, seeds=list(range(1, runs + 1)), lrs=[float(cfg.train.lr)] * runs,
                         losses=losses, device=device, total_steps=total_steps, amp="bf16" in mode,
                         graphs=mode.startswith("graph"), compile_model="compile" in mode, clip=1.0)

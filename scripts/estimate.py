@@ -409,12 +409,13 @@ def newest_seq2seq() -> Path | None:
 
 def load_seq2seq(path: Path) -> Seq2seq:
     """The dynrank rows of a ``scripts/bench_seq2seq.py`` JSON in the default mode (graph-bf16) and its fast beam
-    rows."""
+    rows; rows marked ``"steady": false`` (their timed steps were captures: a schedule phase began among them) are
+    left out."""
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read the seq2seq bench {path}: {e}") from None
-    rows = [r for r in doc["rows"] if "error" not in r]
+    rows = [r for r in doc["rows"] if "error" not in r and r.get("steady") is not False]
     cost = {(r["task"], r["method"], int(r["runs"])): float(r["us_per_padded_token"]) for r in rows
             if r["kind"] == "train" and r["impl"] == "dynrank" and r["mode"] == "graph-bf16"}
     beam = [r for r in rows if r["kind"] == "beam" and r["impl"] == "fast"]
