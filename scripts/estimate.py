@@ -683,7 +683,7 @@ def estimate(argv: list[str], dev: Device) -> Estimate:
 
 
 # --- output: Markdown (README-ready) and JSON --------------------------------------------------------------
-TARGET = {"table2_r8": 8.0}  # GPU-hours on one H200 (issue 19)
+TARGET = {"table2_r8": 6.0, "table4_r8": 12.0, "table4_r2": 9.0}  # GPU-hours on one H200 (issues 26, 27)
 
 
 def preset_of(argv: list[str]) -> str | None:
