@@ -379,18 +379,20 @@ def _tiny_bart(**dropouts):
     return BartForConditionalGeneration(cfg).train()
 
 
-def test_bart_dropout_masks_are_each_runs_own():
-    """Every dropout BART calls (hidden states, FFN activations, attention probabilities through SDPA's dropout_p)
-    comes from the run's keyed stream: run 0 of a stack of two, its sources padded to the other run's longer ones,
-    equals run 0 alone; two runs of one seed on one batch agree, two seeds do not; evaluation is unchanged.
-    tests/test_gpu.py runs it on the GPU (the Triton dropout kernel)."""
-    check_bart_dropout_streams("cpu", atol=1e-6)
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_bart_dropout_masks_are_each_runs_own(attention):
+    """Every dropout BART calls (hidden states, FFN activations, attention probabilities: SDPA's dropout_p, or
+    F.dropout in transformers' eager attention) comes from the run's keyed stream: run 0 of a stack of two, its
+    sources padded to the other run's longer ones, equals run 0 alone; two runs of one seed on one batch agree, two
+    seeds do not; evaluation is unchanged. tests/test_gpu.py runs it on the GPU (the Triton kernels)."""
+    check_bart_dropout_streams("cpu", atol=1e-6, attention=attention)
 
 
-def check_bart_dropout_streams(device, atol):
+def check_bart_dropout_streams(device, atol, attention="sdpa"):
     from dynrank import dropout, functional_dropout
 
     model = _tiny_bart(dropout=0.1, attention_dropout=0.2, activation_dropout=0.1).to(device)
+    model.config._attn_implementation = attention
 
     def forward(seeds, src, mask, dec):
         dropout.install_functional(model, seeds, device)
