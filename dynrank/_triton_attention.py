@@ -8,30 +8,11 @@ with TRITON_INTERPRET=1, on a CPU: tests/test_packing.py)."""
 import triton
 import triton.language as tl
 
-from ._triton_dropout import mix, stream_key
+from ._triton_flash import _dot, _keep
 from . import dropout
 
 MAX_POSITIONS = tl.constexpr(dropout.MAX_POSITIONS)  # a kernel reads only constexpr globals (Triton >= 3.2 refuses
 # a plain int at compile time; its interpreter does not)
-
-
-@triton.jit
-def _keep(seeds_ptr, step_ptr, n, per_run, site_key, head, heads, offs, threshold):
-    """The keep mask (BLOCK, BLOCK) of sequence n's head ``head``: dropout._mix over the attention counters, keyed by
-    its run's seed, the step and the site."""
-    k = stream_key(tl.load(seeds_ptr + n // per_run), step_ptr, site_key)
-    row = ((n % per_run) * heads + head) * MAX_POSITIONS + offs
-    counter = (row[:, None] * MAX_POSITIONS + offs[None, :]).to(tl.uint64) & 0xFFFFFFFF
-    return (mix(counter ^ k) >> 8) >= threshold.to(tl.uint64)
-
-
-@triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    """tl.dot, in full fp32 (no TF32) for fp32 inputs: the fp32 path checks against the reference to rounding."""
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b)
 
 
 @triton.jit
@@ -63,7 +44,7 @@ def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, len_ptr, seeds_ptr, ste
     p = p / den[:, None]
     tl.store(lse_ptr + (n * heads + h) * BLOCK + offs_m, m + tl.log(den))
     if DROPOUT:
-        keep = _keep(seeds_ptr, step_ptr, n, per_run, site_key, h, heads, offs_m, threshold)
+        keep = _keep(seeds_ptr, step_ptr, n, per_run, site_key, h, heads, offs_m, offs_m, MAX_POSITIONS, threshold)
         p = tl.where(keep, p * drop_scale, 0.0)
     o = _dot(p.to(v.dtype), v, IEEE)
     tl.store(o_ptr + rows, o.to(o_ptr.dtype.element_ty), mask=inside)
@@ -84,7 +65,7 @@ def _bwd(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, start_ptr
     p = tl.where((offs_m[None, :] < L) & (offs_m[:, None] < L), tl.exp(s - lse[:, None]), 0.0)
     dpd = _dot(do, tl.trans(v), IEEE)  # d(dropped p)
     if DROPOUT:
-        keep = _keep(seeds_ptr, step_ptr, n, per_run, site_key, h, heads, offs_m, threshold)
+        keep = _keep(seeds_ptr, step_ptr, n, per_run, site_key, h, heads, offs_m, offs_m, MAX_POSITIONS, threshold)
         pd = tl.where(keep, p * drop_scale, 0.0)
         dp = tl.where(keep, dpd * drop_scale, 0.0)
     else:

@@ -25,6 +25,7 @@ def _keep(seeds_ptr, step_ptr, n, per_run, site_key, h, heads, offs_m, offs_n, P
 
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
+    """tl.dot, in full fp32 (no TF32) for fp32 inputs: the fp32 path checks against the reference to rounding."""
     if IEEE:
         return tl.dot(a, b, input_precision="ieee")
     else:
@@ -58,6 +59,27 @@ def _rows(start_ptr, n, h, s_n, s_r, s_h, offs, L, DH: tl.constexpr):
 
 
 @triton.jit
+def _key_block(q, j, k_ptr, v_ptr, start_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr, sm_n, sm_h, sm_i,
+               sm_j, scale, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK: tl.constexpr,
+               DH: tl.constexpr):
+    """The key block from row j of sequence n's head h: its columns, k and v tiles, and the scores of ``q``."""
+    offs_n = j + tl.arange(0, BLOCK)
+    k_rows, k_in = _rows(start_ptr, n, h, sk_n, sk_r, sk_h, offs_n, Lk, DH)
+    k = tl.load(k_ptr + k_rows, mask=k_in, other=0.0)
+    v = tl.load(v_ptr + k_rows, mask=k_in, other=0.0)
+    s = _scores(q, k, n, h, offs_m, offs_n, Lq, Lk, mask_ptr, sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL, IEEE)
+    return offs_n, k, v, s
+
+
+@triton.jit
+def _keys_end(Lk, CAUSAL: tl.constexpr, BLOCK: tl.constexpr):
+    """Past the last key a block of query rows (program 0's axis) sees: the sequence's end, or its own end if causal."""
+    if CAUSAL:
+        return tl.minimum(Lk, (tl.program_id(0) + 1) * BLOCK)
+    return Lk
+
+
+@triton.jit
 def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, qlen_ptr, klen_ptr, mask_ptr, seeds_ptr, step_ptr,
          sq_n, sq_r, sq_h, sk_n, sk_r, sk_h, sm_n, sm_h, sm_i, sm_j, lse_len, lse_total, per_run, heads, P, scale,
          site_key, threshold, drop_scale, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
@@ -71,16 +93,9 @@ def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, qlen_ptr, klen_ptr, mas
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, DH], tl.float32)
-    hi = Lk
-    if CAUSAL:
-        hi = tl.minimum(Lk, (tl.program_id(0) + 1) * BLOCK)
-    for j in range(0, hi, BLOCK):
-        offs_n = j + tl.arange(0, BLOCK)
-        k_rows, k_in = _rows(start_ptr, n, h, sk_n, sk_r, sk_h, offs_n, Lk, DH)
-        k = tl.load(k_ptr + k_rows, mask=k_in, other=0.0)
-        v = tl.load(v_ptr + k_rows, mask=k_in, other=0.0)
-        s = _scores(q, k, n, h, offs_m, offs_n, Lq, Lk, mask_ptr, sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL,
-                    IEEE)
+    for j in range(0, _keys_end(Lk, CAUSAL, BLOCK), BLOCK):
+        offs_n, k, v, s = _key_block(q, j, k_ptr, v_ptr, start_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr,
+                                     sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL, IEEE, BLOCK, DH)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
@@ -118,16 +133,9 @@ def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, star
     m = tl.load(lse_ptr + row, mask=offs_m < Lq, other=0.0)
     logl = tl.load(lse_ptr + lse_total + row, mask=offs_m < Lq, other=0.0)
     dq = tl.zeros([BLOCK, DH], tl.float32)
-    hi = Lk
-    if CAUSAL:
-        hi = tl.minimum(Lk, (tl.program_id(0) + 1) * BLOCK)
-    for j in range(0, hi, BLOCK):
-        offs_n = j + tl.arange(0, BLOCK)
-        k_rows, k_in = _rows(start_ptr, n, h, sk_n, sk_r, sk_h, offs_n, Lk, DH)
-        k = tl.load(k_ptr + k_rows, mask=k_in, other=0.0)
-        v = tl.load(v_ptr + k_rows, mask=k_in, other=0.0)
-        s = _scores(q, k, n, h, offs_m, offs_n, Lq, Lk, mask_ptr, sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL,
-                    IEEE)
+    for j in range(0, _keys_end(Lk, CAUSAL, BLOCK), BLOCK):
+        offs_n, k, v, s = _key_block(q, j, k_ptr, v_ptr, start_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr,
+                                     sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL, IEEE, BLOCK, DH)
         p = tl.where(offs_m[:, None] < Lq, tl.exp((s - m[:, None]) - logl[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), IEEE)  # d(dropped p)
         if DROPOUT:
