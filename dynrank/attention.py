@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .dropout import interpreting
 from .tiled_attention import flash, probabilities
 
 NAME = "dynrank"
@@ -76,7 +77,7 @@ def packed_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         s = drop.stream
         return flash(q, k, v, scale=scaling, seeds=s.seeds, step=s.step, site=drop.site, p=p, positions=s.positions,
                      packed=(start, lens, heads, width))
-    if not (q.is_cuda or _interpreting()) or dh not in (16, 32, 64, 128) or _kernels() is None:
+    if not (q.is_cuda or interpreting()) or dh not in (16, 32, 64, 128) or _kernels() is None:
         return None
     try:
         if not _kernel_agrees(q.dtype, q.device, dh):
@@ -133,12 +134,6 @@ def _kernel_agrees(dtype, device, dh: int) -> bool:
         _AGREES.add(key)
         return True
     return False
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _kernels():

@@ -195,6 +195,15 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def steady_steps(per_step_ms: list[float], per_step_tokens: list[float]) -> list[int]:
+    """The timed steps that replayed a CUDA graph: time per step token within twice the median's (a step that met a
+    new graph key, a new shape or a method's new schedule phase, ran eagerly or was captured; a long run amortises
+    those)."""
+    per_token = [ms / t for ms, t in zip(per_step_ms, per_step_tokens)]
+    median = sorted(per_token)[len(per_token) // 2]
+    return [i for i, x in enumerate(per_token) if x <= 2 * median]
+
+
 def timed_steps(step, batches, n: int, device):
     """Runs ``n`` steps over ``batches``: (wall s, per-step ms, samples, last loss). The per-step times are on the
     GPU's timeline (CUDA events; idle gaps included), on the host clock without a GPU."""

@@ -209,6 +209,13 @@ def triton_kernels(name: str):
         return None
 
 
+def interpreting() -> bool:
+    """Whether Triton interprets its kernels here (TRITON_INTERPRET=1: on a CPU, the tests of the kernels)."""
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 _AGREES: set = set()
 
 

@@ -9,11 +9,9 @@ that failed its check against the reference once in this process); the caller th
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from .dropout import _GOLDEN, M32, _threshold, kernel_failed, triton_kernels, _FAILED
+from .dropout import _GOLDEN, M32, _FAILED, _threshold, interpreting, kernel_failed, triton_kernels
 
 NAME = "_triton_flash"
 
@@ -39,7 +37,7 @@ def flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, se
 
 
 def usable(q: torch.Tensor, dh: int, mask) -> bool:
-    return ((q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") and dh in (16, 32, 64, 128)
+    return ((q.is_cuda or interpreting()) and dh in (16, 32, 64, 128)
             and (mask is None or mask.dtype == torch.bool) and NAME not in _FAILED
             and triton_kernels(NAME) is not None)
 

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dynrank.bench import (REAL, cola_lengths, dynrank_runner, make_batches, peft_runner, real_batches,  # noqa: E402
-                           synchronize, timed_steps)
+                           steady_steps, synchronize, timed_steps)
 from dynrank.methods import names  # noqa: E402
 from dynrank.results import versions, write_json  # noqa: E402
 
@@ -85,22 +85,11 @@ def measure_real(name, mode, setting, device, args, runs: int, layout: str, peak
         step(batches[i % n][0])
     synchronize(device)
     warm_s = time.time() - t_build
-    marks = [torch.cuda.Event(enable_timing=True) for _ in range(args.steps + 1)]
-    marks[0].record()
-    counts = []
-    for i in range(args.steps):
-        b, r, t = batches[i % n]
-        last = step(b)
-        marks[i + 1].record()
-        counts.append((r, t, len(b["labels"])))
-    synchronize(device)
-    ms = [marks[i].elapsed_time(marks[i + 1]) for i in range(args.steps)]
+    _, ms, _, last = timed_steps(step, [b for b, _, _ in batches], args.steps, device)
+    counts = [(r, t, len(b["labels"])) for b, r, t in (batches[i % n] for i in range(args.steps))]
     dt = sum(ms) / 1000
     real, step_tokens, samples = (sum(c[j] for c in counts) for j in range(3))
-    # steady: the steps that replayed a graph (time per step token within twice the median's); a method entering a
-    # new schedule phase meets new graph keys (eager step + capture per shape), which a long run amortises
-    per_token = [m / c[1] for m, c in zip(ms, counts)]
-    keep = [i for i, x in enumerate(per_token) if x <= 2 * sorted(per_token)[len(per_token) // 2]]
+    keep = steady_steps(ms, [t for _, t, _ in counts])
     steady_s = sum(ms[i] for i in keep) / 1000
     steady_real, steady_tokens = sum(counts[i][0] for i in keep), sum(counts[i][1] for i in keep)
     last = float(last.float().mean())

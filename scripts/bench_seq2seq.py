@@ -64,8 +64,7 @@ def timed(step, batches, counts, args, device) -> dict:
     dt, per_step, _, last = bench.timed_steps(step, batches, args.steps, device)
     tok = [counts[i % len(counts)] for i in range(args.steps)]
     real, padded = sum(r for r, _ in tok), sum(p for _, p in tok)
-    per_token = [ms / p for ms, (_, p) in zip(per_step, tok)]
-    keep = [i for i, x in enumerate(per_token) if x <= 2 * sorted(per_token)[len(per_token) // 2]]
+    keep = bench.steady_steps(per_step, [p for _, p in tok])
     steady_ms = sum(per_step[i] for i in keep)
     last = float(last.float().mean())
     return {"steps": args.steps, "real_tokens_per_s": real / dt, "padded_tokens_per_s": padded / dt,
