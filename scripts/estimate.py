@@ -149,7 +149,7 @@ def packed_step_tokens(hist: Hist, k: int, batch: int, samples: int = 200) -> fl
     k runs' batches), each run's batch drawn at random from ``hist``; by simulation (a fixed seed)."""
     from dynrank.packed_batch import bucket
 
-    key = (id(hist), k, batch)
+    key = (tuple(sorted(hist.items())), k, batch)  # by content: an id() is reused once its dict is freed
     if key not in _PACKED_CACHE:
         rng = random.Random(0)
         lengths, weights = zip(*sorted(hist.items()))

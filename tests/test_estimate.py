@@ -194,6 +194,18 @@ def test_bad_override_is_one_line_error(capsys):
 
 
 # --- packed steps (train.pack) ---------------------------------------------------------------------------------
+def test_packed_step_tokens_are_cached_by_the_distribution_itself():
+    """The cache is keyed by the distribution's contents, not by the object holding it (Python gives a freed dict's
+    id to the next one: an id-keyed cache answered for another task's lengths). One object, new contents: a new
+    value."""
+    hist = {8: 1}
+    short = est.packed_step_tokens(hist, 2, 4)
+    hist.clear()
+    hist[100] = 1
+    assert est.packed_step_tokens(hist, 2, 4) > short
+    assert est.packed_step_tokens({8: 1}, 2, 4) == short
+
+
 def test_packed_step_tokens_match_the_packed_batches():
     """The simulated rows of a packed step against dynrank.packed_batch.pack on batches drawn the same way."""
     from dynrank.packed_batch import pack
