@@ -179,8 +179,9 @@ def counted_flops(step, batch) -> float:
     return float(counter.get_total_flops())
 
 
-def analytic_flops(model_config: dict, batch: int, length: int, frozen: bool = True) -> float:
-    """Model FLOPs of the encoder's forward + backward for one batch (no recompute, adapters and head left out).
+def analytic_flops(model_config: dict, lengths: list[int], frozen: bool = True) -> float:
+    """Model FLOPs of the encoder's forward + backward over sequences of ``lengths`` real tokens (padding and filler
+    left out, as are adapters and the head; no recompute).
 
     Linears: 2 x params x tokens forward; backward 2x that for trained weights, 1x for frozen ones (input
     gradients only). Attention's two batched matmuls: 4 x L^2 x hidden per sequence and layer forward, twice
@@ -189,9 +190,15 @@ def analytic_flops(model_config: dict, batch: int, length: int, frozen: bool = T
 
     c = RobertaConfig(**model_config)
     H, n = c.hidden_size, c.num_hidden_layers
-    linear = 2 * (4 * H * H + 2 * H * c.intermediate_size) * n * batch * length
-    attention = 4 * batch * length * length * H * n
+    linear = 2 * (4 * H * H + 2 * H * c.intermediate_size) * n * sum(lengths)
+    attention = 4 * sum(L * L for L in lengths) * H * n
     return linear * (2 if frozen else 3) + attention * 3
+
+
+def sequence_lengths(batch: dict) -> list[int]:
+    """The real length of every sequence of a batch, packed (``seq_len``) or padded (its attention mask)."""
+    lens = batch["seq_len"] if "seq_len" in batch else batch["attention_mask"].sum(1)
+    return [int(n) for n in lens.tolist()]
 
 
 # --- (a) and (b): synthetic RoBERTa-base steps -------------------------------------------------------------------
@@ -203,29 +210,39 @@ def schedule_steps(spec: str, args) -> int:
 
 
 def measure_point(spec: str, batch: int, args, device, profile: bool, setting: str = "fixed",
-                  model_config: dict | None = None, runs: int = 1) -> dict:
+                  model_config: dict | None = None, runs: int = 1, layout: str | None = None) -> dict:
     """One method at one batch size: build (bench.py's runner, ``runs`` runs stacked, each with ``batch``), warm
     up, time; with ``profile`` also count FLOPs and profile ``args.profile_steps`` steps. ``setting``: bench.py's
-    ``fixed`` (L=128) or ``cola`` (CoLA's lengths, padded per batch to a multiple of 8); ``model_config``:
-    RobertaConfig fields (default args'). Samples/s are every run's together."""
+    ``fixed`` (L=128) or ``cola`` (CoLA's lengths, padded per batch to a multiple of 8); with a ``layout``
+    (``padded`` or ``packed``), a real-length setting of ``bench.REAL``: each run the task's own batch, laid out as
+    the loop lays it out; ``model_config``: RobertaConfig fields (default args'). Samples/s are every run's together."""
     method = spec.split("@")[0]
     model_config = args.model_config if model_config is None else model_config
+    real = layout is not None
+    batch = bench.REAL[setting][1] if real else batch
     row = {"method": spec, "mode": args.mode, "runs": runs, "batch": batch,
            "length": LENGTH if setting == "fixed" else setting, "schedule_steps": schedule_steps(spec, args)}
+    if real:
+        row["layout"] = layout
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     step, row["adapter_params"] = bench.dynrank_runner(method, args.mode, device, row["schedule_steps"], model_config,
                                                        runs=runs)
-    lengths = bench.cola_lengths() if setting == "cola" else []
-    batches = bench.make_batches(setting, args.n_batches, device, VOCAB, lengths, 8, batch_size=batch * runs)
+    if real:
+        batches = [b for b, _, _ in bench.real_batches(setting, args.n_batches, device, VOCAB, runs,
+                                                       layout == "packed", batch_size=batch)]
+        row["real_tokens_per_step"] = sum(sum(sequence_lengths(b)) for b in batches) / len(batches)
+    else:
+        lengths = bench.cola_lengths() if setting == "cola" else []
+        batches = bench.make_batches(setting, args.n_batches, device, VOCAB, lengths, 8, batch_size=batch * runs)
     first = 0
     if profile:  # the first step runs eagerly (a graph is captured at the second): count its FLOPs
         row["flops_per_step_counted"] = counted_flops(step, batches[0])
-        row["flops_per_step_analytic"] = analytic_flops(args.model_config, batch * runs, LENGTH,
-                                                        frozen=method != "full")
+        row["flops_per_step_analytic"] = sum(analytic_flops(args.model_config, sequence_lengths(b),  # the mean step
+                                                            frozen=method != "full") for b in batches) / len(batches)
         first = 1
-    for i in range(first, args.warmup):
+    for i in range(first, max(args.warmup, 2 * len(batches) if real else 0)):  # real: every shape warmed, captured
         step(batches[i % len(batches)])
     dt, per_step, samples, last = bench.timed_steps(step, batches, args.steps, device)
     median = sorted(per_step)[len(per_step) // 2]
@@ -261,8 +278,9 @@ def profile_point(step, batches, args, device, row) -> dict:
 def step_profiles(args, device, rows: list, save):
     for runs in args.profile_runs:
         for spec in args.methods:
-            rows.append(guarded(measure_point, spec, args.profile_batch, args, device, True, runs=runs,
-                                label={"method": spec, "runs": runs}))
+            layout = None if args.setting == "fixed" else args.layout
+            rows.append(guarded(measure_point, spec, args.profile_batch, args, device, True, args.setting,
+                                runs=runs, layout=layout, label={"method": spec, "runs": runs}))
             save()
 
 
@@ -465,7 +483,9 @@ def markdown(report: dict) -> str:
 def markdown_profiles(rows: list[dict]) -> list[str]:
     if not rows:
         return []
-    lines = ["", f"(a) L={LENGTH}, batch {rows[0]['batch']} per run: ms per step", "",
+    r0 = rows[0]
+    shape = (f"{r0['length']}'s lengths, {r0['layout']}" if "layout" in r0 else f"L={LENGTH}")
+    lines = ["", f"(a) {shape}, batch {r0['batch']} per run: ms per step (analytic TFLOP/s: real tokens only)", "",
              "| method | runs | wall | kernels | busy | idle (window) | TFLOP/s counted | analytic | samples/s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['method']} | {r.get('runs', 1)} | {r['wall_ms_per_step']:.2f} | {r['kernel_ms_per_step']:.2f} | "
@@ -528,6 +548,11 @@ def parse_args(argv):
     ap.add_argument("--steps", type=int, default=40, help="timed steps per point (CUDA events)")
     ap.add_argument("--profile-steps", type=int, default=20, help="(a) steps under torch.profiler")
     ap.add_argument("--profile-runs", default="1,5", help="(a) runs stacked in the profiled step (each batch 32)")
+    ap.add_argument("--setting", default="fixed", choices=["fixed", *bench.REAL],
+                    help="(a) fixed: every sequence 128 tokens, batch 32 per run; or a task's recorded lengths and "
+                         "batch (bench.REAL)")
+    ap.add_argument("--layout", default="padded", choices=["padded", "packed"],
+                    help="(a) with a real-length --setting: the batch padded to its longest sequence or packed")
     ap.add_argument("--schedule-steps", type=int, default=10_000, help="the schedule's length for plain methods")
     ap.add_argument("--minilm", default=str(SHARED / "models/all-MiniLM-L6-v2"))
     ap.add_argument("--data", default=str(SHARED / "data/glue"))

@@ -119,3 +119,21 @@ def test_smoke_run_writes_every_part(tmp_path, capsys):
     assert not negative
     printed = capsys.readouterr().out
     assert "(a) L=128" in printed and "(b)" in printed and "(c) real run" in printed and "(d) runs stacked" in printed
+
+
+def test_real_length_profile_counts_only_real_tokens(tmp_path):
+    """(a) at a task's recorded lengths: the packed and the padded step of the same drawn batches carry the same real
+    tokens and the same analytic (real-token) FLOPs, while the op-counted FLOPs of the padded step include its padding."""
+    rows = {}
+    for layout in ("padded", "packed"):
+        out = tmp_path / f"{layout}.json"
+        prof.main(["--smoke", "--parts", "a", "--methods", "lora", "--setting", "sst2", "--layout", layout,
+                   "--out", str(out)])
+        [rows[layout]] = [r for r in json.loads(out.read_text())["step_profile"] if r["runs"] == 2]
+    padded, packed = rows["padded"], rows["packed"]
+    for r, layout in ((padded, "padded"), (packed, "packed")):
+        assert "error" not in r, r
+        assert r["layout"] == layout and r["length"] == "sst2" and r["batch"] == 64  # SST-2's batch (Table 8)
+    assert packed["real_tokens_per_step"] == padded["real_tokens_per_step"] > 0
+    assert math.isclose(packed["flops_per_step_analytic"], padded["flops_per_step_analytic"])
+    assert packed["flops_per_step_counted"] < padded["flops_per_step_counted"]
