@@ -163,6 +163,13 @@ def main(argv=None):
     peak = matmul_peak(device)
     print(f"bf16 GEMM peak (8192^3): {peak / 1e12:.0f} TFLOP/s", flush=True)
     rows = []
+    device_name = torch.cuda.get_device_name(device)
+    report = {"device": device_name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "bf16_gemm_peak_flops": peak,
+              "command": "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "versions": versions(), "python": platform.python_version(), "rows": rows}
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
+    out = Path(args.out) / f"bench-{device_name.replace(' ', '_')}-{stamp}.json"
     for setting in args.settings.split(","):
         for name in args.methods.split(","):
             peft = name.startswith("peft_")
@@ -183,16 +190,10 @@ def main(argv=None):
                                  "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
                         rows.append(r)
                         print(json.dumps(r), flush=True)
+                        write_json(out, report)  # after every row: a run cut short keeps what it measured
                         gc.collect()
                         torch._dynamo.reset()
                         torch.cuda.empty_cache()
-    device_name = torch.cuda.get_device_name(device)
-    report = {"device": device_name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "bf16_gemm_peak_flops": peak,
-              "command": "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "versions": versions(), "python": platform.python_version(), "rows": rows}
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
-    out = Path(args.out) / f"bench-{device_name.replace(' ', '_')}-{stamp}.json"
     write_json(out, report)
     print_table(rows)
     print(f"wrote {out}")
