@@ -1,12 +1,14 @@
 """Stacked runs against the same runs side by side: do the dev scores agree within seed noise?
 
     python scripts/stack_check.py STACKED_STORE SIDE_STORE [--out stack_check.md]
+    python scripts/stack_check.py PACKED_STORE PADDED_STORE --labels packed,padded   # any two ways of training
 
 Both stores hold the same cells (task, method, learning rate, seeds) trained once with ``train.stack=true`` and
 once with ``train.stack=false``. Stacking computes each run's step as the run alone would, except the dropout masks
 (drawn for the whole stack) and GPU rounding, so per cell the best dev scores of the two should differ by no more than
 seed noise. Per cell: mean ± std over seeds of each, the mean difference, and Welch's 95% interval for it; a cell
-whose interval excludes 0 is flagged. Writes a Markdown table (``--out``) and prints it.
+whose interval excludes 0 is flagged. Writes a Markdown table (``--out``) and prints it. ``--labels`` names the two
+stores in the table (any two ways of training the same cells: ``train.pack=true`` against ``false``).
 """
 from __future__ import annotations
 
@@ -53,9 +55,11 @@ def main(argv=None) -> int:
     ap.add_argument("stacked")
     ap.add_argument("side")
     ap.add_argument("--out")
+    ap.add_argument("--labels", default="stacked,side by side", help="the two stores' names in the table")
     args = ap.parse_args(argv)
+    first, second = args.labels.split(",")
     stacked, side = cells(args.stacked), cells(args.side)
-    lines = ["| task | method | lr | stacked (runs per model) | side by side | difference [95% interval] | |",
+    lines = [f"| task | method | lr | {first} (runs per model) | {second} | difference [95% interval] | |",
              "|---|---|---:|---|---|---|---|"]
     flagged = 0
     for key in sorted(stacked.keys() & side.keys()):
