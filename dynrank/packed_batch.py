@@ -24,12 +24,25 @@ def bucket(n: int, minimum: int = 16) -> int:
     return -(-n // step) * step
 
 
+TILE = 128  # the longest sequence the GPU's one-tile attention kernel takes (``attention.packed_attention``)
+
+
+def view_width(longest: int, multiple: int) -> int:
+    """The attention view's width for a longest sequence of ``longest`` tokens: rounded up to ``multiple``; where
+    shapes are bucketed (``multiple`` > 1: CUDA graphs, one per shape) and the sequence fits one tile, to the next
+    power of two (at least 16) instead, the block the kernel computes anyway: SST-2's widths 40 to 72 become 64 and
+    128, half the shapes and so half the graph captures of a job."""
+    if multiple > 1 and longest <= TILE:
+        return max(16, 1 << (longest - 1).bit_length())
+    return -(-longest // multiple) * multiple
+
+
 def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, multiple: int = 8,
          token_types: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """The packed batch of ``rows`` (the token ids of every run's sequences, run-major, the same number per run).
 
     ``position_offset``: the position id of a sequence's first token (RoBERTa: padding_idx + 1 = 2; BERT: 0);
-    ``multiple``: the longest sequence rounds up to it (the attention view's width). Keys: ``input_ids``,
+    ``multiple``: the longest sequence rounds up to it (the attention view's width, ``view_width``). Keys: ``input_ids``,
     ``position_ids``, ``token_type_ids`` (T,) with T = runs * block; ``token_keys`` (T,) (``dropout``);
     ``seq_start`` (N,) each sequence's first row (its ``<s>``), ``seq_len`` (N,); ``gather`` (N * width,) the row
     of each slot of the attention view, ``valid`` (N, width) which slots hold a token; ``scatter`` (T,) the slot of
@@ -39,7 +52,7 @@ def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, mu
     lens = torch.tensor([len(r) for r in rows], dtype=torch.long)
     run_tokens = lens.view(runs, per_run).sum(1)
     block = bucket(int(run_tokens.max()))
-    width = -(-int(lens.max()) // multiple) * multiple
+    width = view_width(int(lens.max()), multiple)
     T = runs * block
     # each sequence's first row: run k's block starts at k * block, its sequences end to end
     within = torch.cumsum(lens.view(runs, per_run), 1) - lens.view(runs, per_run)

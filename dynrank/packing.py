@@ -13,7 +13,8 @@ encoder runs over these rows; attention runs per sequence, so it sees exactly th
 Triton kernel reads each sequence's rows in place (``attention.packed_attention``, sequences up to 128 tokens),
 elsewhere a padded view is gathered around ``attention.attend``. The filler rows are computed and never read.
 The number of shapes (and so of CUDA graphs) is bounded by the buckets: the block size rounded up to at most 16
-steps per doubling, the longest sequence to the task's ``pad_to_multiple``.
+steps per doubling, the longest sequence to a power of two up to 128 tokens and beyond to the task's
+``pad_to_multiple`` (``packed_batch.view_width``).
 
 The model's own modules do the work (``encode`` calls each layer's query/key/value, output blocks, intermediate
 block and the task head), so every method's wrapped modules (LoRA family, bottleneck adapters, BitFit) run as they

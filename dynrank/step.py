@@ -9,6 +9,7 @@ gradient of its own loss; clipping and AdamW are per run (``dynrank.optim``).
 """
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -80,6 +81,7 @@ class GraphedStep:
         self.graphs: dict = {}
         self.warmup = warmup  # eager steps of a key before its capture (a compiled model compiles in them)
         self.warm: dict = {}
+        self.setup_s = 0.0  # host seconds in the eager warm-up steps and the captures (a job's fixed cost: estimate)
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream()  # warm-up steps
         # Capture on a stream of our own, not torch's shared default capture stream: cuBLAS keys its
@@ -99,14 +101,18 @@ class GraphedStep:
         mkey = self.method.graph_key(step)
         key = (tuple((k, tuple(v.shape)) for k, v in sorted(batch.items())), mkey)
         if mkey == EAGER or key not in self.graphs and self.warm.get(key, 0) < self.warmup:
+            t0 = time.perf_counter()
             if mkey != EAGER:
                 self.warm[key] = self.warm.get(key, 0) + 1
             self.stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.stream):
                 out = self._body(batch, step)
             torch.cuda.current_stream().wait_stream(self.stream)
+            if mkey != EAGER:
+                self.setup_s += time.perf_counter() - t0
             return out
         if key not in self.graphs:
+            t0 = time.perf_counter()
             # torch.cuda.graph() would also synchronize the device, run gc and empty the cache on
             # every capture; ordering the capture stream after ours is all a capture needs
             static = {k: v.clone() for k, v in batch.items()}
@@ -121,6 +127,7 @@ class GraphedStep:
                     graph.capture_end()
             current.wait_stream(self.capture_stream)
             self.graphs[key] = (graph, static, outs)
+            self.setup_s += time.perf_counter() - t0
         graph, static, outs = self.graphs[key]
         for k, v in batch.items():
             static[k].copy_(v, non_blocking=True)

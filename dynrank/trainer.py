@@ -273,7 +273,7 @@ class Trainer:
                 params=method.param_counts(k), pruning_end_step=method.pruning_end_step(), data=self.shared.identity,
                 training={"stacked_runs": self.R, "precision": "bf16" if self.amp else "fp32",
                           "cuda_graphs": self.fast["cuda_graphs"], "pad_to_multiple": self.fast["pad_to_multiple"],
-                          "packed": self.fast["pack"] and self.task.packs},
+                          "packed": self.fast["pack"] and self.task.packs, **self.graph_setup()},
                 attempts_s=[*st.past_attempts_s, ended - self.started], ended=ended, method_summary=summary,
                 extra_evals=extra_evals[k],
                 export_dir=self.export_adapter(k, run) if cfg.train.get("export") else None).to_json()
@@ -288,6 +288,13 @@ class Trainer:
             log_run_dir(run_dir)
             out.append(results)
         return out
+
+    def graph_setup(self) -> dict:
+        """CUDA graphs: how many the stack captured (one per batch shape and method phase) and the host seconds of
+        their eager warm-up steps and captures, the part of the training time that does not grow with the epochs."""
+        if not hasattr(self.stepper, "graphs"):
+            return {}
+        return {"graphs": len(self.stepper.graphs), "graph_setup_s": round(self.stepper.setup_s, 3)}
 
     def export_adapter(self, k: int, run: Run) -> str:
         """Run k's trained adapter in ``<run dir>/adapter`` (PEFT format where the method has one); its path."""

@@ -186,6 +186,7 @@ def main(argv=None):
         "train_time_s_one_seed": one.get("train_time_s"),
         "train_time_s_side_by_side": max(r.get("train_time_s") or 0 for r in runs),
         "training": runs[0].get("training"),  # the fast path's parts as the runs used them (packed, stacked, ...)
+        "training_one_seed": one.get("training"),  # and as the run alone did (its graphs and their set-up time)
     }
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
     out = Path(args.out) / f"seeds-{device.replace(' ', '_')}-{stamp}.json"

@@ -19,7 +19,7 @@ METHODS = methods.names()
 
 
 def _trajectory(method_name, graphs: bool, steps=24, bf16=False, seeds=(1,), device="cuda", packed=False,
-                dropout=0.0):
+                dropout=0.0, out: dict | None = None):
     """Losses (steps, runs) and final trainable numbers (runs, P) of the runs ``seeds`` stacked (run k: seed
     seeds[k], learning rate (seed) x the method's, its own three batches of 8 sequences of 4-16 tokens), padded or
     packed, dropout ``dropout`` (hidden, attention and the adapters': each run's own stream, dynrank.dropout)."""
@@ -42,6 +42,8 @@ def _trajectory(method_name, graphs: bool, steps=24, bf16=False, seeds=(1,), dev
                         losses=partial(classification_losses, runs=runs), device=device, total_steps=steps, amp=bf16,
                         graphs=graphs, clip=1.0)
     step = stack.stepper
+    if out is not None:
+        out["stepper"] = step
     per_run = []
     for seed in seeds:  # each run's own batches, whatever it is stacked with
         g = torch.Generator().manual_seed(100 + seed)
@@ -112,6 +114,20 @@ def test_packed_graphed_steps(name):
     stacked, _ = _trajectory(name, True, packed=True, dropout=0.1, seeds=(1, 2, 3), bf16=True)
     alone, _ = _trajectory(name, True, packed=True, dropout=0.1, seeds=(2,), bf16=True)
     assert torch.allclose(stacked[:, 1], alone[:, 0], rtol=2e-2, atol=2e-2), (stacked[:, 1], alone[:, 0])
+
+
+def test_graphed_step_counts_its_graphs_and_their_setup():
+    """What the results' ``training`` reports (trainer.graph_setup): one graph per batch shape and method phase, and
+    the host time of their warm-up steps and captures, which later replays do not add to."""
+    out = {}
+    _trajectory("lora", True, steps=6, packed=True, seeds=(1, 2), out=out)
+    step = out["stepper"]
+    shapes = len({tuple(k[0]) for k in step.graphs})
+    assert len(step.graphs) == shapes >= 1 and step.setup_s > 0
+    before = step.setup_s
+    _trajectory("lora", True, steps=12, packed=True, seeds=(1, 2), out=out)
+    assert len(out["stepper"].graphs) == shapes  # the same three batches: no new graph past the first round
+    assert out["stepper"].setup_s < 3 * before + 1.0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

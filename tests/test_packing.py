@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT, compose, tiny_overrides
 from dynrank import dropout, inputs, methods
-from dynrank.packed_batch import bucket, pack
+from dynrank.packed_batch import bucket, pack, view_width
 from dynrank.step import prepare_model
 
 STACKING = methods.names(stacks=True)  # every method but full fine-tuning
@@ -156,14 +156,33 @@ def test_pack_layout():
     assert b["seq_start"].tolist() == [0, 3, block, block + 3]
     assert b["input_ids"][:7].tolist() == [0, 5, 2, 0, 6, 7, 2] and (b["input_ids"][7:block] == 1).all()
     assert b["position_ids"][3:7].tolist() == [2, 3, 4, 5]
-    assert b["valid"].shape == (4, 8) and b["valid"].sum(1).tolist() == [3, 4, 3, 6]
+    assert b["valid"].shape == (4, 16) and b["valid"].sum(1).tolist() == [3, 4, 3, 6]  # view_width(6, 8)
     assert b["token_keys"][block + 3:block + 5].tolist() == [512, 513]  # run 1's second sequence, in its run
     x = torch.arange(2 * block)
-    assert x[b["gather"]].view(4, 8)[1, :4].tolist() == [3, 4, 5, 6]  # sequence 1's rows, then padding slots
+    assert x[b["gather"]].view(4, 16)[1, :4].tolist() == [3, 4, 5, 6]  # sequence 1's rows, then padding slots
     slots = x[b["gather"]]  # the way there and back is the identity on real rows
     back = slots[b["scatter"]]
     real = b["input_ids"] != 1
     assert torch.equal(back[real], x[real])
+
+
+def test_view_width_is_a_power_of_two_within_a_tile():
+    """Bucketed widths (CUDA graphs): a power of two up to the kernel's tile, the multiple beyond; exact on a CPU."""
+    assert [view_width(n, 8) for n in (3, 17, 40, 64, 65, 72, 128)] == [16, 32, 64, 64, 128, 128, 128]
+    assert [view_width(n, 8) for n in (129, 384)] == [136, 384]
+    assert [view_width(n, 1) for n in (3, 40, 129)] == [3, 40, 129]
+
+
+@pytest.mark.slow
+def test_packed_equals_padded_with_bucketed_widths(tmp_path):
+    """With the GPU's pad_to_multiple (8) the packed view is wider than the longest sequence (view_width): the
+    slots past each sequence's end are masked, so the losses and gradients still equal the padded step's."""
+    task, ds, model = build(tmp_path, "lora", "train.pad_to_multiple=8")
+    assert task.pad_to_multiple == 8
+    per_run = ([0, 3, 5, 7, 30], [1, 2, 9, 11, 40])
+    batch = task.train_batch(ds, per_run, True)
+    assert batch["valid"].shape[1] == view_width(int(batch["seq_len"].max()), 8) > int(batch["seq_len"].max())
+    assert_packed_equals_padded(task, ds, model, per_run)
 
 
 def test_bucket_bounds_filler_and_sizes():
