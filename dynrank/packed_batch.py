@@ -42,8 +42,8 @@ def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, mu
     """The packed batch of ``rows`` (the token ids of every run's sequences, run-major, the same number per run).
 
     ``position_offset``: the position id of a sequence's first token (RoBERTa: padding_idx + 1 = 2; BERT: 0);
-    ``multiple``: the longest sequence rounds up to it (the attention view's width, ``view_width``). Keys: ``input_ids``,
-    ``position_ids``, ``token_type_ids`` (T,) with T = runs * block; ``token_keys`` (T,) (``dropout``);
+    ``multiple``: the longest sequence rounds up to it (the attention view's width: ``view_width``). Keys:
+    ``input_ids``, ``position_ids``, ``token_type_ids`` (T,) with T = runs * block; ``token_keys`` (T,) (``dropout``);
     ``seq_start`` (N,) each sequence's first row (its ``<s>``), ``seq_len`` (N,); ``gather`` (N * width,) the row
     of each slot of the attention view, ``valid`` (N, width) which slots hold a token; ``scatter`` (T,) the slot of
     each row (filler rows: slot 0)."""

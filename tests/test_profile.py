@@ -123,7 +123,8 @@ def test_smoke_run_writes_every_part(tmp_path, capsys):
 
 def test_real_length_profile_counts_only_real_tokens(tmp_path):
     """(a) at a task's recorded lengths: the packed and the padded step of the same drawn batches carry the same real
-    tokens and the same analytic (real-token) FLOPs, while the op-counted FLOPs of the padded step include its padding."""
+    tokens and the same analytic (real-token) FLOPs, while the op-counted FLOPs of the padded step include its
+    padding."""
     rows = {}
     for layout in ("padded", "packed"):
         out = tmp_path / f"{layout}.json"
