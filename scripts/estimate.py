@@ -609,14 +609,15 @@ def packs(cfg, dev: Device, notes: set) -> dict[tuple[str, int], Rate] | None:
         notes.add(f"{family}: packed steps not in the newest bench; projected at the padded steps' cost")
         return None
     m = cfg.method.name
-    if (m, 1) not in rates and (m, 1) in dev.rates:  # lora's packed cost, scaled as the method's padded one
-        for k in (1, 5):
-            if ("lora", k) in rates and (m, k) in dev.rates and ("lora", k) in dev.rates:
-                f_a, f_b = (getattr(dev.rates[m, k], x) / getattr(dev.rates["lora", k], x) for x in ("a_ms", "b_us"))
-                lo = rates["lora", k]
-                rates[m, k] = Rate(lo.a_ms * f_a, lo.b_us * f_b, f"lora's packed x {m}'s padded / lora's")
-        notes.add(f"{m}: no steady packed rows in the bench; lora's packed step cost scaled by {m}'s padded one "
-                  "relative to lora's")
+    scaled = [k for k in (1, 5) if (m, k) not in rates and ("lora", k) in rates and (m, k) in dev.rates
+              and ("lora", k) in dev.rates]
+    for k in scaled:  # a stack the bench did not measure packed: lora's packed cost, scaled as the method's padded one
+        f_a, f_b = (getattr(dev.rates[m, k], x) / getattr(dev.rates["lora", k], x) for x in ("a_ms", "b_us"))
+        lo = rates["lora", k]
+        rates[m, k] = Rate(lo.a_ms * f_a, lo.b_us * f_b, f"lora's packed x {m}'s padded / lora's")
+    if scaled:
+        notes.add(f"{m} x{', x'.join(map(str, scaled))}: no steady packed rows in the bench; lora's packed step cost "
+                  f"scaled by {m}'s padded one relative to lora's")
     return rates
 
 

@@ -341,3 +341,19 @@ def test_unreadable_seq2seq_bench_is_one_line_error(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot read the seq2seq bench") and "\n" not in err
+
+
+def test_a_measured_packed_stack_is_used_and_only_the_missing_one_scaled(device):
+    """DoRA measured packed for 5 runs only: its x5 rate is the bench's, its x1 is LoRA's packed rate scaled as
+    DoRA's padded cost is to LoRA's (the measured one is never replaced by the scaled one)."""
+    cfg = compose(["task=sst2", "method=dora", "seeds=[1,2,3,4,5]"])
+    measured = est.Rate(9.0, 3.0, "bench: dora x5")
+    packed = {("lora", 1, "glue"): est.Rate(1.0, 2.0, "lora x1"), ("lora", 5, "glue"): est.Rate(2.0, 2.0, "lora x5"),
+              ("dora", 5, "glue"): measured}
+    dev = est.Device(device.name, device.rates, device.params, 0.0, "", [], packed=packed)
+    notes = set()
+    rates = est.packs(cfg, dev, notes)
+    assert rates["dora", 5] is measured
+    f_b = device.rates["dora", 1].b_us / device.rates["lora", 1].b_us
+    assert rates["dora", 1].b_us == pytest.approx(2.0 * f_b)
+    assert any(n.startswith("dora x1: no steady packed rows") for n in notes)
