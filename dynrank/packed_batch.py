@@ -5,8 +5,8 @@
 Every run's block is the same size (its real tokens, then filler up to ``bucket``(the largest run's count)), so the
 rows of each run stay contiguous and equal in number. ``pack`` lays the batch out with what attention needs to see
 each sequence on its own (each sequence's first row and length; the rows of a padded view, ``gather`` / ``valid``,
-and back, ``scatter``) and each row's dropout key (``seq_keys``; ``padded_keys`` for a padded batch). The encoder's
-forward over such a batch is ``packing.py``'s.
+and back, ``scatter``) and each row's dropout key (``seq_keys``; a padded batch's: ``DropoutStream.set_padded``).
+The encoder's forward over such a batch is ``packing.py``'s.
 """
 from __future__ import annotations
 
@@ -75,12 +75,3 @@ def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, mu
     keys[rows_real] = (seq_keys(n, runs).unsqueeze(1) * MAX_POSITIONS + pos)[valid]
     return {"input_ids": ids, "position_ids": positions, "token_type_ids": types, "token_keys": keys,
             PACKED: start, "seq_len": lens, "gather": gather, "valid": valid, "scatter": scatter}
-
-
-def padded_keys(input_ids: torch.Tensor, runs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The dropout row keys of a padded batch (N, L), run-major: each sequence's index in its run's batch, and each
-    position's token key."""
-    N, L = input_ids.shape
-    seq = seq_keys(N, runs, input_ids.device)
-    tokens = seq.unsqueeze(1) * MAX_POSITIONS + torch.arange(L, device=input_ids.device)
-    return seq, tokens.reshape(-1)

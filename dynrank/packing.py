@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .attention import attend, packed_attention
-from .packed_batch import PACKED, padded_keys, seq_keys
+from .packed_batch import PACKED, seq_keys
 
 
 def encoder_of(model: nn.Module):
@@ -46,7 +46,8 @@ def set_dropout_rows(model, batch: dict, runs: int) -> None:
     if PACKED in batch:
         stream.set_rows(seq_keys(batch[PACKED].numel(), runs, batch[PACKED].device), batch["token_keys"])
     else:
-        stream.set_rows(*padded_keys(batch["input_ids"], runs))
+        N, L = batch["input_ids"].shape
+        stream.set_padded(seq_keys(N, runs, batch["input_ids"].device), [L])
 
 
 def encode(model, batch: dict) -> torch.Tensor:
