@@ -115,13 +115,15 @@ class DropoutStream:
     def set_step(self, step: int) -> None:
         self.step.fill_(int(step))
 
-    def set_rows(self, seq_keys: torch.Tensor, token_keys: torch.Tensor) -> None:
+    def set_rows(self, seq_keys: torch.Tensor, *token_keys: torch.Tensor) -> None:
         """Row keys of this forward pass: ``seq_keys`` (N,) each sequence's index in its run's batch, run-major;
-        ``token_keys`` (T,) each token row's key (``seq_key * MAX_POSITIONS + position``; padding and filler rows
-        any key). A dropout input with N rows (a head's input) takes the sequences' ``<s>`` keys, one with T rows the
-        tokens'."""
+        ``token_keys`` (T,) each token row's key (``seq_key * positions + position``; padding and filler rows any
+        key), one tensor per packed sequence kind (BART: the sources' rows, then the summaries', of different
+        counts: ``packed_batch.pack_seq2seq``). A dropout input with N rows (a head's input) takes the sequences'
+        ``<s>`` keys, one with T rows the tokens' of that count."""
         self.seq_keys = seq_keys
-        self.rows = {token_keys.numel(): token_keys, seq_keys.numel(): seq_keys * self.positions}
+        self.rows = {keys.numel(): keys for keys in token_keys}
+        self.rows[seq_keys.numel()] = seq_keys * self.positions
 
     def set_padded(self, seq_keys: torch.Tensor, lengths: list[int]) -> None:
         """Row keys of a padded forward pass whose inputs are (N, L) for each L in ``lengths`` (BART: the source's

@@ -17,17 +17,24 @@ from torch.overrides import TorchFunctionMode
 
 from .attention import keyed
 from .dropout import DropoutStream, seq_keys
+from .packed_batch import PACKED
 
 
-def functional(model: nn.Module, runs: int, inputs: list[torch.Tensor]):
+def functional(model: nn.Module, runs: int, inputs: list[torch.Tensor] | dict[str, torch.Tensor]):
     """The context of one training forward of ``model`` over padded ``inputs`` (each (N, L), run-major: BART's
-    source and decoder ids): every dropout the model calls, module or function, draws from ``model.dropout_stream``.
-    Without a stream (none was installed: ``step.prepare_model``), nothing changes."""
+    source and decoder ids) or a packed batch (``packed_batch.pack_seq2seq``: its rows' keys): every dropout the
+    model calls, module or function, draws from ``model.dropout_stream``. Without a stream (none was installed:
+    ``step.prepare_model``), nothing changes."""
     stream = getattr(model, "dropout_stream", None)
     if stream is None:
         return nullcontext()
-    N = inputs[0].shape[0]
-    stream.set_padded(seq_keys(N, runs, inputs[0].device), [int(x.shape[1]) for x in inputs])
+    if isinstance(inputs, dict):
+        start = inputs[PACKED]
+        stream.set_rows(seq_keys(start.numel(), runs, start.device), inputs["token_keys"],
+                        inputs["decoder_token_keys"])
+    else:
+        N = inputs[0].shape[0]
+        stream.set_padded(seq_keys(N, runs, inputs[0].device), [int(x.shape[1]) for x in inputs])
     return _FunctionalDropout(stream)
 
 

@@ -38,11 +38,14 @@ def view_width(longest: int, multiple: int) -> int:
 
 
 def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, multiple: int = 8,
-         token_types: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+         token_types: list[list[int]] | None = None, positions: int = MAX_POSITIONS,
+         block: int | None = None) -> dict[str, torch.Tensor]:
     """The packed batch of ``rows`` (the token ids of every run's sequences, run-major, the same number per run).
 
     ``position_offset``: the position id of a sequence's first token (RoBERTa: padding_idx + 1 = 2; BERT: 0);
-    ``multiple``: the longest sequence rounds up to it (the attention view's width: ``view_width``). Keys:
+    ``multiple``: the longest sequence rounds up to it (the attention view's width: ``view_width``);
+    ``positions``: the dropout keys' stride of a sequence (``DropoutStream.positions``); ``block``: each run's rows
+    (default ``bucket`` of the largest run's tokens). Keys:
     ``input_ids``, ``position_ids``, ``token_type_ids`` (T,) with T = runs * block; ``token_keys`` (T,) (``dropout``);
     ``seq_start`` (N,) each sequence's first row (its ``<s>``), ``seq_len`` (N,); ``gather`` (N * width,) the row
     of each slot of the attention view, ``valid`` (N, width) which slots hold a token; ``scatter`` (T,) the slot of
@@ -51,7 +54,7 @@ def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, mu
     per_run = n // runs
     lens = torch.tensor([len(r) for r in rows], dtype=torch.long)
     run_tokens = lens.view(runs, per_run).sum(1)
-    block = bucket(int(run_tokens.max()))
+    block = block or bucket(int(run_tokens.max()))
     width = view_width(int(lens.max()), multiple)
     T = runs * block
     # each sequence's first row: run k's block starts at k * block, its sequences end to end
@@ -66,12 +69,34 @@ def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, mu
     scatter[rows_real] = slots
     ids = torch.full((T,), pad_id, dtype=torch.long)
     ids[rows_real] = torch.tensor([t for r in rows for t in r], dtype=torch.long)
-    positions = torch.full((T,), max(position_offset - 1, 0), dtype=torch.long)  # filler: RoBERTa's padding_idx
-    positions[rows_real] = pos.expand(n, width)[valid] + position_offset
+    position_ids = torch.full((T,), max(position_offset - 1, 0), dtype=torch.long)  # filler: RoBERTa's padding_idx
+    position_ids[rows_real] = pos.expand(n, width)[valid] + position_offset
     types = torch.zeros(T, dtype=torch.long)
     if token_types is not None:
         types[rows_real] = torch.tensor([t for r in token_types for t in r], dtype=torch.long)
     keys = torch.zeros(T, dtype=torch.long)
-    keys[rows_real] = (seq_keys(n, runs).unsqueeze(1) * MAX_POSITIONS + pos)[valid]
-    return {"input_ids": ids, "position_ids": positions, "token_type_ids": types, "token_keys": keys,
+    keys[rows_real] = (seq_keys(n, runs).unsqueeze(1) * positions + pos)[valid]
+    return {"input_ids": ids, "position_ids": position_ids, "token_type_ids": types, "token_keys": keys,
             PACKED: start, "seq_len": lens, "gather": gather, "valid": valid, "scatter": scatter}
+
+
+def pack_seq2seq(sources: list[list[int]], targets: list[list[int]], runs: int, pad_id: int, decoder_start: int,
+                 multiple: int, positions: int) -> dict[str, torch.Tensor]:
+    """The packed batch of an encoder-decoder step (BART, ``packing_bart.py``): the sources packed as ``pack``
+    packs them (positions from 0: BART's learned positions add their own offset), the decoder's inputs (each
+    summary shifted right behind ``decoder_start``, as BART's ``shift_tokens_right``) packed the same way under
+    ``decoder_``-prefixed keys, and ``labels`` (the summaries' tokens at their decoder rows, -100 on filler). The
+    decoder's block is never the encoder's: the dropout stream tells the two kinds of rows apart by their count
+    (``DropoutStream.set_rows``)."""
+    enc = pack(sources, runs, pad_id, 0, multiple, positions=positions)
+    shifted = [[decoder_start] + t[:-1] for t in targets]
+    block = bucket(int(torch.tensor([len(t) for t in targets]).view(runs, -1).sum(1).max()))
+    if runs * block == enc["input_ids"].numel():
+        block = bucket(block + 1)
+    dec = pack(shifted, runs, pad_id, 0, multiple, positions=positions, block=block)
+    labels = torch.full_like(dec["input_ids"], -100)
+    N, width = dec["valid"].shape
+    labels[dec["gather"].view(N, width)[dec["valid"]]] = torch.tensor([t for r in targets for t in r])
+    enc.pop("token_type_ids")
+    dec.pop("token_type_ids")
+    return {**enc, **{"decoder_" + k: v for k, v in dec.items()}, "labels": labels}

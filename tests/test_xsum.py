@@ -420,30 +420,106 @@ def check_bart_dropout_streams(device, atol, attention="sdpa"):
 
 @pytest.mark.slow
 def test_stacked_xsum_runs_equal_solo_runs_with_dropout(tmp_path, monkeypatch):
-    """Two seeds of LoRA on XSum stacked in one model (train.stack=true) against each alone, BART's dropout on in
-    every place it has one: losses, ROUGE and the trained tensors agree (tests/test_stack.py's check)."""
+    """Two seeds of LoRA on XSum stacked in one model (train.stack=true) against each alone, packed (train.pack=true:
+    packing_bart), BART's dropout on in every place it has one: losses, ROUGE and the trained tensors agree
+    (tests/test_stack.py's check)."""
     from test_stack import assert_same_runs
 
-    from dynrank import models
     from dynrank.driver import run_side_by_side
 
-    build = models.build_tiny_config
-
-    def with_dropout(*args):
-        config = build(*args)
-        config.attention_dropout = config.activation_dropout = 0.1
-        return config
-    monkeypatch.setattr(models, "build_tiny_config", with_dropout)
+    _with_all_dropouts(monkeypatch)
 
     def cfgs(where, seeds, *extra):
-        return [_cfg(tmp_path, f"seed={s}", "train.stack=true", "train.log_every=1", "train.batch_size=4",
-                     f"results.store={tmp_path / where}", *extra) for s in seeds]
+        return [_cfg(tmp_path, f"seed={s}", "train.stack=true", "train.pack=true", "train.log_every=1",
+                     "train.batch_size=4", f"results.store={tmp_path / where}", *extra) for s in seeds]
 
     dirs = [tmp_path / "stacked" / f"run{s}" for s in (1, 2)]
     stacked = run_side_by_side(cfgs("stacked", (1, 2)), dirs)
-    assert all(r["training"]["stacked_runs"] == 2 for r in stacked)
+    assert all(r["training"]["stacked_runs"] == 2 and r["training"]["packed"] for r in stacked)
     solo_dirs = [tmp_path / "solo" / f"run{s}" for s in (1, 2)]
     solo = [run_side_by_side(cfgs("solo", (s,)), [d])[0] for s, d in zip((1, 2), solo_dirs)]
     assert_same_runs(dirs, solo_dirs, stacked, solo)
     assert stacked[0]["epochs"][0]["train_loss"] != stacked[1]["epochs"][0]["train_loss"]
 
+
+def _with_all_dropouts(monkeypatch, p=0.1):
+    """BART's tiny config with its attention and activation dropout on too (the hidden states' is 0.1 already)."""
+    from dynrank import models
+
+    build = models.build_tiny_config
+
+    def config(*args):
+        c = build(*args)
+        c.attention_dropout = c.activation_dropout = p
+        return c
+    monkeypatch.setattr(models, "build_tiny_config", config)
+
+
+def _built(tmp_path, method, runs, *extra):
+    from dynrank import inputs, methods
+    from dynrank.step import prepare_model
+
+    over = [f"method={method}", *extra]
+    if method in ("houlsby", "pfeiffer"):
+        over.append("method.placement=before_dropout")  # BART's only placement (methods/adapters.py)
+    if "dropout" in _cfg(tmp_path, *over).method:
+        over.append("method.dropout=0.1")
+    cfg = _cfg(tmp_path, *over)
+    shared = inputs.load_data(cfg)
+    m = methods.build(cfg, cfg.model.family, runs=runs)
+    model = m.wrap(shared.task.build_model())
+    seeds = list(range(1, runs + 1))
+    m.init_runs(seeds)
+    model, _ = prepare_model(model, m, torch.device("cpu"), False, False, seeds=seeds)
+    return shared.task, shared.train_set, model
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "houlsby", "bitfit", "full"])
+def test_packed_bart_equals_padded_dropout_on(method, tmp_path, monkeypatch):
+    """A packed XSum step (packing_bart: sources and summaries packed, the LM head on the decoder's rows) gives the
+    padded step's losses and gradients, every dropout of BART and of the method on (hidden states, FFN activations,
+    attention probabilities, the adapters' inputs): the masks are keyed by a token's sequence and position."""
+    from test_packing import assert_packed_equals_padded
+
+    _with_all_dropouts(monkeypatch)
+    runs = 1 if method == "full" else 2
+    task, ds, model = _built(tmp_path, method, runs)
+    per_run = ([0, 3, 5], [1, 2, 9])[:runs]
+    batch = task.train_batch(ds, per_run, packed=True)
+    assert "decoder_seq_start" in batch and batch["input_ids"].dim() == 1
+    loss = assert_packed_equals_padded(task, ds, model, per_run)
+    assert torch.isfinite(loss).all()
+    model.eval()  # and the dropout mattered: the same losses without it differ
+    with torch.no_grad():
+        plain = task.run_losses(model, task.train_batch(ds, per_run, True), runs)
+    assert not torch.allclose(plain, loss, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["adalora", "dora_wd", "dylora", "pfeiffer"])
+def test_packed_bart_equals_padded_other_methods(method, tmp_path, monkeypatch):
+    test_packed_bart_equals_padded_dropout_on(method, tmp_path, monkeypatch)
+
+
+def test_pack_seq2seq_layout():
+    """Sources and decoder inputs packed per run (each summary shifted right behind the decoder start), labels at
+    the decoder rows and -100 on filler; the decoder's block differs from the encoder's (the dropout stream tells
+    the two kinds of rows apart by their count)."""
+    from dynrank.packed_batch import pack_seq2seq
+
+    src = [[0, 5, 6, 2], [0, 7, 2], [0, 8, 9, 9, 2], [0, 4, 2]]
+    tgt = [[0, 11, 2], [0, 12, 13, 2], [0, 14, 2], [0, 15, 2]]
+    b = pack_seq2seq(src, tgt, 2, pad_id=1, decoder_start=2, multiple=1, positions=1024)
+    T, D = b["input_ids"].numel(), b["decoder_input_ids"].numel()
+    assert T == 2 * 16 and D != T and D % 2 == 0
+    assert b["input_ids"][:7].tolist() == [0, 5, 6, 2, 0, 7, 2] and b["input_ids"][16:24].tolist() == [0, 8, 9, 9, 2,
+                                                                                                        0, 4, 2]
+    half = D // 2
+    assert b["decoder_input_ids"][:7].tolist() == [2, 0, 11, 2, 0, 12, 13]
+    assert b["labels"][:7].tolist() == [0, 11, 2, 0, 12, 13, 2] and (b["labels"][7:half] == -100).all()
+    assert b["labels"][half:half + 6].tolist() == [0, 14, 2, 0, 15, 2]
+    assert b["position_ids"][:7].tolist() == [0, 1, 2, 3, 0, 1, 2]
+    # dropout keys: sequence index within its run * positions + position, as a padded batch keys them
+    assert b["decoder_token_keys"][half + 3:half + 6].tolist() == [1024, 1025, 1026]
+    same = pack_seq2seq([[0, 2]] * 2, [[0, 2]] * 2, 1, 1, 2, 1, 1024)  # equal token counts: blocks still differ
+    assert same["input_ids"].numel() != same["decoder_input_ids"].numel()

@@ -28,11 +28,13 @@ from omegaconf import OmegaConf
 from torch.nn import functional as F
 from transformers import AutoModelForSeq2SeqLM
 
-from .. import functional_dropout
+from .. import functional_dropout, packing_bart
 from ..data import xsum as xsum_data
 from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
 from ..errors import ConfigError
 from ..device import fast_path
+from ..dropout import MAX_POSITIONS
+from ..packed_batch import PACKED, pack_seq2seq
 from ..metrics.rouge import rouge
 from ..models import load_model
 from . import beam
@@ -67,12 +69,10 @@ class XsumTask(Task):
         self.beam_mode = str(cfg.get("eval", {}).get("beam_search") or "fast")  # fast | generate: config.SCHEMA
         if min(self.max_length, self.max_target_length) < 1:
             raise ConfigError("task.max_length and task.max_target_length must be >= 1")
+        self.packs = False  # sources and summaries packed (packing_bart.py): build_model reads the model's config
         if cfg.model.family != "bart":
             raise ConfigError(f"XSum needs an encoder-decoder model (model=bart_base or tiny_bart); "
                               f"model={cfg.model.id} is family '{cfg.model.family}'")
-
-    def build_model(self):
-        return load_model(self.cfg.model, AutoModelForSeq2SeqLM, self.tokenizer)
 
     def _encode(self, split: str, rows_fn) -> Encoded:
         d = self.cfg.data
@@ -105,17 +105,37 @@ class XsumTask(Task):
             out["labels"] = labels
         return out
 
+    def packed_batch(self, dataset, per_run):
+        """Every run's sources and summaries packed (``packed_batch.pack_seq2seq``)."""
+        idx = [j for run in per_run for j in run]
+        cols = dataset.columns
+        return pack_seq2seq([cols["input_ids"][j] for j in idx], [cols["labels"][j] for j in idx], len(per_run),
+                            self.tokenizer.pad_token_id, self.decoder_start, self.pad_to_multiple, self.positions)
+
+    def build_model(self):
+        model = load_model(self.cfg.model, AutoModelForSeq2SeqLM, self.tokenizer)
+        # what packed batches need from the model (its config: read once, before any wrapping)
+        self.decoder_start = int(model.config.decoder_start_token_id)
+        self.positions = max(MAX_POSITIONS, int(model.config.max_position_embeddings))  # dropout.install_functional
+        self.packs = packing_bart.walkable(model)  # a model with LayerDrop stays padded
+        return model
+
     def run_losses(self, model, batch, runs: int):
         """Token cross-entropy over each run's summary tokens (labels -100 ignored), the decoder fed the labels
         shifted right: BART's own loss of each run (``train.label_smoothing`` as torch's ``cross_entropy``), every
         dropout mask from the run's own stream (``functional_dropout``: a run's masks do not depend on the runs
-        stacked beside it)."""
+        stacked beside it, nor on the layout). A packed batch (``packing_bart``) computes the logits of its decoder
+        rows only."""
         labels = batch["labels"]
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
-        with functional_dropout.functional(model, runs, [inputs["input_ids"], decoder_ids]):
-            out = model(**inputs, decoder_input_ids=decoder_ids)
-        per = F.cross_entropy(out.logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none",
+        if PACKED in batch:
+            with functional_dropout.functional(model, runs, batch):
+                logits = packing_bart.logits(model, batch)
+        else:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+            with functional_dropout.functional(model, runs, [inputs["input_ids"], decoder_ids]):
+                logits = model(**inputs, decoder_input_ids=decoder_ids).logits
+        per = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none",
                               label_smoothing=float(self.cfg.train.get("label_smoothing") or 0.0))
         return mean_per_run(per, runs, labels != -100)
 
