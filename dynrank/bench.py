@@ -276,14 +276,25 @@ def build_bart(device, tiny: bool = False):
     return model.to(device)
 
 
-def seq2seq_batches(pairs: list[tuple[int, int]], batch_size: int, n: int, device, vocab: int, multiple: int):
+def seq2seq_batches(pairs: list[tuple[int, int]], batch_size: int, n: int, device, vocab: int, multiple: int,
+                    runs: int = 1, packed: bool = False):
     """``n`` batches of ``batch_size`` (source, summary) length pairs taken in turn from ``pairs``, as XsumTask.collate
-    builds them: sources padded (pad 1) to a multiple of ``multiple``, labels padded with -100 likewise; and per
-    batch its (real, padded) token counts, source + summary."""
+    builds them: sources padded (pad 1) to a multiple of ``multiple``, labels padded with -100 likewise; or
+    ``packed``, as XsumTask.packed_batch packs them for ``runs`` stacked runs (``packed_batch.pack_seq2seq``); and per
+    batch its (real, computed) token counts, source + summary (computed: padded, or packed rows with filler)."""
     g = torch.Generator().manual_seed(0)
     out, counts = [], []
     for b in range(n):
         chunk = [pairs[(b * batch_size + i) % len(pairs)] for i in range(batch_size)]
+        if packed:
+            from .packed_batch import pack_seq2seq
+
+            src = [[0] + torch.randint(3, vocab, (s - 2,), generator=g).tolist() + [2] for s, _ in chunk]
+            tgt = [[0] + torch.randint(3, vocab, (t - 2,), generator=g).tolist() + [2] for _, t in chunk]
+            batch = pack_seq2seq(src, tgt, runs, 1, 2, multiple, 1024)  # BART-base's ids and 1,024 positions
+            out.append({k: v.to(device) for k, v in batch.items()})
+            counts.append((sum(s + t for s, t in chunk), batch["input_ids"].numel() + batch["labels"].numel()))
+            continue
         S = -(-max(s for s, _ in chunk) // multiple) * multiple
         T = -(-max(t for _, t in chunk) // multiple) * multiple
         ids = torch.full((batch_size, S), 1, dtype=torch.long)

@@ -76,7 +76,7 @@ def timed(step, batches, counts, args, device) -> dict:
             "final_loss": last, "finite": bool(math.isfinite(last))}
 
 
-def xsum_train_row(impl, method, mode, runs, device, args, pairs) -> dict:
+def xsum_train_row(impl, method, mode, runs, device, args, pairs, layout="padded") -> dict:
     from dynrank.config import compose
     from dynrank.device import fast_path
 
@@ -89,8 +89,9 @@ def xsum_train_row(impl, method, mode, runs, device, args, pairs) -> dict:
     else:
         step, params = bench.dynrank_seq2seq_runner(method, mode, device, total, runs, args.quick)
     vocab = step.model.config.vocab_size if hasattr(step.model, "config") else 50265
-    batches, counts = bench.seq2seq_batches(pairs, per_run * runs, args.batches, device, vocab, multiple)
-    return {"batch_per_run": per_run, "pad_to_multiple": multiple, "adapter_params": params,
+    batches, counts = bench.seq2seq_batches(pairs, per_run * runs, args.batches, device, vocab, multiple, runs,
+                                            packed=layout == "packed")
+    return {"batch_per_run": per_run, "pad_to_multiple": multiple, "adapter_params": params, "layout": layout,
             **timed(step, batches, counts, args, device)}
 
 
@@ -170,6 +171,8 @@ def main(argv=None):
     ap.add_argument("--mode", default="graph-bf16", help="dynrank's mode (scripts/bench.py --modes)")
     ap.add_argument("--peft-mode", default="eager-bf16")
     ap.add_argument("--parts", default="xsum,squad,beam", help="what to time: xsum (training), squad, beam")
+    ap.add_argument("--layouts", default="packed,padded", help="dynrank's XSum training batches: packed "
+                                                             "(packing_bart.py, the GPU's default) and/or padded")
     ap.add_argument("--batches", type=int, default=6, help="distinct batches per training row (cycled)")
     ap.add_argument("--steps", type=int, default=12, help="timed steps per training row")
     ap.add_argument("--batch", type=int, help="batch per run (default: the method's for the task, conf/hparams)")
@@ -224,8 +227,10 @@ def main(argv=None):
                     {"kind": "train", "task": "squad_v1", "impl": "dynrank", "method": m, "mode": args.mode,
                      "runs": r})
         for m in methods if "xsum" in parts else []:
-            measure(lambda: xsum_train_row("dynrank", m, args.mode, r, device, args, pairs),
-                    {"kind": "train", "task": "xsum", "impl": "dynrank", "method": m, "mode": args.mode, "runs": r})
+            for layout in args.layouts.split(","):
+                measure(lambda: xsum_train_row("dynrank", m, args.mode, r, device, args, pairs, layout),
+                        {"kind": "train", "task": "xsum", "impl": "dynrank", "method": m, "mode": args.mode,
+                         "runs": r, "layout": layout})
     print_table(rows)
     print(f"wrote {out}")
     return report

@@ -251,6 +251,63 @@ def test_bart_dropout_streams_on_gpu():
 
 
 
+def _bart_trajectory(method_name, graphs: bool, packed: bool, seeds=(1, 2), steps=9, bf16=False, device="cuda"):
+    """Losses (steps, runs) of XSum steps of a small BART (d_model 64, 2 heads: the tiled kernels' head size 32;
+    every dropout 0.1), runs ``seeds`` stacked, on three batches of sources of 40-300 and summaries of 5-40 tokens,
+    padded (XsumTask.collate's layout) or packed (packed_batch.pack_seq2seq, the pad multiple 48 of a GPU run)."""
+    from transformers import BartForConditionalGeneration
+
+    from dynrank import bench
+    from dynrank.packed_batch import pack_seq2seq
+    from dynrank.step import build_stack
+    from dynrank.tasks.xsum import XsumTask
+
+    device, runs = torch.device(device), len(seeds)
+    cfg = compose([f"method={method_name}", "task=xsum", "model=bart_base"])
+    if "dropout" in cfg.method:
+        cfg.method.dropout = 0.1
+    config = bench.bart_base_config(tiny=True)
+    config.d_model, config.encoder_ffn_dim, config.decoder_ffn_dim = 64, 128, 128
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(config)
+    task = XsumTask(cfg, None)
+    stack = build_stack(cfg, model, family="bart", seeds=list(seeds), lrs=[float(cfg.train.lr) * s for s in seeds],
+                        losses=partial(task.run_losses, runs=runs), device=device, total_steps=steps, amp=bf16,
+                        graphs=graphs, clip=1.0)
+    g = torch.Generator().manual_seed(5)
+    batches = []
+    for _ in range(3):
+        src = [[0, *torch.randint(3, 1000, (int(n),), generator=g).tolist(), 2]
+               for n in torch.randint(40, 300, (4 * runs,), generator=g)]
+        tgt = [[0, *torch.randint(3, 1000, (int(n),), generator=g).tolist(), 2]
+               for n in torch.randint(5, 40, (4 * runs,), generator=g)]
+        if packed:
+            b = pack_seq2seq(src, tgt, runs, 1, 2, 48, 1024)
+        else:
+            S, T = (-(-max(map(len, x)) // 48) * 48 for x in (src, tgt))
+            b = {"input_ids": torch.ones(len(src), S, dtype=torch.long),
+                 "labels": torch.full((len(src), T), -100, dtype=torch.long)}
+            for i, (a, t) in enumerate(zip(src, tgt)):
+                b["input_ids"][i, :len(a)], b["labels"][i, :len(t)] = torch.tensor(a), torch.tensor(t)
+            b["attention_mask"] = (b["input_ids"] != 1).long()
+        batches.append({k: v.to(device) for k, v in b.items()})
+    return torch.stack([stack.stepper(batches[s % 3], s)[0].float().cpu() for s in range(steps)])
+
+
+@pytest.mark.parametrize("name", ["lora", "dora"])
+def test_packed_bart_graphed_steps(name):
+    """XSum's packed steps (packing_bart) as CUDA graphs with every dropout on: graphed = eager = padded (fp32, to
+    rounding), and the fast path's bf16 packed steps finite and close to them."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    eager = _bart_trajectory(name, False, packed=True)
+    graphed = _bart_trajectory(name, True, packed=True)
+    padded = _bart_trajectory(name, True, packed=False)
+    assert torch.allclose(eager, graphed, rtol=1e-4, atol=1e-5), (eager, graphed)
+    assert torch.allclose(padded, graphed, rtol=1e-4, atol=1e-5), (padded, graphed)
+    fast = _bart_trajectory(name, True, packed=True, bf16=True)
+    assert torch.isfinite(fast).all() and torch.allclose(fast, graphed, rtol=5e-2, atol=5e-2), (fast, graphed)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_tiled_attention_kernels_equal_the_reference(dtype):
     """The tiled kernels (tiled_attention.flash) against the reference, forward and backward, keyed dropout 0.1: the
