@@ -237,10 +237,10 @@ def main(argv=None):
 
 
 def print_table(rows):
-    print(f"{'kind':5} {'task':8} {'impl':8} {'method':9} {'runs':>4} {'real tok/s':>11} {'step ms':>8} "
+    print(f"{'kind':5} {'task':8} {'impl':8} {'method':9} {'runs':>4} {'layout':7} {'real tok/s':>11} {'step ms':>8} "
           f"{'docs/s':>8} {'peak MiB':>9}")
     for r in rows:
-        head = f"{r['kind']:5} {r['task']:8} {r['impl']:8} {r['method']:9} {r['runs']:4d}"
+        head = f"{r['kind']:5} {r['task']:8} {r['impl']:8} {r['method']:9} {r['runs']:4d} {r.get('layout', ''):7}"
         if "error" in r:
             print(f"{head} error: {r['error'][:70]}")
             continue
