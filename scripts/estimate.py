@@ -376,21 +376,26 @@ class Seq2seq:
     lengths: dict          # the XSum length model the bench drew from (its tokens per word, truncation)
     gen_len: float         # mean generated tokens per summary in the beam rows (random weights: all to the maximum)
     name: str
+    packed_us_per_row: dict[tuple[str, str, int], float] = field(default_factory=dict)  # packed steps: per row
 
-    def token_cost(self, task: str, method: str, k: int, dev: Device, notes: set) -> Rate | None:
-        """The cost of a padded token of ``task`` for ``k`` runs of ``method`` stacked (None: not measured for the
-        task): piecewise linear in k between the measured stacks; a method not measured takes lora's, scaled by
-        the two methods' per-token costs in the encoder bench at k runs."""
-        rows = {k_: v for (t, m, k_), v in self.us_per_token.items() if t == task and m == method}
+    def token_cost(self, task: str, method: str, k: int, dev: Device, notes: set,
+                   layout: str = "padded") -> Rate | None:
+        """The cost of a padded token (``layout="packed"``: of a row of a packed step, filler included) of ``task``
+        for ``k`` runs of ``method`` stacked (None: not measured for the task and layout): piecewise linear in k
+        between the measured stacks; a method not measured takes lora's, scaled by the two methods' per-token
+        costs in the encoder bench at k runs."""
+        costs = self.packed_us_per_row if layout == "packed" else self.us_per_token
+        what = f"{task}{' packed' if layout == 'packed' else ''}"
+        rows = {k_: v for (t, m, k_), v in costs.items() if t == task and m == method}
         if not rows:
-            lora = {k_: v for (t, m, k_), v in self.us_per_token.items() if t == task and m == "lora"}
+            lora = {k_: v for (t, m, k_), v in costs.items() if t == task and m == "lora"}
             if not lora:
                 return None
             one, other = rate_of("lora", k, dev.rates, notes), rate_of(method, k, dev.rates, notes)
-            notes.add(f"{task} {method}: not in {self.name}; lora's measured cost x {method}/lora in the encoder "
+            notes.add(f"{what} {method}: not in {self.name}; lora's measured cost x {method}/lora in the encoder "
                       f"bench ({other.b_us / one.b_us:.2f} at {k} runs)")
-            return Rate(0.0, interpolate(lora, k, notes, f"{task} lora") * other.b_us / one.b_us, self.name)
-        return Rate(0.0, interpolate(rows, k, notes, f"{task} {method}"), self.name)
+            return Rate(0.0, interpolate(lora, k, notes, f"{what} lora") * other.b_us / one.b_us, self.name)
+        return Rate(0.0, interpolate(rows, k, notes, f"{what} {method}"), self.name)
 
     def seconds_per_doc(self, k: int, notes: set) -> float:
         """Beam-search evaluation seconds per document for a stack of ``k`` runs (every run summarises it)."""
@@ -437,13 +442,18 @@ def load_seq2seq(path: Path) -> Seq2seq:
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read the seq2seq bench {path}: {e}") from None
     rows = [r for r in doc["rows"] if "error" not in r and r.get("steady") is not False]
-    cost = {(r["task"], r["method"], int(r["runs"])): float(r["us_per_padded_token"]) for r in rows
-            if r["kind"] == "train" and r["impl"] == "dynrank" and r["mode"] == "graph-bf16"}
+
+    def cost(layout):  # rows before --layouts (2026-12-07 14:30) were padded
+        return {(r["task"], r["method"], int(r["runs"])): float(r["us_per_padded_token"]) for r in rows
+                if r["kind"] == "train" and r["impl"] == "dynrank" and r["mode"] == "graph-bf16"
+                and r.get("layout", "padded") == layout}
+
     beam = [r for r in rows if r["kind"] == "beam" and r["impl"] == "fast"]
-    if not cost or not beam:
+    if not cost("padded") or not beam:
         raise ConfigError(f"{Path(path).name} has no graph-bf16 training rows or no fast beam-search rows")
-    return Seq2seq(cost, {int(r["runs"]): float(r["docs_per_s"]) for r in beam}, doc.get("xsum_lengths", {}),
-                   sum(r["gen_len"] for r in beam) / len(beam), Path(path).name)
+    return Seq2seq(cost("padded"), {int(r["runs"]): float(r["docs_per_s"]) for r in beam},
+                   doc.get("xsum_lengths", {}), sum(r["gen_len"] for r in beam) / len(beam), Path(path).name,
+                   cost("packed"))
 
 
 
@@ -502,7 +512,7 @@ def workload(cfg, seq2seq: Seq2seq | None = None) -> Workload:
                 source[a], target[b] = source.get(a, 0) + 1, target.get(b, 0) + 1
             notes = [f"XSum: official sizes 204,045 train / 11,332 validation / 11,334 test; lengths from the length "
                      f"model of {seq2seq.name} ({XSUM_SOURCE}: {tpw} BPE tokens per word), sources truncated at {L}, "
-                     f"summaries at {task.max_target_length}, both padded per batch"]
+                     f"summaries at {task.max_target_length}, both padded per batch (or packed: train.pack)"]
             return Workload(_limit(XSUM["train"], max_train), source, 0, [(n_dev, source)], 0, notes, target)
         notes = [f"XSum: official sizes 204,045 train / 11,332 validation / 11,334 test; every batch assumed padded "
                  f"to the source truncation {L} and the summary length {task.max_target_length} (XSum not here); "
@@ -575,9 +585,13 @@ def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
         measured = s2s and s2s.token_cost(cfg.task.name if cfg.task.family == "xsum" else "squad_v1",
                                           cfg.method.name, j, dev, notes)
         rate = measured or rate_of(cfg.method.name, j, dev.rates, notes)  # padded steps (and evaluation)
+        packed_xsum = measured and xsum_packed_cost(cfg, s2s, j, dev, notes)
         if packed:  # the rows a packed step multiplies, at the packed steps' cost
             step_rate = rate_of(cfg.method.name, j, packed, notes)
             t = steps * packed_step_tokens(w.train, j, bs)
+        elif packed_xsum:  # sources and summaries packed apart (packed_batch.pack_seq2seq), each run's block bucketed
+            step_rate = packed_xsum
+            t = steps * (packed_step_tokens(w.train, j, bs) + packed_step_tokens(w.target, j, bs))
         else:
             step_rate = rate
             t = epoch_tokens(w.train, w.n_train * j, bs * j, multiple) + (
@@ -592,6 +606,21 @@ def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
                                 + batches * w.gen_steps * GEN_MS_PER_STEP / 1000)
     return JobEstimate(cfg.task.name, cell_of(cfg), k, size > 1, w.n_train, bs, epochs, steps * epochs * len(sizes),
                        tokens, train_s, eval_s, k * dev.ckpt_s(cfg.method.name) * epochs, dev.fixed_s)
+
+
+def xsum_packed_cost(cfg, s2s: Seq2seq, k: int, dev: Device, notes: set) -> Rate | None:
+    """The cost of a row of XSum's packed steps (``train.pack``: dynrank/packing_bart.py) for ``k`` runs stacked,
+    where its runs train packed on a GPU and the seq2seq bench measured packed rows; None: padded steps."""
+    import torch
+
+    from dynrank.device import fast_path
+
+    if cfg.task.family != "xsum" or not fast_path(cfg, torch.device("cuda"))["pack"]:
+        return None
+    rate = s2s.token_cost(cfg.task.name, cfg.method.name, k, dev, notes, layout="packed")
+    notes.add(f"XSum: packed steps (sources and summaries apart) at {s2s.name}'s packed rows" if rate else
+              f"XSum: packed steps not in {s2s.name}; projected padded, at the padded steps' cost")
+    return rate
 
 
 def packs(cfg, dev: Device, notes: set) -> dict[tuple[str, int], Rate] | None:

@@ -256,10 +256,10 @@ def test_a_packed_job_costs_its_rows_not_its_padding(device):
 
 
 # --- Table 3 and 4 from scripts/bench_seq2seq.py's measurements (a hand-made bench) -------------------------------
-def _seq2seq_json(path, quick=False, device="NVIDIA H200", date="2026-12-07T06:00:00+00:00"):
-    def train(task, method, runs, us, impl="dynrank", mode="graph-bf16"):
+def _seq2seq_json(path, quick=False, device="NVIDIA H200", date="2026-12-07T06:00:00+00:00", packed=()):
+    def train(task, method, runs, us, impl="dynrank", mode="graph-bf16", layout="padded"):
         return {"kind": "train", "task": task, "impl": impl, "method": method, "mode": mode, "runs": runs,
-                "us_per_padded_token": us}
+                "us_per_padded_token": us, "layout": layout}
 
     def beam(impl, runs, docs_per_s):
         return {"kind": "beam", "task": "xsum", "impl": impl, "method": "lora", "runs": runs, "docs_per_s": docs_per_s,
@@ -268,7 +268,8 @@ def _seq2seq_json(path, quick=False, device="NVIDIA H200", date="2026-12-07T06:0
     rows = [train("xsum", "lora", 1, 0.5), train("xsum", "lora", 5, 0.3), train("squad_v1", "lora", 1, 0.2),
             train("squad_v1", "lora", 5, 0.12), train("xsum", "peft_lora", 1, 9.0, impl="peft", mode="eager-bf16"),
             train("xsum", "lora", 1, 7.0, mode="eager-bf16"), {**train("xsum", "dora", 1, 1.0), "error": "OOM"},
-            beam("fast", 1, 200.0), beam("fast", 5, 60.0), beam("generate", 1, 3.0)]
+            beam("fast", 1, 200.0), beam("fast", 5, 60.0), beam("generate", 1, 3.0),
+            *(train(*row, layout="packed") for row in packed)]
     path.write_text(json.dumps({"device": device, "date": date, "quick": quick, "rows": rows,
                                 "xsum_lengths": {"tokens_per_word": 1.2}}))
     return path
@@ -310,6 +311,32 @@ def test_xsum_job_from_the_measured_costs(s2s_device):
     assert row["eval_s"] == pytest.approx(epochs * 11_332 / 200)
     assert not any("assumed padded" in x or "not measured" in x for x in e.notes)
     assert any("seq2seq-hand.json" in x for x in e.notes)
+
+
+def test_xsum_packed_steps_from_the_packed_rows(tmp_path):
+    """With packed XSum rows in the bench (bench_seq2seq --layouts packed), a job that packs (train.pack=auto on a
+    GPU) costs the rows its packed steps multiply (sources and summaries packed apart, each run's block bucketed) at
+    the packed rows' cost; train.pack=false keeps the padded tokens at the padded cost."""
+    from dynrank.bench import xsum_lengths
+
+    dev = est.measured_device(_seq2seq_json(tmp_path / "seq2seq-packed.json", packed=[("xsum", "lora", 1, 0.7)]))
+    assert dev.seq2seq.packed_us_per_row == {("xsum", "lora", 1): 0.7}
+    over = ["task=xsum", "model=bart_base", "method=lora"]
+    e = est.estimate(over, dev)
+    (row,) = e.rows
+    cfg = compose(over)
+    bs, epochs, n = int(cfg.train.batch_size), int(cfg.train.epochs), 204_045
+    src, tgt = {}, {}
+    for a, b in xsum_lengths(20000, 0, 1.2):
+        src[a], tgt[b] = src.get(a, 0) + 1, tgt.get(b, 0) + 1
+    rows = epochs * -(-n // bs) * (est.packed_step_tokens(src, 1, bs) + est.packed_step_tokens(tgt, 1, bs))
+    assert row["tokens"] == pytest.approx(rows) and row["train_s"] == pytest.approx(rows * 0.7e-6)
+    assert any("XSum: packed steps" in x and "seq2seq-packed.json" in x for x in e.notes)
+    mult = est.gpu_pad_multiple(cfg)
+    padded = epochs * (est.epoch_tokens(src, n, bs, mult) + est.epoch_tokens(tgt, n, bs, mult))
+    assert rows < 0.8 * padded  # the length model's real tokens are ~60% of a padded batch's
+    (off,) = est.estimate([*over, "train.pack=false"], dev).rows
+    assert off["tokens"] == pytest.approx(padded) and off["train_s"] == pytest.approx(padded * 0.5e-6)
 
 
 def test_squad_and_unmeasured_methods_from_the_seq2seq_bench(s2s_device, device):
