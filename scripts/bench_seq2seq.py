@@ -169,7 +169,7 @@ def main(argv=None):
                                                                "its XSum batch of 64 needs the most memory)")
     ap.add_argument("--runs", default="1,5", help="runs stacked in one step (training rows) and one evaluation")
     ap.add_argument("--mode", default="graph-bf16", help="dynrank's mode (scripts/bench.py --modes)")
-    ap.add_argument("--peft-mode", default="eager-bf16")
+    ap.add_argument("--peft-mode", default="eager-bf16", help="PEFT's LoRA row on XSum (none: no PEFT row)")
     ap.add_argument("--parts", default="xsum,squad,beam", help="what to time: xsum (training), squad, beam")
     ap.add_argument("--layouts", default="packed,padded", help="dynrank's XSum training batches: packed "
                                                              "(packing_bart.py, the GPU's default) and/or padded")
@@ -213,7 +213,7 @@ def main(argv=None):
         write_json(out, report)
 
     # The smallest memory first: PEFT's single run, the evaluations, then training by runs stacked (SQuAD, XSum)
-    if "xsum" in parts:
+    if "xsum" in parts and args.peft_mode != "none":
         measure(lambda: xsum_train_row("peft", "lora", args.peft_mode, 1, device, args, pairs),
                 {"kind": "train", "task": "xsum", "impl": "peft", "method": "peft_lora", "mode": args.peft_mode,
                  "runs": 1})
