@@ -325,10 +325,10 @@ def measured_device(seq2seq: Path | None = None) -> Device:
     if pbs := packed_benches():
         dev.packed = fit_packed_rates(*pbs)
         dev.sources += sorted({r.source.split(":")[0] for r in dev.packed.values()})
-    path = seq2seq or newest_seq2seq()
-    if path is not None:
-        dev.seq2seq = load_seq2seq(path)
-        dev.sources.append(path.name)
+    paths = [seq2seq] if seq2seq else seq2seq_benches()
+    if paths:
+        dev.seq2seq = load_seq2seq(*paths)
+        dev.sources += dev.seq2seq.name.split(" + ")
     check_against(dev, s, stacked.name)
     return dev
 
@@ -425,35 +425,50 @@ def seq2seq_json(m: Seq2seq | None) -> dict | None:
             "docs_per_s": {str(k): v for k, v in m.docs_per_s.items()}, "gen_len": m.gen_len, "lengths": m.lengths}
 
 
+def seq2seq_benches() -> list[Path]:
+    """The GPU ``benchmarks/seq2seq-*.json`` (not --quick runs), newest (by ``date``) first."""
+    docs = [(json.loads(p.read_text()), p) for p in BENCH.glob("seq2seq-*.json")]
+    return [p for d, p in sorted(((d, p) for d, p in docs if not d.get("quick") and d.get("device") != "cpu"),
+                                 key=lambda x: x[0].get("date", ""), reverse=True)]
+
+
 def newest_seq2seq() -> Path | None:
     """The newest GPU ``benchmarks/seq2seq-*.json`` (not a --quick run), or None."""
-    try:
-        return newest("seq2seq-*.json", lambda d: not d.get("quick") and d.get("device") != "cpu")
-    except ConfigError:
-        return None
+    benches = seq2seq_benches()
+    return benches[0] if benches else None
 
 
-def load_seq2seq(path: Path) -> Seq2seq:
-    """The dynrank rows of a ``scripts/bench_seq2seq.py`` JSON in the default mode (graph-bf16) and its fast beam
-    rows; rows marked ``"steady": false`` (their timed steps were captures: a schedule phase began among them) are
-    left out."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read the seq2seq bench {path}: {e}") from None
-    rows = [r for r in doc["rows"] if "error" not in r and r.get("steady") is not False]
-
-    def cost(layout):  # rows before --layouts (2026-12-07 14:30) were padded
-        return {(r["task"], r["method"], int(r["runs"])): float(r["us_per_padded_token"]) for r in rows
-                if r["kind"] == "train" and r["impl"] == "dynrank" and r["mode"] == "graph-bf16"
-                and r.get("layout", "padded") == layout}
-
-    beam = [r for r in rows if r["kind"] == "beam" and r["impl"] == "fast"]
-    if not cost("padded") or not beam:
-        raise ConfigError(f"{Path(path).name} has no graph-bf16 training rows or no fast beam-search rows")
-    return Seq2seq(cost("padded"), {int(r["runs"]): float(r["docs_per_s"]) for r in beam},
-                   doc.get("xsum_lengths", {}), sum(r["gen_len"] for r in beam) / len(beam), Path(path).name,
-                   cost("packed"))
+def load_seq2seq(*paths: Path) -> Seq2seq:
+    """The dynrank rows of ``scripts/bench_seq2seq.py`` JSONs in the default mode (graph-bf16) and their fast beam
+    rows, each (task, method, runs stacked, layout) and each beam stack from the first of ``paths`` (newest first)
+    that measured it (a bench of one part, e.g. ``--parts xsum``, leaves the others to older ones); rows marked
+    ``"steady": false`` (their timed steps were captures: a schedule phase began among them) are left out."""
+    costs: dict[str, dict] = {"padded": {}, "packed": {}}
+    docs_per_s: dict[int, float] = {}
+    gen, lengths, used = [], {}, []
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read the seq2seq bench {path}: {e}") from None
+        rows = [r for r in doc["rows"] if "error" not in r and r.get("steady") is not False]
+        new = 0
+        for r in rows:
+            if r["kind"] == "train" and r["impl"] == "dynrank" and r["mode"] == "graph-bf16":
+                layout = costs[r.get("layout", "padded")]  # rows before --layouts (2026-12-07 14:30): padded
+                key = (r["task"], r["method"], int(r["runs"]))
+                if key not in layout:
+                    layout[key], new = float(r["us_per_padded_token"]), new + 1
+            elif r["kind"] == "beam" and r["impl"] == "fast" and int(r["runs"]) not in docs_per_s:
+                docs_per_s[int(r["runs"])], new = float(r["docs_per_s"]), new + 1
+                gen.append(r["gen_len"])
+        if new:
+            used.append(Path(path).name)
+            lengths = lengths or doc.get("xsum_lengths", {})
+    if not costs["padded"] or not docs_per_s:
+        raise ConfigError(f"{' + '.join(Path(p).name for p in paths)}: no graph-bf16 training rows or no fast "
+                          f"beam-search rows")
+    return Seq2seq(costs["padded"], docs_per_s, lengths, sum(gen) / len(gen), " + ".join(used), costs["packed"])
 
 
 
@@ -803,10 +818,14 @@ def assumptions(dev: Device, notes: list[str]) -> list[str]:
     if dev.seq2seq is not None:
         m = dev.seq2seq
         cost = "; ".join(f"{t} {meth} x{k} {us:.3f} us/token" for (t, meth, k), us in sorted(m.us_per_token.items()))
-        out += [f"- Table 3 and 4 measured (`benchmarks/{m.name}`): a training step of SQuAD (RoBERTa-base on the "
-                f"recorded windows) and of XSum (BART-base on the XSum length model, source + summary tokens) costs its "
-                f"padded tokens x the measured cost per token of its stack (graph-bf16, the timed steps' mean), piecewise "
-                f"linear in the runs stacked: {cost}.",
+        packed = "; ".join(f"{t} {meth} x{k} {us:.3f} us/row" for (t, meth, k), us in
+                           sorted(m.packed_us_per_row.items()))
+        out += [f"- Table 3 and 4 measured (`benchmarks/{m.name}`, each row from the newest bench that has it): a "
+                f"training step of SQuAD (RoBERTa-base on the recorded windows) and of XSum (BART-base on the XSum "
+                f"length model, source + summary tokens) costs its padded tokens x the measured cost per token of its "
+                f"stack (graph-bf16, the timed steps' mean), piecewise linear in the runs stacked: {cost}"
+                + (f"; a packed XSum step (`train.pack`, the GPU's default) its rows, filler included, x the packed "
+                   f"rows' cost: {packed}." if packed else "."),
                 "- XSum evaluation after every epoch: the dev documents at the measured beam-search rate of the fast "
                 "search (dynrank/tasks/beam.py; encoder included), per runs stacked: "
                 + "; ".join(f"x{k} {v:.1f} docs/s" for k, v in sorted(m.docs_per_s.items()))
