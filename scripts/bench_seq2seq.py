@@ -5,16 +5,18 @@ search, dynrank/tasks/beam.py), in one process.
     python scripts/bench_seq2seq.py            # on a GPU: writes benchmarks/seq2seq-<device>-<date>.json
     python scripts/bench_seq2seq.py --quick    # tiny models, a few steps and documents: runs on a CPU too (tests)
 
-Models have random weights (speed does not depend on them): BART-base's and RoBERTa-base's architectures from
-their configs (dynrank/bench.py), no Hub. XSum's lengths follow its published statistics (Narayan et al. 2018,
-Table 1: documents 431.07 words, summaries 23.26 words on average; the log-normal shape and the BPE tokens per
-word are assumptions, dynrank/bench.py XSUM_WORDS); SQuAD's windows are the recorded SQuAD v1.1 dev windows
-(benchmarks/squad_v1_dev_lengths.json). Training rows time the loop's own step (dynrank.step.make_stepper, graph-bf16
-by default: the GPU's default path) for 1 and several runs stacked (each run its own batch of the method's batch
-size), and PEFT's LoRA as its users train it (eager, bf16 autocast); ``real_tokens_per_s`` counts source and summary
-tokens without padding, over timed steps that cycle through the batches after every batch shape has been captured
-(``steady_real_tokens_per_s`` and ``us_per_padded_token``, which scripts/estimate.py reads: without the steps that
-met a new schedule phase, eager and captured; ``us_per_padded_token_all_steps``: with them).
+Models have random weights (speed does not depend on them): BART-base's and RoBERTa-base's architectures from their
+configs (dynrank/bench.py), no Hub. XSum's lengths follow its published statistics (Narayan et al. 2018, Table 1:
+documents 431.07 words, summaries 23.26 words on average; the log-normal shape and the BPE tokens per word are
+assumptions, dynrank/bench.py XSUM_WORDS); SQuAD's windows are the recorded SQuAD v1.1 dev windows
+(benchmarks/squad_v1_dev_lengths.json). Training rows time the loop's own step (dynrank.step.make_stepper, graph-bf16 by
+default: the GPU's default path) for 1 and several runs stacked (each run its own batch of the method's batch size),
+XSum's both packed (``--layouts``: dynrank/packing_bart.py, the GPU's default) and padded, and PEFT's LoRA as its users
+train it (eager, bf16 autocast); ``real_tokens_per_s`` counts source and summary tokens without padding
+(``padded_tokens_per_s`` and ``us_per_padded_token``: per padded token, or per packed row, filler included), over timed
+steps that cycle through the batches after every batch shape has been captured (``steady_real_tokens_per_s`` and
+``us_per_padded_token``, which scripts/estimate.py reads: without the steps that met a new schedule phase, eager and
+captured; ``us_per_padded_token_all_steps``: with them).
 Beam rows run XsumTask.token_ids as the evaluation does (beam 3, 64 new tokens, no_repeat_ngram_size 3,
 length-sorted batches, every run of a stack at once): ``eval.beam_search=generate`` (model.generate, batches of
 train.eval_batch_size) and ``fast``; random weights never choose EOS, so every summary runs to 64 tokens, the

@@ -46,6 +46,19 @@ def test_seq2seq_batches_are_collated_as_xsum_collates():
     assert counts[1] == (2 + 2 + 5 + 3, 2 * (8 + 4))  # pairs 2 and 0 (taken in turn)
 
 
+def test_packed_seq2seq_batches_count_their_rows():
+    """Packed (XsumTask.packed_batch's layout, two runs): the real tokens as padded, the computed ones the packed
+    rows (each run's block bucketed), fewer than the padded batch's."""
+    from dynrank import bench
+
+    pairs = [(40, 6), (300, 9), (120, 20), (70, 4)]
+    (b,), ((real, rows),) = bench.seq2seq_batches(pairs, 4, 1, torch.device("cpu"), 100, multiple=8, runs=2,
+                                                  packed=True)
+    assert real == sum(s + t for s, t in pairs)
+    assert rows == b["input_ids"].numel() + b["labels"].numel() and real <= rows < 4 * (304 + 24)
+    assert (b["labels"] != -100).sum() == sum(t for _, t in pairs) and b["seq_len"].tolist() == [s for s, _ in pairs]
+
+
 @pytest.mark.slow
 def test_quick_run_writes_every_row(tmp_path):
     """--quick on the CPU: tiny models, every kind of row measured (no errors) and the JSON written with its device,
@@ -58,6 +71,7 @@ def test_quick_run_writes_every_row(tmp_path):
     assert doc["xsum_lengths"]["words"]["document"][0] == 431.07
     rows = doc["rows"]
     assert not [r for r in rows if "error" in r]
+    assert {r["layout"] for r in rows if r["impl"] == "dynrank" and r["task"] == "xsum"} == {"packed", "padded"}
     kinds = {(r["kind"], r["task"], r["impl"], r["runs"]) for r in rows}
     assert kinds == {("train", "xsum", "dynrank", 1), ("train", "xsum", "dynrank", 2), ("train", "squad_v1",
                      "dynrank", 1), ("train", "squad_v1", "dynrank", 2), ("train", "xsum", "peft", 1),
