@@ -18,7 +18,9 @@ MEMORY_SHARE = 0.8  # of the free memory at the start, for the stack's steps (th
 MIB_PER_TOKEN = {  # peak MiB per padded token of a stacked step (bf16, CUDA graphs), 1 -> 5 runs of dora
     "glue": 0.47,   # bench-NVIDIA_H200-20261204-1556.json, L=128 x 32: 2,261 -> 9,916 MiB at 4,096 -> 20,480 tokens
     "squad": 0.38,  # seq2seq-NVIDIA_H100_80GB_HBM3-20261207-1430.json: 3,153 -> 12,560 MiB at 5,376 -> 30,080
-    "xsum": 0.31,   # the same file, BART-base: 5,329 -> 22,228 MiB at 13,184 -> 68,480 tokens
+    "xsum": 0.31,   # the same file, BART-base: 5,329 -> 22,228 MiB at 13,184 -> 68,480 tokens; packed steps
+                    # (seq2seq-NVIDIA_H200-20261207-1859.json): 0.31 MiB a row (DoRA), 0.25 (LoRA); a packed
+                    # batch's rows can reach the padded count (every document at 768), so it is budgeted the same
 }
 METHOD_FACTOR = {"dora_wd": 1.7}  # bench-NVIDIA_H200-20261204-1556.json: dora_wd 0.80 MiB a token, dora 0.47
 
