@@ -19,6 +19,8 @@ and a real short MiniLM run on CoLA with its evaluation and checkpoint timed apa
     epoch run under torch.profiler for the share of wall time the GPU is idle (host-bound); --real-seeds k: seeds
     1..k stacked in that run.
 (d) runs stacked: MiniLM's shape, CoLA's lengths, k = each of --stack runs of --scale-methods in one step.
+--setting xsum (part a): BART-base on XSum's length model (dynrank.bench), each method's XSum batch, packed or
+    padded (--layout), analytic FLOPs on the real source and summary tokens.
 
 Writes one JSON (--out; device, versions, date and command inside; rewritten after every measured point, so a
 run cut short keeps what it measured) and prints a Markdown summary. No chrome trace is written: the profiler's
@@ -195,6 +197,27 @@ def analytic_flops(model_config: dict, lengths: list[int], frozen: bool = True) 
     return linear * (2 if frozen else 3) + attention * 3
 
 
+def analytic_flops_bart(config, sources: list[int], summaries: list[int], frozen: bool = True) -> float:
+    """Model FLOPs of a BART step over ``sources`` and ``summaries`` of these real lengths (pair by pair), as
+    ``analytic_flops`` counts them: the encoder's linears on source tokens, the decoder's self-attention, cross-query
+    and output and FFN linears and the LM head on summary tokens, the cross-attention's key and value projections
+    on source tokens; attention 4 x Lq x Lk x d_model per layer forward (the causal decoder's half of it)."""
+    H, F, V = config.d_model, config.encoder_ffn_dim, config.vocab_size
+    ne, nd = config.encoder_layers, config.decoder_layers
+    S, T = sum(sources), sum(summaries)
+    linear = 2 * ((4 * H * H + 2 * H * F) * ne * S + (6 * H * H + 2 * H * F) * nd * T + 2 * H * H * nd * S + H * V * T)
+    attention = 4 * H * (ne * sum(s * s for s in sources) + nd * sum(t * t / 2 + t * s for s, t in
+                                                                   zip(sources, summaries)))
+    return linear * (2 if frozen else 3) + attention * 3
+
+
+def seq2seq_lengths(batch: dict) -> tuple[list[int], list[int]]:
+    """Each pair's real source and summary lengths of an XSum batch, packed or padded."""
+    if "seq_len" in batch:
+        return batch["seq_len"].tolist(), batch["decoder_seq_len"].tolist()
+    return batch["attention_mask"].sum(1).tolist(), (batch["labels"] != -100).sum(1).tolist()
+
+
 def sequence_lengths(batch: dict) -> list[int]:
     """The real length of every sequence of a batch, packed (``seq_len``) or padded (its attention mask)."""
     lens = batch["seq_len"] if "seq_len" in batch else batch["attention_mask"].sum(1)
@@ -215,11 +238,17 @@ def measure_point(spec: str, batch: int, args, device, profile: bool, setting: s
     up, time; with ``profile`` also count FLOPs and profile ``args.profile_steps`` steps. ``setting``: bench.py's
     ``fixed`` (L=128) or ``cola`` (CoLA's lengths, padded per batch to a multiple of 8); with a ``layout``
     (``padded`` or ``packed``), a real-length setting of ``bench.REAL``: each run the task's own batch, laid out as
-    the loop lays it out; ``model_config``: RobertaConfig fields (default args'). Samples/s are every run's together."""
+    the loop lays it out, or ``xsum`` (BART-base on XSum's length model, bench_seq2seq's batches, packed as
+    ``packing_bart`` packs them); ``model_config``: RobertaConfig fields (default args'). Samples/s are every run's
+    together."""
     method = spec.split("@")[0]
     model_config = args.model_config if model_config is None else model_config
     real = layout is not None
-    batch = bench.REAL[setting][1] if real else batch
+    xsum = setting == "xsum"
+    if xsum:  # BART-base on XSum's length model, the method's XSum batch (conf/hparams)
+        batch = int(compose([f"method={method}", "task=xsum", "model=bart_base"]).train.batch_size)
+    elif real:
+        batch = bench.REAL[setting][1]
     row = {"method": spec, "mode": args.mode, "runs": runs, "batch": batch,
            "length": LENGTH if setting == "fixed" else setting, "schedule_steps": schedule_steps(spec, args)}
     if real:
@@ -227,20 +256,33 @@ def measure_point(spec: str, batch: int, args, device, profile: bool, setting: s
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    step, row["adapter_params"] = bench.dynrank_runner(method, args.mode, device, row["schedule_steps"], model_config,
-                                                       runs=runs)
-    if real:
+    if xsum:
+        step, row["adapter_params"] = bench.dynrank_seq2seq_runner(method, args.mode, device, row["schedule_steps"],
+                                                                   runs, tiny=args.smoke)
+        config = step.model.config
+        caps = (64, 16) if args.smoke else (768, 64)  # the tasks' truncation (tiny: its positions)
+        batches, counts = bench.seq2seq_batches(bench.xsum_lengths(4096, 0, max_source=caps[0], max_target=caps[1]),
+                                                batch * runs, args.n_batches, device, config.vocab_size, 48, runs,
+                                                packed=layout == "packed")
+        row["real_tokens_per_step"] = sum(r for r, _ in counts) / len(counts)
+        row["computed_tokens_per_step"] = sum(c for _, c in counts) / len(counts)
+    else:
+        step, row["adapter_params"] = bench.dynrank_runner(method, args.mode, device, row["schedule_steps"],
+                                                           model_config, runs=runs)
+    if real and not xsum:
         batches = [b for b, _, _ in bench.real_batches(setting, args.n_batches, device, VOCAB, runs,
                                                        layout == "packed", batch_size=batch)]
         row["real_tokens_per_step"] = sum(sum(sequence_lengths(b)) for b in batches) / len(batches)
-    else:
+    elif not xsum:
         lengths = bench.cola_lengths() if setting == "cola" else []
         batches = bench.make_batches(setting, args.n_batches, device, VOCAB, lengths, 8, batch_size=batch * runs)
     first = 0
     if profile:  # the first step runs eagerly (a graph is captured at the second): count its FLOPs
         row["flops_per_step_counted"] = counted_flops(step, batches[0])
-        row["flops_per_step_analytic"] = sum(analytic_flops(args.model_config, sequence_lengths(b),  # the mean step
-                                                            frozen=method != "full") for b in batches) / len(batches)
+        frozen = method != "full"
+        row["flops_per_step_analytic"] = sum(  # the mean step
+            analytic_flops_bart(config, *seq2seq_lengths(b), frozen=frozen) if xsum else
+            analytic_flops(args.model_config, sequence_lengths(b), frozen=frozen) for b in batches) / len(batches)
         first = 1
     for i in range(first, max(args.warmup, 2 * len(batches) if real else 0)):  # real: every shape warmed, captured
         step(batches[i % len(batches)])
@@ -548,9 +590,9 @@ def parse_args(argv):
     ap.add_argument("--steps", type=int, default=40, help="timed steps per point (CUDA events)")
     ap.add_argument("--profile-steps", type=int, default=20, help="(a) steps under torch.profiler")
     ap.add_argument("--profile-runs", default="1,5", help="(a) runs stacked in the profiled step (each batch 32)")
-    ap.add_argument("--setting", default="fixed", choices=["fixed", *bench.REAL],
+    ap.add_argument("--setting", default="fixed", choices=["fixed", *bench.REAL, "xsum"],
                     help="(a) fixed: every sequence 128 tokens, batch 32 per run; or a task's recorded lengths and "
-                         "batch (bench.REAL)")
+                         "batch (bench.REAL); or xsum: BART-base on XSum's length model, the method's batch")
     ap.add_argument("--layout", default="padded", choices=["padded", "packed"],
                     help="(a) with a real-length --setting: the batch padded to its longest sequence or packed")
     ap.add_argument("--schedule-steps", type=int, default=10_000, help="the schedule's length for plain methods")
@@ -576,7 +618,8 @@ def parse_args(argv):
         torch.set_num_threads(1)  # a tiny model gains nothing from intra-op threads, and they stall on a busy host
         args.device, args.mode, args.n_batches = "cpu", "eager-fp32", 2
         args.model_config = args.stack_config = dict(OmegaConf.load(ROOT / "conf/model/tiny.yaml").tiny)
-        args.stack, args.stack_batch, args.profile_runs = "1,2", 4, "1,2"
+        args.stack, args.stack_batch = "1,2", 4
+        args.profile_runs = args.profile_runs if "--profile-runs" in args.argv else "1,2"
         args.batches, args.profile_batch = "4,8", 4
         args.warmup, args.steps, args.profile_steps, args.real_profile_steps = 2, 2, 2, 3
         args.max_train_samples, args.max_eval_samples = args.max_train_samples or 48, args.max_eval_samples or 32

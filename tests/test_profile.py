@@ -138,3 +138,32 @@ def test_real_length_profile_counts_only_real_tokens(tmp_path):
     assert packed["real_tokens_per_step"] == padded["real_tokens_per_step"] > 0
     assert math.isclose(packed["flops_per_step_analytic"], padded["flops_per_step_analytic"])
     assert packed["flops_per_step_counted"] < padded["flops_per_step_counted"]
+
+
+@pytest.mark.slow
+def test_xsum_profile_counts_real_tokens_of_both_sides(tmp_path):
+    """(a) --setting xsum: BART on XSum's length model, packed and padded steps of the same length draws carry the
+    same real tokens (source + summary) and analytic FLOPs; the padded step's counted FLOPs include its padding."""
+    rows = {}
+    for layout in ("padded", "packed"):
+        out = tmp_path / f"{layout}.json"
+        prof.main(["--smoke", "--parts", "a", "--methods", "dora", "--setting", "xsum", "--layout", layout,
+                   "--profile-runs", "2", "--out", str(out)])
+        [rows[layout]] = [r for r in json.loads(out.read_text())["step_profile"] if r["runs"] == 2]
+    padded, packed = rows["padded"], rows["packed"]
+    assert "error" not in padded and "error" not in packed and packed["batch"] == 16  # DoRA's XSum batch
+    assert packed["real_tokens_per_step"] == padded["real_tokens_per_step"] > 0
+    assert packed["computed_tokens_per_step"] < padded["computed_tokens_per_step"]
+    assert math.isclose(packed["flops_per_step_analytic"], padded["flops_per_step_analytic"])
+    assert packed["flops_per_step_counted"] < padded["flops_per_step_counted"]
+
+
+def test_bart_analytic_flops_by_hand():
+    from types import SimpleNamespace
+
+    c = SimpleNamespace(d_model=2, encoder_ffn_dim=3, vocab_size=5, encoder_layers=1, decoder_layers=1)
+    # encoder linears (4*4 + 2*6) * 3 tokens = 84; decoder (6*4 + 2*6) * 2 = 72; cross k/v 2*4 * 3 = 24; head 10 * 2
+    linear = 2 * (84 + 72 + 24 + 20)
+    attention = 4 * 2 * (3 * 3 + 2 * 2 / 2 + 2 * 3)
+    assert prof.analytic_flops_bart(c, [3], [2]) == linear * 2 + attention * 3
+    assert prof.analytic_flops_bart(c, [3], [2], frozen=False) == linear * 3 + attention * 3
