@@ -124,7 +124,9 @@ def main(argv=None):
     setup = per_stack(lambda r: float((r.get("training") or {}).get("graph_setup_s") or 0.0))
 
     dev = est.measured_device(Path(args.seq2seq) if args.seq2seq else None)
-    e = est.estimate(job, dev)
+    # projected as it ran: its stacks as large as the GPU's free memory made them (the estimate would size them for
+    # its own projected GPU)
+    e = est.estimate([*job, f"train.max_stack={int(training.get('stacked_runs') or 1)}"], dev)
     projected_steps = sum(r["train_s"] for r in e.rows)
     projected_eval = sum(r["eval_s"] for r in e.rows)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
