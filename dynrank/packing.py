@@ -50,33 +50,48 @@ def set_dropout_rows(model, batch: dict, runs: int) -> None:
         stream.set_padded(seq_keys(N, runs, batch["input_ids"].device), [L])
 
 
+class SequenceView:
+    """One kind of sequence of a packed batch (``packed_batch.pack``'s keys, under ``prefix``: BART's summaries are
+    ``decoder_``): where each sequence's rows sit (``start``, ``lens``) and the padded view attention reads around
+    them (``gather`` / ``valid``, and back, ``scatter``)."""
+
+    def __init__(self, batch: dict, prefix: str = ""):
+        self.gather, self.valid, self.scatter = (batch[prefix + k] for k in ("gather", "valid", "scatter"))
+        self.start, self.lens = batch[prefix + PACKED], batch[prefix + "seq_len"]
+        self.n, self.width = self.valid.shape
+
+    def seqs(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """(1, T, heads * dh) rows -> (N, heads, width, dh): each sequence's tokens (slots past its end: its first)."""
+        return x[0].index_select(0, self.gather).view(self.n, self.width, heads, -1).transpose(1, 2)
+
+    def rows(self, ctx: torch.Tensor) -> torch.Tensor:
+        """(N, heads, width, dh) -> (1, T, heads * dh) back onto the rows (filler rows: slot 0's)."""
+        return ctx.transpose(1, 2).reshape(self.n * self.width, -1).index_select(0, self.scatter)[None]
+
+
 def encode(model, batch: dict) -> torch.Tensor:
     """The encoder's last hidden states of a packed batch, (T, hidden): transformers' forward, row by row."""
     base = encoder_of(model)
     h = base.embeddings(input_ids=batch["input_ids"][None], token_type_ids=batch["token_type_ids"][None],
                         position_ids=batch["position_ids"][None])
-    view = (batch["gather"], batch["valid"], batch["scatter"], batch[PACKED], batch["seq_len"])
+    view = SequenceView(batch)
     for layer in base.encoder.layer:
         h = _layer(layer, h, view)
     return h[0]
 
 
-def _layer(layer, h: torch.Tensor, view) -> torch.Tensor:
+def _layer(layer, h: torch.Tensor, view: SequenceView) -> torch.Tensor:
     """One encoder layer on rows (1, T, hidden): attention per sequence, the rest row-wise."""
-    gather, valid, scatter, start, lens = view
     sa = layer.attention.self
-    heads, dh = sa.num_attention_heads, sa.attention_head_size
-    N, width = valid.shape
+    heads = sa.num_attention_heads
     q, k, v = sa.query(h), sa.key(h), sa.value(h)
     p = sa.dropout.p if sa.training else 0.0
-    ctx = packed_attention(sa, q, k, v, start, lens, width, p, sa.scaling)  # a GPU kernel on the rows, or None
+    # a GPU kernel on the rows, or None
+    ctx = packed_attention(sa, q, k, v, view.start, view.lens, view.width, p, sa.scaling)
     if ctx is None:  # a padded view of each sequence around attention
-
-        def seqs(x):  # (1, T, heads * dh) -> (N, heads, width, dh)
-            return x[0].index_select(0, gather).view(N, width, heads, dh).transpose(1, 2)
-
-        ctx = attend(sa, seqs(q), seqs(k), seqs(v), valid[:, None, None, :], p, sa.scaling)  # (N, heads, width, dh)
-        ctx = ctx.transpose(1, 2).reshape(N * width, heads * dh).index_select(0, scatter)[None]
+        ctx = attend(sa, view.seqs(q, heads), view.seqs(k, heads), view.seqs(v, heads),
+                     view.valid[:, None, None, :], p, sa.scaling)  # (N, heads, width, dh)
+        ctx = view.rows(ctx)
     h = layer.attention.output(ctx, h)
     return layer.output(layer.intermediate(h), h)
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .packed_batch import PACKED
+from .packing import SequenceView
 
 
 def walkable(model) -> bool:
@@ -36,8 +36,8 @@ def logits(model, batch: dict) -> torch.Tensor:
     """(1, decoder rows, vocab): the LM head's logits of a packed batch (``packed_batch.pack_seq2seq``), every
     decoder row, filler rows any value."""
     base = model.model
-    src = _View(batch, "")
-    tgt = _View(batch, "decoder_")
+    src = SequenceView(batch)
+    tgt = SequenceView(batch, "decoder_")
     h = _embed(base.encoder, batch["input_ids"], batch["position_ids"])
     for layer in base.encoder.layers:
         h = _encoder_layer(layer, h, src)
@@ -45,24 +45,6 @@ def logits(model, batch: dict) -> torch.Tensor:
     for layer in base.decoder.layers:
         y = _decoder_layer(layer, y, h, tgt, src)
     return model.lm_head(y) + model.final_logits_bias.to(y.device)
-
-
-class _View:
-    """One kind of sequence of a packed batch (sources, or the decoder's summaries): where each sequence's rows sit
-    and the padded view attention reads (``packed_batch.pack``'s ``gather`` / ``valid`` / ``scatter``)."""
-
-    def __init__(self, batch: dict, prefix: str):
-        self.gather, self.valid, self.scatter = (batch[prefix + k] for k in ("gather", "valid", "scatter"))
-        self.n, self.width = self.valid.shape
-        assert self.n == batch[prefix + PACKED].numel()
-
-    def seqs(self, x: torch.Tensor, heads: int) -> torch.Tensor:
-        """(1, T, heads * dh) rows -> (N, heads, width, dh): each sequence's tokens (slots past its end: its first)."""
-        return x[0].index_select(0, self.gather).view(self.n, self.width, heads, -1).transpose(1, 2)
-
-    def rows(self, ctx: torch.Tensor) -> torch.Tensor:
-        """(N, heads, width, dh) -> (1, T, heads * dh) back onto the rows (filler rows: slot 0's)."""
-        return ctx.transpose(1, 2).reshape(self.n * self.width, -1).index_select(0, self.scatter)[None]
 
 
 def _embed(part, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -73,7 +55,8 @@ def _embed(part, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return F.dropout(h, p=part.dropout, training=part.training)
 
 
-def _attention(attn, x: torch.Tensor, kv: torch.Tensor, q_view: _View, kv_view: _View, causal: bool) -> torch.Tensor:
+def _attention(attn, x: torch.Tensor, kv: torch.Tensor, q_view: SequenceView, kv_view: SequenceView,
+               causal: bool) -> torch.Tensor:
     """``BartAttention`` on rows: q from ``x``, k and v from ``kv`` (itself, or the encoder's rows), each sequence
     against its own keys (``kv_view``'s valid slots; ``causal``: keys up to the query's position), out_proj."""
     heads = attn.num_heads
@@ -96,12 +79,12 @@ def _feed_forward(layer, h: torch.Tensor) -> torch.Tensor:
     return _residual(layer, h, layer.fc2(x), layer.final_layer_norm)
 
 
-def _encoder_layer(layer, h: torch.Tensor, src: _View) -> torch.Tensor:
+def _encoder_layer(layer, h: torch.Tensor, src: SequenceView) -> torch.Tensor:
     h = _residual(layer, h, _attention(layer.self_attn, h, h, src, src, False), layer.self_attn_layer_norm)
     return _feed_forward(layer, h)
 
 
-def _decoder_layer(layer, y: torch.Tensor, h: torch.Tensor, tgt: _View, src: _View) -> torch.Tensor:
+def _decoder_layer(layer, y: torch.Tensor, h: torch.Tensor, tgt: SequenceView, src: SequenceView) -> torch.Tensor:
     y = _residual(layer, y, _attention(layer.self_attn, y, y, tgt, tgt, True), layer.self_attn_layer_norm)
     y = _residual(layer, y, _attention(layer.encoder_attn, y, h, tgt, src, False), layer.encoder_attn_layer_norm)
     return _feed_forward(layer, y)
