@@ -24,6 +24,12 @@ def bucket(n: int, minimum: int = 16) -> int:
     return -(-n // step) * step
 
 
+def run_block(lens: torch.Tensor, runs: int) -> int:
+    """Each run's block of rows for sequences of ``lens`` tokens (run-major, the same number per run): ``bucket`` of
+    the largest run's token count."""
+    return bucket(int(lens.view(runs, -1).sum(1).max()))
+
+
 TILE = 128  # the longest sequence the GPU's one-tile attention kernel takes (``attention.packed_attention``)
 
 
@@ -45,7 +51,7 @@ def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, mu
     ``position_offset``: the position id of a sequence's first token (RoBERTa: padding_idx + 1 = 2; BERT: 0);
     ``multiple``: the longest sequence rounds up to it (the attention view's width: ``view_width``);
     ``positions``: the dropout keys' stride of a sequence (``DropoutStream.positions``); ``block``: each run's rows
-    (default ``bucket`` of the largest run's tokens). Keys:
+    (default ``run_block``). Keys:
     ``input_ids``, ``position_ids``, ``token_type_ids`` (T,) with T = runs * block; ``token_keys`` (T,) (``dropout``);
     ``seq_start`` (N,) each sequence's first row (its ``<s>``), ``seq_len`` (N,); ``gather`` (N * width,) the row
     of each slot of the attention view, ``valid`` (N, width) which slots hold a token; ``scatter`` (T,) the slot of
@@ -53,8 +59,7 @@ def pack(rows: list[list[int]], runs: int, pad_id: int, position_offset: int, mu
     n = len(rows)
     per_run = n // runs
     lens = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    run_tokens = lens.view(runs, per_run).sum(1)
-    block = block or bucket(int(run_tokens.max()))
+    block = block or run_block(lens, runs)
     width = view_width(int(lens.max()), multiple)
     T = runs * block
     # each sequence's first row: run k's block starts at k * block, its sequences end to end
@@ -90,7 +95,7 @@ def pack_seq2seq(sources: list[list[int]], targets: list[list[int]], runs: int, 
     (``DropoutStream.set_rows``)."""
     enc = pack(sources, runs, pad_id, 0, multiple, positions=positions)
     shifted = [[decoder_start] + t[:-1] for t in targets]
-    block = bucket(int(torch.tensor([len(t) for t in targets]).view(runs, -1).sum(1).max()))
+    block = run_block(torch.tensor([len(t) for t in targets]), runs)
     if runs * block == enc["input_ids"].numel():
         block = bucket(block + 1)
     dec = pack(shifted, runs, pad_id, 0, multiple, positions=positions, block=block)
