@@ -432,12 +432,6 @@ def seq2seq_benches() -> list[Path]:
                                  key=lambda x: x[0].get("date", ""), reverse=True)]
 
 
-def newest_seq2seq() -> Path | None:
-    """The newest GPU ``benchmarks/seq2seq-*.json`` (not a --quick run), or None."""
-    benches = seq2seq_benches()
-    return benches[0] if benches else None
-
-
 def load_seq2seq(*paths: Path) -> Seq2seq:
     """The dynrank rows of ``scripts/bench_seq2seq.py`` JSONs in the default mode (graph-bf16) and their fast beam
     rows, each (task, method, runs stacked, layout) and each beam stack from the first of ``paths`` (newest first)

@@ -354,12 +354,12 @@ def test_squad_and_unmeasured_methods_from_the_seq2seq_bench(s2s_device, device)
     assert any("assumed 25 ms per decoding step" in x for x in old.notes)
 
 
-def test_newest_seq2seq_skips_quick_and_cpu_runs(tmp_path, monkeypatch):
+def test_seq2seq_benches_skip_quick_and_cpu_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(est, "BENCH", tmp_path)
-    assert est.newest_seq2seq() is None
+    assert est.seq2seq_benches() == []
     gpu = _seq2seq_json(tmp_path / "seq2seq-a.json", date="2026-12-07T01:00:00+00:00")
     _seq2seq_json(tmp_path / "seq2seq-b.json", quick=True, device="cpu", date="2026-12-07T09:00:00+00:00")
-    assert est.newest_seq2seq() == gpu
+    assert est.seq2seq_benches() == [gpu]
 
 
 def test_seq2seq_benches_merge_newest_first(tmp_path, monkeypatch):
