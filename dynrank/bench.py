@@ -309,6 +309,21 @@ def seq2seq_batches(pairs: list[tuple[int, int]], batch_size: int, n: int, devic
     return out, counts
 
 
+def xsum_batches(method: str, device, runs: int, n: int, pairs: list[tuple[int, int]], vocab: int, packed: bool,
+                 per_run: int | None = None, pads_as=None):
+    """``n`` XSum training batches of ``runs`` runs of ``method`` on ``device``, each run the method's XSum batch
+    (conf/hparams; ``per_run`` instead if given), padded to the multiple a run on ``pads_as`` (default ``device``)
+    pads to (``device.fast_path``) or packed (``seq2seq_batches``): (batches, their (real, computed) token counts,
+    per_run, the pad multiple)."""
+    from .device import fast_path
+
+    cfg = compose([f"method={method}", "task=xsum", "model=bart_base"])
+    per_run = per_run or int(cfg.train.batch_size)
+    multiple = fast_path(cfg, pads_as or device)["pad_to_multiple"]
+    batches, counts = seq2seq_batches(pairs, per_run * runs, n, device, vocab, multiple, runs, packed)
+    return batches, counts, per_run, multiple
+
+
 def dynrank_seq2seq_runner(method_name: str, mode: str, device, total_steps: int, runs: int = 1, tiny: bool = False):
     """dynrank's step for ``runs`` stacked runs of ``method_name`` on BART-base (XSum's config: the method's XSum
     learning rate), with XsumTask's loss."""

@@ -79,20 +79,14 @@ def timed(step, batches, counts, args, device) -> dict:
 
 
 def xsum_train_row(impl, method, mode, runs, device, args, pairs, layout="padded") -> dict:
-    from dynrank.config import compose
-    from dynrank.device import fast_path
-
-    cfg = compose([f"method={method}", "task=xsum", "model=bart_base"])
-    per_run = args.batch or int(cfg.train.batch_size)  # the method's XSum batch (conf/hparams)
-    multiple = fast_path(cfg, device)["pad_to_multiple"]
     total = 2 * args.batches + args.steps
     if impl == "peft":
         step, params = bench.peft_seq2seq_runner(mode, device, args.quick)
     else:
         step, params = bench.dynrank_seq2seq_runner(method, mode, device, total, runs, args.quick)
     vocab = step.model.config.vocab_size if hasattr(step.model, "config") else 50265
-    batches, counts = bench.seq2seq_batches(pairs, per_run * runs, args.batches, device, vocab, multiple, runs,
-                                            packed=layout == "packed")
+    batches, counts, per_run, multiple = bench.xsum_batches(method, device, runs, args.batches, pairs, vocab,
+                                                            layout == "packed", args.batch)
     return {"batch_per_run": per_run, "pad_to_multiple": multiple, "adapter_params": params, "layout": layout,
             **timed(step, batches, counts, args, device)}
 

@@ -212,10 +212,9 @@ def analytic_flops_bart(config, sources: list[int], summaries: list[int], frozen
 
 
 def seq2seq_lengths(batch: dict) -> tuple[list[int], list[int]]:
-    """Each pair's real source and summary lengths of an XSum batch, packed or padded."""
-    if "seq_len" in batch:
-        return batch["seq_len"].tolist(), batch["decoder_seq_len"].tolist()
-    return batch["attention_mask"].sum(1).tolist(), (batch["labels"] != -100).sum(1).tolist()
+    """Each pair's real source and summary lengths of an XSum batch, packed or padded (sources: ``sequence_lengths``)."""
+    summaries = batch["decoder_seq_len"] if "seq_len" in batch else (batch["labels"] != -100).sum(1)
+    return sequence_lengths(batch), [int(n) for n in summaries.tolist()]
 
 
 def sequence_lengths(batch: dict) -> list[int]:
@@ -243,39 +242,36 @@ def measure_point(spec: str, batch: int, args, device, profile: bool, setting: s
     together."""
     method = spec.split("@")[0]
     model_config = args.model_config if model_config is None else model_config
-    real = layout is not None
-    xsum = setting == "xsum"
-    if xsum:  # BART-base on XSum's length model, the method's XSum batch (conf/hparams)
-        batch = int(compose([f"method={method}", "task=xsum", "model=bart_base"]).train.batch_size)
-    elif real:
-        batch = bench.REAL[setting][1]
-    row = {"method": spec, "mode": args.mode, "runs": runs, "batch": batch,
+    real, xsum = layout is not None, setting == "xsum"
+    row = {"method": spec, "mode": args.mode, "runs": runs,
            "length": LENGTH if setting == "fixed" else setting, "schedule_steps": schedule_steps(spec, args)}
     if real:
         row["layout"] = layout
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    if xsum:
+    if xsum:  # BART-base on XSum's length model, the method's XSum batch (conf/hparams)
         step, row["adapter_params"] = bench.dynrank_seq2seq_runner(method, args.mode, device, row["schedule_steps"],
                                                                    runs, tiny=args.smoke)
         config = step.model.config
         caps = (64, 16) if args.smoke else (768, 64)  # the tasks' truncation (tiny: its positions)
-        batches, counts = bench.seq2seq_batches(bench.xsum_lengths(4096, 0, max_source=caps[0], max_target=caps[1]),
-                                                batch * runs, args.n_batches, device, config.vocab_size, 48, runs,
-                                                packed=layout == "packed")
+        batches, counts, batch, _ = bench.xsum_batches(  # padded as on a GPU, also in --smoke
+            method, device, runs, args.n_batches, bench.xsum_lengths(4096, 0, max_source=caps[0], max_target=caps[1]),
+            config.vocab_size, layout == "packed", pads_as=torch.device("cuda"))
         row["real_tokens_per_step"] = sum(r for r, _ in counts) / len(counts)
         row["computed_tokens_per_step"] = sum(c for _, c in counts) / len(counts)
     else:
         step, row["adapter_params"] = bench.dynrank_runner(method, args.mode, device, row["schedule_steps"],
                                                            model_config, runs=runs)
-    if real and not xsum:
-        batches = [b for b, _, _ in bench.real_batches(setting, args.n_batches, device, VOCAB, runs,
-                                                       layout == "packed", batch_size=batch)]
-        row["real_tokens_per_step"] = sum(sum(sequence_lengths(b)) for b in batches) / len(batches)
-    elif not xsum:
-        lengths = bench.cola_lengths() if setting == "cola" else []
-        batches = bench.make_batches(setting, args.n_batches, device, VOCAB, lengths, 8, batch_size=batch * runs)
+        if real:
+            batch = bench.REAL[setting][1]
+            batches = [b for b, _, _ in bench.real_batches(setting, args.n_batches, device, VOCAB, runs,
+                                                           layout == "packed", batch_size=batch)]
+            row["real_tokens_per_step"] = sum(sum(sequence_lengths(b)) for b in batches) / len(batches)
+        else:
+            lengths = bench.cola_lengths() if setting == "cola" else []
+            batches = bench.make_batches(setting, args.n_batches, device, VOCAB, lengths, 8, batch_size=batch * runs)
+    row["batch"] = batch
     first = 0
     if profile:  # the first step runs eagerly (a graph is captured at the second): count its FLOPs
         row["flops_per_step_counted"] = counted_flops(step, batches[0])
