@@ -212,7 +212,8 @@ def analytic_flops_bart(config, sources: list[int], summaries: list[int], frozen
 
 
 def seq2seq_lengths(batch: dict) -> tuple[list[int], list[int]]:
-    """Each pair's real source and summary lengths of an XSum batch, packed or padded (sources: ``sequence_lengths``)."""
+    """Each pair's real source and summary lengths of an XSum batch, packed or padded (sources as
+    ``sequence_lengths`` reads them)."""
     summaries = batch["decoder_seq_len"] if "seq_len" in batch else (batch["labels"] != -100).sum(1)
     return sequence_lengths(batch), [int(n) for n in summaries.tolist()]
 
