@@ -24,7 +24,12 @@ def build(tmp_path, method, *extra, runs=2, seeds=None):
     over = [f"method={method}", *extra]
     if "dropout" in compose(tiny_overrides(tmp_path, *over)).method:  # the methods with a dropout of their own
         over.append("method.dropout=0.1")
-    cfg = compose(tiny_overrides(tmp_path, *over))
+    return prepared(compose(tiny_overrides(tmp_path, *over)), runs, seeds)
+
+
+def prepared(cfg, runs: int, seeds=None):
+    """(task, train set, model): ``cfg``'s data, its method wrapped around its model for ``runs`` stacked runs (seeds
+    1..runs unless ``seeds``), prepared on the CPU as the loop prepares it (each run's dropout stream)."""
     shared = inputs.load_data(cfg)
     m = methods.build(cfg, cfg.model.family, runs=runs)
     model = m.wrap(shared.task.build_model())

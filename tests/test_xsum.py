@@ -456,22 +456,14 @@ def _with_all_dropouts(monkeypatch, p=0.1):
 
 
 def _built(tmp_path, method, runs, *extra):
-    from dynrank import inputs, methods
-    from dynrank.step import prepare_model
+    from test_packing import prepared
 
     over = [f"method={method}", *extra]
     if method in ("houlsby", "pfeiffer"):
         over.append("method.placement=before_dropout")  # BART's only placement (methods/adapters.py)
     if "dropout" in _cfg(tmp_path, *over).method:
         over.append("method.dropout=0.1")
-    cfg = _cfg(tmp_path, *over)
-    shared = inputs.load_data(cfg)
-    m = methods.build(cfg, cfg.model.family, runs=runs)
-    model = m.wrap(shared.task.build_model())
-    seeds = list(range(1, runs + 1))
-    m.init_runs(seeds)
-    model, _ = prepare_model(model, m, torch.device("cpu"), False, False, seeds=seeds)
-    return shared.task, shared.train_set, model
+    return prepared(_cfg(tmp_path, *over), runs)
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "houlsby", "bitfit", "full"])
