@@ -193,11 +193,16 @@ def seq_keys(n: int, runs: int, device=None) -> torch.Tensor:
     return torch.arange(n, device=device) % (n // runs)
 
 
+def functional_positions(config) -> int:
+    """The position stride of a functional stream's row keys (``install_functional``): the model's positions, at
+    least ``MAX_POSITIONS``; packed batches key their rows with it too (``packed_batch.pack_seq2seq``)."""
+    return max(MAX_POSITIONS, int(getattr(config, "max_position_embeddings", 0) or 0))
+
+
 def install_functional(model: nn.Module, seeds: list[int], device) -> DropoutStream:
     """A ``DropoutStream`` for a model that calls dropout as a function (BART), position stride its positions;
     ``model.dropout_stream`` is it, and ``functional_dropout.functional`` applies it around each training forward."""
-    positions = max(MAX_POSITIONS, int(getattr(model.config, "max_position_embeddings", 0) or 0))
-    model.dropout_stream = DropoutStream(seeds, device, positions)
+    model.dropout_stream = DropoutStream(seeds, device, functional_positions(model.config))
     return model.dropout_stream
 
 

@@ -33,7 +33,7 @@ from ..data import xsum as xsum_data
 from ..data.cache import Encoded, cached, fingerprint, pad_batch, source_id, tokenizer_id
 from ..errors import ConfigError
 from ..device import fast_path
-from ..dropout import MAX_POSITIONS
+from ..dropout import functional_positions
 from ..packed_batch import PACKED, pack_seq2seq
 from ..metrics.rouge import rouge
 from ..models import load_model
@@ -116,7 +116,7 @@ class XsumTask(Task):
         model = load_model(self.cfg.model, AutoModelForSeq2SeqLM, self.tokenizer)
         # what packed batches need from the model (its config: read once, before any wrapping)
         self.decoder_start = int(model.config.decoder_start_token_id)
-        self.positions = max(MAX_POSITIONS, int(model.config.max_position_embeddings))  # dropout.install_functional
+        self.positions = functional_positions(model.config)  # the dropout keys' stride (dropout.install_functional)
         self.packs = packing_bart.walkable(model)  # a model with LayerDrop stays padded
         return model
 
