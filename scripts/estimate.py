@@ -620,11 +620,7 @@ def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
 def xsum_packed_cost(cfg, s2s: Seq2seq, k: int, dev: Device, notes: set) -> Rate | None:
     """The cost of a row of XSum's packed steps (``train.pack``: dynrank/packing_bart.py) for ``k`` runs stacked,
     where its runs train packed on a GPU and the seq2seq bench measured packed rows; None: padded steps."""
-    import torch
-
-    from dynrank.device import fast_path
-
-    if cfg.task.family != "xsum" or not fast_path(cfg, torch.device("cuda"))["pack"]:
+    if cfg.task.family != "xsum" or not gpu_path(cfg)["pack"]:
         return None
     rate = s2s.token_cost(cfg.task.name, cfg.method.name, k, dev, notes, layout="packed")
     notes.add(f"XSum: packed steps (sources and summaries apart) at {s2s.name}'s packed rows" if rate else
@@ -635,12 +631,8 @@ def xsum_packed_cost(cfg, s2s: Seq2seq, k: int, dev: Device, notes: set) -> Rate
 def packs(cfg, dev: Device, notes: set) -> dict[tuple[str, int], Rate] | None:
     """The packed steps' costs of ``cfg``'s task family where its runs train packed on a GPU (``train.pack``: GLUE
     and SQuAD), by (method, runs stacked); None: padded steps."""
-    import torch
-
-    from dynrank.device import fast_path
-
     family = cfg.task.family
-    if family not in ("glue", "squad") or not fast_path(cfg, torch.device("cuda"))["pack"]:
+    if family not in ("glue", "squad") or not gpu_path(cfg)["pack"]:
         return None
     rates = {(m, k): r for (m, k, f), r in dev.packed.items() if f == family}
     if ("lora", 1) not in rates:
@@ -659,13 +651,18 @@ def packs(cfg, dev: Device, notes: set) -> dict[tuple[str, int], Rate] | None:
     return rates
 
 
-def gpu_pad_multiple(cfg) -> int:
-    """``train.pad_to_multiple`` as a run on the GPU resolves it (``auto``: ``dynrank.device.fast_path``)."""
+def gpu_path(cfg) -> dict:
+    """The fast path's settings as a run of ``cfg`` on the GPU resolves them (``dynrank.device.fast_path``)."""
     import torch
 
     from dynrank.device import fast_path
 
-    return fast_path(cfg, torch.device("cuda"))["pad_to_multiple"]
+    return fast_path(cfg, torch.device("cuda"))
+
+
+def gpu_pad_multiple(cfg) -> int:
+    """``train.pad_to_multiple`` as a run on the GPU resolves it (``auto``: ``dynrank.device.fast_path``)."""
+    return gpu_path(cfg)["pad_to_multiple"]
 
 
 # --- a preset's jobs: dynrank.config.command_line.sweep_jobs (Hydra's basic sweeper) ------------------------------
