@@ -5,8 +5,10 @@ tensor is stored: SQuAD's 384-token windows and BART's 768-token sources. Three 
 row's max and log-sum of the softmax), the query gradient (which also writes each row's delta = rowsum(dO * O))
 and the key and value gradients. Row i of sequence n, head h of a tensor sits at ``start[n] * s_r + n * s_n +
 h * s_h + i * s_r`` (a padded (N, heads, L, dh) view: start 0; the packed (T, heads * dh) rows: s_n 0), the head's
-dh values contiguous. Imported only where Triton is installed; checked against ``tiled_attention.reference`` in
-tests/test_gpu.py and, with TRITON_INTERPRET=1, on a CPU (tests/test_packing.py)."""
+dh values contiguous; keys and values start at ``kstart[n]`` (packed cross-attention: the encoder's rows). A
+block of rows past its sequence's length (the grid spans the longest) loops over nothing. Imported only where
+Triton is installed; checked against ``tiled_attention.reference`` in tests/test_gpu.py and, with
+TRITON_INTERPRET=1, on a CPU (tests/test_packing.py)."""
 import triton
 import triton.language as tl
 
@@ -59,12 +61,12 @@ def _rows(start_ptr, n, h, s_n, s_r, s_h, offs, L, DH: tl.constexpr):
 
 
 @triton.jit
-def _key_block(q, j, k_ptr, v_ptr, start_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr, sm_n, sm_h, sm_i,
+def _key_block(q, j, k_ptr, v_ptr, kstart_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr, sm_n, sm_h, sm_i,
                sm_j, scale, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK: tl.constexpr,
                DH: tl.constexpr):
     """The key block from row j of sequence n's head h: its columns, k and v tiles, and the scores of ``q``."""
     offs_n = j + tl.arange(0, BLOCK)
-    k_rows, k_in = _rows(start_ptr, n, h, sk_n, sk_r, sk_h, offs_n, Lk, DH)
+    k_rows, k_in = _rows(kstart_ptr, n, h, sk_n, sk_r, sk_h, offs_n, Lk, DH)
     k = tl.load(k_ptr + k_rows, mask=k_in, other=0.0)
     v = tl.load(v_ptr + k_rows, mask=k_in, other=0.0)
     s = _scores(q, k, n, h, offs_m, offs_n, Lq, Lk, mask_ptr, sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL, IEEE)
@@ -72,15 +74,18 @@ def _key_block(q, j, k_ptr, v_ptr, start_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq
 
 
 @triton.jit
-def _keys_end(Lk, CAUSAL: tl.constexpr, BLOCK: tl.constexpr):
-    """Past the last key a block of query rows (program 0's axis) sees: the sequence's end, or its own end if causal."""
+def _keys_end(Lq, Lk, CAUSAL: tl.constexpr, BLOCK: tl.constexpr):
+    """Past the last key a block of query rows (program 0's axis) sees: the sequence's end, or its own end if causal;
+    0 for a block past the sequence's queries (packed rows: the grid spans the longest sequence), which then loops
+    over nothing and stores nothing."""
+    end = Lk
     if CAUSAL:
-        return tl.minimum(Lk, (tl.program_id(0) + 1) * BLOCK)
-    return Lk
+        end = tl.minimum(Lk, (tl.program_id(0) + 1) * BLOCK)
+    return tl.where(tl.program_id(0) * BLOCK < Lq, end, 0)
 
 
 @triton.jit
-def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, qlen_ptr, klen_ptr, mask_ptr, seeds_ptr, step_ptr,
+def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, kstart_ptr, qlen_ptr, klen_ptr, mask_ptr, seeds_ptr, step_ptr,
          sq_n, sq_r, sq_h, sk_n, sk_r, sk_h, sm_n, sm_h, sm_i, sm_j, lse_len, lse_total, per_run, heads, P, scale,
          site_key, threshold, drop_scale, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
          IEEE: tl.constexpr, BLOCK: tl.constexpr, DH: tl.constexpr):
@@ -93,8 +98,8 @@ def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, qlen_ptr, klen_ptr, mas
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, DH], tl.float32)
-    for j in range(0, _keys_end(Lk, CAUSAL, BLOCK), BLOCK):
-        offs_n, k, v, s = _key_block(q, j, k_ptr, v_ptr, start_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr,
+    for j in range(0, _keys_end(Lq, Lk, CAUSAL, BLOCK), BLOCK):
+        offs_n, k, v, s = _key_block(q, j, k_ptr, v_ptr, kstart_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr,
                                      sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL, IEEE, BLOCK, DH)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
@@ -112,11 +117,11 @@ def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, qlen_ptr, klen_ptr, mas
 
 
 @triton.jit
-def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, start_ptr, qlen_ptr, klen_ptr, mask_ptr,
-            seeds_ptr, step_ptr, sq_n, sq_r, sq_h, sk_n, sk_r, sk_h, sd_n, sd_r, sd_h, sm_n, sm_h, sm_i, sm_j,
-            lse_len, lse_total, per_run, heads, P, scale, site_key, threshold, drop_scale, HAS_MASK: tl.constexpr,
-            CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr, BLOCK: tl.constexpr,
-            DH: tl.constexpr):
+def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, start_ptr, kstart_ptr, qlen_ptr,
+            klen_ptr, mask_ptr, seeds_ptr, step_ptr, sq_n, sq_r, sq_h, sk_n, sk_r, sk_h, sd_n, sd_r, sd_h, sm_n, sm_h,
+            sm_i, sm_j, lse_len, lse_total, per_run, heads, P, scale, site_key, threshold, drop_scale,
+            HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+            BLOCK: tl.constexpr, DH: tl.constexpr):
     """dQ of one block of query rows; writes their delta_i = sum_d dO_id O_id for ``_bwd_dkdv``."""
     nh = tl.program_id(1)
     n, h = nh // heads, nh % heads
@@ -133,8 +138,8 @@ def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, star
     m = tl.load(lse_ptr + row, mask=offs_m < Lq, other=0.0)
     logl = tl.load(lse_ptr + lse_total + row, mask=offs_m < Lq, other=0.0)
     dq = tl.zeros([BLOCK, DH], tl.float32)
-    for j in range(0, _keys_end(Lk, CAUSAL, BLOCK), BLOCK):
-        offs_n, k, v, s = _key_block(q, j, k_ptr, v_ptr, start_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr,
+    for j in range(0, _keys_end(Lq, Lk, CAUSAL, BLOCK), BLOCK):
+        offs_n, k, v, s = _key_block(q, j, k_ptr, v_ptr, kstart_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr,
                                      sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL, IEEE, BLOCK, DH)
         p = tl.where(offs_m[:, None] < Lq, tl.exp((s - m[:, None]) - logl[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), IEEE)  # d(dropped p)
@@ -147,9 +152,9 @@ def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, star
 
 
 @triton.jit
-def _bwd_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, start_ptr, qlen_ptr, klen_ptr,
-              mask_ptr, seeds_ptr, step_ptr, sq_n, sq_r, sq_h, sk_n, sk_r, sk_h, sd_n, sd_r, sd_h, sm_n, sm_h, sm_i,
-              sm_j, lse_len, lse_total, per_run, heads, P, scale, site_key, threshold, drop_scale,
+def _bwd_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, start_ptr, kstart_ptr, qlen_ptr,
+              klen_ptr, mask_ptr, seeds_ptr, step_ptr, sq_n, sq_r, sq_h, sk_n, sk_r, sk_h, sd_n, sd_r, sd_h, sm_n,
+              sm_h, sm_i, sm_j, lse_len, lse_total, per_run, heads, P, scale, site_key, threshold, drop_scale,
               HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
               BLOCK: tl.constexpr, DH: tl.constexpr):
     """dK and dV of one block of keys, over every query row that sees them."""
@@ -157,7 +162,7 @@ def _bwd_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, s
     n, h = nh // heads, nh % heads
     Lq, Lk = tl.load(qlen_ptr + n), tl.load(klen_ptr + n)
     offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    k_rows, k_in = _rows(start_ptr, n, h, sk_n, sk_r, sk_h, offs_n, Lk, DH)
+    k_rows, k_in = _rows(kstart_ptr, n, h, sk_n, sk_r, sk_h, offs_n, Lk, DH)
     k = tl.load(k_ptr + k_rows, mask=k_in, other=0.0)
     v = tl.load(v_ptr + k_rows, mask=k_in, other=0.0)
     dk = tl.zeros([BLOCK, DH], tl.float32)
@@ -165,7 +170,8 @@ def _bwd_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, s
     lo = 0
     if CAUSAL:
         lo = tl.program_id(0) * BLOCK
-    for i in range(lo, Lq, BLOCK):
+    hi = tl.where(tl.program_id(0) * BLOCK < Lk, Lq, 0)  # a block past the sequence's keys: nothing
+    for i in range(lo, hi, BLOCK):
         offs_m = i + tl.arange(0, BLOCK)
         q_rows, q_in = _rows(start_ptr, n, h, sq_n, sq_r, sq_h, offs_m, Lq, DH)
         do_rows, _ = _rows(start_ptr, n, h, sd_n, sd_r, sd_h, offs_m, Lq, DH)

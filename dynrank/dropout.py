@@ -111,9 +111,15 @@ class DropoutStream:
         self.positions = positions  # the counter stride of a sequence's rows (>= its length)
         self.rows: dict[int, torch.Tensor] = {}
         self.seq_keys: torch.Tensor | None = None
+        self.site = 0  # the next site of a functional forward (``functional_dropout``: sites in call order)
 
     def set_step(self, step: int) -> None:
         self.step.fill_(int(step))
+
+    def next_site(self) -> int:
+        """A functional forward's next dropout site (``functional_dropout.functional`` starts each forward at 0)."""
+        self.site += 1
+        return self.site - 1
 
     def set_rows(self, seq_keys: torch.Tensor, *token_keys: torch.Tensor) -> None:
         """Row keys of this forward pass: ``seq_keys`` (N,) each sequence's index in its run's batch, run-major;

@@ -35,6 +35,7 @@ def functional(model: nn.Module, runs: int, inputs: list[torch.Tensor] | dict[st
     else:
         N = inputs[0].shape[0]
         stream.set_padded(seq_keys(N, runs, inputs[0].device), [int(x.shape[1]) for x in inputs])
+    stream.site = 0
     return _FunctionalDropout(stream)
 
 
@@ -45,18 +46,14 @@ class _FunctionalDropout(TorchFunctionMode):
 
     def __init__(self, stream: DropoutStream):
         super().__init__()
-        self.stream, self.site = stream, 0
-
-    def _next_site(self) -> int:
-        self.site += 1
-        return self.site - 1
+        self.stream = stream
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.dropout:
             x, p, training = _bind(args, kwargs, ("input", None), ("p", 0.5), ("training", True))
             if training and p > 0:
-                site = self._next_site()
+                site = self.stream.next_site()
                 if x.dim() == 4:  # attention probabilities (transformers' eager attention)
                     return self.stream.attention(x, site, p)
                 return self.stream.apply(x, site, p)
@@ -66,7 +63,7 @@ class _FunctionalDropout(TorchFunctionMode):
                                                     ("scale", None))
             if p > 0 and not kwargs.get("enable_gqa"):
                 scale = q.shape[-1] ** -0.5 if scale is None else scale
-                return keyed(q, k, v, self.stream, self._next_site(), p, mask, scale, causal)
+                return keyed(q, k, v, self.stream, self.stream.next_site(), p, mask, scale, causal)
         return func(*args, **kwargs)
 
 

@@ -5,11 +5,12 @@ A padded XSum step multiplies every source to the batch's longest (768 tokens, t
 64 documents of ~430 tokens on average) and every summary to the longest summary, and the LM head (50,265 outputs)
 runs on every padded summary slot. Packed, every linear layer (frozen and adapter), layer norm, GELU, dropout and
 residual add runs over the real rows, the runs' rows contiguous and equal in number (``packing.py``'s layout, so
-the per-run products stay batched GEMMs). Attention stays per sequence, on a padded view gathered around it:
-encoder self-attention (each source's own tokens), causal decoder self-attention (each summary's), and
-cross-attention (each summary's queries against its own source's tokens); with dropout it is the model's SDPA call
-as BART makes it, so ``functional_dropout`` drops the probabilities with the runs' keyed masks (``attention.keyed``:
-the tiled kernels on a GPU).
+the per-run products stay batched GEMMs). Attention stays per sequence: encoder self-attention (each source's own
+tokens), causal decoder self-attention (each summary's), and cross-attention (each summary's queries against its
+own source's tokens). On a GPU the tiled kernels run on the rows themselves (``tiled_attention.flash``, packed), a
+sequence's tiles only up to its length, its probabilities dropped with its run's keyed masks; elsewhere it is the
+model's SDPA call on a padded view gathered around each sequence, whose dropout ``functional_dropout`` keys the same
+way (``attention.keyed``). Either takes the dropout site the padded step's SDPA call takes.
 
 The walk is BART's forward (transformers' ``BartEncoderLayer`` / ``BartDecoderLayer``, post-norm), module by
 module and in its order of dropout calls, so every method's wrapped linears run as they do padded and every
@@ -23,7 +24,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .attention import keyed
 from .packing import SequenceView
+from .tiled_attention import flash, usable
 
 
 def walkable(model) -> bool:
@@ -36,14 +39,15 @@ def logits(model, batch: dict) -> torch.Tensor:
     """(1, decoder rows, vocab): the LM head's logits of a packed batch (``packed_batch.pack_seq2seq``), every
     decoder row, filler rows any value."""
     base = model.model
+    stream = getattr(model, "dropout_stream", None)
     src = SequenceView(batch)
     tgt = SequenceView(batch, "decoder_")
     h = _embed(base.encoder, batch["input_ids"], batch["position_ids"])
     for layer in base.encoder.layers:
-        h = _encoder_layer(layer, h, src)
+        h = _encoder_layer(layer, h, src, stream)
     y = _embed(base.decoder, batch["decoder_input_ids"], batch["decoder_position_ids"])
     for layer in base.decoder.layers:
-        y = _decoder_layer(layer, y, h, tgt, src)
+        y = _decoder_layer(layer, y, h, tgt, src, stream)
     return model.lm_head(y) + model.final_logits_bias.to(y.device)
 
 
@@ -56,18 +60,40 @@ def _embed(part, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 
 def _attention(attn, x: torch.Tensor, kv: torch.Tensor, q_view: SequenceView, kv_view: SequenceView,
-               causal: bool) -> torch.Tensor:
+               causal: bool, stream) -> torch.Tensor:
     """``BartAttention`` on rows: q from ``x``, k and v from ``kv`` (itself, or the encoder's rows), each sequence
-    against its own keys (``kv_view``'s valid slots; ``causal``: keys up to the query's position), out_proj."""
+    against its own keys (``kv_view``'s; ``causal``: keys up to the query's position), out_proj. On a GPU the tiled
+    kernels read and write the rows (``tiled_attention.flash``, packed: no padded view, no tile past a sequence's
+    end), the probabilities dropped with the run's keyed masks of the site the padded step's SDPA call takes."""
     heads = attn.num_heads
-    q = q_view.seqs(attn.q_proj(x), heads)
-    k, v = kv_view.seqs(attn.k_proj(kv), heads), kv_view.seqs(attn.v_proj(kv), heads)
+    q, k, v = attn.q_proj(x), attn.k_proj(kv), attn.v_proj(kv)
+    p = attn.dropout if attn.training else 0.0
+    ctx = None
+    if stream is not None and usable(q, q.shape[-1] // heads, None):
+        site = stream.next_site() if p > 0 else 0
+        cross = None if kv_view is q_view else (kv_view.start, kv_view.lens, kv_view.width)
+        ctx = flash(q, k, v, scale=attn.scaling, seeds=stream.seeds, step=stream.step, site=site, p=p,
+                    positions=stream.positions, causal=causal, packed=(q_view.start, q_view.lens, heads, q_view.width),
+                    kv=cross)
+        if ctx is None and p > 0:  # the kernels failed here: the same masks on the gathered views
+            ctx = q_view.rows(keyed(*_views(q, k, v, q_view, kv_view, heads), stream, site, p,
+                                    _mask(kv_view, causal), attn.scaling, causal))
+    if ctx is None:  # SDPA as BART calls it (``functional_dropout`` keys its dropout), on gathered views
+        ctx = q_view.rows(F.scaled_dot_product_attention(*_views(q, k, v, q_view, kv_view, heads),
+                                                         attn_mask=_mask(kv_view, causal), dropout_p=p,
+                                                         is_causal=causal, scale=attn.scaling))
+    return attn.out_proj(ctx)
+
+
+def _views(q, k, v, q_view: SequenceView, kv_view: SequenceView, heads: int):
+    """q, k and v rows gathered into each sequence's padded view (N, heads, width, dh)."""
+    return q_view.seqs(q, heads), kv_view.seqs(k, heads), kv_view.seqs(v, heads)
+
+
+def _mask(kv_view: SequenceView, causal: bool):
     # causal: the view's slots past a summary's end only follow its real tokens, so the causal mask alone keeps
     # each real query on its own real keys (as BART's padded decoder, which has no padding mask)
-    mask = None if causal else kv_view.valid[:, None, None, :]
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.dropout if attn.training else 0.0,
-                                         is_causal=causal, scale=attn.scaling)
-    return attn.out_proj(q_view.rows(ctx))
+    return None if causal else kv_view.valid[:, None, None, :]
 
 
 def _residual(layer, h: torch.Tensor, out: torch.Tensor, norm) -> torch.Tensor:
@@ -79,12 +105,14 @@ def _feed_forward(layer, h: torch.Tensor) -> torch.Tensor:
     return _residual(layer, h, layer.fc2(x), layer.final_layer_norm)
 
 
-def _encoder_layer(layer, h: torch.Tensor, src: SequenceView) -> torch.Tensor:
-    h = _residual(layer, h, _attention(layer.self_attn, h, h, src, src, False), layer.self_attn_layer_norm)
+def _encoder_layer(layer, h: torch.Tensor, src: SequenceView, stream) -> torch.Tensor:
+    h = _residual(layer, h, _attention(layer.self_attn, h, h, src, src, False, stream), layer.self_attn_layer_norm)
     return _feed_forward(layer, h)
 
 
-def _decoder_layer(layer, y: torch.Tensor, h: torch.Tensor, tgt: SequenceView, src: SequenceView) -> torch.Tensor:
-    y = _residual(layer, y, _attention(layer.self_attn, y, y, tgt, tgt, True), layer.self_attn_layer_norm)
-    y = _residual(layer, y, _attention(layer.encoder_attn, y, h, tgt, src, False), layer.encoder_attn_layer_norm)
+def _decoder_layer(layer, y: torch.Tensor, h: torch.Tensor, tgt: SequenceView, src: SequenceView,
+                   stream) -> torch.Tensor:
+    y = _residual(layer, y, _attention(layer.self_attn, y, y, tgt, tgt, True, stream), layer.self_attn_layer_norm)
+    y = _residual(layer, y, _attention(layer.encoder_attn, y, h, tgt, src, False, stream),
+                  layer.encoder_attn_layer_norm)
     return _feed_forward(layer, y)

@@ -1,5 +1,6 @@
 """Attention in tiles with each run's keyed attention dropout, for sequences of any length: SQuAD's 384-token
-windows (packed rows) and BART's 768-token sources and their summaries (padded views, masks and causal decoder).
+windows (packed rows) and BART's 768-token sources and their summaries (packed rows, each summary's queries
+against its own source's rows; or padded views, masks and causal decoder).
 
 ``flash`` computes what ``probabilities`` (transformers' eager attention), ``DropoutStream.attention`` and a
 product with v compute (the same masks, bit for bit), without storing an L x L tensor: on a GPU with Triton, by
@@ -18,19 +19,21 @@ NAME = "_triton_flash"
 
 def flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, seeds: torch.Tensor,
           step: torch.Tensor, site: int, p: float, positions: int, mask: torch.Tensor | None = None,
-          causal: bool = False, packed: tuple | None = None) -> torch.Tensor | None:
+          causal: bool = False, packed: tuple | None = None, kv: tuple | None = None) -> torch.Tensor | None:
     """softmax(q k^T * scale), dropped with the runs' keyed masks (``p``; site ``site``, the stream's seeds, step
     and ``positions``), times v. Padded: q (N, heads, Lq, dh), k and v (N, heads, Lk, dh), ``mask`` a bool mask
     broadcastable to (N, heads, Lq, Lk) (True: may attend), ``causal``: query i sees keys up to i. Packed: q, k, v
     (..., T, heads * dh) rows and ``packed = (start, lens, heads, width)``: sequence n's rows start[n] ..
-    start[n] + lens[n] - 1, ``width`` >= every length. Runs are the sequences' blocks of N / len(seeds)."""
+    start[n] + lens[n] - 1, ``width`` >= every length; ``kv = (kstart, klens, kwidth)``: k and v rows of their own
+    (cross-attention: sequence n's queries against keys kstart[n] .. kstart[n] + klens[n] - 1), else the queries'.
+    Runs are the sequences' blocks of N / len(seeds)."""
     dh = q.shape[-1] if packed is None else q.shape[-1] // packed[2]
     if not usable(q, dh, mask):
         return None
     try:
         if not _kernel_agrees(q.dtype, q.device, dh):
             raise RuntimeError("the kernel disagrees with the reference attention on a check batch")
-        return _Flash.apply(q, k, v, mask, seeds, step, (scale, site, p, positions, causal, packed))
+        return _Flash.apply(q, k, v, mask, seeds, step, (scale, site, p, positions, causal, packed, kv))
     except Exception as e:  # a Triton that cannot build the kernels here: the reference instead
         kernel_failed(NAME, e)
         return None
@@ -52,25 +55,26 @@ def _geometry(x: torch.Tensor, packed) -> tuple[int, int, int]:
 class _Flash(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, seeds, step, args):
-        scale, site, p, positions, causal, packed = args
+        scale, site, p, positions, causal, packed, kv = args
         q = q if q.stride(-1) == 1 else q.contiguous()
         if k.stride() != v.stride() or k.stride(-1) != 1:
             k, v = k.contiguous(), v.contiguous()
         if packed is None:
             N, heads, Lq, dh = q.shape
-            start = torch.zeros(N, dtype=torch.int64, device=q.device)
+            start = kstart = torch.zeros(N, dtype=torch.int64, device=q.device)
             qlen = torch.full((N,), Lq, dtype=torch.int64, device=q.device)
-            klen = torch.full((N,), k.shape[2], dtype=torch.int64, device=q.device)
-            width = max(Lq, k.shape[2])
+            Lk = k.shape[2]
+            klen = torch.full((N,), Lk, dtype=torch.int64, device=q.device)
         else:
-            start, lens, heads, width = packed
-            N, dh, qlen, klen = start.numel(), q.shape[-1] // heads, lens, lens
-            Lq = width
+            start, qlen, heads, Lq = packed
+            kstart, klen, Lk = kv if kv is not None else (start, qlen, Lq)
+            N, dh = start.numel(), q.shape[-1] // heads
         if mask is not None:
-            mask = mask.expand(N, heads, Lq, k.shape[2] if packed is None else width).view(torch.uint8)
+            mask = mask.expand(N, heads, Lq, Lk).view(torch.uint8)
             m_strides = mask.stride()
         else:
             mask, m_strides = q, (0, 0, 0, 0)
+        width = max(Lq, Lk)
         block = 64 if width > 64 else max(16, 1 << (width - 1).bit_length())
         o = torch.empty_like(q) if packed is None else torch.zeros_like(q)
         lse = torch.empty(2 * N * heads * Lq, dtype=torch.float32, device=q.device)  # each row's max, log-sum
@@ -79,16 +83,16 @@ class _Flash(torch.autograd.Function):
         meta = dict(HAS_MASK=mask is not q, CAUSAL=causal, DROPOUT=p > 0, IEEE=q.dtype == torch.float32,
                     BLOCK=block, DH=dh, num_warps=4)
         grid = (-(-Lq // block), N * heads)
-        triton_kernels(NAME)._fwd[grid](q, k, v, o, lse, start, qlen, klen, mask, seeds, step,
+        triton_kernels(NAME)._fwd[grid](q, k, v, o, lse, start, kstart, qlen, klen, mask, seeds, step,
                                          *_geometry(q, packed), *_geometry(k, packed), *common, **meta)
-        ctx.save_for_backward(q, k, v, o, lse, start, qlen, klen, mask, seeds, step)
+        ctx.save_for_backward(q, k, v, o, lse, start, kstart, qlen, klen, mask, seeds, step)
         ctx.packed, ctx.common, ctx.meta, ctx.grid_q = packed, common, meta, grid
-        ctx.grid_k = (-(-(k.shape[2] if packed is None else width) // block), N * heads)
+        ctx.grid_k = (-(-Lk // block), N * heads)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse, start, qlen, klen, mask, seeds, step = ctx.saved_tensors
+        q, k, v, o, lse, start, kstart, qlen, klen, mask, seeds, step = ctx.saved_tensors
         do = do if do.stride(-1) == 1 else do.contiguous()
         dq = torch.empty_like(q) if ctx.packed is None else torch.zeros_like(q)
         dk, dv = (torch.empty_like(k), torch.empty_like(v)) if ctx.packed is None else \
@@ -96,10 +100,10 @@ class _Flash(torch.autograd.Function):
         delta = torch.empty(lse.numel() // 2, dtype=torch.float32, device=q.device)
         kernels, g = triton_kernels(NAME), (*_geometry(q, ctx.packed), *_geometry(k, ctx.packed),
                                             *_geometry(do, ctx.packed))
-        kernels._bwd_dq[ctx.grid_q](q, k, v, o, do, dq, lse, delta, start, qlen, klen, mask, seeds, step, *g,
+        kernels._bwd_dq[ctx.grid_q](q, k, v, o, do, dq, lse, delta, start, kstart, qlen, klen, mask, seeds, step, *g,
                                     *ctx.common, **ctx.meta)
-        kernels._bwd_dkdv[ctx.grid_k](q, k, v, do, dk, dv, lse, delta, start, qlen, klen, mask, seeds, step, *g,
-                                      *ctx.common, **ctx.meta)
+        kernels._bwd_dkdv[ctx.grid_k](q, k, v, do, dk, dv, lse, delta, start, kstart, qlen, klen, mask, seeds, step,
+                                      *g, *ctx.common, **ctx.meta)
         return dq, dk, dv, None, None, None, None
 
 
@@ -152,7 +156,7 @@ def _kernel_agrees(dtype, device, dh: int) -> bool:
         w = torch.randn(*qs, generator=g).to(device, dtype)
         args = dict(scale=dh ** -0.5, seeds=seeds, step=step, site=2, p=0.3, positions=512, mask=m, causal=causal)
         with torch.autocast(device.type, enabled=False), torch.enable_grad():
-            out = _Flash.apply(q, k, v, m, seeds, step, (dh ** -0.5, 2, 0.3, 512, causal, None))
+            out = _Flash.apply(q, k, v, m, seeds, step, (dh ** -0.5, 2, 0.3, 512, causal, None, None))
             ref = reference(q, k, v, **args)
             got = [out, *torch.autograd.grad((out.float() * w.float()).sum(), (q, k, v))]
             want = [ref, *torch.autograd.grad((ref.float() * w.float()).sum(), (q, k, v))]

@@ -398,7 +398,7 @@ def check_bart_dropout_streams(device, atol, attention="sdpa"):
         dropout.install_functional(model, seeds, device)
         with functional_dropout.functional(model, len(seeds), [src, dec]) as mode:
             logits = model(input_ids=src, attention_mask=mask, decoder_input_ids=dec).logits
-        return logits, mode.site
+        return logits, mode.stream.site
 
     g = torch.Generator().manual_seed(1)
     src, other, dec = (torch.randint(3, 50, shape, generator=g).to(device) for shape in ((3, 7), (3, 9), (3, 4)))

@@ -97,3 +97,29 @@ from test_xsum import check_bart_dropout_streams  # noqa: E402
 check_bart_dropout_streams("cpu", atol=1e-5)
 assert "_triton_flash" not in dropout._FAILED
 print("bart ok")
+
+# BART's packed step with the tiled kernels on its rows (encoder self-, causal decoder self- and cross-attention,
+# each summary's queries against its own source's rows) = the padded step, every dropout on
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+from test_xsum import test_packed_bart_equals_padded_dropout_on  # noqa: E402
+
+kinds = set()
+_apply = tiled_attention._Flash.apply
+
+
+def _counted(*a):
+    packed, kv, causal = a[6][5], a[6][6], a[6][4]
+    if packed is not None:
+        kinds.add("cross" if kv is not None else "causal" if causal else "self")
+    return _apply(*a)
+
+
+tiled_attention._Flash.apply = _counted
+with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
+    test_packed_bart_equals_padded_dropout_on("dora", __import__("pathlib").Path(d), mp)
+tiled_attention._Flash.apply = _apply
+assert kinds == {"self", "causal", "cross"}, kinds
+assert "_triton_flash" not in dropout._FAILED
+print("packed bart ok")
