@@ -251,7 +251,11 @@ def _kernel_agrees(dtype, device) -> bool:
 
 def kernel_failed(name: str, e: Exception) -> None:
     """A Triton kernel that fails here (at its first, eager call: compile errors) is not used again in this process;
-    the torch implementation computes the same masks (one warning)."""
+    the torch implementation computes the same masks (one warning). Out of memory is not the kernel's failure: it is
+    raised again (the caller's handling of it: a bench row, the beam search's halved batch), and the kernel stays
+    in use (the torch fallback would need more memory, and be several times slower for the rest of the process)."""
+    if isinstance(e, torch.OutOfMemoryError):
+        raise e
     import logging
 
     logging.getLogger("dynrank").warning("the Triton kernels of %s failed (%s: %s); using torch's ops instead", name,

@@ -81,7 +81,9 @@ class GraphedStep:
         self.graphs: dict = {}
         self.warmup = warmup  # eager steps of a key before its capture (a compiled model compiles in them)
         self.warm: dict = {}
-        self.setup_s = 0.0  # host seconds in the eager warm-up steps and the captures (a job's fixed cost: estimate)
+        # seconds in the eager warm-up steps and the captures (a job's fixed cost: estimate), the device drained
+        # before and after each (``_setup_clock``): not the queued replays a first call's sync would wait for
+        self.setup_s = 0.0
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream()  # warm-up steps
         # Capture on a stream of our own, not torch's shared default capture stream: cuBLAS keys its
@@ -94,6 +96,12 @@ class GraphedStep:
         precision = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False)
         return _update(self.model, self.method, self.losses, self.optimizer, batch, step, self.clip, precision)
 
+    def _setup_clock(self) -> float:
+        """The host clock with the device drained: a new key's warm-up step or capture is timed alone (once per key;
+        a job has tens of keys)."""
+        torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def __call__(self, batch, step: int):
         from .methods.base import EAGER
 
@@ -101,7 +109,7 @@ class GraphedStep:
         mkey = self.method.graph_key(step)
         key = (tuple((k, tuple(v.shape)) for k, v in sorted(batch.items())), mkey)
         if mkey == EAGER or key not in self.graphs and self.warm.get(key, 0) < self.warmup:
-            t0 = time.perf_counter()
+            t0 = self._setup_clock() if mkey != EAGER else 0.0
             if mkey != EAGER:
                 self.warm[key] = self.warm.get(key, 0) + 1
             self.stream.wait_stream(torch.cuda.current_stream())
@@ -109,10 +117,10 @@ class GraphedStep:
                 out = self._body(batch, step)
             torch.cuda.current_stream().wait_stream(self.stream)
             if mkey != EAGER:
-                self.setup_s += time.perf_counter() - t0
+                self.setup_s += self._setup_clock() - t0
             return out
         if key not in self.graphs:
-            t0 = time.perf_counter()
+            t0 = self._setup_clock()
             # torch.cuda.graph() would also synchronize the device, run gc and empty the cache on
             # every capture; ordering the capture stream after ours is all a capture needs
             static = {k: v.clone() for k, v in batch.items()}
@@ -127,7 +135,7 @@ class GraphedStep:
                     graph.capture_end()
             current.wait_stream(self.capture_stream)
             self.graphs[key] = (graph, static, outs)
-            self.setup_s += time.perf_counter() - t0
+            self.setup_s += self._setup_clock() - t0
         graph, static, outs = self.graphs[key]
         for k, v in batch.items():
             static[k].copy_(v, non_blocking=True)

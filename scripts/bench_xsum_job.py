@@ -123,12 +123,6 @@ def main(argv=None):
     measured_eval = per_stack(lambda r: sum(h.get("eval_time_s", 0.0) for h in r["epochs"]))
     setup = per_stack(lambda r: float((r.get("training") or {}).get("graph_setup_s") or 0.0))
 
-    dev = est.measured_device(Path(args.seq2seq) if args.seq2seq else None)
-    # projected as it ran: its stacks as large as the GPU's free memory made them (the estimate would size them for
-    # its own projected GPU)
-    e = est.estimate([*job, f"train.max_stack={int(training.get('stacked_runs') or 1)}"], dev)
-    projected_steps = sum(r["train_s"] for r in e.rows)
-    projected_eval = sum(r["eval_s"] for r in e.rows)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     report = {
         "device": device, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -137,13 +131,13 @@ def main(argv=None):
         "data": f"synthetic XSum-shaped ({args.train_docs} train / {args.eval_docs} validation documents, lengths "
                 f"from dynrank.bench.xsum_lengths)",
         "runs": len(runs), "stacked_runs": training.get("stacked_runs", 1), "training": training,
-        "wall_s": wall, "measured_train_s": measured_train, "measured_eval_s": measured_eval,
-        "projected_steps_s": projected_steps, "measured_graph_setup_s": setup,
-        "projected_train_s": projected_steps + setup, "train_ratio": (projected_steps + setup) / measured_train,
-        "projected_eval_s": projected_eval, "eval_ratio": projected_eval / measured_eval if measured_eval else None,
-        "estimate_sources": dev.sources, "estimate_notes": sorted(e.notes),
+        "steps": runs[0]["epochs"][-1]["step"], "wall_s": wall, "measured_train_s": measured_train,
+        "measured_eval_s": measured_eval, "measured_graph_setup_s": setup,
         "rougeL": [r["best"]["dev"].get("rougeL") for r in runs],  # random weights: near 0
     }
+    # projected as it ran: its stacks as large as the GPU's free memory made them (the estimate would size them for
+    # its own projected GPU)
+    report.update(est.project_xsum_job(report, est.measured_device(Path(args.seq2seq) if args.seq2seq else None)))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
     out = Path(args.out) / f"xsum-job-{device.replace(' ', '_')}-{stamp}.json"
     write_json(out, report)

@@ -300,6 +300,7 @@ class Device:
     seq2seq: Seq2seq | None = None  # Table 3 and 4's workloads measured (scripts/bench_seq2seq.py), when there are
     packed: dict = field(default_factory=dict)  # (method, runs, family) -> step cost of packed steps, if measured
     check_ratio: float = 1.0  # projected / measured training time of the checked stacked run
+    xsum_check: str = ""      # the projection against the newest measured XSum job (scripts/bench_xsum_job.py)
 
 
     def ckpt_s(self, method: str) -> float:
@@ -330,7 +331,37 @@ def measured_device(seq2seq: Path | None = None) -> Device:
         dev.seq2seq = load_seq2seq(*paths)
         dev.sources += dev.seq2seq.name.split(" + ")
     check_against(dev, s, stacked.name)
+    if dev.seq2seq is not None and (jobs := [p for p in BENCH.glob("xsum-job-*.json") if "cpu" not in p.name]):
+        path = max(jobs, key=lambda p: json.loads(p.read_text()).get("date", ""))
+        dev.xsum_check = xsum_check(json.loads(path.read_text()), path.name, dev)
     return dev
+
+
+def project_xsum_job(report: dict, dev: Device) -> dict:
+    """A measured XSum job (``scripts/bench_xsum_job.py``'s report) projected with ``dev``: as it ran, its stacks as
+    large as its GPU made them; its graphs' warm-up steps and captures (measured) added to the projected steps, as
+    the GLUE check does."""
+    k = int(report.get("stacked_runs") or 1)
+    e = estimate([*report["job"], f"train.max_stack={k}"], dev)
+    steps, evals = sum(r["train_s"] for r in e.rows), sum(r["eval_s"] for r in e.rows)
+    setup = float(report.get("measured_graph_setup_s") or 0.0)
+    out = {"projected_steps_s": steps, "projected_train_s": steps + setup, "projected_eval_s": evals,
+           "projected_steps": sum(r["steps"] for r in e.rows), "estimate_sources": dev.sources,
+           "estimate_notes": sorted(e.notes)}
+    out["train_ratio"] = out["projected_train_s"] / report["measured_train_s"]
+    out["eval_ratio"] = evals / report["measured_eval_s"] if report.get("measured_eval_s") else None
+    return out
+
+
+def xsum_check(report: dict, name: str, dev: Device) -> str:
+    p = project_xsum_job(report, dev)
+    return (f"XSum check against {name} ({report['model']}, {report['data']}, {report['runs']} {report['job'][2]} "
+            f"runs, {report['stacked_runs']} stacked, on {report['device']}): training projected "
+            f"{p['projected_steps_s']:.1f} s of steps + {report.get('measured_graph_setup_s') or 0:.1f} s measured "
+            f"in its graphs' warm-up steps and captures = {p['projected_train_s']:.1f} s, measured "
+            f"{report['measured_train_s']:.1f} s (projected / measured {p['train_ratio']:.2f}); beam-search "
+            f"evaluation projected {p['projected_eval_s']:.1f} s, measured {report['measured_eval_s']:.1f} s "
+            f"({p['eval_ratio']:.2f})")
 
 
 def check_against(dev: Device, s: dict, name: str) -> None:
@@ -792,6 +823,7 @@ def assumptions(dev: Device, notes: list[str]) -> list[str]:
            "of them), through the bench's two graph-bf16 settings for 1 and 5 runs, linear in k between them: "
            + "; ".join(f"{m} x{k} a={r.a_ms:.2f} ms, b={r.b_us:.2f} us/token" for (m, k), r in rates) + ".",
            f"- {dev.check}.",
+           *([f"- {dev.xsum_check}."] if dev.xsum_check else []),
            f"- Per job, start-up and graph captures: {dev.fixed_s:.0f} s (the stacked seeds run's wall time less its "
            f"modelled training epochs, evaluations and checkpoints).",
            f"- Evaluation after every epoch: dev set in length-sorted batches of train.eval_batch_size per run, every "

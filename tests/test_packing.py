@@ -242,3 +242,17 @@ def test_keyed_masks_in_numpy_and_in_torch_ops_agree():
     K = dropout.stream_keys(seeds, step, 7).repeat_interleave(300)
     assert torch.equal(dropout.keep_mask(600, 1000, keys, 1000, seeds, step, 7, 0.1),
                        dropout._keep_mask_torch(1000, keys, 1000, K, 0.1))
+
+
+def test_out_of_memory_in_a_kernel_is_raised_and_the_kernel_kept():
+    """Out of memory inside a Triton kernel's call is memory, not the kernel: raised again, the kernel kept in use
+    (a profile on 2026-12-07 ran every row after one out-of-memory row on the torch fallback, its steps 5x slower); a
+    kernel that fails otherwise (a compile error) is not used again."""
+    with pytest.raises(torch.OutOfMemoryError):
+        dropout.kernel_failed("_triton_dropout", torch.OutOfMemoryError("CUDA out of memory"))
+    assert "_triton_dropout" not in dropout._FAILED
+    try:
+        dropout.kernel_failed("_no_such_kernel", RuntimeError("PTX assembly failed"))
+        assert "_no_such_kernel" in dropout._FAILED
+    finally:
+        dropout._FAILED.discard("_no_such_kernel")

@@ -13,7 +13,7 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-INDEX = {"start_ptr", "len_ptr", "qlen_ptr", "klen_ptr", "seeds_ptr", "step_ptr", "keys_ptr"}
+INDEX = {"start_ptr", "kstart_ptr", "len_ptr", "qlen_ptr", "klen_ptr", "seeds_ptr", "step_ptr", "keys_ptr"}
 FLOAT32 = {"lse_ptr", "delta_ptr"}
 
 
