@@ -465,9 +465,12 @@ def seq2seq_benches() -> list[Path]:
 
 def load_seq2seq(*paths: Path) -> Seq2seq:
     """The dynrank rows of ``scripts/bench_seq2seq.py`` JSONs in the default mode (graph-bf16) and their fast beam
-    rows, each (task, method, runs stacked, layout) and each beam stack from the first of ``paths`` (newest first)
-    that measured it (a bench of one part, e.g. ``--parts xsum``, leaves the others to older ones); rows marked
-    ``"steady": false`` (their timed steps were captures: a schedule phase began among them) are left out."""
+    rows, each (task, method, layout), with all its stacks, and each beam stack from the first of ``paths`` (newest
+    first) that measured it (a bench of one part, e.g. ``--parts xsum``, leaves the others to older ones). An older
+    bench's other stacks of a (task, method, layout) the newer one measured are not mixed in: the code under them
+    may have changed (2026-12-07: packed XSum attention on the rows halved the packed rows' cost, and the older
+    LoRA x5 row would have stayed 1.6x too high). Rows marked ``"steady": false`` (their timed steps were captures:
+    a schedule phase began among them) are left out."""
     costs: dict[str, dict] = {"padded": {}, "packed": {}}
     docs_per_s: dict[int, float] = {}
     gen, lengths, used = [], {}, []
@@ -476,14 +479,16 @@ def load_seq2seq(*paths: Path) -> Seq2seq:
             doc = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot read the seq2seq bench {path}: {e}") from None
+        train = [r for r in doc["rows"] if r["kind"] == "train" and r["impl"] == "dynrank"
+                 and r.get("mode") == "graph-bf16"]
+        taken = {(r["task"], r["method"], r.get("layout", "padded")) for r in train if "error" not in r}
+        mine = {key for key in taken if not any(k[:2] == key[:2] for k in costs[key[2]])}  # no newer bench has it
         rows = [r for r in doc["rows"] if "error" not in r and r.get("steady") is not False]
         new = 0
         for r in rows:
-            if r["kind"] == "train" and r["impl"] == "dynrank" and r["mode"] == "graph-bf16":
+            if r in train and (r["task"], r["method"], r.get("layout", "padded")) in mine:
                 layout = costs[r.get("layout", "padded")]  # rows before --layouts (2026-12-07 14:30): padded
-                key = (r["task"], r["method"], int(r["runs"]))
-                if key not in layout:
-                    layout[key], new = float(r["us_per_padded_token"]), new + 1
+                layout[(r["task"], r["method"], int(r["runs"]))], new = float(r["us_per_padded_token"]), new + 1
             elif r["kind"] == "beam" and r["impl"] == "fast" and int(r["runs"]) not in docs_per_s:
                 docs_per_s[int(r["runs"])], new = float(r["docs_per_s"]), new + 1
                 gen.append(r["gen_len"])

@@ -363,8 +363,9 @@ def test_seq2seq_benches_skip_quick_and_cpu_runs(tmp_path, monkeypatch):
 
 
 def test_seq2seq_benches_merge_newest_first(tmp_path, monkeypatch):
-    """A newer bench of one part (XSum training only, packed and padded) takes its rows over; what it did not
-    measure (SQuAD, beam search, other stacks) comes from the older one; both are named as sources."""
+    """A newer bench of one part (XSum training only, packed and padded) takes its rows over, each measured (task,
+    method, layout) whole: the older bench's other stacks of it are dropped (older code); what it did not measure
+    (SQuAD, beam search) comes from the older one; both are named as sources."""
     monkeypatch.setattr(est, "BENCH", tmp_path)
     _seq2seq_json(tmp_path / "seq2seq-old.json", date="2026-12-07T01:00:00+00:00")
     new = {"device": "NVIDIA H200", "date": "2026-12-07T09:00:00+00:00", "quick": False, "rows": [
@@ -373,8 +374,7 @@ def test_seq2seq_benches_merge_newest_first(tmp_path, monkeypatch):
     (tmp_path / "seq2seq-new.json").write_text(json.dumps(new))
     assert [p.name for p in est.seq2seq_benches()] == ["seq2seq-new.json", "seq2seq-old.json"]
     m = est.load_seq2seq(*est.seq2seq_benches())
-    assert m.us_per_token == {("xsum", "lora", 1): 0.45, ("xsum", "lora", 5): 0.3, ("squad_v1", "lora", 1): 0.2,
-                              ("squad_v1", "lora", 5): 0.12}
+    assert m.us_per_token == {("xsum", "lora", 1): 0.45, ("squad_v1", "lora", 1): 0.2, ("squad_v1", "lora", 5): 0.12}
     assert m.packed_us_per_row == {("xsum", "lora", 1): 0.6} and m.docs_per_s == {1: 200.0, 5: 60.0}
     assert m.name == "seq2seq-new.json + seq2seq-old.json"
     with pytest.raises(est.ConfigError, match="no fast beam-search rows"):
