@@ -17,7 +17,7 @@ from ._triton_dropout import mix, stream_key
 
 @triton.jit
 def _keep(seeds_ptr, step_ptr, n, per_run, site_key, h, heads, offs_m, offs_n, P, threshold):
-    """The keep mask (BLOCK, BLOCK) of rows ``offs_m`` and columns ``offs_n`` of sequence n's head h: row key
+    """The keep mask (BLOCK_M, BLOCK_N) of rows ``offs_m`` and columns ``offs_n`` of sequence n's head h: row key
     ((n's index in its run's batch) * heads + h) * P + i, counter row key * P + j."""
     k = stream_key(tl.load(seeds_ptr + n // per_run), step_ptr, site_key)
     row = (((n % per_run) * heads + h) * P + offs_m).to(tl.int64)
@@ -62,10 +62,10 @@ def _rows(start_ptr, n, h, s_n, s_r, s_h, offs, L, DH: tl.constexpr):
 
 @triton.jit
 def _key_block(q, j, k_ptr, v_ptr, kstart_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr, sm_n, sm_h, sm_i,
-               sm_j, scale, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK: tl.constexpr,
+               sm_j, scale, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
                DH: tl.constexpr):
     """The key block from row j of sequence n's head h: its columns, k and v tiles, and the scores of ``q``."""
-    offs_n = j + tl.arange(0, BLOCK)
+    offs_n = j + tl.arange(0, BLOCK_N)
     k_rows, k_in = _rows(kstart_ptr, n, h, sk_n, sk_r, sk_h, offs_n, Lk, DH)
     k = tl.load(k_ptr + k_rows, mask=k_in, other=0.0)
     v = tl.load(v_ptr + k_rows, mask=k_in, other=0.0)
@@ -74,33 +74,33 @@ def _key_block(q, j, k_ptr, v_ptr, kstart_ptr, n, h, sk_n, sk_r, sk_h, offs_m, L
 
 
 @triton.jit
-def _keys_end(Lq, Lk, CAUSAL: tl.constexpr, BLOCK: tl.constexpr):
+def _keys_end(Lq, Lk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
     """Past the last key a block of query rows (program 0's axis) sees: the sequence's end, or its own end if causal;
     0 for a block past the sequence's queries (packed rows: the grid spans the longest sequence), which then loops
     over nothing and stores nothing."""
     end = Lk
     if CAUSAL:
-        end = tl.minimum(Lk, (tl.program_id(0) + 1) * BLOCK)
-    return tl.where(tl.program_id(0) * BLOCK < Lq, end, 0)
+        end = tl.minimum(Lk, (tl.program_id(0) + 1) * BLOCK_M)
+    return tl.where(tl.program_id(0) * BLOCK_M < Lq, end, 0)
 
 
 @triton.jit
 def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, kstart_ptr, qlen_ptr, klen_ptr, mask_ptr, seeds_ptr, step_ptr,
          sq_n, sq_r, sq_h, sk_n, sk_r, sk_h, sm_n, sm_h, sm_i, sm_j, lse_len, lse_total, per_run, heads, P, scale,
          site_key, threshold, drop_scale, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
-         IEEE: tl.constexpr, BLOCK: tl.constexpr, DH: tl.constexpr):
+         IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DH: tl.constexpr):
     nh = tl.program_id(1)
     n, h = nh // heads, nh % heads
     Lq, Lk = tl.load(qlen_ptr + n), tl.load(klen_ptr + n)
-    offs_m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     q_rows, q_in = _rows(start_ptr, n, h, sq_n, sq_r, sq_h, offs_m, Lq, DH)
     q = tl.load(q_ptr + q_rows, mask=q_in, other=0.0)
-    m_i = tl.full([BLOCK], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK], tl.float32)
-    acc = tl.zeros([BLOCK, DH], tl.float32)
-    for j in range(0, _keys_end(Lq, Lk, CAUSAL, BLOCK), BLOCK):
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DH], tl.float32)
+    for j in range(0, _keys_end(Lq, Lk, CAUSAL, BLOCK_M), BLOCK_N):
         offs_n, k, v, s = _key_block(q, j, k_ptr, v_ptr, kstart_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr,
-                                     sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL, IEEE, BLOCK, DH)
+                                     sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL, IEEE, BLOCK_N, DH)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
@@ -110,6 +110,7 @@ def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, kstart_ptr, qlen_ptr, k
             p = tl.where(keep, p * drop_scale, 0.0)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
+    l_i = tl.where(l_i > 0, l_i, 1.0)  # 0 only in a block past the sequence (nothing stored): no 0 / 0
     row = nh.to(tl.int64) * lse_len + offs_m  # the row's max and log-sum apart: a row masked everywhere has max
     tl.store(lse_ptr + row, m_i, mask=offs_m < Lq)  # -1e30, and -1e30 + log(sum) would round back to -1e30
     tl.store(lse_ptr + lse_total + row, tl.log(l_i), mask=offs_m < Lq)
@@ -121,12 +122,12 @@ def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, star
             klen_ptr, mask_ptr, seeds_ptr, step_ptr, sq_n, sq_r, sq_h, sk_n, sk_r, sk_h, sd_n, sd_r, sd_h, sm_n, sm_h,
             sm_i, sm_j, lse_len, lse_total, per_run, heads, P, scale, site_key, threshold, drop_scale,
             HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
-            BLOCK: tl.constexpr, DH: tl.constexpr):
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DH: tl.constexpr):
     """dQ of one block of query rows; writes their delta_i = sum_d dO_id O_id for ``_bwd_dkdv``."""
     nh = tl.program_id(1)
     n, h = nh // heads, nh % heads
     Lq, Lk = tl.load(qlen_ptr + n), tl.load(klen_ptr + n)
-    offs_m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     q_rows, q_in = _rows(start_ptr, n, h, sq_n, sq_r, sq_h, offs_m, Lq, DH)
     do_rows, _ = _rows(start_ptr, n, h, sd_n, sd_r, sd_h, offs_m, Lq, DH)
     q = tl.load(q_ptr + q_rows, mask=q_in, other=0.0)
@@ -137,10 +138,10 @@ def _bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, star
     tl.store(delta_ptr + row, delta, mask=offs_m < Lq)
     m = tl.load(lse_ptr + row, mask=offs_m < Lq, other=0.0)
     logl = tl.load(lse_ptr + lse_total + row, mask=offs_m < Lq, other=0.0)
-    dq = tl.zeros([BLOCK, DH], tl.float32)
-    for j in range(0, _keys_end(Lq, Lk, CAUSAL, BLOCK), BLOCK):
+    dq = tl.zeros([BLOCK_M, DH], tl.float32)
+    for j in range(0, _keys_end(Lq, Lk, CAUSAL, BLOCK_M), BLOCK_N):
         offs_n, k, v, s = _key_block(q, j, k_ptr, v_ptr, kstart_ptr, n, h, sk_n, sk_r, sk_h, offs_m, Lq, Lk, mask_ptr,
-                                     sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL, IEEE, BLOCK, DH)
+                                     sm_n, sm_h, sm_i, sm_j, scale, HAS_MASK, CAUSAL, IEEE, BLOCK_N, DH)
         p = tl.where(offs_m[:, None] < Lq, tl.exp((s - m[:, None]) - logl[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), IEEE)  # d(dropped p)
         if DROPOUT:
@@ -156,23 +157,23 @@ def _bwd_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, s
               klen_ptr, mask_ptr, seeds_ptr, step_ptr, sq_n, sq_r, sq_h, sk_n, sk_r, sk_h, sd_n, sd_r, sd_h, sm_n,
               sm_h, sm_i, sm_j, lse_len, lse_total, per_run, heads, P, scale, site_key, threshold, drop_scale,
               HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
-              BLOCK: tl.constexpr, DH: tl.constexpr):
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DH: tl.constexpr):
     """dK and dV of one block of keys, over every query row that sees them."""
     nh = tl.program_id(1)
     n, h = nh // heads, nh % heads
     Lq, Lk = tl.load(qlen_ptr + n), tl.load(klen_ptr + n)
-    offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_rows, k_in = _rows(kstart_ptr, n, h, sk_n, sk_r, sk_h, offs_n, Lk, DH)
     k = tl.load(k_ptr + k_rows, mask=k_in, other=0.0)
     v = tl.load(v_ptr + k_rows, mask=k_in, other=0.0)
-    dk = tl.zeros([BLOCK, DH], tl.float32)
-    dv = tl.zeros([BLOCK, DH], tl.float32)
+    dk = tl.zeros([BLOCK_N, DH], tl.float32)
+    dv = tl.zeros([BLOCK_N, DH], tl.float32)
     lo = 0
     if CAUSAL:
-        lo = tl.program_id(0) * BLOCK
-    hi = tl.where(tl.program_id(0) * BLOCK < Lk, Lq, 0)  # a block past the sequence's keys: nothing
-    for i in range(lo, hi, BLOCK):
-        offs_m = i + tl.arange(0, BLOCK)
+        lo = (tl.program_id(0) * BLOCK_N // BLOCK_M) * BLOCK_M  # the first query block that sees these keys
+    hi = tl.where(tl.program_id(0) * BLOCK_N < Lk, Lq, 0)  # a block past the sequence's keys: nothing
+    for i in range(lo, hi, BLOCK_M):
+        offs_m = i + tl.arange(0, BLOCK_M)
         q_rows, q_in = _rows(start_ptr, n, h, sq_n, sq_r, sq_h, offs_m, Lq, DH)
         do_rows, _ = _rows(start_ptr, n, h, sd_n, sd_r, sd_h, offs_m, Lq, DH)
         q = tl.load(q_ptr + q_rows, mask=q_in, other=0.0)

@@ -15,6 +15,11 @@ import torch
 from .dropout import _GOLDEN, M32, _FAILED, _threshold, interpreting, kernel_failed, triton_kernels
 
 NAME = "_triton_flash"
+# The kernels' tiles (query rows x keys, each at most a sequence's length rounded up to a power of two >= 16) and
+# warps: FlashAttention-2's loop at 64 x 64 with 4 warps. ``scripts/bench_attention.py`` times other tilings at
+# XSum's and SQuAD's shapes on a GPU (each checked against ``reference`` first); change them here only for one that
+# measured faster there.
+TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": None}
 
 
 def flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, seeds: torch.Tensor,
@@ -74,20 +79,20 @@ class _Flash(torch.autograd.Function):
             m_strides = mask.stride()
         else:
             mask, m_strides = q, (0, 0, 0, 0)
-        width = max(Lq, Lk)
-        block = 64 if width > 64 else max(16, 1 << (width - 1).bit_length())
+        bm, bn = (min(TILES[b], max(16, 1 << (L - 1).bit_length())) for b, L in (("BLOCK_M", Lq), ("BLOCK_N", Lk)))
         o = torch.empty_like(q) if packed is None else torch.zeros_like(q)
         lse = torch.empty(2 * N * heads * Lq, dtype=torch.float32, device=q.device)  # each row's max, log-sum
         common = (*m_strides, Lq, N * heads * Lq, N // seeds.numel(), heads, positions, scale, (site * _GOLDEN) & M32,
                   _threshold(p), 1.0 / (1.0 - p))
         meta = dict(HAS_MASK=mask is not q, CAUSAL=causal, DROPOUT=p > 0, IEEE=q.dtype == torch.float32,
-                    BLOCK=block, DH=dh, num_warps=4)
-        grid = (-(-Lq // block), N * heads)
+                    BLOCK_M=bm, BLOCK_N=bn, DH=dh, num_warps=TILES["num_warps"],
+                    **({"num_stages": TILES["num_stages"]} if TILES["num_stages"] else {}))
+        grid = (-(-Lq // bm), N * heads)
         triton_kernels(NAME)._fwd[grid](q, k, v, o, lse, start, kstart, qlen, klen, mask, seeds, step,
                                          *_geometry(q, packed), *_geometry(k, packed), *common, **meta)
         ctx.save_for_backward(q, k, v, o, lse, start, kstart, qlen, klen, mask, seeds, step)
         ctx.packed, ctx.common, ctx.meta, ctx.grid_q = packed, common, meta, grid
-        ctx.grid_k = (-(-Lk // block), N * heads)
+        ctx.grid_k = (-(-Lk // bn), N * heads)
         return o
 
     @staticmethod

@@ -73,6 +73,18 @@ def cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300,
                           timeout=timeout)
 
 
+def interpreted(script: Path, *args: str) -> subprocess.CompletedProcess:
+    """``script`` run with Triton's interpreter (TRITON_INTERPRET=1: the GPU kernels on this CPU); the calling test
+    is skipped without Triton (CPU builds of torch do not install it) or with a numpy the interpreter cannot use."""
+    pytest.importorskip("triton")
+    import numpy as np
+
+    if tuple(int(x) for x in np.__version__.split(".")[:2]) >= (2, 3):  # int() of a 1-element array: an error
+        pytest.skip("Triton's interpreter needs numpy < 2.3 (it converts 1-element arrays to scalars)")
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)})
+
+
 def result_file(cell_dir: Path, seed: int = 1) -> Path:
     """The one results file of ``seed`` under a cell ``<store>/<model>/<task>/<method>-<budget>[-<variant>]``
     (run ids continue with ``lr<lr>-<config hash>/seed<k>``)."""

@@ -7,11 +7,10 @@
 - the encoder walk against transformers' own forward (evaluation mode).
 On a GPU, tests/test_gpu.py checks the Triton kernel against the reference bit for bit and graphed packed steps.
 """
-import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, compose, tiny_overrides
+from conftest import ROOT, compose, interpreted, tiny_overrides
 from dynrank import dropout, inputs, methods
 from dynrank.packed_batch import bucket, pack, view_width
 from dynrank.step import prepare_model
@@ -202,17 +201,10 @@ def test_packed_attention_kernel_in_triton_interpreter():
     """The GPU attention kernels (Triton, run by its interpreter on a CPU) equal their references, forward and
     backward, with the keyed attention dropout and without: the one-tile kernel and the tiled ones on packed rows
     (``attention.attend`` on the padded view; filler rows get no gradient), the tiled ones on padded views with a
-    padding mask and causal (``tiled_attention.reference``), BART's stacked = solo dropout through them, and BART's
-    packed step (the kernels on its rows, cross-attention included) = its padded step."""
-    import subprocess
-    import sys
-
-    pytest.importorskip("triton")
-    if tuple(int(x) for x in np.__version__.split(".")[:2]) >= (2, 3):  # int() of a 1-element array: an error
-        pytest.skip("Triton's interpreter needs numpy < 2.3 (it converts 1-element arrays to scalars)")
-    code = ROOT / "tests" / "triton_attention_check.py"
-    out = subprocess.run([sys.executable, str(code)], capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)})
+    padding mask and causal (``tiled_attention.reference``; tiles of 64 x 64, 16 x 32 and 32 x 16), BART's
+    stacked = solo dropout through them, and BART's packed step (the kernels on its rows, cross-attention included)
+    = its padded step."""
+    out = interpreted(ROOT / "tests" / "triton_attention_check.py")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "packed bart ok" in out.stdout
 

@@ -31,21 +31,25 @@ def _signature(fn, constexprs: dict, dtype: str) -> dict:
     return types
 
 
-def _kernels():
+def _kernels(dtype: str):
+    """The kernels at the sizes they launch with; bf16 also at the taller and wider tiles scripts/bench_attention.py
+    times (fp32 at 128-row tiles keeps ptxas busy for many minutes, and no fp32 run uses them)."""
     from dynrank import _triton_attention, _triton_dropout, _triton_flash
 
-    tiled = dict(HAS_MASK=True, CAUSAL=True, DROPOUT=True, BLOCK=64, DH=64)
+    tiled = dict(HAS_MASK=True, CAUSAL=True, DROPOUT=True, BLOCK_M=64, BLOCK_N=64, DH=64)
     return [(_triton_dropout.kernel, dict(BLOCK_R=4, BLOCK_C=1024)),
             (_triton_attention._fwd, dict(DROPOUT=True, BLOCK=128, DH=64)),
             (_triton_attention._bwd, dict(DROPOUT=True, BLOCK=128, DH=64)),
-            (_triton_flash._fwd, tiled), (_triton_flash._bwd_dq, tiled), (_triton_flash._bwd_dkdv, tiled)]
+            (_triton_flash._fwd, tiled), (_triton_flash._bwd_dq, tiled), (_triton_flash._bwd_dkdv, tiled)] + (
+        [(_triton_flash._fwd, {**tiled, "BLOCK_M": 128}), (_triton_flash._bwd_dkdv, {**tiled, "BLOCK_N": 128})]
+        if dtype == "bf16" else [])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_every_triton_kernel_compiles_for_a_gpu(dtype):
     target = GPUTarget("cuda", 90, 32)
-    for fn, constexprs in _kernels():
+    for fn, constexprs in _kernels(dtype):
         params = list(inspect.signature(fn.fn).parameters)
         constexprs = {**constexprs, **({"IEEE": dtype == "fp32"} if "IEEE" in params else {})}
         src = ASTSource(fn=fn, signature=_signature(fn, constexprs, dtype),

@@ -50,41 +50,55 @@ print("self-checks ok")
 from dynrank import tiled_attention  # noqa: E402
 
 seeds, step = torch.tensor([1, 7]), torch.tensor(3)
-for causal in (False, True):
-    Lk = 66 if causal else 70
-    q = torch.randn(4, 2, 66, 16, requires_grad=True)
-    k, v = (torch.randn(4, 2, Lk, 16, requires_grad=True) for _ in range(2))
-    mask = None
-    if not causal:
-        mask = torch.ones(4, 1, 1, Lk, dtype=torch.bool)
-        mask[1, ..., 50:] = False
-        mask[2] = False
-    for p in (0.0, 0.3):
-        a = dict(scale=0.25, seeds=seeds, step=step, site=2, p=p, positions=1024, mask=mask, causal=causal)
-        out, ref = tiled_attention.flash(q, k, v, **a), tiled_attention.reference(q, k, v, **a)
-        assert out is not None and torch.allclose(out, ref, atol=1e-5), (causal, p)
-        g = torch.randn_like(out)
-        for x, y in zip(torch.autograd.grad((out * g).sum(), (q, k, v)), torch.autograd.grad((ref * g).sum(), (q, k, v))):
-            assert torch.allclose(x, y, atol=1e-5), (causal, p)
 
-# packed rows longer than one tile (SQuAD's windows): the tiled kernels on the rows = attend on the padded view
-rows = [[0] + [5] * n + [2] for n in (3, 150, 1, 133)]
-b = pack(rows, 2, pad_id=1, position_offset=2, multiple=8)
-T, N, width = b["input_ids"].numel(), 4, b["valid"].shape[1]
-assert width > 128
-stream.set_rows(torch.arange(N) % 2, b["token_keys"])
-real = b["input_ids"] != 1
-for p in (0.0, 0.3):
-    q, k, v = (torch.randn(1, T, H, requires_grad=True) for _ in range(3))
-    out = attention.packed_attention(module, q, k, v, b["seq_start"], b["seq_len"], width, p, dh ** -0.5)[0]
-    ref = attention.attend(module, seqs(q[0]), seqs(k[0]), seqs(v[0]), b["valid"][:, None, None, :], p, dh ** -0.5)
-    ref = ref.transpose(1, 2).reshape(N * width, H).index_select(0, b["scatter"])
-    assert torch.allclose(out[real], ref[real], atol=1e-5), p
-    g = torch.randn(T, H)
-    for a, w in zip(torch.autograd.grad((out * g)[real].sum(), (q, k, v)),
-                    torch.autograd.grad((ref * g)[real].sum(), (q, k, v))):
-        assert torch.allclose(a[0][real], w[0][real], atol=1e-5), p
-        assert not a[0][~real].any()
+
+def tiled_checks():
+    global b, T, N, width  # the packed rows below: ``seqs`` gathers from them
+    for causal in (False, True):
+        Lk = 66 if causal else 70
+        q = torch.randn(4, 2, 66, 16, requires_grad=True)
+        k, v = (torch.randn(4, 2, Lk, 16, requires_grad=True) for _ in range(2))
+        mask = None
+        if not causal:
+            mask = torch.ones(4, 1, 1, Lk, dtype=torch.bool)
+            mask[1, ..., 50:] = False
+            mask[2] = False
+        for p in (0.0, 0.3):
+            a = dict(scale=0.25, seeds=seeds, step=step, site=2, p=p, positions=1024, mask=mask, causal=causal)
+            out, ref = tiled_attention.flash(q, k, v, **a), tiled_attention.reference(q, k, v, **a)
+            assert out is not None and torch.allclose(out, ref, atol=1e-5), (causal, p)
+            g = torch.randn_like(out)
+            for x, y in zip(torch.autograd.grad((out * g).sum(), (q, k, v)),
+                            torch.autograd.grad((ref * g).sum(), (q, k, v))):
+                assert torch.allclose(x, y, atol=1e-5), (causal, p)
+
+    # packed rows longer than one tile (SQuAD's windows): the tiled kernels on the rows = attend on the padded view
+    rows = [[0] + [5] * n + [2] for n in (3, 150, 1, 133)]
+    b = pack(rows, 2, pad_id=1, position_offset=2, multiple=8)
+    T, N, width = b["input_ids"].numel(), 4, b["valid"].shape[1]
+    assert width > 128
+    stream.set_rows(torch.arange(N) % 2, b["token_keys"])
+    real = b["input_ids"] != 1
+    for p in (0.0, 0.3):
+        q, k, v = (torch.randn(1, T, H, requires_grad=True) for _ in range(3))
+        out = attention.packed_attention(module, q, k, v, b["seq_start"], b["seq_len"], width, p, dh ** -0.5)[0]
+        ref = attention.attend(module, seqs(q[0]), seqs(k[0]), seqs(v[0]), b["valid"][:, None, None, :], p, dh ** -0.5)
+        ref = ref.transpose(1, 2).reshape(N * width, H).index_select(0, b["scatter"])
+        assert torch.allclose(out[real], ref[real], atol=1e-5), p
+        g = torch.randn(T, H)
+        for a, w in zip(torch.autograd.grad((out * g)[real].sum(), (q, k, v)),
+                        torch.autograd.grad((ref * g)[real].sum(), (q, k, v))):
+            assert torch.allclose(a[0][real], w[0][real], atol=1e-5), p
+            assert not a[0][~real].any()
+
+
+tiles = dict(tiled_attention.TILES)
+# the default tiles, then tiles of other heights and widths (key blocks wider than query blocks and narrower: the
+# causal key-gradient loop starts at the first query block that sees its keys), several tiles a sequence
+for m, n in ((64, 64), (16, 32), (32, 16)):
+    tiled_attention.TILES.update(BLOCK_M=m, BLOCK_N=n)
+    tiled_checks()
+tiled_attention.TILES.update(tiles)
 assert tiled_attention._kernel_agrees(torch.float32, torch.device("cpu"), 16)
 print("tiled ok")
 

@@ -1,0 +1,161 @@
+"""The tiled attention kernels (``tiled_attention.flash``: forward + backward, keyed dropout 0.1) on packed rows at
+XSum's and SQuAD's shapes, for several tilings (``tiled_attention.TILES``), each checked against the reference first.
+
+    python scripts/bench_attention.py [--tiles 64x64x4,128x64x4,128x64x8,64x128x4] [--docs 64] [--out DIR]
+    python scripts/bench_attention.py --smoke        # tiny shapes, 2 tilings; with TRITON_INTERPRET=1 on a CPU
+
+A tiling is ``MxNxW[xS]``: M query rows by N keys a tile, W warps (S pipeline stages; Triton's default without).
+The shapes, bf16, 12 heads of 64 (BART-base's and RoBERTa-base's), packed rows as the packed steps lay them out:
+  * ``xsum_encoder``: ``--docs`` sources drawn from the XSum length model (``dynrank.bench.xsum_lengths``, the
+    seq2seq bench's), self-attention, each source its own length;
+  * ``xsum_decoder``: their summaries, causal;
+  * ``xsum_cross``: each summary's queries against its own source's rows;
+  * ``squad``: 32 windows of 384 tokens (SQuAD's, full).
+Each is timed with CUDA events (the median of ``--steps`` after ``--warmup``). FLOPs are the sequences' own:
+4 x Lq x Lk x dh a head forward (half of it causal) and 2.5 times that backward (FlashAttention-2's count: the
+recomputed scores included). Writes ``<out>/attention-<device>-<date>.json`` and prints a table; the fastest
+correct tiling of each shape is the one to put in ``tiled_attention.TILES``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dynrank import tiled_attention  # noqa: E402
+from dynrank.bench import xsum_lengths  # noqa: E402
+from dynrank.results import write_json  # noqa: E402
+
+HEADS, DH = 12, 64
+
+
+def tilings(spec: str) -> list[dict]:
+    out = []
+    for t in spec.split(","):
+        m, n, w, *s = (int(x) for x in t.split("x"))
+        out.append({"BLOCK_M": m, "BLOCK_N": n, "num_warps": w, "num_stages": s[0] if s else None})
+    return out
+
+
+def packed(lengths: list[int], device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(start, lens, width, rows) of sequences of ``lengths`` laid end to end."""
+    lens = torch.tensor(lengths, dtype=torch.int64)
+    start = torch.cumsum(lens, 0) - lens
+    return start.to(device), lens.to(device), max(lengths), int(lens.sum())
+
+
+def shapes(docs: int, smoke: bool) -> dict[str, tuple[list[int], list[int], bool]]:
+    """name -> (query lengths, key lengths, causal); key lengths of their own rows only for cross-attention."""
+    if smoke:
+        pairs = [(70, 9), (33, 20), (5, 3)]
+        return {"xsum_encoder": ([s for s, _ in pairs], [], False), "xsum_decoder": ([t for _, t in pairs], [], True),
+                "xsum_cross": ([t for _, t in pairs], [s for s, _ in pairs], False)}
+    pairs = xsum_lengths(docs, seed=0)
+    return {"xsum_encoder": ([s for s, _ in pairs], [], False), "xsum_decoder": ([t for _, t in pairs], [], True),
+            "xsum_cross": ([t for _, t in pairs], [s for s, _ in pairs], False),
+            "squad": ([384] * 32, [], False)}
+
+
+def flops(q_lens: list[int], k_lens: list[int], causal: bool) -> float:
+    fwd = sum(4 * lq * lk * DH * HEADS * (0.5 if causal else 1.0) for lq, lk in zip(q_lens, k_lens or q_lens))
+    return 3.5 * fwd
+
+
+def run_shape(q_lens, k_lens, causal, tiles: dict, device, dtype, steps: int, warmup: int, heads: int, dh: int):
+    """(ms per forward + backward, None untimed on a CPU; whether sequence 0 matched the reference) for one tiling
+    (no kernel here: (None, False))."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    qs, ql, qw, qt = packed(q_lens, device)
+    cross = packed(k_lens, device) if k_lens else None
+    kt = cross[3] if cross else qt
+    q = torch.randn(1, qt, heads * dh, generator=g).to(device, dtype).requires_grad_()
+    k, v = (torch.randn(1, kt, heads * dh, generator=g).to(device, dtype).requires_grad_() for _ in range(2))
+    seeds, step = torch.tensor([1], device=device), torch.tensor(3, device=device)
+    args = dict(scale=dh ** -0.5, seeds=seeds, step=step, site=2, p=0.1, positions=1024, causal=causal,
+                packed=(qs, ql, heads, qw), kv=cross[:3] if cross else None)
+    saved = dict(tiled_attention.TILES)
+    tiled_attention.TILES.update(tiles)
+    try:
+        out = tiled_attention.flash(q, k, v, **args)
+        if out is None:
+            return None, False
+        ok = _matches(out, q, k, v, q_lens[0], (k_lens or q_lens)[0], causal, heads, dh, args)
+        grad = torch.randn_like(out)
+        if device.type != "cuda":  # the interpreter: the backward runs once, untimed
+            torch.autograd.grad(out, (q, k, v), grad)
+            return None, ok
+        times = []
+        for i in range(warmup + steps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            o = tiled_attention.flash(q, k, v, **args)
+            torch.autograd.grad(o, (q, k, v), grad)
+            end.record()
+            torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(start.elapsed_time(end))
+        return statistics.median(times), ok
+    finally:
+        tiled_attention.TILES.clear()
+        tiled_attention.TILES.update(saved)
+
+
+def _matches(out, q, k, v, lq: int, lk: int, causal: bool, heads: int, dh: int, args: dict) -> bool:
+    """Sequence 0's output against ``tiled_attention.reference`` on its padded view, to bf16's rounding (the keyed
+    masks key a sequence by its index in its run's batch: 0 in both)."""
+    def view(x, L):
+        return x[0, :L].view(L, heads, dh).transpose(0, 1)[None].float()
+
+    ref = tiled_attention.reference(view(q, lq), view(k, lk), view(v, lk), scale=args["scale"], seeds=args["seeds"],
+                                    step=args["step"], site=args["site"], p=args["p"], positions=args["positions"],
+                                    causal=causal)
+    return torch.allclose(view(out.detach(), lq), ref, rtol=3e-2, atol=3e-2)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiles", default="64x64x4,128x64x4,128x64x8,64x128x4,128x128x8")
+    ap.add_argument("--docs", type=int, default=64, help="XSum documents (LoRA's batch, Table 8)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes and two tilings (a CPU test, interpreted)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks"))
+    args = ap.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype, heads, dh = (torch.bfloat16, HEADS, DH) if cuda else (torch.float32, 2, 16)
+    specs = tilings("64x64x4,16x32x4" if args.smoke else args.tiles)
+    rows = []
+    for name, (q_lens, k_lens, causal) in shapes(args.docs, args.smoke).items():
+        for tiles in specs:
+            ms, ok = run_shape(q_lens, k_lens, causal, tiles, device, dtype, args.steps, args.warmup, heads, dh)
+            f = flops(q_lens, k_lens, causal) * (heads * dh) / (HEADS * DH)
+            rows.append({"shape": name, **tiles, "ms": ms, "matches_reference": ok,
+                         "tflops": f / (ms * 1e-3) / 1e12 if ms and cuda else None,
+                         "sequences": len(q_lens), "mean_query_length": statistics.mean(q_lens)})
+            print(f"{name:13s} {tiles['BLOCK_M']:>4d}x{tiles['BLOCK_N']:<4d} warps {tiles['num_warps']} "
+                  f"stages {tiles['num_stages'] or '-'}: "
+                  + (f"{ms:8.3f} ms  {rows[-1]['tflops']:6.1f} TFLOP/s" if ms is not None else "untimed")
+                  + ("" if ok else "  DIFFERS FROM THE REFERENCE"))
+    device_name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    report = {"device": device_name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": "python scripts/bench_attention.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "versions": {"torch": torch.__version__}, "smoke": args.smoke, "heads": heads, "head_dim": dh,
+              "dropout": 0.1, "rows": rows}
+    if not args.smoke:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
+        out = Path(args.out) / f"attention-{device_name.replace(' ', '_')}-{stamp}.json"
+        write_json(out, report)
+        print(f"wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
