@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "sequences": len(q_lens), "mean_query_length": statistics.mean(q_lens)})
             print(f"{name:13s} {tiles['BLOCK_M']:>4d}x{tiles['BLOCK_N']:<4d} warps {tiles['num_warps']} "
                   f"stages {tiles['num_stages'] or '-'}: "
-                  + (f"{ms:8.3f} ms  {rows[-1]['tflops']:6.1f} TFLOP/s" if ms is not None else "untimed")
+                  + (f"{ms:8.3f} ms  {rows[-1]['tflops']:6.1f} TFLOP/s" if ms is not None
+                     else "no kernel here" if cuda else "untimed")
                   + ("" if ok else "  DIFFERS FROM THE REFERENCE"))
     device_name = torch.cuda.get_device_name(0) if cuda else "cpu"
     report = {"device": device_name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
