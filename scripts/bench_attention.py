@@ -70,7 +70,7 @@ def flops(q_lens: list[int], k_lens: list[int], causal: bool) -> float:
 
 def run_shape(q_lens, k_lens, causal, tiles: dict, device, dtype, steps: int, warmup: int, heads: int, dh: int):
     """(ms per forward + backward, None untimed on a CPU; whether sequence 0 matched the reference) for one tiling
-    (no kernel here: (None, False))."""
+    (no kernel here: (None, None))."""
     g = torch.Generator(device="cpu").manual_seed(0)
     qs, ql, qw, qt = packed(q_lens, device)
     cross = packed(k_lens, device) if k_lens else None
@@ -85,7 +85,7 @@ def run_shape(q_lens, k_lens, causal, tiles: dict, device, dtype, steps: int, wa
     try:
         out = tiled_attention.flash(q, k, v, **args)
         if out is None:
-            return None, False
+            return None, None
         ok = _matches(out, q, k, v, q_lens[0], (k_lens or q_lens)[0], causal, heads, dh, args)
         grad = torch.randn_like(out)
         if device.type != "cuda":  # the interpreter: the backward runs once, untimed
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"stages {tiles['num_stages'] or '-'}: "
                   + (f"{ms:8.3f} ms  {rows[-1]['tflops']:6.1f} TFLOP/s" if ms is not None
                      else "no kernel here" if cuda else "untimed")
-                  + ("" if ok else "  DIFFERS FROM THE REFERENCE"))
+                  + ("  DIFFERS FROM THE REFERENCE" if ok is False else ""))
     device_name = torch.cuda.get_device_name(0) if cuda else "cpu"
     report = {"device": device_name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "python scripts/bench_attention.py " + " ".join(sys.argv[1:] if argv is None else argv),
