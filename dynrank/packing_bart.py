@@ -8,9 +8,9 @@ residual add runs over the real rows, the runs' rows contiguous and equal in num
 the per-run products stay batched GEMMs). Attention stays per sequence: encoder self-attention (each source's own
 tokens), causal decoder self-attention (each summary's), and cross-attention (each summary's queries against its
 own source's tokens). On a GPU the tiled kernels run on the rows themselves (``tiled_attention.flash``, packed), a
-sequence's tiles only up to its length, its probabilities dropped with its run's keyed masks; elsewhere it is the
-model's SDPA call on a padded view gathered around each sequence, whose dropout ``functional_dropout`` keys the same
-way (``attention.keyed``). Either takes the dropout site the padded step's SDPA call takes.
+sequence's tiles only up to its length, its probabilities dropped with its run's keyed masks; elsewhere the same
+masks (``attention.keyed``) on a padded view gathered around each sequence. Either takes the dropout site the
+padded step's SDPA call takes (``functional_dropout``).
 
 The walk is BART's forward (transformers' ``BartEncoderLayer`` / ``BartDecoderLayer``, post-norm), module by
 module and in its order of dropout calls, so every method's wrapped linears run as they do padded and every
@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from .attention import keyed
 from .packing import SequenceView
-from .tiled_attention import flash, usable
+from .tiled_attention import flash
 
 
 def walkable(model) -> bool:
@@ -69,16 +69,16 @@ def _attention(attn, x: torch.Tensor, kv: torch.Tensor, q_view: SequenceView, kv
     q, k, v = attn.q_proj(x), attn.k_proj(kv), attn.v_proj(kv)
     p = attn.dropout if attn.training else 0.0
     ctx = None
-    if stream is not None and usable(q, q.shape[-1] // heads, None):
+    if stream is not None:
         site = stream.next_site() if p > 0 else 0
         cross = None if kv_view is q_view else (kv_view.start, kv_view.lens, kv_view.width)
         ctx = flash(q, k, v, scale=attn.scaling, seeds=stream.seeds, step=stream.step, site=site, p=p,
                     positions=stream.positions, causal=causal, packed=(q_view.start, q_view.lens, heads, q_view.width),
                     kv=cross)
-        if ctx is None and p > 0:  # the kernels failed here: the same masks on the gathered views
+        if ctx is None and p > 0:  # no kernel here (a CPU) or it failed: the same masks on the gathered views
             ctx = q_view.rows(keyed(*_views(q, k, v, q_view, kv_view, heads), stream, site, p,
                                     _mask(kv_view, causal), attn.scaling, causal))
-    if ctx is None:  # SDPA as BART calls it (``functional_dropout`` keys its dropout), on gathered views
+    if ctx is None:  # no dropout (or no stream: the model's own), SDPA as BART calls it, on gathered views
         ctx = q_view.rows(F.scaled_dot_product_attention(*_views(q, k, v, q_view, kv_view, heads),
                                                          attn_mask=_mask(kv_view, causal), dropout_p=p,
                                                          is_causal=causal, scale=attn.scaling))

@@ -53,14 +53,13 @@ def packed(lengths: list[int], device) -> tuple[torch.Tensor, torch.Tensor, int,
 
 def shapes(docs: int, smoke: bool) -> dict[str, tuple[list[int], list[int], bool]]:
     """name -> (query lengths, key lengths, causal); key lengths of their own rows only for cross-attention."""
-    if smoke:
-        pairs = [(70, 9), (33, 20), (5, 3)]
-        return {"xsum_encoder": ([s for s, _ in pairs], [], False), "xsum_decoder": ([t for _, t in pairs], [], True),
-                "xsum_cross": ([t for _, t in pairs], [s for s, _ in pairs], False)}
-    pairs = xsum_lengths(docs, seed=0)
-    return {"xsum_encoder": ([s for s, _ in pairs], [], False), "xsum_decoder": ([t for _, t in pairs], [], True),
-            "xsum_cross": ([t for _, t in pairs], [s for s, _ in pairs], False),
-            "squad": ([384] * 32, [], False)}
+    pairs = [(70, 9), (33, 20), (5, 3)] if smoke else xsum_lengths(docs, seed=0)
+    sources, summaries = [s for s, _ in pairs], [t for _, t in pairs]
+    out = {"xsum_encoder": (sources, [], False), "xsum_decoder": (summaries, [], True),
+           "xsum_cross": (summaries, sources, False)}
+    if not smoke:
+        out["squad"] = ([384] * 32, [], False)
+    return out
 
 
 def flops(q_lens: list[int], k_lens: list[int], causal: bool) -> float:
@@ -103,7 +102,6 @@ def run_shape(q_lens, k_lens, causal, tiles: dict, device, dtype, steps: int, wa
                 times.append(start.elapsed_time(end))
         return statistics.median(times), ok
     finally:
-        tiled_attention.TILES.clear()
         tiled_attention.TILES.update(saved)
 
 
@@ -136,9 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (q_lens, k_lens, causal) in shapes(args.docs, args.smoke).items():
         for tiles in specs:
             ms, ok = run_shape(q_lens, k_lens, causal, tiles, device, dtype, args.steps, args.warmup, heads, dh)
-            f = flops(q_lens, k_lens, causal) * (heads * dh) / (HEADS * DH)
             rows.append({"shape": name, **tiles, "ms": ms, "matches_reference": ok,
-                         "tflops": f / (ms * 1e-3) / 1e12 if ms and cuda else None,
+                         "tflops": flops(q_lens, k_lens, causal) / (ms * 1e-3) / 1e12 if ms else None,
                          "sequences": len(q_lens), "mean_query_length": statistics.mean(q_lens)})
             print(f"{name:13s} {tiles['BLOCK_M']:>4d}x{tiles['BLOCK_N']:<4d} warps {tiles['num_warps']} "
                   f"stages {tiles['num_stages'] or '-'}: "
