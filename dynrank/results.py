@@ -167,8 +167,9 @@ class RunResults:
     data: dict | None = None                   # the data's identity: what the store keys a config's runs on
                                                # (Run._check_store)
     training: dict | None = None               # how it trained: stacked_runs, precision, cuda_graphs,
-                                               # pad_to_multiple, packed; with CUDA graphs: graphs (captured)
-                                               # and graph_setup_s (their warm-up steps and captures, host s)
+                                               # pad_to_multiple, packed; with CUDA graphs: graphs (captured),
+                                               # graph_warmup_steps (the steps that ran eagerly before them) and
+                                               # graph_setup_s (those steps and the captures, s)
     wall_time_s: float | None = None           # wall time over all attempts (a resumed run's: the sum, each
                                                # attempt up to its last checkpoint)
     wall_time_per_attempt_s: list | None = None  # each attempt's wall time (s)

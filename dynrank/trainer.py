@@ -290,11 +290,13 @@ class Trainer:
         return out
 
     def graph_setup(self) -> dict:
-        """CUDA graphs: how many the stack captured (one per batch shape and method phase) and the host seconds of
-        their eager warm-up steps and captures, the part of the training time that does not grow with the epochs."""
+        """CUDA graphs: how many the stack captured (one per batch shape and method phase), how many of its steps ran
+        eagerly to warm them up (real training steps) and the seconds of those steps and the captures, the part of the
+        training time that does not grow with the epochs."""
         if not hasattr(self.stepper, "graphs"):
             return {}
-        return {"graphs": len(self.stepper.graphs), "graph_setup_s": round(self.stepper.setup_s, 3)}
+        return {"graphs": len(self.stepper.graphs), "graph_warmup_steps": sum(self.stepper.warm.values()),
+                "graph_setup_s": round(self.stepper.setup_s, 3)}
 
     def export_adapter(self, k: int, run: Run) -> str:
         """Run k's trained adapter in ``<run dir>/adapter`` (PEFT format where the method has one); its path."""

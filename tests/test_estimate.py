@@ -339,6 +339,27 @@ def test_xsum_packed_steps_from_the_packed_rows(tmp_path):
     assert off["tokens"] == pytest.approx(padded) and off["train_s"] == pytest.approx(padded * 0.5e-6)
 
 
+def test_xsum_check_counts_the_graphs_warm_up_steps_once(s2s_device):
+    """A measured XSum job's projection: its steps that replayed a graph at the projected cost, plus the measured
+    warm-up steps and captures; the warm-up steps (real steps, run eagerly) are not also projected."""
+    job = ["task=xsum", "model=bart_base", "method=lora", "seeds=[1]", "train.epochs=1",
+           "data.max_train_samples=3200", "eval.max_samples=512"]
+    (row,) = est.estimate([*job, "train.max_stack=1"], s2s_device).rows
+    report = {"job": job, "stacked_runs": 1, "measured_train_s": 10.0, "measured_eval_s": 2.0,
+              "measured_graph_setup_s": 3.0, "training": {"graphs": 7, "graph_warmup_steps": 20},
+              "model": "tiny", "data": "synthetic", "runs": 1, "device": "GPU"}
+    p = est.project_xsum_job(report, s2s_device)
+    n = row["steps"]  # 3200 documents in lora's batches
+    assert p["projected_steps"] == n > 20
+    assert p["projected_steps_s"] == pytest.approx(row["train_s"] * (n - 20) / n)
+    assert p["projected_train_s"] == pytest.approx(p["projected_steps_s"] + 3.0)
+    assert p["train_ratio"] == pytest.approx(p["projected_train_s"] / 10.0)
+    del report["training"]["graph_warmup_steps"]  # an older record: one warm-up step a graph
+    assert est.project_xsum_job(report, s2s_device)["projected_steps_s"] == pytest.approx(row["train_s"] * (n - 7) / n)
+    assert "20 warm-up steps" not in est.xsum_check(report, "x.json", s2s_device)
+    assert "7 warm-up steps" in est.xsum_check(report, "x.json", s2s_device)
+
+
 def test_squad_and_unmeasured_methods_from_the_seq2seq_bench(s2s_device, device):
     """SQuAD's windows at the measured 0.2 us per padded token; dora (no XSum row: its row errored) at lora's cost x
     dora/lora of the encoder bench, said in the notes; without the seq2seq bench, XSum keeps the assumptions."""
