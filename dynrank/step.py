@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import attention, dropout
+from .methods.layers import shared_operands
 from .optim import Flat, RunAdamW, clip_per_run, param_groups
 from .packing import encoder_of
 from .precision import bf16_backbone
@@ -33,7 +34,7 @@ def _update(model, method, losses, optimizer: RunAdamW, batch, step: int, clip: 
     """Zeroed gradients, forward, the method's extra loss, backward, per-run clip, per-run AdamW, the method's hooks:
     what every training step does, eager or captured."""
     optimizer.flat.zero_grad()
-    with precision:
+    with precision, shared_operands(model):  # each group of low-rank layers' operands made once
         loss = losses(model, batch)  # (R,)
         extra = method.extra_loss(step)
         total = loss if extra is None else loss + extra

@@ -7,6 +7,7 @@ see the printed table.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -147,3 +148,42 @@ def test_end_to_end_tiny_cola(name, tmp_path, shared_cache):
         assert sum(stored["method_summary"]["sampled_ranks"].values()) == steps
     else:
         assert "extra_evals" not in stored
+
+
+@pytest.mark.parametrize("name", ["lora", "dora", "adalora"])
+def test_shared_operands_equal_each_layers_own(name, tmp_path):
+    """A training step makes each group of low-rank layers' operands once (``layers.shared_operands``, one group
+    per layer kind and shape): the runs' losses and every gradient equal those of each layer making its own, bit for
+    bit, with every trainable tensor (DoRA's c, AdaLoRA's lambda) away from its zero init."""
+    from dynrank import inputs, methods
+    from dynrank.methods.layers import LowRankLinear, shared_operands
+
+    cfg = compose(tiny_overrides(tmp_path, f"method={name}"))
+    shared = inputs.load_data(cfg)
+    method = methods.build(cfg, cfg.model.family, runs=2)
+    model = method.wrap(shared.task.build_model())
+    method.init_runs([1, 2])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model.train()
+    batch = shared.task.train_batch(shared.train_set, ([0, 3, 5], [1, 2, 9]), False)
+
+    def step(share: bool):
+        model.zero_grad()
+        torch.manual_seed(0)  # the layers' own dropout
+        with shared_operands(model) if share else contextlib.nullcontext():
+            if share:
+                layers = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+                assert layers and all(m.operands is not None for m in layers)
+                assert len({m.operands[0]._base.data_ptr() for m in layers}) == 3  # (d, d), (d, ff), (ff, d)
+            loss = shared.task.run_losses(model, batch, 2)
+        loss.sum().backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    (la, ga), (lb, gb) = step(False), step(True)
+    assert torch.equal(la, lb)
+    assert ga.keys() == gb.keys() and all(torch.equal(ga[n], gb[n]) for n in ga), name
+    assert all(m.operands is None for m in model.modules() if isinstance(m, LowRankLinear))  # none left behind

@@ -53,8 +53,11 @@ class SVDLinear(LowRankLinear):
         self.lora_B = B
         self.reset_runs()
 
-    def factors(self):
-        return self.lora_A * self.lora_E, self.lora_B
+    factor_params = ("lora_A", "lora_E", "lora_B")
+
+    @staticmethod
+    def combine(A, E, B):
+        return A * E, B
 
     def reset_run(self, k, generator):
         init_slice(self.lora_A[k], normal(0.02, generator))

@@ -53,9 +53,12 @@ class DoRALinear(LowRankLinear):
         self.lora_c = nn.Parameter(torch.zeros(runs, r0, device=base.weight.device))
         self.reset_runs()
 
-    def factors(self):
+    factor_params = ("lora_A", "lora_B", "lora_c")
+
+    @staticmethod
+    def combine(A, B, c):
         # c is folded into B's columns (d_out x r0) rather than applied to the (tokens x r0) activations
-        return self.lora_A, self.lora_B * self.lora_c.unsqueeze(1)
+        return A, B * c.unsqueeze(-2)
 
     def reset_run(self, k, generator):
         init_slice(self.lora_A[k], kaiming(self.kaiming_a, generator))

@@ -33,6 +33,8 @@ def _no_autocast(device_type: str):
 
 
 class DoRAWDLinear(LowRankLinear):
+    shares = False  # its own forward (the magnitude over the column norm), not the shared operands
+
     def __init__(self, base: nn.Linear, runs: int, r: int, alpha: float, dropout: float,
                  kaiming_a: float = math.sqrt(5)):
         super().__init__(base, runs, r, alpha / r, dropout)

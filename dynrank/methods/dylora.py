@@ -65,6 +65,8 @@ class RankState:
 
 
 class DyLoRALinear(LowRankLinear):
+    shares = False  # the rank gate depends on the mode and the sampled rank: its factors, per layer
+
     def __init__(self, base: nn.Linear, state: RankState, dropout: float):
         super().__init__(base, state.runs, state.r_max, 1.0, dropout)  # the gate carries alpha / b
         self.state = state

@@ -17,6 +17,7 @@ or a GPU (the draws are made on the CPU and copied).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -33,28 +34,69 @@ def add_low_rank(h: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Ten
     """h + scale * (x A_k^T) B_k^T for every run k: the low-rank update of every LoRA-family layer.
 
     ``h`` (R*b, ..., d_out) and ``x`` (R*b, ..., d_in, = dropout(input)) hold the runs' rows run-major; ``A``
-    (R, r, d_in) and ``B`` (R, d_out, r) the runs' factors. Two batched GEMMs over the runs; the scale goes onto the
-    small B instead of a pass over the (tokens x d_out) output, and the add is fused into the second GEMM
-    (``baddbmm``).
+    (R, r, d_in) and ``B`` (R, d_out, r) the runs' factors. Two batched GEMMs over the runs (``low_rank_operands``,
+    then ``add_operands``)."""
+    return add_operands(h, x, *low_rank_operands(A, B, scale, x.device, align))
+
+
+def low_rank_operands(A: torch.Tensor, B: torch.Tensor, scale: float | torch.Tensor, device: torch.device,
+                      align: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A^T, (scale B)^T) as ``add_operands``' GEMMs take them: (..., R, d_in, r') and (..., R, r', d_out), any
+    leading dimensions (a group of layers: ``shared_operands``). The scale goes onto the small B instead of a pass
+    over the (tokens x d_out) output; under autocast both are cast once here, not by every GEMM.
 
     On a GPU the rank is padded with zero components to a multiple of ``align`` (8): a GEMM whose rank side is not a
     multiple of 8 bf16 elements (16 bytes) misses cuBLAS's aligned kernels, which made DoRA's r0 = 12 ~5% slower
     per step than a padded 16 (benchmarks/README.md). The padded components are zeros in A and B: they add
     nothing, and their slice of the gradient is dropped. On CPU (``align`` 1) nothing is padded.
     """
-    R, r = A.shape[0], A.shape[1]
-    align = align or (8 if x.is_cuda else 1)
+    r = A.shape[-2]
+    align = align or (8 if device.type == "cuda" else 1)
     padded = -(-r // align) * align
-    Bt = (B * scale).transpose(1, 2)  # (R, r, d_out)
-    At = A.transpose(1, 2)  # (R, d_in, r)
+    Bt = (B * scale).transpose(-1, -2)  # (..., R, r, d_out)
+    At = A.transpose(-1, -2)  # (..., R, d_in, r)
+    if torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
+        At, Bt = At.to(dtype), Bt.to(dtype)
     if padded != r:
-        if torch.is_autocast_enabled(x.device.type):  # cast before padding (autocast would cast anyway)
-            dtype = torch.get_autocast_dtype(x.device.type)
-            At, Bt = At.to(dtype), Bt.to(dtype)
         At, Bt = F.pad(At, (0, padded - r)), F.pad(Bt, (0, 0, 0, padded - r))
+    return At, Bt
+
+
+def add_operands(h: torch.Tensor, x: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor) -> torch.Tensor:
+    """h + (x A_k^T) (scale B_k)^T for every run k, from ``low_rank_operands``: the add fused into the second GEMM
+    (``baddbmm``)."""
+    R = At.shape[0]
     t = torch.bmm(by_run(x, R), At)  # (R, n, r)
     out = torch.baddbmm(by_run(h, R), t, Bt)
     return out.view(h.shape)
+
+
+@contextmanager
+def shared_operands(model: nn.Module):
+    """Inside, every ``LowRankLinear`` of ``model`` (that ``shares``) reads operands made once for its group of
+    layers of one kind and shape: a few ops per group (stack, ``combine``, scale, cast, pad) instead of per layer.
+    RoBERTa-base has 72 adapted matrices in 3 shapes; per layer, these ops are ~16 kernels of a few microseconds
+    each, forward and backward, about a sixth of a packed stacked DoRA step (benchmarks/README.md). The numbers are
+    the same: the same elementwise ops on the same values, stacked. Spans one forward (the training step's,
+    ``step._update``); the backward then runs through the stacks."""
+    groups: dict = {}
+    for m in model.modules():
+        if isinstance(m, LowRankLinear) and m.shares:
+            key = (type(m), m.base.in_features, m.base.out_features, m.r, m.scaling)
+            groups.setdefault(key, []).append(m)
+    try:
+        for layers in groups.values():
+            first = layers[0]
+            stacked = [torch.stack([getattr(m, name) for m in layers]) for name in first.factor_params]
+            At, Bt = low_rank_operands(*first.combine(*stacked), first.scaling, stacked[0].device)
+            for m, a, b in zip(layers, At.unbind(0), Bt.unbind(0)):
+                m.operands = (a, b)
+        yield
+    finally:
+        for layers in groups.values():
+            for m in layers:
+                m.operands = None
 
 
 @torch.no_grad()
@@ -77,9 +119,12 @@ def normal(std: float, generator: torch.Generator):
 class LowRankLinear(nn.Module):
     """W0 x + scaling * B_k A_k dropout(x) for run k: a frozen ``base`` linear plus one low-rank update per run.
 
-    ``lora_A`` (R, r, d_in) and ``lora_B`` (R, d_out, r). A method's layer says what multiplies (``factors``: DoRA
-    folds its c into B, AdaLoRA its lambda into A, DyLoRA its rank gate into B) and how run k starts
-    (``reset_run``); ``forward`` is the same for all of them."""
+    ``lora_A`` (R, r, d_in) and ``lora_B`` (R, d_out, r). A method's layer says what multiplies (``combine`` of its
+    ``factor_params``: DoRA folds its c into B, AdaLoRA its lambda into A; DyLoRA's ``factors`` gates the rank) and
+    how run k starts (``reset_run``); ``forward`` is the same for all of them."""
+
+    factor_params = ("lora_A", "lora_B")  # the trainable tensors ``combine`` reads, in its argument order
+    shares = True  # a group's operands are made once a step (``shared_operands``); False: per layer, from factors()
 
     def __init__(self, base: nn.Linear, runs: int, r: int, scaling: float, dropout: float):
         super().__init__()
@@ -89,14 +134,21 @@ class LowRankLinear(nn.Module):
         self.lora_A = nn.Parameter(torch.zeros(runs, r, base.in_features, device=dev))
         self.lora_B = nn.Parameter(torch.zeros(runs, base.out_features, r, device=dev))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.operands: tuple[torch.Tensor, torch.Tensor] | None = None  # set inside ``shared_operands``
+
+    @staticmethod
+    def combine(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) as they multiply from ``factor_params``' tensors, (..., R, r, d_in) and (..., R, d_out, r): one
+        layer's, or a group's stacked (any leading dimensions)."""
+        return A, B
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, B) as they multiply: (R, r, d_in), (R, d_out, r)."""
-        return self.lora_A, self.lora_B
+        return self.combine(*(getattr(self, name) for name in self.factor_params))
 
     def forward(self, x):
-        A, B = self.factors()
-        return add_low_rank(self.base(x), self.dropout(x), A, B, self.scaling)
+        operands = self.operands or low_rank_operands(*self.factors(), self.scaling, x.device)
+        return add_operands(self.base(x), self.dropout(x), *operands)
 
     def reset_run(self, k: int, generator: torch.Generator | None) -> None:
         """Run k's initialisation, drawn from ``generator`` (None: the global RNG)."""
