@@ -114,10 +114,12 @@ def test_lora_plus_trains_as_torch_adamw_with_its_param_groups():
     ours = method.run_params(0)
     want = _torch_adamw(copy.deepcopy(before), 1, 2e-3, 16.0, opt)
     assert ours.keys() == want.keys() and any("lora_B" in n for n in ours)
+    # AdamW divides by sqrt(v): an element whose gradients are near 0 carries the rounding of two summation orders
+    # (the flat buffer's per-run clip, clip_grad_norm_) up to ~1e-6 (B's elements are ~0.07)
     for n in ours:
-        assert torch.allclose(ours[n], want[n], rtol=1e-5, atol=1e-7), n
+        assert torch.allclose(ours[n], want[n], rtol=1e-5, atol=1e-6), n
     plain = _torch_adamw(before, 1, 2e-3, 1.0, opt)
-    assert not all(torch.allclose(ours[n], plain[n], rtol=1e-5, atol=1e-7) for n in ours if "lora_B" in n)
+    assert not all(torch.allclose(ours[n], plain[n], rtol=1e-5, atol=1e-6) for n in ours if "lora_B" in n)
 
 
 def test_lora_plus_stacked_runs_equal_their_solo_runs():
