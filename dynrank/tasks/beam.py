@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from ..methods.layers import shared_operands
+
 # Generation-config fields that change nothing here: sampling's (do_sample must be off), assisted decoding's, the
 # cache's and compilation's, bookkeeping. Any other field set to something but None/False/its neutral value (NEUTRAL)
 # is a logits processor or an output this module does not reproduce, and the fast path is not taken.
@@ -368,7 +370,7 @@ class FastBeamSearch:
         device = ids.device
         precision = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else torch.autocast("cpu", enabled=False)
         encoder = self.model.get_encoder()
-        with precision:
+        with precision, shared_operands(self.model):  # the low-rank layers' operands once, not every decoding step
             chunks = []
             for i in range(0, docs, ENCODER_CHUNK):  # every run's rows of these documents: run-major afterwards
                 rows = torch.cat([torch.arange(k * docs + i, k * docs + min(i + ENCODER_CHUNK, docs))
