@@ -63,14 +63,84 @@ def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
 def cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300,
         kill_after_epoch: int | None = None) -> subprocess.CompletedProcess:
     """``python -m dynrank.train <args>``; ``kill_after_epoch=N``: it dies like ``kill -9`` right after epoch N's
-    checkpoints (tests/kill_after_epoch.py)."""
+    checkpoints (tests/kill_after_epoch.py).
+
+    A process of its own, forked from a server that imported torch, transformers, scikit-learn, scipy and dynrank
+    once for the test process (``_forked``): a new interpreter spends ~7 s of a tiny run's ~10 s importing them, and
+    the suite runs the CLI ~60 times. ``env`` (read at import time by some packages): a new interpreter."""
+    if env is None:
+        return _forked(args, cwd, timeout, kill_after_epoch)
     e = dict(os.environ)
-    e.update(env or {})
+    e.update(env)
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
     command = ["-m", "dynrank.train"] if kill_after_epoch is None else [
         str(ROOT / "tests" / "kill_after_epoch.py"), str(kill_after_epoch)]
     return subprocess.run([sys.executable, *command, *args], cwd=cwd, env=e, capture_output=True, text=True,
                           timeout=timeout)
+
+
+# what the CLI imports on its way to a result (python -X importtime -m dynrank.train ...)
+_PRELOAD = ["torch", "transformers", "transformers.activations", "transformers.models.roberta.modeling_roberta",
+            "sklearn.metrics", "scipy.stats", "hydra", "torch.utils.tensorboard", "dynrank.config", "dynrank.driver",
+            "dynrank.metrics.glue", "conftest"]
+_SERVER: dict = {}
+
+
+def _forked(args: list[str], cwd: Path, timeout: int, kill_after_epoch: int | None) -> subprocess.CompletedProcess:
+    import multiprocessing
+    import tempfile
+
+    ctx = _SERVER.get("ctx")
+    if ctx is None:
+        ctx = _SERVER["ctx"] = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        proc = ctx.Process(target=_run_cli, args=(list(args), str(cwd), dict(os.environ), kill_after_epoch,
+                                                   str(out), str(err)))
+        proc.start()
+        proc.join(timeout)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+            raise subprocess.TimeoutExpired(["dynrank.train", *args], timeout)
+        code = proc.exitcode if proc.exitcode >= 0 else 128 - proc.exitcode  # killed by signal N: 128 + N, as a shell
+        return subprocess.CompletedProcess(["dynrank.train", *args], code, out.read_text(), err.read_text())
+
+
+def _run_cli(args: list[str], cwd: str, env: dict, kill_after_epoch: int | None, out: str, err: str) -> None:
+    """The forked process: ``python -m dynrank.train <args>`` in ``cwd`` with ``env``, its stdout and stderr (the file
+    descriptors: Hydra's log handlers and native code write there too) into the files ``out`` and ``err``."""
+    import runpy
+
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(f, fd)
+        os.close(f)
+    sys.stdout = open(1, "w", closefd=False)
+    sys.stderr = open(2, "w", closefd=False)
+    if kill_after_epoch is not None:  # as tests/kill_after_epoch.py
+        from dynrank import trainer
+
+        end_epoch = trainer.Trainer.end_epoch
+
+        def end_epoch_then_die(self):
+            end_epoch(self)
+            if self.epoch + 1 == kill_after_epoch:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(137)
+
+        trainer.Trainer.end_epoch = end_epoch_then_die
+    sys.argv = ["-m", *args]
+    try:
+        runpy.run_module("dynrank.train", run_name="__main__", alter_sys=True)  # as python -m
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def interpreted(script: Path, *args: str) -> subprocess.CompletedProcess:
