@@ -122,19 +122,10 @@ def _run_cli(args: list[str], cwd: str, env: dict, kill_after_epoch: int | None,
         os.close(f)
     sys.stdout = open(1, "w", closefd=False)
     sys.stderr = open(2, "w", closefd=False)
-    if kill_after_epoch is not None:  # as tests/kill_after_epoch.py
-        from dynrank import trainer
+    if kill_after_epoch is not None:
+        from kill_after_epoch import die_after_epoch
 
-        end_epoch = trainer.Trainer.end_epoch
-
-        def end_epoch_then_die(self):
-            end_epoch(self)
-            if self.epoch + 1 == kill_after_epoch:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(137)
-
-        trainer.Trainer.end_epoch = end_epoch_then_die
+        die_after_epoch(kill_after_epoch)
     sys.argv = ["-m", *args]
     try:
         runpy.run_module("dynrank.train", run_name="__main__", alter_sys=True)  # as python -m
