@@ -209,6 +209,15 @@ def test_packed_attention_kernel_in_triton_interpreter():
     assert "packed bart ok" in out.stdout
 
 
+def test_keyed_dropout_kernel_in_triton_interpreter():
+    """The GPU dropout kernel (32-bit hash, 256-column blocks; Triton's interpreter on a CPU) keeps exactly the
+    elements ``dropout.keep_mask`` keeps and scales them by 1/(1-p): RoBERTa's and BART's widths, seeds and row keys
+    past 2^31, counters that wrap modulo 2^32."""
+    out = interpreted(ROOT / "tests" / "triton_dropout_check.py")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "dropout ok" in out.stdout
+
+
 def test_max_length_past_the_positions_is_one_line(tmp_path):
     """task.max_length over the model's positions (RoBERTa: 514 - 2) is refused before training, naming the bound."""
     from dynrank.errors import ConfigError
