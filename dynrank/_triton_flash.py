@@ -20,9 +20,9 @@ def _keep(seeds_ptr, step_ptr, n, per_run, site_key, h, heads, offs_m, offs_n, P
     """The keep mask (BLOCK_M, BLOCK_N) of rows ``offs_m`` and columns ``offs_n`` of sequence n's head h: row key
     ((n's index in its run's batch) * heads + h) * P + i, counter row key * P + j."""
     k = stream_key(tl.load(seeds_ptr + n // per_run), step_ptr, site_key)
-    row = (((n % per_run) * heads + h) * P + offs_m).to(tl.int64)
-    counter = (row[:, None] * P + offs_n[None, :]).to(tl.uint64) & 0xFFFFFFFF
-    return (mix(counter ^ k) >> 8) >= threshold.to(tl.uint64)
+    row = (((n % per_run) * heads + h) * P + offs_m).to(tl.uint32)  # modulo 2^32, as every value of the hash
+    counter = row[:, None] * P + offs_n.to(tl.uint32)[None, :]
+    return mix(counter ^ k) >= (threshold.to(tl.uint32) << 8)  # (u >> 8) >= threshold: the top 24 bits
 
 
 @triton.jit
