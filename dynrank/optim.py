@@ -43,13 +43,24 @@ class Flat:
     """The trainable parameters of ``runs`` runs as views into one (R, P) buffer; their gradients likewise.
 
     ``stacked``: the parameters have the run dimension first (R, ...); otherwise R is 1 and they keep their shape.
+    ``order``: the order of the parameters' columns in the buffer (indices into ``params``; None: as given). Parameter
+    i stays parameter i (checkpoints, the optimizer's state) wherever its columns lie; an order that puts tensors of
+    one shape side by side lets them be read as one tensor (``alias``).
     After this, nothing may rebind a parameter's ``.data`` or set its ``.grad`` to None (zero ``grad`` instead)."""
 
-    def __init__(self, params: list[nn.Parameter], runs: int, stacked: bool):
+    def __init__(self, params: list[nn.Parameter], runs: int, stacked: bool, order: list[int] | None = None):
         self.params, self.runs, self.stacked = params, runs, stacked
         sizes = [p[0].numel() if stacked else p.numel() for p in params]
-        self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        order = list(range(len(params))) if order is None else list(order)
+        if sorted(order) != list(range(len(params))):
+            raise ValueError(f"order must list each of the {len(params)} parameters once")
+        self.offsets = [0] * len(params)
+        at = 0
+        for i in order:
+            self.offsets[i] = at
+            at += sizes[i]
         self.sizes = sizes
+        self._index = {id(p): i for i, p in enumerate(params)}
         device = params[0].device
         self.data = torch.empty(runs, sum(sizes), device=device, dtype=torch.float32)
         self.grad = torch.zeros_like(self.data)
@@ -61,6 +72,24 @@ class Flat:
                 view.copy_(p.data)
                 p.data = view
                 p.grad = self.view(self.grad, i)
+
+    def alias(self, params: list[nn.Parameter]) -> torch.Tensor | None:
+        """G stacked parameters of one shape (R, ...) whose columns lie side by side in this order, as one leaf
+        tensor (R, G, ...) that is them: its data their data, its gradient their gradient (a view of each buffer,
+        as each parameter is). A step may read it instead of ``torch.stack(params, 1)``: no copy, and autograd adds
+        its gradient into the buffer in one op, not one per parameter. None where the columns are not so laid out."""
+        idx = [self._index.get(id(p)) for p in params]
+        if not self.stacked or not idx or None in idx:
+            return None
+        first, size = self.offsets[idx[0]], self.sizes[idx[0]]
+        if any(self.sizes[i] != size or self.offsets[i] != first + j * size or self.params[i].shape != params[0].shape
+               for j, i in enumerate(idx)):
+            return None
+        shape = (self.runs, len(idx), *params[0].shape[1:])
+        leaf = torch.empty(0, device=self.data.device, requires_grad=True)
+        leaf.data = self.data[:, first:first + len(idx) * size].view(shape)
+        leaf.grad = self.grad[:, first:first + len(idx) * size].view(shape)
+        return leaf
 
     def view(self, buffer: torch.Tensor, i: int) -> torch.Tensor:
         """Parameter i's part of a (R, P) buffer (the data, the gradients, an optimizer moment), shaped as it."""
@@ -187,7 +216,8 @@ class RunAdamW:
         f, stretches = self.flat, []
         decay = self.decay or [True] * len(f.params)
         scale = self.lr_scale or [1.0] * len(f.params)
-        for i, key in enumerate(zip(scale, decay)):
+        for i in sorted(range(len(f.params)), key=lambda i: f.offsets[i]):  # the buffer's order
+            key = (scale[i], decay[i])
             start, end = f.offsets[i], f.offsets[i] + f.sizes[i]
             if stretches and stretches[-1][0] == key and stretches[-1][2] == start:
                 stretches[-1][2] = end

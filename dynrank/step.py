@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import attention, dropout
-from .methods.layers import shared_operands
+from .methods.layers import bind_groups, shared_operands, storage_order
 from .optim import Flat, RunAdamW, clip_per_run, param_groups
 from .packing import encoder_of
 from .precision import bf16_backbone
@@ -172,8 +172,9 @@ def prepare_model(model, method, device, bf16: bool, compile_model: bool,
     per run (``seeds``: each run's): for an encoder (RoBERTa, BERT) every ``nn.Dropout`` a ``dropout.KeyedDropout``
     and attention through ``attention.attend``, for BART every dropout it calls (``functional_dropout``); with
     bf16, the frozen weights in bf16 and bf16 layer-norm outputs (``precision.bf16_backbone``; trainable weights
-    and the optimizer state stay fp32); the trainable parameters into one flat buffer (``dynrank.optim.Flat``);
-    optionally torch.compile."""
+    and the optimizer state stay fp32); the trainable parameters into one flat buffer (``dynrank.optim.Flat``), each
+    group of low-rank layers' factors side by side and read as one tensor each (``layers.bind_groups``; not under
+    torch.compile, which traces the stacks); optionally torch.compile."""
     model = model.to(device)
     seeds = seeds or [0] * method.runs
     if encoder_of(model) is not None:
@@ -183,9 +184,13 @@ def prepare_model(model, method, device, bf16: bool, compile_model: bool,
         dropout.install_functional(model, seeds, device)
     if bf16 and device.type == "cuda":
         bf16_backbone(model)
-    flat = Flat([p for p in model.parameters() if p.requires_grad], method.runs, method.stacks)
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = Flat(params, method.runs, method.stacks, order=storage_order(model, params))
+    compiled = compile_model and device.type == "cuda"
+    if not compiled:
+        bind_groups(model, flat)
     model.train()
-    if compile_model and device.type == "cuda":
+    if compiled:
         return torch.compile(model), flat
     return model, flat
 

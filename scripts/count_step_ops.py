@@ -1,5 +1,6 @@
 """Operations one training step dispatches, with and without the low-rank layers' shared operands
-(``layers.shared_operands``), counted on a CPU: no GPU needed.
+(``layers.shared_operands``) and with and without their factors read in place from the optimizer's buffer
+(``layers.bind_groups``), counted on a CPU: no GPU needed.
 
     python scripts/count_step_ops.py [--methods dora,lora] [--runs 5] [--layers 12]
 
@@ -42,22 +43,27 @@ class Count(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def gpu_like(share: bool):
-    """The GPU's bf16 autocast and rank padding to 8 on this CPU, the shared operands on or off; restored after."""
+def gpu_like(share: bool, bind: bool = True):
+    """The GPU's bf16 autocast and rank padding to 8 on this CPU, the shared operands and the bound groups on or off;
+    restored after."""
     real = layers.low_rank_operands
-    saved = layers.low_rank_operands, stepmod.autocast, stepmod.shared_operands
+    saved = layers.low_rank_operands, stepmod.autocast, stepmod.shared_operands, stepmod.bind_groups
     layers.low_rank_operands = lambda A, B, scale, device, align=None: real(A, B, scale, device, 8)
     stepmod.autocast = lambda device, amp: torch.autocast("cpu", dtype=torch.bfloat16)
     stepmod.shared_operands = layers.shared_operands if share else (lambda model: contextlib.nullcontext())
+    stepmod.bind_groups = layers.bind_groups if bind else (lambda model, flat: None)
     try:
         yield
     finally:
-        layers.low_rank_operands, stepmod.autocast, stepmod.shared_operands = saved
+        layers.low_rank_operands, stepmod.autocast, stepmod.shared_operands, stepmod.bind_groups = saved
 
 
-def count(method: str, runs: int, n_layers: int, share: bool) -> int:
+VARIANTS = {"per_layer": (False, False), "shared": (True, False), "shared_bound": (True, True)}  # (share, bind)
+
+
+def count(method: str, runs: int, n_layers: int, share: bool, bind: bool = True) -> int:
     """Operations of one step (the second: the first allocates what later ones reuse)."""
-    with gpu_like(share):
+    with gpu_like(share, bind):
         step, _ = bench.dynrank_runner(method, "eager-fp32", torch.device("cpu"), 10,
                                        model_config={"num_hidden_layers": n_layers}, runs=runs)
         ids = torch.randint(5, 900, (2 * runs, 16), generator=torch.Generator().manual_seed(0))
@@ -77,10 +83,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = {}
     for method in args.methods.split(","):
-        per_layer, shared = (count(method, args.runs, args.layers, s) for s in (False, True))
-        out[method] = {"per_layer": per_layer, "shared": shared}
-        print(f"{method}: {per_layer} operations a step with each layer's own operands, {shared} shared "
-              f"({per_layer - shared} fewer)")
+        n = out[method] = {name: count(method, args.runs, args.layers, *flags) for name, flags in VARIANTS.items()}
+        print(f"{method}: {n['per_layer']} operations a step with each layer's own operands, {n['shared']} shared "
+              f"({n['per_layer'] - n['shared']} fewer), {n['shared_bound']} shared and read in place from the "
+              f"optimizer's buffer ({n['shared'] - n['shared_bound']} fewer again)")
     return out
 
 

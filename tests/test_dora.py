@@ -157,8 +157,8 @@ def test_cuda_graph_protocol_same_ops_per_key():
     seen: dict = {}
     for s in range(T):
         randomize_c(m, gen)
-        for p in m._A + m._B:
-            p.grad = None
+        for _, layer in m.layers:
+            layer.lora_A.grad = layer.lora_B.grad = None
         key = m.graph_key(s)
         m.prepare_step(s)
         with Record() as rec:
@@ -209,7 +209,7 @@ def test_importance_and_dem_equal_hand_computation():
             a, b = A[i], B[:, i]
             hand_dem += float(((a - a.mean()) ** 2).sum() / (a.numel() - 1) + ((b - b.mean()) ** 2).sum() / (b.numel() - 1))
     hand_s = torch.stack(hand_s).float()
-    s = m.importance.scores(m.factor_groups(m._A, m._B, m._c))
+    s = m.importance.scores(m.factor_groups("lora_A", "lora_B", "lora_c"))
     torch.testing.assert_close(s[0], hand_s, rtol=1e-5, atol=1e-7)
     m.after_step(1)  # warm-up step: S = 0.9 * 0 + 0.1 * s, no pruning
     torch.testing.assert_close(m.importance.ema[0], 0.1 * hand_s, rtol=1e-5, atol=1e-8)
@@ -221,7 +221,9 @@ def test_importance_and_dem_equal_hand_computation():
     # DEM has a gradient on A and B only
     loss = m.extra_loss(0)
     loss.sum().backward()
-    assert all(p.grad is not None for p in m._A + m._B) and all(c.grad is None for c in m._c)
+    layers = [mod for _, mod in m.layers]
+    assert all(mod.lora_A.grad is not None and mod.lora_B.grad is not None for mod in layers)
+    assert all(c.grad is None for c in m._c)
 
 
 def _train(model, m, tok, steps, lr=1e-2, seed=0):

@@ -154,9 +154,12 @@ def test_end_to_end_tiny_cola(name, tmp_path, shared_cache):
 def test_shared_operands_equal_each_layers_own(name, tmp_path):
     """A training step makes each group of low-rank layers' operands once (``layers.shared_operands``, one group
     per layer kind and shape): the runs' losses and every gradient equal those of each layer making its own, bit for
-    bit, with every trainable tensor (DoRA's c, AdaLoRA's lambda) away from its zero init."""
+    bit, with every trainable tensor (DoRA's c, AdaLoRA's lambda) away from its zero init; and so do they with each
+    group's factors read in place from the optimizer's buffer (``layers.bind_groups``: no stack, the gradient
+    added into the buffer once per group), DoRA's DEM included."""
     from dynrank import inputs, methods
-    from dynrank.methods.layers import LowRankLinear, shared_operands
+    from dynrank.methods.layers import LowRankLinear, bind_groups, shared_operands, storage_order
+    from dynrank.optim import Flat
 
     cfg = compose(tiny_overrides(tmp_path, f"method={name}"))
     shared = inputs.load_data(cfg)
@@ -171,22 +174,37 @@ def test_shared_operands_equal_each_layers_own(name, tmp_path):
     model.train()
     batch = shared.task.train_batch(shared.train_set, ([0, 3, 5], [1, 2, 9]), False)
 
-    def step(share: bool):
-        model.zero_grad()
+    layers = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+    method.setup(100)
+
+    def step(share: bool, flat=None):
+        if flat is None:
+            model.zero_grad()
+        else:
+            flat.zero_grad()  # the parameters' gradients are views of the buffer's
         torch.manual_seed(0)  # the layers' own dropout
         with shared_operands(model) if share else contextlib.nullcontext():
-            if share:
-                layers = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+            if share and flat is None:
                 assert layers and all(m.operands is not None for m in layers)
                 assert len({m.operands[0]._base.data_ptr() for m in layers}) == 3  # (d, d), (d, ff), (ff, d)
             loss = shared.task.run_losses(model, batch, 2)
-        loss.sum().backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+            extra = method.extra_loss(0)
+            total = loss if extra is None else loss + extra
+        total.sum().backward()
+        return total.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     (la, ga), (lb, gb) = step(False), step(True)
     assert torch.equal(la, lb)
     assert ga.keys() == gb.keys() and all(torch.equal(ga[n], gb[n]) for n in ga), name
-    assert all(m.operands is None for m in model.modules() if isinstance(m, LowRankLinear))  # none left behind
+    assert all(m.operands is None for m in layers)  # none left behind
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = Flat(params, 2, True, order=storage_order(model, params))
+    bind_groups(model, flat)
+    assert all(m.factor_group is not None for m in layers)
+    assert len({id(m.factor_group) for m in layers}) == 3
+    lc, gc = step(True, flat)
+    assert torch.equal(la, lc)
+    assert ga.keys() == gc.keys() and all(torch.equal(ga[n], gc[n]) for n in ga), name
 
 
 @pytest.mark.slow

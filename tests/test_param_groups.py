@@ -167,15 +167,19 @@ def test_the_hooks_decay_flag_overrides_the_no_decay_rule():
         assert opt.lr_scale is None
 
 
-def test_run_adamw_groups_are_torch_adamw_param_groups():
+@pytest.mark.parametrize("order", [None, [3, 0, 5, 1, 4, 2]])
+def test_run_adamw_groups_are_torch_adamw_param_groups(order):
     """Per-parameter (lr scale, decay) in stretches that interleave: each run steps as torch.optim.AdamW with one
-    parameter group per distinct pair, at run k's rate times the scale."""
+    parameter group per distinct pair, at run k's rate times the scale; the same with the parameters' columns in
+    another order in the buffer (``Flat(order=...)``: parameter i stays parameter i)."""
     torch.manual_seed(0)
     ps = [nn.Parameter(torch.randn(2, 4, 3)) for _ in range(6)]
     scale = [1.0, 4.0, 4.0, 1.0, 0.5, 4.0]
     decay = [True, True, False, False, True, True]
     init = [p.detach().clone() for p in ps]
-    flat = Flat(ps, 2, stacked=True)
+    flat = Flat(ps, 2, stacked=True, order=order)
+    if order:
+        assert [flat.offsets[i] for i in order] == [12 * j for j in range(6)]
     opt = RunAdamW(flat, [1e-2, 1e-3], weight_decay=0.5, total_steps=6, warmup_steps=1, decay=decay, lr_scale=scale)
     grads = [[torch.randn_like(p) for p in ps] for _ in range(3)]
     for step, gs in enumerate(grads):

@@ -40,7 +40,7 @@ from ..results import write_json
 from .base import Method, freeze_all_but_head, replace_targets
 from . import dora_pruning
 from .dora_pruning import BudgetSchedule, ComponentMask, ImportanceEMA
-from .layers import LowRankLinear, init_slice, kaiming
+from .layers import LowRankLinear, factors_of, init_slice, kaiming
 
 
 class DoRALinear(LowRankLinear):
@@ -106,9 +106,7 @@ class DoRA(Method):
         for group in shapes.values():
             self._groups.append((start, start + len(group)))
             start += len(group)
-        self._A = [m.lora_A for _, m in self.layers]  # (R, r0, d_in) each
-        self._B = [m.lora_B for _, m in self.layers]  # (R, d_out, r0)
-        self._c = [m.lora_c for _, m in self.layers]  # (R, r0)
+        self._c = [m.lora_c for _, m in self.layers]  # (R, r0) each: what the pruning mask multiplies
         self.n_modules = len(self.layers)
         self.n_components = self.n_modules * self.r0
         self.finish_wrap(model)
@@ -125,21 +123,23 @@ class DoRA(Method):
         super().setup(total_steps)
         self.schedule = BudgetSchedule(total_steps, self.warmup_frac, self.final_frac, self.interval,
                                        self.n_components, self.r0, self.r)
-        device = self._A[0].device
+        device = self._c[0].device
         if self.importance.ema.device != device:
             self._alloc(device, self.importance.ema, self.pruning.mask)
 
     def pruning_end_step(self) -> int:
         return self.schedule.end_step()
 
-    def factor_groups(self, *factors: list[torch.Tensor]):
-        """Per shape group, each of ``factors`` (per-module lists: ``_A``, ``_B``, ``_c``) stacked: (R, G, ...)."""
+    def factor_groups(self, *names: str):
+        """Per shape group, each of ``names`` (``lora_A``, ``lora_B``, ``lora_c``) as one tensor (R, G, ...): the
+        parameters themselves where the optimizer's buffer holds them side by side, else stacked
+        (``layers.factors_of``)."""
         for a, b in self._groups:
-            yield tuple(torch.stack(f[a:b], 1) for f in factors)
+            yield factors_of([m for _, m in self.layers[a:b]], names)
 
     # --- Eq. 10: DEM --------------------------------------------------------------------------
     def dem(self) -> torch.Tensor:
-        return dora_pruning.dem(self.factor_groups(self._A, self._B), self.n_modules, self.r0)
+        return dora_pruning.dem(self.factor_groups("lora_A", "lora_B"), self.n_modules, self.r0)
 
     def extra_loss(self, step: int) -> torch.Tensor | None:
         if not self._dem_on(step):
@@ -173,7 +173,7 @@ class DoRA(Method):
         if phase == "fixed":
             self.pruning.apply(self._c)  # c_i := 0 for masked components
             return
-        self.importance.update(self.factor_groups(self._A, self._B, self._c))
+        self.importance.update(self.factor_groups("lora_A", "lora_B", "lora_c"))
         if phase == "prune":
             self.pruning.select(self.importance.ema)
             self.pruning.apply(self._c)
