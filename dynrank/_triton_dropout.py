@@ -27,9 +27,10 @@ def stream_key(seed, step_ptr, site_key):
 
 @triton.jit
 def kernel(x_ptr, out_ptr, keys_ptr, seeds_ptr, step_ptr, width, rows_per_run, blocks_per_run, counter_width,
-           site_key, threshold, scale, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+           site_key, threshold, scale, ACCUMULATE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Program (i, j): rows block i % blocks_per_run of run i // blocks_per_run (a block never straddles two runs,
-    so the run's stream key is computed once, not per row), columns block j."""
+    so the run's stream key is computed once, not per row), columns block j. ``ACCUMULATE``: out += the dropout of
+    x (rounded to out's dtype first, as torch's ``out.add_(dropout(x))``), else out = it."""
     run = tl.program_id(0) // blocks_per_run
     r = (tl.program_id(0) % blocks_per_run) * BLOCK_R + tl.arange(0, BLOCK_R)  # within the run
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -42,13 +43,18 @@ def kernel(x_ptr, out_ptr, keys_ptr, seeds_ptr, step_ptr, width, rows_per_run, b
     m = rmask[:, None] & (c[None, :] < width)
     offs = r[:, None] * width + c[None, :]
     x = tl.load(x_ptr + offs, mask=m, other=0.0)
-    y = tl.where(keep, x.to(tl.float32) * scale, 0.0)  # in fp32, as torch scales a bf16 tensor
-    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+    y = tl.where(keep, x.to(tl.float32) * scale, 0.0).to(out_ptr.dtype.element_ty)  # in fp32, as torch scales bf16
+    if ACCUMULATE:
+        y = y.to(tl.float32) + tl.load(out_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        y = y.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs, y, mask=m)
 
 
-def launch(x: torch.Tensor, keys, counter_width, seeds, step, site, p):
+def launch(x: torch.Tensor, keys, counter_width, seeds, step, site, p, out: torch.Tensor | None = None):
+    """The dropout of ``x`` into a new tensor, or added into ``out`` (contiguous, x's shape and dtype)."""
     x = x.contiguous()
-    out = torch.empty_like(x)
+    accumulate = out is not None
+    out = torch.empty_like(x) if out is None else out
     width = x.shape[-1]
     rows = x.numel() // width
     # 4,096 elements a program, 256 columns wide: RoBERTa's and BART's widths (768, 3,072) are whole multiples of
@@ -59,5 +65,6 @@ def launch(x: torch.Tensor, keys, counter_width, seeds, step, site, p):
     blocks = triton.cdiv(rows // runs, block_r)  # per run
     grid = (runs * blocks, triton.cdiv(width, block_c))
     kernel[grid](x, out, keys, seeds, step, width, rows // runs, blocks, counter_width,
-                 (site * _GOLDEN) & M32, _threshold(p), 1.0 / (1.0 - p), BLOCK_R=block_r, BLOCK_C=block_c)
+                 (site * _GOLDEN) & M32, _threshold(p), 1.0 / (1.0 - p), ACCUMULATE=accumulate, BLOCK_R=block_r,
+                 BLOCK_C=block_c)
     return out

@@ -99,6 +99,22 @@ def keyed_dropout(x: torch.Tensor, row_keys: torch.Tensor, counter_width: int, s
     return x * mask.view(x.shape) * (1.0 / (1.0 - p))
 
 
+def keyed_dropout_add_(out: torch.Tensor, x: torch.Tensor, row_keys: torch.Tensor, counter_width: int,
+                       seeds: torch.Tensor, step: torch.Tensor, site: int, p: float) -> torch.Tensor:
+    """``out += keyed_dropout(x, ...)`` in place (``out`` contiguous, x's shape and dtype): the backward of a dropout
+    whose input gradient has another part already in ``out`` (``layers.LowRankLinear``'s adapter beside the frozen
+    weight). On a GPU one kernel (the mask, the scale and the add); the same numbers as the two torch ops."""
+    if x.is_cuda and _triton() is not None and out.is_contiguous() and out.dtype == x.dtype:
+        try:
+            if not _kernel_agrees(x.dtype, x.device):
+                raise RuntimeError("its masks differ from keep_mask's on a check tensor")
+            _triton()(x, row_keys, counter_width, seeds, step, site, p, out=out)
+            return out
+        except Exception as e:
+            kernel_failed("_triton_dropout", e)
+    return out.add_(keyed_dropout(x, row_keys, counter_width, seeds, step, site, p))
+
+
 class DropoutStream:
     """What every ``KeyedDropout`` of one model reads: each run's seed and the step (device tensors, so a captured
     CUDA graph reads the step ``set_step`` wrote before its replay) and the row keys of the current forward pass
@@ -140,13 +156,17 @@ class DropoutStream:
                      for L, p in pos.items()}
         self.rows.setdefault(seq_keys.numel(), seq_keys * self.positions)
 
-    def apply(self, x: torch.Tensor, site: int, p: float) -> torch.Tensor:
-        width = x.shape[-1]
-        keys = self.rows.get(x.numel() // width)
+    def row_keys(self, x: torch.Tensor, site: int) -> torch.Tensor:
+        """The keys of ``x``'s rows (x.numel() // width of them) in this forward pass."""
+        rows = x.numel() // x.shape[-1]
+        keys = self.rows.get(rows)
         if keys is None:
-            raise RuntimeError(f"dropout site {site}: no row keys for {x.numel() // width} rows "
+            raise RuntimeError(f"dropout site {site}: no row keys for {rows} rows "
                                f"(the task sets them: DropoutStream.set_rows)")
-        return keyed_dropout(x, keys, width, self.seeds, self.step, site, p)
+        return keys
+
+    def apply(self, x: torch.Tensor, site: int, p: float) -> torch.Tensor:
+        return keyed_dropout(x, self.row_keys(x, site), x.shape[-1], self.seeds, self.step, site, p)
 
     def attention(self, probs: torch.Tensor, site: int, p: float) -> torch.Tensor:
         """Dropout of attention probabilities (N, heads, Lq, Lk): row (n, h, i) has key

@@ -257,3 +257,41 @@ def test_out_of_memory_in_a_kernel_is_raised_and_the_kernel_kept():
         assert "_no_such_kernel" in dropout._FAILED
     finally:
         dropout._FAILED.discard("_no_such_kernel")
+
+
+@pytest.mark.parametrize("method,p", [("lora", 0.0), ("dora", 0.1), ("adalora", 0.1), ("dylora", 0.1)])
+def test_low_rank_node_equals_autograd(method, p, tmp_path, monkeypatch):
+    """A low-rank layer over a frozen linear is one autograd node (``layers._LowRank``), whose backward adds the
+    adapter's input gradient inside the frozen weight's (``baddbmm_``, or the keyed dropout's backward in place):
+    the losses equal autograd's path bit for bit and every gradient to float rounding, with the adapter's dropout
+    (each run's keyed stream) on and off, packed and padded, and a wrong mask in the backward fails."""
+    from dynrank.methods import layers
+
+    task, ds, model = prepared(compose(tiny_overrides(tmp_path, f"method={method}", f"method.dropout={p}")), 2)
+    lows = [m for m in model.modules() if isinstance(m, layers.LowRankLinear)]
+    assert all(isinstance(m.dropout, dropout.KeyedDropout) == (p > 0) for m in lows)
+    with torch.no_grad():
+        for q in model.parameters():
+            if q.requires_grad:  # every factor (B, c, lambda) away from its zero init
+                q.add_(torch.randn(q.shape, generator=torch.Generator().manual_seed(q.numel())) * 0.1)
+    model.train()
+    per_run = ([0, 3, 5], [1, 2, 9])
+    calls = []
+    real = layers._LowRank.apply
+    monkeypatch.setattr(layers._LowRank, "apply", lambda *a: calls.append(1) or real(*a))
+    for packed in (False, True):
+        calls.clear()
+        la, ga = losses_and_grads(task, ds, model, per_run, packed)
+        assert len(calls) == len(lows)  # every adapted matrix went through the node
+        with monkeypatch.context() as m:
+            m.setattr(layers, "_frozen_linear", lambda base: False)  # autograd's path: two gradients added
+            lb, gb = losses_and_grads(task, ds, model, per_run, packed)
+        assert torch.equal(la, lb), packed
+        for n in ga:
+            assert torch.allclose(ga[n], gb[n], rtol=1e-5, atol=1e-7), (packed, n)
+    if p:  # the backward's mask is the forward's: another site's fails
+        real_add = layers.keyed_dropout_add_
+        monkeypatch.setattr(layers, "keyed_dropout_add_", lambda out, x, keys, w, seeds, step, site, q:
+                            real_add(out, x, keys, w, seeds, step, site + 1, q))
+        lc, gc = losses_and_grads(task, ds, model, per_run, True)
+        assert not all(torch.allclose(ga[n], gc[n], rtol=1e-5, atol=1e-7) for n in ga)

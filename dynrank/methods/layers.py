@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..dropout import KeyedDropout, keyed_dropout, keyed_dropout_add_
+
 
 def by_run(x: torch.Tensor, runs: int) -> torch.Tensor:
     """(R*b, ..., d) -> (R, b*..., d): the rows of each run together (a view of a contiguous tensor)."""
@@ -70,6 +72,49 @@ def add_operands(h: torch.Tensor, x: torch.Tensor, At: torch.Tensor, Bt: torch.T
     t = torch.bmm(by_run(x, R), At)  # (R, n, r)
     out = torch.baddbmm(by_run(h, R), t, Bt)
     return out.view(h.shape)
+
+
+class _LowRank(torch.autograd.Function):
+    """``add_operands(base(x), dropout(x), At, Bt)`` with a frozen ``base`` (weight W, bias b), as one autograd node:
+    its backward gives x one gradient, the adapter's part added into the frozen weight's inside a kernel that runs
+    anyway (``baddbmm_`` accumulating into W's input gradient; with dropout, the keyed dropout's backward adding in
+    place: ``dropout.keyed_dropout_add_``), where autograd would add two (tokens x d_in) tensors: one kernel and its
+    three passes over them fewer per adapted matrix. The same products as autograd's; the input gradient's last
+    rounding may differ (the two parts summed inside the GEMM)."""
+
+    @staticmethod
+    def forward(ctx, x, W, b, At, Bt, drop):
+        R = At.shape[0]
+        d = x if drop is None else keyed_dropout(x, drop[0], x.shape[-1], *drop[1:])
+        h = F.linear(x, W, b)
+        dr = by_run(d, R).to(At.dtype)  # as autocast casts bmm's input
+        t = torch.bmm(dr, At)
+        out = torch.baddbmm(by_run(h, R), t, Bt).view(h.shape)
+        keys = () if drop is None else (drop[0], drop[1], drop[2])
+        ctx.save_for_backward(dr, t, At, Bt, W, *keys)
+        ctx.drop = None if drop is None else drop[3:]
+        ctx.x_dtype = x.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        dr, t, At, Bt, W, *keys = ctx.saved_tensors
+        R = At.shape[0]
+        gr = by_run(g, R).to(Bt.dtype)
+        g_t = torch.bmm(gr, Bt.transpose(1, 2))
+        g_Bt = torch.bmm(t.transpose(1, 2), gr)
+        g_At = torch.bmm(dr.transpose(1, 2), g_t)
+        dx = (gr.reshape(-1, gr.shape[-1]) @ W.to(gr.dtype)).view(*g.shape[:-1], W.shape[1])
+        if ctx.drop is None:
+            by_run(dx, R).baddbmm_(g_t, At.transpose(1, 2))
+        else:
+            keyed_dropout_add_(dx, torch.bmm(g_t, At.transpose(1, 2)).view(dx.shape), keys[0], dx.shape[-1],
+                               keys[1], keys[2], *ctx.drop)
+        return dx.to(ctx.x_dtype), None, None, g_At, g_Bt, None
+
+
+def _frozen_linear(m: nn.Module) -> bool:
+    return type(m) is nn.Linear and not m.weight.requires_grad and (m.bias is None or not m.bias.requires_grad)
 
 
 def share_groups(model: nn.Module) -> list[list[LowRankLinear]]:
@@ -202,7 +247,24 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x):
         operands = self.operands or low_rank_operands(*self.factors(), self.scaling, x.device)
+        drop = self._keyed_dropout(x)
+        if drop is not False and torch.is_grad_enabled() and _frozen_linear(self.base):
+            return _LowRank.apply(x, self.base.weight, self.base.bias, *operands, drop)
         return add_operands(self.base(x), self.dropout(x), *operands)
+
+    def _keyed_dropout(self, x):
+        """The adapter's dropout as ``_LowRank`` takes it: None (none: p = 0, or evaluation), (row keys, seeds,
+        step, site, p) of the run's keyed stream, or False (another dropout: ``nn.Dropout`` or BART's functional
+        stream, whose masks only its own call draws)."""
+        drop = self.dropout
+        if isinstance(drop, nn.Identity) or not self.training:
+            return None
+        if isinstance(drop, KeyedDropout):
+            if drop.p == 0:
+                return None
+            s = drop.stream
+            return s.row_keys(x, drop.site), s.seeds, s.step, drop.site, drop.p
+        return False
 
     def reset_run(self, k: int, generator: torch.Generator | None) -> None:
         """Run k's initialisation, drawn from ``generator`` (None: the global RNG)."""
