@@ -39,6 +39,15 @@ def functional(model: nn.Module, runs: int, inputs: list[torch.Tensor] | dict[st
     return _FunctionalDropout(stream)
 
 
+def active_stream() -> DropoutStream | None:
+    """The stream of the ``functional`` context the current forward runs in, or None: a module that draws its
+    dropout itself (``layers.LowRankLinear``'s one-node path) takes the next site from it, as ``F.dropout`` would."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+_ACTIVE: list[DropoutStream] = []
+
+
 class _FunctionalDropout(TorchFunctionMode):
     """``F.dropout`` (``nn.Dropout`` calls it too) and SDPA's ``dropout_p`` from the stream. Attention with dropout
     is ``attention.keyed`` (in tiles on a GPU; elsewhere transformers' eager attention), its probabilities dropped
@@ -47,6 +56,14 @@ class _FunctionalDropout(TorchFunctionMode):
     def __init__(self, stream: DropoutStream):
         super().__init__()
         self.stream = stream
+
+    def __enter__(self):
+        _ACTIVE.append(self.stream)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _ACTIVE.pop()
+        return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -515,3 +515,35 @@ def test_pack_seq2seq_layout():
     assert b["decoder_token_keys"][half + 3:half + 6].tolist() == [1024, 1025, 1026]
     same = pack_seq2seq([[0, 2]] * 2, [[0, 2]] * 2, 1, 1, 2, 1, 1024)  # equal token counts: blocks still differ
     assert same["input_ids"].numel() != same["decoder_input_ids"].numel()
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_bart_low_rank_node_equals_autograd(method, tmp_path, monkeypatch):
+    """BART's adapters go through the one-node path (``layers._LowRank``) with their dropout drawn from the
+    functional stream at the site ``nn.Dropout`` would take: the losses equal autograd's path bit for bit (the same
+    masks at the same sites), the gradients to float rounding, packed and padded, every dropout on."""
+    from test_packing import losses_and_grads
+
+    from dynrank.methods import layers
+
+    _with_all_dropouts(monkeypatch)
+    task, ds, model = _built(tmp_path, method, 2)
+    lows = [m for m in model.modules() if isinstance(m, layers.LowRankLinear)]
+    with torch.no_grad():
+        for q in model.parameters():
+            if q.requires_grad:
+                q.add_(torch.randn(q.shape, generator=torch.Generator().manual_seed(q.numel())) * 0.1)
+    model.train()
+    calls = []
+    real = layers._LowRank.apply
+    monkeypatch.setattr(layers._LowRank, "apply", lambda *a: calls.append(a[-1] is not None) or real(*a))
+    for packed in (False, True):
+        calls.clear()
+        la, ga = losses_and_grads(task, ds, model, ([0, 3, 5], [1, 2, 9]), packed)
+        assert len(calls) == len(lows) and all(calls)  # every adapter, each with its keyed dropout
+        with monkeypatch.context() as m:
+            m.setattr(layers, "_frozen_linear", lambda base: False)
+            lb, gb = losses_and_grads(task, ds, model, ([0, 3, 5], [1, 2, 9]), packed)
+        assert torch.equal(la, lb), packed
+        for n in ga:
+            assert torch.allclose(ga[n], gb[n], rtol=1e-5, atol=1e-7), (packed, n)

@@ -247,24 +247,29 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x):
         operands = self.operands or low_rank_operands(*self.factors(), self.scaling, x.device)
-        drop = self._keyed_dropout(x)
-        if drop is not False and torch.is_grad_enabled() and _frozen_linear(self.base):
-            return _LowRank.apply(x, self.base.weight, self.base.bias, *operands, drop)
+        if torch.is_grad_enabled() and _frozen_linear(self.base):
+            drop = self._keyed_dropout(x)  # (takes BART's next dropout site: only where this path runs)
+            if drop is not False:
+                return _LowRank.apply(x, self.base.weight, self.base.bias, *operands, drop)
         return add_operands(self.base(x), self.dropout(x), *operands)
 
     def _keyed_dropout(self, x):
         """The adapter's dropout as ``_LowRank`` takes it: None (none: p = 0, or evaluation), (row keys, seeds,
-        step, site, p) of the run's keyed stream, or False (another dropout: ``nn.Dropout`` or BART's functional
-        stream, whose masks only its own call draws)."""
+        step, site, p) of the run's keyed stream (an encoder's ``KeyedDropout``; BART's functional stream, whose next
+        site it takes where ``nn.Dropout`` would), or False (torch's own dropout: no stream installed)."""
+        from ..functional_dropout import active_stream
+
         drop = self.dropout
-        if isinstance(drop, nn.Identity) or not self.training:
+        if isinstance(drop, nn.Identity) or not self.training or drop.p == 0:
             return None
         if isinstance(drop, KeyedDropout):
-            if drop.p == 0:
-                return None
-            s = drop.stream
-            return s.row_keys(x, drop.site), s.seeds, s.step, drop.site, drop.p
-        return False
+            s, site = drop.stream, drop.site
+        elif isinstance(drop, nn.Dropout) and active_stream() is not None:
+            s = active_stream()
+            site = s.next_site()
+        else:
+            return False
+        return s.row_keys(x, site), s.seeds, s.step, site, drop.p
 
     def reset_run(self, k: int, generator: torch.Generator | None) -> None:
         """Run k's initialisation, drawn from ``generator`` (None: the global RNG)."""
