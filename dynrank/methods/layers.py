@@ -65,13 +65,18 @@ def low_rank_operands(A: torch.Tensor, B: torch.Tensor, scale: float | torch.Ten
     return At, Bt
 
 
-def add_operands(h: torch.Tensor, x: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor) -> torch.Tensor:
+def add_operands(h: torch.Tensor, x: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor,
+                 into_h: bool = False) -> torch.Tensor:
     """h + (x A_k^T) (scale B_k)^T for every run k, from ``low_rank_operands``: the add fused into the second GEMM
-    (``baddbmm``)."""
+    (``baddbmm``). Out of place, ``baddbmm`` first copies h into its result (a memcpy per adapted matrix on a GPU);
+    ``into_h`` (h is the caller's own and nothing differentiates through it: evaluation, beam search) accumulates
+    into h itself, as ``_LowRank`` does in training."""
     R = At.shape[0]
     t = torch.bmm(by_run(x, R), At)  # (R, n, r)
-    out = torch.baddbmm(by_run(h, R), t, Bt)
-    return out.view(h.shape)
+    if not into_h:
+        return torch.baddbmm(by_run(h, R), t, Bt).view(h.shape)
+    by_run(h, R).baddbmm_(t, Bt)
+    return h
 
 
 class _LowRank(torch.autograd.Function):
@@ -79,8 +84,9 @@ class _LowRank(torch.autograd.Function):
     its backward gives x one gradient, the adapter's part added into the frozen weight's inside a kernel that runs
     anyway (``baddbmm_`` accumulating into W's input gradient; with dropout, the keyed dropout's backward adding in
     place: ``dropout.keyed_dropout_add_``), where autograd would add two (tokens x d_in) tensors: one kernel and its
-    three passes over them fewer per adapted matrix. The same products as autograd's; the input gradient's last
-    rounding may differ (the two parts summed inside the GEMM)."""
+    three passes over them fewer per adapted matrix. Its forward accumulates the adapter into the frozen linear's
+    output in place (``baddbmm`` out of place first copies that output: a memcpy per adapted matrix). The same
+    products as autograd's; the input gradient's last rounding may differ (the two parts summed inside the GEMM)."""
 
     @staticmethod
     def forward(ctx, x, W, b, At, Bt, drop):
@@ -89,12 +95,12 @@ class _LowRank(torch.autograd.Function):
         h = F.linear(x, W, b)
         dr = by_run(d, R).to(At.dtype)  # as autocast casts bmm's input
         t = torch.bmm(dr, At)
-        out = torch.baddbmm(by_run(h, R), t, Bt).view(h.shape)
+        by_run(h, R).baddbmm_(t, Bt)  # into h, its own output: out of place would first copy h (a memcpy)
         keys = () if drop is None else (drop[0], drop[1], drop[2])
         ctx.save_for_backward(dr, t, At, Bt, W, *keys)
         ctx.drop = None if drop is None else drop[3:]
         ctx.x_dtype = x.dtype
-        return out
+        return h
 
     @staticmethod
     def backward(ctx, g):
@@ -251,7 +257,7 @@ class LowRankLinear(nn.Module):
             drop = self._keyed_dropout(x)  # (takes BART's next dropout site: only where this path runs)
             if drop is not False:
                 return _LowRank.apply(x, self.base.weight, self.base.bias, *operands, drop)
-        return add_operands(self.base(x), self.dropout(x), *operands)
+        return add_operands(self.base(x), self.dropout(x), *operands, into_h=not torch.is_grad_enabled())
 
     def _keyed_dropout(self, x):
         """The adapter's dropout as ``_LowRank`` takes it: None (none: p = 0, or evaluation), (row keys, seeds,
