@@ -547,3 +547,32 @@ def test_bart_low_rank_node_equals_autograd(method, tmp_path, monkeypatch):
         assert torch.equal(la, lb), packed
         for n in ga:
             assert torch.allclose(ga[n], gb[n], rtol=1e-5, atol=1e-7), (packed, n)
+
+
+def test_packed_lm_head_on_a_padded_vocabulary(tmp_path, monkeypatch):
+    """The packed step's LM head on the frozen weight padded with zero rows to a multiple of 8 outputs (a GPU's
+    aligned GEMMs; forced here to 16 on the tiny BART's 1,000 tokens): the same logits, losses and gradients as the
+    head on the weight itself; the padded copy is made once and again when the weight changes."""
+    from test_packing import losses_and_grads
+
+    from dynrank import packing_bart
+
+    task, ds, model = _built(tmp_path, "lora", 2)
+    W = model.lm_head.weight
+    assert not W.requires_grad and W.shape[0] % 16 != 0
+    per_run = ([0, 3, 5], [1, 2, 9])
+    la, ga = losses_and_grads(task, ds, model, per_run, True)
+    assert not hasattr(model, "_padded_lm_head")
+    monkeypatch.setattr(packing_bart, "vocab_multiple", lambda device: 16)
+    lb, gb = losses_and_grads(task, ds, model, per_run, True)
+    padded = model._padded_lm_head[1]
+    assert padded.shape[0] == -(-W.shape[0] // 16) * 16 and not padded[W.shape[0]:].any()
+    torch.testing.assert_close(la, lb, rtol=1e-6, atol=1e-6)
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-5, atol=1e-7)
+    losses_and_grads(task, ds, model, per_run, True)
+    assert model._padded_lm_head[1] is padded  # made once
+    with torch.no_grad():
+        W.mul_(2.0)
+    lc, _ = losses_and_grads(task, ds, model, per_run, True)
+    assert model._padded_lm_head[1] is not padded and not torch.allclose(lc, lb)
