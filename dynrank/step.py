@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import attention, dropout
-from .methods.layers import bind_groups, shared_operands, storage_order
+from .methods.groups import bind_groups, shared_operands, storage_order
 from .optim import Flat, RunAdamW, clip_per_run, param_groups
 from .packing import encoder_of
 from .precision import bf16_backbone
@@ -173,7 +173,7 @@ def prepare_model(model, method, device, bf16: bool, compile_model: bool,
     and attention through ``attention.attend``, for BART every dropout it calls (``functional_dropout``); with
     bf16, the frozen weights in bf16 and bf16 layer-norm outputs (``precision.bf16_backbone``; trainable weights
     and the optimizer state stay fp32); the trainable parameters into one flat buffer (``dynrank.optim.Flat``), each
-    group of low-rank layers' factors side by side and read as one tensor each (``layers.bind_groups``; not under
+    group of low-rank layers' factors side by side and read as one tensor each (``groups.bind_groups``; not under
     torch.compile, which traces the stacks); optionally torch.compile."""
     model = model.to(device)
     seeds = seeds or [0] * method.runs

@@ -1,6 +1,6 @@
 """Operations one training step dispatches, with and without the low-rank layers' shared operands
-(``layers.shared_operands``) and with and without their factors read in place from the optimizer's buffer
-(``layers.bind_groups``), counted on a CPU: no GPU needed.
+(``groups.shared_operands``) and with and without their factors read in place from the optimizer's buffer
+(``groups.bind_groups``), counted on a CPU: no GPU needed.
 
     python scripts/count_step_ops.py [--methods dora,lora] [--runs 5] [--layers 12]
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from dynrank import bench  # noqa: E402
 from dynrank import step as stepmod  # noqa: E402
-from dynrank.methods import layers  # noqa: E402
+from dynrank.methods import groups, layers  # noqa: E402
 
 
 class Count(TorchDispatchMode):
@@ -51,8 +51,8 @@ def gpu_like(share: bool, bind: bool = True):
     saved = layers.low_rank_operands, stepmod.autocast, stepmod.shared_operands, stepmod.bind_groups
     layers.low_rank_operands = lambda A, B, scale, device, align=None: real(A, B, scale, device, 8)
     stepmod.autocast = lambda device, amp: torch.autocast("cpu", dtype=torch.bfloat16)
-    stepmod.shared_operands = layers.shared_operands if share else (lambda model: contextlib.nullcontext())
-    stepmod.bind_groups = layers.bind_groups if bind else (lambda model, flat: None)
+    stepmod.shared_operands = groups.shared_operands if share else (lambda model: contextlib.nullcontext())
+    stepmod.bind_groups = groups.bind_groups if bind else (lambda model, flat: None)
     try:
         yield
     finally:

@@ -152,13 +152,14 @@ def test_end_to_end_tiny_cola(name, tmp_path, shared_cache):
 
 @pytest.mark.parametrize("name", ["lora", "dora", "adalora"])
 def test_shared_operands_equal_each_layers_own(name, tmp_path):
-    """A training step makes each group of low-rank layers' operands once (``layers.shared_operands``, one group
+    """A training step makes each group of low-rank layers' operands once (``groups.shared_operands``, one group
     per layer kind and shape): the runs' losses and every gradient equal those of each layer making its own, bit for
     bit, with every trainable tensor (DoRA's c, AdaLoRA's lambda) away from its zero init; and so do they with each
-    group's factors read in place from the optimizer's buffer (``layers.bind_groups``: no stack, the gradient
+    group's factors read in place from the optimizer's buffer (``groups.bind_groups``: no stack, the gradient
     added into the buffer once per group), DoRA's DEM included."""
     from dynrank import inputs, methods
-    from dynrank.methods.layers import LowRankLinear, bind_groups, shared_operands, storage_order
+    from dynrank.methods.groups import bind_groups, shared_operands, storage_order
+    from dynrank.methods.layers import LowRankLinear
     from dynrank.optim import Flat
 
     cfg = compose(tiny_overrides(tmp_path, f"method={name}"))

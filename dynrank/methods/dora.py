@@ -40,7 +40,8 @@ from ..results import write_json
 from .base import Method, freeze_all_but_head, replace_targets
 from . import dora_pruning
 from .dora_pruning import BudgetSchedule, ComponentMask, ImportanceEMA
-from .layers import LowRankLinear, factors_of, init_slice, kaiming
+from .groups import factors_of
+from .layers import LowRankLinear, init_slice, kaiming
 
 
 class DoRALinear(LowRankLinear):
@@ -133,7 +134,7 @@ class DoRA(Method):
     def factor_groups(self, *names: str):
         """Per shape group, each of ``names`` (``lora_A``, ``lora_B``, ``lora_c``) as one tensor (R, G, ...): the
         parameters themselves where the optimizer's buffer holds them side by side, else stacked
-        (``layers.factors_of``)."""
+        (``groups.factors_of``)."""
         for a, b in self._groups:
             yield factors_of([m for _, m in self.layers[a:b]], names)
 

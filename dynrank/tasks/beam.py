@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..methods.layers import shared_operands
+from ..methods.groups import shared_operands
 
 # Generation-config fields that change nothing here: sampling's (do_sample must be off), assisted decoding's, the
 # cache's and compilation's, bookkeeping. Any other field set to something but None/False/its neutral value (NEUTRAL)
