@@ -101,6 +101,44 @@ def test_stacked_runs_equal_solo_runs_on_gpu(name):
         assert torch.allclose(params[k], alone_params[0], rtol=1e-4, atol=1e-4), seed
 
 
+def test_padded_lm_head_equals_the_head_on_gpu():
+    """XSum's packed LM head on the weight padded to 50,272 rows (aligned GEMMs) gives the logits and the input
+    gradient of the head on BART's 50,265 rows, in bf16 under autocast."""
+    import types
+
+    from torch import nn
+
+    from dynrank import packing_bart
+
+    torch.manual_seed(0)
+    head = nn.Linear(64, 50265, bias=False).cuda().to(torch.bfloat16).requires_grad_(False)
+    model = types.SimpleNamespace(lm_head=head, final_logits_bias=torch.randn(1, 50265, device="cuda") * 0.1)
+    y = torch.randn(1, 300, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(1, 300, 50265, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = packing_bart.lm_head(model, y)
+        want = head(y) + model.final_logits_bias
+    assert model._padded_lm_head[1].shape[0] == 50272
+    assert got.dtype == want.dtype and torch.allclose(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+    g_got, = torch.autograd.grad((got.float() * w).sum(), y)
+    g_want, = torch.autograd.grad((want.float() * w).sum(), y)
+    assert torch.allclose(g_got.float(), g_want.float(), rtol=2e-2, atol=2e-1)
+
+
+@pytest.mark.parametrize("name", ["lora", "dora"])
+def test_low_rank_node_equals_autograd_on_gpu(name, monkeypatch):
+    """The low-rank layers as one autograd node (``layers._LowRank``: the adapter's input gradient accumulated in the
+    frozen weight's GEMM or in the keyed dropout kernel's ``ACCUMULATE``, the up-projection in place) against
+    autograd's two gradients added: the same loss trajectories, packed, graphed, bf16, every dropout on, 3 runs."""
+    from dynrank.methods import layers
+
+    node, _ = _trajectory(name, True, bf16=True, seeds=(1, 2, 3), packed=True, dropout=0.1)
+    monkeypatch.setattr(layers, "_frozen_linear", lambda base: False)
+    plain, _ = _trajectory(name, True, bf16=True, seeds=(1, 2, 3), packed=True, dropout=0.1)
+    assert torch.isfinite(node).all()
+    assert torch.allclose(node, plain, rtol=1e-2, atol=1e-2), (node, plain)
+
+
 @pytest.mark.parametrize("name", ["lora", "dora", "adalora", "houlsby", "bitfit"])
 def test_packed_graphed_steps(name):
     """Packed steps as CUDA graphs, dropout ON (each run's keyed stream): graphed = eager, packed = padded (fp32, to
