@@ -213,7 +213,8 @@ def test_shared_operands_dispatch_fewer_ops_a_step():
     """What sharing saves (scripts/count_step_ops.py): DoRA's step (2 RoBERTa-base layers, 12 adapted matrices, 2
     runs) with the GPU's bf16 autocast and rank padding to 8 (r0 = 12 -> 16) dispatches at least 8 fewer operations
     per adapted matrix (the per-matrix c fold, scale, casts and pads of the forward, their backward) than with each
-    layer making its own operands."""
+    layer making its own operands; and at least 3 fewer again per matrix with the factors read in place from the
+    optimizer's buffer."""
     import importlib.util
 
     from conftest import ROOT
@@ -221,5 +222,7 @@ def test_shared_operands_dispatch_fewer_ops_a_step():
     spec = importlib.util.spec_from_file_location("count_step_ops", ROOT / "scripts" / "count_step_ops.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    own, shared = (script.count("dora", 2, 2, share) for share in (False, True))
+    own, shared, bound = (script.count("dora", 2, 2, *flags) for flags in script.VARIANTS.values())
     assert shared <= own - 8 * 12, (own, shared)
+    # each group's factors read in place (groups.bind_groups): no per-matrix gradient add for A, B and c
+    assert bound <= shared - 3 * 12, (shared, bound)
