@@ -85,7 +85,8 @@ class _LowRank(torch.autograd.Function):
     place: ``dropout.keyed_dropout_add_``), where autograd would add two (tokens x d_in) tensors: one kernel and its
     three passes over them fewer per adapted matrix. Its forward accumulates the adapter into the frozen linear's
     output in place (``baddbmm`` out of place first copies that output: a memcpy per adapted matrix). The same
-    products as autograd's; the input gradient's last rounding may differ (the two parts summed inside the GEMM)."""
+    products as autograd's; the input gradient's last rounding may differ (the two parts summed inside the GEMM).
+    Not under torch.compile (``train.compile``), which traces autograd's path."""
 
     @staticmethod
     def forward(ctx, x, W, b, At, Bt, drop):
@@ -172,7 +173,7 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x):
         operands = self.operands or low_rank_operands(*self.factors(), self.scaling, x.device)
-        if torch.is_grad_enabled() and _frozen_linear(self.base):
+        if torch.is_grad_enabled() and _frozen_linear(self.base) and not torch.compiler.is_compiling():
             drop = self._keyed_dropout(x)  # (takes BART's next dropout site: only where this path runs)
             if drop is not False:
                 return _LowRank.apply(x, self.base.weight, self.base.bias, *operands, drop)
