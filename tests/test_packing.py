@@ -295,3 +295,33 @@ def test_low_rank_node_equals_autograd(method, p, tmp_path, monkeypatch):
                             real_add(out, x, keys, w, seeds, step, site + 1, q))
         lc, gc = losses_and_grads(task, ds, model, per_run, True)
         assert not all(torch.allclose(ga[n], gc[n], rtol=1e-5, atol=1e-7) for n in ga)
+
+
+def test_low_rank_node_skips_a_frozen_inputs_gradient():
+    """Below a frozen embedding the first layer's input needs no gradient: the node's backward then runs no GEMM on
+    the frozen weight (autograd's path skips it too) and still gives A and B theirs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dynrank.methods import layers
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(6, 4, generator=g)
+    A = torch.randn(2, 4, 3, generator=g, requires_grad=True)  # (R, d_in, r): At
+    B = torch.randn(2, 3, 6, generator=g, requires_grad=True)  # (R, r, d_out): Bt
+    for needs in (False, True):
+        x = torch.randn(2, 5, 4, generator=g, requires_grad=needs)
+        out = layers._LowRank.apply(x, W, None, A, B, None)
+        with Ops() as ops:
+            grads = torch.autograd.grad(out.sum(), (x, A, B) if needs else (A, B))
+        assert ("aten.mm" in ops.names) == needs, ops.names
+        want = torch.autograd.grad((x @ W.t() + torch.bmm(torch.bmm(x, A), B)).sum(), (x, A, B) if needs else (A, B))
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(grads, want))

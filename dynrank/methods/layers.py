@@ -108,8 +108,10 @@ class _LowRank(torch.autograd.Function):
         R = At.shape[0]
         gr = by_run(g, R).to(Bt.dtype)
         g_t = torch.bmm(gr, Bt.transpose(1, 2))
-        g_Bt = torch.bmm(t.transpose(1, 2), gr)
-        g_At = torch.bmm(dr.transpose(1, 2), g_t)
+        g_At = torch.bmm(dr.transpose(1, 2), g_t) if ctx.needs_input_grad[3] else None
+        g_Bt = torch.bmm(t.transpose(1, 2), gr) if ctx.needs_input_grad[4] else None
+        if not ctx.needs_input_grad[0]:  # the input is frozen (the first layer's, below a frozen embedding)
+            return None, None, None, g_At, g_Bt, None
         dx = (gr.reshape(-1, gr.shape[-1]) @ W.to(gr.dtype)).view(*g.shape[:-1], W.shape[1])
         if ctx.drop is None:
             by_run(dx, R).baddbmm_(g_t, At.transpose(1, 2))
