@@ -62,6 +62,8 @@ def launch(x: torch.Tensor, keys, counter_width, seeds, step, site, p, out: torc
     block_c = min(256, triton.next_power_of_2(width))
     block_r = max(1, 4096 // block_c)
     runs = seeds.numel()
+    if rows % runs:
+        raise ValueError(f"{rows} rows are not {runs} runs' equal blocks")
     blocks = triton.cdiv(rows // runs, block_r)  # per run
     grid = (runs * blocks, triton.cdiv(width, block_c))
     kernel[grid](x, out, keys, seeds, step, width, rows // runs, blocks, counter_width,

@@ -43,8 +43,9 @@ def add_low_rank(h: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Ten
 def low_rank_operands(A: torch.Tensor, B: torch.Tensor, scale: float | torch.Tensor, device: torch.device,
                       align: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(A^T, (scale B)^T) as ``add_operands``' GEMMs take them: (R, ..., d_in, r') and (R, ..., r', d_out), any
-    dimensions between (a group of layers, (R, G, ...): ``shared_operands``). The scale goes onto the small B instead of a pass
-    over the (tokens x d_out) output; under autocast both are cast once here, not by every GEMM.
+    dimensions between (a group of layers, (R, G, ...): ``groups.shared_operands``). The scale goes onto the small
+    B instead of a pass over the (tokens x d_out) output; under autocast both are cast once here, not by every
+    GEMM.
 
     On a GPU the rank is padded with zero components to a multiple of ``align`` (8): a GEMM whose rank side is not a
     multiple of 8 bf16 elements (16 bytes) misses cuBLAS's aligned kernels, which made DoRA's r0 = 12 ~5% slower
