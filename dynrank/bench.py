@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -178,6 +179,39 @@ def peft_loop(model, mode: str, device, after=None):
 
     step.model = model
     return step
+
+
+CUTS = {  # a step's kernel cuts (benchmarks/README.md, rounds eight and nine) that ``without`` switches off
+    "share": "groups.shared_operands: each low-rank layer makes its own operands",
+    "bind": "groups.bind_groups: each group's factors stacked every step, a gradient add per matrix",
+    "node": "layers._LowRank: autograd's path (two input gradients added, the up-projection out of place)",
+}
+
+
+@contextmanager
+def without(*cuts: str):
+    """Inside, the step runs with ``cuts`` (of ``CUTS``) switched off, to measure what each one is worth in one
+    process (``scripts/bench.py --without``, ``scripts/count_step_ops.py``); the model must be built inside too
+    (``bind`` acts when the optimizer's buffer is made)."""
+    from contextlib import nullcontext
+
+    from . import step as stepmod
+    from .methods import layers
+
+    unknown = set(cuts) - set(CUTS)
+    if unknown:
+        raise ValueError(f"unknown cut(s) {sorted(unknown)}; choose from {', '.join(CUTS)}")
+    saved = stepmod.shared_operands, stepmod.bind_groups, layers._frozen_linear
+    if "share" in cuts:
+        stepmod.shared_operands = lambda model: nullcontext()
+    if "bind" in cuts:
+        stepmod.bind_groups = lambda model, flat: None
+    if "node" in cuts:
+        layers._frozen_linear = lambda base: False
+    try:
+        yield
+    finally:
+        stepmod.shared_operands, stepmod.bind_groups, layers._frozen_linear = saved
 
 
 class _HostMark:

@@ -40,8 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dynrank.bench import (REAL, cola_lengths, dynrank_runner, make_batches, peft_runner, real_batches,  # noqa: E402
-                           steady_steps, synchronize, timed_steps)
+from dynrank.bench import (CUTS, REAL, cola_lengths, dynrank_runner, make_batches, peft_runner,  # noqa: E402
+                           real_batches, steady_steps, synchronize, timed_steps, without)
 from dynrank.methods import names  # noqa: E402
 from dynrank.results import versions, write_json  # noqa: E402
 
@@ -153,8 +153,15 @@ def main(argv=None):
     ap.add_argument("--layouts", default="padded", help="real-length settings (" + ",".join(REAL) + "): padded, "
                     "packed (train.pack), or both; PEFT rows: padded")
     ap.add_argument("--batches", type=int, default=24, help="real-length settings: distinct random steps, cycled")
+    ap.add_argument("--ablate", default="none", help="dynrank rows again with cuts switched off, to see what each is "
+                    "worth in one process: a comma list of cut sets, each 'none' or cuts joined by '+' from "
+                    + ", ".join(CUTS) + " (dynrank.bench.CUTS), e.g. none,node,bind,share+bind+node")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     args = ap.parse_args(argv)
+    ablations = [() if a == "none" else tuple(a.split("+")) for a in args.ablate.split(",")]
+    unknown = {c for a in ablations for c in a} - set(CUTS)
+    if unknown:
+        ap.error(f"--ablate: unknown cut(s) {', '.join(sorted(unknown))}; choose from none, {', '.join(CUTS)}")
     if not torch.cuda.is_available():
         sys.exit("error: the benchmark needs a CUDA GPU")
     device = torch.device("cuda")
@@ -178,16 +185,20 @@ def main(argv=None):
                     continue
                 for runs in [1] if peft or name == "full" else [int(k) for k in args.runs.split(",")]:
                     layouts = args.layouts.split(",") if setting in REAL else ["padded"]
-                    for layout in ["padded"] if peft else layouts:
+                    for layout, cuts in [(lay, c) for lay in (["padded"] if peft else layouts)
+                                         for c in ([()] if peft else ablations)]:
                         try:
-                            if setting in REAL:
-                                r = measure_real(name, mode, setting, device, args, runs, layout, peak)
-                            else:
-                                r = measure(name, mode, setting, device, args, lengths, runs)
+                            with without(*cuts):
+                                if setting in REAL:
+                                    r = measure_real(name, mode, setting, device, args, runs, layout, peak)
+                                else:
+                                    r = measure(name, mode, setting, device, args, lengths, runs)
                         except Exception as e:  # a missing method or a failed compile is reported, not fatal
                             r = {"impl": "peft" if peft else "dynrank", "method": name, "mode": mode, "runs": runs,
                                  "setting": setting, "layout": layout,
                                  "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                        if cuts:
+                            r["without"] = list(cuts)
                         rows.append(r)
                         print(json.dumps(r), flush=True)
                         write_json(out, report)  # after every row: a run cut short keeps what it measured
@@ -204,7 +215,8 @@ def print_table(rows):
     print(f"{'setting':7} {'method':14} {'mode':11} {'runs':>4} {'samples/s':>9} {'steady/s':>9} {'per run':>8} "
           f"{'step ms':>8} {'peak MiB':>9}")
     for r in rows:
-        head = f"{r['setting']:7} {r['method']:14} {r['mode']:11} {r.get('runs', 1):4d}"
+        name = r["method"] + ("-" + "-".join(r["without"]) if r.get("without") else "")
+        head = f"{r['setting']:7} {name:14} {r['mode']:11} {r.get('runs', 1):4d}"
         if "real_tokens_per_s" in r:
             print(f"{head} {r['layout']:7} real tok/s {r['real_tokens_per_s']:9.0f} real share {r['real_share']:.2f} "
                   f"MFU {100 * r['mfu_real']:4.1f}% step {r['step_ms']:7.2f} ms peak {r['peak_mem_mib']:7.0f} MiB")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from dynrank import bench  # noqa: E402
 from dynrank import step as stepmod  # noqa: E402
-from dynrank.methods import groups, layers  # noqa: E402
+from dynrank.methods import layers  # noqa: E402
 
 
 class Count(TorchDispatchMode):
@@ -45,18 +45,17 @@ class Count(TorchDispatchMode):
 
 @contextlib.contextmanager
 def gpu_like(share: bool, bind: bool = True):
-    """The GPU's bf16 autocast and rank padding to 8 on this CPU, the shared operands and the bound groups on or off;
-    restored after."""
+    """The GPU's bf16 autocast and rank padding to 8 on this CPU, the shared operands and the bound groups on or off
+    (``bench.without``); restored after."""
     real = layers.low_rank_operands
-    saved = layers.low_rank_operands, stepmod.autocast, stepmod.shared_operands, stepmod.bind_groups
+    saved = layers.low_rank_operands, stepmod.autocast
     layers.low_rank_operands = lambda A, B, scale, device, align=None: real(A, B, scale, device, 8)
     stepmod.autocast = lambda device, amp: torch.autocast("cpu", dtype=torch.bfloat16)
-    stepmod.shared_operands = groups.shared_operands if share else (lambda model: contextlib.nullcontext())
-    stepmod.bind_groups = groups.bind_groups if bind else (lambda model, flat: None)
     try:
-        yield
+        with bench.without(*(["share"] if not share else []), *(["bind"] if not bind else [])):
+            yield
     finally:
-        layers.low_rank_operands, stepmod.autocast, stepmod.shared_operands, stepmod.bind_groups = saved
+        layers.low_rank_operands, stepmod.autocast = saved
 
 
 VARIANTS = {"per_layer": (False, False), "shared": (True, False), "shared_bound": (True, True)}  # (share, bind)

@@ -226,3 +226,25 @@ def test_shared_operands_dispatch_fewer_ops_a_step():
     assert shared <= own - 8 * 12, (own, shared)
     # each group's factors read in place (groups.bind_groups): no per-matrix gradient add for A, B and c
     assert bound <= shared - 3 * 12, (shared, bound)
+
+
+def test_bench_without_switches_each_cut_off_and_back():
+    """``bench.without`` (scripts/bench.py --ablate): inside, the named cuts are off (no bound groups on a model
+    built there, no shared operands, autograd's path instead of the low-rank node); after, all are back."""
+    from torch import nn
+
+    from dynrank import bench
+    from dynrank import step as stepmod
+    from dynrank.methods import groups, layers
+
+    frozen = nn.Linear(4, 4).requires_grad_(False)
+    with bench.without("node", "bind", "share"):
+        assert not layers._frozen_linear(frozen)
+        assert stepmod.bind_groups is not groups.bind_groups
+        assert stepmod.shared_operands is not groups.shared_operands
+        bench.dynrank_runner("lora", "eager-fp32", torch.device("cpu"), 4, model_config={"num_hidden_layers": 1})
+    assert layers._frozen_linear(frozen) and stepmod.bind_groups is groups.bind_groups
+    assert stepmod.shared_operands is groups.shared_operands
+    with pytest.raises(ValueError, match="unknown cut"):
+        with bench.without("nodes"):
+            pass
