@@ -79,6 +79,40 @@ def add_operands(h: torch.Tensor, x: torch.Tensor, At: torch.Tensor, Bt: torch.T
     return h
 
 
+def adapter_into_(h: torch.Tensor, x: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor, drop) -> tuple:
+    """h += (dropout(x) A_k^T) (scale B_k)^T for every run k, in place into ``h`` (the frozen linear's output, or a
+    view of it): the forward of a low-rank update inside one autograd node (``_LowRank``, ``qkv.project``).
+    ``drop``: None, or the keyed dropout's (row keys, seeds, step, site, p). Returns what its backward needs
+    (``adapter_grads``, ``adapter_input_grad_``)."""
+    R = At.shape[0]
+    d = x if drop is None else keyed_dropout(x, drop[0], x.shape[-1], *drop[1:])
+    dr = by_run(d, R).to(At.dtype)  # as autocast casts bmm's input
+    t = torch.bmm(dr, At)
+    h.view(R, -1, h.shape[-1]).baddbmm_(t, Bt)  # in place: out of place, baddbmm first copies h (a memcpy)
+    return dr, t
+
+
+def adapter_grads(g: torch.Tensor, dr: torch.Tensor, t: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor,
+                  need_At: bool = True, need_Bt: bool = True) -> tuple:
+    """From the output's gradient ``g``: (the gradient of x A^T, of At, of Bt), the last two where needed."""
+    gr = by_run(g, At.shape[0]).to(Bt.dtype)
+    g_t = torch.bmm(gr, Bt.transpose(1, 2))
+    g_At = torch.bmm(dr.transpose(1, 2), g_t) if need_At else None
+    g_Bt = torch.bmm(t.transpose(1, 2), gr) if need_Bt else None
+    return g_t, g_At, g_Bt
+
+
+def adapter_input_grad_(dx: torch.Tensor, g_t: torch.Tensor, At: torch.Tensor, drop) -> None:
+    """dx += the adapter's part of the input gradient, in place inside a kernel that runs anyway: ``baddbmm_``, or
+    the keyed dropout's backward adding (``dropout.keyed_dropout_add_``; ``drop`` as ``adapter_into_``'s)."""
+    if drop is None:
+        dx.view(At.shape[0], -1, dx.shape[-1]).baddbmm_(g_t, At.transpose(1, 2))
+    else:
+        keys, seeds, step, site, p = drop
+        keyed_dropout_add_(dx, torch.bmm(g_t, At.transpose(1, 2)).view(dx.shape), keys, dx.shape[-1], seeds, step,
+                           site, p)
+
+
 class _LowRank(torch.autograd.Function):
     """``add_operands(base(x), dropout(x), At, Bt)`` with a frozen ``base`` (weight W, bias b), as one autograd node:
     its backward gives x one gradient, the adapter's part added into the frozen weight's inside a kernel that runs
@@ -91,35 +125,27 @@ class _LowRank(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, W, b, At, Bt, drop):
-        R = At.shape[0]
-        d = x if drop is None else keyed_dropout(x, drop[0], x.shape[-1], *drop[1:])
         h = F.linear(x, W, b)
-        dr = by_run(d, R).to(At.dtype)  # as autocast casts bmm's input
-        t = torch.bmm(dr, At)
-        by_run(h, R).baddbmm_(t, Bt)  # into h, its own output: out of place would first copy h (a memcpy)
-        keys = () if drop is None else (drop[0], drop[1], drop[2])
-        ctx.save_for_backward(dr, t, At, Bt, W, *keys)
-        ctx.drop = None if drop is None else drop[3:]
+        dr, t = adapter_into_(h, x, At, Bt, drop)
+        ctx.save_for_backward(dr, t, At, Bt, W, *(drop[:3] if drop else ()))
+        ctx.drop = drop and drop[3:]
         ctx.x_dtype = x.dtype
         return h
 
     @staticmethod
     def backward(ctx, g):
         dr, t, At, Bt, W, *keys = ctx.saved_tensors
-        R = At.shape[0]
-        gr = by_run(g, R).to(Bt.dtype)
-        g_t = torch.bmm(gr, Bt.transpose(1, 2))
-        g_At = torch.bmm(dr.transpose(1, 2), g_t) if ctx.needs_input_grad[3] else None
-        g_Bt = torch.bmm(t.transpose(1, 2), gr) if ctx.needs_input_grad[4] else None
+        g_t, g_At, g_Bt = adapter_grads(g, dr, t, At, Bt, ctx.needs_input_grad[3], ctx.needs_input_grad[4])
         if not ctx.needs_input_grad[0]:  # the input is frozen (the first layer's, below a frozen embedding)
             return None, None, None, g_At, g_Bt, None
-        dx = (gr.reshape(-1, gr.shape[-1]) @ W.to(gr.dtype)).view(*g.shape[:-1], W.shape[1])
-        if ctx.drop is None:
-            by_run(dx, R).baddbmm_(g_t, At.transpose(1, 2))
-        else:
-            keyed_dropout_add_(dx, torch.bmm(g_t, At.transpose(1, 2)).view(dx.shape), keys[0], dx.shape[-1],
-                               keys[1], keys[2], *ctx.drop)
+        dx = frozen_input_grad(g, W)
+        adapter_input_grad_(dx, g_t, At, ctx.drop and (*keys, *ctx.drop))
         return dx.to(ctx.x_dtype), None, None, g_At, g_Bt, None
+
+
+def frozen_input_grad(g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """g W: the input gradient of a frozen linear (weight W (d_out, d_in)), in g's dtype."""
+    return (g.reshape(-1, g.shape[-1]) @ W.to(g.dtype)).view(*g.shape[:-1], W.shape[1])
 
 
 def _frozen_linear(m: nn.Module) -> bool:
