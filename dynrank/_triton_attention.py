@@ -29,13 +29,15 @@ def _tile(ptr, start_ptr, len_ptr, n, h, stride, BLOCK: tl.constexpr, DH: tl.con
 
 @triton.jit
 def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, len_ptr, seeds_ptr, step_ptr, per_run, heads, stride,
-         scale, site_key, threshold, drop_scale, DROPOUT: tl.constexpr, IEEE: tl.constexpr, BLOCK: tl.constexpr,
-         DH: tl.constexpr):
+         in_stride, scale, site_key, threshold, drop_scale, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+         BLOCK: tl.constexpr, DH: tl.constexpr):
+    """q, k and v rows ``in_stride`` apart (the thirds of one (T, 3 H) projection: 3 H; else H), o's ``stride``."""
     n = tl.program_id(0)
     h = tl.program_id(1)
-    rows, inside, L, offs_m, q = _tile(q_ptr, start_ptr, len_ptr, n, h, stride, BLOCK, DH)
-    k = tl.load(k_ptr + rows, mask=inside, other=0.0)
-    v = tl.load(v_ptr + rows, mask=inside, other=0.0)
+    rows_in, inside, L, offs_m, q = _tile(q_ptr, start_ptr, len_ptr, n, h, in_stride, BLOCK, DH)
+    rows = (tl.load(start_ptr + n) + offs_m).to(tl.int64)[:, None] * stride + h * DH + tl.arange(0, DH)[None, :]
+    k = tl.load(k_ptr + rows_in, mask=inside, other=0.0)
+    v = tl.load(v_ptr + rows_in, mask=inside, other=0.0)
     s = _dot(q, tl.trans(k), IEEE) * scale
     s = tl.where(offs_m[None, :] < L, s, float("-inf"))
     m = tl.max(s, 1)
@@ -52,13 +54,15 @@ def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, len_ptr, seeds_ptr, ste
 
 @triton.jit
 def _bwd(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, start_ptr, len_ptr, seeds_ptr, step_ptr,
-         per_run, heads, stride, scale, site_key, threshold, drop_scale, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
-         BLOCK: tl.constexpr, DH: tl.constexpr):
+         per_run, heads, stride, in_stride, scale, site_key, threshold, drop_scale, DROPOUT: tl.constexpr,
+         IEEE: tl.constexpr, BLOCK: tl.constexpr, DH: tl.constexpr):
+    """q, k, v and their gradients rows ``in_stride`` apart, do's ``stride`` (as ``_fwd``)."""
     n = tl.program_id(0)
     h = tl.program_id(1)
-    rows, inside, L, offs_m, q = _tile(q_ptr, start_ptr, len_ptr, n, h, stride, BLOCK, DH)
-    k = tl.load(k_ptr + rows, mask=inside, other=0.0)
-    v = tl.load(v_ptr + rows, mask=inside, other=0.0)
+    rows_in, inside, L, offs_m, q = _tile(q_ptr, start_ptr, len_ptr, n, h, in_stride, BLOCK, DH)
+    rows = (tl.load(start_ptr + n) + offs_m).to(tl.int64)[:, None] * stride + h * DH + tl.arange(0, DH)[None, :]
+    k = tl.load(k_ptr + rows_in, mask=inside, other=0.0)
+    v = tl.load(v_ptr + rows_in, mask=inside, other=0.0)
     do = tl.load(do_ptr + rows, mask=inside, other=0.0)
     lse = tl.load(lse_ptr + (n * heads + h) * BLOCK + offs_m)
     s = _dot(q, tl.trans(k), IEEE) * scale
@@ -75,6 +79,6 @@ def _bwd(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, start_ptr
     ds = p * (dp - tl.sum(p * dp, 1)[:, None])
     dq = _dot(ds.to(k.dtype), k, IEEE) * scale
     dk = _dot(tl.trans(ds.to(q.dtype)), q, IEEE) * scale
-    tl.store(dq_ptr + rows, dq.to(dq_ptr.dtype.element_ty), mask=inside)
-    tl.store(dk_ptr + rows, dk.to(dk_ptr.dtype.element_ty), mask=inside)
-    tl.store(dv_ptr + rows, dv.to(dv_ptr.dtype.element_ty), mask=inside)
+    tl.store(dq_ptr + rows_in, dq.to(dq_ptr.dtype.element_ty), mask=inside)
+    tl.store(dk_ptr + rows_in, dk.to(dk_ptr.dtype.element_ty), mask=inside)
+    tl.store(dv_ptr + rows_in, dv.to(dv_ptr.dtype.element_ty), mask=inside)

@@ -66,10 +66,11 @@ def use_for(model) -> None:
 
 
 def packed_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
-                     lens: torch.Tensor, width: int, dropout_p: float, scaling: float):
+                     lens: torch.Tensor, width: int, dropout_p: float, scaling: float, qkv: torch.Tensor | None = None):
     """Attention of a packed batch on a GPU with Triton, each (sequence, head) one tile read from and written to
     the packed rows (``_triton_attention``); None where the kernel does not apply (no Triton, a CPU, sequences over
-    128 tokens, a head size that is not a power of two from 16 to 128): the caller then gathers a padded view."""
+    128 tokens, a head size that is not a power of two from 16 to 128): the caller then gathers a padded view.
+    ``qkv``: q, k and v are its thirds (one projection, ``qkv.project``): the one-tile kernels read it in place."""
     heads, dh = module.num_attention_heads, module.attention_head_size
     drop = module.dropout
     p = dropout_p if module.training else 0.0
@@ -82,7 +83,8 @@ def packed_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     try:
         if not _kernel_agrees(q.dtype, q.device, dh):
             raise RuntimeError("the kernel disagrees with attention.attend on a check batch")
-        return _PackedAttention.apply(q, k, v, start, lens, drop.stream.seeds, drop.stream.step, drop.site, p,
+        tensors = (q, k, v) if qkv is None else (qkv, None, None)
+        return _PackedAttention.apply(*tensors, start, lens, drop.stream.seeds, drop.stream.step, drop.site, p,
                                       scaling, heads, dh, max(16, 1 << (width - 1).bit_length()))
     except Exception as e:  # a Triton that cannot build the kernel here: the gathered view instead
         from .dropout import kernel_failed
@@ -97,7 +99,8 @@ _AGREES: set = set()
 def _kernel_agrees(dtype, device, dh: int) -> bool:
     """Once per process, dtype and head size, before the kernel's first use: its output and input gradients against
     ``attend`` on the gathered view of a small packed batch (4 sequences of 2 runs, attention dropout 0.3), to the
-    dtype's rounding. A kernel that disagrees is not used (``kernel_failed``: the gathered view instead)."""
+    dtype's rounding, with q, k, v apart and as one projection's thirds. A kernel that disagrees is not used
+    (``kernel_failed``: the gathered view instead)."""
     key = (dtype, str(device), dh)
     if key in _AGREES:
         return True
@@ -122,13 +125,19 @@ def _kernel_agrees(dtype, device, dh: int) -> bool:
     def seqs(x):
         return x.index_select(0, b["gather"]).view(N, width, heads, dh).transpose(1, 2)
 
+    qkv = torch.cat([q, k, v], -1).detach().requires_grad_()  # the joint form: the thirds of one projection
+    block = max(16, 1 << (width - 1).bit_length())
     with torch.autocast(device.type, enabled=False), torch.enable_grad():
         out = _PackedAttention.apply(q, k, v, b["seq_start"], b["seq_len"], stream.seeds, stream.step, 0, 0.3,
-                                     dh ** -0.5, heads, dh, max(16, 1 << (width - 1).bit_length()))
+                                     dh ** -0.5, heads, dh, block)
         ref = attend(module, seqs(q), seqs(k), seqs(v), b["valid"][:, None, None, :], 0.3, dh ** -0.5)
         ref = ref.transpose(1, 2).reshape(N * width, H).index_select(0, b["scatter"])
         got = [out, *torch.autograd.grad((out.float() * w.float())[real].sum(), (q, k, v))]
         want = [ref, *torch.autograd.grad((ref.float() * w.float())[real].sum(), (q, k, v))]
+        joint = _PackedAttention.apply(qkv, None, None, b["seq_start"], b["seq_len"], stream.seeds, stream.step, 0,
+                                       0.3, dh ** -0.5, heads, dh, block)
+        got += [joint, *_thirds(torch.autograd.grad((joint.float() * w.float())[real].sum(), qkv)[0])]
+        want += want
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     if all(torch.allclose(a.float()[real], c.float()[real], rtol=tol, atol=tol) for a, c in zip(got, want)):
         _AGREES.add(key)
@@ -142,29 +151,51 @@ def _kernels():
     return None if "_triton_attention" in _FAILED else triton_kernels("_triton_attention")
 
 
+def _thirds(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return qkv.split(qkv.shape[-1] // 3, -1)
+
+
 class _PackedAttention(torch.autograd.Function):
+    """q, k, v (T, H) each; or, with k and v None, ``q`` one (T, 3 H) projection (``qkv.project``) whose thirds the
+    kernels read in place and whose gradient they write as one tensor (no copy of q, k, v, no concatenation of
+    their gradients)."""
+
     @staticmethod
     def forward(ctx, q, k, v, start, lens, seeds, step, site, p, scale, heads, dh, block):
         from .dropout import _GOLDEN, M32, _threshold
 
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        T, H = q.shape[-2], q.shape[-1]
+        joint = k is None
+        if joint:
+            qkv = q
+            q, k, v = _thirds(qkv)
+        else:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        H = q.shape[-1]
         n = start.numel()
-        o = torch.zeros_like(q)
+        o = torch.zeros(*q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty(n * heads * block, dtype=torch.float32, device=q.device)
-        args = (start, lens, seeds, step, n // seeds.numel(), heads, H, scale, (site * _GOLDEN) & M32,
+        args = (start, lens, seeds, step, n // seeds.numel(), heads, H, q.stride(-2), scale, (site * _GOLDEN) & M32,
                 _threshold(p), 1.0 / (1.0 - p))
         meta = dict(DROPOUT=p > 0, IEEE=q.dtype == torch.float32, BLOCK=block, DH=dh,
                     num_warps=4 if block <= 64 else 8)
         _kernels()._fwd[(n, heads)](q, k, v, o, lse, *args, **meta)
-        ctx.save_for_backward(q, k, v, lse, start, lens, seeds, step)
-        ctx.args, ctx.meta = args[4:], meta  # per_run, heads, stride, scale, site key, threshold, drop scale
+        ctx.save_for_backward(*((qkv,) if joint else (q, k, v)), lse, start, lens, seeds, step)
+        ctx.joint = joint
+        ctx.args, ctx.meta = args[4:], meta  # per_run, heads, stride, in stride, scale, site key, threshold, drop
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, lse, start, lens, seeds, step = ctx.saved_tensors
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        if ctx.joint:
+            qkv, lse, start, lens, seeds, step = ctx.saved_tensors
+            q, k, v = _thirds(qkv)
+            grad = torch.zeros_like(qkv)
+            dq, dk, dv = _thirds(grad)
+        else:
+            q, k, v, lse, start, lens, seeds, step = ctx.saved_tensors
+            dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         _kernels()._bwd[(start.numel(), ctx.args[1])](q, k, v, do.contiguous(), lse, dq, dk, dv, start, lens, seeds,
                                                        step, *ctx.args, **ctx.meta)
+        if ctx.joint:
+            return grad, None, None, *([None] * 10)
         return dq, dk, dv, *([None] * 10)

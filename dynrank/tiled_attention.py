@@ -61,6 +61,8 @@ class _Flash(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, seeds, step, args):
         scale, site, p, positions, causal, packed, kv = args
+        if packed is not None:  # rows (T, width): the output and gradients are made with these strides
+            q, k, v = (x if x.stride(-1) == 1 and x.stride(-2) == x.shape[-1] else x.contiguous() for x in (q, k, v))
         q = q if q.stride(-1) == 1 else q.contiguous()
         if k.stride() != v.stride() or k.stride(-1) != 1:
             k, v = k.contiguous(), v.contiguous()

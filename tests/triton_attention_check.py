@@ -39,6 +39,22 @@ for p in (0.0, 0.3):
         assert not a[~real].any()
 print("ok")
 
+# q, k and v as the thirds of one projection (qkv.project): the one-tile kernels read them in place (rows 3 H
+# apart) and write their gradient as one tensor
+for p in (0.0, 0.3):
+    qkv = torch.randn(T, 3 * H, requires_grad=True)
+    q, k, v = qkv.split(H, -1)
+    out = attention.packed_attention(module, q, k, v, b["seq_start"], b["seq_len"], width, p, dh ** -0.5, qkv=qkv)
+    ref = attention.attend(module, seqs(q), seqs(k), seqs(v), b["valid"][:, None, None, :], p, dh ** -0.5)
+    ref = ref.transpose(1, 2).reshape(N * width, H).index_select(0, b["scatter"])
+    assert torch.allclose(out[real], ref[real], atol=1e-5), p
+    g = torch.randn(T, H)
+    got, = torch.autograd.grad((out * g)[real].sum(), qkv)
+    want, = torch.autograd.grad((ref * g)[real].sum(), qkv)
+    assert torch.allclose(got[real], want[real], atol=1e-5), p
+    assert not got[~real].any()
+print("joint ok")
+
 # the self-checks each kernel passes before its first use (fp32: the interpreter's bf16 is not the GPU's)
 assert attention._kernel_agrees(torch.float32, torch.device("cpu"), 16)
 assert dropout._kernel_agrees(torch.float32, torch.device("cpu"))
