@@ -184,7 +184,8 @@ def peft_loop(model, mode: str, device, after=None):
 CUTS = {  # a step's kernel cuts (benchmarks/README.md, rounds eight and nine) that ``without`` switches off
     "share": "groups.shared_operands: each low-rank layer makes its own operands",
     "bind": "groups.bind_groups: each group's factors stacked every step, a gradient add per matrix",
-    "node": "layers._LowRank: autograd's path (two input gradients added, the up-projection out of place)",
+    "node": "layers._LowRank and qkv.project: autograd's path (input gradients added, up-projections out of place)",
+    "qkv": "qkv.project: a packed layer's query, key and value apart (each its own node)",
 }
 
 
@@ -195,13 +196,16 @@ def without(*cuts: str):
     (``bind`` acts when the optimizer's buffer is made)."""
     from contextlib import nullcontext
 
+    from . import packing
     from . import step as stepmod
     from .methods import layers
 
     unknown = set(cuts) - set(CUTS)
     if unknown:
         raise ValueError(f"unknown cut(s) {sorted(unknown)}; choose from {', '.join(CUTS)}")
-    saved = stepmod.shared_operands, stepmod.bind_groups, layers._frozen_linear
+    saved = stepmod.shared_operands, stepmod.bind_groups, layers._frozen_linear, packing.project
+    if "qkv" in cuts:
+        packing.project = lambda sa, h: None
     if "share" in cuts:
         stepmod.shared_operands = lambda model: nullcontext()
     if "bind" in cuts:
@@ -211,7 +215,7 @@ def without(*cuts: str):
     try:
         yield
     finally:
-        stepmod.shared_operands, stepmod.bind_groups, layers._frozen_linear = saved
+        stepmod.shared_operands, stepmod.bind_groups, layers._frozen_linear, packing.project = saved
 
 
 class _HostMark:

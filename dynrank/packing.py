@@ -18,7 +18,8 @@ steps per doubling, the longest sequence to a power of two up to 128 tokens and 
 
 The model's own modules do the work (``encode`` calls each layer's query/key/value, output blocks, intermediate
 block and the task head), so every method's wrapped modules (LoRA family, bottleneck adapters, BitFit) run as they
-do in transformers' padded forward; ``tests/test_packing.py`` checks packed = padded for every method.
+do in transformers' padded forward; in a training step the query, key and value projections run as one node where
+they go together (``qkv.project``). ``tests/test_packing.py`` checks packed = padded for every method.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from .attention import attend, packed_attention
 from .packed_batch import PACKED, seq_keys
+from .qkv import project
 
 
 def encoder_of(model: nn.Module):
@@ -84,10 +86,11 @@ def _layer(layer, h: torch.Tensor, view: SequenceView) -> torch.Tensor:
     """One encoder layer on rows (1, T, hidden): attention per sequence, the rest row-wise."""
     sa = layer.attention.self
     heads = sa.num_attention_heads
-    q, k, v = sa.query(h), sa.key(h), sa.value(h)
+    qkv = project(sa, h)  # q, k and v as one tensor's thirds (one node), or None: apart
+    q, k, v = (sa.query(h), sa.key(h), sa.value(h)) if qkv is None else qkv.split(qkv.shape[-1] // 3, -1)
     p = sa.dropout.p if sa.training else 0.0
     # a GPU kernel on the rows, or None
-    ctx = packed_attention(sa, q, k, v, view.start, view.lens, view.width, p, sa.scaling)
+    ctx = packed_attention(sa, q, k, v, view.start, view.lens, view.width, p, sa.scaling, qkv=qkv)
     if ctx is None:  # a padded view of each sequence around attention
         ctx = attend(sa, view.seqs(q, heads), view.seqs(k, heads), view.seqs(v, heads),
                      view.valid[:, None, None, :], p, sa.scaling)  # (N, heads, width, dh)

@@ -237,14 +237,17 @@ def test_bench_without_switches_each_cut_off_and_back():
     from dynrank import step as stepmod
     from dynrank.methods import groups, layers
 
+    from dynrank import packing, qkv
+
     frozen = nn.Linear(4, 4).requires_grad_(False)
-    with bench.without("node", "bind", "share"):
+    with bench.without("node", "bind", "share", "qkv"):
         assert not layers._frozen_linear(frozen)
+        assert packing.project is not qkv.project
         assert stepmod.bind_groups is not groups.bind_groups
         assert stepmod.shared_operands is not groups.shared_operands
         bench.dynrank_runner("lora", "eager-fp32", torch.device("cpu"), 4, model_config={"num_hidden_layers": 1})
     assert layers._frozen_linear(frozen) and stepmod.bind_groups is groups.bind_groups
-    assert stepmod.shared_operands is groups.shared_operands
+    assert stepmod.shared_operands is groups.shared_operands and packing.project is qkv.project
     with pytest.raises(ValueError, match="unknown cut"):
         with bench.without("nodes"):
             pass

@@ -200,13 +200,14 @@ def test_bucket_bounds_filler_and_sizes():
 def test_packed_attention_kernel_in_triton_interpreter():
     """The GPU attention kernels (Triton, run by its interpreter on a CPU) equal their references, forward and
     backward, with the keyed attention dropout and without: the one-tile kernel and the tiled ones on packed rows
-    (``attention.attend`` on the padded view; filler rows get no gradient), the tiled ones on padded views with a
+    (``attention.attend`` on the padded view; filler rows get no gradient; q, k and v apart and as the thirds of
+    one projection, read in place), the tiled ones on padded views with a
     padding mask and causal (``tiled_attention.reference``; tiles of 64 x 64, 16 x 32 and 32 x 16), BART's
     stacked = solo dropout through them, and BART's packed step (the kernels on its rows, cross-attention included)
     = its padded step."""
     out = interpreted(ROOT / "tests" / "triton_attention_check.py")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "packed bart ok" in out.stdout
+    assert "joint ok" in out.stdout and "packed bart ok" in out.stdout
 
 
 def test_keyed_dropout_kernel_in_triton_interpreter():
@@ -262,7 +263,8 @@ def test_out_of_memory_in_a_kernel_is_raised_and_the_kernel_kept():
 @pytest.mark.parametrize("method,p", [("lora", 0.0), ("dora", 0.1), ("adalora", 0.1), ("dylora", 0.1)])
 def test_low_rank_node_equals_autograd(method, p, tmp_path, monkeypatch):
     """A low-rank layer over a frozen linear is one autograd node (``layers._LowRank``), whose backward adds the
-    adapter's input gradient inside the frozen weight's (``baddbmm_``, or the keyed dropout's backward in place):
+    adapter's input gradient inside the frozen weight's (``baddbmm_``, or the keyed dropout's backward in place),
+    and in a packed step a layer's query, key and value are one node over their joint weights (``qkv.project``):
     the losses equal autograd's path bit for bit and every gradient to float rounding, with the adapter's dropout
     (each run's keyed stream) on and off, packed and padded, and a wrong mask in the backward fails."""
     from dynrank.methods import layers
@@ -276,13 +278,17 @@ def test_low_rank_node_equals_autograd(method, p, tmp_path, monkeypatch):
                 q.add_(torch.randn(q.shape, generator=torch.Generator().manual_seed(q.numel())) * 0.1)
     model.train()
     per_run = ([0, 3, 5], [1, 2, 9])
+    from dynrank import qkv
+
     calls = []
-    real = layers._LowRank.apply
+    real, real_qkv = layers._LowRank.apply, qkv._QKV.apply
     monkeypatch.setattr(layers._LowRank, "apply", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(qkv._QKV, "apply", lambda *a: calls.extend([3]) or real_qkv(*a))
     for packed in (False, True):
         calls.clear()
         la, ga = losses_and_grads(task, ds, model, per_run, packed)
-        assert len(calls) == len(lows)  # every adapted matrix went through the node
+        # every adapted matrix went through a node; packed, each layer's query, key and value through one
+        assert sum(calls) == len(lows) and (3 in calls) == packed, calls
         with monkeypatch.context() as m:
             m.setattr(layers, "_frozen_linear", lambda base: False)  # autograd's path: two gradients added
             lb, gb = losses_and_grads(task, ds, model, per_run, packed)
