@@ -286,6 +286,12 @@ def kernel_failed(name: str, e: Exception) -> None:
 _FAILED: set = set()
 
 
+def kernel_runs(x: torch.Tensor) -> bool:
+    """Whether ``keyed_dropout`` of ``x`` runs the Triton kernel (a GPU tensor, Triton here), which recomputes a
+    mask from its keys in the backward pass: a caller then keeps no mask."""
+    return x.is_cuda and _triton() is not None
+
+
 def _triton():
     """The dropout kernel's launcher, or None without Triton (or where it failed)."""
     if "_triton_dropout" in _FAILED:

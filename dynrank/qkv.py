@@ -19,8 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .methods import layers
-from .methods.layers import (LowRankLinear, adapter_grads, adapter_input_grad_, adapter_into_, frozen_input_grad,
-                             low_rank_operands)
+from .methods.layers import (SAVED, LowRankLinear, adapter_grads, adapter_input_grad_, adapter_into_,
+                             frozen_input_grad, low_rank_operands)
 
 
 def project(sa: nn.Module, h: torch.Tensor) -> torch.Tensor | None:
@@ -72,26 +72,24 @@ class _QKV(torch.autograd.Function):
         h3 = F.linear(x, W3, b3)
         saved = []
         for third, At, Bt, drop in zip(h3.split(W3.shape[0] // 3, -1), (Atq, Atk, Atv), (Btq, Btk, Btv), drops):
-            saved += [*adapter_into_(third, x, At, Bt, drop), At, Bt, *(drop[:3] if drop else ())]
+            saved += adapter_into_(third, x, At, Bt, drop)
         ctx.save_for_backward(W3, *saved)
-        ctx.drops = [drop and drop[3:] for drop in drops]
+        ctx.drops = [drop and (None, None, None, *drop[3:]) for drop in drops]  # (site, p) of each
         ctx.x_dtype = x.dtype
         return h3
 
     @staticmethod
     def backward(ctx, g):
         W3, *saved = ctx.saved_tensors
+        sites = [saved[i * SAVED:(i + 1) * SAVED] for i in range(3)]
         grads, parts = [], []
-        for i, (gs, drop) in enumerate(zip(g.split(W3.shape[0] // 3, -1), ctx.drops)):
-            dr, t, At, Bt, *rest = saved[:7 if drop else 4]
-            saved = saved[7 if drop else 4:]
-            g_t, g_At, g_Bt = adapter_grads(gs, dr, t, At, Bt, ctx.needs_input_grad[3 + 2 * i],
-                                            ctx.needs_input_grad[4 + 2 * i])
+        for i, (gs, site) in enumerate(zip(g.split(W3.shape[0] // 3, -1), sites)):
+            g_t, g_At, g_Bt = adapter_grads(gs, site, ctx.needs_input_grad[3 + 2 * i], ctx.needs_input_grad[4 + 2 * i])
             grads += [g_At, g_Bt]
-            parts.append((g_t, At, drop and (*rest, *drop)))
+            parts.append(g_t)
         if not ctx.needs_input_grad[0]:
             return None, None, None, *grads, None
         dx = frozen_input_grad(g, W3)
-        for g_t, At, drop in parts:
-            adapter_input_grad_(dx, g_t, At, drop)
+        for g_t, site, drop in zip(parts, sites, ctx.drops):
+            adapter_input_grad_(dx, g_t, site, drop)
         return dx.to(ctx.x_dtype), None, None, *grads, None

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..dropout import KeyedDropout, keyed_dropout, keyed_dropout_add_
+from ..dropout import KeyedDropout, keep_mask, kernel_runs, keyed_dropout, keyed_dropout_add_
 
 
 def by_run(x: torch.Tensor, runs: int) -> torch.Tensor:
@@ -79,22 +79,36 @@ def add_operands(h: torch.Tensor, x: torch.Tensor, At: torch.Tensor, Bt: torch.T
     return h
 
 
-def adapter_into_(h: torch.Tensor, x: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor, drop) -> tuple:
+SAVED = 8  # the tensors (or None) a low-rank update keeps for its backward: ``adapter_into_``'s
+
+
+def adapter_into_(h: torch.Tensor, x: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor, drop) -> list:
     """h += (dropout(x) A_k^T) (scale B_k)^T for every run k, in place into ``h`` (the frozen linear's output, or a
     view of it): the forward of a low-rank update inside one autograd node (``_LowRank``, ``qkv.project``).
-    ``drop``: None, or the keyed dropout's (row keys, seeds, step, site, p). Returns what its backward needs
-    (``adapter_grads``, ``adapter_input_grad_``)."""
+    ``drop``: None, or the keyed dropout's (row keys, seeds, step, site, p). Returns the ``SAVED`` tensors its
+    backward needs (``adapter_grads``, ``adapter_input_grad_``): the dropped input and x A^T by run, the operands,
+    and the dropout's mask (torch's ops: kept, as autograd keeps it) or its keys (the GPU kernel: it recomputes the
+    mask in the backward, nothing stored)."""
     R = At.shape[0]
-    d = x if drop is None else keyed_dropout(x, drop[0], x.shape[-1], *drop[1:])
+    mask, keys = None, (None, None, None)
+    if drop is None:
+        d = x
+    elif kernel_runs(x):
+        d, keys = keyed_dropout(x, drop[0], x.shape[-1], *drop[1:]), drop[:3]
+    else:
+        width = x.shape[-1]
+        mask = keep_mask(x.numel() // width, width, drop[0], width, *drop[1:]).view(x.shape)
+        d = x * mask * (1.0 / (1.0 - drop[4]))  # keyed_dropout's ops, the mask kept
     dr = by_run(d, R).to(At.dtype)  # as autocast casts bmm's input
     t = torch.bmm(dr, At)
     h.view(R, -1, h.shape[-1]).baddbmm_(t, Bt)  # in place: out of place, baddbmm first copies h (a memcpy)
-    return dr, t
+    return [dr, t, At, Bt, mask, *keys]
 
 
-def adapter_grads(g: torch.Tensor, dr: torch.Tensor, t: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor,
-                  need_At: bool = True, need_Bt: bool = True) -> tuple:
-    """From the output's gradient ``g``: (the gradient of x A^T, of At, of Bt), the last two where needed."""
+def adapter_grads(g: torch.Tensor, saved: list, need_At: bool = True, need_Bt: bool = True) -> tuple:
+    """From the output's gradient ``g`` and ``adapter_into_``'s tensors: (the gradient of x A^T, of At, of Bt), the
+    last two where needed."""
+    dr, t, At, Bt = saved[:4]
     gr = by_run(g, At.shape[0]).to(Bt.dtype)
     g_t = torch.bmm(gr, Bt.transpose(1, 2))
     g_At = torch.bmm(dr.transpose(1, 2), g_t) if need_At else None
@@ -102,15 +116,19 @@ def adapter_grads(g: torch.Tensor, dr: torch.Tensor, t: torch.Tensor, At: torch.
     return g_t, g_At, g_Bt
 
 
-def adapter_input_grad_(dx: torch.Tensor, g_t: torch.Tensor, At: torch.Tensor, drop) -> None:
+def adapter_input_grad_(dx: torch.Tensor, g_t: torch.Tensor, saved: list, drop) -> None:
     """dx += the adapter's part of the input gradient, in place inside a kernel that runs anyway: ``baddbmm_``, or
-    the keyed dropout's backward adding (``dropout.keyed_dropout_add_``; ``drop`` as ``adapter_into_``'s)."""
+    the keyed dropout's backward adding (the kept mask, or the kernel's ``dropout.keyed_dropout_add_``);
+    ``saved``: ``adapter_into_``'s tensors, ``drop`` its ``drop``."""
+    At, mask, keys, seeds, step = saved[2], saved[4], *saved[5:8]
     if drop is None:
         dx.view(At.shape[0], -1, dx.shape[-1]).baddbmm_(g_t, At.transpose(1, 2))
+        return
+    g_d = torch.bmm(g_t, At.transpose(1, 2)).view(dx.shape)
+    if mask is not None:
+        dx.add_(g_d * mask * (1.0 / (1.0 - drop[4])))
     else:
-        keys, seeds, step, site, p = drop
-        keyed_dropout_add_(dx, torch.bmm(g_t, At.transpose(1, 2)).view(dx.shape), keys, dx.shape[-1], seeds, step,
-                           site, p)
+        keyed_dropout_add_(dx, g_d, keys, dx.shape[-1], seeds, step, drop[3], drop[4])
 
 
 class _LowRank(torch.autograd.Function):
@@ -126,20 +144,18 @@ class _LowRank(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W, b, At, Bt, drop):
         h = F.linear(x, W, b)
-        dr, t = adapter_into_(h, x, At, Bt, drop)
-        ctx.save_for_backward(dr, t, At, Bt, W, *(drop[:3] if drop else ()))
-        ctx.drop = drop and drop[3:]
-        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(W, *adapter_into_(h, x, At, Bt, drop))
+        ctx.drop, ctx.x_dtype = drop and (None, None, None, *drop[3:]), x.dtype  # (site, p): no tensor kept here
         return h
 
     @staticmethod
     def backward(ctx, g):
-        dr, t, At, Bt, W, *keys = ctx.saved_tensors
-        g_t, g_At, g_Bt = adapter_grads(g, dr, t, At, Bt, ctx.needs_input_grad[3], ctx.needs_input_grad[4])
+        W, *saved = ctx.saved_tensors
+        g_t, g_At, g_Bt = adapter_grads(g, saved, ctx.needs_input_grad[3], ctx.needs_input_grad[4])
         if not ctx.needs_input_grad[0]:  # the input is frozen (the first layer's, below a frozen embedding)
             return None, None, None, g_At, g_Bt, None
         dx = frozen_input_grad(g, W)
-        adapter_input_grad_(dx, g_t, At, ctx.drop and (*keys, *ctx.drop))
+        adapter_input_grad_(dx, g_t, saved, ctx.drop)
         return dx.to(ctx.x_dtype), None, None, g_At, g_Bt, None
 
 
