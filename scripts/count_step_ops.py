@@ -8,9 +8,8 @@ The step is the loop's (``dynrank.bench.dynrank_runner``: RoBERTa-base's archite
 stacked runs, 2 sequences of 16 tokens each) with what the GPU's path adds to the adapters' operands: bf16 autocast
 (the casts) and the rank padded to a multiple of 8 (DoRA's r0 = 12 -> 16). Every operation that reaches a kernel
 is counted (views left out), and so are the CPU's own stand-ins that a GPU does not run (the keyed dropout's hash as
-torch integer ops, in the forward and again in the backward: one Triton kernel each on a GPU; the frozen weights'
-casts: stored in bf16 on a GPU), which are the same with and without sharing: the difference is what sharing
-removes, not a count of a GPU's kernels.
+torch integer ops: one Triton kernel on a GPU; the frozen weights' casts: stored in bf16 on a GPU), which are the
+same with and without sharing: the difference is what sharing removes, not a count of a GPU's kernels.
 """
 from __future__ import annotations
 
