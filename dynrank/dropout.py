@@ -87,32 +87,39 @@ def _threshold(p: float) -> int:
 def keyed_dropout(x: torch.Tensor, row_keys: torch.Tensor, counter_width: int, seeds: torch.Tensor,
                   step: torch.Tensor, site: int, p: float) -> torch.Tensor:
     """Dropout of ``x`` (..., width; rows = x.numel() // width, run-major) with the keyed masks, scaled by 1/(1-p)."""
-    if x.is_cuda and _triton() is not None:
-        try:
-            if not _kernel_agrees(x.dtype, x.device):
-                raise RuntimeError("its masks differ from keep_mask's on a check tensor")
-            return _KeyedDropoutFn.apply(x, row_keys, counter_width, seeds, step, site, p)
-        except Exception as e:  # a Triton that cannot build the kernel here: the same masks in torch's ops
-            kernel_failed("_triton_dropout", e)
+    return keyed_dropout_kept(x, row_keys, counter_width, seeds, step, site, p)[0]
+
+
+def keyed_dropout_kept(x: torch.Tensor, row_keys: torch.Tensor, counter_width: int, seeds: torch.Tensor,
+                       step: torch.Tensor, site: int, p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``keyed_dropout``, and its mask where torch's ops made it (a caller's backward then passes it to
+    ``keyed_dropout_add_``, as autograd keeps a mask); None where the GPU kernel ran (it recomputes the mask from
+    its keys in the backward: nothing stored)."""
+    y = _on_kernel(x, lambda: _KeyedDropoutFn.apply(x, row_keys, counter_width, seeds, step, site, p))
+    if y is not None:
+        return y, None
     width = x.shape[-1]
-    mask = keep_mask(x.numel() // width, width, row_keys, counter_width, seeds, step, site, p)
-    return x * mask.view(x.shape) * (1.0 / (1.0 - p))
+    mask = keep_mask(x.numel() // width, width, row_keys, counter_width, seeds, step, site, p).view(x.shape)
+    return _dropped(x, mask, p), mask
 
 
 def keyed_dropout_add_(out: torch.Tensor, x: torch.Tensor, row_keys: torch.Tensor, counter_width: int,
-                       seeds: torch.Tensor, step: torch.Tensor, site: int, p: float) -> torch.Tensor:
+                       seeds: torch.Tensor, step: torch.Tensor, site: int, p: float,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """``out += keyed_dropout(x, ...)`` in place (``out`` contiguous, x's shape and dtype): the backward of a dropout
     whose input gradient has another part already in ``out`` (``layers.LowRankLinear``'s adapter beside the frozen
-    weight). On a GPU one kernel (the mask, the scale and the add); the same numbers as the two torch ops."""
-    if x.is_cuda and _triton() is not None and out.is_contiguous() and out.dtype == x.dtype:
-        try:
-            if not _kernel_agrees(x.dtype, x.device):
-                raise RuntimeError("its masks differ from keep_mask's on a check tensor")
-            _triton()(x, row_keys, counter_width, seeds, step, site, p, out=out)
-            return out
-        except Exception as e:
-            kernel_failed("_triton_dropout", e)
+    weight). With ``mask`` (``keyed_dropout_kept``'s) torch's ops on it; on a GPU one kernel (the mask, the scale and
+    the add); the same numbers as the two torch ops."""
+    if mask is not None:
+        return out.add_(_dropped(x, mask, p))
+    if out.is_contiguous() and out.dtype == x.dtype and _on_kernel(
+            x, lambda: _triton()(x, row_keys, counter_width, seeds, step, site, p, out=out)) is not None:
+        return out
     return out.add_(keyed_dropout(x, row_keys, counter_width, seeds, step, site, p))
+
+
+def _dropped(x: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    return x * mask * (1.0 / (1.0 - p))
 
 
 class DropoutStream:
@@ -286,10 +293,18 @@ def kernel_failed(name: str, e: Exception) -> None:
 _FAILED: set = set()
 
 
-def kernel_runs(x: torch.Tensor) -> bool:
-    """Whether ``keyed_dropout`` of ``x`` runs the Triton kernel (a GPU tensor, Triton here), which recomputes a
-    mask from its keys in the backward pass: a caller then keeps no mask."""
-    return x.is_cuda and _triton() is not None
+def _on_kernel(x: torch.Tensor, call):
+    """``call()`` where the Triton kernel runs for ``x`` (a GPU tensor, Triton here) and keeps exactly the elements
+    ``keep_mask`` keeps (checked once); None otherwise: the caller then uses torch's ops (the same masks)."""
+    if not x.is_cuda or _triton() is None:
+        return None
+    try:
+        if not _kernel_agrees(x.dtype, x.device):
+            raise RuntimeError("its masks differ from keep_mask's on a check tensor")
+        return call()
+    except Exception as e:  # a Triton that cannot build the kernel here: the same masks in torch's ops
+        kernel_failed("_triton_dropout", e)
+        return None
 
 
 def _triton():

@@ -74,7 +74,7 @@ class _QKV(torch.autograd.Function):
         for third, At, Bt, drop in zip(h3.split(W3.shape[0] // 3, -1), (Atq, Atk, Atv), (Btq, Btk, Btv), drops):
             saved += adapter_into_(third, x, At, Bt, drop)
         ctx.save_for_backward(W3, *saved)
-        ctx.drops = [drop and (None, None, None, *drop[3:]) for drop in drops]  # (site, p) of each
+        ctx.site_ps = [drop and drop[3:] for drop in drops]
         ctx.x_dtype = x.dtype
         return h3
 
@@ -90,6 +90,6 @@ class _QKV(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, *grads, None
         dx = frozen_input_grad(g, W3)
-        for g_t, site, drop in zip(parts, sites, ctx.drops):
-            adapter_input_grad_(dx, g_t, site, drop)
+        for g_t, site, site_p in zip(parts, sites, ctx.site_ps):
+            adapter_input_grad_(dx, g_t, site, site_p)
         return dx.to(ctx.x_dtype), None, None, *grads, None

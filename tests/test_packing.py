@@ -295,14 +295,14 @@ def test_low_rank_node_equals_autograd(method, p, tmp_path, monkeypatch):
         assert torch.equal(la, lb), packed
         for n in ga:
             assert torch.allclose(ga[n], gb[n], rtol=1e-5, atol=1e-7), (packed, n)
-    if p:  # the GPU kernel's way (the mask recomputed from its keys in the backward: keyed_dropout_add_) gives the
-        # same gradients, and another site's mask in the backward fails
-        monkeypatch.setattr(layers, "kernel_runs", lambda x: True)
+    if p:  # the GPU kernel's way (no mask kept: keyed_dropout_add_ recomputes it from its keys) gives the same
+        # gradients, and another site's mask in the backward fails
+        monkeypatch.setattr(layers, "keyed_dropout_kept", lambda *a: (dropout.keyed_dropout(*a), None))
         lk, gk = losses_and_grads(task, ds, model, per_run, True)
         assert torch.equal(lk, la) and all(torch.allclose(ga[n], gk[n], rtol=1e-5, atol=1e-7) for n in ga)
         real_add = layers.keyed_dropout_add_
-        monkeypatch.setattr(layers, "keyed_dropout_add_", lambda out, x, keys, w, seeds, step, site, q:
-                            real_add(out, x, keys, w, seeds, step, site + 1, q))
+        monkeypatch.setattr(layers, "keyed_dropout_add_", lambda out, x, keys, w, seeds, step, site, q, mask:
+                            real_add(out, x, keys, w, seeds, step, site + 1, q, mask=mask))
         lc, gc = losses_and_grads(task, ds, model, per_run, True)
         assert not all(torch.allclose(ga[n], gc[n], rtol=1e-5, atol=1e-7) for n in ga)
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..dropout import KeyedDropout, keep_mask, kernel_runs, keyed_dropout, keyed_dropout_add_
+from ..dropout import KeyedDropout, keyed_dropout_add_, keyed_dropout_kept
 
 
 def by_run(x: torch.Tensor, runs: int) -> torch.Tensor:
@@ -87,18 +87,11 @@ def adapter_into_(h: torch.Tensor, x: torch.Tensor, At: torch.Tensor, Bt: torch.
     view of it): the forward of a low-rank update inside one autograd node (``_LowRank``, ``qkv.project``).
     ``drop``: None, or the keyed dropout's (row keys, seeds, step, site, p). Returns the ``SAVED`` tensors its
     backward needs (``adapter_grads``, ``adapter_input_grad_``): the dropped input and x A^T by run, the operands,
-    and the dropout's mask (torch's ops: kept, as autograd keeps it) or its keys (the GPU kernel: it recomputes the
-    mask in the backward, nothing stored)."""
+    the dropout's mask where torch's ops made it (``dropout.keyed_dropout_kept``) and its keys."""
     R = At.shape[0]
-    mask, keys = None, (None, None, None)
-    if drop is None:
-        d = x
-    elif kernel_runs(x):
-        d, keys = keyed_dropout(x, drop[0], x.shape[-1], *drop[1:]), drop[:3]
-    else:
-        width = x.shape[-1]
-        mask = keep_mask(x.numel() // width, width, drop[0], width, *drop[1:]).view(x.shape)
-        d = x * mask * (1.0 / (1.0 - drop[4]))  # keyed_dropout's ops, the mask kept
+    d, mask, keys = x, None, (None, None, None)
+    if drop is not None:
+        (d, mask), keys = keyed_dropout_kept(x, drop[0], x.shape[-1], *drop[1:]), drop[:3]
     dr = by_run(d, R).to(At.dtype)  # as autocast casts bmm's input
     t = torch.bmm(dr, At)
     h.view(R, -1, h.shape[-1]).baddbmm_(t, Bt)  # in place: out of place, baddbmm first copies h (a memcpy)
@@ -116,19 +109,16 @@ def adapter_grads(g: torch.Tensor, saved: list, need_At: bool = True, need_Bt: b
     return g_t, g_At, g_Bt
 
 
-def adapter_input_grad_(dx: torch.Tensor, g_t: torch.Tensor, saved: list, drop) -> None:
+def adapter_input_grad_(dx: torch.Tensor, g_t: torch.Tensor, saved: list, site_p) -> None:
     """dx += the adapter's part of the input gradient, in place inside a kernel that runs anyway: ``baddbmm_``, or
-    the keyed dropout's backward adding (the kept mask, or the kernel's ``dropout.keyed_dropout_add_``);
-    ``saved``: ``adapter_into_``'s tensors, ``drop`` its ``drop``."""
-    At, mask, keys, seeds, step = saved[2], saved[4], *saved[5:8]
-    if drop is None:
+    the keyed dropout's backward adding (``dropout.keyed_dropout_add_``, with the kept mask or the GPU kernel's);
+    ``saved``: ``adapter_into_``'s tensors, ``site_p``: None (no dropout) or its dropout's (site, p)."""
+    At, mask, keys, seeds, step = saved[2], *saved[4:8]
+    if site_p is None:
         dx.view(At.shape[0], -1, dx.shape[-1]).baddbmm_(g_t, At.transpose(1, 2))
         return
-    g_d = torch.bmm(g_t, At.transpose(1, 2)).view(dx.shape)
-    if mask is not None:
-        dx.add_(g_d * mask * (1.0 / (1.0 - drop[4])))
-    else:
-        keyed_dropout_add_(dx, g_d, keys, dx.shape[-1], seeds, step, drop[3], drop[4])
+    keyed_dropout_add_(dx, torch.bmm(g_t, At.transpose(1, 2)).view(dx.shape), keys, dx.shape[-1], seeds, step,
+                       *site_p, mask=mask)
 
 
 class _LowRank(torch.autograd.Function):
@@ -145,7 +135,7 @@ class _LowRank(torch.autograd.Function):
     def forward(ctx, x, W, b, At, Bt, drop):
         h = F.linear(x, W, b)
         ctx.save_for_backward(W, *adapter_into_(h, x, At, Bt, drop))
-        ctx.drop, ctx.x_dtype = drop and (None, None, None, *drop[3:]), x.dtype  # (site, p): no tensor kept here
+        ctx.site_p, ctx.x_dtype = drop and drop[3:], x.dtype
         return h
 
     @staticmethod
@@ -155,7 +145,7 @@ class _LowRank(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:  # the input is frozen (the first layer's, below a frozen embedding)
             return None, None, None, g_At, g_Bt, None
         dx = frozen_input_grad(g, W)
-        adapter_input_grad_(dx, g_t, saved, ctx.drop)
+        adapter_input_grad_(dx, g_t, saved, ctx.site_p)
         return dx.to(ctx.x_dtype), None, None, g_At, g_Bt, None
 
 
