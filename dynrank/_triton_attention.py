@@ -16,13 +16,19 @@ MAX_POSITIONS = tl.constexpr(dropout.MAX_POSITIONS)  # a kernel reads only const
 
 
 @triton.jit
+def _rows(start_ptr, n, h, stride, BLOCK: tl.constexpr, DH: tl.constexpr):
+    """Sequence n's head h: its rows' offsets (BLOCK, DH) in packed (T, stride) tensors."""
+    offs = tl.arange(0, BLOCK)
+    return (tl.load(start_ptr + n) + offs).to(tl.int64)[:, None] * stride + h * DH + tl.arange(0, DH)[None, :]
+
+
+@triton.jit
 def _tile(ptr, start_ptr, len_ptr, n, h, stride, BLOCK: tl.constexpr, DH: tl.constexpr):
     """Sequence n's head h: its rows' offsets in the packed (T, stride) tensors, which of them it holds, its
     length, and the tile of ``ptr`` there (BLOCK, DH), zeros past the sequence."""
-    start = tl.load(start_ptr + n)
     L = tl.load(len_ptr + n)
     offs = tl.arange(0, BLOCK)
-    rows = (start + offs).to(tl.int64)[:, None] * stride + h * DH + tl.arange(0, DH)[None, :]
+    rows = _rows(start_ptr, n, h, stride, BLOCK, DH)
     inside = offs[:, None] < L
     return rows, inside, L, offs, tl.load(ptr + rows, mask=inside, other=0.0)
 
@@ -35,7 +41,7 @@ def _fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, start_ptr, len_ptr, seeds_ptr, ste
     n = tl.program_id(0)
     h = tl.program_id(1)
     rows_in, inside, L, offs_m, q = _tile(q_ptr, start_ptr, len_ptr, n, h, in_stride, BLOCK, DH)
-    rows = (tl.load(start_ptr + n) + offs_m).to(tl.int64)[:, None] * stride + h * DH + tl.arange(0, DH)[None, :]
+    rows = _rows(start_ptr, n, h, stride, BLOCK, DH)  # o's (and do's)
     k = tl.load(k_ptr + rows_in, mask=inside, other=0.0)
     v = tl.load(v_ptr + rows_in, mask=inside, other=0.0)
     s = _dot(q, tl.trans(k), IEEE) * scale
@@ -60,7 +66,7 @@ def _bwd(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, start_ptr
     n = tl.program_id(0)
     h = tl.program_id(1)
     rows_in, inside, L, offs_m, q = _tile(q_ptr, start_ptr, len_ptr, n, h, in_stride, BLOCK, DH)
-    rows = (tl.load(start_ptr + n) + offs_m).to(tl.int64)[:, None] * stride + h * DH + tl.arange(0, DH)[None, :]
+    rows = _rows(start_ptr, n, h, stride, BLOCK, DH)  # o's (and do's)
     k = tl.load(k_ptr + rows_in, mask=inside, other=0.0)
     v = tl.load(v_ptr + rows_in, mask=inside, other=0.0)
     do = tl.load(do_ptr + rows, mask=inside, other=0.0)
