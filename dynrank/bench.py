@@ -192,7 +192,7 @@ CUTS = {  # a step's kernel cuts (benchmarks/README.md, rounds eight and nine) t
 @contextmanager
 def without(*cuts: str):
     """Inside, the step runs with ``cuts`` (of ``CUTS``) switched off, to measure what each one is worth in one
-    process (``scripts/bench.py --without``, ``scripts/count_step_ops.py``); the model must be built inside too
+    process (``scripts/bench.py --ablate``, ``scripts/count_step_ops.py``); the model must be built inside too
     (``bind`` acts when the optimizer's buffer is made)."""
     from contextlib import nullcontext
 
