@@ -219,9 +219,10 @@ def fit_rates(bench: Path) -> dict[tuple[str, int], Rate]:
 
 
 def _packed_rows(doc: dict) -> list[dict]:
-    """A bench's packed rows of the default path (graph-bf16) that time steady steps."""
+    """A bench's packed rows of the default path (graph-bf16) that time steady steps, with every cut in place (rows
+    of ``--ablate`` carry ``without``)."""
     return [r for r in doc["rows"] if r.get("layout") == "packed" and r.get("mode") == "graph-bf16"
-            and "error" not in r and r.get("steady") is not False]
+            and "error" not in r and r.get("steady") is not False and not r.get("without")]
 
 
 def packed_benches() -> list[Path]:
@@ -235,7 +236,7 @@ def packed_benches() -> list[Path]:
 def fit_packed_rates(*benches: Path) -> dict[tuple[str, int, str], Rate]:
     """Packed steps (``train.pack``): per (method, runs stacked, family), a + b x (rows a step multiplies), least
     squares through the real-length GLUE settings (sst2, cola, mrpc, rte, stsb: 13 to 67 tokens a sequence) of the
-    first of ``benches`` (newest first) that measured that method and stack; SQuAD's windows (384 tokens) through
+    first of ``benches`` (newest first) that measured that method and stack at two lengths or more; SQuAD's windows (384 tokens) through
     its own row, b alone. A row's steady steps where the bench recorded them (``steady_step_ms``: the steps that
     replayed a CUDA graph); a row marked ``"steady": false`` (its mean carries captures: a schedule phase began
     inside the timed steps) is left out."""
@@ -251,7 +252,8 @@ def fit_packed_rates(*benches: Path) -> dict[tuple[str, int, str], Rate]:
                 ms, tokens = r["step_ms"], r["step_tokens_per_s"] * r["step_ms"] / 1000
             mine.setdefault((r["method"], int(r["runs"]), family), []).append((tokens, ms))
         for key, pts in mine.items():
-            if key not in points:  # a newer bench measured it already
+            fits = key[2] == "squad" or len({x for x, _ in pts}) >= 2  # GLUE: a line needs two lengths
+            if key not in points and fits:  # a newer bench measured it already
                 points[key], source[key] = pts, bench.name
     rates = {}
     for key, pts in points.items():
@@ -301,6 +303,7 @@ class Device:
     packed: dict = field(default_factory=dict)  # (method, runs, family) -> step cost of packed steps, if measured
     check_ratio: float = 1.0  # projected / measured training time of the checked stacked run
     xsum_check: str = ""      # the projection against the newest measured XSum job (scripts/bench_xsum_job.py)
+    padded_on: str = ""       # the padded steps' GPU, where it is not the packed steps' (``name``)
 
 
     def ckpt_s(self, method: str) -> float:
@@ -325,6 +328,9 @@ def measured_device(seq2seq: Path | None = None) -> Device:
     dev = Device(b["device"], rates, params, 0.0, "", [bench.name, stacked.name])
     if pbs := packed_benches():
         dev.packed = fit_packed_rates(*pbs)
+        packed_on = json.loads(pbs[0].read_text())["device"]
+        if packed_on != dev.name:  # most projected steps are packed: the headline names their GPU
+            dev.name, dev.padded_on = packed_on, dev.name
         dev.sources += sorted({r.source.split(":")[0] for r in dev.packed.values()})
     paths = [seq2seq] if seq2seq else seq2seq_benches()
     if paths:
@@ -843,7 +849,9 @@ def verdicts(ests: dict[str, Estimate], dev: Device) -> list[str]:
 def assumptions(dev: Device, notes: list[str]) -> list[str]:
     rates = sorted(dev.rates.items())
     out = [f"Device: {dev.name}, the defaults on a GPU (fast path: bf16, CUDA graphs, padding to a multiple of 8; a "
-           f"job's seeds or lr grid stacked into one model); measurements: "
+           f"job's seeds or lr grid stacked into one model)"
+           + (f"; padded steps measured on an {dev.padded_on} (where a packed step was not measured: SQuAD's, and "
+              f"the ratio of a method's step to lora's)" if dev.padded_on else "") + "; measurements: "
            f"{', '.join(f'`benchmarks/{s}`' for s in dev.sources)}.",
            "- Training step of k runs stacked = a_k + b_k x padded tokens (every run's batch, padded to the longest "
            "of them), through the bench's two graph-bf16 settings for 1 and 5 runs, linear in k between them: "

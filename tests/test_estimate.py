@@ -241,6 +241,23 @@ def test_packed_rates_fit_the_bench_rows(tmp_path):
     assert squad.time_s(1, 6000) == pytest.approx(0.012)
 
 
+def test_packed_rates_skip_ablated_rows_and_benches_of_one_length(tmp_path):
+    """A newer bench that timed GLUE at one length (an A/B) or with cuts switched off (--ablate) does not replace an
+    older bench's line through several lengths."""
+    def row(setting, tokens, ms, **extra):
+        return {"impl": "dynrank", "method": "lora", "mode": "graph-bf16", "layout": "packed", "runs": 5,
+                "setting": setting, "steady_step_ms": ms, "steady_step_tokens": tokens, **extra}
+    old = tmp_path / "bench-X-20990101-0000.json"
+    old.write_text(json.dumps({"device": "X", "date": "2099-01-01", "rows": [row("sst2", 1000, 3.0),
+                                                                             row("rte", 2000, 5.0)]}))
+    new = tmp_path / "bench-X-20990102-0000.json"
+    new.write_text(json.dumps({"device": "X", "date": "2099-01-02", "rows": [
+        row("sst2", 1000, 9.0), row("sst2", 1000, 9.5, without=["share"]), row("rte", 2000, 99.0, without=["qkv"])]}))
+    rate = est.fit_packed_rates(new, old)["lora", 5, "glue"]
+    assert (rate.a_ms, rate.b_us) == (pytest.approx(1.0), pytest.approx(2.0))
+    assert rate.source.startswith(old.name)
+
+
 def test_a_packed_job_costs_its_rows_not_its_padding(device):
     """Where packed steps are measured, a GLUE job is costed at the rows packing multiplies (fewer than padding's)."""
     cfg = compose(["task=sst2", "method=lora", "seeds=[1,2,3,4,5]"])
