@@ -20,6 +20,16 @@ NAME = "_triton_flash"
 # XSum's and SQuAD's shapes on a GPU (each checked against ``reference`` first); change them here only for one that
 # measured faster there.
 TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": None}
+# The backward's two kernels (query gradient; key and value gradients) on tiles of their own, where one measured
+# faster there than the forward's (the bench times the two passes apart); None: the forward's.
+BWD_TILES: dict | None = None
+
+
+def _meta(tiles: dict, Lq: int, Lk: int) -> dict:
+    """A launch's tile sizes (each at most its sequence's length rounded up to a power of two >= 16) and warps."""
+    bm, bn = (min(tiles[b], max(16, 1 << (L - 1).bit_length())) for b, L in (("BLOCK_M", Lq), ("BLOCK_N", Lk)))
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=tiles["num_warps"],
+                **({"num_stages": tiles["num_stages"]} if tiles["num_stages"] else {}))
 
 
 def flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, seeds: torch.Tensor,
@@ -81,20 +91,18 @@ class _Flash(torch.autograd.Function):
             m_strides = mask.stride()
         else:
             mask, m_strides = q, (0, 0, 0, 0)
-        bm, bn = (min(TILES[b], max(16, 1 << (L - 1).bit_length())) for b, L in (("BLOCK_M", Lq), ("BLOCK_N", Lk)))
         o = torch.empty_like(q) if packed is None else torch.zeros_like(q)
         lse = torch.empty(2 * N * heads * Lq, dtype=torch.float32, device=q.device)  # each row's max, log-sum
         common = (*m_strides, Lq, N * heads * Lq, N // seeds.numel(), heads, positions, scale, (site * _GOLDEN) & M32,
                   _threshold(p), 1.0 / (1.0 - p))
-        meta = dict(HAS_MASK=mask is not q, CAUSAL=causal, DROPOUT=p > 0, IEEE=q.dtype == torch.float32,
-                    BLOCK_M=bm, BLOCK_N=bn, DH=dh, num_warps=TILES["num_warps"],
-                    **({"num_stages": TILES["num_stages"]} if TILES["num_stages"] else {}))
-        grid = (-(-Lq // bm), N * heads)
-        triton_kernels(NAME)._fwd[grid](q, k, v, o, lse, start, kstart, qlen, klen, mask, seeds, step,
-                                         *_geometry(q, packed), *_geometry(k, packed), *common, **meta)
+        flags = dict(HAS_MASK=mask is not q, CAUSAL=causal, DROPOUT=p > 0, IEEE=q.dtype == torch.float32, DH=dh)
+        meta = _meta(TILES, Lq, Lk)
+        triton_kernels(NAME)._fwd[(-(-Lq // meta["BLOCK_M"]), N * heads)](
+            q, k, v, o, lse, start, kstart, qlen, klen, mask, seeds, step, *_geometry(q, packed),
+            *_geometry(k, packed), *common, **flags, **meta)
         ctx.save_for_backward(q, k, v, o, lse, start, kstart, qlen, klen, mask, seeds, step)
-        ctx.packed, ctx.common, ctx.meta, ctx.grid_q = packed, common, meta, grid
-        ctx.grid_k = (-(-Lk // bn), N * heads)
+        ctx.packed, ctx.common, ctx.flags, ctx.shape = packed, common, flags, (Lq, Lk, N * heads)
+        ctx.meta = meta if BWD_TILES is None else _meta(BWD_TILES, Lq, Lk)
         return o
 
     @staticmethod
@@ -107,10 +115,12 @@ class _Flash(torch.autograd.Function):
         delta = torch.empty(lse.numel() // 2, dtype=torch.float32, device=q.device)
         kernels, g = triton_kernels(NAME), (*_geometry(q, ctx.packed), *_geometry(k, ctx.packed),
                                             *_geometry(do, ctx.packed))
-        kernels._bwd_dq[ctx.grid_q](q, k, v, o, do, dq, lse, delta, start, kstart, qlen, klen, mask, seeds, step, *g,
-                                    *ctx.common, **ctx.meta)
-        kernels._bwd_dkdv[ctx.grid_k](q, k, v, do, dk, dv, lse, delta, start, kstart, qlen, klen, mask, seeds, step,
-                                      *g, *ctx.common, **ctx.meta)
+        (Lq, Lk, rows), meta = ctx.shape, ctx.meta
+        kernels._bwd_dq[(-(-Lq // meta["BLOCK_M"]), rows)](q, k, v, o, do, dq, lse, delta, start, kstart, qlen, klen,
+                                                           mask, seeds, step, *g, *ctx.common, **ctx.flags, **meta)
+        kernels._bwd_dkdv[(-(-Lk // meta["BLOCK_N"]), rows)](q, k, v, do, dk, dv, lse, delta, start, kstart, qlen,
+                                                             klen, mask, seeds, step, *g, *ctx.common, **ctx.flags,
+                                                             **meta)
         return dq, dk, dv, None, None, None, None
 
 

@@ -14,7 +14,9 @@ The shapes, bf16, 12 heads of 64 (BART-base's and RoBERTa-base's), packed rows a
 Each is timed with CUDA events (the median of ``--steps`` after ``--warmup``). FLOPs are the sequences' own:
 4 x Lq x Lk x dh a head forward (half of it causal) and 2.5 times that backward (FlashAttention-2's count: the
 recomputed scores included). Writes ``<out>/attention-<device>-<date>.json`` and prints a table; the fastest
-correct tiling of each shape is the one to put in ``tiled_attention.TILES``.
+correct tiling of each shape is the one to put in ``tiled_attention.TILES``; the forward and the backward are timed
+apart, so where another tiling's backward is faster it goes into ``tiled_attention.BWD_TILES``. Each tiling is checked
+first: sequence 0's output and its q, k and v gradients against the reference.
 """
 from __future__ import annotations
 
@@ -68,8 +70,8 @@ def flops(q_lens: list[int], k_lens: list[int], causal: bool) -> float:
 
 
 def run_shape(q_lens, k_lens, causal, tiles: dict, device, dtype, steps: int, warmup: int, heads: int, dh: int):
-    """(ms per forward + backward, None untimed on a CPU; whether sequence 0 matched the reference) for one tiling
-    (no kernel here: (None, None))."""
+    """(ms of the forward, ms of the backward (None untimed on a CPU); whether sequence 0's output and gradients
+    matched the reference) for one tiling of both passes (no kernel here: (None, None, None))."""
     g = torch.Generator(device="cpu").manual_seed(0)
     qs, ql, qw, qt = packed(q_lens, device)
     cross = packed(k_lens, device) if k_lens else None
@@ -79,42 +81,55 @@ def run_shape(q_lens, k_lens, causal, tiles: dict, device, dtype, steps: int, wa
     seeds, step = torch.tensor([1], device=device), torch.tensor(3, device=device)
     args = dict(scale=dh ** -0.5, seeds=seeds, step=step, site=2, p=0.1, positions=1024, causal=causal,
                 packed=(qs, ql, heads, qw), kv=cross[:3] if cross else None)
-    saved = dict(tiled_attention.TILES)
+    saved, saved_bwd = dict(tiled_attention.TILES), tiled_attention.BWD_TILES
     tiled_attention.TILES.update(tiles)
+    tiled_attention.BWD_TILES = None  # the tiling times both passes
     try:
         out = tiled_attention.flash(q, k, v, **args)
         if out is None:
-            return None, None
-        ok = _matches(out, q, k, v, q_lens[0], (k_lens or q_lens)[0], causal, heads, dh, args)
+            return None, None, None
         grad = torch.randn_like(out)
-        if device.type != "cuda":  # the interpreter: the backward runs once, untimed
-            torch.autograd.grad(out, (q, k, v), grad)
-            return None, ok
-        times = []
+        ok = _matches(out, grad, q, k, v, q_lens[0], (k_lens or q_lens)[0], causal, heads, dh, args)
+        if device.type != "cuda":  # the interpreter: one pass each way, untimed
+            return None, None, ok
+        fwd, bwd = [], []
         for i in range(warmup + steps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+            marks[0].record()
             o = tiled_attention.flash(q, k, v, **args)
+            marks[1].record()
             torch.autograd.grad(o, (q, k, v), grad)
-            end.record()
+            marks[2].record()
             torch.cuda.synchronize()
             if i >= warmup:
-                times.append(start.elapsed_time(end))
-        return statistics.median(times), ok
+                fwd.append(marks[0].elapsed_time(marks[1]))
+                bwd.append(marks[1].elapsed_time(marks[2]))
+        return statistics.median(fwd), statistics.median(bwd), ok
     finally:
         tiled_attention.TILES.update(saved)
+        tiled_attention.BWD_TILES = saved_bwd
 
 
-def _matches(out, q, k, v, lq: int, lk: int, causal: bool, heads: int, dh: int, args: dict) -> bool:
-    """Sequence 0's output against ``tiled_attention.reference`` on its padded view, to bf16's rounding (the keyed
-    masks key a sequence by its index in its run's batch: 0 in both)."""
+def _matches(out, grad, q, k, v, lq: int, lk: int, causal: bool, heads: int, dh: int, args: dict) -> bool:
+    """Sequence 0's output and its q, k and v gradients against ``tiled_attention.reference`` on its padded view,
+    each within 2% of the reference's norm in bf16 (its rounding), 1e-4 in fp32 (the keyed masks key a sequence by
+    its index in its run's batch: 0 in both)."""
+    tol = 2e-2 if q.dtype == torch.bfloat16 else 1e-4
+
     def view(x, L):
         return x[0, :L].view(L, heads, dh).transpose(0, 1)[None].float()
 
-    ref = tiled_attention.reference(view(q, lq), view(k, lk), view(v, lk), scale=args["scale"], seeds=args["seeds"],
-                                    step=args["step"], site=args["site"], p=args["p"], positions=args["positions"],
-                                    causal=causal)
-    return torch.allclose(view(out.detach(), lq), ref, rtol=3e-2, atol=3e-2)
+    def close(a, b):
+        return bool((a - b).norm() <= tol * b.norm())
+
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    leaves = [view(x, L).detach().requires_grad_() for x, L in ((q, lq), (k, lk), (v, lk))]
+    ref = tiled_attention.reference(*leaves, scale=args["scale"], seeds=args["seeds"], step=args["step"],
+                                    site=args["site"], p=args["p"], positions=args["positions"], causal=causal)
+    ref_grads = torch.autograd.grad(ref, leaves, view(grad, lq))
+    # the gradients of sequence 0's rows come from sequence 0 alone (its keys are its own rows)
+    return close(view(out.detach(), lq), ref) and all(
+        close(view(g, L), r) for g, L, r in zip(grads, (lq, lk, lk), ref_grads))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -133,14 +148,16 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for name, (q_lens, k_lens, causal) in shapes(args.docs, args.smoke).items():
         for tiles in specs:
-            ms, ok = run_shape(q_lens, k_lens, causal, tiles, device, dtype, args.steps, args.warmup, heads, dh)
-            rows.append({"shape": name, **tiles, "ms": ms, "matches_reference": ok,
+            fwd, bwd, ok = run_shape(q_lens, k_lens, causal, tiles, device, dtype, args.steps, args.warmup, heads,
+                                     dh)
+            ms = fwd + bwd if fwd is not None else None
+            rows.append({"shape": name, **tiles, "ms": ms, "fwd_ms": fwd, "bwd_ms": bwd, "matches_reference": ok,
                          "tflops": flops(q_lens, k_lens, causal) / (ms * 1e-3) / 1e12 if ms else None,
                          "sequences": len(q_lens), "mean_query_length": statistics.mean(q_lens)})
             print(f"{name:13s} {tiles['BLOCK_M']:>4d}x{tiles['BLOCK_N']:<4d} warps {tiles['num_warps']} "
                   f"stages {tiles['num_stages'] or '-'}: "
-                  + (f"{ms:8.3f} ms  {rows[-1]['tflops']:6.1f} TFLOP/s" if ms is not None
-                     else "no kernel here" if cuda else "untimed")
+                  + (f"{ms:8.3f} ms (forward {fwd:7.3f}, backward {bwd:7.3f})  {rows[-1]['tflops']:6.1f} TFLOP/s"
+                     if ms is not None else "no kernel here" if ok is None else "untimed")
                   + ("  DIFFERS FROM THE REFERENCE" if ok is False else ""))
     device_name = torch.cuda.get_device_name(0) if cuda else "cpu"
     report = {"device": device_name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

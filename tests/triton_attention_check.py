@@ -115,6 +115,10 @@ for m, n in ((64, 64), (16, 32), (32, 16)):
     tiled_attention.TILES.update(BLOCK_M=m, BLOCK_N=n)
     tiled_checks()
 tiled_attention.TILES.update(tiles)
+# the backward on tiles of its own (BWD_TILES): its grids and loops from them, the forward's saved rows read as they are
+tiled_attention.BWD_TILES = dict(tiles, BLOCK_M=16, BLOCK_N=32)
+tiled_checks()
+tiled_attention.BWD_TILES = None
 assert tiled_attention._kernel_agrees(torch.float32, torch.device("cpu"), 16)
 print("tiled ok")
 
