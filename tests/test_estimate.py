@@ -47,6 +47,17 @@ def test_the_checked_in_benchmarks_cost_every_family(measured, job):
     assert e.rows and all(r["train_s"] > 0 for r in e.rows), job
 
 
+def test_the_headline_names_the_gpu_of_the_packed_steps(measured):
+    """Most projected steps are packed: the projection is labelled with their GPU, and says where the padded steps
+    (SQuAD's, the methods' ratios to lora) were measured when that is another GPU."""
+    packed_on = json.loads(est.packed_benches()[0].read_text())["device"]
+    padded_on = json.loads(est.step_bench().read_text())["device"]
+    assert measured.name == packed_on
+    assert measured.padded_on == ("" if padded_on == packed_on else padded_on)
+    text = est.assumptions(measured, [])[0]
+    assert text.startswith(f"Device: {packed_on},") and (padded_on in text) == bool(measured.padded_on)
+
+
 # --- dynamic padding on a hand-made distribution ----------------------------------------------------------
 def test_expected_padded_max_by_hand():
     hist = {2: 1, 4: 1}  # two lengths, equally likely
