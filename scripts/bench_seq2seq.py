@@ -18,7 +18,7 @@ steps that cycle through the batches after every batch shape has been captured (
 ``us_per_padded_token``, which scripts/estimate.py reads: without the steps that met a new schedule phase, eager and
 captured; ``us_per_padded_token_all_steps``: with them).
 Beam rows run XsumTask.token_ids as the evaluation does (beam 3, 64 new tokens, no_repeat_ngram_size 3,
-length-sorted batches, every run of a stack at once): ``eval.beam_search=generate`` (model.generate, batches of
+length-sorted batches, every run of a stack at once), for each of ``--beam-methods`` (lora by default): ``eval.beam_search=generate`` (model.generate, batches of
 train.eval_batch_size) and ``fast``; random weights never choose EOS, so every summary runs to 64 tokens, the
 longest search (a trained model's summaries end sooner).
 """
@@ -108,17 +108,18 @@ def squad_train_row(method, mode, runs, device, args, lengths) -> dict:
             **timed(step, batches, counts, args, device)}
 
 
-def beam_row(impl, runs, device, args, sources) -> dict:
-    """XsumTask.token_ids over ``sources`` (random ids of the sampled lengths) by a stack of ``runs`` LoRA runs."""
+def beam_row(impl, runs, device, args, sources, method: str = "lora") -> dict:
+    """XsumTask.token_ids over ``sources`` (random ids of the sampled lengths) by a stack of ``runs`` runs of
+    ``method``."""
     from dynrank.config import compose
     from dynrank.data.cache import Encoded
     from dynrank.device import fast_path
     from dynrank.tasks.xsum import XsumTask
 
-    cfg = compose(["method=lora", "task=xsum", "model=bart_base", f"eval.beam_search={impl}",
+    cfg = compose([f"method={method}", "task=xsum", "model=bart_base", f"eval.beam_search={impl}",
                    f"task.generate.max_new_tokens={args.max_new_tokens}"])
     bf16 = fast_path(cfg, device)["bf16"]
-    step, _ = bench.dynrank_seq2seq_runner("lora", "graph-bf16" if bf16 else "eager-fp32", device, 1, runs,
+    step, _ = bench.dynrank_seq2seq_runner(method, "graph-bf16" if bf16 else "eager-fp32", device, 1, runs,
                                            args.quick)
     model = step.model.eval()
     task = XsumTask(cfg, SimpleNamespace(pad_token_id=1))
@@ -167,6 +168,8 @@ def main(argv=None):
     ap.add_argument("--mode", default="graph-bf16", help="dynrank's mode (scripts/bench.py --modes)")
     ap.add_argument("--peft-mode", default="eager-bf16", help="PEFT's LoRA row on XSum (none: no PEFT row)")
     ap.add_argument("--parts", default="xsum,squad,beam", help="what to time: xsum (training), squad, beam")
+    ap.add_argument("--beam-methods", default="lora", help="dynrank methods whose beam search is timed (the "
+                    "estimate takes each method's own rate where measured, else lora's)")
     ap.add_argument("--layouts", default="packed,padded", help="dynrank's XSum training batches: packed "
                                                              "(packing_bart.py, the GPU's default) and/or padded")
     ap.add_argument("--batches", type=int, default=6, help="distinct batches per training row (cycled)")
@@ -214,9 +217,10 @@ def main(argv=None):
                 {"kind": "train", "task": "xsum", "impl": "peft", "method": "peft_lora", "mode": args.peft_mode,
                  "runs": 1})
     for r in runs if "beam" in parts else []:
-        for impl, n in (("generate", args.generate_docs), ("fast", args.eval_docs)):
-            measure(lambda: beam_row(impl, r, device, args, sources[:n]),
-                    {"kind": "beam", "task": "xsum", "impl": impl, "method": "lora", "runs": r})
+        for m in args.beam_methods.split(","):
+            for impl, n in (("generate", args.generate_docs), ("fast", args.eval_docs)):
+                measure(lambda: beam_row(impl, r, device, args, sources[:n], m),
+                        {"kind": "beam", "task": "xsum", "impl": impl, "method": m, "runs": r})
     for r in runs:
         for m in methods if "squad" in parts else []:
             measure(lambda: squad_train_row(m, args.mode, r, device, args, squad_window_lengths(caps[2])),

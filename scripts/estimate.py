@@ -428,9 +428,9 @@ def check_against(dev: Device, s: dict, name: str) -> None:
 class Seq2seq:
     """Per-token training cost per (task, method, runs stacked) measured at the task's own lengths (XSum: BART-base on
     the XSum length model, source + summary tokens; SQuAD v1.1: RoBERTa-base on the recorded windows), and beam
-    search documents per second per runs stacked (the fast search, dynrank/tasks/beam.py)."""
+    search documents per second per (method, runs stacked) (the fast search, dynrank/tasks/beam.py)."""
     us_per_token: dict[tuple[str, str, int], float]  # padded tokens, the timed steps' mean (graph replays)
-    docs_per_s: dict[int, float]
+    docs_per_s: dict[tuple[str, int], float]
     lengths: dict          # the XSum length model the bench drew from (its tokens per word, truncation)
     gen_len: float         # mean generated tokens per summary in the beam rows (random weights: all to the maximum)
     name: str
@@ -455,9 +455,14 @@ class Seq2seq:
             return Rate(0.0, interpolate(lora, k, notes, f"{what} lora") * other.b_us / one.b_us, self.name)
         return Rate(0.0, interpolate(rows, k, notes, f"{what} {method}"), self.name)
 
-    def seconds_per_doc(self, k: int, notes: set) -> float:
-        """Beam-search evaluation seconds per document for a stack of ``k`` runs (every run summarises it)."""
-        return interpolate({k_: 1 / v for k_, v in self.docs_per_s.items()}, k, notes, "beam search")
+    def seconds_per_doc(self, method: str, k: int, notes: set) -> float:
+        """Beam-search evaluation seconds per document for a stack of ``k`` runs of ``method`` (every run summarises
+        it); a method whose search was not measured at that of lora (the same decoder, another adapter)."""
+        if not any(m == method for m, _ in self.docs_per_s):
+            notes.add(f"beam search of {method}: not in {self.name}; lora's rate used")
+            method = "lora"
+        rows = {k_: 1 / v for (m, k_), v in self.docs_per_s.items() if m == method}
+        return interpolate(rows, k, notes, f"beam search of {method}")
 
 
 def interpolate(points: dict[int, float], k: int, notes: set, what: str) -> float:
@@ -480,7 +485,7 @@ def seq2seq_json(m: Seq2seq | None) -> dict | None:
     if m is None:
         return None
     return {"name": m.name, "us_per_token": {f"{t} {meth} x{k}": v for (t, meth, k), v in m.us_per_token.items()},
-            "docs_per_s": {str(k): v for k, v in m.docs_per_s.items()}, "gen_len": m.gen_len, "lengths": m.lengths}
+            "docs_per_s": {f"{meth} x{k}": v for (meth, k), v in m.docs_per_s.items()}, "gen_len": m.gen_len, "lengths": m.lengths}
 
 
 def seq2seq_benches() -> list[Path]:
@@ -499,7 +504,7 @@ def load_seq2seq(*paths: Path) -> Seq2seq:
     LoRA x5 row would have stayed 1.6x too high). Rows marked ``"steady": false`` (their timed steps were captures:
     a schedule phase began among them) are left out."""
     costs: dict[str, dict] = {"padded": {}, "packed": {}}
-    docs_per_s: dict[int, float] = {}
+    docs_per_s: dict[tuple[str, int], float] = {}
     gen, lengths, used = [], {}, []
     for path in paths:
         try:
@@ -516,8 +521,8 @@ def load_seq2seq(*paths: Path) -> Seq2seq:
             if r in train and (r["task"], r["method"], r.get("layout", "padded")) in mine:
                 layout = costs[r.get("layout", "padded")]  # rows before --layouts (2026-12-07 14:30): padded
                 layout[(r["task"], r["method"], int(r["runs"]))], new = float(r["us_per_padded_token"]), new + 1
-            elif r["kind"] == "beam" and r["impl"] == "fast" and int(r["runs"]) not in docs_per_s:
-                docs_per_s[int(r["runs"])], new = float(r["docs_per_s"]), new + 1
+            elif r["kind"] == "beam" and r["impl"] == "fast" and (r["method"], int(r["runs"])) not in docs_per_s:
+                docs_per_s[r["method"], int(r["runs"])], new = float(r["docs_per_s"]), new + 1
                 gen.append(r["gen_len"])
         if new:
             used.append(Path(path).name)
@@ -671,7 +676,7 @@ def estimate_job(cfg, k: int, dev: Device, notes: set) -> JobEstimate:
         train_s, tokens = train_s + step_rate.time_s(steps, t) * epochs, tokens + t * epochs
         for n, hist in w.evals:
             if measured and cfg.task.family == "xsum":  # beam search as measured, the encoder included
-                eval_s += epochs * n * s2s.seconds_per_doc(j, notes)
+                eval_s += epochs * n * s2s.seconds_per_doc(cfg.method.name, j, notes)
                 continue
             batches, eval_tokens = sorted_batches(hist, n, int(cfg.train.eval_batch_size), multiple)
             eval_s += epochs * (EVAL_FRACTION * rate.time_s(batches, j * eval_tokens)
@@ -884,8 +889,8 @@ def assumptions(dev: Device, notes: list[str]) -> list[str]:
                 + (f"; a packed XSum step (`train.pack`, the GPU's default) its rows, filler included, x the packed "
                    f"rows' cost: {packed}." if packed else "."),
                 "- XSum evaluation after every epoch: the dev documents at the measured beam-search rate of the fast "
-                "search (dynrank/tasks/beam.py; encoder included), per runs stacked: "
-                + "; ".join(f"x{k} {v:.1f} docs/s" for k, v in sorted(m.docs_per_s.items()))
+                "search (dynrank/tasks/beam.py; encoder included), per method and runs stacked: "
+                + "; ".join(f"{meth} x{k} {v:.1f} docs/s" for (meth, k), v in sorted(m.docs_per_s.items()))
                 + f", measured with random weights: every summary ran to {m.gen_len - 1:.0f} new tokens, the longest "
                   "search (trained summaries end sooner: an upper bound)."]
     return out + [f"- {n}" for n in notes]

@@ -83,3 +83,14 @@ def test_quick_run_writes_every_row(tmp_path):
             assert math.isfinite(r["final_loss"])
         else:
             assert r["docs_per_s"] > 0 and r["gen_len"] == 1 + 8  # random weights: every summary to max_new_tokens
+
+
+@pytest.mark.slow
+def test_beam_rows_of_each_method(tmp_path):
+    """--beam-methods: a beam row per method (the estimate reads each method's own search rate)."""
+    report = bs2s.main(["--quick", "--parts", "beam", "--runs", "2", "--beam-methods", "lora,dora",
+                        "--out", str(tmp_path)])
+    rows = report["rows"]
+    assert not [r for r in rows if "error" in r]
+    assert {(r["method"], r["impl"]) for r in rows} == {(m, i) for m in ("lora", "dora") for i in ("fast", "generate")}
+    assert all(r["docs_per_s"] > 0 and r["runs"] == 2 for r in rows)

@@ -289,14 +289,14 @@ def _seq2seq_json(path, quick=False, device="NVIDIA H200", date="2026-12-07T06:0
         return {"kind": "train", "task": task, "impl": impl, "method": method, "mode": mode, "runs": runs,
                 "us_per_padded_token": us, "layout": layout}
 
-    def beam(impl, runs, docs_per_s):
-        return {"kind": "beam", "task": "xsum", "impl": impl, "method": "lora", "runs": runs, "docs_per_s": docs_per_s,
-                "gen_len": 65.0}
+    def beam(impl, runs, docs_per_s, method="lora"):
+        return {"kind": "beam", "task": "xsum", "impl": impl, "method": method, "runs": runs,
+                "docs_per_s": docs_per_s, "gen_len": 65.0}
 
     rows = [train("xsum", "lora", 1, 0.5), train("xsum", "lora", 5, 0.3), train("squad_v1", "lora", 1, 0.2),
             train("squad_v1", "lora", 5, 0.12), train("xsum", "peft_lora", 1, 9.0, impl="peft", mode="eager-bf16"),
             train("xsum", "lora", 1, 7.0, mode="eager-bf16"), {**train("xsum", "dora", 1, 1.0), "error": "OOM"},
-            beam("fast", 1, 200.0), beam("fast", 5, 60.0), beam("generate", 1, 3.0),
+            beam("fast", 1, 200.0), beam("fast", 5, 60.0), beam("generate", 1, 3.0), beam("fast", 5, 40.0, "dora"),
             *(train(*row, layout="packed") for row in packed)]
     path.write_text(json.dumps({"device": device, "date": date, "quick": quick, "rows": rows,
                                 "xsum_lengths": {"tokens_per_word": 1.2}}))
@@ -312,10 +312,15 @@ def test_seq2seq_bench_is_read_as_measured(s2s_device):
     m = s2s_device.seq2seq
     assert m.us_per_token == {("xsum", "lora", 1): 0.5, ("xsum", "lora", 5): 0.3, ("squad_v1", "lora", 1): 0.2,
                               ("squad_v1", "lora", 5): 0.12}  # graph-bf16 dynrank rows only, errors left out
-    assert m.docs_per_s == {1: 200.0, 5: 60.0} and "seq2seq-hand.json" in s2s_device.sources
+    assert m.docs_per_s == {("lora", 1): 200.0, ("lora", 5): 60.0, ("dora", 5): 40.0}
+    assert "seq2seq-hand.json" in s2s_device.sources
     notes = set()
     assert m.token_cost("xsum", "lora", 3, s2s_device, notes).b_us == pytest.approx(0.4)  # halfway from 1 to 5
-    assert m.seconds_per_doc(3, notes) == pytest.approx((1 / 200 + 1 / 60) / 2) and not notes
+    assert m.seconds_per_doc("lora", 3, notes) == pytest.approx((1 / 200 + 1 / 60) / 2) and not notes
+    assert m.seconds_per_doc("dora", 5, notes) == pytest.approx(1 / 40) and not notes  # its own search
+    assert m.seconds_per_doc("adalora", 5, notes) == pytest.approx(1 / 60)  # not measured: lora's, said so
+    assert any("beam search of adalora" in n for n in notes)
+    notes.clear()
     assert m.token_cost("xsum", "lora", 7, s2s_device, notes).b_us == pytest.approx(0.2) and notes  # said so
     assert m.token_cost("glue", "lora", 1, s2s_device, notes) is None
 
@@ -424,7 +429,8 @@ def test_seq2seq_benches_merge_newest_first(tmp_path, monkeypatch):
     assert [p.name for p in est.seq2seq_benches()] == ["seq2seq-new.json", "seq2seq-old.json"]
     m = est.load_seq2seq(*est.seq2seq_benches())
     assert m.us_per_token == {("xsum", "lora", 1): 0.45, ("squad_v1", "lora", 1): 0.2, ("squad_v1", "lora", 5): 0.12}
-    assert m.packed_us_per_row == {("xsum", "lora", 1): 0.6} and m.docs_per_s == {1: 200.0, 5: 60.0}
+    assert m.packed_us_per_row == {("xsum", "lora", 1): 0.6}
+    assert m.docs_per_s == {("lora", 1): 200.0, ("lora", 5): 60.0, ("dora", 5): 40.0}
     assert m.name == "seq2seq-new.json + seq2seq-old.json"
     with pytest.raises(est.ConfigError, match="no fast beam-search rows"):
         est.load_seq2seq(tmp_path / "seq2seq-new.json")
