@@ -2,8 +2,8 @@
 ``run_side_by_side``), stacked into one model or side by side.
 
 On a GPU the runs of a method that stacks train as ONE model (``trainer.Trainer`` with R runs: one set of kernels for
-all of them, ``train.stack``); full fine-tuning, whose every weight differs per run, a CPU by default, or
-``train.stack=false`` train them side by side: one ``Trainer`` per run, stepped in turn, each on its own CUDA stream
+all of them, ``train.stack``; full fine-tuning too on RoBERTa, each weight one per run); full fine-tuning on BART
+and BERT (``Full.stacks_on``), a CPU by default, or ``train.stack=false`` train them side by side: one ``Trainer`` per run, stepped in turn, each on its own CUDA stream
 and with its own random state. Runs resumed from different points (epochs, or batches within one) form different
 stacks, also stepped side by side.
 

@@ -23,12 +23,15 @@ MIB_PER_TOKEN = {  # peak MiB per padded token of a stacked step (bf16, CUDA gra
                     # batch's rows can reach the padded count (every document at 768), so it is budgeted the same
 }
 METHOD_FACTOR = {"dora_wd": 1.7}  # bench-NVIDIA_H200-20261204-1556.json: dora_wd 0.80 MiB a token, dora 0.47
+# A run's own weights where every weight trains (stacked full fine-tuning, RoBERTa-base): 124.6 M parameters x 18
+# bytes (fp32 weight, gradient and AdamW's two moments, and the step's bf16 copy), on top of its activations
+STATE_MIB = {"full": 124.6e6 * 18 / 2**20}
 
 
 def stacking(cfg, device) -> bool:
     """Whether the runs of ``cfg``'s cell train as one model on ``device``: the method stacks and ``train.stack``
     (resolved with the rest of the fast path, ``device.fast_path``) says so."""
-    return method_class(cfg.method.name).stacks and fast_path(cfg, device)["stack"]
+    return method_class(cfg.method.name).stacks_on(str(cfg.model.family)) and fast_path(cfg, device)["stack"]
 
 
 def stack_size(cfg, free_mib: float | None = None) -> int:
@@ -45,7 +48,7 @@ def stack_size(cfg, free_mib: float | None = None) -> int:
             return max(1, STACK_TOKENS // tokens)
         free_mib = torch.cuda.mem_get_info(device)[0] / 2**20
     per_run = tokens * MIB_PER_TOKEN.get(str(cfg.task.family), max(MIB_PER_TOKEN.values()))
-    per_run *= METHOD_FACTOR.get(cfg.method.name, 1.0)
+    per_run = per_run * METHOD_FACTOR.get(cfg.method.name, 1.0) + STATE_MIB.get(cfg.method.name, 0.0)
     return max(1, min(MAX_AUTO, int(MEMORY_SHARE * free_mib // per_run)))
 
 

@@ -75,8 +75,6 @@ def _trajectory(method_name, graphs: bool, steps=24, bf16=False, seeds=(1,), dev
 def test_graphed_step_matches_eager(name, bf16, runs):
     """fp32: to float rounding; bf16 (the fast path: bf16 backbone and layer norms, padded ranks): the same
     kernels run eagerly and replayed, so the losses agree to bf16 rounding. One run, and three stacked."""
-    if runs > 1 and name == "full":
-        pytest.skip("full fine-tuning does not stack")
     seeds = tuple(range(1, runs + 1))
     eager, _ = _trajectory(name, False, bf16=bf16, seeds=seeds)
     graphed, _ = _trajectory(name, True, bf16=bf16, seeds=seeds)

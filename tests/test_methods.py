@@ -251,3 +251,49 @@ def test_bench_without_switches_each_cut_off_and_back():
     with pytest.raises(ValueError, match="unknown cut"):
         with bench.without("nodes"):
             pass
+
+
+def test_stacked_full_fine_tuning_is_each_runs_model_on_its_rows():
+    """Stacked full fine-tuning's layers (``PretrainedRunLinear``, ``RunLayerNorm``, ``RunEmbedding``): run k
+    computes its own model on its rows, and its weights take that model's gradients from them alone (padding
+    included: the padding id's embedding row takes none, as ``nn.Embedding``'s). The runs' weights differ here, as
+    after a few steps."""
+    import copy
+
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from dynrank import methods
+    from dynrank.methods.layers import RunEmbedding
+
+    torch.manual_seed(0)
+    models = [RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=40, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))]
+    models.append(copy.deepcopy(models[0]))
+    with torch.no_grad():
+        for p in models[1].parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    stacked = copy.deepcopy(models[0])
+    method = methods.build(compose(["method=full", "task=rte"]), "roberta", runs=2)
+    method.wrap(stacked)
+    method.load_run_params(1, dict(models[1].named_parameters()))
+    assert isinstance(stacked.roberta.embeddings.word_embeddings, RunEmbedding)
+    assert not [n for n, p in stacked.named_parameters() if p.shape[0] != 2]  # every weight one per run
+    ids = torch.randint(3, 100, (4, 10), generator=torch.Generator().manual_seed(1))
+    ids[:, 0], ids[1, 6:], ids[3, 4:] = 0, 1, 1  # <s>; two sequences padded with RoBERTa's pad id (1)
+    mask = (ids != 1).long()
+    g, gh = torch.randn(4, 2), torch.randn(4, 10, 32)
+
+    def backward(model, rows):  # the head's logits and every position's hidden state (pads' too)
+        out = model(input_ids=ids[rows], attention_mask=mask[rows], output_hidden_states=True)
+        ((out.logits * g[rows]).sum() + (out.hidden_states[-1] * gh[rows]).sum()).backward()
+        return out.logits.detach()
+
+    logits = backward(stacked, slice(None))
+    for k, model in enumerate(models):
+        rows = slice(2 * k, 2 * k + 2)
+        assert torch.allclose(logits[rows], backward(model, rows), atol=1e-5), k
+        run_grads = dict(stacked.named_parameters())
+        for name, p in model.named_parameters():
+            assert torch.allclose(run_grads[name].grad[k], p.grad, atol=1e-5), (k, name)
+    assert not stacked.roberta.embeddings.word_embeddings.weight.grad[:, 1].any()  # the padding row

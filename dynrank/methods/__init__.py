@@ -20,7 +20,8 @@ def method_class(name: str):
 
 def names(stacks: bool | None = None) -> list[str]:
     """The methods of the config group (conf/method/), sorted; ``stacks=True``: those that train several runs as one
-    model (``base.Method.stacks``; full fine-tuning does not). Tests and scripts take their methods from here, so a
+    model (``base.Method.stacks``, on the RoBERTa models the tests build; full fine-tuning stacks on RoBERTa only,
+    ``Full.stacks_on``). Tests and scripts take their methods from here, so a
     new method is tested stacked and on the GPU without editing a list."""
     return [m for m in choices("method") if stacks is None or method_class(m).stacks == stacks]
 

@@ -20,8 +20,8 @@ learning-rate scale, a weight-decay flag over ``train.no_decay``'s rule): LoRA+'
 
 **Runs.** A method trains ``runs`` = R runs of one cell at once (``methods/layers.py``): every trainable tensor has
 a leading run dimension and run k only meets its slice ``[k]``; R = 1 is a run alone. Per-run values (losses,
-importance, masks) carry that dimension too. ``stacks = False`` (full fine-tuning, whose every weight differs per
-run) means its tensors have no run dimension and R is 1.
+importance, masks) carry that dimension too. Where ``stacks_on(model family)`` is False (full fine-tuning on BART
+and BERT, whose embeddings cannot be one per run here) the tensors have no run dimension and R is 1.
 
 Methods are plain classes; ``dynrank.methods.build(cfg, family, runs)`` picks one by ``method.name``.
 """
@@ -44,10 +44,16 @@ class Method:
     name = "base"
     stacks = True  # several runs train as one model (trainable tensors have a run dimension)
 
+    @classmethod
+    def stacks_on(cls, family: str) -> bool:
+        """Whether runs of this method on a model of ``family`` (``model.family``) train as one model."""
+        return cls.stacks
+
     def __init__(self, cfg, budget, family: str, runs: int = 1):
         self.cfg = cfg  # the method's config group
         self.budget = budget  # the budget config group: budget.r is the final rank
         self.family = family
+        self.stacks = self.stacks_on(family)
         self.runs = int(runs)
         if self.runs > 1 and not self.stacks:
             raise ValueError(f"method {self.name} trains one run per model (runs={runs})")

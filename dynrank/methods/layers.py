@@ -291,6 +291,46 @@ class RunLinear(nn.Module):
             init_slice(self.bias[k], lambda t: nn.init.uniform_(t, -bound, bound, generator=generator))
 
 
+class PretrainedRunLinear(RunLinear):
+    """A backbone linear of stacked full fine-tuning: one weight and bias per run, every run starting from the
+    pre-trained ones (``init_runs`` resets nothing here)."""
+
+    def reset_run(self, k: int, generator: torch.Generator, std: float | None = None) -> None:
+        pass
+
+
+class RunLayerNorm(nn.Module):
+    """A layer norm whose scale and shift differ per run (``weight``, ``bias`` (R, d)), each starting as the
+    pre-trained one: the normalisation, then run k's scale and shift on run k's rows (stacked full fine-tuning)."""
+
+    def __init__(self, base: nn.LayerNorm, runs: int):
+        super().__init__()
+        self.runs, self.normalized_shape, self.eps = runs, base.normalized_shape, base.eps
+        self.weight = nn.Parameter(base.weight.detach().clone().unsqueeze(0).repeat(runs, 1))
+        self.bias = nn.Parameter(base.bias.detach().clone().unsqueeze(0).repeat(runs, 1))
+
+    def forward(self, x):
+        y = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        return torch.addcmul(self.bias.unsqueeze(1), by_run(y, self.runs), self.weight.unsqueeze(1)).view(y.shape)
+
+
+class RunEmbedding(nn.Module):
+    """An embedding table per run (``weight`` (R, V, d)), each starting as the pre-trained one: run k's ids (its
+    rows of the batch, run-major) look up run k's table. As ``nn.Embedding``'s ``padding_idx``, the padding id's row
+    takes no gradient (stacked full fine-tuning)."""
+
+    def __init__(self, base: nn.Embedding, runs: int):
+        super().__init__()
+        self.runs, self.padding_idx = runs, base.padding_idx
+        self.num_embeddings, self.embedding_dim = base.num_embeddings, base.embedding_dim
+        self.weight = nn.Parameter(base.weight.detach().clone().unsqueeze(0).repeat(runs, 1, 1))
+
+    def forward(self, ids):
+        per_run = ids.reshape(self.runs, -1)  # nn.Embedding's own lookup per run (R is at most a few tens)
+        out = torch.stack([F.embedding(per_run[k], self.weight[k], self.padding_idx) for k in range(self.runs)])
+        return out.view(*ids.shape, self.embedding_dim)
+
+
 class RunBias(nn.Module):
     """A frozen module (``nn.Linear``, ``nn.LayerNorm``) whose bias trains, one per run: base(x) without its bias,
     plus b_k on run k's rows. ``bias`` (R, out) starts as the pre-trained bias in every run (BitFit)."""
