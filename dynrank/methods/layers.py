@@ -326,8 +326,10 @@ class RunEmbedding(nn.Module):
         self.weight = nn.Parameter(base.weight.detach().clone().unsqueeze(0).repeat(runs, 1, 1))
 
     def forward(self, ids):
-        per_run = ids.reshape(self.runs, -1)  # nn.Embedding's own lookup per run (R is at most a few tens)
-        out = torch.stack([F.embedding(per_run[k], self.weight[k], self.padding_idx) for k in range(self.runs)])
+        # nn.Embedding's own lookup per run (R is at most a few tens); through unbind, whose backward stacks the runs'
+        # gradients once (indexing weight[k] would zero-fill a whole (R, V, d) gradient per run)
+        per_run, tables = ids.reshape(self.runs, -1), self.weight.unbind(0)
+        out = torch.stack([F.embedding(per_run[k], tables[k], self.padding_idx) for k in range(self.runs)])
         return out.view(*ids.shape, self.embedding_dim)
 
 
