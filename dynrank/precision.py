@@ -29,11 +29,14 @@ class BF16LayerNorm(nn.LayerNorm):
 
 def bf16_backbone(model: nn.Module) -> nn.Module:
     """Frozen weights stored in bf16 (trainable ones and the optimizer state stay fp32, so autocast does not
-    re-cast the backbone every step), and every nn.LayerNorm made a ``BF16LayerNorm`` in place."""
+    re-cast the backbone every step), and every nn.LayerNorm made a ``BF16LayerNorm`` in place; a layer norm of
+    another kind that offers a bf16 output (``bf16_output``: stacked full fine-tuning's ``RunLayerNorm``) gets it."""
     for p in model.parameters():
         if not p.requires_grad:
             p.data = p.data.to(torch.bfloat16)
     for m in model.modules():
         if type(m) is nn.LayerNorm:
             m.__class__ = BF16LayerNorm
+        elif hasattr(m, "bf16_output"):
+            m.bf16_output = True
     return model

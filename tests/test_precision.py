@@ -40,3 +40,27 @@ def test_bf16_backbone_keeps_trainable_weights_fp32_and_their_gradients():
     assert model[1].weight.grad is not None and model[1].weight.grad.dtype == torch.float32
     assert torch.isfinite(model[1].weight.grad).all() and model[1].weight.grad.abs().sum() > 0
     assert model[0].weight.grad is None
+
+
+def test_bf16_backbone_gives_stacked_full_fine_tunings_layer_norms_a_bf16_output():
+    """``RunLayerNorm`` (one scale and shift per run) under the fast path: bf16 out, as ``BF16LayerNorm``'s, each
+    run's rows normalised in fp32 with its own affine and rounded once; its fp32 weights keep fp32 gradients."""
+    from dynrank.methods.layers import RunLayerNorm
+
+    g = torch.Generator().manual_seed(0)
+    norm = RunLayerNorm(nn.LayerNorm(64), 2)
+    with torch.no_grad():
+        norm.weight.normal_(generator=g)
+        norm.bias.normal_(generator=g)
+    x = torch.randn(2 * 3, 7, 64, generator=g).to(torch.bfloat16)  # 3 sequences a run, run-major
+    bf16_backbone(nn.Sequential(norm))
+    assert norm.bf16_output
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm(x)
+    assert y.dtype == torch.bfloat16
+    for k in range(2):
+        rows = slice(3 * k, 3 * k + 3)
+        ref = F.layer_norm(x[rows].float(), (64,), norm.weight[k].detach(), norm.bias[k].detach(), norm.eps)
+        assert torch.equal(y[rows], ref.to(torch.bfloat16)), k  # one rounding, of the fp32 result
+    y.float().sum().backward()
+    assert norm.weight.grad.dtype == torch.float32 and norm.weight.grad.abs().sum() > 0

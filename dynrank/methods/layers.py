@@ -301,7 +301,11 @@ class PretrainedRunLinear(RunLinear):
 
 class RunLayerNorm(nn.Module):
     """A layer norm whose scale and shift differ per run (``weight``, ``bias`` (R, d)), each starting as the
-    pre-trained one: the normalisation, then run k's scale and shift on run k's rows (stacked full fine-tuning)."""
+    pre-trained one: the normalisation, then run k's scale and shift on run k's rows (stacked full fine-tuning).
+    ``bf16_output`` (set by the fast path's ``precision.bf16_backbone``, as it makes every ``nn.LayerNorm`` a
+    ``BF16LayerNorm``): computed in fp32 and rounded to bf16 once, so the residual stream stays bf16."""
+
+    bf16_output = False
 
     def __init__(self, base: nn.LayerNorm, runs: int):
         super().__init__()
@@ -310,7 +314,13 @@ class RunLayerNorm(nn.Module):
         self.bias = nn.Parameter(base.bias.detach().clone().unsqueeze(0).repeat(runs, 1))
 
     def forward(self, x):
-        y = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        if not self.bf16_output:
+            return self._affine(F.layer_norm(x, self.normalized_shape, None, None, self.eps))
+        with torch.autocast(x.device.type, enabled=False):
+            return self._affine(F.layer_norm(x.float(), self.normalized_shape, None, None, self.eps)).to(
+                torch.bfloat16)
+
+    def _affine(self, y: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.bias.unsqueeze(1), by_run(y, self.runs), self.weight.unsqueeze(1)).view(y.shape)
 
 
