@@ -3,9 +3,9 @@
 
 On a GPU the runs of a method that stacks train as ONE model (``trainer.Trainer`` with R runs: one set of kernels for
 all of them, ``train.stack``; full fine-tuning too on RoBERTa, each weight one per run); full fine-tuning on BART
-and BERT (``Full.stacks_on``), a CPU by default, or ``train.stack=false`` train them side by side: one ``Trainer`` per run, stepped in turn, each on its own CUDA stream
-and with its own random state. Runs resumed from different points (epochs, or batches within one) form different
-stacks, also stepped side by side.
+and BERT (``Full.stacks_on``), a CPU by default, or ``train.stack=false`` train them side by side: one ``Trainer``
+per run, stepped in turn, each on its own CUDA stream and with its own random state. Runs resumed from different
+points (epochs, or batches within one) form different stacks, also stepped side by side.
 
 A run whose loss turns NaN stops alone (``Run.diverged``): the runs beside it, in its stack or side by side, finish,
 and the command then ends with the error. However a command ends, its runs stay whole: SIGTERM checkpoints every run

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .attention import keyed
+from .methods.layers import frozen_derived
 from .packing import SequenceView
 from .tiled_attention import flash
 
@@ -76,13 +77,8 @@ def _padded_weight(model, multiple: int) -> torch.Tensor:
     """The LM head's weight padded with zero rows to a multiple of ``multiple``; made once per weight (its storage
     and version: a new or changed weight makes it again)."""
     W = model.lm_head.weight
-    key = (W.data_ptr(), W._version, W.dtype)
-    cached = getattr(model, "_padded_lm_head", None)
-    if cached is None or cached[0] != key:
-        with torch.no_grad():
-            cached = (key, F.pad(W.detach(), (0, 0, 0, -(-W.shape[0] // multiple) * multiple - W.shape[0])))
-        model._padded_lm_head = cached
-    return cached[1]
+    return frozen_derived(model, "_padded_lm_head", [W],
+                          lambda: F.pad(W.detach(), (0, 0, 0, -(-W.shape[0] // multiple) * multiple - W.shape[0])))
 
 
 def _embed(part, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

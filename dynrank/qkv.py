@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from .methods import layers
 from .methods.layers import (SAVED, LowRankLinear, adapter_grads, adapter_input_grad_, adapter_into_,
-                             frozen_input_grad, low_rank_operands)
+                             frozen_derived, frozen_input_grad, low_rank_operands)
 
 
 def project(sa: nn.Module, h: torch.Tensor) -> torch.Tensor | None:
@@ -52,15 +52,8 @@ def _stacked(sa: nn.Module, linears) -> tuple[torch.Tensor | None, torch.Tensor 
     if any(b is None for b in biases) and not all(b is None for b in biases):
         return None, None
     tensors = [m.weight for m in linears] + [b for b in biases if b is not None]
-    key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
-    cached = getattr(sa, "_qkv_stacked", None)
-    if cached is None or cached[0] != key:
-        with torch.no_grad():
-            W3 = torch.cat([m.weight for m in linears])
-            b3 = None if biases[0] is None else torch.cat(biases)
-        cached = (key, W3, b3)
-        sa._qkv_stacked = cached
-    return cached[1], cached[2]
+    return frozen_derived(sa, "_qkv_stacked", tensors, lambda: (torch.cat([m.weight for m in linears]),
+                                                              None if biases[0] is None else torch.cat(biases)))
 
 
 class _QKV(torch.autograd.Function):

@@ -23,9 +23,10 @@ MIB_PER_TOKEN = {  # peak MiB per padded token of a stacked step (bf16, CUDA gra
                     # batch's rows can reach the padded count (every document at 768), so it is budgeted the same
 }
 METHOD_FACTOR = {"dora_wd": 1.7}  # bench-NVIDIA_H200-20261204-1556.json: dora_wd 0.80 MiB a token, dora 0.47
-# A run's own weights where every weight trains (stacked full fine-tuning, RoBERTa-base): 124.6 M parameters x 18
-# bytes (fp32 weight, gradient and AdamW's two moments, and the step's bf16 copy), on top of its activations
-STATE_MIB = {"full": 124.6e6 * 18 / 2**20}
+FULL_PARAMETERS = 124.6e6  # RoBERTa-base's, its head included (README, Methods: 124,647,170)
+# A run's own weights where every weight trains (stacked full fine-tuning, RoBERTa-base): its parameters x 18 bytes
+# (fp32 weight, gradient and AdamW's two moments, and the step's bf16 copy), on top of its activations
+STATE_MIB = {"full": FULL_PARAMETERS * 18 / 2**20}
 
 
 def stacking(cfg, device) -> bool:

@@ -18,9 +18,9 @@ steps that cycle through the batches after every batch shape has been captured (
 ``us_per_padded_token``, which scripts/estimate.py reads: without the steps that met a new schedule phase, eager and
 captured; ``us_per_padded_token_all_steps``: with them).
 Beam rows run XsumTask.token_ids as the evaluation does (beam 3, 64 new tokens, no_repeat_ngram_size 3,
-length-sorted batches, every run of a stack at once), for each of ``--beam-methods`` (lora by default): ``eval.beam_search=generate`` (model.generate, batches of
-train.eval_batch_size) and ``fast``; random weights never choose EOS, so every summary runs to 64 tokens, the
-longest search (a trained model's summaries end sooner).
+length-sorted batches, every run of a stack at once), for each of ``--beam-methods`` (lora by default):
+``eval.beam_search=generate`` (model.generate, batches of train.eval_batch_size) and ``fast``; random weights never
+choose EOS, so every summary runs to 64 tokens, the longest search (a trained model's summaries end sooner).
 """
 from __future__ import annotations
 

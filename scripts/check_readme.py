@@ -202,7 +202,8 @@ def fast_claims() -> list[tuple[str, str, object, float | None]]:
                      counts if isinstance(counts, Exception) else [counts[name, budget]], 0))
     rows.append(("Table 2 r8 GPU-hours (Reproducing the tables)", r"\(Table 2 r8: ([\d.]+) GPU-hours", _each(_measured(gpu_hours)),
                  0.1))
-    rows.append(("Table 2 r8 GPU-hours, train.stack=false", r"GPU-hours on one H[0-9]+ with these defaults; ([\d.]+) with",
+    rows.append(("Table 2 r8 GPU-hours, train.stack=false",
+                 r"GPU-hours on one H[0-9]+ with these defaults; ([\d.]+) with",
                  _each(_measured(gpu_hours, "train.stack=false")), 0.1))
     return rows
 

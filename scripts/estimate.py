@@ -236,10 +236,10 @@ def packed_benches() -> list[Path]:
 def fit_packed_rates(*benches: Path) -> dict[tuple[str, int, str], Rate]:
     """Packed steps (``train.pack``): per (method, runs stacked, family), a + b x (rows a step multiplies), least
     squares through the real-length GLUE settings (sst2, cola, mrpc, rte, stsb: 13 to 67 tokens a sequence) of the
-    first of ``benches`` (newest first) that measured that method and stack at two lengths or more; SQuAD's windows (384 tokens) through
-    its own row, b alone. A row's steady steps where the bench recorded them (``steady_step_ms``: the steps that
-    replayed a CUDA graph); a row marked ``"steady": false`` (its mean carries captures: a schedule phase began
-    inside the timed steps) is left out."""
+    first of ``benches`` (newest first) that measured that method and stack at two lengths or more; SQuAD's windows
+    (384 tokens) through its own row, b alone. A row's steady steps where the bench recorded them
+    (``steady_step_ms``: the steps that replayed a CUDA graph); a row marked ``"steady": false`` (its mean carries
+    captures: a schedule phase began inside the timed steps) is left out."""
     points: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
     source: dict[tuple[str, int, str], str] = {}
     for bench in benches:
@@ -270,10 +270,18 @@ def fit_packed_rates(*benches: Path) -> dict[tuple[str, int, str], Rate]:
 
 # Stacked full fine-tuning, not measured stacked: each run's own weights cost every step the memory traffic of the
 # optimizer and what surrounds it, paid once per run (not shared as a frozen weight's GEMM launch is):
-# RoBERTa-base's 124.6 M parameters x 42 bytes (fused AdamW reads weight, gradient and both moments and writes three:
-# 28; the gradient zeroed: 4; the clipping norm's read: 4; the step's bf16 copy, read and written: 6) at 2.7 TB/s
-# (80% of an H100's HBM3 bandwidth): 1.94 ms a run a step.
-STATE_MS = {"full": 124.6e6 * 42 / 2.7e12 * 1e3}
+# RoBERTa-base's parameters (``stacking.FULL_PARAMETERS``) x 42 bytes (fused AdamW reads weight, gradient and both
+# moments and writes three: 28; the gradient zeroed: 4; the clipping norm's read: 4; the step's bf16 copy, read and
+# written: 6) at 2.7 TB/s (80% of an H100's HBM3 bandwidth): 1.94 ms a run a step.
+STATE_BYTES = {"full": 42}
+HBM_BYTES_PER_S = 2.7e12
+
+
+def state_ms(method: str) -> float:
+    """``method``'s per-run optimizer traffic a step (ms), paid by every run of a stack (0: none modelled)."""
+    from dynrank.stacking import FULL_PARAMETERS
+
+    return STATE_BYTES.get(method, 0) * FULL_PARAMETERS / HBM_BYTES_PER_S * 1e3
 
 
 def rate_of(method: str, k: int, rates: dict[tuple[str, int], Rate], notes: set) -> Rate:
@@ -290,7 +298,7 @@ def rate_of(method: str, k: int, rates: dict[tuple[str, int], Rate], notes: set)
         five = rates[method, 5]
     else:
         lo1, lo5 = rates["lora", 1], rates.get(("lora", 5), rates["lora", 1])
-        s = STATE_MS.get(method, 0.0)
+        s = state_ms(method)
         notes.add(f"{method}: no stacked rows in the bench; its 1-run cost scaled as lora's from 1 to 5 runs"
                   + (f", but for its weights' optimizer traffic ({s:.2f} ms a run a step, analytic) paid by every run"
                      if s else ""))
@@ -496,7 +504,8 @@ def seq2seq_json(m: Seq2seq | None) -> dict | None:
     if m is None:
         return None
     return {"name": m.name, "us_per_token": {f"{t} {meth} x{k}": v for (t, meth, k), v in m.us_per_token.items()},
-            "docs_per_s": {f"{meth} x{k}": v for (meth, k), v in m.docs_per_s.items()}, "gen_len": m.gen_len, "lengths": m.lengths}
+            "docs_per_s": {f"{meth} x{k}": v for (meth, k), v in m.docs_per_s.items()}, "gen_len": m.gen_len,
+            "lengths": m.lengths}
 
 
 def seq2seq_benches() -> list[Path]:

@@ -59,13 +59,12 @@ def assert_packed_equals_padded(task, ds, model, per_run):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", STACKING)
 def test_packed_equals_padded_glue_dropout_on(method, tmp_path):
-    runs = 2
-    task, ds, model = build(tmp_path, method, runs=runs)
-    per_run = ([0, 3, 5, 7, 30], [1, 2, 9, 11, 40])[:runs]
+    task, ds, model = build(tmp_path, method, runs=2)
+    per_run = ([0, 3, 5, 7, 30], [1, 2, 9, 11, 40])
     loss = assert_packed_equals_padded(task, ds, model, per_run)
     model.eval()  # dropout was on: the training loss is not the evaluation loss
     with torch.no_grad():
-        plain = task.run_losses(model, task.train_batch(ds, per_run, True), runs)
+        plain = task.run_losses(model, task.train_batch(ds, per_run, True), 2)
     assert not torch.allclose(loss, plain)
 
 

@@ -154,6 +154,19 @@ def frozen_input_grad(g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return (g.reshape(-1, g.shape[-1]) @ W.to(g.dtype)).view(*g.shape[:-1], W.shape[1])
 
 
+def frozen_derived(owner: nn.Module, attr: str, tensors: list[torch.Tensor], make):
+    """``make()`` (a tensor, or tensors, made from the frozen ``tensors``: side by side, padded), kept on ``owner``
+    as ``attr`` = (key, value) and made again only where one of ``tensors`` is new or changed (its storage, version
+    or dtype)."""
+    key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+    cached = getattr(owner, attr, None)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, make())
+        setattr(owner, attr, cached)
+    return cached[1]
+
+
 def _frozen_linear(m: nn.Module) -> bool:
     return type(m) is nn.Linear and not m.weight.requires_grad and (m.bias is None or not m.bias.requires_grad)
 
@@ -225,8 +238,7 @@ class LowRankLinear(nn.Module):
             return None
         if isinstance(drop, KeyedDropout):
             s, site = drop.stream, drop.site
-        elif isinstance(drop, nn.Dropout) and active_stream() is not None:
-            s = active_stream()
+        elif isinstance(drop, nn.Dropout) and (s := active_stream()) is not None:
             site = s.next_site()
         else:
             return False
@@ -291,6 +303,12 @@ class RunLinear(nn.Module):
             init_slice(self.bias[k], lambda t: nn.init.uniform_(t, -bound, bound, generator=generator))
 
 
+def pretrained_per_run(t: torch.Tensor, runs: int) -> nn.Parameter:
+    """A pre-trained tensor once per run, (R, *t.shape): every run starts from it (BitFit's biases, stacked full
+    fine-tuning's layer norms and embeddings)."""
+    return nn.Parameter(t.detach().unsqueeze(0).repeat(runs, *[1] * t.dim()))
+
+
 class PretrainedRunLinear(RunLinear):
     """A backbone linear of stacked full fine-tuning: one weight and bias per run, every run starting from the
     pre-trained ones (``init_runs`` resets nothing here)."""
@@ -310,8 +328,7 @@ class RunLayerNorm(nn.Module):
     def __init__(self, base: nn.LayerNorm, runs: int):
         super().__init__()
         self.runs, self.normalized_shape, self.eps = runs, base.normalized_shape, base.eps
-        self.weight = nn.Parameter(base.weight.detach().clone().unsqueeze(0).repeat(runs, 1))
-        self.bias = nn.Parameter(base.bias.detach().clone().unsqueeze(0).repeat(runs, 1))
+        self.weight, self.bias = pretrained_per_run(base.weight, runs), pretrained_per_run(base.bias, runs)
 
     def forward(self, x):
         if not self.bf16_output:
@@ -333,7 +350,7 @@ class RunEmbedding(nn.Module):
         super().__init__()
         self.runs, self.padding_idx = runs, base.padding_idx
         self.num_embeddings, self.embedding_dim = base.num_embeddings, base.embedding_dim
-        self.weight = nn.Parameter(base.weight.detach().clone().unsqueeze(0).repeat(runs, 1, 1))
+        self.weight = pretrained_per_run(base.weight, runs)
 
     def forward(self, ids):
         # nn.Embedding's own lookup per run (R is at most a few tens); through unbind, whose backward stacks the runs'
@@ -350,7 +367,7 @@ class RunBias(nn.Module):
     def __init__(self, base: nn.Module, runs: int):
         super().__init__()
         self.runs = runs
-        self.bias = nn.Parameter(base.bias.detach().clone().unsqueeze(0).repeat(runs, 1))
+        self.bias = pretrained_per_run(base.bias, runs)
         base.register_parameter("bias", None)
         self.base = base
 
